@@ -1,0 +1,114 @@
+// swift-tools-version: 6.1
+// Aviary: a microservices platform for Swift on Linux.
+import PackageDescription
+
+/// One set of settings for every target: Swift 6 language mode (strict concurrency) plus the
+/// upcoming features that keep existentials and imports explicit.
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "aviary",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "AviaryCore", targets: ["AviaryCore"]),
+        .library(name: "AviaryResilience", targets: ["AviaryResilience"]),
+        .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
+        .executable(name: "shop", targets: ["shop"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        // MARK: Libraries (dependency direction: downward, as in ARCHITECTURE.md)
+        .target(
+            name: "AviaryCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "AviaryResilience",
+            dependencies: [
+                "AviaryCore",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "AviaryStorage",
+            dependencies: [
+                "AviaryCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // MARK: The reference system
+        .target(
+            name: "Shop",
+            dependencies: [
+                "AviaryCore",
+                "AviaryResilience",
+                "AviaryStorage",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "shop",
+            dependencies: ["Shop"],
+            swiftSettings: swiftSettings
+        ),
+        // MARK: Tests
+        .testTarget(
+            name: "AviaryCoreTests",
+            dependencies: ["AviaryCore"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryResilienceTests",
+            dependencies: [
+                "AviaryCore",
+                "AviaryResilience",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryStorageTests",
+            dependencies: ["AviaryStorage"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ShopTests",
+            dependencies: [
+                "Shop",
+                "AviaryResilience",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)
