@@ -1,0 +1,255 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AsyncHTTPClient
+import AviaryCore
+import AviaryResilience
+import AviaryStorage
+import Foundation
+import GRDB
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOHTTP1
+
+/// One line of an order.
+public struct OrderItem: Codable, Sendable, Equatable {
+    public var sku: String
+    public var quantity: Int
+    public var unitPriceCents: Int
+}
+
+/// What a client sends to place an order.
+struct PlaceOrder: Codable, Sendable {
+    var userId: String
+    var items: [OrderItem]
+}
+
+/// A placed, paid order.
+public struct Order: Codable, Sendable, Equatable {
+    public var id: String
+    public var userId: String
+    public var items: [OrderItem]
+    public var totalCents: Int
+    public var status: String
+    public var paymentId: String
+}
+
+/// The `orders` service: places orders.
+///
+/// `POST /orders` checks the user with `users` (an unknown user is a 422 `unknown-user`
+/// problem), charges the total with `payments` (idempotently, keyed by the order id, so a retried
+/// charge is applied once), stores the order and answers `201`. When a dependency is down or its
+/// breaker is open, the answer is a quick `503` `dependency-unavailable` problem naming it, with
+/// `Retry-After` when known. An `Idempotency-Key` on the request makes placing an order safe to
+/// repeat: the same key returns the same order.
+struct OrdersService: Sendable {
+    let store: SQLiteStore
+    let logger: Logger
+    let users: Upstream
+    let payments: Upstream
+
+    static var migrations: Migrations {
+        var migrations = Migrations()
+        migrations.add("v1: orders") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE orders (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        idempotency_key TEXT UNIQUE,
+                        user_id TEXT NOT NULL,
+                        items TEXT NOT NULL,
+                        total_cents INTEGER NOT NULL,
+                        status TEXT NOT NULL,
+                        payment_id TEXT NOT NULL,
+                        created_at TEXT NOT NULL
+                    )
+                    """)
+        }
+        return migrations
+    }
+
+    init(url: StoreURL, logger: Logger, users: Upstream, payments: Upstream) throws {
+        self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+        self.logger = logger
+        self.users = users
+        self.payments = payments
+    }
+
+    static func order(from row: Row) throws -> Order {
+        let itemsJSON: String = row["items"]
+        return Order(
+            id: row["id"], userId: row["user_id"],
+            items: try JSONDecoder().decode([OrderItem].self, from: Data(itemsJSON.utf8)),
+            totalCents: row["total_cents"], status: row["status"], paymentId: row["payment_id"])
+    }
+
+    static func validate(_ request: PlaceOrder) -> [String] {
+        var problems: [String] = []
+        if request.userId.isEmpty { problems.append("userId: expected a non-empty string") }
+        if request.items.isEmpty { problems.append("items: expected at least one item") }
+        if request.items.count > 100 { problems.append("items: expected at most 100 items, got \(request.items.count)") }
+        for (index, item) in request.items.enumerated() {
+            if item.sku.isEmpty { problems.append("items[\(index)].sku: expected a non-empty string") }
+            if !(1...1000).contains(item.quantity) {
+                problems.append("items[\(index)].quantity: expected an integer in 1...1000, got \(item.quantity)")
+            }
+            if !(0...100_000_000).contains(item.unitPriceCents) {
+                problems.append(
+                    "items[\(index)].unitPriceCents: expected an integer in 0...100000000, got \(item.unitPriceCents)")
+            }
+        }
+        if problems.isEmpty, request.items.reduce(0, { $0 + $1.quantity * $1.unitPriceCents }) <= 0 {
+            problems.append("items: expected a positive total")
+        }
+        return problems
+    }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: ProblemMiddleware(logger: self.logger))
+        addProbes(to: router, store: self.store, service: "orders")
+        router.post("/orders") { request, _ in
+            try await self.place(request)
+        }
+        let store = self.store
+        router.get("/orders/:id") { _, context -> JSONResponse<Order> in
+            let id = try context.parameters.require("id")
+            let order = try await store.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE id = ?", arguments: [id]).map(Self.order(from:))
+            }
+            guard let order else { throw Problem(status: 404, slug: "order-not-found", detail: "no order \"\(id)\"") }
+            return JSONResponse(status: .ok, value: order)
+        }
+        return router
+    }
+
+    func place(_ request: Request) async throws -> JSONResponse<Order> {
+        let idempotencyKey = request.headers[HTTPField.Name("Idempotency-Key")!]
+        let placeOrder = try await request.decodeJSON(as: PlaceOrder.self)
+        let problems = Self.validate(placeOrder)
+        if !problems.isEmpty {
+            throw Problem(status: 400, slug: "invalid-order", detail: problems.joined(separator: "; "))
+        }
+        if let idempotencyKey, let existing = try await self.existingOrder(idempotencyKey: idempotencyKey) {
+            return JSONResponse(status: .ok, value: existing, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
+        }
+
+        // 1. The user must exist.
+        let userPath = "/users/" + (placeOrder.userId.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? "")
+        let userResponse = try await self.call(self.users) {
+            try await self.users.send(.GET, userPath, idempotent: true)
+        }
+        if userResponse.status == 404 {
+            throw Problem(
+                status: 422, slug: "unknown-user", detail: "no user \"\(placeOrder.userId)\" exists",
+                extensions: ["user_id": placeOrder.userId])
+        }
+        guard userResponse.status == 200 else {
+            throw Problem(
+                status: 502, slug: "dependency-failed",
+                detail: "users answered \(userResponse.status) for user \"\(placeOrder.userId)\"",
+                extensions: ["dependency": "users"])
+        }
+
+        // 2. Charge, keyed by the order id so that a retry is applied once.
+        let orderID = "ord-" + UUID().uuidString.lowercased().prefix(12)
+        let total = placeOrder.items.reduce(0) { $0 + $1.quantity * $1.unitPriceCents }
+        let charge = try JSONEncoder().encode(
+            ChargeRequest(orderId: orderID, userId: placeOrder.userId, amountCents: total))
+        let paymentResponse = try await self.call(self.payments) {
+            try await self.payments.send(
+                .POST, "/payments", body: charge, headers: [("Idempotency-Key", "charge-\(orderID)")], idempotent: true)
+        }
+        guard paymentResponse.status == 201 || paymentResponse.status == 200,
+            let payment = try? paymentResponse.decode(Payment.self)
+        else {
+            let detail = paymentResponse.problem?.detail ?? "status \(paymentResponse.status)"
+            throw Problem(
+                status: 402, slug: "payment-declined", detail: "payments refused the charge: \(detail)",
+                extensions: ["dependency": "payments"])
+        }
+
+        // 3. Store the order.
+        let order = Order(
+            id: orderID, userId: placeOrder.userId, items: placeOrder.items, totalCents: total, status: "paid",
+            paymentId: payment.id)
+        let itemsJSON = String(decoding: try JSONEncoder().encode(order.items), as: UTF8.self)
+        do {
+            try await self.store.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO orders (id, idempotency_key, user_id, items, total_cents, status, payment_id, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        order.id, idempotencyKey, order.userId, itemsJSON, order.totalCents, order.status,
+                        order.paymentId, Date().formatted(.iso8601),
+                    ])
+            }
+        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
+            // A concurrent request with the same Idempotency-Key won the race: answer with its order.
+            if let idempotencyKey, let existing = try await self.existingOrder(idempotencyKey: idempotencyKey) {
+                return JSONResponse(
+                    status: .ok, value: existing, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
+            }
+            throw error
+        }
+        self.logger.info(
+            "order placed",
+            metadata: ["aviary.order_id": "\(order.id)", "aviary.user_id": "\(order.userId)", "aviary.total": "\(total)"])
+        return JSONResponse(status: .created, value: order, headers: [.location: "/orders/\(order.id)"])
+    }
+
+    private func existingOrder(idempotencyKey: String) async throws -> Order? {
+        try await self.store.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE idempotency_key = ?", arguments: [idempotencyKey])
+                .map(Self.order(from:))
+        }
+    }
+
+    /// Runs an upstream call and turns its failures into problems that name the dependency.
+    private func call(
+        _ upstream: Upstream,
+        _ body: () async throws -> UpstreamResponse
+    ) async throws -> UpstreamResponse {
+        do {
+            return try await body()
+        } catch let error as Problem {
+            throw error
+        } catch {
+            throw Self.unavailable(upstream.name, error)
+        }
+    }
+
+    static func unavailable(_ dependency: String, _ error: any Error) -> Problem {
+        var headers = HTTPFields()
+        var retryAfter: Duration?
+        let reason: String
+        switch error {
+        case let error as ResilienceError:
+            retryAfter = error.retryAfter
+            switch error.code {
+            case .circuitOpen: reason = "its circuit breaker is open"
+            case .timedOut: reason = "it did not answer in time"
+            default: reason = error.message
+            }
+        case let error as UpstreamServerError:
+            retryAfter = error.retryAfter
+            reason = error.description
+        default:
+            reason = "it cannot be reached (\(error))"
+        }
+        var extensions = ["dependency": dependency]
+        if let retryAfter {
+            let seconds = String(max(1, Int(retryAfter.aviarySeconds.rounded(.up))))
+            headers[.retryAfter] = seconds
+            extensions["retry_after_seconds"] = seconds
+        }
+        return Problem(
+            status: 503, slug: "dependency-unavailable", detail: "\(dependency) is unavailable: \(reason)",
+            extensions: extensions, headers: headers)
+    }
+}

@@ -1,0 +1,130 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryStorage
+import Foundation
+import GRDB
+import HTTPTypes
+import Hummingbird
+import Logging
+
+/// A charge request.
+struct ChargeRequest: Codable, Sendable, Equatable {
+    var orderId: String
+    var userId: String
+    var amountCents: Int
+}
+
+/// A captured payment.
+public struct Payment: Codable, Sendable, Equatable {
+    public var id: String
+    public var orderId: String
+    public var userId: String
+    public var amountCents: Int
+    public var status: String
+}
+
+/// The `payments` service: charges for orders.
+///
+/// `POST /payments` requires an `Idempotency-Key` header: a repeat with the same key and body
+/// returns the original payment (with `Idempotent-Replayed: true`) instead of charging twice; the
+/// same key with a different body is a 422 problem. That makes the charge safe to retry.
+struct PaymentsService: Sendable {
+    let store: SQLiteStore
+    let logger: Logger
+
+    static var migrations: Migrations {
+        var migrations = Migrations()
+        migrations.add("v1: payments") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE payments (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        idempotency_key TEXT NOT NULL UNIQUE,
+                        order_id TEXT NOT NULL,
+                        user_id TEXT NOT NULL,
+                        amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
+                        status TEXT NOT NULL,
+                        created_at TEXT NOT NULL
+                    )
+                    """)
+        }
+        return migrations
+    }
+
+    init(url: StoreURL, logger: Logger) throws {
+        self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+        self.logger = logger
+    }
+
+    private static func payment(from row: Row) -> Payment {
+        Payment(
+            id: row["id"], orderId: row["order_id"], userId: row["user_id"], amountCents: row["amount_cents"],
+            status: row["status"])
+    }
+
+    func router() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: ProblemMiddleware(logger: self.logger))
+        addProbes(to: router, store: self.store, service: "payments")
+        let store = self.store
+        router.post("/payments") { request, _ -> JSONResponse<Payment> in
+            guard let key = request.headers[HTTPField.Name("Idempotency-Key")!], !key.isEmpty, key.count <= 255 else {
+                throw Problem(
+                    status: 400, slug: "idempotency-key-required",
+                    detail: "POST /payments requires an Idempotency-Key header of 1 to 255 characters")
+            }
+            let charge = try await request.decodeJSON(as: ChargeRequest.self)
+            if charge.amountCents <= 0 {
+                throw Problem(
+                    status: 400, slug: "invalid-amount",
+                    detail: "amountCents: expected a positive integer, got \(charge.amountCents)")
+            }
+            let outcome = try await store.write { db -> (Payment, replayed: Bool) in
+                if let row = try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE idempotency_key = ?", arguments: [key]) {
+                    return (Self.payment(from: row), true)
+                }
+                let payment = Payment(
+                    id: "pay-" + UUID().uuidString.lowercased().prefix(12), orderId: charge.orderId,
+                    userId: charge.userId, amountCents: charge.amountCents, status: "captured")
+                try db.execute(
+                    sql: """
+                        INSERT INTO payments (id, idempotency_key, order_id, user_id, amount_cents, status, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        payment.id, key, payment.orderId, payment.userId, payment.amountCents, payment.status,
+                        Date().formatted(.iso8601),
+                    ])
+                return (payment, false)
+            }
+            if outcome.replayed {
+                let original = outcome.0
+                guard original.orderId == charge.orderId, original.userId == charge.userId,
+                    original.amountCents == charge.amountCents
+                else {
+                    throw Problem(
+                        status: 422, slug: "idempotency-key-reused",
+                        detail: "Idempotency-Key \"\(key)\" was used for a different request")
+                }
+                return JSONResponse(
+                    status: .ok, value: original, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
+            }
+            return JSONResponse(status: .created, value: outcome.0)
+        }
+        router.get("/payments/:id") { _, context -> JSONResponse<Payment> in
+            let id = try context.parameters.require("id")
+            let payment = try await store.read { db in
+                try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE id = ?", arguments: [id]).map(Self.payment(from:))
+            }
+            guard let payment else {
+                throw Problem(status: 404, slug: "payment-not-found", detail: "no payment \"\(id)\"")
+            }
+            return JSONResponse(status: .ok, value: payment)
+        }
+        return router
+    }
+}

@@ -1,0 +1,130 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AsyncHTTPClient
+public import AviaryCore
+import AviaryResilience
+import AviaryStorage
+import Hummingbird
+public import Logging
+import NIOCore
+public import ServiceLifecycle
+
+/// How to run Shop.
+///
+/// ```swift
+/// var options = ShopOptions()
+/// options.ports["orders"] = 0          // any free port
+/// options.dataDirectory = "/tmp/shop"
+/// ```
+public struct ShopOptions: Sendable {
+    /// The address every service binds to.
+    public var host: String = "127.0.0.1"
+    /// The port of each service; 0 picks a free one.
+    public var ports: [String: Int] = ["users": 8101, "orders": 8102, "payments": 8103]
+    /// The folder that holds each service's SQLite database (`<service>.db`).
+    public var dataDirectory: String = ".aviary/shop"
+    /// The clock the circuit breakers use (tests inject a ``AviaryCore/ManualClock``).
+    public var breakerClock: any MonotonicClock = SystemClock()
+    /// How long a dependency's breaker stays open before it lets a probe through.
+    public var breakerOpenDuration: Duration = .seconds(10)
+    /// Calls a breaker must see before it judges the failure rate.
+    public var breakerMinimumCalls: Int = 5
+    /// Called once per service when it listens (the executable prints the address).
+    public var onListening: @Sendable (String, Endpoint) async -> Void = { _, _ in }
+    /// The logger every service logs through.
+    public var logger: Logger = Logger(label: "aviary.shop")
+
+    /// The services of the skeleton, in start order.
+    public static let services = ["users", "payments", "orders"]
+
+    /// Default options: ports 8101-8103 on 127.0.0.1, data under `.aviary/shop`.
+    public init() {}
+}
+
+/// The Shop reference system: `users`, `payments` and `orders`, each a Hummingbird application on
+/// its own port with its own SQLite database, run together in one process.
+///
+/// ```swift
+/// let shop = try ShopSystem(options: ShopOptions())
+/// try await shop.run()   // until cancelled, or SIGTERM/SIGINT when run by `swift run shop`
+/// ```
+public final class ShopSystem: Sendable {
+    /// Where each service listens once it has started.
+    public let addressBook = AddressBook()
+    let options: ShopOptions
+    let users: UsersService
+    let payments: PaymentsService
+    let orders: OrdersService
+
+    /// Opens (and migrates) every service's database.
+    ///
+    /// - Throws: `AviaryError` naming the database that could not be opened.
+    public init(options: ShopOptions) throws {
+        self.options = options
+        func url(_ service: String) -> StoreURL {
+            StoreURL(.sqlite(path: "\(options.dataDirectory)/\(service).db"))
+        }
+        func logger(_ service: String) -> Logger {
+            var logger = options.logger
+            logger[metadataKey: "service"] = "\(service)"
+            return logger
+        }
+        var policy = Upstream.Policy()
+        policy.breaker.waitDurationInOpenState = options.breakerOpenDuration
+        policy.breaker.minimumNumberOfCalls = options.breakerMinimumCalls
+        policy.breaker.slidingWindow = .countBased(max(10, options.breakerMinimumCalls))
+        policy.breaker.permittedNumberOfCallsInHalfOpenState = 1
+        self.users = try UsersService(url: url("users"), logger: logger("users"))
+        self.payments = try PaymentsService(url: url("payments"), logger: logger("payments"))
+        self.orders = try OrdersService(
+            url: url("orders"), logger: logger("orders"),
+            users: Upstream(
+                name: "users", book: self.addressBook, http: .shared, policy: policy, breakerClock: options.breakerClock),
+            payments: Upstream(
+                name: "payments", book: self.addressBook, http: .shared, policy: policy,
+                breakerClock: options.breakerClock))
+    }
+
+    /// The application of one service, bound to `port` (0 for any), recording its address when it listens.
+    func application(_ service: String, port: Int) -> some ApplicationProtocol & Service {
+        let router: Router<BasicRequestContext>
+        switch service {
+        case "users": router = self.users.router()
+        case "payments": router = self.payments.router()
+        default: router = self.orders.router()
+        }
+        var logger = self.options.logger
+        logger[metadataKey: "service"] = "\(service)"
+        let book = self.addressBook
+        let host = self.options.host
+        let onListening = self.options.onListening
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "shop-\(service)"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? port
+                book.set(service, Endpoint(host: host, port: port))
+                await onListening(service, Endpoint(host: host, port: port))
+            },
+            logger: logger
+        )
+    }
+
+    /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when
+    /// `handleSignals` is true (then in-flight requests finish before the process exits).
+    public func run(handleSignals: Bool = false) async throws {
+        let services: [any Service] = ShopOptions.services.map { name in
+            self.application(name, port: self.options.ports[name] ?? 0)
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) },
+                gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
+                logger: self.options.logger))
+        try await group.run()
+    }
+}
+

@@ -1,0 +1,66 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import Foundation
+import Logging
+import Shop
+
+// `swift run shop`: users, payments and orders in one process, on 8101-8103 by default.
+// Options: --data-dir PATH, --host ADDRESS, --<service>-port N (0 = any free port).
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("shop: \(message)\n".utf8))
+    exit(2)
+}
+
+var options = ShopOptions()
+var arguments = CommandLine.arguments.dropFirst()
+while let argument = arguments.popFirst() {
+    func value() -> String {
+        guard let value = arguments.popFirst() else { fail("\(argument): expected a value") }
+        return value
+    }
+    switch argument {
+    case "--help", "-h":
+        print(
+            """
+            usage: shop [--data-dir PATH] [--host ADDRESS] [--users-port N] [--orders-port N] [--payments-port N]
+            Runs the Shop reference system (users, orders, payments) in one process.
+            """)
+        exit(0)
+    case "--data-dir": options.dataDirectory = value()
+    case "--host": options.host = value()
+    case let flag where flag.hasPrefix("--") && flag.hasSuffix("-port"):
+        let service = String(flag.dropFirst(2).dropLast(5))
+        guard ShopOptions.services.contains(service) else {
+            fail("\(flag): unknown service \"\(service)\"; expected one of \(ShopOptions.services.joined(separator: ", "))")
+        }
+        let text = value()
+        guard let port = Int(text), (0...65535).contains(port) else {
+            fail("\(flag): expected a port in 0...65535, got \"\(text)\"")
+        }
+        options.ports[service] = port
+    default:
+        fail("unknown argument \"\(argument)\"; try --help")
+    }
+}
+
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .info
+    return handler
+}
+options.logger = Logger(label: "aviary.shop")
+options.onListening = { service, endpoint in
+    print("\(service) listening on \(endpoint.url)")
+}
+
+do {
+    let shop = try ShopSystem(options: options)
+    try await shop.run(handleSignals: true)
+} catch {
+    fail("\(error)")
+}

@@ -1,0 +1,162 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryResilience
+import Foundation
+import Testing
+
+@testable import Shop
+
+@Suite("Shop walking skeleton", .serialized)
+struct ShopTests {
+    static let order = #"{"userId":"alice","items":[{"sku":"book-1","quantity":2,"unitPriceCents":1250}]}"#
+
+    @Test("placing an order checks the user, charges payments and stores the order")
+    func placeOrder() async throws {
+        try await withShop { shop in
+            let reply = try await shop.send(.POST, "orders", "/orders", json: Self.order)
+            #expect(reply.status == 201)
+            let order = try JSONDecoder().decode(Order.self, from: reply.body)
+            #expect(order.userId == "alice")
+            #expect(order.totalCents == 2500)
+            #expect(order.status == "paid")
+            #expect(reply.headers.first(name: "location") == "/orders/\(order.id)")
+
+            let stored = try await shop.send(.GET, "orders", "/orders/\(order.id)")
+            #expect(stored.status == 200)
+            #expect(try JSONDecoder().decode(Order.self, from: stored.body) == order)
+
+            let payment = try await shop.send(.GET, "payments", "/payments/\(order.paymentId)")
+            #expect(payment.status == 200)
+            let charged = try JSONDecoder().decode(Payment.self, from: payment.body)
+            #expect(charged.amountCents == 2500)
+            #expect(charged.orderId == order.id)
+        }
+    }
+
+    @Test("an order for an unknown user is a 422 problem and charges nothing")
+    func unknownUser() async throws {
+        try await withShop { shop in
+            let reply = try await shop.send(
+                .POST, "orders", "/orders", json: #"{"userId":"mallory","items":[{"sku":"a","quantity":1,"unitPriceCents":100}]}"#)
+            #expect(reply.status == 422)
+            #expect(reply.headers.first(name: "content-type") == "application/problem+json")
+            let problem = try reply.json()
+            #expect(problem["type"] as? String == "urn:aviary:problem:unknown-user")
+            #expect(problem["status"] as? Int == 422)
+            #expect((problem["detail"] as? String)?.contains("mallory") == true)
+            let count = try await shop.shop.payments.store.read { db in
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM payments") ?? -1
+            }
+            #expect(count == 0)
+        }
+    }
+
+    @Test(
+        "malformed orders are 400 problems naming the field",
+        arguments: [
+            (#"{"userId":"alice","items":[]}"#, "items: expected at least one item"),
+            (#"{"userId":"alice","items":[{"sku":"a","quantity":0,"unitPriceCents":1}]}"#, "items[0].quantity"),
+            (#"{"userId":"alice"}"#, "items: required field is missing"),
+            (#"{"userId":"alice","items":"#, "body"),
+        ])
+    func malformedOrders(body: String, fragment: String) async throws {
+        try await withShop { shop in
+            let reply = try await shop.send(.POST, "orders", "/orders", json: body)
+            #expect(reply.status == 400)
+            let problem = try reply.json()
+            #expect((problem["detail"] as? String)?.contains(fragment) == true, "\(problem)")
+        }
+    }
+
+    @Test("an unknown route is a 404 problem")
+    func unknownRoute() async throws {
+        try await withShop { shop in
+            let reply = try await shop.send(.GET, "orders", "/nope")
+            #expect(reply.status == 404)
+            #expect(reply.headers.first(name: "content-type") == "application/problem+json")
+        }
+    }
+
+    @Test("the same Idempotency-Key places one order")
+    func idempotentOrder() async throws {
+        try await withShop { shop in
+            let first = try await shop.send(
+                .POST, "orders", "/orders", json: Self.order, headers: [("Idempotency-Key", "k-1")])
+            let second = try await shop.send(
+                .POST, "orders", "/orders", json: Self.order, headers: [("Idempotency-Key", "k-1")])
+            #expect(first.status == 201)
+            #expect(second.status == 200)
+            #expect(second.headers.first(name: "idempotent-replayed") == "true")
+            let a = try JSONDecoder().decode(Order.self, from: first.body)
+            let b = try JSONDecoder().decode(Order.self, from: second.body)
+            #expect(a == b)
+            let payments = try await shop.shop.payments.store.read { db in
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM payments") ?? -1
+            }
+            #expect(payments == 1)
+        }
+    }
+
+    @Test("payments applies a charge once per Idempotency-Key and refuses a reused key")
+    func paymentIdempotency() async throws {
+        try await withShop { shop in
+            let charge = #"{"orderId":"o-1","userId":"alice","amountCents":500}"#
+            let first = try await shop.send(.POST, "payments", "/payments", json: charge, headers: [("Idempotency-Key", "c-1")])
+            let again = try await shop.send(.POST, "payments", "/payments", json: charge, headers: [("Idempotency-Key", "c-1")])
+            #expect(first.status == 201)
+            #expect(again.status == 200)
+            #expect(try JSONDecoder().decode(Payment.self, from: first.body) == JSONDecoder().decode(Payment.self, from: again.body))
+            let other = #"{"orderId":"o-1","userId":"alice","amountCents":999}"#
+            let reused = try await shop.send(.POST, "payments", "/payments", json: other, headers: [("Idempotency-Key", "c-1")])
+            #expect(reused.status == 422)
+            let missing = try await shop.send(.POST, "payments", "/payments", json: charge)
+            #expect(missing.status == 400)
+        }
+    }
+
+    @Test("probes answer on every service")
+    func probes() async throws {
+        try await withShop { shop in
+            for service in ShopOptions.services {
+                #expect(try await shop.send(.GET, service, "/livez").status == 200)
+                let ready = try await shop.send(.GET, service, "/readyz")
+                #expect(ready.status == 200)
+                #expect(try ready.json()["service"] as? String == service)
+            }
+        }
+    }
+
+    @Test("with payments down, orders answers 503 at once, its breaker opens, and it recovers")
+    func paymentsOutage() async throws {
+        try await withShop(minimumCalls: 2) { shop in
+            let paymentsEndpoint = try shop.shop.addressBook.require("payments")
+            try await shop.stop("payments")
+
+            // First order: attempts fail to connect until the breaker opens; then it rejects.
+            let failed = try await shop.send(.POST, "orders", "/orders", json: Self.order)
+            #expect(failed.status == 503)
+            let problem = try failed.json()
+            #expect(problem["type"] as? String == "urn:aviary:problem:dependency-unavailable")
+            #expect(problem["dependency"] as? String == "payments")
+            #expect(shop.shop.orders.payments.breaker.state == .open)
+
+            // While open: rejected without trying payments, with Retry-After.
+            let rejected = try await shop.send(.POST, "orders", "/orders", json: Self.order)
+            #expect(rejected.status == 503)
+            #expect((try rejected.json()["detail"] as? String)?.contains("circuit breaker is open") == true)
+            #expect(rejected.headers.first(name: "retry-after") == "30")
+
+            // payments returns; the breaker still rejects until its open wait has passed.
+            try await shop.start("payments", port: paymentsEndpoint.port)
+            #expect(try await shop.send(.POST, "orders", "/orders", json: Self.order).status == 503)
+
+            shop.clock.advance(by: .seconds(30))
+            let recovered = try await shop.send(.POST, "orders", "/orders", json: Self.order)
+            #expect(recovered.status == 201)
+            #expect(shop.shop.orders.payments.breaker.state == .closed)
+        }
+    }
+}
