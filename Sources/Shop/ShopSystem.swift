@@ -11,6 +11,7 @@ import Hummingbird
 public import Logging
 import NIOCore
 public import ServiceLifecycle
+import UnixSignals
 
 /// How to run Shop.
 ///

@@ -104,7 +104,7 @@ final class ShopHarness: Sendable {
         }
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
         let body = try await response.body.collect(upTo: 1 << 20)
-        return Reply(status: Int(response.status.code), headers: response.headers, body: Data(buffer: body))
+        return Reply(status: Int(response.status.code), headers: response.headers, body: Data(body.readableBytesView))
     }
 }
 

@@ -3,7 +3,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
 import AviaryResilience
+import AviaryStorage
+import GRDB
+import NIOHTTP1
 import Foundation
 import Testing
 

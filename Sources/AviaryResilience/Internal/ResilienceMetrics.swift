@@ -38,11 +38,13 @@ enum ResilienceMetrics {
         let timeout: Counter
         let fallback: Counter
 
-        init(policy: String, name: String) {
+        /// - Parameter factory: the metrics backend; tests pass a `TestMetrics` instead of bootstrapping.
+        init(policy: String, name: String, factory: any MetricsFactory = MetricsSystem.factory) {
             func make(_ outcome: Outcome) -> Counter {
                 Counter(
                     label: ResilienceMetrics.callsTotal,
-                    dimensions: [("policy", policy), ("name", name), ("outcome", outcome.rawValue)]
+                    dimensions: [("policy", policy), ("name", name), ("outcome", outcome.rawValue)],
+                    factory: factory
                 )
             }
             self.success = make(.success)

@@ -114,7 +114,7 @@ extension Request {
             throw Problem(status: 413, slug: "payload-too-large", detail: "the body is larger than \(limit) bytes")
         }
         do {
-            return try JSONDecoder().decode(T.self, from: Data(buffer: buffer))
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
         } catch let error as DecodingError {
             throw Problem(status: 400, slug: "invalid-body", detail: ProblemMiddleware<BasicRequestContext>.describe(error))
         }

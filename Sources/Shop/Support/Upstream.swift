@@ -17,12 +17,12 @@ struct UpstreamResponse: Sendable {
     var body: ByteBuffer
 
     func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try JSONDecoder().decode(T.self, from: Data(buffer: self.body))
+        try JSONDecoder().decode(T.self, from: Data(self.body.readableBytesView))
     }
 
     /// The body as problem details, if it is one.
     var problem: ProblemDetails? {
-        try? JSONDecoder().decode(ProblemDetails.self, from: Data(buffer: self.body))
+        try? JSONDecoder().decode(ProblemDetails.self, from: Data(self.body.readableBytesView))
     }
 }
 
