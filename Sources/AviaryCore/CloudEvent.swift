@@ -152,7 +152,8 @@ public struct CloudEvent: Sendable, Hashable, Codable {
         if let timeText = try container.decodeIfPresent(String.self, forKey: Key("time")) {
             guard let date = CloudEvent.parseTime(timeText) else {
                 throw DecodingError.dataCorruptedError(
-                    forKey: Key("time"), in: container, debugDescription: "expected an RFC 3339 time, got \"\(timeText)\"")
+                    forKey: Key("time"), in: container,
+                    debugDescription: "expected an RFC 3339 time, got \"\(timeText)\"")
             }
             self.time = date
         } else {
@@ -202,7 +203,8 @@ public struct CloudEvent: Sendable, Hashable, Codable {
         try container.encodeIfPresent(self.dataContentType, forKey: Key("datacontenttype"))
         try container.encodeIfPresent(self.dataSchema, forKey: Key("dataschema"))
         if let data {
-            if CloudEvent.isJSON(self.dataContentType), let value = try? JSONDecoder().decode(JSONValue.self, from: data)
+            if CloudEvent.isJSON(self.dataContentType),
+                let value = try? JSONDecoder().decode(JSONValue.self, from: data)
             {
                 try container.encode(value, forKey: Key("data"))
             } else {
@@ -216,7 +218,8 @@ public struct CloudEvent: Sendable, Hashable, Codable {
     }
 
     static func formatTime(_ date: Date) -> String {
-        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        date.formatted(
+            .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
     }
 
     static func parseTime(_ text: String) -> Date? {

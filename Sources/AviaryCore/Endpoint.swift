@@ -40,7 +40,9 @@ public struct Endpoint: Sendable, Hashable, Codable, CustomStringConvertible {
             }
             let rest = host[host.index(after: close)...]
             host = host[host.index(after: host.startIndex)..<close]
-            if rest.hasPrefix(":") { portText = rest.dropFirst() } else if !rest.isEmpty {
+            if rest.hasPrefix(":") {
+                portText = rest.dropFirst()
+            } else if !rest.isEmpty {
                 throw AviaryError(.invalidArgument, "invalid endpoint \"\(text)\": expected ':port' after ']'")
             }
         } else if let colon = host.lastIndex(of: ":") {

@@ -46,7 +46,8 @@ public struct ServiceName: Sendable, Hashable, Comparable, Codable, CustomString
         }
         if name.utf8.last == UInt8(ascii: "-") { return "expected a letter or digit last" }
         for byte in name.utf8 {
-            let ok = (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
+            let ok =
+                (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z"))
                 || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || byte == UInt8(ascii: "-")
             if !ok { return "expected only lowercase letters, digits and '-'" }
         }

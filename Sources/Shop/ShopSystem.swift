@@ -83,7 +83,8 @@ public final class ShopSystem: Sendable {
         self.orders = try OrdersService(
             url: url("orders"), logger: logger("orders"),
             users: Upstream(
-                name: "users", book: self.addressBook, http: .shared, policy: policy, breakerClock: options.breakerClock),
+                name: "users", book: self.addressBook, http: .shared, policy: policy, breakerClock: options.breakerClock
+            ),
             payments: Upstream(
                 name: "payments", book: self.addressBook, http: .shared, policy: policy,
                 breakerClock: options.breakerClock))
@@ -128,4 +129,3 @@ public final class ShopSystem: Sendable {
         try await group.run()
     }
 }
-

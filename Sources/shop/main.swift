@@ -36,7 +36,9 @@ while let argument = arguments.popFirst() {
     case let flag where flag.hasPrefix("--") && flag.hasSuffix("-port"):
         let service = String(flag.dropFirst(2).dropLast(5))
         guard ShopOptions.services.contains(service) else {
-            fail("\(flag): unknown service \"\(service)\"; expected one of \(ShopOptions.services.joined(separator: ", "))")
+            fail(
+                "\(flag): unknown service \"\(service)\"; expected one of \(ShopOptions.services.joined(separator: ", "))"
+            )
         }
         let text = value()
         guard let port = Int(text), (0...65535).contains(port) else {

@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import ServiceContextModule
 import Testing
 
 @Suite("ManualClock")
@@ -101,5 +102,3 @@ struct DeadlineTests {
         #expect(deadline.remaining(clock: clock) == .zero)
     }
 }
-
-import ServiceContextModule

@@ -35,7 +35,10 @@ struct SQLiteStoreTests {
     @Test("opening creates the folder, turns on WAL and migrates once")
     func openAndMigrate() async throws {
         let path = Self.temporaryPath()
-        defer { try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: path).deletingLastPathComponent().deletingLastPathComponent().path) }
+        defer {
+            try? FileManager.default.removeItem(
+                atPath: URL(fileURLWithPath: path).deletingLastPathComponent().deletingLastPathComponent().path)
+        }
         let store = try SQLiteStore(url: StoreURL(.sqlite(path: path)), migrations: Self.migrations)
         let mode = try await store.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") }
         #expect(mode == "wal")

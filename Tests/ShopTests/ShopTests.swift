@@ -6,9 +6,9 @@
 import AviaryCore
 import AviaryResilience
 import AviaryStorage
+import Foundation
 import GRDB
 import NIOHTTP1
-import Foundation
 import Testing
 
 @testable import Shop
@@ -44,7 +44,8 @@ struct ShopTests {
     func unknownUser() async throws {
         try await withShop { shop in
             let reply = try await shop.send(
-                .POST, "orders", "/orders", json: #"{"userId":"mallory","items":[{"sku":"a","quantity":1,"unitPriceCents":100}]}"#)
+                .POST, "orders", "/orders",
+                json: #"{"userId":"mallory","items":[{"sku":"a","quantity":1,"unitPriceCents":100}]}"#)
             #expect(reply.status == 422)
             #expect(reply.headers.first(name: "content-type") == "application/problem+json")
             let problem = try reply.json()
@@ -108,13 +109,18 @@ struct ShopTests {
     func paymentIdempotency() async throws {
         try await withShop { shop in
             let charge = #"{"orderId":"o-1","userId":"alice","amountCents":500}"#
-            let first = try await shop.send(.POST, "payments", "/payments", json: charge, headers: [("Idempotency-Key", "c-1")])
-            let again = try await shop.send(.POST, "payments", "/payments", json: charge, headers: [("Idempotency-Key", "c-1")])
+            let first = try await shop.send(
+                .POST, "payments", "/payments", json: charge, headers: [("Idempotency-Key", "c-1")])
+            let again = try await shop.send(
+                .POST, "payments", "/payments", json: charge, headers: [("Idempotency-Key", "c-1")])
             #expect(first.status == 201)
             #expect(again.status == 200)
-            #expect(try JSONDecoder().decode(Payment.self, from: first.body) == JSONDecoder().decode(Payment.self, from: again.body))
+            #expect(
+                try JSONDecoder().decode(Payment.self, from: first.body)
+                    == JSONDecoder().decode(Payment.self, from: again.body))
             let other = #"{"orderId":"o-1","userId":"alice","amountCents":999}"#
-            let reused = try await shop.send(.POST, "payments", "/payments", json: other, headers: [("Idempotency-Key", "c-1")])
+            let reused = try await shop.send(
+                .POST, "payments", "/payments", json: other, headers: [("Idempotency-Key", "c-1")])
             #expect(reused.status == 422)
             let missing = try await shop.send(.POST, "payments", "/payments", json: charge)
             #expect(missing.status == 400)

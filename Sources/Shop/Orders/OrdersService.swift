@@ -90,7 +90,9 @@ struct OrdersService: Sendable {
         var problems: [String] = []
         if request.userId.isEmpty { problems.append("userId: expected a non-empty string") }
         if request.items.isEmpty { problems.append("items: expected at least one item") }
-        if request.items.count > 100 { problems.append("items: expected at most 100 items, got \(request.items.count)") }
+        if request.items.count > 100 {
+            problems.append("items: expected at most 100 items, got \(request.items.count)")
+        }
         for (index, item) in request.items.enumerated() {
             if item.sku.isEmpty { problems.append("items[\(index)].sku: expected a non-empty string") }
             if !(1...1000).contains(item.quantity) {
@@ -138,7 +140,8 @@ struct OrdersService: Sendable {
         }
 
         // 1. The user must exist.
-        let userPath = "/users/" + (placeOrder.userId.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? "")
+        let userPath =
+            "/users/" + (placeOrder.userId.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? "")
         let userResponse = try await self.call(self.users) {
             try await self.users.send(.GET, userPath, idempotent: true)
         }
@@ -199,7 +202,9 @@ struct OrdersService: Sendable {
         }
         self.logger.info(
             "order placed",
-            metadata: ["aviary.order_id": "\(order.id)", "aviary.user_id": "\(order.userId)", "aviary.total": "\(total)"])
+            metadata: [
+                "aviary.order_id": "\(order.id)", "aviary.user_id": "\(order.userId)", "aviary.total": "\(total)",
+            ])
         return JSONResponse(status: .created, value: order, headers: [.location: "/orders/\(order.id)"])
     }
 

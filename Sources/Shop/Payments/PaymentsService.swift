@@ -84,7 +84,9 @@ struct PaymentsService: Sendable {
                     detail: "amountCents: expected a positive integer, got \(charge.amountCents)")
             }
             let outcome = try await store.write { db -> (Payment, replayed: Bool) in
-                if let row = try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE idempotency_key = ?", arguments: [key]) {
+                if let row = try Row.fetchOne(
+                    db, sql: "SELECT * FROM payments WHERE idempotency_key = ?", arguments: [key])
+                {
                     return (Self.payment(from: row), true)
                 }
                 let payment = Payment(
@@ -118,7 +120,8 @@ struct PaymentsService: Sendable {
         router.get("/payments/:id") { _, context -> JSONResponse<Payment> in
             let id = try context.parameters.require("id")
             let payment = try await store.read { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE id = ?", arguments: [id]).map(Self.payment(from:))
+                try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE id = ?", arguments: [id]).map(
+                    Self.payment(from:))
             }
             guard let payment else {
                 throw Problem(status: 404, slug: "payment-not-found", detail: "no payment \"\(id)\"")

@@ -116,7 +116,8 @@ extension Request {
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
         } catch let error as DecodingError {
-            throw Problem(status: 400, slug: "invalid-body", detail: ProblemMiddleware<BasicRequestContext>.describe(error))
+            throw Problem(
+                status: 400, slug: "invalid-body", detail: ProblemMiddleware<BasicRequestContext>.describe(error))
         }
     }
 }

@@ -63,7 +63,8 @@ struct UsersService: Sendable {
                     .map { User(id: $0["id"], name: $0["name"], email: $0["email"]) }
             }
             guard let user else {
-                throw Problem(status: 404, slug: "user-not-found", detail: "no user \"\(id)\"", extensions: ["user_id": id])
+                throw Problem(
+                    status: 404, slug: "user-not-found", detail: "no user \"\(id)\"", extensions: ["user_id": id])
             }
             return JSONResponse(status: .ok, value: user)
         }
@@ -72,7 +73,9 @@ struct UsersService: Sendable {
             var problems: [String] = []
             if let reason = ServiceName.validate(user.id) { problems.append("id: \(reason)") }
             if user.name.isEmpty { problems.append("name: expected a non-empty string") }
-            if !user.email.contains("@") { problems.append("email: expected an address with '@', got \"\(user.email)\"") }
+            if !user.email.contains("@") {
+                problems.append("email: expected an address with '@', got \"\(user.email)\"")
+            }
             if !problems.isEmpty {
                 throw Problem(status: 400, slug: "invalid-user", detail: problems.joined(separator: "; "))
             }
@@ -82,10 +85,12 @@ struct UsersService: Sendable {
                         sql: "INSERT INTO users (id, name, email) VALUES (?, ?, ?)",
                         arguments: [user.id, user.name, user.email])
                 }
-            } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
+            } catch let error as DatabaseError
+                where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
                 || error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
             {
-                throw Problem(status: 409, slug: "user-exists", detail: "a user with id \"\(user.id)\" or that email exists")
+                throw Problem(
+                    status: 409, slug: "user-exists", detail: "a user with id \"\(user.id)\" or that email exists")
             }
             return JSONResponse(status: .created, value: user)
         }

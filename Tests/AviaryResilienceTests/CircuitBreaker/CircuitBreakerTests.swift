@@ -4,12 +4,13 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
-@testable import AviaryResilience
 import InMemoryTracing
 import MetricsTestKit
 import Synchronization
 import Testing
 import Tracing
+
+@testable import AviaryResilience
 
 @Suite("CircuitBreaker", .timeLimit(.minutes(1)))
 struct CircuitBreakerTests {
