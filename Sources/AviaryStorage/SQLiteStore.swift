@@ -3,7 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-public import AviaryCore
+import AviaryCore
 import Foundation
 public import GRDB
 

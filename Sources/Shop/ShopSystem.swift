@@ -10,7 +10,7 @@ import AviaryStorage
 import Hummingbird
 public import Logging
 import NIOCore
-public import ServiceLifecycle
+import ServiceLifecycle
 import UnixSignals
 
 /// How to run Shop.

@@ -18,7 +18,7 @@ import Tracing
 /// After ``Configuration/waitDurationInOpenState`` the next call moves it to half-open, where a
 /// few probe calls decide whether it closes or opens again (with a longer wait when
 /// ``Configuration/waitDurationMultiplier`` is above 1). The semantics are Resilience4j's; see
-/// ``StateMachine`` for the details and `CircuitBreaker.md` for an overview.
+/// ``StateMachine`` for the details and <doc:Circuit-Breakers> for an overview.
 ///
 /// ```swift
 /// let breaker = CircuitBreaker(.init(name: "payments", failureRateThreshold: 0.5, minimumNumberOfCalls: 20))

@@ -13,7 +13,7 @@
 /// 3. ``Retry`` — repeats failed attempts; never repeats a rejection (open breaker, full
 ///    bulkhead, rate limit, shed load) and never sleeps past the deadline.
 /// 4. ``CircuitBreaker`` — sees each attempt, so its failure rate is the upstream's.
-/// 5. ``AdaptiveConcurrencyLimit``, ``Bulkhead``, ``RateLimiter`` — admission per attempt.
+/// 5. ``AdaptiveConcurrencyLimit``, ``Bulkhead``, ``RateLimit`` — admission per attempt.
 /// 6. ``Timeout`` (per try) — bounds one attempt; its expiry is a failure the breaker counts.
 ///
 /// ```swift
@@ -21,7 +21,7 @@
 ///     Fallback.lastKnownGood(maxStaleness: .seconds(60))
 ///     Timeout(.seconds(2))
 ///     Retry(.init(maxAttempts: 3, backoff: .exponential(base: .milliseconds(50))))
-///     CircuitBreaker(.init(failureRateThreshold: 0.5, minimumCalls: 20))
+///     CircuitBreaker(.init(failureRateThreshold: 0.5, minimumNumberOfCalls: 20))
 ///     Bulkhead(.init(maxConcurrentCalls: 64))
 ///     Timeout(.milliseconds(500))
 /// }

@@ -74,7 +74,7 @@ struct TimeoutTests {
         let timeout = Timeout(.seconds(10), clock: clock)
         let deadline = Deadline.after(.seconds(1), clock: clock)
         clock.advance(by: .seconds(1))
-        await withDeadline(deadline) {
+        _ = await withDeadline(deadline) {
             await #expect {
                 try await timeout.run { () async throws -> Int in
                     Issue.record("the operation must not run")
