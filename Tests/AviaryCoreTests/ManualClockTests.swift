@@ -7,7 +7,7 @@ import AviaryCore
 import ServiceContextModule
 import Testing
 
-@Suite("ManualClock")
+@Suite("ManualClock", .timeLimit(.minutes(1)))
 struct ManualClockTests {
     @Test("a sleeper resumes when the clock reaches its deadline, not before")
     func sleeperResumesAtDeadline() async throws {
@@ -63,7 +63,7 @@ struct ManualClockTests {
     }
 }
 
-@Suite("Deadline")
+@Suite("Deadline", .timeLimit(.minutes(1)))
 struct DeadlineTests {
     @Test("a nested deadline never extends the outer one")
     func nestedDeadlineKeepsEarlier() async {

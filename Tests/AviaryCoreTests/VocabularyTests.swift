@@ -7,7 +7,7 @@ import AviaryCore
 import Foundation
 import Testing
 
-@Suite("ServiceName and Endpoint")
+@Suite("ServiceName and Endpoint", .timeLimit(.minutes(1)))
 struct VocabularyTests {
     @Test("valid service names", arguments: ["orders", "a", "shop-users-2", String(repeating: "a", count: 63)])
     func validNames(name: String) throws {
@@ -51,7 +51,7 @@ struct VocabularyTests {
     }
 }
 
-@Suite("Problem details")
+@Suite("Problem details", .timeLimit(.minutes(1)))
 struct ProblemDetailsTests {
     @Test("an AviaryError renders as RFC 9457 problem details with a stable type")
     func aviaryErrorRenders() throws {
@@ -76,7 +76,7 @@ struct ProblemDetailsTests {
     }
 }
 
-@Suite("CloudEvent")
+@Suite("CloudEvent", .timeLimit(.minutes(1)))
 struct CloudEventTests {
     struct OrderPlaced: Codable, Equatable {
         var orderID: String

@@ -9,7 +9,7 @@ import Foundation
 import GRDB
 import Testing
 
-@Suite("SQLiteStore")
+@Suite("SQLiteStore", .timeLimit(.minutes(1)))
 struct SQLiteStoreTests {
     static func temporaryPath() -> String {
         FileManager.default.temporaryDirectory

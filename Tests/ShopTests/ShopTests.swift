@@ -13,7 +13,7 @@ import Testing
 
 @testable import Shop
 
-@Suite("Shop walking skeleton", .serialized)
+@Suite("Shop walking skeleton", .serialized, .timeLimit(.minutes(2)))
 struct ShopTests {
     static let order = #"{"userId":"alice","items":[{"sku":"book-1","quantity":2,"unitPriceCents":1250}]}"#
 

@@ -5,6 +5,7 @@
 
 public import AviaryCore
 import Metrics
+import Synchronization
 import Tracing
 
 /// Bounds how long an operation may run, and makes the bound a deadline that nested calls see.
@@ -23,6 +24,12 @@ import Tracing
 ///
 /// A timeout outside ``Retry`` bounds the whole call with its backoff; inside it bounds each
 /// attempt, and its expiry is a failure the ``CircuitBreaker`` between them counts.
+///
+/// The operation runs in a child task, so that it can be cancelled without cancelling the
+/// caller, and the call returns only once that task has ended: an operation that ignores
+/// cancellation delays the error until it returns. On the `SystemClock` the deadline is armed on
+/// one timer thread shared by every timeout (no sleeping task per call); on any other clock, such
+/// as a `ManualClock`, a child task sleeps on that clock.
 public struct Timeout: ResiliencePolicy {
     /// How a ``Timeout`` is set up.
     public struct Configuration: Sendable, Hashable {
@@ -74,39 +81,46 @@ public struct Timeout: ResiliencePolicy {
             throw self.timedOutError(imposedByCaller: imposedByCaller)
         }
         let clock = self.clock
+        let race = TimeoutRace()
         let result: Result<Output, any Error> = await withDeadline(deadline) {
             await withoutActuallyEscaping(next) { next in
-                await withTaskGroup(of: Outcome<Output>.self) { group in
+                await withTaskGroup(of: Result<Output, any Error>?.self) { group in
                     group.addTask {
+                        race.attach()
+                        defer { race.detach() }
                         do {
-                            return .finished(.success(try await next(context)))
+                            return .success(try await next(context))
                         } catch {
-                            return .finished(.failure(error))
+                            return .failure(error)
                         }
                     }
-                    group.addTask {
-                        do {
-                            try await clock.sleep(until: deadline.instant, tolerance: nil)
-                            return .expired
-                        } catch {
-                            return .timerCancelled
+                    var timer: UInt64?
+                    #if os(Linux)
+                    if clock is SystemClock {
+                        timer = TimerThread.shared.schedule(at: deadline.instant) { race.expire() }
+                    }
+                    #endif
+                    if timer == nil {
+                        // Any other clock (a ManualClock in tests): a child that sleeps on it.
+                        group.addTask {
+                            if (try? await clock.sleep(until: deadline.instant, tolerance: nil)) != nil {
+                                race.expire()
+                            }
+                            return nil
                         }
                     }
-                    var outcome: Result<Output, any Error>?
+                    var result: Result<Output, any Error> = .failure(CancellationError())
                     while let event = await group.next() {
-                        switch event {
-                        case .finished(let result):
-                            if outcome == nil { outcome = result }
-                            group.cancelAll()
-                        case .expired:
-                            if outcome == nil { outcome = .failure(TimedOutMarker()) }
-                            group.cancelAll()
-                        case .timerCancelled:
+                        if let event {
+                            result = event
                             break
                         }
                     }
-                    // Both children always report; `outcome` is set by whichever finished first.
-                    return outcome ?? .failure(CancellationError())
+                    #if os(Linux)
+                    if let timer { TimerThread.shared.cancel(timer) }
+                    #endif
+                    group.cancelAll()  // the sleeping child, if any; the group waits for it
+                    return race.expired ? .failure(TimedOutMarker()) : result
                 }
             }
         }
@@ -133,11 +147,61 @@ public struct Timeout: ResiliencePolicy {
             .timedOut, "\(self.configuration.name): \(reason)", policyName: self.configuration.name)
     }
 
-    private enum Outcome<Output: Sendable>: Sendable {
-        case finished(Result<Output, any Error>)
-        case expired
-        case timerCancelled
+    private struct TimedOutMarker: Error {}
+}
+
+/// Lets a timer cancel the child task that runs a ``Timeout``'s operation, and no other task.
+///
+/// The child registers its task when it starts and unregisters before it returns, both under the
+/// lock; the timer cancels under the same lock, so it can never touch a task that has finished.
+/// A timer that fires before the child has started leaves `expired` set, and the child cancels
+/// itself as it registers. Cancellation handlers of the operation run on the timer's thread while
+/// the lock is held; they cannot reach this object, so they cannot deadlock on it.
+final class TimeoutRace: Sendable {
+    /// `@unchecked Sendable`: the task is only used (to cancel it) under the lock, and only while
+    /// the child that registered it has not unregistered, that is, while the task is alive.
+    private struct Registered: @unchecked Sendable {
+        let task: UnsafeCurrentTask
     }
 
-    private struct TimedOutMarker: Error {}
+    private struct State {
+        var task: Registered?
+        var expired = false
+        var finished = false
+    }
+
+    private let state = Mutex(State())
+
+    /// True once the deadline passed before the operation finished.
+    var expired: Bool { self.state.withLock { $0.expired } }
+
+    /// Called by the child as it starts.
+    func attach() {
+        withUnsafeCurrentTask { task in
+            guard let task else { return }
+            let registered = Registered(task: task)
+            let cancelNow = self.state.withLock { state -> Bool in
+                state.task = registered
+                return state.expired
+            }
+            if cancelNow { task.cancel() }
+        }
+    }
+
+    /// Called by the child before it returns.
+    func detach() {
+        self.state.withLock { state in
+            state.task = nil
+            state.finished = true
+        }
+    }
+
+    /// Called by the timer at the deadline.
+    func expire() {
+        self.state.withLock { state in
+            guard !state.finished else { return }
+            state.expired = true
+            state.task?.task.cancel()
+        }
+    }
 }

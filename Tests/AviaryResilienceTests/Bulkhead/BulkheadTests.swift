@@ -9,7 +9,7 @@ import Testing
 
 @testable import AviaryResilience
 
-@Suite("Bulkhead")
+@Suite("Bulkhead", .timeLimit(.minutes(1)))
 struct BulkheadTests {
     /// Starts a call that holds its slot until the gate finishes `id`.
     private func start(_ bulkhead: Bulkhead, _ gate: BulkheadCallGate, _ id: Int) -> Task<Int, any Error> {
@@ -390,7 +390,10 @@ struct BulkheadTests {
                 await #expect(throws: CancellationError.self) { try await tasks[id].value }
             }
             queued.removeAll { Ending.allCases[endings[$0]] == .cancelQueued }
-            // End the running calls oldest first; each end lets the next queued call start.
+            // End the running calls oldest first; each end lets the next queued call start. The
+            // expected number of started calls is counted here, not read back after an end: the
+            // next queued call may already have started by the time the ended call's task returns.
+            var expectedStarted = gate.startedIDs.count
             var ended = 0
             while ended < gate.startedIDs.count {
                 let id = gate.startedIDs[ended]
@@ -409,7 +412,8 @@ struct BulkheadTests {
                 ended += 1
                 if !queued.isEmpty {
                     queued.removeFirst()
-                    await gate.waitUntilStarted(gate.startedIDs.count + 1)
+                    expectedStarted += 1
+                    await gate.waitUntilStarted(expectedStarted)
                 }
             }
             #expect(bulkhead.inFlightCount == 0)

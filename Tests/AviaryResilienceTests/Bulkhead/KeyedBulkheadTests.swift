@@ -7,7 +7,7 @@ import AviaryCore
 import AviaryResilience
 import Testing
 
-@Suite("KeyedBulkhead")
+@Suite("KeyedBulkhead", .timeLimit(.minutes(1)))
 struct KeyedBulkheadTests {
     /// Starts a call under `key` that holds its slot until the gate finishes `id`.
     private func start(

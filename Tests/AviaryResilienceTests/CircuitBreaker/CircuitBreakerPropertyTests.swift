@@ -8,7 +8,7 @@ import AviaryResilience
 import PropertyBased
 import Testing
 
-@Suite("CircuitBreaker properties")
+@Suite("CircuitBreaker properties", .timeLimit(.minutes(1)))
 struct CircuitBreakerPropertyTests {
     /// A random breaker configuration; thresholds are multiples of 0.05 so that rates often land
     /// exactly on them.

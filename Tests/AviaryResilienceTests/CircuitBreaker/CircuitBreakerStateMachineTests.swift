@@ -7,7 +7,7 @@ import AviaryCore
 import AviaryResilience
 import Testing
 
-@Suite("CircuitBreaker.StateMachine")
+@Suite("CircuitBreaker.StateMachine", .timeLimit(.minutes(1)))
 struct CircuitBreakerStateMachineTests {
     typealias Machine = CircuitBreaker.StateMachine
 

@@ -8,7 +8,7 @@ import AviaryResilience
 import PropertyBased
 import Testing
 
-@Suite("AIMDLimit")
+@Suite("AIMDLimit", .timeLimit(.minutes(1)))
 struct AIMDLimitTests {
     let now = MonotonicInstant(offset: .seconds(3600))
 

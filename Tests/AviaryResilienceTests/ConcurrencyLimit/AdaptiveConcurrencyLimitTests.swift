@@ -13,7 +13,7 @@ import Tracing
 
 @testable import AviaryResilience
 
-@Suite("AdaptiveConcurrencyLimit")
+@Suite("AdaptiveConcurrencyLimit", .timeLimit(.minutes(1)))
 struct AdaptiveConcurrencyLimitTests {
     typealias Priority = PolicyContext.Priority
 

@@ -8,7 +8,7 @@ import AviaryResilience
 import PropertyBased
 import Testing
 
-@Suite("GradientLimit")
+@Suite("GradientLimit", .timeLimit(.minutes(1)))
 struct GradientLimitTests {
     let now = MonotonicInstant(offset: .seconds(3600))
 

@@ -33,7 +33,7 @@ private struct FallbackTestRepeat: ResiliencePolicy {
     }
 }
 
-@Suite("Fallback")
+@Suite("Fallback", .timeLimit(.minutes(1)))
 struct FallbackTests {
     private func fail() async throws -> Int { throw FallbackTestError() }
 

@@ -10,7 +10,7 @@ import Testing
 
 /// The pipelines shown in the module overview and in `ResiliencePipeline`'s documentation, built
 /// and run here so that the documentation cannot drift from the API.
-@Suite("Documented pipelines")
+@Suite("Documented pipelines", .timeLimit(.minutes(1)))
 struct DocumentedPipelineTests {
     struct Upstream: Error {}
 

@@ -29,7 +29,7 @@ struct Recorder: ResiliencePolicy {
     }
 }
 
-@Suite("ResiliencePipeline")
+@Suite("ResiliencePipeline", .timeLimit(.minutes(1)))
 struct PipelineTests {
     @Test("the first listed policy is the outermost")
     func order() async throws {

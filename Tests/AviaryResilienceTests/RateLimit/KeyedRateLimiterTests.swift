@@ -8,7 +8,7 @@ import Testing
 
 @testable import AviaryResilience
 
-@Suite("KeyedRateLimiter")
+@Suite("KeyedRateLimiter", .timeLimit(.minutes(1)))
 struct KeyedRateLimiterTests {
     /// One token per second, two at most, for each key.
     private func makeLimiter(

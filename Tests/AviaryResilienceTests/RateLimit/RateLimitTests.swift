@@ -8,7 +8,7 @@ import AviaryResilience
 import Synchronization
 import Testing
 
-@Suite("RateLimit policy")
+@Suite("RateLimit policy", .timeLimit(.minutes(1)))
 struct RateLimitTests {
     @Test("allowed calls run; a denied call throws rateLimited with retryAfter and does not run")
     func enforces() async throws {

@@ -8,7 +8,7 @@ import AviaryResilience
 import PropertyBased
 import Testing
 
-@Suite("SlidingWindowLimiter")
+@Suite("SlidingWindowLimiter", .timeLimit(.minutes(1)))
 struct SlidingWindowLimiterTests {
     /// 10 permits per 1-second window; the manual clock starts on a window boundary (3600 s).
     private func makeLimiter(_ clock: ManualClock) -> SlidingWindowLimiter {

@@ -9,7 +9,7 @@ import Testing
 
 @testable import AviaryResilience
 
-@Suite("TokenBucket")
+@Suite("TokenBucket", .timeLimit(.minutes(1)))
 struct TokenBucketTests {
     /// 10 tokens per second (one every 100 ms), 5 at most.
     private func makeBucket(_ clock: ManualClock) -> TokenBucket {

@@ -8,7 +8,7 @@ import PropertyBased
 import Synchronization
 import Testing
 
-@Suite("Backoff")
+@Suite("Backoff", .timeLimit(.minutes(1)))
 struct BackoffTests {
     @Test("a constant backoff repeats its delay")
     func constant() {

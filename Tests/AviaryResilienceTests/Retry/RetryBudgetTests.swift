@@ -9,7 +9,7 @@ import Testing
 
 @testable import AviaryResilience
 
-@Suite("RetryBudget")
+@Suite("RetryBudget", .timeLimit(.minutes(1)))
 struct RetryBudgetTests {
     @Test("a quiet budget still allows minRetriesPerSecond × window retries")
     func reserve() {

@@ -7,7 +7,7 @@ import AviaryCore
 import AviaryResilience
 import Testing
 
-@Suite("Timeout")
+@Suite("Timeout", .timeLimit(.minutes(1)))
 struct TimeoutTests {
     @Test("an operation that finishes in time returns its value")
     func finishesInTime() async throws {

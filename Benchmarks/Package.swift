@@ -1,0 +1,26 @@
+// swift-tools-version: 6.1
+// Aviary's benchmarks: a separate package so that `swift test` and CI never build ordo-one/benchmark.
+//   cd Benchmarks && swift package --disable-sandbox benchmark
+import PackageDescription
+
+let package = Package(
+    name: "AviaryBenchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(name: "aviary", path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "ResilienceBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "AviaryCore", package: "aviary"),
+                .product(name: "AviaryResilience", package: "aviary"),
+            ],
+            path: "Benchmarks/ResilienceBenchmarks",
+            swiftSettings: [.swiftLanguageMode(.v6)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        )
+    ]
+)
