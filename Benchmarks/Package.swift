@@ -8,19 +8,31 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: "aviary", path: ".."),
+        .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // Not a benchmark: a loop to profile with `perf record` (swift build -c release --product TimeoutProfile).
+        .executableTarget(
+            name: "TimeoutProfile",
+            dependencies: [
+                .product(name: "AviaryCore", package: "aviary"),
+                .product(name: "AviaryResilience", package: "aviary"),
+            ],
+            path: "Sources/TimeoutProfile",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         .executableTarget(
             name: "ResilienceBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "AviaryCore", package: "aviary"),
                 .product(name: "AviaryResilience", package: "aviary"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
             ],
             path: "Benchmarks/ResilienceBenchmarks",
             swiftSettings: [.swiftLanguageMode(.v6)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
-        )
+        ),
     ]
 )

@@ -7,9 +7,10 @@ public import ServiceContextModule
 
 /// The instant by which a unit of work must finish, on a ``MonotonicClock``.
 ///
-/// A deadline travels with the task that does the work (``Deadline/current``) and with its
-/// `ServiceContext`, so that a nested call sees the remaining budget of its caller and never
-/// more: ``withDeadline(_:operation:)`` always keeps the earlier of the outer and the inner
+/// A deadline travels with the task that does the work and its child tasks (a task-local), and a
+/// deadline carried by the `ServiceContext` is honoured too (``Deadline/current`` is the earlier
+/// of both), so that a nested call sees the remaining budget of its caller and never more:
+/// ``withDeadline(_:isolation:operation:)`` always keeps the earlier of the outer and the inner
 /// deadline.
 ///
 /// ```swift
@@ -53,11 +54,11 @@ public struct Deadline: Sendable, Hashable, Comparable, CustomStringConvertible 
 
     public var description: String { "Deadline(\(self.instant.offset))" }
 
-    /// The deadline of the current task, if any was set with ``withDeadline(_:operation:)`` or
-    /// carried in by the current `ServiceContext`.
+    /// The deadline of the current task: the earlier of the one set with
+    /// ``withDeadline(_:isolation:operation:)`` and the one carried by the current
+    /// `ServiceContext` (for example extracted from an inbound request), if any.
     public static var current: Deadline? {
-        if let local = Deadline.taskLocal { return local }
-        return ServiceContext.current?.deadline
+        Deadline.earliest(Deadline.taskLocal, ServiceContext.current?.deadline)
     }
 
     @TaskLocal
@@ -78,8 +79,10 @@ public struct Deadline: Sendable, Hashable, Comparable, CustomStringConvertible 
 /// Runs `operation` with `deadline` as the task's deadline, or with the current deadline if that
 /// is earlier: a callee never gets more time than its caller has left.
 ///
-/// The deadline is set both as a task-local and in the current `ServiceContext`, so that code
-/// propagating context (tracing, outgoing requests) sees it too.
+/// The deadline is set as a task-local, which child tasks inherit; it is not copied into the
+/// `ServiceContext` (that costs a dictionary copy and an allocation per call, about 0.3 µs,
+/// four times the task-local). Code that hands a context to another task or process reads
+/// ``Deadline/current`` and sets `ServiceContext.deadline` itself.
 ///
 /// ```swift
 /// try await withDeadline(.after(.milliseconds(500))) {
@@ -97,15 +100,7 @@ public func withDeadline<T>(
     operation: () async throws -> T
 ) async rethrows -> T {
     let effective = Deadline.earliest(Deadline.current, deadline)
-    var context = ServiceContext.current ?? .topLevel
-    context.deadline = effective
-    return try await ServiceContext.$current.withValue(
-        context,
-        operation: {
-            try await Deadline.$taskLocal.withValue(effective, operation: operation, isolation: isolation)
-        },
-        isolation: isolation
-    )
+    return try await Deadline.$taskLocal.withValue(effective, operation: operation, isolation: isolation)
 }
 
 /// The `ServiceContext` key under which the deadline travels.

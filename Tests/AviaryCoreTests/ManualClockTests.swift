@@ -82,12 +82,31 @@ struct DeadlineTests {
         #expect(Deadline.current == nil)
     }
 
-    @Test("the deadline travels in the ServiceContext too")
+    @Test("a deadline carried by the ServiceContext is honoured, and the earlier deadline wins")
     func deadlineInServiceContext() async {
         let clock = ManualClock()
-        let deadline = Deadline.after(.seconds(3), clock: clock)
-        await withDeadline(deadline) {
-            #expect(ServiceContextModule.ServiceContext.current?.deadline == deadline)
+        let carried = Deadline.after(.seconds(3), clock: clock)
+        var context = ServiceContextModule.ServiceContext.topLevel
+        context.deadline = carried
+        await ServiceContextModule.ServiceContext.$current.withValue(context) {
+            #expect(Deadline.current == carried)
+            await withDeadline(.after(.seconds(10), clock: clock)) {
+                #expect(Deadline.current == carried, "a later local deadline does not extend it")
+            }
+            let sooner = Deadline.after(.seconds(1), clock: clock)
+            await withDeadline(sooner) {
+                #expect(Deadline.current == sooner)
+            }
+        }
+        // A context entered inside a local deadline shortens it when its deadline is earlier.
+        let local = Deadline.after(.seconds(5), clock: clock)
+        await withDeadline(local) {
+            var inner = ServiceContextModule.ServiceContext.topLevel
+            inner.deadline = Deadline.after(.seconds(2), clock: clock)
+            ServiceContextModule.ServiceContext.$current.withValue(inner) {
+                #expect(Deadline.current == inner.deadline)
+            }
+            #expect(Deadline.current == local)
         }
     }
 

@@ -8,6 +8,7 @@ import AviaryResilience
 import Benchmark
 import Dispatch
 import Foundation
+import ServiceContextModule
 
 // Every figure is read against "bare call", measured in the same run: the overhead of a policy is
 // its time per call minus the bare call's. Contended benchmarks make the same number of calls per
@@ -28,6 +29,10 @@ func operation() async throws -> Int { 1 }
 func syncOperation() -> Int { 1 }
 
 let callsPerThread = 1_000_000
+
+enum BenchLocal {
+    @TaskLocal static var deadline: Deadline?
+}
 
 /// Runs `body` `callsPerThread` times on each of `threads` OS threads and waits for all of them.
 func onThreads(_ threads: Int, _ body: @escaping @Sendable () -> Void) {
@@ -116,9 +121,25 @@ let benchmarks: @Sendable () -> Void = {
     // Where a timeout's cost goes: the deadline it sets for nested calls, and the child task that
     // runs the operation so that it can be cancelled without cancelling the caller.
     let clock = SystemClock()
-    Benchmark("floor: withDeadline (task-local + ServiceContext)") { benchmark in
+    Benchmark("floor: withDeadline") { benchmark in
         for _ in benchmark.scaledIterations {
             blackHole(try await withDeadline(Deadline.after(.seconds(60), clock: clock)) { try await operation() })
+        }
+    }
+    Benchmark("floor: one task-local push") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(
+                try await BenchLocal.$deadline.withValue(Deadline.after(.seconds(60), clock: clock)) {
+                    try await operation()
+                }
+            )
+        }
+    }
+    Benchmark("floor: ServiceContext push with a deadline") { benchmark in
+        for _ in benchmark.scaledIterations {
+            var context = ServiceContext.current ?? .topLevel
+            context.deadline = Deadline.after(.seconds(60), clock: clock)
+            blackHole(try await ServiceContext.$current.withValue(context) { try await operation() })
         }
     }
     Benchmark("floor: task group with one child") { benchmark in

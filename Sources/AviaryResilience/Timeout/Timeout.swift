@@ -12,7 +12,7 @@ import Tracing
 ///
 /// The effective deadline is the earlier of `now + timeout` and the caller's
 /// ``AviaryCore/Deadline/current``: a nested call never gets more than its caller has left. The
-/// operation runs with that deadline set (task-local and `ServiceContext`), so clients further
+/// operation runs with that deadline set (``AviaryCore/Deadline/current``), so clients further
 /// down propagate it. When the deadline comes first, the operation's task is cancelled and
 /// ``ResilienceError/Code-swift.struct/timedOut`` is thrown; the timer is cancelled as soon as the
 /// operation finishes.
@@ -85,15 +85,7 @@ public struct Timeout: ResiliencePolicy {
         let result: Result<Output, any Error> = await withDeadline(deadline) {
             await withoutActuallyEscaping(next) { next in
                 await withTaskGroup(of: Result<Output, any Error>?.self) { group in
-                    group.addTask {
-                        race.attach()
-                        defer { race.detach() }
-                        do {
-                            return .success(try await next(context))
-                        } catch {
-                            return .failure(error)
-                        }
-                    }
+                    // Arm the timer first: the operation may start running synchronously below.
                     var timer: UInt64?
                     #if os(Linux)
                     if clock is SystemClock {
@@ -108,6 +100,23 @@ public struct Timeout: ResiliencePolicy {
                             }
                             return nil
                         }
+                    }
+                    let operation: @Sendable () async -> Result<Output, any Error>? = {
+                        race.attach()
+                        defer { race.detach() }
+                        do {
+                            return .success(try await next(context))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                    if #available(macOS 26.0, iOS 26.0, watchOS 26.0, tvOS 26.0, visionOS 26.0, *) {
+                        // The child starts on this thread and runs until it first suspends, so an
+                        // operation that completes without suspending costs no thread hop (about
+                        // 2 µs of futex wake-ups per call on Linux otherwise).
+                        group.addImmediateTask(operation: operation)
+                    } else {
+                        group.addTask(operation: operation)
                     }
                     var result: Result<Output, any Error> = .failure(CancellationError())
                     while let event = await group.next() {
