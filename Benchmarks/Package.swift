@@ -12,6 +12,16 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // Not a benchmark: one shared breaker from N threads, to profile contention.
+        .executableTarget(
+            name: "ContentionProfile",
+            dependencies: [
+                .product(name: "AviaryCore", package: "aviary"),
+                .product(name: "AviaryResilience", package: "aviary"),
+            ],
+            path: "Sources/ContentionProfile",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         // Not a benchmark: a loop to profile with `perf record` (swift build -c release --product TimeoutProfile).
         .executableTarget(
             name: "TimeoutProfile",
