@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "AviaryCore", targets: ["AviaryCore"]),
         .library(name: "AviaryResilience", targets: ["AviaryResilience"]),
         .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
+        .library(name: "AviaryService", targets: ["AviaryService"]),
         .executable(name: "shop", targets: ["shop"]),
     ],
     dependencies: [
@@ -60,12 +61,24 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "AviaryService",
+            dependencies: [
+                "AviaryCore",
+                "AviaryResilience",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // MARK: The reference system
         .target(
             name: "Shop",
             dependencies: [
                 "AviaryCore",
                 "AviaryResilience",
+                "AviaryService",
                 "AviaryStorage",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -100,6 +113,19 @@ let package = Package(
         .testTarget(
             name: "AviaryStorageTests",
             dependencies: ["AviaryStorage"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryServiceTests",
+            dependencies: [
+                "AviaryService",
+                "AviaryCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -6,6 +6,7 @@
 import AsyncHTTPClient
 public import AviaryCore
 import AviaryResilience
+import AviaryService
 import AviaryStorage
 import Hummingbird
 public import Logging
@@ -115,11 +116,31 @@ public final class ShopSystem: Sendable {
         )
     }
 
+    /// The health monitor of one service.
+    func health(of service: String) -> HealthMonitor {
+        switch service {
+        case "users": self.users.health
+        case "payments": self.payments.health
+        default: self.orders.health
+        }
+    }
+
+    /// What runs for one service: its application and its health monitor. The monitor comes
+    /// after the application so that, shutting down in reverse order, readiness fails before the
+    /// server stops. Its checks run once first, so that readiness is known before the first
+    /// request.
+    func services(_ service: String, port: Int) async -> [any Service] {
+        let health = self.health(of: service)
+        await health.runChecksOnce()
+        return [self.application(service, port: port), health]
+    }
+
     /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when
     /// `handleSignals` is true (then in-flight requests finish before the process exits).
     public func run(handleSignals: Bool = false) async throws {
-        let services: [any Service] = ShopOptions.services.map { name in
-            self.application(name, port: self.options.ports[name] ?? 0)
+        var services: [any Service] = []
+        for name in ShopOptions.services {
+            services += await self.services(name, port: self.options.ports[name] ?? 0)
         }
         let group = ServiceGroup(
             configuration: .init(

@@ -52,7 +52,7 @@ final class ShopHarness: Sendable {
     func start(_ service: String, port: Int = 0) async throws -> Endpoint {
         var logger = Logger(label: "shop-tests")
         logger.logLevel = .critical
-        let group = ServiceGroup(services: [self.shop.application(service, port: port)], logger: logger)
+        let group = ServiceGroup(services: await self.shop.services(service, port: port), logger: logger)
         let task = Task { try await group.run() }
         self.running.withLock { $0[service] = (group, task) }
         for await (name, endpoint) in self.listening where name == service {

@@ -134,7 +134,12 @@ struct ShopTests {
                 #expect(try await shop.send(.GET, service, "/livez").status == 200)
                 let ready = try await shop.send(.GET, service, "/readyz")
                 #expect(ready.status == 200)
-                #expect(try ready.json()["service"] as? String == service)
+                let body = try ready.json()
+                #expect(body["service"] as? String == service)
+                let checks = body["checks"] as? [[String: Any]]
+                #expect(checks?.first?["name"] as? String == "database")
+                #expect(checks?.first?["status"] as? String == "pass")
+                #expect(try await shop.send(.GET, service, "/startupz").status == 200)
             }
         }
     }

@@ -6,6 +6,7 @@
 import AsyncHTTPClient
 import AviaryCore
 import AviaryResilience
+import AviaryService
 import AviaryStorage
 import Foundation
 import GRDB
@@ -48,6 +49,7 @@ public struct Order: Codable, Sendable, Equatable {
 struct OrdersService: Sendable {
     let store: SQLiteStore
     let logger: Logger
+    let health: HealthMonitor
     let users: Upstream
     let payments: Upstream
 
@@ -73,6 +75,7 @@ struct OrdersService: Sendable {
 
     init(url: StoreURL, logger: Logger, users: Upstream, payments: Upstream) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+        self.health = makeHealth(service: "orders", store: self.store, logger: logger)
         self.logger = logger
         self.users = users
         self.payments = payments
@@ -112,7 +115,7 @@ struct OrdersService: Sendable {
     func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: ProblemMiddleware(logger: self.logger))
-        addProbes(to: router, store: self.store, service: "orders")
+        self.health.addRoutes(to: router)
         router.post("/orders") { request, _ in
             try await self.place(request)
         }

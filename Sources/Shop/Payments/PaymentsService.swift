@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryService
 import AviaryStorage
 import Foundation
 import GRDB
@@ -35,6 +36,7 @@ public struct Payment: Codable, Sendable, Equatable {
 struct PaymentsService: Sendable {
     let store: SQLiteStore
     let logger: Logger
+    let health: HealthMonitor
 
     static var migrations: Migrations {
         var migrations = Migrations()
@@ -57,6 +59,7 @@ struct PaymentsService: Sendable {
 
     init(url: StoreURL, logger: Logger) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+        self.health = makeHealth(service: "payments", store: self.store, logger: logger)
         self.logger = logger
     }
 
@@ -69,7 +72,7 @@ struct PaymentsService: Sendable {
     func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: ProblemMiddleware(logger: self.logger))
-        addProbes(to: router, store: self.store, service: "payments")
+        self.health.addRoutes(to: router)
         let store = self.store
         router.post("/payments") { request, _ -> JSONResponse<Payment> in
             guard let key = request.headers[HTTPField.Name("Idempotency-Key")!], !key.isEmpty, key.count <= 255 else {

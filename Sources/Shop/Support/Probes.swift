@@ -3,29 +3,23 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryService
 import AviaryStorage
-import Hummingbird
+import Logging
 
-/// Adds `/livez` (the process answers) and `/readyz` (the service's database answers) to a router.
-///
-/// A first version; the service SDK replaces it with scheduled checks and `/startupz`.
-func addProbes(to router: Router<BasicRequestContext>, store: SQLiteStore, service: String) {
-    struct Status: Codable, Sendable {
-        var status: String
-        var service: String
-        var checks: [String: String]?
-    }
-    router.get("/livez") { _, _ in
-        JSONResponse(status: .ok, value: Status(status: "ok", service: service))
-    }
-    router.get("/readyz") { _, _ -> JSONResponse<Status> in
-        do {
-            try await store.ping()
-            return JSONResponse(status: .ok, value: Status(status: "ok", service: service, checks: ["database": "ok"]))
-        } catch {
-            return JSONResponse(
-                status: .serviceUnavailable,
-                value: Status(status: "unavailable", service: service, checks: ["database": "\(error)"]))
-        }
-    }
+/// The health of one Shop service: its database gates readiness and startup, checked every five
+/// seconds with a one-second timeout. Startup is done once the store has opened, since opening
+/// runs the migrations.
+func makeHealth(service: String, store: SQLiteStore, logger: Logger) -> HealthMonitor {
+    let health = HealthMonitor(
+        service: service,
+        checks: [
+            HealthCheck("database", probes: [.readiness, .startup], interval: .seconds(5), timeout: .seconds(1)) {
+                try await store.ping()
+            }
+        ],
+        logger: logger
+    )
+    health.markStarted()
+    return health
 }

@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryService
 import AviaryStorage
 import Foundation
 import GRDB
@@ -27,6 +28,7 @@ public struct User: Codable, Sendable, Equatable {
 struct UsersService: Sendable {
     let store: SQLiteStore
     let logger: Logger
+    let health: HealthMonitor
 
     static var migrations: Migrations {
         var migrations = Migrations()
@@ -48,13 +50,14 @@ struct UsersService: Sendable {
 
     init(url: StoreURL, logger: Logger) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+        self.health = makeHealth(service: "users", store: self.store, logger: logger)
         self.logger = logger
     }
 
     func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: ProblemMiddleware(logger: self.logger))
-        addProbes(to: router, store: self.store, service: "users")
+        self.health.addRoutes(to: router)
         let store = self.store
         router.get("/users/:id") { _, context -> JSONResponse<User> in
             let id = try context.parameters.require("id")
