@@ -120,6 +120,7 @@ let package = Package(
             dependencies: [
                 "AviaryService",
                 "AviaryCore",
+                "AviaryResilience",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

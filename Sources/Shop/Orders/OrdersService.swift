@@ -125,7 +125,9 @@ struct OrdersService: Sendable {
             let order = try await store.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE id = ?", arguments: [id]).map(Self.order(from:))
             }
-            guard let order else { throw Problem(status: 404, slug: "order-not-found", detail: "no order \"\(id)\"") }
+            guard let order else {
+                throw HTTPProblem(status: 404, slug: "order-not-found", detail: "no order \"\(id)\"")
+            }
             return JSONResponse(status: .ok, value: order)
         }
         return router
@@ -136,7 +138,7 @@ struct OrdersService: Sendable {
         let placeOrder = try await request.decodeJSON(as: PlaceOrder.self)
         let problems = Self.validate(placeOrder)
         if !problems.isEmpty {
-            throw Problem(status: 400, slug: "invalid-order", detail: problems.joined(separator: "; "))
+            throw HTTPProblem(status: 400, slug: "invalid-order", detail: problems.joined(separator: "; "))
         }
         if let idempotencyKey, let existing = try await self.existingOrder(idempotencyKey: idempotencyKey) {
             return JSONResponse(status: .ok, value: existing, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
@@ -149,12 +151,12 @@ struct OrdersService: Sendable {
             try await self.users.send(.GET, userPath, idempotent: true)
         }
         if userResponse.status == 404 {
-            throw Problem(
+            throw HTTPProblem(
                 status: 422, slug: "unknown-user", detail: "no user \"\(placeOrder.userId)\" exists",
                 extensions: ["user_id": placeOrder.userId])
         }
         guard userResponse.status == 200 else {
-            throw Problem(
+            throw HTTPProblem(
                 status: 502, slug: "dependency-failed",
                 detail: "users answered \(userResponse.status) for user \"\(placeOrder.userId)\"",
                 extensions: ["dependency": "users"])
@@ -173,7 +175,7 @@ struct OrdersService: Sendable {
             let payment = try? paymentResponse.decode(Payment.self)
         else {
             let detail = paymentResponse.problem?.detail ?? "status \(paymentResponse.status)"
-            throw Problem(
+            throw HTTPProblem(
                 status: 402, slug: "payment-declined", detail: "payments refused the charge: \(detail)",
                 extensions: ["dependency": "payments"])
         }
@@ -225,14 +227,14 @@ struct OrdersService: Sendable {
     ) async throws -> UpstreamResponse {
         do {
             return try await body()
-        } catch let error as Problem {
+        } catch let error as HTTPProblem {
             throw error
         } catch {
             throw Self.unavailable(upstream.name, error)
         }
     }
 
-    static func unavailable(_ dependency: String, _ error: any Error) -> Problem {
+    static func unavailable(_ dependency: String, _ error: any Error) -> HTTPProblem {
         var headers = HTTPFields()
         var retryAfter: Duration?
         let reason: String
@@ -256,7 +258,7 @@ struct OrdersService: Sendable {
             headers[.retryAfter] = seconds
             extensions["retry_after_seconds"] = seconds
         }
-        return Problem(
+        return HTTPProblem(
             status: 503, slug: "dependency-unavailable", detail: "\(dependency) is unavailable: \(reason)",
             extensions: extensions, headers: headers)
     }

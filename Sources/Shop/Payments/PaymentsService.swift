@@ -76,13 +76,13 @@ struct PaymentsService: Sendable {
         let store = self.store
         router.post("/payments") { request, _ -> JSONResponse<Payment> in
             guard let key = request.headers[HTTPField.Name("Idempotency-Key")!], !key.isEmpty, key.count <= 255 else {
-                throw Problem(
+                throw HTTPProblem(
                     status: 400, slug: "idempotency-key-required",
                     detail: "POST /payments requires an Idempotency-Key header of 1 to 255 characters")
             }
             let charge = try await request.decodeJSON(as: ChargeRequest.self)
             if charge.amountCents <= 0 {
-                throw Problem(
+                throw HTTPProblem(
                     status: 400, slug: "invalid-amount",
                     detail: "amountCents: expected a positive integer, got \(charge.amountCents)")
             }
@@ -111,7 +111,7 @@ struct PaymentsService: Sendable {
                 guard original.orderId == charge.orderId, original.userId == charge.userId,
                     original.amountCents == charge.amountCents
                 else {
-                    throw Problem(
+                    throw HTTPProblem(
                         status: 422, slug: "idempotency-key-reused",
                         detail: "Idempotency-Key \"\(key)\" was used for a different request")
                 }
@@ -127,7 +127,7 @@ struct PaymentsService: Sendable {
                     Self.payment(from:))
             }
             guard let payment else {
-                throw Problem(status: 404, slug: "payment-not-found", detail: "no payment \"\(id)\"")
+                throw HTTPProblem(status: 404, slug: "payment-not-found", detail: "no payment \"\(id)\"")
             }
             return JSONResponse(status: .ok, value: payment)
         }

@@ -66,7 +66,7 @@ struct UsersService: Sendable {
                     .map { User(id: $0["id"], name: $0["name"], email: $0["email"]) }
             }
             guard let user else {
-                throw Problem(
+                throw HTTPProblem(
                     status: 404, slug: "user-not-found", detail: "no user \"\(id)\"", extensions: ["user_id": id])
             }
             return JSONResponse(status: .ok, value: user)
@@ -80,7 +80,7 @@ struct UsersService: Sendable {
                 problems.append("email: expected an address with '@', got \"\(user.email)\"")
             }
             if !problems.isEmpty {
-                throw Problem(status: 400, slug: "invalid-user", detail: problems.joined(separator: "; "))
+                throw HTTPProblem(status: 400, slug: "invalid-user", detail: problems.joined(separator: "; "))
             }
             do {
                 try await store.write { db in
@@ -92,7 +92,7 @@ struct UsersService: Sendable {
                 where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY
                 || error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE
             {
-                throw Problem(
+                throw HTTPProblem(
                     status: 409, slug: "user-exists", detail: "a user with id \"\(user.id)\" or that email exists")
             }
             return JSONResponse(status: .created, value: user)
