@@ -30,7 +30,8 @@ public final class ManualClock: MonotonicClock {
         var now: MonotonicInstant
         var nextID: UInt64 = 0
         var sleepers: [Sleeper] = []
-        var sleeperWaiters: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var sleeperWaiters: [(id: UInt64, count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var cancelledWaiters: Set<UInt64> = []
         /// IDs of sleepers cancelled before they registered.
         var cancelledEarly: Set<UInt64> = []
     }
@@ -114,18 +115,34 @@ public final class ManualClock: MonotonicClock {
         }
     }
 
-    /// Suspends until at least `count` tasks are sleeping on this clock.
+    /// Suspends until at least `count` tasks are sleeping on this clock, or until the calling task
+    /// is cancelled (so that a test's time limit can end a wait that would never be satisfied).
     ///
     /// Use it before ``advance(by:)`` when the code under test sleeps in another task, so that
     /// the advance cannot happen before the sleep starts.
     public func waitForSleepers(count: Int = 1) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ready = self.state.withLock { state -> Bool in
-                if state.sleepers.count >= count { return true }
-                state.sleeperWaiters.append((count, continuation))
-                return false
+        let id = self.state.withLock { state -> UInt64 in
+            state.nextID += 1
+            return state.nextID
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = self.state.withLock { state -> Bool in
+                    if state.cancelledWaiters.remove(id) != nil || state.sleepers.count >= count { return true }
+                    state.sleeperWaiters.append((id, count, continuation))
+                    return false
+                }
+                if ready { continuation.resume() }
             }
-            if ready { continuation.resume() }
+        } onCancel: {
+            let continuation = self.state.withLock { state -> CheckedContinuation<Void, Never>? in
+                if let index = state.sleeperWaiters.firstIndex(where: { $0.id == id }) {
+                    return state.sleeperWaiters.remove(at: index).continuation
+                }
+                state.cancelledWaiters.insert(id)
+                return nil
+            }
+            continuation?.resume()
         }
     }
 

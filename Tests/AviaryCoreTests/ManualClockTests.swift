@@ -61,6 +61,21 @@ struct ManualClockTests {
         #expect(await iterator.next() == 3)
         for task in tasks { try await task.value }
     }
+
+    @Test("waitForSleepers returns when its task is cancelled, so time limits can end a stuck test")
+    func waitForSleepersIsCancellable() async {
+        let clock = ManualClock()
+        let waiter = Task { await clock.waitForSleepers(count: 5) }
+        waiter.cancel()
+        await waiter.value
+        #expect(clock.sleeperCount == 0)
+        // Cancelled before it started waiting: returns at once as well.
+        let early = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            await clock.waitForSleepers(count: 5)
+        }
+        await early.value
+    }
 }
 
 @Suite("Deadline", .timeLimit(.minutes(1)))

@@ -56,6 +56,10 @@ public final class HealthMonitor: Service, Sendable {
         var draining = false
     }
 
+    /// How long readiness fails before ``run()`` returns at graceful shutdown, so that load
+    /// balancers see `/readyz` fail and stop sending traffic before the server stops accepting.
+    public let drainDelay: Duration
+
     private let state: Mutex<State>
     private let clock: any MonotonicClock
     private let timeouts: [Timeout]
@@ -66,15 +70,18 @@ public final class HealthMonitor: Service, Sendable {
     /// - Parameters:
     ///   - service: the service's name.
     ///   - checks: the checks; names should be unique.
-    ///   - clock: the clock for schedules and timeouts; tests pass a `ManualClock`.
+    ///   - drainDelay: how long readiness fails at graceful shutdown before ``run()`` returns.
+    ///   - clock: the clock for schedules, timeouts and the drain delay; tests pass a `ManualClock`.
     ///   - logger: where check failures and recoveries are logged.
     public init(
         service: String,
         checks: [HealthCheck],
+        drainDelay: Duration = .zero,
         clock: any MonotonicClock = SystemClock(),
         logger: Logger = Logger(label: "aviary.service.health")
     ) {
         self.service = service
+        self.drainDelay = drainDelay
         self.checks = checks
         self.clock = clock
         self.logger = logger
@@ -97,16 +104,27 @@ public final class HealthMonitor: Service, Sendable {
         self.state.withLock { $0.draining }
     }
 
-    /// Runs every check's loop until graceful shutdown or cancellation, then drains.
+    /// Runs every check's loop until graceful shutdown or cancellation; at graceful shutdown it
+    /// starts draining and returns after ``drainDelay``.
     public func run() async throws {
-        await withDiscardingTaskGroup { group in
+        let shutdown: Bool = await withDiscardingTaskGroup { group in
             for index in self.checks.indices {
                 group.addTask { await self.loop(index) }
             }
-            // Returns at graceful shutdown; throws when the task is cancelled.
-            try? await gracefulShutdown()
-            self.beginDraining()
-            group.cancelAll()
+            defer { group.cancelAll() }
+            do {
+                try await gracefulShutdown()  // returns at graceful shutdown
+                return true
+            } catch {
+                return false  // cancelled
+            }
+        }
+        self.beginDraining()
+        if shutdown && self.drainDelay > .zero {
+            self.logger.info(
+                "draining: readiness fails, the server stops after the drain delay",
+                metadata: ["aviary.drain_delay": "\(self.drainDelay)"])
+            try? await self.clock.sleep(until: self.clock.now.advanced(by: self.drainDelay), tolerance: nil)
         }
     }
 
