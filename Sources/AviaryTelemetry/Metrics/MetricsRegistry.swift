@@ -80,7 +80,11 @@ public struct MetricsRegistry: Sendable {
     public func expositionBytes() -> [UInt8] {
         var emitted: [UInt8] = []
         self.registry.emit(into: &emitted)
-        var output = Self.addingHelp(self.help, to: emitted)
+        // One allocation with room for the help and process lines, so that appending them never
+        // regrows (and copies) a buffer of the whole exposition.
+        var output: [UInt8] = []
+        output.reserveCapacity(emitted.count + 8192)
+        Self.appendAddingHelp(self.help, to: emitted, into: &output)
         if self.includesProcessMetrics, let process = ProcessMetrics.collect() {
             process.render(into: &output)
         }
@@ -92,34 +96,60 @@ public struct MetricsRegistry: Sendable {
     /// the process when one family is registered with two different help texts, so help is added
     /// here instead of at registration.
     static func addingHelp(_ help: [String: String], to exposition: [UInt8]) -> [UInt8] {
-        guard !help.isEmpty else { return exposition }
         var output: [UInt8] = []
-        output.reserveCapacity(exposition.count + 512)
-        var previousLine: ArraySlice<UInt8> = []
+        output.reserveCapacity(exposition.count + 1024)
+        Self.appendAddingHelp(help, to: exposition, into: &output)
+        return output
+    }
+
+    /// ``addingHelp(_:to:)`` appending to an existing buffer.
+    static func appendAddingHelp(_ help: [String: String], to exposition: [UInt8], into output: inout [UInt8]) {
+        guard !help.isEmpty else {
+            output.append(contentsOf: exposition)
+            return
+        }
         let typePrefix = Array("# TYPE ".utf8)
         let helpPrefix = Array("# HELP ".utf8)
-        for line in exposition.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-            if line.starts(with: typePrefix) {
-                let rest = line.dropFirst(typePrefix.count)
-                let name = String(decoding: rest.prefix { $0 != UInt8(ascii: " ") }, as: UTF8.self)
-                let hasHelp = previousLine.starts(with: helpPrefix + Array(name.utf8) + [UInt8(ascii: " ")])
-                if !hasHelp, let text = help[name] {
-                    output.append(contentsOf: helpPrefix)
-                    output.append(contentsOf: name.utf8)
-                    output.append(UInt8(ascii: " "))
-                    output.append(contentsOf: Self.escapedHelp(text))
-                    output.append(UInt8(ascii: "\n"))
+        exposition.withUnsafeBufferPointer { text in
+            // Unchanged runs of lines are copied in bulk; only `# TYPE` lines are looked at.
+            var copiedUpTo = 0
+            var previousLineStart: Int? = nil
+            var lineStart = 0
+            while lineStart < text.count {
+                let lineEnd = Self.index(of: UInt8(ascii: "\n"), in: text, from: lineStart)
+                let line = text[lineStart..<lineEnd]
+                if line.starts(with: typePrefix) {
+                    let nameBytes = line.dropFirst(typePrefix.count).prefix { $0 != UInt8(ascii: " ") }
+                    let name = String(decoding: nameBytes, as: UTF8.self)
+                    if let description = help[name] {
+                        let hasHelp = previousLineStart.map { start in
+                            text[start..<lineStart].starts(with: helpPrefix + nameBytes + [UInt8(ascii: " ")])
+                        }
+                        if hasHelp != true {
+                            output.append(contentsOf: text[copiedUpTo..<lineStart])
+                            copiedUpTo = lineStart
+                            output.append(contentsOf: helpPrefix)
+                            output.append(contentsOf: nameBytes)
+                            output.append(UInt8(ascii: " "))
+                            output.append(contentsOf: Self.escapedHelp(description))
+                            output.append(UInt8(ascii: "\n"))
+                        }
+                    }
                 }
+                previousLineStart = lineStart
+                lineStart = lineEnd + 1
             }
-            output.append(contentsOf: line)
-            output.append(UInt8(ascii: "\n"))
-            previousLine = line
+            output.append(contentsOf: text[copiedUpTo...])
         }
-        // `split` yields an empty last piece after the final newline; do not double it.
-        if exposition.last == UInt8(ascii: "\n") || exposition.isEmpty {
-            output.removeLast()
+    }
+
+    /// The index of the first `byte` at or after `start`, or `text.count`.
+    private static func index(of byte: UInt8, in text: UnsafeBufferPointer<UInt8>, from start: Int) -> Int {
+        var index = start
+        while index < text.count && text[index] != byte {
+            index += 1
         }
-        return output
+        return index
     }
 
     /// Help text escaping of the text format: `\` as `\\`, line feed as `\n`.
