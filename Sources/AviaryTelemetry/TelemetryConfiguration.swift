@@ -72,6 +72,10 @@ public struct TelemetryConfiguration: Sendable {
     }
 
     /// The environment variables ``applyEnvironment(_:)`` reads.
+    ///
+    /// ```swift
+    /// try configuration.applyEnvironment([TelemetryConfiguration.EnvironmentKey.logLevel: "debug"])
+    /// ```
     public enum EnvironmentKey {
         /// Overrides ``TelemetryConfiguration/service``.
         public static let service = "AVIARY_SERVICE_NAME"

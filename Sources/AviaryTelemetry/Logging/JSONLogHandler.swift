@@ -23,6 +23,11 @@ import Logging
 /// ```
 public struct JSONLogHandler: LogHandler {
     /// The metadata key whose value becomes the top-level `trace_id` field (swift-otel's key).
+    ///
+    /// ```swift
+    /// logger.info("charged", metadata: [JSONLogHandler.traceIDKey: "4bf92f3577b34da6a3ce929d0e0e4736",
+    ///                                   JSONLogHandler.spanIDKey: "00f067aa0ba902b7"])
+    /// ```
     public static let traceIDKey = "trace_id"
     /// The metadata key whose value becomes the top-level `span_id` field (swift-otel's key).
     public static let spanIDKey = "span_id"

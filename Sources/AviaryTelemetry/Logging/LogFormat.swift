@@ -52,5 +52,10 @@ public struct LogFormat: Sendable, Hashable, CustomStringConvertible {
         return sink.isTerminal ? .console : .json
     }
 
+    /// `json`, `console` or `automatic`.
+    ///
+    /// ```swift
+    /// print(LogFormat.json) // json
+    /// ```
     public var description: String { self.wrapped.rawValue }
 }

@@ -35,6 +35,10 @@ public enum HTTPMetrics {
     public static let clientRequestDuration = "aviary_http_client_request_duration_seconds"
 
     /// Label names of the HTTP metrics.
+    ///
+    /// ```swift
+    /// let dimensions = [(HTTPMetrics.Label.service, "orders"), (HTTPMetrics.Label.method, "GET")]
+    /// ```
     public enum Label {
         /// The service that records the metric.
         public static let service = "service"

@@ -23,6 +23,10 @@ import Prometheus
 /// ```
 public struct MetricsRegistry: Sendable {
     /// The content type of ``exposition()``: Prometheus text format 0.0.4.
+    ///
+    /// ```swift
+    /// headers[.contentType] = MetricsRegistry.contentType
+    /// ```
     public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
 
     /// The swift-prometheus registry that holds every metric.
