@@ -17,12 +17,14 @@ let package = Package(
         .library(name: "AviaryCore", targets: ["AviaryCore"]),
         .library(name: "AviaryResilience", targets: ["AviaryResilience"]),
         .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
+        .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
         .executable(name: "shop", targets: ["shop"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
         .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
@@ -58,6 +60,16 @@ let package = Package(
             dependencies: [
                 "AviaryCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "AviaryTelemetry",
+            dependencies: [
+                "AviaryCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -114,6 +126,17 @@ let package = Package(
         .testTarget(
             name: "AviaryStorageTests",
             dependencies: ["AviaryStorage"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryTelemetryTests",
+            dependencies: [
+                "AviaryCore",
+                "AviaryTelemetry",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,41 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Logging
+
+enum LogMetadataMerge {
+    /// Handler metadata, then the provider's (task-local context such as trace ids), then the
+    /// call's own: a later source wins on a shared key, so the call always wins.
+    static func merge(
+        handler: Logger.Metadata,
+        provider: Logger.MetadataProvider?,
+        call: Logger.Metadata?
+    ) -> Logger.Metadata {
+        let provided = provider?.get() ?? [:]
+        // Fast paths: most calls have metadata from one source only, and copying a dictionary
+        // into an empty one rehashes every key.
+        if provided.isEmpty {
+            guard let call, !call.isEmpty else { return handler }
+            if handler.isEmpty { return call }
+        }
+        var merged = handler
+        if !provided.isEmpty {
+            merged.merge(provided) { _, new in new }
+        }
+        if let call, !call.isEmpty {
+            merged.merge(call) { _, new in new }
+        }
+        return merged
+    }
+
+    /// The plain text of a metadata value: strings as they are, nested values as swift-log prints them.
+    static func text(_ value: Logger.MetadataValue) -> String {
+        switch value {
+        case .string(let string): string
+        case .stringConvertible(let convertible): convertible.description
+        case .array, .dictionary: value.description
+        }
+    }
+}
