@@ -78,6 +78,8 @@ let package = Package(
             dependencies: [
                 "AviaryCore",
                 "AviaryResilience",
+                "AviaryTelemetry",
+                .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -38,6 +38,9 @@ public struct ShopOptions: Sendable {
     public var onListening: @Sendable (String, Endpoint) async -> Void = { _, _ in }
     /// The logger every service logs through.
     public var logger: Logger = Logger(label: "aviary.shop")
+    /// How long `/readyz` fails at shutdown before a service stops accepting connections; zero
+    /// for a developer's machine, a few seconds behind a load balancer.
+    public var drainDelay: Duration = .zero
 
     /// The services of the skeleton, in start order.
     public static let services = ["users", "payments", "orders"]
@@ -91,48 +94,40 @@ public final class ShopSystem: Sendable {
                 breakerClock: options.breakerClock))
     }
 
-    /// The application of one service, bound to `port` (0 for any), recording its address when it listens.
-    func application(_ service: String, port: Int) -> some ApplicationProtocol & Service {
-        let router: Router<BasicRequestContext>
-        switch service {
-        case "users": router = self.users.router()
-        case "payments": router = self.payments.router()
-        default: router = self.orders.router()
-        }
-        var logger = self.options.logger
-        logger[metadataKey: "service"] = "\(service)"
-        let book = self.addressBook
-        let host = self.options.host
-        let onListening = self.options.onListening
-        return Application(
-            router: router,
-            configuration: .init(address: .hostname(host, port: port), serverName: "shop-\(service)"),
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? port
-                book.set(service, Endpoint(host: host, port: port))
-                await onListening(service, Endpoint(host: host, port: port))
-            },
-            logger: logger
+    /// One service as an ``AviaryService/AviaryApplication`` bound to `port` (0 for any), which
+    /// records its address when it listens.
+    func application(_ service: String, port: Int) -> AviaryApplication<BasicRequestContext> {
+        var app = AviaryApplication(
+            ServiceOptions(
+                name: service, version: "0.1.0", host: self.options.host, port: port,
+                drainDelay: self.options.drainDelay, gracePeriod: self.options.drainDelay + .seconds(30)),
+            context: BasicRequestContext.self,
+            logger: self.options.logger
         )
-    }
-
-    /// The health monitor of one service.
-    func health(of service: String) -> HealthMonitor {
         switch service {
-        case "users": self.users.health
-        case "payments": self.payments.health
-        default: self.orders.health
+        case "users":
+            self.users.addRoutes(to: app.router)
+            self.users.healthChecks.forEach { app.addHealthCheck($0) }
+        case "payments":
+            self.payments.addRoutes(to: app.router)
+            self.payments.healthChecks.forEach { app.addHealthCheck($0) }
+        default:
+            self.orders.addRoutes(to: app.router)
+            self.orders.healthChecks.forEach { app.addHealthCheck($0) }
         }
+        let book = self.addressBook
+        let onListening = self.options.onListening
+        app.onListening = { endpoint in
+            book.set(service, endpoint)
+            await onListening(service, endpoint)
+        }
+        return app
     }
 
-    /// What runs for one service: its application and its health monitor. The monitor comes
-    /// after the application so that, shutting down in reverse order, readiness fails before the
-    /// server stops. Its checks run once first, so that readiness is known before the first
-    /// request.
+    /// What runs for one service: its server and health monitor (see
+    /// ``AviaryService/AviaryApplication/makeServices()``), with its checks already run once.
     func services(_ service: String, port: Int) async -> [any Service] {
-        let health = self.health(of: service)
-        await health.runChecksOnce()
-        return [self.application(service, port: port), health]
+        await self.application(service, port: port).makeServices().services
     }
 
     /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when

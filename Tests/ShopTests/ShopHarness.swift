@@ -90,6 +90,8 @@ final class ShopHarness: Sendable {
         func json() throws -> [String: Any] {
             try #require(try JSONSerialization.jsonObject(with: self.body) as? [String: Any])
         }
+
+        var text: String { String(decoding: self.body, as: UTF8.self) }
     }
 
     func send(

@@ -140,6 +140,12 @@ struct ShopTests {
                 #expect(checks?.first?["name"] as? String == "database")
                 #expect(checks?.first?["status"] as? String == "pass")
                 #expect(try await shop.send(.GET, service, "/startupz").status == 200)
+                let metrics = try await shop.send(.GET, service, "/metrics")
+                #expect(metrics.status == 200)
+                #expect(
+                    metrics.text.contains(
+                        #"aviary_http_server_requests_total{service="\#(service)",route="/readyz",method="GET",status_code="200"} 1"#
+                    ))
             }
         }
     }

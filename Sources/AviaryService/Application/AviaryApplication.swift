@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 public import AviaryCore
+public import AviaryTelemetry
 public import Hummingbird
 public import Logging
 import NIOCore
@@ -69,9 +70,12 @@ public struct ServiceOptions: Sendable {
 public struct AviaryApplication<Context: RequestContext> where Context.Source == ApplicationRequestContextSource {
     /// Where and how the service runs.
     public var options: ServiceOptions
-    /// The routes. ``ProblemMiddleware`` is installed first, so every route's errors are problem
-    /// details; `/livez`, `/readyz` and `/startupz` are added when the service runs.
+    /// The routes. ``TelemetryMiddleware`` (RED metrics, access log) and ``ProblemMiddleware``
+    /// are installed first, so every route is measured and its errors are problem details;
+    /// `/metrics` is added at once, `/livez`, `/readyz` and `/startupz` when the service runs.
     public let router: Router<Context>
+    /// The registry served at `/metrics`, holding the HTTP server metrics.
+    public let metrics: MetricsRegistry
     /// The health checks behind the probes.
     public private(set) var healthChecks: [HealthCheck] = []
     /// Services that run beside the server (relays, consumers), started in order.
@@ -89,20 +93,32 @@ public struct AviaryApplication<Context: RequestContext> where Context.Source ==
     ///   - options: name, address and shutdown timing.
     ///   - context: the request context type of the routes.
     ///   - logger: the service's logger (label `aviary.<name>` by default).
+    ///   - metrics: the registry served at `/metrics`; pass the one given to
+    ///     `Telemetry.bootstrap` so that metrics recorded through swift-metrics appear too.
     ///   - clock: the clock for health schedules and the drain delay.
     public init(
         _ options: ServiceOptions,
         context: Context.Type = Context.self,
         logger: Logger? = nil,
+        metrics: MetricsRegistry = MetricsRegistry(),
         clock: any MonotonicClock = SystemClock()
     ) {
         self.options = options
         var logger = logger ?? Logger(label: "aviary.\(options.name)")
         logger[metadataKey: "service"] = "\(options.name)"
         self.logger = logger
+        self.metrics = metrics
         self.clock = clock
         self.router = Router(context: Context.self)
+        self.router.add(middleware: TelemetryMiddleware(service: options.name, metrics: metrics, logger: logger))
         self.router.add(middleware: ProblemMiddleware(logger: logger))
+        self.router.get("/metrics") { _, _ -> Response in
+            Response(
+                status: .ok,
+                headers: [.contentType: MetricsRegistry.contentType],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.expositionBytes()))
+            )
+        }
     }
 
     /// Adds a health check; see ``HealthMonitor`` for the probes' semantics.

@@ -49,7 +49,6 @@ public struct Order: Codable, Sendable, Equatable {
 struct OrdersService: Sendable {
     let store: SQLiteStore
     let logger: Logger
-    let health: HealthMonitor
     let users: Upstream
     let payments: Upstream
 
@@ -75,7 +74,6 @@ struct OrdersService: Sendable {
 
     init(url: StoreURL, logger: Logger, users: Upstream, payments: Upstream) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations)
-        self.health = makeHealth(service: "orders", store: self.store, logger: logger)
         self.logger = logger
         self.users = users
         self.payments = payments
@@ -112,10 +110,11 @@ struct OrdersService: Sendable {
         return problems
     }
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
-        router.add(middleware: ProblemMiddleware(logger: self.logger))
-        self.health.addRoutes(to: router)
+    /// The service's health checks.
+    var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
+
+    /// Adds the service's routes to `router` (which already renders problems and serves probes).
+    func addRoutes(to router: Router<BasicRequestContext>) {
         router.post("/orders") { request, _ in
             try await self.place(request)
         }
@@ -130,7 +129,6 @@ struct OrdersService: Sendable {
             }
             return JSONResponse(status: .ok, value: order)
         }
-        return router
     }
 
     func place(_ request: Request) async throws -> JSONResponse<Order> {

@@ -36,7 +36,6 @@ public struct Payment: Codable, Sendable, Equatable {
 struct PaymentsService: Sendable {
     let store: SQLiteStore
     let logger: Logger
-    let health: HealthMonitor
 
     static var migrations: Migrations {
         var migrations = Migrations()
@@ -59,7 +58,6 @@ struct PaymentsService: Sendable {
 
     init(url: StoreURL, logger: Logger) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations)
-        self.health = makeHealth(service: "payments", store: self.store, logger: logger)
         self.logger = logger
     }
 
@@ -69,10 +67,11 @@ struct PaymentsService: Sendable {
             status: row["status"])
     }
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
-        router.add(middleware: ProblemMiddleware(logger: self.logger))
-        self.health.addRoutes(to: router)
+    /// The service's health checks.
+    var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
+
+    /// Adds the service's routes to `router` (which already renders problems and serves probes).
+    func addRoutes(to router: Router<BasicRequestContext>) {
         let store = self.store
         router.post("/payments") { request, _ -> JSONResponse<Payment> in
             guard let key = request.headers[HTTPField.Name("Idempotency-Key")!], !key.isEmpty, key.count <= 255 else {
@@ -131,6 +130,5 @@ struct PaymentsService: Sendable {
             }
             return JSONResponse(status: .ok, value: payment)
         }
-        return router
     }
 }

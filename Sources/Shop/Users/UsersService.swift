@@ -28,7 +28,6 @@ public struct User: Codable, Sendable, Equatable {
 struct UsersService: Sendable {
     let store: SQLiteStore
     let logger: Logger
-    let health: HealthMonitor
 
     static var migrations: Migrations {
         var migrations = Migrations()
@@ -50,14 +49,14 @@ struct UsersService: Sendable {
 
     init(url: StoreURL, logger: Logger) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations)
-        self.health = makeHealth(service: "users", store: self.store, logger: logger)
         self.logger = logger
     }
 
-    func router() -> Router<BasicRequestContext> {
-        let router = Router()
-        router.add(middleware: ProblemMiddleware(logger: self.logger))
-        self.health.addRoutes(to: router)
+    /// The service's health checks.
+    var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
+
+    /// Adds the service's routes to `router` (which already renders problems and serves probes).
+    func addRoutes(to router: Router<BasicRequestContext>) {
         let store = self.store
         router.get("/users/:id") { _, context -> JSONResponse<User> in
             let id = try context.parameters.require("id")
@@ -97,6 +96,5 @@ struct UsersService: Sendable {
             }
             return JSONResponse(status: .created, value: user)
         }
-        return router
     }
 }
