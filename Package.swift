@@ -95,6 +95,7 @@ let package = Package(
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
+                "AviaryTelemetry",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -105,7 +106,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "shop",
-            dependencies: ["Shop"],
+            dependencies: ["Shop", "AviaryCore", "AviaryTelemetry", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         // MARK: Tests

@@ -8,6 +8,7 @@ public import AviaryCore
 import AviaryResilience
 import AviaryService
 import AviaryStorage
+public import AviaryTelemetry
 import Hummingbird
 public import Logging
 import NIOCore
@@ -38,6 +39,10 @@ public struct ShopOptions: Sendable {
     public var onListening: @Sendable (String, Endpoint) async -> Void = { _, _ in }
     /// The logger every service logs through.
     public var logger: Logger = Logger(label: "aviary.shop")
+    /// The registry every service records its HTTP metrics in and serves at `/metrics`; nil
+    /// gives each service its own. The executable passes the one it bootstrapped swift-metrics
+    /// with, so that resilience metrics appear too.
+    public var metrics: MetricsRegistry?
     /// How long `/readyz` fails at shutdown before a service stops accepting connections; zero
     /// for a developer's machine, a few seconds behind a load balancer.
     public var drainDelay: Duration = .zero
@@ -102,7 +107,8 @@ public final class ShopSystem: Sendable {
                 name: service, version: "0.1.0", host: self.options.host, port: port,
                 drainDelay: self.options.drainDelay, gracePeriod: self.options.drainDelay + .seconds(30)),
             context: BasicRequestContext.self,
-            logger: self.options.logger
+            logger: self.options.logger,
+            metrics: self.options.metrics ?? MetricsRegistry()
         )
         switch service {
         case "users":

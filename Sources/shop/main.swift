@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryTelemetry
 import Foundation
 import Logging
 import Shop
@@ -50,11 +51,16 @@ while let argument = arguments.popFirst() {
     }
 }
 
-LoggingSystem.bootstrap { label in
-    var handler = StreamLogHandler.standardError(label: label)
-    handler.logLevel = .info
-    return handler
+// Logs: a readable line in a terminal, JSON lines otherwise; AVIARY_LOG_LEVEL / AVIARY_LOG_FORMAT
+// override. Metrics: one registry for the process, served at every service's /metrics.
+var telemetryConfiguration = TelemetryConfiguration(service: "shop")
+do {
+    try telemetryConfiguration.applyEnvironment()
+} catch {
+    fail(error.message)
 }
+let telemetry = Telemetry.bootstrap(telemetryConfiguration)
+options.metrics = telemetry.metrics
 options.logger = Logger(label: "aviary.shop")
 options.onListening = { service, endpoint in
     print("\(service) listening on \(endpoint.url)")
