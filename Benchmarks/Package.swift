@@ -9,9 +9,28 @@ let package = Package(
     dependencies: [
         .package(name: "aviary", path: ".."),
         .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // scripts/bench-service.sh: a bare Hummingbird application and the same route in an
+        // AviaryApplication, compared with wrk.
+        .executableTarget(
+            name: "HelloHummingbird",
+            dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
+            path: "Sources/HelloHummingbird",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "HelloAviary",
+            dependencies: [
+                .product(name: "AviaryService", package: "aviary"),
+                .product(name: "AviaryTelemetry", package: "aviary"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            path: "Sources/HelloAviary",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         // Not a benchmark: one shared breaker from N threads, to profile contention.
         .executableTarget(
             name: "ContentionProfile",

@@ -16,8 +16,9 @@ import Synchronization
 /// Metrics (names from ``AviaryTelemetry/HTTPMetrics``), labelled by the **route template**
 /// (`/orders/{id}`, never the raw path, so that cardinality stays bounded; `unmatched` when no
 /// route matched), the method (`_OTHER` for methods outside the standard set) and the status:
-/// `aviary_http_server_requests_total`, `aviary_http_server_request_duration_seconds` (measured
-/// until the body has been written) and `aviary_http_server_active_requests`.
+/// `aviary_http_server_requests_total`, `aviary_http_server_request_duration_seconds` (until the
+/// handler returns for a body of known length, until the body has been written for a streamed
+/// one) and `aviary_http_server_active_requests`.
 ///
 /// The access log line, at `info`: `http.request.method`, `http.route`,
 /// `http.response.status_code`, `aviary.duration_ms` and `http.response.body.size` (when known).
@@ -74,7 +75,14 @@ public struct TelemetryMiddleware<Context: RequestContext>: RouterMiddleware {
         let route = context.endpointPath
         let body = response.body
         let bytes = body.contentLength
-        // Recorded once the body has been written (or failed), so that streamed bodies count.
+        if bytes != nil {
+            // A body whose length is known is in memory already: record now, and leave the body
+            // as it is (wrapping it in a closure costs the server its single-write fast path).
+            active.decrement()
+            self.finish(request, method: method, route: route, status: status, bytes: bytes, since: start)
+            return response
+        }
+        // A streamed body: recorded once it has been written (or failed), so that its time counts.
         response.body = ResponseBody(contentLength: bytes) { writer in
             defer {
                 active.decrement()
