@@ -14,7 +14,22 @@ import Musl
 import Darwin
 #endif
 
-extension ServiceConfiguration {
+extension ServiceConfiguration: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    /// ``rendered()``, so that printing, interpolating or dumping a configuration never shows a secret.
+    ///
+    /// ```swift
+    /// logger.debug("configuration:\n\(configuration)")   // database_url = <redacted>  (...)
+    /// ```
+    public var description: String { self.rendered() }
+
+    /// ``rendered()``, as ``description``.
+    public var debugDescription: String { self.rendered() }
+
+    /// The rendered configuration only, so that `dump` and debuggers do not show secrets.
+    public var customMirror: Mirror {
+        Mirror(self, children: ["configuration": self.rendered()], displayStyle: .struct)
+    }
+
     /// The effective configuration for `--print-config`: one `key = value  (source)` line per
     /// key, sorted by key, with secrets as `<redacted>`.
     ///

@@ -406,6 +406,10 @@ struct ServiceConfigurationTests {
             """
         #expect(configuration.rendered() == expected)
         #expect(!configuration.rendered().contains("s3cret"))
+        #expect("\(configuration)" == expected)
+        var dumped = ""
+        dump(configuration, to: &dumped)
+        #expect(!dumped.contains("s3cret"))
         #expect(configuration.url("database_url").absoluteString == "postgres://admin:s3cret@db/orders")
     }
 
@@ -428,5 +432,52 @@ struct ServiceConfigurationTests {
     func durationRoundTrip(text: String) throws {
         let value = try #require(ConfigurationType.duration.parse(text))
         #expect(value.description == text)
+    }
+}
+
+@Suite("ServiceConfiguration.loadOrExit", .timeLimit(.minutes(1)))
+struct LoadOrExitTests {
+    @Test("--print-config prints the configuration and exits 0")
+    func printConfigExits() async throws {
+        let result = try await #require(
+            processExitsWith: .success,
+            observing: [\.standardOutputContent]
+        ) {
+            _ = ServiceConfiguration.loadOrExit(
+                ordersSchema,
+                arguments: ["orders", "--config", "/nonexistent/aviary.yaml", "--print-config"],
+                environment: ["PORT": "8300"]
+            )
+            Issue.record("loadOrExit returned")
+        }
+        let output = String(decoding: result.standardOutputContent, as: UTF8.self)
+        #expect(output.contains("port = 8300  (PORT)\n"))
+        #expect(output.contains("database_url = <redacted>  (default)\n"))
+    }
+
+    @Test("an invalid configuration prints its problems to standard error and exits 78")
+    func invalidExits() async throws {
+        let result = try await #require(
+            processExitsWith: .exitCode(78),
+            observing: [\.standardErrorContent]
+        ) {
+            _ = ServiceConfiguration.loadOrExit(
+                ordersSchema,
+                arguments: ["orders"],
+                environment: ["AVIARY_ORDERS_PORT": "80a"]
+            )
+        }
+        let output = String(decoding: result.standardErrorContent, as: UTF8.self)
+        #expect(output == "orders: port = \"80a\" (from AVIARY_ORDERS_PORT): expected an integer in 1...65535\n")
+    }
+
+    @Test("without --print-config it returns the configuration")
+    func returns() {
+        let configuration = ServiceConfiguration.loadOrExit(
+            ordersSchema,
+            arguments: ["orders", "--config", "/nonexistent/aviary.yaml"],
+            environment: ["PORT": "8300"]
+        )
+        #expect(configuration.int("port") == 8300)
     }
 }
