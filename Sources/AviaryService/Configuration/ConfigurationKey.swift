@@ -73,7 +73,7 @@ public struct ConfigurationType: Sendable, Hashable, CustomStringConvertible {
     public static let bool = ConfigurationType(.bool)
     /// A non-negative duration: an integer and a unit, `ms`, `s`, `m` or `h` (`250ms`, `5s`, `2m`).
     public static let duration = ConfigurationType(.duration)
-    /// An absolute URL, with a scheme (`postgres://db:5432/orders`).
+    /// An absolute URL: a scheme, `://` and the rest (`postgres://db:5432/orders`).
     public static let url = ConfigurationType(.url)
 
     /// An integer in `range`.
@@ -144,7 +144,8 @@ public struct ConfigurationType: Sendable, Hashable, CustomStringConvertible {
     /// Whether `value` is of this type (defaults are checked with it).
     func accepts(_ value: ConfigurationValue) -> Bool {
         switch (self.wrapped, value) {
-        case (.string, .string), (.bool, .bool), (.duration, .duration), (.url, .url): true
+        case (.string, .string), (.bool, .bool), (.url, .url): true
+        case (.duration, .duration(let value)): value >= .zero
         case (.int(let range), .int(let value)): range.contains(value)
         case (.oneOf(let allowed), .string(let value)): allowed.contains(value)
         default: false
