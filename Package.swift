@@ -112,7 +112,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "shop",
-            dependencies: ["Shop", "AviaryCore", "AviaryTelemetry", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Shop", "AviaryCore", "AviaryService", "AviaryTelemetry",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         // MARK: Tests

@@ -4,13 +4,17 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryService
 import AviaryTelemetry
 import Foundation
 import Logging
 import Shop
 
 // `swift run shop`: users, payments and orders in one process, on 8101-8103 by default.
-// Options: --data-dir PATH, --host ADDRESS, --<service>-port N (0 = any free port).
+// Options: --data-dir PATH, --host ADDRESS, --<service>-port N (0 = any free port),
+// --config PATH (default aviary.yaml), --print-config.
+// Each service's port also comes from its section of aviary.yaml and AVIARY_<SERVICE>_PORT; a
+// command-line port wins.
 
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("shop: \(message)\n".utf8))
@@ -18,6 +22,9 @@ func fail(_ message: String) -> Never {
 }
 
 var options = ShopOptions()
+var configFile = ServiceConfiguration.defaultFile
+var printConfig = false
+var portsFromCommandLine: Set<String> = []
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     func value() -> String {
@@ -29,10 +36,13 @@ while let argument = arguments.popFirst() {
         print(
             """
             usage: shop [--data-dir PATH] [--host ADDRESS] [--users-port N] [--orders-port N] [--payments-port N]
+                        [--config PATH] [--print-config]
             Runs the Shop reference system (users, orders, payments) in one process.
             """)
         exit(0)
     case "--data-dir": options.dataDirectory = value()
+    case "--config": configFile = value()
+    case "--print-config": printConfig = true
     case "--host": options.host = value()
     case let flag where flag.hasPrefix("--") && flag.hasSuffix("-port"):
         let service = String(flag.dropFirst(2).dropLast(5))
@@ -46,9 +56,46 @@ while let argument = arguments.popFirst() {
             fail("\(flag): expected a port in 0...65535, got \"\(text)\"")
         }
         options.ports[service] = port
+        portsFromCommandLine.insert(service)
     default:
         fail("unknown argument \"\(argument)\"; try --help")
     }
+}
+
+// Each service's configuration: defaults < its aviary.yaml section < AVIARY_<SERVICE>_*. PORT and
+// HOST are not read: the three services share one process.
+var environment = ProcessInfo.processInfo.environment
+environment["PORT"] = nil
+environment["HOST"] = nil
+var problems: [String] = []
+for service in ShopOptions.services {
+    let defaults = ServiceOptions(
+        name: service, port: ShopOptions().ports[service] ?? 8100, drainDelay: .zero, gracePeriod: .seconds(30))
+    do {
+        let configuration = try ServiceConfiguration.load(
+            ConfigurationSchema(defaults), file: configFile, environment: environment)
+        var lines = configuration.rendered().split(separator: "\n").map(String.init)
+        if portsFromCommandLine.contains(service), let port = options.ports[service] {
+            lines = lines.map { $0.hasPrefix("port = ") ? "port = \(port)  (--\(service)-port)" : $0 }
+        } else {
+            options.ports[service] = configuration.int("port")
+        }
+        // One process: the longest drain delay of the three applies to all.
+        options.drainDelay = max(options.drainDelay, configuration.duration("drain_delay"))
+        if printConfig {
+            print("[\(service)]\n" + lines.joined(separator: "\n"))
+        }
+    } catch {
+        problems.append(error.message)
+    }
+}
+if !problems.isEmpty {
+    FileHandle.standardError.write(
+        Data(("shop: invalid configuration\n" + problems.joined(separator: "\n") + "\n").utf8))
+    exit(78)
+}
+if printConfig {
+    exit(0)
 }
 
 // Logs: a readable line in a terminal, JSON lines otherwise; AVIARY_LOG_LEVEL / AVIARY_LOG_FORMAT
