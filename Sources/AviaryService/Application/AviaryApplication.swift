@@ -134,6 +134,9 @@ public struct AviaryApplication<Context: RequestContext> where Context.Source ==
     /// The health monitor and the services to run, in start order; for callers that run them in
     /// their own `ServiceGroup`. The checks run once before this returns, so that readiness is
     /// known before the first request, and startup is marked done.
+    ///
+    /// Call it (or ``run(gracefulShutdownSignals:)``) once per application: it adds the probe
+    /// routes to ``router``.
     public func makeServices() async -> (health: HealthMonitor, services: [any Service]) {
         let health = HealthMonitor(
             service: self.options.name,
