@@ -70,8 +70,9 @@ public struct ServiceOptions: Sendable {
 public struct AviaryApplication<Context: RequestContext> where Context.Source == ApplicationRequestContextSource {
     /// Where and how the service runs.
     public var options: ServiceOptions
-    /// The routes. ``TelemetryMiddleware`` (RED metrics, access log) and ``ProblemMiddleware``
-    /// are installed first, so every route is measured and its errors are problem details;
+    /// The routes. ``TelemetryMiddleware`` (RED metrics, access log), ``ProblemMiddleware`` and
+    /// ``DeadlineMiddleware`` are installed first, so every route is measured, its errors are
+    /// problem details and it runs within its caller's remaining budget;
     /// `/metrics` is added at once, `/livez`, `/readyz` and `/startupz` when the service runs.
     public let router: Router<Context>
     /// The registry served at `/metrics`, holding the HTTP server metrics.
@@ -112,6 +113,7 @@ public struct AviaryApplication<Context: RequestContext> where Context.Source ==
         self.router = Router(context: Context.self)
         self.router.add(middleware: TelemetryMiddleware(service: options.name, metrics: metrics, logger: logger))
         self.router.add(middleware: ProblemMiddleware(logger: logger))
+        self.router.add(middleware: DeadlineMiddleware(clock: clock))
         self.router.get("/metrics") { _, _ -> Response in
             Response(
                 status: .ok,

@@ -6,7 +6,9 @@
 import AsyncHTTPClient
 import AviaryCore
 import AviaryResilience
+import AviaryService
 import Foundation
+import Hummingbird
 import NIOCore
 import NIOHTTP1
 
@@ -104,6 +106,10 @@ final class Upstream: Sendable {
             if let body {
                 request.headers.add(name: "content-type", value: "application/json")
                 request.body = .bytes(ByteBuffer(bytes: body))
+            }
+            // The callee learns the budget left (the per-try timeout's deadline, or the caller's).
+            if let budget = DeadlineMiddleware<BasicRequestContext>.headerValue() {
+                request.headers.add(name: "x-aviary-timeout-ms", value: budget)
             }
             // The per-try Timeout bounds the wait; the client's own timeout is a backstop.
             let remaining = Deadline.current?.remaining() ?? .seconds(30)
