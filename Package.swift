@@ -82,6 +82,7 @@ let package = Package(
                 "AviaryResilience",
                 "AviaryStorage",
                 "AviaryTelemetry",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
