@@ -91,18 +91,6 @@ func httpGet(_ http: HTTPClient, port: Int, _ path: String) async throws -> (Int
     return (Int(response.status.code), String(buffer: body))
 }
 
-/// Polls an async condition until it holds, yielding in between; fails the test after 10 seconds.
-func eventuallyAsync(_ what: String, _ condition: () async -> Bool) async {
-    let deadline = ContinuousClock.now.advanced(by: .seconds(10))
-    while await !condition() {
-        if ContinuousClock.now > deadline {
-            Issue.record("timed out waiting until \(what)")
-            return
-        }
-        await Task.yield()
-    }
-}
-
 @Suite("AviaryApplication", .timeLimit(.minutes(1)))
 struct AviaryApplicationTests {
     @Test(
@@ -148,7 +136,7 @@ struct AviaryApplicationTests {
 
             trigger.triggerGracefulShutdown()
             // Draining: readiness fails while the server still accepts connections.
-            await eventuallyAsync("readiness fails with draining") {
+            await eventually("readiness fails with draining") {
                 let readiness = try? await get(endpoint, "/readyz")
                 return readiness?.0 == 503 && readiness?.1.contains("draining") == true
             }
@@ -159,7 +147,7 @@ struct AviaryApplicationTests {
 
             // After the drain delay the server stops accepting; the in-flight request goes on.
             clock.advance(by: .seconds(5))
-            await eventuallyAsync("new connections are refused") { !canConnect(port: endpoint.port) }
+            await eventually("new connections are refused") { !canConnect(port: endpoint.port) }
             #expect(log.all == ["relay started"], "the background service runs until the server is done")
 
             gate.open()

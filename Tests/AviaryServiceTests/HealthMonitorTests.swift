@@ -59,9 +59,9 @@ final class ScriptedCheck: Sendable {
 let quiet = Logger(label: "aviary.tests", factory: { _ in SwiftLogNoOpLogHandler() })
 
 /// Polls `condition` until it holds, yielding in between; fails the test after 10 seconds.
-func eventually(_ what: String, _ condition: () -> Bool) async {
+func eventually(_ what: String, _ condition: () async -> Bool) async {
     let deadline = ContinuousClock.now.advanced(by: .seconds(10))
-    while !condition() {
+    while await !condition() {
         if ContinuousClock.now > deadline {
             Issue.record("timed out waiting until \(what)")
             return

@@ -9,6 +9,7 @@ public import AviaryResilience
 public import AviaryTelemetry
 import CoreMetrics
 import Foundation
+import Hummingbird
 public import NIOCore
 public import NIOHTTP1
 import Synchronization
@@ -92,6 +93,11 @@ public final class ServiceClient: Sendable {
     let http: HTTPClient
     let pipeline: ResiliencePipeline<ClientResponse>
     let inFlight = Mutex<[Endpoint: Int]>([:])
+    private struct MetricKey: Hashable {
+        var route: String
+        var status: Int
+    }
+    private let metricHandles = Mutex<[MetricKey: (CoreMetrics.Counter, CoreMetrics.Timer)]>([:])
     let factory: any MetricsFactory
     let maxBodyBytes: Int
 
@@ -203,7 +209,10 @@ public final class ServiceClient: Sendable {
         var request = HTTPClientRequest(url: endpoint.url + path)
         request.method = method
         for (name, value) in headers { request.headers.add(name: name, value: value) }
-        if let budget = Self.budgetHeader() { request.headers.replaceOrAdd(name: "x-aviary-timeout-ms", value: budget) }
+        if let budget = DeadlineMiddleware<BasicRequestContext>.headerValue() {
+            request.headers.replaceOrAdd(
+                name: DeadlineMiddleware<BasicRequestContext>.headerName.rawName, value: budget)
+        }
         if let body { request.body = .bytes(body) }
         let start = SystemClock().now
         let remaining = Deadline.current?.remaining() ?? .seconds(30)
@@ -235,16 +244,23 @@ public final class ServiceClient: Sendable {
         }
     }
 
-    static func budgetHeader() -> String? {
-        guard let deadline = Deadline.current else { return nil }
-        return String(max(deadline.remaining().aviaryNanoseconds, 0) / 1_000_000)
+    private func record(route: String, status: Int, since start: MonotonicInstant) {
+        let (counter, timer) = self.handles(route: route, status: status)
+        counter.increment()
+        timer.recordNanoseconds(start.duration(to: SystemClock().now).aviaryNanoseconds)
     }
 
-    private func record(route: String, status: Int, since start: MonotonicInstant) {
+    /// Metric handles cached per route and status, so that a call does not ask the registry.
+    private func handles(route: String, status: Int) -> (CoreMetrics.Counter, CoreMetrics.Timer) {
+        let key = MetricKey(route: route, status: status)
+        if let cached = self.metricHandles.withLock({ $0[key] }) { return cached }
         let dimensions = HTTPMetrics.clientDimensions(
             service: self.service, upstream: self.upstream, route: route, statusCode: status)
-        Counter(label: HTTPMetrics.clientRequestsTotal, dimensions: dimensions, factory: self.factory).increment()
-        Timer(label: HTTPMetrics.clientRequestDuration, dimensions: dimensions, factory: self.factory)
-            .recordNanoseconds(start.duration(to: SystemClock().now).aviaryNanoseconds)
+        let handles = (
+            Counter(label: HTTPMetrics.clientRequestsTotal, dimensions: dimensions, factory: self.factory),
+            CoreMetrics.Timer(label: HTTPMetrics.clientRequestDuration, dimensions: dimensions, factory: self.factory)
+        )
+        self.metricHandles.withLock { $0[key] = handles }
+        return handles
     }
 }

@@ -37,7 +37,7 @@ public struct DeadlineMiddleware<Context: RequestContext>: RouterMiddleware {
     ///
     /// ```swift
     /// if let budget = DeadlineMiddleware<BasicRequestContext>.headerValue() {
-    ///     request.headers.add(name: "x-aviary-timeout-ms", value: budget)
+    ///     request.headers.add(name: DeadlineMiddleware<BasicRequestContext>.headerName.rawName, value: budget)
     /// }
     /// ```
     public static func headerValue(clock: any MonotonicClock = SystemClock()) -> String? {

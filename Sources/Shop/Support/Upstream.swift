@@ -109,7 +109,7 @@ final class Upstream: Sendable {
             }
             // The callee learns the budget left (the per-try timeout's deadline, or the caller's).
             if let budget = DeadlineMiddleware<BasicRequestContext>.headerValue() {
-                request.headers.add(name: "x-aviary-timeout-ms", value: budget)
+                request.headers.add(name: DeadlineMiddleware<BasicRequestContext>.headerName.rawName, value: budget)
             }
             // The per-try Timeout bounds the wait; the client's own timeout is a backstop.
             let remaining = Deadline.current?.remaining() ?? .seconds(30)
