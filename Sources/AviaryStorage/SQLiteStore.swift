@@ -6,6 +6,7 @@
 import AviaryCore
 import Foundation
 public import GRDB
+public import Tracing
 
 /// A service's own SQLite database: a GRDB pool in WAL mode with versioned migrations.
 ///
@@ -26,13 +27,20 @@ public final class SQLiteStore: Sendable {
     public let database: any DatabaseWriter
     /// Where the store lives.
     public let url: StoreURL
+    /// The owning service's tracer: reads and writes made inside a traced request get a child span.
+    public let tracer: (any Tracer)?
 
     /// Opens (creating if needed) the store at `url` and migrates it.
     ///
+    /// - Parameters:
+    ///   - url: where the store lives.
+    ///   - migrations: the schema migrations, applied in order.
+    ///   - tracer: the owning service's tracer (`AviaryApplication.tracer`), for database spans.
     /// - Throws: ``AviaryCore/AviaryError`` when the URL is not a SQLite URL, the folder cannot be
     ///   created, or a migration fails (the cause is GRDB's error).
-    public init(url: StoreURL, migrations: Migrations = Migrations()) throws {
+    public init(url: StoreURL, migrations: Migrations = Migrations(), tracer: (any Tracer)? = nil) throws {
         self.url = url
+        self.tracer = tracer
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
         configuration.prepareDatabase { db in
@@ -65,13 +73,55 @@ public final class SQLiteStore: Sendable {
     }
 
     /// Runs `body` in a write transaction; it commits when `body` returns and rolls back when it throws.
-    public func write<T: Sendable>(_ body: @Sendable @escaping (Database) throws -> T) async throws -> T {
-        try await self.database.write(body)
+    ///
+    /// ```swift
+    /// try await store.write("insert order") { db in try order.insert(db) }
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - operation: the span's name inside a traced request (`sqlite write` by default).
+    ///   - body: the transaction.
+    public func write<T: Sendable>(
+        _ operation: String? = nil, _ body: @Sendable @escaping (Database) throws -> T
+    ) async throws -> T {
+        guard let tracer = self.tracer, let parent = ServiceContext.current else {
+            return try await self.database.write(body)
+        }
+        return try await self.traced(tracer, parent, operation ?? "sqlite write") {
+            try await self.database.write(body)
+        }
     }
 
     /// Runs `body` with a consistent read-only view.
-    public func read<T: Sendable>(_ body: @Sendable @escaping (Database) throws -> T) async throws -> T {
-        try await self.database.read(body)
+    ///
+    /// - Parameters:
+    ///   - operation: the span's name inside a traced request (`sqlite read` by default).
+    ///   - body: the reads.
+    public func read<T: Sendable>(
+        _ operation: String? = nil, _ body: @Sendable @escaping (Database) throws -> T
+    ) async throws -> T {
+        guard let tracer = self.tracer, let parent = ServiceContext.current else {
+            return try await self.database.read(body)
+        }
+        return try await self.traced(tracer, parent, operation ?? "sqlite read") { try await self.database.read(body) }
+    }
+
+    /// A client span (OpenTelemetry database conventions) around one database call. Calls made
+    /// outside any trace (migrations, background loops) get none, so that they do not start traces.
+    private func traced<T>(
+        _ tracer: any Tracer, _ parent: ServiceContext, _ name: String, _ call: () async throws -> T
+    ) async throws -> T {
+        let span = tracer.startSpan(name, context: parent, ofKind: .client)
+        defer { span.end() }
+        span.attributes["db.system.name"] = "sqlite"
+        span.attributes["db.namespace"] = self.url.description
+        do {
+            return try await call()
+        } catch {
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error))
+            throw error
+        }
     }
 
     /// Checks that the database answers a query; used by readiness probes.

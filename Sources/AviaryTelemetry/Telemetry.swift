@@ -91,14 +91,14 @@ public struct Telemetry: Sendable {
     ///
     /// - Parameters:
     ///   - configuration: service, instance, level, format and sink of logs; metric options.
-    ///   - metadataProvider: contextual metadata for every log line, such as the current trace
-    ///     and span ids (`trace_id`, `span_id`) from a tracer.
+    ///   - metadataProvider: contextual metadata for every log line; by default the current
+    ///     trace and span ids (`trace_id`, `span_id`, see `Logger.MetadataProvider.traceIDs`).
     /// - Returns: the telemetry, whose ``metrics`` serve `/metrics`.
     /// - Precondition: called at most once per process (swift-log and swift-metrics stop the
     ///   process on a second bootstrap).
     public static func bootstrap(
         _ configuration: TelemetryConfiguration,
-        metadataProvider: Logger.MetadataProvider? = nil
+        metadataProvider: Logger.MetadataProvider? = .traceIDs
     ) -> Telemetry {
         let telemetry = Telemetry(configuration: configuration)
         LoggingSystem.bootstrap(

@@ -47,6 +47,16 @@ public struct ShopOptions: Sendable {
     /// for a developer's machine, a few seconds behind a load balancer.
     public var drainDelay: Duration = .zero
 
+    /// Each service's tracing: `nil` for a service that is not traced. By default the standard
+    /// `OTEL_*` variables decide (see `TracingConfiguration`): with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set, every service exports its spans under its own name.
+    public var tracing: @Sendable (_ service: String) throws -> TracingBackend? = { service in
+        try TracingConfiguration(service: service, version: ShopOptions.version).map { try TracingBackend($0) }
+    }
+
+    /// The version every Shop service reports.
+    public static let version = "0.1.0"
+
     /// The services of the skeleton, in start order.
     public static let services = ["users", "payments", "orders"]
 
@@ -68,12 +78,19 @@ public final class ShopSystem: Sendable {
     let users: UsersService
     let payments: PaymentsService
     let orders: OrdersService
+    let tracing: [String: TracingBackend]
 
     /// Opens (and migrates) every service's database.
     ///
-    /// - Throws: `AviaryError` naming the database that could not be opened.
+    /// - Throws: `AviaryError` naming the database that could not be opened, or an invalid
+    ///   tracing variable.
     public init(options: ShopOptions) throws {
         self.options = options
+        var tracing: [String: TracingBackend] = [:]
+        for service in ShopOptions.services {
+            tracing[service] = try options.tracing(service)
+        }
+        self.tracing = tracing
         func url(_ service: String) -> StoreURL {
             StoreURL(.sqlite(path: "\(options.dataDirectory)/\(service).db"))
         }
@@ -87,16 +104,18 @@ public final class ShopSystem: Sendable {
         policy.breaker.minimumNumberOfCalls = options.breakerMinimumCalls
         policy.breaker.slidingWindow = .countBased(max(10, options.breakerMinimumCalls))
         policy.breaker.permittedNumberOfCallsInHalfOpenState = 1
-        self.users = try UsersService(url: url("users"), logger: logger("users"))
-        self.payments = try PaymentsService(url: url("payments"), logger: logger("payments"))
+        self.users = try UsersService(url: url("users"), logger: logger("users"), tracer: tracing["users"]?.tracer)
+        self.payments = try PaymentsService(
+            url: url("payments"), logger: logger("payments"), tracer: tracing["payments"]?.tracer)
+        let book = self.addressBook
+        func upstream(_ name: String) -> Upstream {
+            Upstream(
+                service: "orders", name: name, book: book, policy: policy, breakerClock: options.breakerClock,
+                metrics: options.metrics, tracer: tracing["orders"]?.tracer)
+        }
         self.orders = try OrdersService(
-            url: url("orders"), logger: logger("orders"),
-            users: Upstream(
-                name: "users", book: self.addressBook, http: .shared, policy: policy, breakerClock: options.breakerClock
-            ),
-            payments: Upstream(
-                name: "payments", book: self.addressBook, http: .shared, policy: policy,
-                breakerClock: options.breakerClock))
+            url: url("orders"), logger: logger("orders"), users: upstream("users"), payments: upstream("payments"),
+            tracer: tracing["orders"]?.tracer)
     }
 
     /// One service as an ``AviaryService/AviaryApplication`` bound to `port` (0 for any), which
@@ -104,11 +123,12 @@ public final class ShopSystem: Sendable {
     func application(_ service: String, port: Int) -> AviaryApplication<BasicRequestContext> {
         var app = AviaryApplication(
             ServiceOptions(
-                name: service, version: "0.1.0", host: self.options.host, port: port,
+                name: service, version: ShopOptions.version, host: self.options.host, port: port,
                 drainDelay: self.options.drainDelay, gracePeriod: self.options.drainDelay + .seconds(30)),
             context: BasicRequestContext.self,
             logger: self.options.logger,
-            metrics: self.options.metrics ?? MetricsRegistry()
+            metrics: self.options.metrics ?? MetricsRegistry(),
+            tracing: self.tracing[service]
         )
         switch service {
         case "users":

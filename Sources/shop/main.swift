@@ -89,6 +89,12 @@ for service in ShopOptions.services {
         problems.append(error.message)
     }
 }
+// Tracing: the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT turns it on).
+do {
+    _ = try TracingConfiguration(service: "shop")
+} catch {
+    problems.append((error as? AviaryError)?.message ?? "\(error)")
+}
 if !problems.isEmpty {
     FileHandle.standardError.write(
         Data(("shop: invalid configuration\n" + problems.joined(separator: "\n") + "\n").utf8))

@@ -9,6 +9,7 @@ public import Hummingbird
 public import Logging
 import NIOCore
 public import ServiceLifecycle
+public import Tracing
 public import UnixSignals
 
 /// Where and how a service runs.
@@ -85,6 +86,9 @@ public struct AviaryApplication<Context: RequestContext> where Context.Source ==
     public var logger: Logger
     /// The clock for health schedules and the drain delay; tests pass a `ManualClock`.
     public var clock: any MonotonicClock
+    /// The service's tracer when tracing is on (`nil` when off); give it to the service's
+    /// `ServiceClient`s and `SQLiteStore`s so that their spans join the request's trace.
+    public let tracer: (any Tracer)?
     /// Called when the server listens, with its address (useful with port 0).
     public var onListening: @Sendable (Endpoint) async -> Void = { _ in }
 
@@ -97,12 +101,16 @@ public struct AviaryApplication<Context: RequestContext> where Context.Source ==
     ///   - metrics: the registry served at `/metrics`; pass the one given to
     ///     `Telemetry.bootstrap` so that metrics recorded through swift-metrics appear too.
     ///   - clock: the clock for health schedules and the drain delay.
+    ///   - tracing: the service's tracer and span exporter, when tracing is on: every request
+    ///     then gets a server span (``TracingMiddleware``) and the exporter runs beside the
+    ///     server, stopping last so that it flushes the spans of the drain.
     public init(
         _ options: ServiceOptions,
         context: Context.Type = Context.self,
         logger: Logger? = nil,
         metrics: MetricsRegistry = MetricsRegistry(),
-        clock: any MonotonicClock = SystemClock()
+        clock: any MonotonicClock = SystemClock(),
+        tracing: TracingBackend? = nil
     ) {
         self.options = options
         var logger = logger ?? Logger(label: "aviary.\(options.name)")
@@ -111,6 +119,12 @@ public struct AviaryApplication<Context: RequestContext> where Context.Source ==
         self.metrics = metrics
         self.clock = clock
         self.router = Router(context: Context.self)
+        self.tracer = tracing?.tracer
+        if let tracing {
+            // First, so that the access log line and everything below run inside the span.
+            self.router.add(middleware: TracingMiddleware(tracer: tracing.tracer))
+            self.backgroundServices.append(tracing.service)
+        }
         self.router.add(middleware: TelemetryMiddleware(service: options.name, metrics: metrics, logger: logger))
         self.router.add(middleware: ProblemMiddleware(logger: logger))
         self.router.add(middleware: DeadlineMiddleware(clock: clock))

@@ -13,6 +13,7 @@ import Hummingbird
 public import NIOCore
 public import NIOHTTP1
 import Synchronization
+public import Tracing
 
 /// Where a service's replicas are: a static list now, the registry later.
 public protocol EndpointProvider: Sendable {
@@ -100,6 +101,7 @@ public final class ServiceClient: Sendable {
     private let metricHandles = Mutex<[MetricKey: (CoreMetrics.Counter, CoreMetrics.Timer)]>([:])
     let factory: any MetricsFactory
     let maxBodyBytes: Int
+    let tracer: (any Tracer)?
 
     /// The pipeline a client uses when none is given: 2 s in all, up to 3 attempts with jittered
     /// backoff, a circuit breaker per upstream, 500 ms per attempt.
@@ -122,6 +124,8 @@ public final class ServiceClient: Sendable {
     ///   - pipeline: the resilience pipeline; ``defaultPipeline(upstream:)`` by default.
     ///   - metrics: where client metrics go; the global swift-metrics factory by default.
     ///   - maxBodyBytes: the largest response body read.
+    ///   - tracer: the calling service's tracer (``AviaryApplication/tracer``): each attempt then
+    ///     gets a client span, child of the current span, whose context goes out as `traceparent`.
     public init(
         service: String,
         upstream: String,
@@ -129,7 +133,8 @@ public final class ServiceClient: Sendable {
         http: HTTPClient = .shared,
         pipeline: ResiliencePipeline<ClientResponse>? = nil,
         metrics: MetricsRegistry? = nil,
-        maxBodyBytes: Int = 4 << 20
+        maxBodyBytes: Int = 4 << 20,
+        tracer: (any Tracer)? = nil
     ) {
         self.service = service
         self.upstream = upstream
@@ -138,6 +143,7 @@ public final class ServiceClient: Sendable {
         self.pipeline = pipeline ?? Self.defaultPipeline(upstream: upstream)
         self.factory = metrics?.factory ?? MetricsSystem.factory
         self.maxBodyBytes = maxBodyBytes
+        self.tracer = tracer
     }
 
     /// Sends a request through the pipeline.
@@ -163,8 +169,29 @@ public final class ServiceClient: Sendable {
             [.GET, .HEAD, .PUT, .DELETE, .OPTIONS].contains(method)
             || headers.contains { $0.0.lowercased() == "idempotency-key" }
         let route = route ?? path
-        return try await self.pipeline.run(PolicyContext(idempotent: idempotent)) {
-            try await self.attempt(method, path, route: route, headers: headers, body: body)
+        guard let tracer = self.tracer else {
+            return try await self.pipeline.run(PolicyContext(idempotent: idempotent)) {
+                try await self.attempt(method, path, route: route, headers: headers, body: body, span: nil)
+            }
+        }
+        return try await self.pipeline.run(PolicyContext(idempotent: idempotent)) { policy in
+            // One client span per attempt (OpenTelemetry's HTTP conventions), so that a retry is
+            // visible in the trace; each attempt sends its own span's traceparent.
+            let resend = policy.attempt - 1
+            let span = tracer.startSpan(
+                "\(method.rawValue) \(self.upstream)", context: ServiceContext.current ?? .topLevel, ofKind: .client)
+            defer { span.end() }
+            span.attributes["http.request.method"] = method.rawValue
+            span.attributes["url.template"] = route
+            span.attributes["peer.service"] = self.upstream
+            if resend > 0 { span.attributes["http.request.resend_count"] = resend }
+            do {
+                return try await self.attempt(method, path, route: route, headers: headers, body: body, span: span)
+            } catch {
+                span.recordError(error)
+                span.setStatus(SpanStatus(code: .error))
+                throw error
+            }
         }
     }
 
@@ -202,7 +229,8 @@ public final class ServiceClient: Sendable {
     // MARK: One attempt
 
     private func attempt(
-        _ method: HTTPMethod, _ path: String, route: String, headers: [(String, String)], body: ByteBuffer?
+        _ method: HTTPMethod, _ path: String, route: String, headers: [(String, String)], body: ByteBuffer?,
+        span: (any Span)?
     ) async throws -> ClientResponse {
         let endpoint = try self.pick()
         defer { self.inFlight.withLock { $0[endpoint, default: 1] -= 1 } }
@@ -214,6 +242,11 @@ public final class ServiceClient: Sendable {
                 name: DeadlineMiddleware<BasicRequestContext>.headerName.rawName, value: budget)
         }
         if let body { request.body = .bytes(body) }
+        if let span, let tracer = self.tracer {
+            span.attributes["server.address"] = endpoint.host
+            span.attributes["server.port"] = endpoint.port
+            tracer.inject(span.context, into: &request.headers, using: HTTPHeadersInjector())
+        }
         let start = SystemClock().now
         let remaining = Deadline.current?.remaining() ?? .seconds(30)
         var status = 0
@@ -221,6 +254,7 @@ public final class ServiceClient: Sendable {
         let response = try await self.http.execute(request, timeout: .nanoseconds(max(remaining.aviaryNanoseconds, 1)))
         let collected = try await response.body.collect(upTo: self.maxBodyBytes)
         status = Int(response.status.code)
+        span?.attributes["http.response.status_code"] = status
         let result = ClientResponse(status: status, headers: response.headers, body: collected)
         if status >= 500 { throw UpstreamError(upstream: self.upstream, response: result) }
         return result

@@ -13,7 +13,9 @@ import GRDB
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
 import NIOHTTP1
+import Tracing
 
 /// One line of an order.
 public struct OrderItem: Codable, Sendable, Equatable {
@@ -72,8 +74,8 @@ struct OrdersService: Sendable {
         return migrations
     }
 
-    init(url: StoreURL, logger: Logger, users: Upstream, payments: Upstream) throws {
-        self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+    init(url: StoreURL, logger: Logger, users: Upstream, payments: Upstream, tracer: (any Tracer)? = nil) throws {
+        self.store = try SQLiteStore(url: url, migrations: Self.migrations, tracer: tracer)
         self.logger = logger
         self.users = users
         self.payments = payments
@@ -146,7 +148,7 @@ struct OrdersService: Sendable {
         let userPath =
             "/users/" + (placeOrder.userId.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? "")
         let userResponse = try await self.call(self.users) {
-            try await self.users.send(.GET, userPath, idempotent: true)
+            try await self.users.client.execute(.GET, userPath, route: "/users/{id}")
         }
         if userResponse.status == 404 {
             throw HTTPProblem(
@@ -166,8 +168,11 @@ struct OrdersService: Sendable {
         let charge = try JSONEncoder().encode(
             ChargeRequest(orderId: orderID, userId: placeOrder.userId, amountCents: total))
         let paymentResponse = try await self.call(self.payments) {
-            try await self.payments.send(
-                .POST, "/payments", body: charge, headers: [("Idempotency-Key", "charge-\(orderID)")], idempotent: true)
+            // The Idempotency-Key makes the POST safe to retry: payments applies it once.
+            try await self.payments.client.execute(
+                .POST, "/payments",
+                headers: [("content-type", "application/json"), ("idempotency-key", "charge-\(orderID)")],
+                body: ByteBuffer(bytes: charge))
         }
         guard paymentResponse.status == 201 || paymentResponse.status == 200,
             let payment = try? paymentResponse.decode(Payment.self)
@@ -221,8 +226,8 @@ struct OrdersService: Sendable {
     /// Runs an upstream call and turns its failures into problems that name the dependency.
     private func call(
         _ upstream: Upstream,
-        _ body: () async throws -> UpstreamResponse
-    ) async throws -> UpstreamResponse {
+        _ body: () async throws -> ClientResponse
+    ) async throws -> ClientResponse {
         do {
             return try await body()
         } catch let error as HTTPProblem {
@@ -244,9 +249,9 @@ struct OrdersService: Sendable {
             case .timedOut: reason = "it did not answer in time"
             default: reason = error.message
             }
-        case let error as UpstreamServerError:
+        case let error as UpstreamError:
             retryAfter = error.retryAfter
-            reason = error.description
+            reason = "\(error)\(error.response.problem?.detail.map { ": \($0)" } ?? "")"
         default:
             reason = "it cannot be reached (\(error))"
         }

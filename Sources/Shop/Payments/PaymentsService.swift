@@ -11,6 +11,7 @@ import GRDB
 import HTTPTypes
 import Hummingbird
 import Logging
+import Tracing
 
 /// A charge request.
 struct ChargeRequest: Codable, Sendable, Equatable {
@@ -56,8 +57,8 @@ struct PaymentsService: Sendable {
         return migrations
     }
 
-    init(url: StoreURL, logger: Logger) throws {
-        self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+    init(url: StoreURL, logger: Logger, tracer: (any Tracer)? = nil) throws {
+        self.store = try SQLiteStore(url: url, migrations: Self.migrations, tracer: tracer)
         self.logger = logger
     }
 

@@ -3,52 +3,37 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-import AsyncHTTPClient
 import AviaryCore
 import AviaryResilience
 import AviaryService
+import AviaryTelemetry
 import Foundation
-import Hummingbird
 import NIOCore
-import NIOHTTP1
+import Tracing
 
-/// A response read in full from an upstream service.
-struct UpstreamResponse: Sendable {
-    var status: Int
-    var headers: HTTPHeaders
-    var body: ByteBuffer
-
-    func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try JSONDecoder().decode(T.self, from: Data(self.body.readableBytesView))
-    }
-
+extension ClientResponse {
     /// The body as problem details, if it is one.
     var problem: ProblemDetails? {
         try? JSONDecoder().decode(ProblemDetails.self, from: Data(self.body.readableBytesView))
     }
 }
 
-/// An upstream answered with a server error (5xx). Thrown inside the pipeline, so that the
-/// breaker counts it as a failure and ``Retry`` may repeat an idempotent call.
-struct UpstreamServerError: Error, CustomStringConvertible, RetryAfterProviding {
-    var service: String
-    var response: UpstreamResponse
+/// The endpoint of one Shop service, read from the ``AddressBook`` on every call, so that a
+/// restarted service (on a new ephemeral port) is found again.
+struct AddressBookEndpoints: EndpointProvider {
+    let book: AddressBook
+    let service: String
 
-    var retryAfter: Duration? {
-        self.response.headers.first(name: "retry-after").flatMap(Int.init).map { .seconds($0) }
-    }
-
-    var description: String {
-        "\(self.service) answered \(self.response.status)\(self.response.problem?.detail.map { ": \($0)" } ?? "")"
+    func endpoints() -> [Endpoint] {
+        self.book.endpoint(of: self.service).map { [$0] } ?? []
     }
 }
 
-/// How Shop calls another Shop service: HTTP/1.1 on 127.0.0.1 through a resilience pipeline,
-/// built once per upstream.
+/// One Shop dependency: a ``AviaryService/ServiceClient`` with Shop's pipeline, and the circuit
+/// breaker in it (tests and probes look at its state).
 ///
 /// Pipeline, outermost first: total timeout → retry (idempotent calls only, budgeted) →
-/// circuit breaker (sees each attempt) → per-try timeout. (`ServiceClient` in AviaryService
-/// generalises this with discovery and load balancing.)
+/// circuit breaker (sees each attempt) → per-try timeout.
 final class Upstream: Sendable {
     struct Policy: Sendable {
         var totalTimeout: Duration = .seconds(2)
@@ -59,21 +44,19 @@ final class Upstream: Sendable {
     }
 
     let name: String
-    let book: AddressBook
-    let http: HTTPClient
     let breaker: CircuitBreaker
-    let pipeline: ResiliencePipeline<UpstreamResponse>
-    static let maxBodyBytes = 1 << 20
+    let client: ServiceClient
 
-    init(name: String, book: AddressBook, http: HTTPClient, policy: Policy, breakerClock: any MonotonicClock) {
+    init(
+        service: String, name: String, book: AddressBook, policy: Policy, breakerClock: any MonotonicClock,
+        metrics: MetricsRegistry?, tracer: (any Tracer)?
+    ) {
         self.name = name
-        self.book = book
-        self.http = http
         var breakerConfiguration = policy.breaker
         breakerConfiguration.name = name
         let breaker = CircuitBreaker(breakerConfiguration, clock: breakerClock)
         self.breaker = breaker
-        self.pipeline = ResiliencePipeline {
+        let pipeline = ResiliencePipeline<ClientResponse> {
             Timeout(policy.totalTimeout, name: "\(name)-total")
             Retry(
                 .init(
@@ -85,42 +68,8 @@ final class Upstream: Sendable {
             breaker
             Timeout(policy.perTryTimeout, name: "\(name)-per-try")
         }
-    }
-
-    /// Sends a request and reads the response; 5xx answers throw ``UpstreamServerError``.
-    func send(
-        _ method: HTTPMethod,
-        _ path: String,
-        body: Data? = nil,
-        headers: [(String, String)] = [],
-        idempotent: Bool
-    ) async throws -> UpstreamResponse {
-        let name = self.name
-        let book = self.book
-        let http = self.http
-        return try await self.pipeline.run(PolicyContext(idempotent: idempotent)) {
-            let endpoint = try book.require(name)
-            var request = HTTPClientRequest(url: endpoint.url + path)
-            request.method = method
-            for (header, value) in headers { request.headers.add(name: header, value: value) }
-            if let body {
-                request.headers.add(name: "content-type", value: "application/json")
-                request.body = .bytes(ByteBuffer(bytes: body))
-            }
-            // The callee learns the budget left (the per-try timeout's deadline, or the caller's).
-            if let budget = DeadlineMiddleware<BasicRequestContext>.headerValue() {
-                request.headers.add(name: DeadlineMiddleware<BasicRequestContext>.headerName.rawName, value: budget)
-            }
-            // The per-try Timeout bounds the wait; the client's own timeout is a backstop.
-            let remaining = Deadline.current?.remaining() ?? .seconds(30)
-            let timeout = TimeAmount.nanoseconds(max(remaining.aviaryNanoseconds, 1))
-            let response = try await http.execute(request, timeout: timeout)
-            let body = try await response.body.collect(upTo: Upstream.maxBodyBytes)
-            let result = UpstreamResponse(status: Int(response.status.code), headers: response.headers, body: body)
-            if result.status >= 500 {
-                throw UpstreamServerError(service: name, response: result)
-            }
-            return result
-        }
+        self.client = ServiceClient(
+            service: service, upstream: name, endpoints: AddressBookEndpoints(book: book, service: name),
+            pipeline: pipeline, metrics: metrics, maxBodyBytes: 1 << 20, tracer: tracer)
     }
 }

@@ -10,6 +10,7 @@ import Foundation
 import GRDB
 import Hummingbird
 import Logging
+import Tracing
 
 /// A Shop customer.
 public struct User: Codable, Sendable, Equatable {
@@ -47,8 +48,8 @@ struct UsersService: Sendable {
         return migrations
     }
 
-    init(url: StoreURL, logger: Logger) throws {
-        self.store = try SQLiteStore(url: url, migrations: Self.migrations)
+    init(url: StoreURL, logger: Logger, tracer: (any Tracer)? = nil) throws {
+        self.store = try SQLiteStore(url: url, migrations: Self.migrations, tracer: tracer)
         self.logger = logger
     }
 
