@@ -1,0 +1,214 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Foundation
+import Synchronization
+import Testing
+
+/// Keys and tokens made by an independent implementation: Python's PyJWT and `cryptography`
+/// (installed by `.ci/run`). The tests fail, never skip, without them.
+enum PyJWT {
+    /// One generated key pair: the private key as PEM (for minting), the public key as PEM (the
+    /// "secret" of algorithm-confusion tokens) and as a JWK (for the verifier).
+    struct Key: Sendable {
+        var kid: String
+        var algorithm: String
+        var privatePEM: String
+        var publicPEM: String
+        var publicJWK: String
+    }
+
+    struct Keys: Sendable {
+        var es256: Key
+        var rs256: Key
+        var eddsa: Key
+        /// A second P-256 key, for rotation.
+        var es256Next: Key
+
+        /// A JWKS of the given keys' public halves.
+        func jwks(_ keys: [Key]) -> String {
+            "{\"keys\":[" + keys.map(\.publicJWK).joined(separator: ",") + "]}"
+        }
+    }
+
+    /// How to sign one token.
+    enum Signing: Sendable {
+        /// PyJWT `jwt.encode` with the key's algorithm and private key.
+        case key(Key)
+        /// PyJWT `jwt.encode` with HMAC and a shared secret.
+        case hmac(secret: String, algorithm: String = "HS256")
+        /// Hand-made: HMAC-SHA256 with the given public key's PEM as the secret (algorithm confusion).
+        case confusion(publicPEM: String)
+        /// Hand-made: `alg` as given, empty signature.
+        case unsigned(alg: String)
+    }
+
+    struct TokenRequest: Sendable {
+        var signing: Signing
+        var claims: [String: any Sendable]
+        var kid: String?
+        var extraHeaders: [String: String]
+
+        init(
+            _ signing: Signing, claims: [String: any Sendable], kid: String? = nil, extraHeaders: [String: String] = [:]
+        ) {
+            self.signing = signing
+            self.claims = claims
+            self.kid = kid
+            self.extraHeaders = extraHeaders
+        }
+    }
+
+    /// Keys generated once per test process.
+    static let keys = Task<Keys, any Error> { try await generateKeys() }
+
+    static func generateKeys() async throws -> Keys {
+        let output = try await run(Self.keysScript, input: [:])
+        let object = try #require(output as? [String: [String: String]])
+        func key(_ name: String) throws -> Key {
+            let entry = try #require(object[name])
+            return Key(
+                kid: try #require(entry["kid"]), algorithm: try #require(entry["alg"]),
+                privatePEM: try #require(entry["private"]), publicPEM: try #require(entry["public"]),
+                publicJWK: try #require(entry["jwk"]))
+        }
+        return Keys(
+            es256: try key("es256"), rs256: try key("rs256"), eddsa: try key("eddsa"),
+            es256Next: try key("es256next"))
+    }
+
+    /// Mints the tokens, in order.
+    static func mint(_ requests: [TokenRequest]) async throws -> [String] {
+        let specs: [[String: Any]] = requests.map { request in
+            var spec: [String: Any] = ["claims": request.claims, "headers": request.extraHeaders]
+            if let kid = request.kid { spec["kid"] = kid }
+            switch request.signing {
+            case .key(let key):
+                spec["mode"] = "key"
+                spec["alg"] = key.algorithm
+                spec["key"] = key.privatePEM
+                if request.kid == nil { spec["kid"] = key.kid }
+            case .hmac(let secret, let algorithm):
+                spec["mode"] = "key"
+                spec["alg"] = algorithm
+                spec["key"] = secret
+            case .confusion(let publicPEM):
+                spec["mode"] = "confusion"
+                spec["key"] = publicPEM
+            case .unsigned(let alg):
+                spec["mode"] = "unsigned"
+                spec["alg"] = alg
+            }
+            return spec
+        }
+        let output = try await run(Self.mintScript, input: ["tokens": specs])
+        return try #require(output as? [String])
+    }
+
+    /// Mints one token.
+    static func mint(_ request: TokenRequest) async throws -> String {
+        try #require(try await mint([request]).first)
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Runs a Python script with `input` as JSON on stdin and returns its stdout parsed as JSON.
+    ///
+    /// Input and outputs go through temporary files, so no pipe can fill up, and the exit is
+    /// awaited through `terminationHandler`, so no thread of the test pool blocks.
+    static func run(_ script: String, input: [String: Any]) async throws -> Any {
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("aviary-pyjwt-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let inputURL = directory.appendingPathComponent("input.json")
+        let outputURL = directory.appendingPathComponent("stdout.json")
+        let errorURL = directory.appendingPathComponent("stderr.txt")
+        try JSONSerialization.data(withJSONObject: input).write(to: inputURL)
+        try Data().write(to: outputURL)
+        try Data().write(to: errorURL)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script]
+        process.standardInput = try FileHandle(forReadingFrom: inputURL)
+        process.standardOutput = try FileHandle(forWritingTo: outputURL)
+        process.standardError = try FileHandle(forWritingTo: errorURL)
+        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
+            process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
+            do {
+                try process.run()
+            } catch {
+                process.terminationHandler = nil
+                continuation.resume(throwing: error)
+            }
+        }
+        guard status == 0 else {
+            let message = String(decoding: try Data(contentsOf: errorURL), as: UTF8.self)
+            throw Failure(description: "python3 (PyJWT) exited \(status): \(message)")
+        }
+        return try JSONSerialization.jsonObject(with: Data(contentsOf: outputURL), options: [.fragmentsAllowed])
+    }
+
+    static let keysScript = """
+        import json, sys
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa, ed25519
+        from jwt.algorithms import ECAlgorithm, RSAAlgorithm, OKPAlgorithm
+
+        def entry(kid, alg, private, to_jwk):
+            public = private.public_key()
+            jwk = to_jwk(public, as_dict=True)
+            jwk.update({"kid": kid, "alg": alg, "use": "sig"})
+            return {
+                "kid": kid, "alg": alg,
+                "private": private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()).decode(),
+                "public": public.public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+                "jwk": json.dumps(jwk),
+            }
+
+        print(json.dumps({
+            "es256": entry("ec-1", "ES256", ec.generate_private_key(ec.SECP256R1()), ECAlgorithm.to_jwk),
+            "es256next": entry("ec-2", "ES256", ec.generate_private_key(ec.SECP256R1()), ECAlgorithm.to_jwk),
+            "rs256": entry("rsa-1", "RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                           RSAAlgorithm.to_jwk),
+            "eddsa": entry("ed-1", "EdDSA", ed25519.Ed25519PrivateKey.generate(), OKPAlgorithm.to_jwk),
+        }))
+        """
+
+    static let mintScript = """
+        import base64, hashlib, hmac, json, sys, warnings
+        import jwt
+        warnings.simplefilter("ignore")
+
+        def b64(data):
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        def segment(obj):
+            return b64(json.dumps(obj, separators=(",", ":")).encode())
+
+        tokens = []
+        for spec in json.load(sys.stdin)["tokens"]:
+            headers = dict(spec.get("headers", {}))
+            if "kid" in spec:
+                headers["kid"] = spec["kid"]
+            mode = spec["mode"]
+            if mode == "key":
+                tokens.append(jwt.encode(spec["claims"], spec["key"], algorithm=spec["alg"], headers=headers))
+            elif mode == "confusion":
+                header = {"alg": "HS256", "typ": "JWT", **headers}
+                signing_input = segment(header) + "." + segment(spec["claims"])
+                mac = hmac.new(spec["key"].encode(), signing_input.encode(), hashlib.sha256).digest()
+                tokens.append(signing_input + "." + b64(mac))
+            elif mode == "unsigned":
+                header = {"alg": spec["alg"], "typ": "JWT", **headers}
+                tokens.append(segment(header) + "." + segment(spec["claims"]) + ".")
+        print(json.dumps(tokens))
+        """
+}
