@@ -119,6 +119,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -186,6 +189,7 @@ let package = Package(
             name: "ShopTests",
             dependencies: [
                 "Shop",
+                "AviaryService",
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryStorage",

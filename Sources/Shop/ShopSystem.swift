@@ -119,26 +119,38 @@ public final class ShopSystem: Sendable {
     }
 
     /// One service as an ``AviaryService/AviaryApplication`` bound to `port` (0 for any), which
-    /// records its address when it listens.
-    func application(_ service: String, port: Int) -> AviaryApplication<BasicRequestContext> {
+    /// records its address when it listens. `orders` and `payments` serve their routes behind
+    /// `authenticator`: a valid token from `users`, with the service's scope.
+    func application(
+        _ service: String, port: Int, authenticator: JWTAuthenticator?, issuer: JWTIssuer?
+    ) -> AviaryApplication<AviaryRequestContext> {
         var app = AviaryApplication(
             ServiceOptions(
                 name: service, version: ShopOptions.version, host: self.options.host, port: port,
                 drainDelay: self.options.drainDelay, gracePeriod: self.options.drainDelay + .seconds(30)),
-            context: BasicRequestContext.self,
+            context: AviaryRequestContext.self,
             logger: self.options.logger,
             metrics: self.options.metrics ?? MetricsRegistry(),
             tracing: self.tracing[service]
         )
+        func secured(_ scope: String) -> RouterGroup<AviaryRequestContext> {
+            // Probes and /metrics stay open; the API needs a token.
+            let group = app.router.group()
+            if let authenticator {
+                group.add(middleware: JWTAuthMiddleware(authenticator, realm: "shop"))
+                    .add(middleware: RequireScopes([scope], realm: "shop"))
+            }
+            return group
+        }
         switch service {
         case "users":
-            self.users.addRoutes(to: app.router)
+            if let issuer { self.users.addRoutes(to: app.router, issuer: issuer) }
             self.users.healthChecks.forEach { app.addHealthCheck($0) }
         case "payments":
-            self.payments.addRoutes(to: app.router)
+            self.payments.addRoutes(to: secured("payments"))
             self.payments.healthChecks.forEach { app.addHealthCheck($0) }
         default:
-            self.orders.addRoutes(to: app.router)
+            self.orders.addRoutes(to: secured("orders"))
             self.orders.healthChecks.forEach { app.addHealthCheck($0) }
         }
         let book = self.addressBook
@@ -150,10 +162,33 @@ public final class ShopSystem: Sendable {
         return app
     }
 
+    /// How `orders` and `payments` verify tokens: ES256 only, issuer `shop-users`, audience
+    /// `shop`, keys from the JWKS `users` publishes (fetched on first use, refetched for an
+    /// unknown `kid`).
+    func authenticator() async throws -> JWTAuthenticator {
+        let users =
+            self.addressBook.endpoint(of: "users")
+            ?? Endpoint(host: self.options.host, port: self.options.ports["users"] ?? 0)
+        guard users.port != 0 else {
+            throw AviaryError(.failedPrecondition, "users must listen before orders and payments start (its port is 0)")
+        }
+        let configuration = JWTVerifierConfiguration(
+            keys: [.jwksURL(users.url + "/.well-known/jwks.json")],
+            issuer: ShopTokens.issuer,
+            audiences: [ShopTokens.audience],
+            allowedAlgorithms: [.es256]
+        )
+        return try await JWTAuthenticator(configuration, logger: self.options.logger)
+    }
+
     /// What runs for one service: its server and health monitor (see
     /// ``AviaryService/AviaryApplication/makeServices()``), with its checks already run once.
-    func services(_ service: String, port: Int) async -> [any Service] {
-        await self.application(service, port: port).makeServices().services
+    func services(_ service: String, port: Int) async throws -> [any Service] {
+        let isUsers = service == "users"
+        let authenticator = isUsers ? nil : try await self.authenticator()
+        let issuer = isUsers ? try await self.users.makeIssuer() : nil
+        return await self.application(service, port: port, authenticator: authenticator, issuer: issuer)
+            .makeServices().services
     }
 
     /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when
@@ -161,7 +196,7 @@ public final class ShopSystem: Sendable {
     public func run(handleSignals: Bool = false) async throws {
         var services: [any Service] = []
         for name in ShopOptions.services {
-            services += await self.services(name, port: self.options.ports[name] ?? 0)
+            services += try await self.services(name, port: self.options.ports[name] ?? 0)
         }
         let group = ServiceGroup(
             configuration: .init(

@@ -52,7 +52,7 @@ final class ShopHarness: Sendable {
     func start(_ service: String, port: Int = 0) async throws -> Endpoint {
         var logger = Logger(label: "shop-tests")
         logger.logLevel = .critical
-        let group = ServiceGroup(services: await self.shop.services(service, port: port), logger: logger)
+        let group = ServiceGroup(services: try await self.shop.services(service, port: port), logger: logger)
         let task = Task { try await group.run() }
         self.running.withLock { $0[service] = (group, task) }
         for await (name, endpoint) in self.listening where name == service {
@@ -94,11 +94,29 @@ final class ShopHarness: Sendable {
         var text: String { String(decoding: self.body, as: UTF8.self) }
     }
 
+    private let tokens = Mutex<[String: String]>([:])
+
+    /// An access token for `user` (password `<user>-password`), from `POST /login`.
+    func token(_ user: String) async throws -> String {
+        if let token = self.tokens.withLock({ $0[user] }) { return token }
+        let reply = try await self.send(
+            .POST, "users", "/login", json: #"{"username":"\#(user)","password":"\#(user)-password"}"#, as: nil)
+        try #require(reply.status == 200, "login of \(user) answered \(reply.status): \(reply.text)")
+        let token = try #require(try reply.json()["access_token"] as? String)
+        self.tokens.withLock { $0[user] = token }
+        return token
+    }
+
+    /// Sends a request; to `orders` and `payments` with `user`'s token unless `user` is nil.
     func send(
-        _ method: HTTPMethod, _ service: String, _ path: String, json: String? = nil, headers: [(String, String)] = []
+        _ method: HTTPMethod, _ service: String, _ path: String, json: String? = nil, headers: [(String, String)] = [],
+        as user: String? = "alice"
     ) async throws -> Reply {
         var request = HTTPClientRequest(url: try self.url(service, path))
         request.method = method
+        if let user, service != "users" {
+            request.headers.add(name: "authorization", value: "Bearer \(try await self.token(user))")
+        }
         for (name, value) in headers { request.headers.add(name: name, value: value) }
         if let json {
             request.headers.add(name: "content-type", value: "application/json")

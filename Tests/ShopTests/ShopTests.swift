@@ -5,6 +5,7 @@
 
 import AviaryCore
 import AviaryResilience
+import AviaryService
 import AviaryStorage
 import Foundation
 import GRDB
@@ -40,12 +41,16 @@ struct ShopTests {
         }
     }
 
-    @Test("an order for an unknown user is a 422 problem and charges nothing")
+    @Test("an order for a user the directory does not know is a 422 problem and charges nothing")
     func unknownUser() async throws {
         try await withShop { shop in
+            // A valid token (signed with the users service's key) for a user who is not in it.
+            let token = try await shop.shop.users.makeIssuer().issue(
+                subject: "mallory", scopes: ["orders", "payments"])
             let reply = try await shop.send(
                 .POST, "orders", "/orders",
-                json: #"{"userId":"mallory","items":[{"sku":"a","quantity":1,"unitPriceCents":100}]}"#)
+                json: #"{"userId":"mallory","items":[{"sku":"a","quantity":1,"unitPriceCents":100}]}"#,
+                headers: [("authorization", "Bearer \(token)")], as: nil)
             #expect(reply.status == 422)
             #expect(reply.headers.first(name: "content-type") == "application/problem+json")
             let problem = try reply.json()

@@ -1,6 +1,7 @@
 // The subject of scripts/bench-service.sh: the same route as HelloHummingbird in an
 // AviaryApplication with its default middleware (RED metrics, access log, problem details) and
-// JSON logs through AviaryTelemetry (the script sends them to /dev/null).
+// JSON logs through AviaryTelemetry (the script sends them to /dev/null), and tracing on but
+// sampled out when the OTEL_* variables say so (the script sets OTEL_TRACES_SAMPLER=always_off).
 //   HelloAviary <port>
 import AviaryService
 import AviaryTelemetry
@@ -13,7 +14,8 @@ let telemetry = Telemetry.bootstrap(configuration)
 var app = AviaryApplication(
     ServiceOptions(name: "hello", port: port, drainDelay: .zero, gracePeriod: .seconds(5)),
     context: BasicRequestContext.self,
-    metrics: telemetry.metrics
+    metrics: telemetry.metrics,
+    tracing: try TracingConfiguration(service: "hello").map { try TracingBackend($0) }
 )
 app.router.get("/hello") { _, _ in "Hello, world!" }
 try await app.run()

@@ -115,30 +115,39 @@ struct OrdersService: Sendable {
     /// The service's health checks.
     var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
 
-    /// Adds the service's routes to `router` (which already renders problems and serves probes).
-    func addRoutes(to router: Router<BasicRequestContext>) {
-        router.post("/orders") { request, _ in
-            try await self.place(request)
+    /// Adds the service's routes to `router`: a group that requires a token with the `orders`
+    /// scope (see ``ShopSystem``).
+    func addRoutes(to router: some RouterMethods<AviaryRequestContext>) {
+        router.post("/orders") { request, context in
+            try await self.place(request, principal: try context.requirePrincipal())
         }
         let store = self.store
         router.get("/orders/:id") { _, context -> JSONResponse<Order> in
+            let principal = try context.requirePrincipal()
             let id = try context.parameters.require("id")
             let order = try await store.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE id = ?", arguments: [id]).map(Self.order(from:))
             }
-            guard let order else {
+            // Another customer's order is as good as absent: its existence is not disclosed.
+            guard let order, order.userId == principal.subject else {
                 throw HTTPProblem(status: 404, slug: "order-not-found", detail: "no order \"\(id)\"")
             }
             return JSONResponse(status: .ok, value: order)
         }
     }
 
-    func place(_ request: Request) async throws -> JSONResponse<Order> {
+    func place(_ request: Request, principal: Principal) async throws -> JSONResponse<Order> {
         let idempotencyKey = request.headers[HTTPField.Name("Idempotency-Key")!]
         let placeOrder = try await request.decodeJSON(as: PlaceOrder.self)
         let problems = Self.validate(placeOrder)
         if !problems.isEmpty {
             throw HTTPProblem(status: 400, slug: "invalid-order", detail: problems.joined(separator: "; "))
+        }
+        // A customer orders for themselves.
+        guard placeOrder.userId == principal.subject else {
+            throw HTTPProblem(
+                status: 403, slug: "not-your-account",
+                detail: "the token of \"\(principal.subject)\" cannot order for user \"\(placeOrder.userId)\"")
         }
         if let idempotencyKey, let existing = try await self.existingOrder(idempotencyKey: idempotencyKey) {
             return JSONResponse(status: .ok, value: existing, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
@@ -171,7 +180,11 @@ struct OrdersService: Sendable {
             // The Idempotency-Key makes the POST safe to retry: payments applies it once.
             try await self.payments.client.execute(
                 .POST, "/payments",
-                headers: [("content-type", "application/json"), ("idempotency-key", "charge-\(orderID)")],
+                headers: [
+                    ("content-type", "application/json"), ("idempotency-key", "charge-\(orderID)"),
+                    // Token relay: payments checks the caller's own token.
+                    ("authorization", request.headers[.authorization] ?? ""),
+                ],
                 body: ByteBuffer(bytes: charge))
         }
         guard paymentResponse.status == 201 || paymentResponse.status == 200,

@@ -71,10 +71,12 @@ struct PaymentsService: Sendable {
     /// The service's health checks.
     var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
 
-    /// Adds the service's routes to `router` (which already renders problems and serves probes).
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    /// Adds the service's routes to `router`: a group that requires a token with the `payments`
+    /// scope (see ``ShopSystem``).
+    func addRoutes(to router: some RouterMethods<AviaryRequestContext>) {
         let store = self.store
-        router.post("/payments") { request, _ -> JSONResponse<Payment> in
+        router.post("/payments") { request, context -> JSONResponse<Payment> in
+            let principal = try context.requirePrincipal()
             guard let key = request.headers[HTTPField.Name("Idempotency-Key")!], !key.isEmpty, key.count <= 255 else {
                 throw HTTPProblem(
                     status: 400, slug: "idempotency-key-required",
@@ -85,6 +87,12 @@ struct PaymentsService: Sendable {
                 throw HTTPProblem(
                     status: 400, slug: "invalid-amount",
                     detail: "amountCents: expected a positive integer, got \(charge.amountCents)")
+            }
+            // A customer's token pays for that customer only (orders relays the caller's token).
+            guard charge.userId == principal.subject else {
+                throw HTTPProblem(
+                    status: 403, slug: "not-your-account",
+                    detail: "the token of \"\(principal.subject)\" cannot charge user \"\(charge.userId)\"")
             }
             let outcome = try await store.write { db -> (Payment, replayed: Bool) in
                 if let row = try Row.fetchOne(
@@ -121,12 +129,14 @@ struct PaymentsService: Sendable {
             return JSONResponse(status: .created, value: outcome.0)
         }
         router.get("/payments/:id") { _, context -> JSONResponse<Payment> in
+            let principal = try context.requirePrincipal()
             let id = try context.parameters.require("id")
             let payment = try await store.read { db in
                 try Row.fetchOne(db, sql: "SELECT * FROM payments WHERE id = ?", arguments: [id]).map(
                     Self.payment(from:))
             }
-            guard let payment else {
+            // Another customer's payment is as good as absent: its existence is not disclosed.
+            guard let payment, payment.userId == principal.subject else {
                 throw HTTPProblem(status: 404, slug: "payment-not-found", detail: "no payment \"\(id)\"")
             }
             return JSONResponse(status: .ok, value: payment)
