@@ -41,19 +41,28 @@ public struct TracingMiddleware<Context: RequestContext>: RouterMiddleware {
         self.tracer.extract(request.headers, into: &parent, using: HTTPFieldsExtractor())
         let method = request.method.rawValue
         let span = self.tracer.startSpan(method, context: parent, ofKind: .server)
-        span.attributes["http.request.method"] = method
-        span.attributes["url.path"] = request.uri.path
+        // A span sampled out still carries the trace context downstream (so that callees follow
+        // the decision), but nothing is recorded on it: skip building its attributes.
+        let recording = span.isRecording
+        if recording {
+            span.attributes["http.request.method"] = method
+            span.attributes["url.path"] = request.uri.path
+        }
         return try await ServiceContext.withValue(span.context) {
             var response: Response
             do {
                 response = try await next(request, context)
             } catch {
-                Self.finish(span, method: method, route: context.endpointPath, status: nil)
-                span.recordError(error)
+                if recording {
+                    Self.finish(span, method: method, route: context.endpointPath, status: nil)
+                    span.recordError(error)
+                }
                 span.end()
                 throw error
             }
-            Self.finish(span, method: method, route: context.endpointPath, status: response.status.code)
+            if recording {
+                Self.finish(span, method: method, route: context.endpointPath, status: response.status.code)
+            }
             let body = response.body
             guard body.contentLength == nil else {
                 span.end()
@@ -64,7 +73,7 @@ public struct TracingMiddleware<Context: RequestContext>: RouterMiddleware {
                 do {
                     try await body.write(writer)
                 } catch {
-                    span.recordError(error)
+                    if recording { span.recordError(error) }
                     throw error
                 }
             }

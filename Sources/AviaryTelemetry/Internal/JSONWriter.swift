@@ -92,6 +92,16 @@ struct JSONWriter {
         self.endObject()
     }
 
+    /// Writes entries already in key order, leaving out `skipping` keys.
+    mutating func metadataObject(_ entries: [(key: String, value: Logger.MetadataValue)], skipping: (String, String)) {
+        self.beginObject()
+        for (key, value) in entries where key != skipping.0 && key != skipping.1 {
+            self.key(key)
+            self.metadataValue(value)
+        }
+        self.endObject()
+    }
+
     private mutating func separate() {
         if self.needsComma {
             self.bytes.append(UInt8(ascii: ","))

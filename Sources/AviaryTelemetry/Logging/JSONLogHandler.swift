@@ -104,13 +104,16 @@ public struct JSONLogHandler: LogHandler {
 
     /// The line for an event at a given wall-clock time, newline included.
     func format(event: LogEvent, seconds: Int, milliseconds: Int) -> [UInt8] {
-        var metadata = LogMetadataMerge.merge(
+        let metadata = LogMetadataMerge.sortedEntries(
             handler: self.metadata,
             provider: self.metadataProvider,
             call: event.metadata
         )
-        let traceID = metadata.removeValue(forKey: Self.traceIDKey)
-        let spanID = metadata.removeValue(forKey: Self.spanIDKey)
+        var traceID: Logger.MetadataValue?
+        var spanID: Logger.MetadataValue?
+        for (key, value) in metadata {
+            if key == Self.traceIDKey { traceID = value } else if key == Self.spanIDKey { spanID = value }
+        }
 
         var json = JSONWriter(capacity: 256)
         json.beginObject()
@@ -134,9 +137,9 @@ public struct JSONLogHandler: LogHandler {
         if let error = event.error {
             json.member("error", String(describing: error))
         }
-        if !metadata.isEmpty {
+        if metadata.count > (traceID == nil ? 0 : 1) + (spanID == nil ? 0 : 1) {
             json.key("metadata")
-            json.metadataObject(metadata)
+            json.metadataObject(metadata, skipping: (Self.traceIDKey, Self.spanIDKey))
         }
         json.endObject()
         json.bytes.append(UInt8(ascii: "\n"))
