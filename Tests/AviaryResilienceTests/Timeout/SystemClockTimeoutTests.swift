@@ -88,11 +88,13 @@ struct SystemClockTimeoutTests {
     func cancelledTimerNeverFires() async {
         let firings = Firings()
         let now = SystemClock().now
-        let cancelled = TimerThread.shared.schedule(at: now.advanced(by: .milliseconds(5))) { firings.record(0) }
+        // 300 ms leaves room for this task to be descheduled between arming and disarming on a
+        // loaded machine (CI saw 5 ms overrun) without the timer firing first.
+        let cancelled = TimerThread.shared.schedule(at: now.advanced(by: .milliseconds(300))) { firings.record(0) }
         #expect(TimerThread.shared.cancel(cancelled))
         #expect(!TimerThread.shared.cancel(cancelled))
         // A later timer fires; had the cancelled one fired, it would have come first.
-        _ = TimerThread.shared.schedule(at: now.advanced(by: .milliseconds(15))) { firings.record(1) }
+        _ = TimerThread.shared.schedule(at: now.advanced(by: .milliseconds(350))) { firings.record(1) }
         await firings.wait(for: 1)
         #expect(firings.order == [1])
     }
