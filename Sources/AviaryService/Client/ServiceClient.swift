@@ -181,10 +181,12 @@ public final class ServiceClient: Sendable {
             let span = tracer.startSpan(
                 "\(method.rawValue) \(self.upstream)", context: ServiceContext.current ?? .topLevel, ofKind: .client)
             defer { span.end() }
-            span.attributes["http.request.method"] = method.rawValue
-            span.attributes["url.template"] = route
-            span.attributes["peer.service"] = self.upstream
-            if resend > 0 { span.attributes["http.request.resend_count"] = resend }
+            if span.isRecording {
+                span.attributes["http.request.method"] = method.rawValue
+                span.attributes["url.template"] = route
+                span.attributes["peer.service"] = self.upstream
+                if resend > 0 { span.attributes["http.request.resend_count"] = resend }
+            }
             do {
                 return try await self.attempt(method, path, route: route, headers: headers, body: body, span: span)
             } catch {
@@ -243,8 +245,11 @@ public final class ServiceClient: Sendable {
         }
         if let body { request.body = .bytes(body) }
         if let span, let tracer = self.tracer {
-            span.attributes["server.address"] = endpoint.host
-            span.attributes["server.port"] = endpoint.port
+            if span.isRecording {
+                span.attributes["server.address"] = endpoint.host
+                span.attributes["server.port"] = endpoint.port
+            }
+            // Injected even when sampled out, so that the callee follows the decision.
             tracer.inject(span.context, into: &request.headers, using: HTTPHeadersInjector())
         }
         let start = SystemClock().now
