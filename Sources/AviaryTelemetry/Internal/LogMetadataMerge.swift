@@ -31,33 +31,23 @@ enum LogMetadataMerge {
     }
 
     /// The same merge as ``merge(handler:provider:call:)``, as entries sorted by key: what a JSON
-    /// line writes. Collecting into an array and sorting it avoids copying and rehashing the
-    /// handler's dictionary on every line (the merge was a tenth of an access log line's cost).
+    /// line writes. Only the keys are sorted (moving values through a sort retains and releases
+    /// them at every step), and no dictionary is copied: the merge was a tenth of an access log
+    /// line's cost.
     static func sortedEntries(
         handler: Logger.Metadata,
         provider: Logger.MetadataProvider?,
         call: Logger.Metadata?
     ) -> [(key: String, value: Logger.MetadataValue)] {
         let provided = provider?.get() ?? [:]
-        var entries: [(key: String, value: Logger.MetadataValue, rank: Int)] = []
-        entries.reserveCapacity(handler.count + provided.count + (call?.count ?? 0))
-        for (key, value) in handler { entries.append((key, value, 0)) }
-        for (key, value) in provided { entries.append((key, value, 1)) }
-        if let call {
-            for (key, value) in call { entries.append((key, value, 2)) }
-        }
-        // By key, then by source, so that the last of a run of equal keys is the one that wins.
-        entries.sort { $0.key != $1.key ? $0.key < $1.key : $0.rank < $1.rank }
-        var result: [(key: String, value: Logger.MetadataValue)] = []
-        result.reserveCapacity(entries.count)
-        for entry in entries {
-            if let last = result.last, last.key == entry.key {
-                result[result.count - 1].value = entry.value
-            } else {
-                result.append((entry.key, entry.value))
-            }
-        }
-        return result
+        let call = call ?? [:]
+        var keys: [String] = []
+        keys.reserveCapacity(call.count + provided.count + handler.count)
+        keys.append(contentsOf: call.keys)
+        for key in provided.keys where call[key] == nil { keys.append(key) }
+        for key in handler.keys where call[key] == nil && provided[key] == nil { keys.append(key) }
+        keys.sort()
+        return keys.map { key in (key, call[key] ?? provided[key] ?? handler[key]!) }
     }
 
     /// The plain text of a metadata value: strings as they are, nested values as swift-log prints them.
