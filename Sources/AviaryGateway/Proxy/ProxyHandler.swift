@@ -1,0 +1,533 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+// Hot path: hand-written NIO for speed. One handler per downstream connection, at the end of
+// `HTTPResponseEncoder` and `ByteToMessageHandler(HTTPRequestDecoder)`. The upstream connection
+// it uses lives on the same event loop, so both sides are driven without locks or hops, and
+// bodies stream part by part with back-pressure both ways:
+// - request body: downstream reads are withheld while the upstream channel is not writable (or
+//   not connected yet); they resume on its writability change;
+// - response body: upstream reads are withheld while the downstream channel is not writable.
+// At most one read's worth of parts is ever held in the gateway itself.
+
+/// Proxies the requests of one downstream connection, one at a time (pipelined requests wait).
+final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// One request on its way through.
+    final class Exchange {
+        let route: CompiledRoute
+        let clusterName: String
+        let pool: UpstreamPool
+        var upstreamHead: HTTPRequestHead
+        let downstreamVersion: HTTPVersion
+        let isHead: Bool
+        var keepAlive: Bool
+        var connection: UpstreamConnection?
+        /// Parts received before the upstream connection was ready.
+        var pending: [HTTPClientRequestPart] = []
+        var requestComplete = false
+        var responseHeadSent = false
+        var upstreamReusable = false
+        var bodyBytes = 0
+        var timeout: Scheduled<Void>?
+
+        init(
+            route: CompiledRoute, clusterName: String, pool: UpstreamPool, head: HTTPRequestHead,
+            downstream: HTTPRequestHead
+        ) {
+            self.route = route
+            self.clusterName = clusterName
+            self.pool = pool
+            self.upstreamHead = head
+            self.downstreamVersion = downstream.version
+            self.isHead = downstream.method == .HEAD
+            self.keepAlive = downstream.isKeepAlive
+        }
+    }
+
+    private let upstreams: LoopUpstreams
+    private let core: GatewayCore
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    /// Parts of pipelined requests decoded while an exchange was still running.
+    private var queued: [HTTPServerRequestPart] = []
+    private var readPending = false
+    /// After a local answer to an unfinished request: the rest of it is ignored and the
+    /// connection closes once the answer is written.
+    private var discarding = false
+    private var closed = false
+
+    init(upstreams: LoopUpstreams) {
+        self.upstreams = upstreams
+        self.core = upstreams.core
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: Downstream events
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = self.unwrapInboundIn(data)
+        if self.discarding || self.closed { return }
+        if let exchange = self.exchange, exchange.requestComplete {
+            // A pipelined request: it waits until this response is done.
+            self.queued.append(part)
+            return
+        }
+        self.handle(part, context: context)
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .head(let head):
+            self.requestHead(head, context: context)
+        case .body(let buffer):
+            guard let exchange = self.exchange else { return }
+            exchange.bodyBytes += buffer.readableBytes
+            if exchange.bodyBytes > self.core.configuration.limits.maxBodyBytes {
+                self.abort(
+                    exchange, status: 413, slug: "payload-too-large",
+                    detail: "the request body is larger than \(self.core.configuration.limits.maxBodyBytes) bytes",
+                    reason: nil, context: context)
+                return
+            }
+            self.sendUpstream(.body(.byteBuffer(buffer)), exchange)
+        case .end(let trailers):
+            guard let exchange = self.exchange else { return }
+            exchange.requestComplete = true
+            self.sendUpstream(.end(trailers), exchange)
+            if let connection = exchange.connection { connection.handler.flush() }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let connection = self.exchange?.connection {
+            connection.handler.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let exchange = self.exchange {
+            if exchange.requestComplete || !self.queued.isEmpty {
+                // Wait for the response before reading the next request.
+                self.readPending = true
+                return
+            }
+            guard let connection = exchange.connection else {
+                self.readPending = true
+                return
+            }
+            if !connection.channel.isWritable {
+                if !self.readPending { self.core.statistics.requestBodyPauses.add(1, ordering: .relaxed) }
+                self.readPending = true
+                return
+            }
+        }
+        context.read()
+    }
+
+    private func resumeReading() {
+        guard self.readPending, let context = self.context else { return }
+        self.readPending = false
+        self.read(context: context)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if let connection = self.exchange?.connection {
+            let writable = context.channel.isWritable
+            if !writable { self.core.statistics.responseBodyPauses.add(1, ordering: .relaxed) }
+            connection.handler.setReadsPaused(!writable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.closed = true
+        if let exchange = self.exchange {
+            self.finish(exchange, reuseUpstream: false)
+        }
+        self.queued.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let status: Int
+        let detail: String
+        switch error {
+        case is ByteToMessageDecoderError.PayloadTooLargeError:
+            (status, detail) = (
+                431, "the request head is larger than \(self.core.configuration.limits.maxHeaderBytes) bytes"
+            )
+        case let error as HTTPParserError:
+            (status, detail) = (400, "malformed request: \(error)")
+        default:
+            context.close(promise: nil)
+            return
+        }
+        self.queued.removeAll()
+        if let exchange = self.exchange {
+            if exchange.responseHeadSent {
+                self.finish(exchange, reuseUpstream: false)
+                context.close(promise: nil)
+                return
+            }
+            self.finish(exchange, reuseUpstream: false)
+        }
+        self.respondLocally(
+            status: status, slug: status == 431 ? "header-too-large" : "bad-request", detail: detail,
+            close: true, context: context)
+    }
+
+    // MARK: A new request
+
+    private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        self.core.statistics.requests.add(1, ordering: .relaxed)
+        let limits = self.core.configuration.limits
+        if let problem = ProxyHeaders.framingProblem(head.headers) {
+            self.respondLocally(
+                status: 400, slug: "bad-request", detail: "malformed request: \(problem)", close: true, context: context
+            )
+            return
+        }
+        if ProxyHeaders.headBytes(head) > limits.maxHeaderBytes {
+            self.respondLocally(
+                status: 431, slug: "header-too-large",
+                detail: "the request head is larger than \(limits.maxHeaderBytes) bytes", close: true, context: context)
+            return
+        }
+        let isChunked = head.headers.contains(name: "transfer-encoding")
+        let contentLength = head.headers.first(name: "content-length").flatMap { Int($0) }
+        let hasBody = isChunked || (contentLength ?? 0) > 0
+        if let contentLength, contentLength > limits.maxBodyBytes {
+            self.respondLocally(
+                status: 413, slug: "payload-too-large",
+                detail: "the request body is larger than \(limits.maxBodyBytes) bytes", close: true, context: context)
+            return
+        }
+        guard let route = self.core.routes.route(method: head.method, uri: head.uri, headers: head.headers) else {
+            self.respondLocally(
+                status: 404, slug: "no-route",
+                detail: "no route for \(head.method.rawValue) \(RouteTable.path(of: head.uri))",
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+        let clusterIndex = route.pickCluster(self.core.random)
+        let cluster = self.upstreams.clusters[clusterIndex]
+        guard let pool = cluster.pick(self.core.random) else {
+            self.respondLocally(
+                status: 503, slug: "no-upstream", detail: "cluster \(cluster.cluster.name) has no endpoints",
+                extensions: ["cluster": cluster.cluster.name, "reason": "no-endpoints"],
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+
+        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: route.rewrite(uri: head.uri))
+        upstreamHead.headers = head.headers
+        ProxyHeaders.removeHopByHop(&upstreamHead.headers)
+        if isChunked {
+            upstreamHead.headers.add(name: "transfer-encoding", value: "chunked")
+        } else if contentLength == nil && [.POST, .PUT, .PATCH].contains(head.method) {
+            upstreamHead.headers.add(name: "content-length", value: "0")
+        }
+        Self.addForwardedHeaders(&upstreamHead.headers, downstream: head, channel: context.channel)
+
+        let exchange = Exchange(
+            route: route, clusterName: cluster.cluster.name, pool: pool, head: upstreamHead, downstream: head)
+        self.exchange = exchange
+        pool.inFlight += 1
+        if let timeout = route.route.timeout {
+            exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+                self.timedOut(exchange)
+            }
+        }
+        pool.acquire().assumeIsolated().whenComplete { result in
+            self.connected(exchange, result)
+        }
+    }
+
+    private static func addForwardedHeaders(
+        _ headers: inout HTTPHeaders, downstream: HTTPRequestHead, channel: any Channel
+    ) {
+        if let ip = channel.remoteAddress?.ipAddress {
+            if let existing = headers.first(name: "x-forwarded-for") {
+                headers.replaceOrAdd(name: "x-forwarded-for", value: "\(existing), \(ip)")
+            } else {
+                headers.add(name: "x-forwarded-for", value: ip)
+            }
+        }
+        headers.replaceOrAdd(name: "x-forwarded-proto", value: "http")
+        if let host = downstream.headers.first(name: "host") {
+            headers.replaceOrAdd(name: "x-forwarded-host", value: host)
+        }
+    }
+
+    private func connected(_ exchange: Exchange, _ result: Result<UpstreamConnection, any Error>) {
+        guard self.exchange === exchange, !self.closed, let context = self.context else {
+            // The exchange ended (timeout, client gone) while connecting.
+            if case .success(let connection) = result { exchange.pool.release(connection) }
+            return
+        }
+        switch result {
+        case .failure(let error):
+            self.abort(
+                exchange, status: 502, slug: "upstream-connect-failure",
+                detail:
+                    "cannot connect to cluster \(exchange.clusterName) at \(exchange.pool.endpoint): \(Self.describe(error))",
+                reason: "connect-failure", context: context)
+        case .success(let connection):
+            exchange.connection = connection
+            connection.handler.exchange = self
+            connection.handler.setReadsPaused(!context.channel.isWritable)
+            connection.handler.send(.head(exchange.upstreamHead))
+            for part in exchange.pending {
+                connection.handler.send(part)
+            }
+            exchange.pending.removeAll()
+            connection.handler.flush()
+            self.resumeReading()
+        }
+    }
+
+    private func sendUpstream(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
+        if let connection = exchange.connection {
+            connection.handler.send(part)
+        } else {
+            exchange.pending.append(part)
+        }
+    }
+
+    // MARK: Upstream events
+
+    func upstreamReceived(_ part: HTTPClientResponsePart) {
+        guard let exchange = self.exchange, let context = self.context else { return }
+        switch part {
+        case .head(let upstream):
+            var head = HTTPResponseHead(
+                version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
+            let framed =
+                upstream.headers.contains(name: "content-length")
+                || upstream.headers.contains(name: "transfer-encoding")
+                || exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
+            exchange.upstreamReusable = upstream.isKeepAlive && framed
+            ProxyHeaders.removeHopByHop(&head.headers)
+            if exchange.isHead, upstream.headers.contains(name: "transfer-encoding"),
+                !head.headers.contains(name: "content-length")
+            {
+                // Without a length the encoder would frame an (empty) chunked body, which a HEAD
+                // response must not have; this reply carries no framing at all.
+                exchange.keepAlive = false
+            }
+            if exchange.downstreamVersion.minor == 0 && !head.headers.contains(name: "content-length") {
+                exchange.keepAlive = false  // the body ends when the connection does
+            }
+            if !exchange.keepAlive {
+                head.headers.add(name: "connection", value: "close")
+            } else if exchange.downstreamVersion.minor == 0 {
+                head.headers.add(name: "connection", value: "keep-alive")
+            }
+            exchange.responseHeadSent = true
+            context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let buffer):
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            let reuse = exchange.upstreamReusable && exchange.requestComplete
+            if !exchange.requestComplete {
+                // The upstream answered before the request body ended; the rest cannot be sent
+                // anywhere, so this connection closes after the answer.
+                exchange.keepAlive = false
+                self.discarding = true
+            }
+            self.finish(exchange, reuseUpstream: reuse)
+            if exchange.keepAlive {
+                context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
+                self.continueWithQueued(context: context)
+            } else {
+                self.closeAfterWriting(.end(trailers), context: context)
+            }
+        }
+    }
+
+    func upstreamReadComplete() {
+        self.context?.flush()
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        if isWritable { self.resumeReading() }
+    }
+
+    func upstreamFailed(_ error: (any Error)?) {
+        guard let exchange = self.exchange, let context = self.context else { return }
+        if exchange.responseHeadSent {
+            // Half a response went out already: all the client can learn is a cut connection.
+            self.finish(exchange, reuseUpstream: false)
+            context.close(promise: nil)
+            return
+        }
+        let why = error.map { Self.describe($0) } ?? "the connection closed before a complete response"
+        self.abort(
+            exchange, status: 502, slug: "upstream-reset",
+            detail: "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) failed: \(why)",
+            reason: "reset", context: context)
+    }
+
+    private func timedOut(_ exchange: Exchange) {
+        guard self.exchange === exchange, let context = self.context else { return }
+        exchange.timeout = nil
+        let limit = exchange.route.route.timeout.map { GatewayUnits.render($0) } ?? "?"
+        if exchange.responseHeadSent {
+            self.finish(exchange, reuseUpstream: false)
+            context.close(promise: nil)
+            return
+        }
+        self.abort(
+            exchange, status: 504, slug: "upstream-timeout",
+            detail: "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) did not answer within \(limit)",
+            reason: "timeout", context: context)
+    }
+
+    // MARK: Ending exchanges
+
+    /// Ends `exchange` with a local problem response (before any response head went out).
+    private func abort(
+        _ exchange: Exchange, status: Int, slug: String, detail: String, reason: String?,
+        context: ChannelHandlerContext
+    ) {
+        let requestComplete = exchange.requestComplete
+        self.finish(exchange, reuseUpstream: false)
+        var extensions = ["cluster": exchange.clusterName, "endpoint": exchange.pool.endpoint.description]
+        if let reason { extensions["reason"] = reason }
+        if exchange.responseHeadSent {
+            context.close(promise: nil)
+            return
+        }
+        self.respondLocally(
+            status: status, slug: slug, detail: detail, extensions: extensions,
+            close: !requestComplete || !exchange.keepAlive, context: context)
+    }
+
+    /// Forgets `exchange`: its timer, its in-flight count and its upstream connection, which goes
+    /// back to the pool when it is clean and closes otherwise.
+    private func finish(_ exchange: Exchange, reuseUpstream: Bool) {
+        guard self.exchange === exchange else { return }
+        self.exchange = nil
+        exchange.timeout?.cancel()
+        exchange.timeout = nil
+        exchange.pool.inFlight -= 1
+        if let connection = exchange.connection {
+            exchange.connection = nil
+            connection.handler.exchange = nil
+            if reuseUpstream {
+                exchange.pool.release(connection)
+            } else {
+                connection.close()
+            }
+        }
+        exchange.pending.removeAll()
+    }
+
+    /// Replays pipelined parts that arrived during the last exchange, then reads on.
+    private func continueWithQueued(context: ChannelHandlerContext) {
+        while !self.queued.isEmpty && !self.closed && !self.discarding {
+            if let exchange = self.exchange, exchange.requestComplete { return }
+            let part = self.queued.removeFirst()
+            self.handle(part, context: context)
+        }
+        self.resumeReading()
+    }
+
+    /// Writes a problem+json response of the gateway's own.
+    private func respondLocally(
+        status: Int, slug: String, detail: String, extensions: [String: String] = [:], close: Bool,
+        context: ChannelHandlerContext
+    ) {
+        self.core.statistics.localResponses.add(1, ordering: .relaxed)
+        var problem = ProblemDetails(status: status, detail: detail, slug: slug, extensions: extensions)
+        problem.instance = nil
+        let body = (try? problem.jsonData()).map { ByteBuffer(bytes: $0) } ?? ByteBuffer(string: "{}")
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: ProblemDetails.mediaType)
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        headers.add(name: "connection", value: close ? "close" : "keep-alive")
+        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        if close {
+            self.discarding = true
+            self.closeAfterWriting(.end(nil), context: context)
+        } else {
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.continueWithQueued(context: context)
+        }
+    }
+
+    private func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
+        self.queued.removeAll()
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(part), promise: promise)
+        let channel = context.channel
+        promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as ChannelError:
+            switch error {
+            case .connectTimeout(let amount): return "connect timed out after \(amount.nanoseconds / 1_000_000)ms"
+            case .eof: return "the connection closed"
+            default: return "\(error)"
+            }
+        case let error as IOError:
+            return error.description
+        case let error as NIOConnectionError:
+            return error.connectionErrors.first.map { "\($0.error)" } ?? "\(error)"
+        default:
+            return "\(error)"
+        }
+    }
+}
+
+extension UpstreamHandler {
+    /// Writes a request part on this connection (no flush).
+    func send(_ part: HTTPClientRequestPart) {
+        self.context?.write(self.wrapOutboundOut(part), promise: nil)
+    }
+
+    /// Flushes the writes so far.
+    func flush() {
+        self.context?.flush()
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+extension GatewayUnits {
+    /// A duration as written in YAML: `2s`, `500ms`.
+    static func render(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        let milliseconds = seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        return milliseconds % 1000 == 0 ? "\(milliseconds / 1000)s" : "\(milliseconds)ms"
+    }
+}
