@@ -19,6 +19,8 @@ final class GatewayCore: Sendable {
     let logger: Logger
     /// Open downstream connections.
     let connections = Atomic<Int>(0)
+    /// Requests in flight per cluster (index as in `configuration.clusters`), across all loops.
+    let activeRequests: [ClusterCounter]
 
     init(configuration: GatewayConfiguration, statistics: GatewayStatistics, random: GatewayRandom, logger: Logger) {
         self.configuration = configuration
@@ -26,7 +28,13 @@ final class GatewayCore: Sendable {
         self.statistics = statistics
         self.random = random
         self.logger = logger
+        self.activeRequests = configuration.clusters.map { _ in ClusterCounter() }
     }
+}
+
+/// A counter shared by every event loop.
+final class ClusterCounter: Sendable {
+    let value = Atomic<Int>(0)
 }
 
 /// An HTTP/1.1 API gateway: routes requests to upstream clusters over pooled keep-alive
@@ -112,10 +120,16 @@ public final class GatewayServer: Sendable {
                 core.statistics.connectionsAccepted.add(1, ordering: .relaxed)
                 return channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
-                    try pipeline.addHandler(HTTPResponseEncoder(configuration: .init()))
+                    // The proxy sets framing headers itself (it knows HEAD and upstream framing).
+                    var encoder = HTTPResponseEncoder.Configuration()
+                    encoder.automaticallySetFramingHeaders = false
+                    try pipeline.addHandler(HTTPResponseEncoder(configuration: encoder))
+                    var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+                    decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
+                    decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
                     try pipeline.addHandler(
                         ByteToMessageHandler(
-                            HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes),
+                            HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits),
                             maximumBufferSize: limits.maxHeaderBytes))
                     try pipeline.addHandler(ProxyHandler(upstreams: upstreams.value))
                 }

@@ -27,6 +27,15 @@ public final class GatewayStatistics: Sendable {
     public let upstreamConnectionsOpened = Atomic<Int>(0)
     /// Requests sent on a kept-alive upstream connection.
     public let upstreamConnectionsReused = Atomic<Int>(0)
+    /// Requests sent again on a new connection because a kept-alive one closed before answering
+    /// (the upstream closed it while it was idle; nothing of the request body had been sent).
+    public let upstreamStaleRetries = Atomic<Int>(0)
+    /// Requests refused with `503` because their cluster had `circuit_breaker.max_requests` in flight.
+    public let circuitBreakerOverflows = Atomic<Int>(0)
+    /// Connections closed for sending no request within `limits.idle_timeout`.
+    public let idleTimeouts = Atomic<Int>(0)
+    /// Connections answered `408` for not finishing a request head within `limits.header_timeout`.
+    public let headerTimeouts = Atomic<Int>(0)
     /// Times the gateway stopped reading a request body because the upstream could not take more.
     public let requestBodyPauses = Atomic<Int>(0)
     /// Times the gateway stopped reading a response body because the client could not take more.

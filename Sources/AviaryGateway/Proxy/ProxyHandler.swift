@@ -27,6 +27,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// One request on its way through.
     final class Exchange {
         let route: CompiledRoute
+        let clusterIndex: Int
         let clusterName: String
         let pool: UpstreamPool
         var upstreamHead: HTTPRequestHead
@@ -41,12 +42,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var upstreamReusable = false
         var bodyBytes = 0
         var timeout: Scheduled<Void>?
+        /// Whether the request was sent again after a kept-alive connection turned out closed.
+        var retried = false
 
         init(
-            route: CompiledRoute, clusterName: String, pool: UpstreamPool, head: HTTPRequestHead,
+            route: CompiledRoute, clusterIndex: Int, clusterName: String, pool: UpstreamPool, head: HTTPRequestHead,
             downstream: HTTPRequestHead
         ) {
             self.route = route
+            self.clusterIndex = clusterIndex
             self.clusterName = clusterName
             self.pool = pool
             self.upstreamHead = head
@@ -67,6 +71,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// connection closes once the answer is written.
     private var discarding = false
     private var closed = false
+    /// Closes a connection that sends no request within `limits.idle_timeout`.
+    private var idleTimer: Scheduled<Void>?
+    /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
+    private var headerTimer: Scheduled<Void>?
 
     init(upstreams: LoopUpstreams) {
         self.upstreams = upstreams
@@ -117,11 +125,59 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        self.startIdleTimer(context: context)
+        context.fireChannelActive()
+    }
+
     func channelReadComplete(context: ChannelHandlerContext) {
         if let connection = self.exchange?.connection {
             connection.handler.flush()
+        } else if self.exchange == nil && self.headerTimer == nil && !self.discarding && !self.closed {
+            // Bytes arrived but no complete head yet: the client has header_timeout to finish it.
+            self.idleTimer?.cancel()
+            self.idleTimer = nil
+            let limit = self.core.configuration.limits.headerTimeout
+            self.headerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+                self.headerTimedOut()
+            }
         }
         context.fireChannelReadComplete()
+    }
+
+    private func startIdleTimer(context: ChannelHandlerContext) {
+        guard self.exchange == nil, !self.closed, !self.discarding else { return }
+        self.idleTimer?.cancel()
+        let limit = self.core.configuration.limits.idleTimeout
+        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+            self.idleTimedOut()
+        }
+    }
+
+    private func cancelConnectionTimers() {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
+        self.headerTimer?.cancel()
+        self.headerTimer = nil
+    }
+
+    private func idleTimedOut() {
+        self.idleTimer = nil
+        guard self.exchange == nil, self.headerTimer == nil, let context = self.context else { return }
+        self.core.statistics.idleTimeouts.add(1, ordering: .relaxed)
+        self.closed = true
+        context.close(promise: nil)
+    }
+
+    private func headerTimedOut() {
+        self.headerTimer = nil
+        guard self.exchange == nil, !self.discarding, let context = self.context else { return }
+        self.core.statistics.headerTimeouts.add(1, ordering: .relaxed)
+        let limit = GatewayUnits.render(self.core.configuration.limits.headerTimeout)
+        self.respondLocally(
+            status: 408, slug: "request-timeout", detail: "the request head did not arrive within \(limit)",
+            close: true,
+            context: context)
     }
 
     func read(context: ChannelHandlerContext) {
@@ -161,6 +217,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     func channelInactive(context: ChannelHandlerContext) {
         self.closed = true
+        self.cancelConnectionTimers()
         if let exchange = self.exchange {
             self.finish(exchange, reuseUpstream: false)
         }
@@ -172,7 +229,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let status: Int
         let detail: String
         switch error {
-        case is ByteToMessageDecoderError.PayloadTooLargeError:
+        case is ByteToMessageDecoderError.PayloadTooLargeError, HTTPParserError.headerOverflow:
             (status, detail) = (
                 431, "the request head is larger than \(self.core.configuration.limits.maxHeaderBytes) bytes"
             )
@@ -199,6 +256,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     // MARK: A new request
 
     private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        self.cancelConnectionTimers()
         self.core.statistics.requests.add(1, ordering: .relaxed)
         let limits = self.core.configuration.limits
         if let problem = ProxyHeaders.framingProblem(head.headers) {
@@ -239,6 +297,20 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return
         }
 
+        let active = self.core.activeRequests[clusterIndex]
+        let maxRequests = cluster.cluster.circuitBreaker.maxRequests
+        guard active.value.add(1, ordering: .relaxed).newValue <= maxRequests else {
+            active.value.subtract(1, ordering: .relaxed)
+            self.core.statistics.circuitBreakerOverflows.add(1, ordering: .relaxed)
+            self.respondLocally(
+                status: 503, slug: "upstream-overflow",
+                detail: "cluster \(cluster.cluster.name) has \(maxRequests) requests in flight already",
+                extensions: ["cluster": cluster.cluster.name, "reason": "overflow"],
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+        let expectsContinue = hasBody && head.headers["expect"].contains { $0.lowercased() == "100-continue" }
+
         var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: route.rewrite(uri: head.uri))
         upstreamHead.headers = head.headers
         ProxyHeaders.removeHopByHop(&upstreamHead.headers)
@@ -248,9 +320,17 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             upstreamHead.headers.add(name: "content-length", value: "0")
         }
         Self.addForwardedHeaders(&upstreamHead.headers, downstream: head, channel: context.channel)
+        if expectsContinue {
+            // The gateway reads the body itself, so it tells the client to go on now; the
+            // upstream gets the body without the expectation (as nginx does).
+            upstreamHead.headers.remove(name: "expect")
+            let proceed = HTTPResponseHead(version: head.version, status: .continue)
+            context.writeAndFlush(self.wrapOutboundOut(.head(proceed)), promise: nil)
+        }
 
         let exchange = Exchange(
-            route: route, clusterName: cluster.cluster.name, pool: pool, head: upstreamHead, downstream: head)
+            route: route, clusterIndex: clusterIndex, clusterName: cluster.cluster.name, pool: pool, head: upstreamHead,
+            downstream: head)
         self.exchange = exchange
         pool.inFlight += 1
         if let timeout = route.route.timeout {
@@ -328,15 +408,18 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 || exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
             exchange.upstreamReusable = upstream.isKeepAlive && framed
             ProxyHeaders.removeHopByHop(&head.headers)
-            if exchange.isHead, upstream.headers.contains(name: "transfer-encoding"),
-                !head.headers.contains(name: "content-length")
-            {
-                // Without a length the encoder would frame an (empty) chunked body, which a HEAD
-                // response must not have; this reply carries no framing at all.
-                exchange.keepAlive = false
-            }
-            if exchange.downstreamVersion.minor == 0 && !head.headers.contains(name: "content-length") {
-                exchange.keepAlive = false  // the body ends when the connection does
+            // Framing is set here, not by the encoder: a response without a body (to HEAD, 204,
+            // 304) keeps its Content-Length if it has one and gets nothing else; a body without a
+            // length is re-chunked for HTTP/1.1 clients and ends with the connection for HTTP/1.0.
+            let bodyless =
+                exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
+                || upstream.status.code < 200
+            if !bodyless && !head.headers.contains(name: "content-length") {
+                if exchange.downstreamVersion.minor >= 1 {
+                    head.headers.add(name: "transfer-encoding", value: "chunked")
+                } else {
+                    exchange.keepAlive = false
+                }
             }
             if !exchange.keepAlive {
                 head.headers.add(name: "connection", value: "close")
@@ -359,6 +442,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             if exchange.keepAlive {
                 context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
                 self.continueWithQueued(context: context)
+                self.startIdleTimer(context: context)
             } else {
                 self.closeAfterWriting(.end(trailers), context: context)
             }
@@ -379,6 +463,19 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             // Half a response went out already: all the client can learn is a cut connection.
             self.finish(exchange, reuseUpstream: false)
             context.close(promise: nil)
+            return
+        }
+        if let connection = exchange.connection, connection.exchanges > 1, exchange.bodyBytes == 0, !exchange.retried {
+            // A kept-alive connection the upstream closed while it was idle: nothing but the head
+            // went out, so the request goes again on a new connection, once.
+            exchange.retried = true
+            exchange.connection = nil
+            connection.close()
+            self.core.statistics.upstreamStaleRetries.add(1, ordering: .relaxed)
+            if exchange.requestComplete { exchange.pending.append(.end(nil)) }
+            exchange.pool.acquire(fresh: true).assumeIsolated().whenComplete { result in
+                self.connected(exchange, result)
+            }
             return
         }
         let why = error.map { Self.describe($0) } ?? "the connection closed before a complete response"
@@ -431,6 +528,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         exchange.timeout?.cancel()
         exchange.timeout = nil
         exchange.pool.inFlight -= 1
+        self.core.activeRequests[exchange.clusterIndex].value.subtract(1, ordering: .relaxed)
         if let connection = exchange.connection {
             exchange.connection = nil
             connection.handler.exchange = nil
@@ -475,6 +573,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         } else {
             context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
             self.continueWithQueued(context: context)
+            self.startIdleTimer(context: context)
         }
     }
 

@@ -34,13 +34,14 @@ final class UpstreamPool {
         self.statistics = statistics
     }
 
-    /// An idle connection, or a new one.
-    func acquire() -> EventLoopFuture<UpstreamConnection> {
+    /// An idle connection (the most recently used first), or a new one when `fresh` or none is idle.
+    func acquire(fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
         self.eventLoop.assertInEventLoop()
-        while let connection = self.idle.popLast() {
+        while !fresh, let connection = self.idle.popLast() {
             if connection.channel.isActive {
                 self.statistics.upstreamConnectionsReused.add(1, ordering: .relaxed)
                 connection.isIdle = false
+                connection.exchanges += 1
                 return self.eventLoop.assumeIsolated().makeSucceededFuture(connection)
             }
         }
@@ -64,6 +65,7 @@ final class UpstreamPool {
             channel in
             let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
             let connection = UpstreamConnection(channel: channel, handler: handler, pool: self)
+            connection.exchanges = 1
             handler.connection = connection
             return connection
         }.nonisolated()
@@ -103,6 +105,8 @@ final class UpstreamConnection {
     let handler: UpstreamHandler
     unowned let pool: UpstreamPool
     var isIdle = false
+    /// Exchanges this connection was used for, the current one included.
+    var exchanges = 0
 
     init(channel: any Channel, handler: UpstreamHandler, pool: UpstreamPool) {
         self.channel = channel

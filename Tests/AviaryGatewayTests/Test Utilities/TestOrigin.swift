@@ -21,6 +21,7 @@ import Synchronization
 /// | `/never` | never answers |
 /// | `/status/N` | answers status N |
 /// | `/hop` | answers with hop-by-hop headers that must not reach the client |
+/// | `/arm-close` | answers, then closes the connection when the next request arrives on it, unanswered |
 /// | anything else | `200`, body: the request line and headers as the origin saw them |
 ///
 /// Every response carries `x-origin: <name>` and `x-origin-connection: <n>` (1-based per origin).
@@ -97,6 +98,7 @@ final class OriginHandler: ChannelDuplexHandler {
     private var uploaded = 0
     private var downloadRemaining = 0
     private var downloadChunk = 0
+    private var closeOnNextRequest = false
 
     enum Mode { case idle, upload, echo, download, info(String), never }
 
@@ -128,6 +130,12 @@ final class OriginHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
         case .head(let request):
+            if self.closeOnNextRequest {
+                // Like an origin whose keep-alive timeout fired just as the request arrived.
+                self.mode = .never
+                context.close(promise: nil)
+                return
+            }
             self.state.requests.add(1, ordering: .relaxed)
             let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
             let query = request.uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
@@ -161,6 +169,9 @@ final class OriginHandler: ChannelDuplexHandler {
                 self.mode = .never
             case "/never":
                 self.mode = .never
+            case "/arm-close":
+                self.closeOnNextRequest = true
+                self.mode = .info("armed\n")
             case "/hop":
                 self.mode = .info("")
             default:
