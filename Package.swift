@@ -125,6 +125,8 @@ let package = Package(
                 "AviaryCore",
                 "AviaryGateway",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

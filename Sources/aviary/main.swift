@@ -5,12 +5,14 @@
 
 // The `aviary` command line: argument parsing and calls into libraries, nothing else.
 //
-//   aviary gateway --config gateway.yaml [--check]
+//   aviary gateway --config gateway.yaml [--threads N] [--check]
 
 import AviaryGateway
 import Dispatch
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 
 /// Exit codes from sysexits.h.
 enum ExitCode {
@@ -20,10 +22,11 @@ enum ExitCode {
 }
 
 let usage = """
-    usage: aviary gateway --config FILE [--check]
+    usage: aviary gateway --config FILE [--threads N] [--check]
 
       gateway   run the API gateway
         --config FILE   the gateway's YAML configuration
+        --threads N     event loop threads (default: one per core)
         --check         validate the configuration and exit
     """
 
@@ -40,6 +43,7 @@ switch command {
 case "gateway":
     var configPath: String?
     var checkOnly = false
+    var threads = System.coreCount
     var index = 0
     while index < arguments.count {
         switch arguments[index] {
@@ -52,6 +56,12 @@ case "gateway":
         case let argument where argument.hasPrefix("--config="):
             configPath = String(argument.dropFirst("--config=".count))
             index += 1
+        case "--threads":
+            guard index + 1 < arguments.count, let count = Int(arguments[index + 1]), count > 0 else {
+                fail("aviary gateway: --threads needs a positive number\n\(usage)", code: ExitCode.usage)
+            }
+            threads = count
+            index += 2
         case "--check":
             checkOnly = true
             index += 1
@@ -78,7 +88,9 @@ case "gateway":
         handler.logLevel = .info
         return handler
     }
-    let server = GatewayServer(configuration: configuration, logger: Logger(label: "aviary.gateway"))
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    let server = GatewayServer(
+        configuration: configuration, eventLoopGroup: group, logger: Logger(label: "aviary.gateway"))
     do {
         let address = try await server.start()
         print("aviary gateway listening on \(address)")
