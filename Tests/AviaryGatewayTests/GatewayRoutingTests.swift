@@ -26,6 +26,7 @@ struct GatewayRoutingTests {
             try await withGateway(yaml) { gateway in
                 let response = try await gateway.request(
                     "GET /api/users/42?expand=orders HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                        + "X-Forwarded-For: 10.0.0.2\r\nForwarded: for=10.0.0.1\r\n"
                         + "Connection: close, x-drop\r\nx-drop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
                         + "Proxy-Authorization: Basic Zm9v\r\nx-keep: yes\r\n\r\n")
                 #expect(response.status == 200)
@@ -33,7 +34,8 @@ struct GatewayRoutingTests {
                 let seen = response.text
                 #expect(seen.hasPrefix("GET /users/42?expand=orders\n"))
                 #expect(seen.contains("host: shop.test\n"))
-                #expect(seen.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\n"))
+                #expect(seen.contains("x-forwarded-for: 10.0.0.1, 10.0.0.2, 127.0.0.1\n"))
+                #expect(seen.contains("forwarded: for=10.0.0.1, for=127.0.0.1;proto=http;host=\"shop.test\"\n"))
                 #expect(seen.contains("x-forwarded-proto: http\n"))
                 #expect(seen.contains("x-forwarded-host: shop.test\n"))
                 #expect(seen.contains("x-keep: yes\n"))

@@ -44,6 +44,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var timeout: Scheduled<Void>?
         /// Whether the request was sent again after a kept-alive connection turned out closed.
         var retried = false
+        /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
+        let isReplayable: Bool
 
         init(
             route: CompiledRoute, clusterIndex: Int, clusterName: String, pool: UpstreamPool, head: HTTPRequestHead,
@@ -57,6 +59,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.downstreamVersion = downstream.version
             self.isHead = downstream.method == .HEAD
             self.keepAlive = downstream.isKeepAlive
+            self.isReplayable =
+                [.GET, .HEAD, .OPTIONS, .TRACE].contains(downstream.method)
+                || downstream.headers.contains(name: "idempotency-key")
         }
     }
 
@@ -346,17 +351,32 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private static func addForwardedHeaders(
         _ headers: inout HTTPHeaders, downstream: HTTPRequestHead, channel: any Channel
     ) {
-        if let ip = channel.remoteAddress?.ipAddress {
-            if let existing = headers.first(name: "x-forwarded-for") {
-                headers.replaceOrAdd(name: "x-forwarded-for", value: "\(existing), \(ip)")
-            } else {
-                headers.add(name: "x-forwarded-for", value: ip)
-            }
+        let ip = channel.remoteAddress?.ipAddress
+        if let ip {
+            let existing = headers["x-forwarded-for"]
+            headers.replaceOrAdd(
+                name: "x-forwarded-for", value: existing.isEmpty ? ip : "\(existing.joined(separator: ", ")), \(ip)")
         }
         headers.replaceOrAdd(name: "x-forwarded-proto", value: "http")
-        if let host = downstream.headers.first(name: "host") {
+        let host = downstream.headers.first(name: "host")
+        if let host {
             headers.replaceOrAdd(name: "x-forwarded-host", value: host)
         }
+        // RFC 7239: one element per proxy, appended to what earlier proxies wrote.
+        var element = ""
+        if let ip { element += ip.contains(":") ? "for=\"[\(ip)]\"" : "for=\(ip)" }
+        element += element.isEmpty ? "proto=http" : ";proto=http"
+        if let host {
+            var escaped = ""
+            for character in host {
+                if character == "\\" || character == "\"" { escaped.append("\\") }
+                escaped.append(character)
+            }
+            element += ";host=\"\(escaped)\""
+        }
+        let earlier = headers["forwarded"]
+        headers.replaceOrAdd(
+            name: "forwarded", value: earlier.isEmpty ? element : "\(earlier.joined(separator: ", ")), \(element)")
     }
 
     private func connected(_ exchange: Exchange, _ result: Result<UpstreamConnection, any Error>) {
@@ -465,9 +485,12 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             context.close(promise: nil)
             return
         }
-        if let connection = exchange.connection, connection.exchanges > 1, exchange.bodyBytes == 0, !exchange.retried {
-            // A kept-alive connection the upstream closed while it was idle: nothing but the head
-            // went out, so the request goes again on a new connection, once.
+        if let connection = exchange.connection, connection.exchanges > 1, exchange.isReplayable,
+            exchange.bodyBytes == 0, !exchange.retried
+        {
+            // A kept-alive connection the upstream closed, most likely while it was idle: nothing
+            // but the head went out and the request is safe to repeat, so it goes again on a new
+            // connection, once (as Go's transport does).
             exchange.retried = true
             exchange.connection = nil
             connection.close()
