@@ -93,7 +93,7 @@ case "gateway":
         configuration: configuration, eventLoopGroup: group, logger: Logger(label: "aviary.gateway"))
     do {
         let address = try await server.start()
-        print("aviary gateway listening on \(address)")
+        print("aviary gateway listening on \(address.ipAddress ?? "?"):\(address.port ?? 0)")
     } catch {
         fail("aviary gateway: cannot listen on \(configuration.listen.address): \(error)", code: ExitCode.unavailable)
     }

@@ -78,6 +78,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private var closed = false
     /// Closes a connection that sends no request within `limits.idle_timeout`.
     private var idleTimer: Scheduled<Void>?
+    private var idleDeadline = NIODeadline.distantFuture
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
     private var headerTimer: Scheduled<Void>?
 
@@ -150,12 +151,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         context.fireChannelReadComplete()
     }
 
+    /// Arms the idle timer from now. Per request this only moves a deadline; the timer itself is
+    /// scheduled at most once per idle period (rescheduling a task per request costs more).
     private func startIdleTimer(context: ChannelHandlerContext) {
         guard self.exchange == nil, !self.closed, !self.discarding else { return }
-        self.idleTimer?.cancel()
-        let limit = self.core.configuration.limits.idleTimeout
-        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
-            self.idleTimedOut()
+        let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
+        self.idleDeadline = .now() + limit
+        if self.idleTimer == nil {
+            self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
+                self.idleTimedOut()
+            }
         }
     }
 
@@ -168,7 +173,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     private func idleTimedOut() {
         self.idleTimer = nil
-        guard self.exchange == nil, self.headerTimer == nil, let context = self.context else { return }
+        // Busy now: the end of this exchange arms the timer again.
+        guard self.exchange == nil, self.headerTimer == nil, !self.closed, let context = self.context else { return }
+        if NIODeadline.now() < self.idleDeadline {
+            self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
+                self.idleTimedOut()
+            }
+            return
+        }
         self.core.statistics.idleTimeouts.add(1, ordering: .relaxed)
         self.closed = true
         context.close(promise: nil)
@@ -186,12 +198,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     func read(context: ChannelHandlerContext) {
-        if let exchange = self.exchange {
-            if exchange.requestComplete || !self.queued.isEmpty {
-                // Wait for the response before reading the next request.
-                self.readPending = true
-                return
-            }
+        if !self.queued.isEmpty {
+            // A pipelined request waits; read no further until it has its turn.
+            self.readPending = true
+            return
+        }
+        if let exchange = self.exchange, !exchange.requestComplete {
+            // Reads stay on once the request is complete (a pipelined request is queued, then
+            // reads stop): pausing them costs two epoll_ctl calls per request.
             guard let connection = exchange.connection else {
                 self.readPending = true
                 return
@@ -261,25 +275,25 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     // MARK: A new request
 
     private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        self.cancelConnectionTimers()
+        self.headerTimer?.cancel()
+        self.headerTimer = nil
         self.core.statistics.requests.add(1, ordering: .relaxed)
         let limits = self.core.configuration.limits
-        if let problem = ProxyHeaders.framingProblem(head.headers) {
+        let inspection = ProxyHeaders.inspect(head)
+        if let problem = inspection.framingProblem {
             self.respondLocally(
                 status: 400, slug: "bad-request", detail: "malformed request: \(problem)", close: true, context: context
             )
             return
         }
-        if ProxyHeaders.headBytes(head) > limits.maxHeaderBytes {
+        if inspection.headBytes > limits.maxHeaderBytes {
             self.respondLocally(
                 status: 431, slug: "header-too-large",
                 detail: "the request head is larger than \(limits.maxHeaderBytes) bytes", close: true, context: context)
             return
         }
-        let isChunked = head.headers.contains(name: "transfer-encoding")
-        let contentLength = head.headers.first(name: "content-length").flatMap { Int($0) }
-        let hasBody = isChunked || (contentLength ?? 0) > 0
-        if let contentLength, contentLength > limits.maxBodyBytes {
+        let hasBody = inspection.isChunked || (inspection.contentLength ?? 0) > 0
+        if let contentLength = inspection.contentLength, contentLength > limits.maxBodyBytes {
             self.respondLocally(
                 status: 413, slug: "payload-too-large",
                 detail: "the request body is larger than \(limits.maxBodyBytes) bytes", close: true, context: context)
@@ -314,17 +328,19 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 close: hasBody || !head.isKeepAlive, context: context)
             return
         }
-        let expectsContinue = hasBody && head.headers["expect"].contains { $0.lowercased() == "100-continue" }
+        let expectsContinue = hasBody && inspection.expectsContinue
 
         var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: route.rewrite(uri: head.uri))
         upstreamHead.headers = head.headers
-        ProxyHeaders.removeHopByHop(&upstreamHead.headers)
-        if isChunked {
+        if inspection.hasHopByHop {
+            ProxyHeaders.removeHopByHop(&upstreamHead.headers)
+        }
+        if inspection.isChunked {
             upstreamHead.headers.add(name: "transfer-encoding", value: "chunked")
-        } else if contentLength == nil && [.POST, .PUT, .PATCH].contains(head.method) {
+        } else if inspection.contentLength == nil && [.POST, .PUT, .PATCH].contains(head.method) {
             upstreamHead.headers.add(name: "content-length", value: "0")
         }
-        Self.addForwardedHeaders(&upstreamHead.headers, downstream: head, channel: context.channel)
+        self.addForwardedHeaders(&upstreamHead.headers, downstream: head, earlier: inspection.hasForwardedHeaders)
         if expectsContinue {
             // The gateway reads the body itself, so it tells the client to go on now; the
             // upstream gets the body without the expectation (as nginx does).
@@ -343,40 +359,57 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 self.timedOut(exchange)
             }
         }
-        pool.acquire().assumeIsolated().whenComplete { result in
-            self.connected(exchange, result)
+        if let connection = pool.takeIdle() {
+            self.connected(exchange, .success(connection))
+        } else {
+            pool.connect().assumeIsolated().whenComplete { result in
+                self.connected(exchange, result)
+            }
         }
     }
 
-    private static func addForwardedHeaders(
-        _ headers: inout HTTPHeaders, downstream: HTTPRequestHead, channel: any Channel
-    ) {
-        let ip = channel.remoteAddress?.ipAddress
-        if let ip {
+    /// The client's address as `X-Forwarded-For` and `Forwarded` write it, looked up once per connection.
+    private lazy var client: (ip: String?, forwardedFor: String) = {
+        guard let ip = self.context?.channel.remoteAddress?.ipAddress else { return (nil, "") }
+        return (ip, ip.utf8.contains(UInt8(ascii: ":")) ? "for=\"[\(ip)]\";" : "for=\(ip);")
+    }()
+
+    private func addForwardedHeaders(_ headers: inout HTTPHeaders, downstream: HTTPRequestHead, earlier: Bool) {
+        let client = self.client
+        let host = downstream.headers.first(name: "host")
+        // RFC 7239: one element per proxy, appended to what earlier proxies wrote.
+        var element = client.forwardedFor + "proto=http"
+        if let host {
+            if host.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+                var escaped = ""
+                for scalar in host.unicodeScalars {
+                    if scalar == "\\" || scalar == "\"" { escaped.unicodeScalars.append("\\") }
+                    escaped.unicodeScalars.append(scalar)
+                }
+                element += ";host=\"\(escaped)\""
+            } else {
+                element += ";host=\"\(host)\""
+            }
+        }
+        guard earlier else {
+            if let ip = client.ip { headers.add(name: "x-forwarded-for", value: ip) }
+            headers.add(name: "x-forwarded-proto", value: "http")
+            if let host { headers.add(name: "x-forwarded-host", value: host) }
+            headers.add(name: "forwarded", value: element)
+            return
+        }
+        if let ip = client.ip {
             let existing = headers["x-forwarded-for"]
             headers.replaceOrAdd(
                 name: "x-forwarded-for", value: existing.isEmpty ? ip : "\(existing.joined(separator: ", ")), \(ip)")
         }
         headers.replaceOrAdd(name: "x-forwarded-proto", value: "http")
-        let host = downstream.headers.first(name: "host")
         if let host {
             headers.replaceOrAdd(name: "x-forwarded-host", value: host)
         }
-        // RFC 7239: one element per proxy, appended to what earlier proxies wrote.
-        var element = ""
-        if let ip { element += ip.contains(":") ? "for=\"[\(ip)]\"" : "for=\(ip)" }
-        element += element.isEmpty ? "proto=http" : ";proto=http"
-        if let host {
-            var escaped = ""
-            for character in host {
-                if character == "\\" || character == "\"" { escaped.append("\\") }
-                escaped.append(character)
-            }
-            element += ";host=\"\(escaped)\""
-        }
-        let earlier = headers["forwarded"]
+        let forwarded = headers["forwarded"]
         headers.replaceOrAdd(
-            name: "forwarded", value: earlier.isEmpty ? element : "\(earlier.joined(separator: ", ")), \(element)")
+            name: "forwarded", value: forwarded.isEmpty ? element : "\(forwarded.joined(separator: ", ")), \(element)")
     }
 
     private func connected(_ exchange: Exchange, _ result: Result<UpstreamConnection, any Error>) {
@@ -496,7 +529,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             connection.close()
             self.core.statistics.upstreamStaleRetries.add(1, ordering: .relaxed)
             if exchange.requestComplete { exchange.pending.append(.end(nil)) }
-            exchange.pool.acquire(fresh: true).assumeIsolated().whenComplete { result in
+            exchange.pool.connect().assumeIsolated().whenComplete { result in
                 self.connected(exchange, result)
             }
             return

@@ -34,21 +34,22 @@ final class UpstreamPool {
         self.statistics = statistics
     }
 
-    /// An idle connection (the most recently used first), or a new one when `fresh` or none is idle.
-    func acquire(fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+    /// An idle connection (the most recently used first), if any; no future, no allocation.
+    func takeIdle() -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
-        while !fresh, let connection = self.idle.popLast() {
+        while let connection = self.idle.popLast() {
             if connection.channel.isActive {
                 self.statistics.upstreamConnectionsReused.add(1, ordering: .relaxed)
                 connection.isIdle = false
                 connection.exchanges += 1
-                return self.eventLoop.assumeIsolated().makeSucceededFuture(connection)
+                return connection
             }
         }
-        return self.connect()
+        return nil
     }
 
-    private func connect() -> EventLoopFuture<UpstreamConnection> {
+    /// A new connection.
+    func connect() -> EventLoopFuture<UpstreamConnection> {
         let timeout = self.cluster.connectTimeout
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(timeout))
