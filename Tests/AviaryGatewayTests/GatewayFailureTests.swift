@@ -224,3 +224,22 @@ struct GatewayFailureTests {
         }
     }
 }
+
+extension GatewayFailureTests {
+    @Test(
+        "an upstream that answers garbage is a 502 problem with reason bad-response",
+        arguments: [
+            "SSH-2.0-OpenSSH_9.2\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        ])
+    func garbageUpstream(answer: String) async throws {
+        let origin = try await GarbageOrigin.start(answer: answer, group: MultiThreadedEventLoopGroup.singleton)
+        defer { Task { await origin.stop() } }
+        try await withGateway(Self.yaml(port: origin.port)) { gateway in
+            let response = try await gateway.get("/anything")
+            #expect(response.status == 502)
+            #expect(response.problem?.type == "urn:aviary:problem:upstream-bad-response")
+            #expect(response.problem?.extensions["reason"] == "bad-response")
+            #expect(response.problem?.extensions["cluster"] == "backend")
+        }
+    }
+}

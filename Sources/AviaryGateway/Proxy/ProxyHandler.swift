@@ -518,6 +518,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             context.close(promise: nil)
             return
         }
+        if let error = error as? HTTPParserError {
+            // Not HTTP, or not valid HTTP: never retried, the upstream is broken.
+            self.abort(
+                exchange, status: 502, slug: "upstream-bad-response",
+                detail:
+                    "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) sent an invalid response: \(error)",
+                reason: "bad-response", context: context)
+            return
+        }
         if let connection = exchange.connection, connection.exchanges > 1, exchange.isReplayable,
             exchange.bodyBytes == 0, !exchange.retried
         {

@@ -315,3 +315,42 @@ enum Pattern {
         return hasher.finalize().map { String($0, radix: 16).leftPadded(2) }.joined()
     }
 }
+
+/// An "origin" that answers whatever it is sent with fixed bytes, then closes.
+final class GarbageOrigin: Sendable {
+    let channel: any Channel
+    var port: Int { self.channel.localAddress?.port ?? 0 }
+
+    private init(channel: any Channel) { self.channel = channel }
+
+    static func start(answer: String, group: any EventLoopGroup) async throws -> GarbageOrigin {
+        let channel = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(GarbageHandler(answer: answer))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return GarbageOrigin(channel: channel)
+    }
+
+    func stop() async { try? await self.channel.close() }
+}
+
+private final class GarbageHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let answer: String
+    private var answered = false
+
+    init(answer: String) { self.answer = answer }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.answered else { return }
+        self.answered = true
+        let channel = context.channel
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: self.answer))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}
