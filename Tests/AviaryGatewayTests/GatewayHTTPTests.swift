@@ -185,3 +185,28 @@ extension GatewayHTTPTests {
         }
     }
 }
+
+extension GatewayHTTPTests {
+    @Test("the gateway's own answer to a HEAD has no body, and the connection stays usable")
+    func localAnswerToHead() async throws {
+        try await withOrigins(["a"]) { origins in
+            let yaml = """
+                listen: {address: 127.0.0.1:0}
+                clusters: {backend: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes: [{match: {path_prefix: /api/}, cluster: backend}]
+                """
+            try await withGateway(yaml) { gateway in
+                let connection = try await gateway.connect()
+                try await connection.send("HEAD /elsewhere HTTP/1.1\r\nHost: t\r\n\r\n")
+                let missing = try await connection.readResponse(isHead: true)
+                #expect(missing.status == 404)
+                #expect(Int(missing.header("content-length") ?? "") ?? 0 > 0)
+                try await connection.send("GET /api/next HTTP/1.1\r\nHost: t\r\n\r\n")
+                let next = try await connection.readResponse()
+                #expect(next.status == 200)
+                #expect(next.text.hasPrefix("GET /api/next\n"))
+                await connection.close()
+            }
+        }
+    }
+}

@@ -79,6 +79,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Closes a connection that sends no request within `limits.idle_timeout`.
     private var idleTimer: Scheduled<Void>?
     private var idleDeadline = NIODeadline.distantFuture
+    /// Whether the request being answered is a HEAD (local answers then carry no body).
+    private var answeringHead = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
     private var headerTimer: Scheduled<Void>?
 
@@ -190,6 +192,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.headerTimer = nil
         guard self.exchange == nil, !self.discarding, let context = self.context else { return }
         self.core.statistics.headerTimeouts.add(1, ordering: .relaxed)
+        self.answeringHead = false
         let limit = GatewayUnits.render(self.core.configuration.limits.headerTimeout)
         self.respondLocally(
             status: 408, slug: "request-timeout", detail: "the request head did not arrive within \(limit)",
@@ -259,6 +262,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return
         }
         self.queued.removeAll()
+        self.answeringHead = false
         if let exchange = self.exchange {
             if exchange.responseHeadSent {
                 self.finish(exchange, reuseUpstream: false)
@@ -278,6 +282,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.headerTimer?.cancel()
         self.headerTimer = nil
         self.core.statistics.requests.add(1, ordering: .relaxed)
+        self.answeringHead = head.method == .HEAD
         let limits = self.core.configuration.limits
         let inspection = ProxyHeaders.inspect(head)
         if let problem = inspection.framingProblem {
@@ -631,7 +636,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
         context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        if !self.answeringHead {  // a response to HEAD has the length but not the body
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
