@@ -30,6 +30,10 @@ public final class GatewayStatistics: Sendable {
     /// Requests sent again on a new connection because a kept-alive one closed before answering
     /// (the upstream closed it while it was idle; nothing of the request body had been sent).
     public let upstreamStaleRetries = Atomic<Int>(0)
+    /// Requests sent again under their route's `retry` policy.
+    public let retries = Atomic<Int>(0)
+    /// Retries not made because the route's retry budget was spent.
+    public let retryBudgetExhausted = Atomic<Int>(0)
     /// Requests refused with `503` because their cluster had `circuit_breaker.max_requests` in flight.
     public let circuitBreakerOverflows = Atomic<Int>(0)
     /// Connections closed for sending no request within `limits.idle_timeout`.

@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryResilience
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -29,7 +30,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let route: CompiledRoute
         let clusterIndex: Int
         let clusterName: String
-        let pool: UpstreamPool
+        let cluster: ClusterPools
+        /// The endpoint of the current attempt.
+        var pool: UpstreamPool
         var upstreamHead: HTTPRequestHead
         let downstreamVersion: HTTPVersion
         let isHead: Bool
@@ -46,22 +49,30 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var retried = false
         /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
         let isReplayable: Bool
+        /// Whether the route's retry policy applies: an idempotent request without a body.
+        let mayRetry: Bool
+        /// The current attempt, from 1.
+        var attempt = 1
+        var perTryTimeout: Scheduled<Void>?
 
         init(
-            route: CompiledRoute, clusterIndex: Int, clusterName: String, pool: UpstreamPool, head: HTTPRequestHead,
-            downstream: HTTPRequestHead
+            route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool, head: HTTPRequestHead,
+            downstream: HTTPRequestHead, hasBody: Bool
         ) {
             self.route = route
             self.clusterIndex = clusterIndex
-            self.clusterName = clusterName
+            self.clusterName = cluster.cluster.name
+            self.cluster = cluster
             self.pool = pool
             self.upstreamHead = head
             self.downstreamVersion = downstream.version
             self.isHead = downstream.method == .HEAD
             self.keepAlive = downstream.isKeepAlive
-            self.isReplayable =
-                [.GET, .HEAD, .OPTIONS, .TRACE].contains(downstream.method)
-                || downstream.headers.contains(name: "idempotency-key")
+            let hasKey = downstream.headers.contains(name: "idempotency-key")
+            self.isReplayable = [.GET, .HEAD, .OPTIONS, .TRACE].contains(downstream.method) || hasKey
+            self.mayRetry =
+                route.retry != nil && !hasBody
+                && ([.GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE].contains(downstream.method) || hasKey)
         }
     }
 
@@ -355,8 +366,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
 
         let exchange = Exchange(
-            route: route, clusterIndex: clusterIndex, clusterName: cluster.cluster.name, pool: pool, head: upstreamHead,
-            downstream: head)
+            route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: upstreamHead,
+            downstream: head, hasBody: hasBody)
         self.exchange = exchange
         pool.inFlight += 1
         if let timeout = route.route.timeout {
@@ -364,13 +375,81 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 self.timedOut(exchange)
             }
         }
-        if let connection = pool.takeIdle() {
+        route.retry?.budget?.deposit()
+        self.startAttempt(exchange, context: context)
+    }
+
+    /// Sends the exchange to its current endpoint: an idle connection at once, or a new one.
+    private func startAttempt(_ exchange: Exchange, context: ChannelHandlerContext) {
+        if exchange.mayRetry, let limit = exchange.route.retry?.perTryTimeout {
+            exchange.perTryTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+                self.perTryTimedOut(exchange)
+            }
+        }
+        if let connection = exchange.pool.takeIdle() {
             self.connected(exchange, .success(connection))
         } else {
-            pool.connect().assumeIsolated().whenComplete { result in
+            exchange.pool.connect().assumeIsolated().whenComplete { result in
                 self.connected(exchange, result)
             }
         }
+    }
+
+    /// Why an attempt failed, as far as the retry policy is concerned.
+    private enum AttemptFailure {
+        case connectFailure
+        case reset
+        /// Always retried while attempts are left: the per-try limit exists to try again.
+        case perTryTimeout
+        case status(UInt)
+
+        var isPerTryTimeout: Bool {
+            if case .perTryTimeout = self { return true }
+            return false
+        }
+    }
+
+    /// Starts the next attempt if the route's policy, the attempts left and the retry budget
+    /// allow it; the failed attempt's connection is closed (never reused).
+    private func retry(_ exchange: Exchange, after failure: AttemptFailure) -> Bool {
+        guard exchange.mayRetry, !exchange.responseHeadSent, let policy = exchange.route.retry,
+            exchange.attempt < policy.attempts, let context = self.context
+        else { return false }
+        switch failure {
+        case .connectFailure: guard policy.onConnectFailure else { return false }
+        case .reset, .perTryTimeout: guard policy.onReset || failure.isPerTryTimeout else { return false }
+        case .status(let code): guard policy.statuses.contains(code) else { return false }
+        }
+        if let budget = policy.budget, !budget.tryWithdraw() {
+            self.core.statistics.retryBudgetExhausted.add(1, ordering: .relaxed)
+            return false
+        }
+        self.core.statistics.retries.add(1, ordering: .relaxed)
+        exchange.attempt += 1
+        exchange.perTryTimeout?.cancel()
+        exchange.perTryTimeout = nil
+        if let connection = exchange.connection {
+            exchange.connection = nil
+            connection.close()
+        }
+        exchange.pool.inFlight -= 1
+        exchange.pool = exchange.cluster.pick(self.core.random) ?? exchange.pool
+        exchange.pool.inFlight += 1
+        exchange.pending = exchange.requestComplete ? [.end(nil)] : []
+        self.startAttempt(exchange, context: context)
+        return true
+    }
+
+    private func perTryTimedOut(_ exchange: Exchange) {
+        guard self.exchange === exchange, !exchange.responseHeadSent, let context = self.context else { return }
+        exchange.perTryTimeout = nil
+        if self.retry(exchange, after: .perTryTimeout) { return }
+        let limit = exchange.route.retry?.perTryTimeout.map { GatewayUnits.render($0) } ?? "?"
+        self.abort(
+            exchange, status: 504, slug: "upstream-timeout",
+            detail:
+                "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) did not answer within \(limit) (per try)",
+            reason: "per-try-timeout", context: context)
     }
 
     /// The client's address as `X-Forwarded-For` and `Forwarded` write it, looked up once per connection.
@@ -425,6 +504,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         switch result {
         case .failure(let error):
+            if self.retry(exchange, after: .connectFailure) { return }
             self.abort(
                 exchange, status: 502, slug: "upstream-connect-failure",
                 detail:
@@ -458,6 +538,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         guard let exchange = self.exchange, let context = self.context else { return }
         switch part {
         case .head(let upstream):
+            exchange.perTryTimeout?.cancel()
+            exchange.perTryTimeout = nil
+            if exchange.mayRetry, self.retry(exchange, after: .status(upstream.status.code)) { return }
             var head = HTTPResponseHead(
                 version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
             let framed =
@@ -548,6 +631,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             }
             return
         }
+        if self.retry(exchange, after: .reset) { return }
         let why = error.map { Self.describe($0) } ?? "the connection closed before a complete response"
         self.abort(
             exchange, status: 502, slug: "upstream-reset",
@@ -597,6 +681,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.exchange = nil
         exchange.timeout?.cancel()
         exchange.timeout = nil
+        exchange.perTryTimeout?.cancel()
+        exchange.perTryTimeout = nil
         exchange.pool.inFlight -= 1
         self.core.activeRequests[exchange.clusterIndex].value.subtract(1, ordering: .relaxed)
         if let connection = exchange.connection {

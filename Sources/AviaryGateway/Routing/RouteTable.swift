@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryResilience
 public import NIOHTTP1
 
 /// The routes of a configuration, compiled once for matching on every request.
@@ -61,6 +62,8 @@ public struct CompiledRoute: Sendable {
     /// Cluster indexes with their cumulative weights (`split`), or one entry of weight 1.
     let targets: [(cluster: Int, cumulativeWeight: UInt64)]
     let totalWeight: UInt64
+    /// The retry policy, compiled once; its budget is shared by every event loop.
+    let retry: CompiledRetry?
 
     init(index: Int, route: GatewayConfiguration.Route, clusterIndexes: [String: Int]) {
         self.index = index
@@ -85,6 +88,7 @@ public struct CompiledRoute: Sendable {
         }
         self.targets = targets
         self.totalWeight = total
+        self.retry = route.retry.map(CompiledRetry.init)
     }
 
     /// Whether the request is one this route takes.
@@ -150,5 +154,37 @@ public struct GatewayRandom: Sendable {
     func next(below upperBound: UInt64) -> UInt64 {
         guard upperBound > 1 else { return 0 }
         return self.draw(upperBound) % upperBound
+    }
+}
+
+/// A route's retry policy, ready for the data plane.
+struct CompiledRetry: Sendable {
+    /// Tries in all, the first included.
+    let attempts: Int
+    let perTryTimeout: Duration?
+    let onConnectFailure: Bool
+    let onReset: Bool
+    let statuses: [UInt]
+    /// Retries may add at most `budget` of the route's requests (plus a small reserve), so that
+    /// retries cannot multiply the load on a struggling cluster.
+    let budget: RetryBudget?
+
+    init(_ retry: GatewayConfiguration.Retry) {
+        self.attempts = retry.attempts
+        self.perTryTimeout = retry.perTryTimeout
+        var connectFailure = false
+        var reset = false
+        var statuses: [UInt] = []
+        for condition in retry.on {
+            switch condition {
+            case .connectFailure: connectFailure = true
+            case .reset: reset = true
+            case .status(let code): statuses.append(UInt(code))
+            }
+        }
+        self.onConnectFailure = connectFailure
+        self.onReset = reset
+        self.statuses = statuses
+        self.budget = retry.budget.map { RetryBudget(.init(ratio: $0)) }
     }
 }

@@ -21,6 +21,7 @@ import Synchronization
 /// | `/never` | never answers |
 /// | `/status/N` | answers status N |
 /// | `/hop` | answers with hop-by-hop headers that must not reach the client |
+/// | `/flaky`, `/hang-on-bad`, `/reset-on-bad` | on origins named `bad*`: 503, no answer, a closed connection; elsewhere 200 |
 /// | `/arm-close` | answers, then closes the connection when the next request arrives on it, unanswered |
 /// | anything else | `200`, body: the request line and headers as the origin saw them |
 ///
@@ -168,6 +169,13 @@ final class OriginHandler: ChannelDuplexHandler {
                 context.close(promise: nil)
                 self.mode = .never
             case "/never":
+                self.mode = .never
+            case "/flaky" where self.name.hasPrefix("bad"):
+                self.mode = .info("status 503")
+            case "/hang-on-bad" where self.name.hasPrefix("bad"):
+                self.mode = .never
+            case "/reset-on-bad" where self.name.hasPrefix("bad"):
+                context.close(promise: nil)
                 self.mode = .never
             case "/arm-close":
                 self.closeOnNextRequest = true
