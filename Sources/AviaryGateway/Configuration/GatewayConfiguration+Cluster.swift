@@ -18,7 +18,7 @@ extension GatewayConfiguration {
         public var healthCheck: HealthCheck?
         /// Passive outlier detection, if configured (not run yet).
         public var outlierDetection: OutlierDetection?
-        /// Envoy-style circuit-breaking thresholds (parsed, not enforced yet).
+        /// Envoy-style circuit-breaking thresholds; `maxRequests` is enforced, the others not yet.
         public var circuitBreaker: CircuitBreakerThresholds
         /// How long connecting to an endpoint may take.
         public var connectTimeout: Duration

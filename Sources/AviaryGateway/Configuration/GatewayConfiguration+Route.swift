@@ -18,7 +18,7 @@ extension GatewayConfiguration {
         /// The whole exchange's time limit, from the request head until the response head;
         /// `504` when it passes.
         public var timeout: Duration?
-        /// Retries (parsed, not run yet).
+        /// Retries of idempotent requests without a body.
         public var retry: Retry?
         /// Local rate limiting (parsed, not enforced yet).
         public var rateLimit: RateLimit?

@@ -74,9 +74,9 @@ extension GatewayConfiguration {
         public var maxHeaderBytes: Int
         /// Bytes of request body at most; more is answered `413`.
         public var maxBodyBytes: Int
-        /// How long a client may take to send a request's head (not enforced yet).
+        /// How long a client may take to finish a request head it started; `408` after that.
         public var headerTimeout: Duration
-        /// How long a keep-alive connection may stay idle (not enforced yet).
+        /// How long a connection may go without a request before it is closed.
         public var idleTimeout: Duration
 
         /// Creates limits; every field has a default.
