@@ -57,7 +57,14 @@ final class UpstreamPool {
             .channelOption(.writeBufferWaterMark, value: GatewayServer.writeBufferWaterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .fireError)
+                    // The proxy sets the framing headers itself, and every header it sends came
+                    // through the request decoder or is its own, so NIO's outbound header
+                    // validation (an extra handler and scan per request) is left out.
+                    var encoder = HTTPRequestEncoder.Configuration()
+                    encoder.automaticallySetFramingHeaders = false
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .fireError, enableOutboundHeaderValidation: false,
+                        encoderConfiguration: encoder)
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
                 }
             }
