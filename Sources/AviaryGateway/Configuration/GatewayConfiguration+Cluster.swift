@@ -1,0 +1,142 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+public import AviaryCore
+
+extension GatewayConfiguration {
+    /// A named group of interchangeable upstream endpoints (`clusters.<name>:`).
+    public struct Cluster: Sendable, Hashable {
+        /// The cluster's name, as routes refer to it.
+        public var name: String
+        /// The static endpoints.
+        public var endpoints: [Endpoint]
+        /// How a request picks an endpoint.
+        public var loadBalancer: LoadBalancer
+        /// Active health checking, if configured (not run yet).
+        public var healthCheck: HealthCheck?
+        /// Passive outlier detection, if configured (not run yet).
+        public var outlierDetection: OutlierDetection?
+        /// Envoy-style circuit-breaking thresholds; `maxRequests` is enforced, the others not yet.
+        public var circuitBreaker: CircuitBreakerThresholds
+        /// How long connecting to an endpoint may take.
+        public var connectTimeout: Duration
+        /// Idle keep-alive connections kept per endpoint and event loop.
+        public var maxIdleConnections: Int
+
+        /// Creates a cluster; every field but the name has a default.
+        public init(
+            name: String,
+            endpoints: [Endpoint] = [],
+            loadBalancer: LoadBalancer = .roundRobin,
+            healthCheck: HealthCheck? = nil,
+            outlierDetection: OutlierDetection? = nil,
+            circuitBreaker: CircuitBreakerThresholds = .init(),
+            connectTimeout: Duration = .seconds(5),
+            maxIdleConnections: Int = 64
+        ) {
+            self.name = name
+            self.endpoints = endpoints
+            self.loadBalancer = loadBalancer
+            self.healthCheck = healthCheck
+            self.outlierDetection = outlierDetection
+            self.circuitBreaker = circuitBreaker
+            self.connectTimeout = connectTimeout
+            self.maxIdleConnections = maxIdleConnections
+        }
+    }
+
+    /// How a request picks one endpoint of a cluster.
+    public struct LoadBalancer: Sendable, Hashable, CustomStringConvertible {
+        private enum Wrapped: String, Sendable, Hashable {
+            case roundRobin = "round_robin"
+            case leastRequest = "least_request"
+            case ringHash = "ring_hash"
+        }
+        private let wrapped: Wrapped
+        private init(_ wrapped: Wrapped) { self.wrapped = wrapped }
+
+        /// Each endpoint in turn.
+        public static let roundRobin = LoadBalancer(.roundRobin)
+        /// The less busy of two endpoints picked at random (power of two choices on in-flight requests).
+        public static let leastRequest = LoadBalancer(.leastRequest)
+        /// Consistent hashing (parsed; balanced as round robin until it is implemented).
+        public static let ringHash = LoadBalancer(.ringHash)
+
+        /// The YAML spellings, in order.
+        public static let names = ["round_robin", "least_request", "ring_hash"]
+
+        /// The balancer written `name` in YAML, if any.
+        public init?(name: String) {
+            guard let wrapped = Wrapped(rawValue: name) else { return nil }
+            self.wrapped = wrapped
+        }
+
+        /// The YAML spelling.
+        public var description: String { self.wrapped.rawValue }
+    }
+
+    /// Active health checking of a cluster's endpoints (`health_check:`).
+    public struct HealthCheck: Sendable, Hashable {
+        /// The path probed with `GET`.
+        public var path: String
+        /// Time between probes.
+        public var interval: Duration
+        /// How long a probe may take.
+        public var timeout: Duration
+        /// Consecutive successes that make an endpoint healthy.
+        public var healthyThreshold: Int
+        /// Consecutive failures that make an endpoint unhealthy.
+        public var unhealthyThreshold: Int
+
+        /// Creates the settings.
+        public init(
+            path: String = "/readyz",
+            interval: Duration = .seconds(5),
+            timeout: Duration = .seconds(1),
+            healthyThreshold: Int = 2,
+            unhealthyThreshold: Int = 3
+        ) {
+            self.path = path
+            self.interval = interval
+            self.timeout = timeout
+            self.healthyThreshold = healthyThreshold
+            self.unhealthyThreshold = unhealthyThreshold
+        }
+    }
+
+    /// Passive outlier detection (`outlier_detection:`).
+    public struct OutlierDetection: Sendable, Hashable {
+        /// Consecutive 5xx answers that eject an endpoint.
+        public var consecutive5xx: Int
+        /// The first ejection's length; it grows with each ejection.
+        public var baseEjection: Duration
+        /// The share of a cluster's endpoints that may be ejected at once, in 0...1 (YAML: percent).
+        public var maxEjectionRatio: Double
+
+        /// Creates the settings.
+        public init(consecutive5xx: Int = 5, baseEjection: Duration = .seconds(30), maxEjectionRatio: Double = 0.1) {
+            self.consecutive5xx = consecutive5xx
+            self.baseEjection = baseEjection
+            self.maxEjectionRatio = maxEjectionRatio
+        }
+    }
+
+    /// Envoy-style circuit-breaking thresholds of a cluster (`circuit_breaker:`).
+    public struct CircuitBreakerThresholds: Sendable, Hashable {
+        /// Upstream connections at most.
+        public var maxConnections: Int
+        /// Requests waiting for a connection at most.
+        public var maxPending: Int
+        /// Requests in flight at most.
+        public var maxRequests: Int
+
+        /// Creates the thresholds (1024 each by default, as Envoy).
+        public init(maxConnections: Int = 1024, maxPending: Int = 1024, maxRequests: Int = 1024) {
+            self.maxConnections = maxConnections
+            self.maxPending = maxPending
+            self.maxRequests = maxRequests
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+extension GatewayConfiguration {
+    /// One route: which requests it matches, how it rewrites them, where they go and the
+    /// policies on the way (`routes[i]:`).
+    public struct Route: Sendable, Hashable {
+        /// Which requests this route takes.
+        public var match: Match
+        /// How the path is rewritten before it goes upstream.
+        public var rewrite: Rewrite?
+        /// The cluster, or the weighted clusters, requests go to.
+        public var destination: Destination
+        /// Authentication required on this route (parsed, not enforced yet).
+        public var auth: RouteAuth?
+        /// The whole exchange's time limit, from the request head until the response head;
+        /// `504` when it passes.
+        public var timeout: Duration?
+        /// Retries of idempotent requests without a body.
+        public var retry: Retry?
+        /// Local rate limiting (parsed, not enforced yet).
+        public var rateLimit: RateLimit?
+        /// Response caching (parsed, not run yet).
+        public var cache: Cache?
+
+        /// Creates a route.
+        public init(
+            match: Match,
+            rewrite: Rewrite? = nil,
+            destination: Destination,
+            auth: RouteAuth? = nil,
+            timeout: Duration? = nil,
+            retry: Retry? = nil,
+            rateLimit: RateLimit? = nil,
+            cache: Cache? = nil
+        ) {
+            self.match = match
+            self.rewrite = rewrite
+            self.destination = destination
+            self.auth = auth
+            self.timeout = timeout
+            self.retry = retry
+            self.rateLimit = rateLimit
+            self.cache = cache
+        }
+    }
+
+    /// Which requests a route takes (`match:`); every condition given must hold.
+    public struct Match: Sendable, Hashable {
+        /// The path starts with this (compared byte by byte, without the query).
+        public var pathPrefix: String?
+        /// The path is exactly this (without the query).
+        public var path: String?
+        /// The method is one of these; empty accepts any.
+        public var methods: [String]
+        /// Each header is present with exactly this value (names compared without case).
+        public var headers: [String: String]
+
+        /// Creates a match.
+        public init(
+            pathPrefix: String? = nil, path: String? = nil, methods: [String] = [], headers: [String: String] = [:]
+        ) {
+            self.pathPrefix = pathPrefix
+            self.path = path
+            self.methods = methods
+            self.headers = headers
+        }
+    }
+
+    /// How a route rewrites the request path (`rewrite:`).
+    public struct Rewrite: Sendable, Hashable {
+        /// Replaces the matched `path_prefix` (or the exact `path`) with this.
+        public var pathPrefix: String
+
+        /// Creates a rewrite.
+        public init(pathPrefix: String) {
+            self.pathPrefix = pathPrefix
+        }
+    }
+
+    /// Where a route sends requests.
+    public enum Destination: Sendable, Hashable {
+        /// Every request to one cluster (`cluster: users`).
+        case cluster(String)
+        /// Each request to one of several clusters, chosen at random by weight
+        /// (`split: [{cluster: orders, weight: 90}, {cluster: orders-v2, weight: 10}]`).
+        case split([WeightedCluster])
+
+        /// The clusters named.
+        public var clusterNames: [String] {
+            switch self {
+            case .cluster(let name): [name]
+            case .split(let parts): parts.map(\.cluster)
+            }
+        }
+    }
+
+    /// One part of a weighted split.
+    public struct WeightedCluster: Sendable, Hashable {
+        /// The cluster's name.
+        public var cluster: String
+        /// The relative weight, at least 0; a part with weight 0 takes no traffic.
+        public var weight: Int
+
+        /// Creates a part.
+        public init(cluster: String, weight: Int) {
+            self.cluster = cluster
+            self.weight = weight
+        }
+    }
+
+    /// What a route requires of the caller (`auth:`).
+    public struct RouteAuth: Sendable, Hashable {
+        /// The required credential kind; only `jwt` exists.
+        public var require: String
+        /// Scopes the token must carry, all of them.
+        public var scopes: [String]
+
+        /// Creates the requirement.
+        public init(require: String = "jwt", scopes: [String] = []) {
+            self.require = require
+            self.scopes = scopes
+        }
+    }
+
+    /// When and how often a route retries (`retry:`).
+    public struct Retry: Sendable, Hashable {
+        /// Tries in all, the first included, at least 1.
+        public var attempts: Int
+        /// Time limit of one try, if any.
+        public var perTryTimeout: Duration?
+        /// The failures that are retried.
+        public var on: [RetryCondition]
+        /// Retries may add at most this share of requests, in 0...1 (YAML: percent).
+        public var budget: Double?
+
+        /// Creates the policy.
+        public init(attempts: Int, perTryTimeout: Duration? = nil, on: [RetryCondition] = [], budget: Double? = nil) {
+            self.attempts = attempts
+            self.perTryTimeout = perTryTimeout
+            self.on = on
+            self.budget = budget
+        }
+    }
+
+    /// A failure a route may retry: `connect-failure`, `reset` or a response status.
+    public enum RetryCondition: Sendable, Hashable {
+        /// Connecting to the endpoint failed.
+        case connectFailure
+        /// The connection closed or reset before a response arrived.
+        case reset
+        /// The upstream answered with this status.
+        case status(Int)
+    }
+
+    /// Local rate limiting (`rate_limit:`).
+    public struct RateLimit: Sendable, Hashable {
+        /// What the limit is kept per: `client_address`, `jwt.<claim>` or `header.<name>`.
+        public var key: String
+        /// Requests admitted per `period` on average.
+        public var requests: Int
+        /// The period of `requests`.
+        public var period: Duration
+        /// Requests admitted at once beyond the average.
+        public var burst: Int
+
+        /// Creates a limit.
+        public init(key: String, requests: Int, period: Duration, burst: Int) {
+            self.key = key
+            self.requests = requests
+            self.period = period
+            self.burst = burst
+        }
+    }
+
+    /// Response caching (`cache:`).
+    public struct Cache: Sendable, Hashable {
+        /// How long a response is fresh.
+        public var ttl: Duration
+        /// How long a stale response may still be served when the upstream fails.
+        public var staleIfError: Duration?
+        /// Bytes held in the cache at most.
+        public var maxBytes: Int
+
+        /// Creates the settings.
+        public init(ttl: Duration, staleIfError: Duration? = nil, maxBytes: Int = 64 << 20) {
+            self.ttl = ttl
+            self.staleIfError = staleIfError
+            self.maxBytes = maxBytes
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Yams
+
+/// `routes[i]` and its parts.
+extension ConfigurationParser {
+    static let routeKeys = [
+        "match", "rewrite", "cluster", "split", "auth", "timeout", "retry", "rate_limit", "cache",
+    ]
+
+    mutating func route(
+        _ node: Node, _ path: String, clusters: Set<String>, writtenClusters: Set<String>, jwtConfigured: Bool
+    ) -> Configuration.Route? {
+        guard let fields = self.fields(node, path, allowed: Self.routeKeys) else { return nil }
+        let before = self.problemCount
+        var match = Configuration.Match()
+        if let value = fields["match"] {
+            match = self.match(value, fields.path("match"))
+        } else {
+            self.problem(fields.path("match"), "is missing: expected a mapping such as {path_prefix: /api/}", node)
+        }
+        var rewrite: Configuration.Rewrite?
+        if let value = fields["rewrite"],
+            let rewriteFields = self.fields(value, fields.path("rewrite"), allowed: ["path_prefix"])
+        {
+            if let prefix = rewriteFields["path_prefix"] {
+                if let text = self.path(prefix, rewriteFields.path("path_prefix")) {
+                    rewrite = .init(pathPrefix: text)
+                }
+            } else {
+                self.problem(rewriteFields.path("path_prefix"), "is missing: expected a path", value)
+            }
+            if rewrite != nil && match.pathPrefix == nil && match.path == nil {
+                self.problem(fields.path("rewrite"), "needs match.path_prefix or match.path to replace", value)
+            }
+        }
+        let destination = self.destination(fields, node, clusters: clusters, writtenClusters: writtenClusters)
+        var auth: Configuration.RouteAuth?
+        if let value = fields["auth"] {
+            auth = self.routeAuth(value, fields.path("auth"), jwtConfigured: jwtConfigured)
+        }
+        var timeout: Duration?
+        if let value = fields["timeout"] { timeout = self.positiveDuration(value, fields.path("timeout")) }
+        var retry: Configuration.Retry?
+        if let value = fields["retry"] { retry = self.retry(value, fields.path("retry")) }
+        var rateLimit: Configuration.RateLimit?
+        if let value = fields["rate_limit"] { rateLimit = self.rateLimit(value, fields.path("rate_limit")) }
+        var cache: Configuration.Cache?
+        if let value = fields["cache"] { cache = self.cache(value, fields.path("cache")) }
+        guard self.problemCount == before, let destination else { return nil }
+        return Configuration.Route(
+            match: match, rewrite: rewrite, destination: destination, auth: auth, timeout: timeout, retry: retry,
+            rateLimit: rateLimit, cache: cache)
+    }
+
+    mutating func match(_ node: Node, _ path: String) -> Configuration.Match {
+        var match = Configuration.Match()
+        guard let fields = self.fields(node, path, allowed: ["path_prefix", "path", "methods", "headers"]) else {
+            return match
+        }
+        if let value = fields["path_prefix"] { match.pathPrefix = self.path(value, fields.path("path_prefix")) }
+        if let value = fields["path"] { match.path = self.path(value, fields.path("path")) }
+        if fields["path_prefix"] != nil && fields["path"] != nil {
+            self.problem(fields.path("path"), "give path or path_prefix, not both", fields["path"])
+        }
+        if let value = fields["methods"], let items = self.list(value, fields.path("methods")) {
+            for (index, item) in items.enumerated() {
+                let itemPath = "\(fields.path("methods"))[\(index)]"
+                guard let text = self.string(item, itemPath) else { continue }
+                if text.allSatisfy({ $0.isASCII && ($0.isUppercase || $0 == "-" || $0 == "_") }) {
+                    match.methods.append(text)
+                } else {
+                    self.problem(itemPath, "expected an upper-case method such as GET, got \(Self.quoted(text))", item)
+                }
+            }
+        }
+        if let value = fields["headers"] {
+            for entry in self.namedEntries(value, fields.path("headers"), what: "header names to values") {
+                if let text = self.scalar(entry.value, "\(fields.path("headers")).\(entry.name)", expected: "a string")
+                {
+                    match.headers[entry.name.lowercased()] = text
+                }
+            }
+        }
+        return match
+    }
+
+    mutating func destination(
+        _ fields: Fields, _ node: Node, clusters: Set<String>, writtenClusters: Set<String>
+    ) -> Configuration.Destination? {
+        switch (fields["cluster"], fields["split"]) {
+        case (nil, nil):
+            self.problem(fields.path("cluster"), "is missing: expected cluster or split", node)
+            return nil
+        case (.some, .some):
+            self.problem(fields.path("split"), "give cluster or split, not both", fields["split"])
+            return nil
+        case (let value?, nil):
+            guard let name = self.clusterReference(value, fields.path("cluster"), clusters, writtenClusters) else {
+                return nil
+            }
+            return .cluster(name)
+        case (nil, let value?):
+            let path = fields.path("split")
+            guard let items = self.list(value, path) else { return nil }
+            var parts: [Configuration.WeightedCluster] = []
+            for (index, item) in items.enumerated() {
+                let itemPath = "\(path)[\(index)]"
+                guard let part = self.fields(item, itemPath, allowed: ["cluster", "weight"]) else { continue }
+                let name = part["cluster"].flatMap {
+                    self.clusterReference($0, part.path("cluster"), clusters, writtenClusters)
+                }
+                if part["cluster"] == nil { self.problem(part.path("cluster"), "is missing: expected a cluster", item) }
+                let weight = part["weight"].flatMap {
+                    self.int($0, part.path("weight"), in: 0...1_000_000, expected: "a weight in 0...1000000")
+                }
+                if part["weight"] == nil { self.problem(part.path("weight"), "is missing: expected a weight", item) }
+                if let name, let weight { parts.append(.init(cluster: name, weight: weight)) }
+            }
+            if items.isEmpty {
+                self.problem(path, "expected at least one {cluster, weight}", value)
+                return nil
+            }
+            if parts.count == items.count && parts.allSatisfy({ $0.weight == 0 }) {
+                self.problem(path, "expected at least one weight above 0", value)
+                return nil
+            }
+            return .split(parts)
+        }
+    }
+
+    mutating func clusterReference(
+        _ node: Node, _ path: String, _ clusters: Set<String>, _ writtenClusters: Set<String>
+    ) -> String? {
+        guard let name = self.string(node, path) else { return nil }
+        guard clusters.contains(name) else {
+            // A cluster that is written but invalid has its own problems already.
+            if !writtenClusters.contains(name) {
+                let known = clusters.sorted().joined(separator: ", ")
+                self.problem(
+                    path, "unknown cluster \(Self.quoted(name)), expected one of \(known.isEmpty ? "(none)" : known)",
+                    node)
+            }
+            return nil
+        }
+        return name
+    }
+
+    mutating func routeAuth(_ node: Node, _ path: String, jwtConfigured: Bool) -> Configuration.RouteAuth? {
+        guard let fields = self.fields(node, path, allowed: ["require", "scopes"]) else { return nil }
+        var auth = Configuration.RouteAuth()
+        if let value = fields["require"], let text = self.string(value, fields.path("require")) {
+            if text == "jwt" {
+                if !jwtConfigured {
+                    self.problem(fields.path("require"), "requires auth.jwt to be configured", value)
+                }
+            } else {
+                self.problem(fields.path("require"), "expected jwt, got \(Self.quoted(text))", value)
+            }
+        }
+        if let value = fields["scopes"], let scopes = self.stringList(value, fields.path("scopes")) {
+            auth.scopes = scopes
+        }
+        return auth
+    }
+
+    mutating func retry(_ node: Node, _ path: String) -> Configuration.Retry? {
+        let keys = ["attempts", "per_try_timeout", "on", "budget"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return nil }
+        var retry = Configuration.Retry(attempts: 1)
+        if let value = fields["attempts"] {
+            if let number = self.positiveInt(value, fields.path("attempts")) { retry.attempts = number }
+        } else {
+            self.problem(fields.path("attempts"), "is missing: expected a positive integer", node)
+        }
+        if let value = fields["per_try_timeout"] {
+            retry.perTryTimeout = self.positiveDuration(value, fields.path("per_try_timeout"))
+        }
+        if let value = fields["on"], let items = self.list(value, fields.path("on")) {
+            for (index, item) in items.enumerated() {
+                let itemPath = "\(fields.path("on"))[\(index)]"
+                guard let text = self.scalar(item, itemPath, expected: "a retry condition") else { continue }
+                switch text {
+                case "connect-failure": retry.on.append(.connectFailure)
+                case "reset": retry.on.append(.reset)
+                default:
+                    if let status = Int(text), (500...599).contains(status) || status == 429 || status == 408 {
+                        retry.on.append(.status(status))
+                    } else {
+                        self.problem(
+                            itemPath,
+                            "expected connect-failure, reset or a status in 500...599, 408 or 429, got \(Self.quoted(text))",
+                            item)
+                    }
+                }
+            }
+        }
+        if let value = fields["budget"] { retry.budget = self.ratio(value, fields.path("budget")) }
+        return retry
+    }
+
+    mutating func rateLimit(_ node: Node, _ path: String) -> Configuration.RateLimit? {
+        guard let fields = self.fields(node, path, allowed: ["key", "rate", "burst"]) else { return nil }
+        var key = "client_address"
+        if let value = fields["key"], let text = self.string(value, fields.path("key")) {
+            let valid =
+                text == "client_address" || (text.hasPrefix("jwt.") && text.count > 4)
+                || (text.hasPrefix("header.") && text.count > 7)
+            if valid {
+                key = text
+            } else {
+                self.problem(
+                    fields.path("key"),
+                    "expected client_address, jwt.<claim> or header.<name>, got \(Self.quoted(text))",
+                    value)
+            }
+        }
+        var rate: (count: Int, period: Duration)?
+        if let value = fields["rate"],
+            let text = self.scalar(value, fields.path("rate"), expected: "a rate such as 10/s")
+        {
+            rate = GatewayUnits.rate(text)
+            if rate == nil {
+                self.problem(
+                    fields.path("rate"), "expected a rate such as 10/s, 600/m or 5/500ms, got \(Self.quoted(text))",
+                    value)
+            }
+        } else if fields["rate"] == nil {
+            self.problem(fields.path("rate"), "is missing: expected a rate such as 10/s", node)
+        }
+        var burst: Int?
+        if let value = fields["burst"] {
+            burst = self.int(value, fields.path("burst"), in: 0...Int.max, expected: "a non-negative integer")
+        }
+        guard let rate else { return nil }
+        return .init(key: key, requests: rate.count, period: rate.period, burst: burst ?? rate.count)
+    }
+
+    mutating func cache(_ node: Node, _ path: String) -> Configuration.Cache? {
+        guard let fields = self.fields(node, path, allowed: ["ttl", "stale_if_error", "max_bytes"]) else { return nil }
+        var ttl: Duration?
+        if let value = fields["ttl"] {
+            ttl = self.positiveDuration(value, fields.path("ttl"))
+        } else {
+            self.problem(fields.path("ttl"), "is missing: expected a duration", node)
+        }
+        var cache = Configuration.Cache(ttl: ttl ?? .seconds(1))
+        if let value = fields["stale_if_error"] {
+            cache.staleIfError = self.duration(value, fields.path("stale_if_error"))
+        }
+        if let value = fields["max_bytes"], let size = self.size(value, fields.path("max_bytes")) {
+            cache.maxBytes = size
+        }
+        return ttl == nil ? nil : cache
+    }
+}

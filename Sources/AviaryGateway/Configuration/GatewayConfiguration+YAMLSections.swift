@@ -1,0 +1,197 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import Yams
+
+/// The sections of `gateway.yaml`, one function each.
+extension ConfigurationParser {
+    typealias Configuration = GatewayConfiguration
+
+    mutating func listen(_ node: Node, _ path: String) -> Configuration.Listen {
+        var listen = Configuration.Listen()
+        guard let fields = self.fields(node, path, allowed: ["address", "admin"]) else { return listen }
+        if let value = fields["address"], let endpoint = self.endpoint(value, fields.path("address")) {
+            listen.address = endpoint
+        }
+        if let value = fields["admin"], let endpoint = self.endpoint(value, fields.path("admin")) {
+            listen.admin = endpoint
+        }
+        return listen
+    }
+
+    mutating func limits(_ node: Node, _ path: String) -> Configuration.Limits {
+        var limits = Configuration.Limits()
+        let keys = ["max_connections", "max_header_bytes", "max_body_bytes", "header_timeout", "idle_timeout"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return limits }
+        if let value = fields["max_connections"], let number = self.positiveInt(value, fields.path("max_connections")) {
+            limits.maxConnections = number
+        }
+        if let value = fields["max_header_bytes"], let size = self.size(value, fields.path("max_header_bytes")) {
+            if size < 1024 {
+                self.problem(fields.path("max_header_bytes"), "expected at least 1024 bytes, got \(size)", value)
+            } else {
+                limits.maxHeaderBytes = size
+            }
+        }
+        if let value = fields["max_body_bytes"], let size = self.size(value, fields.path("max_body_bytes")) {
+            limits.maxBodyBytes = size
+        }
+        if let value = fields["header_timeout"],
+            let duration = self.positiveDuration(value, fields.path("header_timeout"))
+        {
+            limits.headerTimeout = duration
+        }
+        if let value = fields["idle_timeout"], let duration = self.positiveDuration(value, fields.path("idle_timeout"))
+        {
+            limits.idleTimeout = duration
+        }
+        return limits
+    }
+
+    mutating func cluster(_ node: Node, _ path: String, name: String) -> Configuration.Cluster? {
+        let keys = [
+            "endpoints", "load_balancer", "health_check", "outlier_detection", "circuit_breaker", "connect_timeout",
+            "max_idle_connections",
+        ]
+        guard let fields = self.fields(node, path, allowed: keys) else { return nil }
+        var cluster = Configuration.Cluster(name: name)
+        let before = self.problemCount
+        if let value = fields["endpoints"], let items = self.list(value, fields.path("endpoints")) {
+            for (index, item) in items.enumerated() {
+                if let endpoint = self.endpoint(item, "\(fields.path("endpoints"))[\(index)]") {
+                    if endpoint.port == 0 {
+                        self.problem(
+                            "\(fields.path("endpoints"))[\(index)]", "expected a port in 1...65535, got 0", item)
+                    }
+                    cluster.endpoints.append(endpoint)
+                }
+            }
+            if items.isEmpty {
+                self.problem(fields.path("endpoints"), "expected at least one endpoint", value)
+            }
+        } else if fields["endpoints"] == nil {
+            self.problem(fields.path("endpoints"), "is missing: expected a list of host:port", node)
+        }
+        if let value = fields["load_balancer"],
+            let text = self.scalar(value, fields.path("load_balancer"), expected: "a load balancer")
+        {
+            if let balancer = Configuration.LoadBalancer(name: text) {
+                cluster.loadBalancer = balancer
+            } else {
+                self.problem(
+                    fields.path("load_balancer"),
+                    "expected one of \(Configuration.LoadBalancer.names.joined(separator: ", ")), got \(Self.quoted(text))",
+                    value)
+            }
+        }
+        if let value = fields["health_check"] {
+            cluster.healthCheck = self.healthCheck(value, fields.path("health_check"))
+        }
+        if let value = fields["outlier_detection"] {
+            cluster.outlierDetection = self.outlierDetection(value, fields.path("outlier_detection"))
+        }
+        if let value = fields["circuit_breaker"] {
+            cluster.circuitBreaker = self.circuitBreaker(value, fields.path("circuit_breaker"))
+        }
+        if let value = fields["connect_timeout"],
+            let duration = self.positiveDuration(value, fields.path("connect_timeout"))
+        {
+            cluster.connectTimeout = duration
+        }
+        if let value = fields["max_idle_connections"],
+            let number = self.int(
+                value, fields.path("max_idle_connections"), in: 0...Int.max, expected: "a non-negative integer")
+        {
+            cluster.maxIdleConnections = number
+        }
+        return self.problemCount == before ? cluster : nil
+    }
+
+    mutating func healthCheck(_ node: Node, _ path: String) -> Configuration.HealthCheck? {
+        let keys = ["path", "interval", "timeout", "healthy", "unhealthy"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return nil }
+        var check = Configuration.HealthCheck()
+        if let value = fields["path"], let text = self.path(value, fields.path("path")) { check.path = text }
+        if let value = fields["interval"], let duration = self.positiveDuration(value, fields.path("interval")) {
+            check.interval = duration
+        }
+        if let value = fields["timeout"], let duration = self.positiveDuration(value, fields.path("timeout")) {
+            check.timeout = duration
+        }
+        if let value = fields["healthy"], let number = self.positiveInt(value, fields.path("healthy")) {
+            check.healthyThreshold = number
+        }
+        if let value = fields["unhealthy"], let number = self.positiveInt(value, fields.path("unhealthy")) {
+            check.unhealthyThreshold = number
+        }
+        if check.timeout > check.interval, let value = fields["timeout"] {
+            self.problem(fields.path("timeout"), "expected a duration no longer than interval", value)
+        }
+        return check
+    }
+
+    mutating func outlierDetection(_ node: Node, _ path: String) -> Configuration.OutlierDetection? {
+        let keys = ["consecutive_5xx", "base_ejection", "max_ejection_percent"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return nil }
+        var detection = Configuration.OutlierDetection()
+        if let value = fields["consecutive_5xx"], let number = self.positiveInt(value, fields.path("consecutive_5xx")) {
+            detection.consecutive5xx = number
+        }
+        if let value = fields["base_ejection"],
+            let duration = self.positiveDuration(value, fields.path("base_ejection"))
+        {
+            detection.baseEjection = duration
+        }
+        if let value = fields["max_ejection_percent"] {
+            let path = fields.path("max_ejection_percent")
+            if let number = self.int(value, path, in: 0...100, expected: "a percentage in 0...100") {
+                detection.maxEjectionRatio = Double(number) / 100
+            }
+        }
+        return detection
+    }
+
+    mutating func circuitBreaker(_ node: Node, _ path: String) -> Configuration.CircuitBreakerThresholds {
+        var thresholds = Configuration.CircuitBreakerThresholds()
+        let keys = ["max_connections", "max_pending", "max_requests"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return thresholds }
+        if let value = fields["max_connections"], let number = self.positiveInt(value, fields.path("max_connections")) {
+            thresholds.maxConnections = number
+        }
+        if let value = fields["max_pending"], let number = self.positiveInt(value, fields.path("max_pending")) {
+            thresholds.maxPending = number
+        }
+        if let value = fields["max_requests"], let number = self.positiveInt(value, fields.path("max_requests")) {
+            thresholds.maxRequests = number
+        }
+        return thresholds
+    }
+
+    mutating func auth(_ node: Node, _ path: String) -> Configuration.Auth {
+        var auth = Configuration.Auth()
+        guard let fields = self.fields(node, path, allowed: ["jwt"]) else { return auth }
+        guard let value = fields["jwt"] else { return auth }
+        let jwtPath = fields.path("jwt")
+        guard let jwt = self.fields(value, jwtPath, allowed: ["issuer", "audiences", "jwks_url"]) else { return auth }
+        let issuer = jwt["issuer"].flatMap { self.string($0, jwt.path("issuer")) }
+        let audiences = jwt["audiences"].flatMap { self.stringList($0, jwt.path("audiences")) } ?? []
+        var jwksURL: String?
+        if let node = jwt["jwks_url"], let text = self.string(node, jwt.path("jwks_url")) {
+            if text.hasPrefix("http://") || text.hasPrefix("https://") {
+                jwksURL = text
+            } else {
+                self.problem(
+                    jwt.path("jwks_url"), "expected an http:// or https:// URL, got \(Self.quoted(text))", node)
+            }
+        }
+        if jwt["issuer"] == nil { self.problem(jwt.path("issuer"), "is missing: expected a string", value) }
+        if jwt["jwks_url"] == nil { self.problem(jwt.path("jwks_url"), "is missing: expected a URL", value) }
+        if let issuer, let jwksURL {
+            auth.jwt = .init(issuer: issuer, audiences: audiences, jwksURL: jwksURL)
+        }
+        return auth
+    }
+}

@@ -1,0 +1,125 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+public import AviaryCore
+
+/// The whole configuration of a gateway: where it listens, its limits, its upstream clusters,
+/// authentication and its routes, as written in `gateway.yaml`.
+///
+/// Load it from YAML with ``GatewayConfiguration/init(yaml:file:)`` or build it in code:
+///
+/// ```swift
+/// let configuration = GatewayConfiguration(
+///     listen: .init(address: Endpoint(host: "127.0.0.1", port: 8080)),
+///     clusters: [.init(name: "users", endpoints: [Endpoint(host: "127.0.0.1", port: 8101)])],
+///     routes: [.init(match: .init(pathPrefix: "/api/users/"), rewrite: .init(pathPrefix: "/users/"),
+///                    destination: .cluster("users"))]
+/// )
+/// ```
+public struct GatewayConfiguration: Sendable, Hashable {
+    /// Where the gateway listens.
+    public var listen: Listen
+    /// Limits against slow, large or too many clients.
+    public var limits: Limits
+    /// The upstream clusters, in the order they were written.
+    public var clusters: [Cluster]
+    /// Authentication settings shared by routes.
+    public var auth: Auth
+    /// The routes; the first whose match accepts a request handles it.
+    public var routes: [Route]
+
+    /// Creates a configuration.
+    public init(
+        listen: Listen = .init(),
+        limits: Limits = .init(),
+        clusters: [Cluster] = [],
+        auth: Auth = .init(),
+        routes: [Route] = []
+    ) {
+        self.listen = listen
+        self.limits = limits
+        self.clusters = clusters
+        self.auth = auth
+        self.routes = routes
+    }
+
+    /// The cluster named `name`, if any.
+    public func cluster(named name: String) -> Cluster? {
+        self.clusters.first { $0.name == name }
+    }
+}
+
+extension GatewayConfiguration {
+    /// The listening addresses (`listen:`).
+    public struct Listen: Sendable, Hashable {
+        /// The proxy's address; port 0 picks a free port.
+        public var address: Endpoint
+        /// The admin API's address, if any (not served yet).
+        public var admin: Endpoint?
+
+        /// Creates the listening addresses; the proxy defaults to 127.0.0.1:8080.
+        public init(address: Endpoint = Endpoint(host: "127.0.0.1", port: 8080), admin: Endpoint? = nil) {
+            self.address = address
+            self.admin = admin
+        }
+    }
+
+    /// Limits against slow, large or too many clients (`limits:`).
+    public struct Limits: Sendable, Hashable {
+        /// Open downstream connections at most; more are closed at once.
+        public var maxConnections: Int
+        /// Bytes of request line and headers at most; more is answered `431`.
+        public var maxHeaderBytes: Int
+        /// Bytes of request body at most; more is answered `413`.
+        public var maxBodyBytes: Int
+        /// How long a client may take to finish a request head it started; `408` after that.
+        public var headerTimeout: Duration
+        /// How long a connection may go without a request before it is closed.
+        public var idleTimeout: Duration
+
+        /// Creates limits; every field has a default.
+        public init(
+            maxConnections: Int = 10_000,
+            maxHeaderBytes: Int = 65_536,
+            maxBodyBytes: Int = 10 << 20,
+            headerTimeout: Duration = .seconds(10),
+            idleTimeout: Duration = .seconds(60)
+        ) {
+            self.maxConnections = maxConnections
+            self.maxHeaderBytes = maxHeaderBytes
+            self.maxBodyBytes = maxBodyBytes
+            self.headerTimeout = headerTimeout
+            self.idleTimeout = idleTimeout
+        }
+    }
+
+    /// Authentication settings (`auth:`).
+    public struct Auth: Sendable, Hashable {
+        /// JWT validation settings, if routes may require JWTs.
+        public var jwt: JWT?
+
+        /// Creates the settings.
+        public init(jwt: JWT? = nil) {
+            self.jwt = jwt
+        }
+
+        /// How JWTs are validated (`auth.jwt:`; not enforced yet).
+        public struct JWT: Sendable, Hashable {
+            /// The required `iss` claim.
+            public var issuer: String
+            /// Accepted `aud` values.
+            public var audiences: [String]
+            /// Where the signing keys are fetched from.
+            public var jwksURL: String
+
+            /// Creates the settings.
+            public init(issuer: String, audiences: [String] = [], jwksURL: String) {
+                self.issuer = issuer
+                self.audiences = audiences
+                self.jwksURL = jwksURL
+            }
+        }
+    }
+}

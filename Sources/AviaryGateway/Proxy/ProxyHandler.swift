@@ -1,0 +1,790 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryResilience
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+// Hot path: hand-written NIO for speed. One handler per downstream connection, at the end of
+// `HTTPResponseEncoder` and `ByteToMessageHandler(HTTPRequestDecoder)`. The upstream connection
+// it uses lives on the same event loop, so both sides are driven without locks or hops, and
+// bodies stream part by part with back-pressure both ways:
+// - request body: downstream reads are withheld while the upstream channel is not writable (or
+//   not connected yet); they resume on its writability change;
+// - response body: upstream reads are withheld while the downstream channel is not writable.
+// At most one read's worth of parts is ever held in the gateway itself.
+
+/// Proxies the requests of one downstream connection, one at a time (pipelined requests wait).
+final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// One request on its way through.
+    final class Exchange {
+        let route: CompiledRoute
+        let clusterIndex: Int
+        let clusterName: String
+        let cluster: ClusterPools
+        /// The endpoint of the current attempt.
+        var pool: UpstreamPool
+        var upstreamHead: HTTPRequestHead
+        let downstreamVersion: HTTPVersion
+        let isHead: Bool
+        var keepAlive: Bool
+        var connection: UpstreamConnection?
+        /// Parts received before the upstream connection was ready.
+        var pending: [HTTPClientRequestPart] = []
+        var requestComplete = false
+        var responseHeadSent = false
+        var upstreamReusable = false
+        var bodyBytes = 0
+        var timeout: Scheduled<Void>?
+        /// Whether the request was sent again after a kept-alive connection turned out closed.
+        var retried = false
+        /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
+        let isReplayable: Bool
+        /// Whether the route's retry policy applies: an idempotent request without a body.
+        let mayRetry: Bool
+        /// The current attempt, from 1.
+        var attempt = 1
+        var perTryTimeout: Scheduled<Void>?
+
+        init(
+            route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool, head: HTTPRequestHead,
+            downstream: HTTPRequestHead, hasBody: Bool
+        ) {
+            self.route = route
+            self.clusterIndex = clusterIndex
+            self.clusterName = cluster.cluster.name
+            self.cluster = cluster
+            self.pool = pool
+            self.upstreamHead = head
+            self.downstreamVersion = downstream.version
+            self.isHead = downstream.method == .HEAD
+            self.keepAlive = downstream.isKeepAlive
+            let hasKey = downstream.headers.contains(name: "idempotency-key")
+            self.isReplayable = [.GET, .HEAD, .OPTIONS, .TRACE].contains(downstream.method) || hasKey
+            self.mayRetry =
+                route.retry != nil && !hasBody
+                && ([.GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE].contains(downstream.method) || hasKey)
+        }
+    }
+
+    private let upstreams: LoopUpstreams
+    private let core: GatewayCore
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    /// Parts of pipelined requests decoded while an exchange was still running.
+    private var queued: [HTTPServerRequestPart] = []
+    private var readPending = false
+    /// After a local answer to an unfinished request: the rest of it is ignored and the
+    /// connection closes once the answer is written.
+    private var discarding = false
+    private var closed = false
+    /// Closes a connection that sends no request within `limits.idle_timeout`.
+    private var idleTimer: Scheduled<Void>?
+    private var idleDeadline = NIODeadline.distantFuture
+    /// Whether the request being answered is a HEAD (local answers then carry no body).
+    private var answeringHead = false
+    /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
+    private var headerTimer: Scheduled<Void>?
+
+    init(upstreams: LoopUpstreams) {
+        self.upstreams = upstreams
+        self.core = upstreams.core
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: Downstream events
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = self.unwrapInboundIn(data)
+        if self.discarding || self.closed { return }
+        if let exchange = self.exchange, exchange.requestComplete {
+            // A pipelined request: it waits until this response is done.
+            self.queued.append(part)
+            return
+        }
+        self.handle(part, context: context)
+    }
+
+    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .head(let head):
+            self.requestHead(head, context: context)
+        case .body(let buffer):
+            guard let exchange = self.exchange else { return }
+            exchange.bodyBytes += buffer.readableBytes
+            if exchange.bodyBytes > self.core.configuration.limits.maxBodyBytes {
+                self.abort(
+                    exchange, status: 413, slug: "payload-too-large",
+                    detail: "the request body is larger than \(self.core.configuration.limits.maxBodyBytes) bytes",
+                    reason: nil, context: context)
+                return
+            }
+            self.sendUpstream(.body(.byteBuffer(buffer)), exchange)
+        case .end(let trailers):
+            guard let exchange = self.exchange else { return }
+            exchange.requestComplete = true
+            self.sendUpstream(.end(trailers), exchange)
+            if let connection = exchange.connection { connection.handler.flush() }
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.startIdleTimer(context: context)
+        context.fireChannelActive()
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let connection = self.exchange?.connection {
+            connection.handler.flush()
+        } else if self.exchange == nil && self.headerTimer == nil && !self.discarding && !self.closed {
+            // Bytes arrived but no complete head yet: the client has header_timeout to finish it.
+            self.idleTimer?.cancel()
+            self.idleTimer = nil
+            let limit = self.core.configuration.limits.headerTimeout
+            self.headerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+                self.headerTimedOut()
+            }
+        }
+        context.fireChannelReadComplete()
+    }
+
+    /// Arms the idle timer from now. Per request this only moves a deadline; the timer itself is
+    /// scheduled at most once per idle period (rescheduling a task per request costs more).
+    private func startIdleTimer(context: ChannelHandlerContext) {
+        guard self.exchange == nil, !self.closed, !self.discarding else { return }
+        let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
+        self.idleDeadline = .now() + limit
+        if self.idleTimer == nil {
+            self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
+                self.idleTimedOut()
+            }
+        }
+    }
+
+    private func cancelConnectionTimers() {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
+        self.headerTimer?.cancel()
+        self.headerTimer = nil
+    }
+
+    private func idleTimedOut() {
+        self.idleTimer = nil
+        // Busy now: the end of this exchange arms the timer again.
+        guard self.exchange == nil, self.headerTimer == nil, !self.closed, let context = self.context else { return }
+        if NIODeadline.now() < self.idleDeadline {
+            self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
+                self.idleTimedOut()
+            }
+            return
+        }
+        self.core.statistics.idleTimeouts.add(1, ordering: .relaxed)
+        self.closed = true
+        context.close(promise: nil)
+    }
+
+    private func headerTimedOut() {
+        self.headerTimer = nil
+        guard self.exchange == nil, !self.discarding, let context = self.context else { return }
+        self.core.statistics.headerTimeouts.add(1, ordering: .relaxed)
+        self.answeringHead = false
+        let limit = GatewayUnits.render(self.core.configuration.limits.headerTimeout)
+        self.respondLocally(
+            status: 408, slug: "request-timeout", detail: "the request head did not arrive within \(limit)",
+            close: true,
+            context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if !self.queued.isEmpty {
+            // A pipelined request waits; read no further until it has its turn.
+            self.readPending = true
+            return
+        }
+        if let exchange = self.exchange, !exchange.requestComplete {
+            // Reads stay on once the request is complete (a pipelined request is queued, then
+            // reads stop): pausing them costs two epoll_ctl calls per request.
+            guard let connection = exchange.connection else {
+                self.readPending = true
+                return
+            }
+            if !connection.channel.isWritable {
+                if !self.readPending { self.core.statistics.requestBodyPauses.add(1, ordering: .relaxed) }
+                self.readPending = true
+                return
+            }
+        }
+        context.read()
+    }
+
+    private func resumeReading() {
+        guard self.readPending, let context = self.context else { return }
+        self.readPending = false
+        self.read(context: context)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if let connection = self.exchange?.connection {
+            let writable = context.channel.isWritable
+            if !writable { self.core.statistics.responseBodyPauses.add(1, ordering: .relaxed) }
+            connection.handler.setReadsPaused(!writable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.closed = true
+        self.cancelConnectionTimers()
+        if let exchange = self.exchange {
+            self.finish(exchange, reuseUpstream: false)
+        }
+        self.queued.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let status: Int
+        let detail: String
+        switch error {
+        case is ByteToMessageDecoderError.PayloadTooLargeError, HTTPParserError.headerOverflow:
+            (status, detail) = (
+                431, "the request head is larger than \(self.core.configuration.limits.maxHeaderBytes) bytes"
+            )
+        case let error as HTTPParserError:
+            (status, detail) = (400, "malformed request: \(error)")
+        default:
+            context.close(promise: nil)
+            return
+        }
+        self.queued.removeAll()
+        self.answeringHead = false
+        if let exchange = self.exchange {
+            if exchange.responseHeadSent {
+                self.finish(exchange, reuseUpstream: false)
+                context.close(promise: nil)
+                return
+            }
+            self.finish(exchange, reuseUpstream: false)
+        }
+        self.respondLocally(
+            status: status, slug: status == 431 ? "header-too-large" : "bad-request", detail: detail,
+            close: true, context: context)
+    }
+
+    // MARK: A new request
+
+    private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        self.headerTimer?.cancel()
+        self.headerTimer = nil
+        self.core.statistics.requests.add(1, ordering: .relaxed)
+        self.answeringHead = head.method == .HEAD
+        let limits = self.core.configuration.limits
+        let inspection = ProxyHeaders.inspect(head)
+        if let problem = inspection.framingProblem {
+            self.respondLocally(
+                status: 400, slug: "bad-request", detail: "malformed request: \(problem)", close: true, context: context
+            )
+            return
+        }
+        if inspection.headBytes > limits.maxHeaderBytes {
+            self.respondLocally(
+                status: 431, slug: "header-too-large",
+                detail: "the request head is larger than \(limits.maxHeaderBytes) bytes", close: true, context: context)
+            return
+        }
+        let hasBody = inspection.isChunked || (inspection.contentLength ?? 0) > 0
+        if let contentLength = inspection.contentLength, contentLength > limits.maxBodyBytes {
+            self.respondLocally(
+                status: 413, slug: "payload-too-large",
+                detail: "the request body is larger than \(limits.maxBodyBytes) bytes", close: true, context: context)
+            return
+        }
+        guard let route = self.core.routes.route(method: head.method, uri: head.uri, headers: head.headers) else {
+            self.respondLocally(
+                status: 404, slug: "no-route",
+                detail: "no route for \(head.method.rawValue) \(RouteTable.path(of: head.uri))",
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+        let clusterIndex = route.pickCluster(self.core.random)
+        let cluster = self.upstreams.clusters[clusterIndex]
+        guard let pool = cluster.pick(self.core.random) else {
+            self.respondLocally(
+                status: 503, slug: "no-upstream", detail: "cluster \(cluster.cluster.name) has no endpoints",
+                extensions: ["cluster": cluster.cluster.name, "reason": "no-endpoints"],
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+
+        let active = self.core.activeRequests[clusterIndex]
+        let maxRequests = cluster.cluster.circuitBreaker.maxRequests
+        guard active.value.add(1, ordering: .relaxed).newValue <= maxRequests else {
+            active.value.subtract(1, ordering: .relaxed)
+            self.core.statistics.circuitBreakerOverflows.add(1, ordering: .relaxed)
+            self.respondLocally(
+                status: 503, slug: "upstream-overflow",
+                detail: "cluster \(cluster.cluster.name) has \(maxRequests) requests in flight already",
+                extensions: ["cluster": cluster.cluster.name, "reason": "overflow"],
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+        let expectsContinue = hasBody && inspection.expectsContinue
+
+        var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: route.rewrite(uri: head.uri))
+        upstreamHead.headers = head.headers
+        if inspection.hasHopByHop {
+            ProxyHeaders.removeHopByHop(&upstreamHead.headers)
+        }
+        if inspection.isChunked {
+            upstreamHead.headers.add(name: "transfer-encoding", value: "chunked")
+        } else if inspection.contentLength == nil && [.POST, .PUT, .PATCH].contains(head.method) {
+            upstreamHead.headers.add(name: "content-length", value: "0")
+        }
+        self.addForwardedHeaders(&upstreamHead.headers, downstream: head, earlier: inspection.hasForwardedHeaders)
+        if expectsContinue {
+            // The gateway reads the body itself, so it tells the client to go on now; the
+            // upstream gets the body without the expectation (as nginx does).
+            upstreamHead.headers.remove(name: "expect")
+            let proceed = HTTPResponseHead(version: head.version, status: .continue)
+            context.writeAndFlush(self.wrapOutboundOut(.head(proceed)), promise: nil)
+        }
+
+        let exchange = Exchange(
+            route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: upstreamHead,
+            downstream: head, hasBody: hasBody)
+        self.exchange = exchange
+        pool.inFlight += 1
+        if let timeout = route.route.timeout {
+            exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+                self.timedOut(exchange)
+            }
+        }
+        route.retry?.budget?.deposit()
+        self.startAttempt(exchange, context: context)
+    }
+
+    /// Sends the exchange to its current endpoint: an idle connection at once, or a new one.
+    private func startAttempt(_ exchange: Exchange, context: ChannelHandlerContext) {
+        if exchange.mayRetry, let limit = exchange.route.retry?.perTryTimeout {
+            exchange.perTryTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+                self.perTryTimedOut(exchange)
+            }
+        }
+        if let connection = exchange.pool.takeIdle() {
+            self.connected(exchange, .success(connection))
+        } else {
+            exchange.pool.connect().assumeIsolated().whenComplete { result in
+                self.connected(exchange, result)
+            }
+        }
+    }
+
+    /// Why an attempt failed, as far as the retry policy is concerned.
+    private enum AttemptFailure {
+        case connectFailure
+        case reset
+        /// Always retried while attempts are left: the per-try limit exists to try again.
+        case perTryTimeout
+        case status(UInt)
+
+        var isPerTryTimeout: Bool {
+            if case .perTryTimeout = self { return true }
+            return false
+        }
+    }
+
+    /// Starts the next attempt if the route's policy, the attempts left and the retry budget
+    /// allow it; the failed attempt's connection is closed (never reused).
+    private func retry(_ exchange: Exchange, after failure: AttemptFailure) -> Bool {
+        guard exchange.mayRetry, !exchange.responseHeadSent, let policy = exchange.route.retry,
+            exchange.attempt < policy.attempts, let context = self.context
+        else { return false }
+        switch failure {
+        case .connectFailure: guard policy.onConnectFailure else { return false }
+        case .reset, .perTryTimeout: guard policy.onReset || failure.isPerTryTimeout else { return false }
+        case .status(let code): guard policy.statuses.contains(code) else { return false }
+        }
+        if let budget = policy.budget, !budget.tryWithdraw() {
+            self.core.statistics.retryBudgetExhausted.add(1, ordering: .relaxed)
+            return false
+        }
+        self.core.statistics.retries.add(1, ordering: .relaxed)
+        exchange.attempt += 1
+        exchange.perTryTimeout?.cancel()
+        exchange.perTryTimeout = nil
+        if let connection = exchange.connection {
+            exchange.connection = nil
+            connection.close()
+        }
+        exchange.pool.inFlight -= 1
+        exchange.pool = exchange.cluster.pick(self.core.random) ?? exchange.pool
+        exchange.pool.inFlight += 1
+        exchange.pending = exchange.requestComplete ? [.end(nil)] : []
+        self.startAttempt(exchange, context: context)
+        return true
+    }
+
+    private func perTryTimedOut(_ exchange: Exchange) {
+        guard self.exchange === exchange, !exchange.responseHeadSent, let context = self.context else { return }
+        exchange.perTryTimeout = nil
+        if self.retry(exchange, after: .perTryTimeout) { return }
+        let limit = exchange.route.retry?.perTryTimeout.map { GatewayUnits.render($0) } ?? "?"
+        self.abort(
+            exchange, status: 504, slug: "upstream-timeout",
+            detail:
+                "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) did not answer within \(limit) (per try)",
+            reason: "per-try-timeout", context: context)
+    }
+
+    /// The client's address as `X-Forwarded-For` and `Forwarded` write it, looked up once per connection.
+    private lazy var client: (ip: String?, forwardedFor: String) = {
+        guard let ip = self.context?.channel.remoteAddress?.ipAddress else { return (nil, "") }
+        return (ip, ip.utf8.contains(UInt8(ascii: ":")) ? "for=\"[\(ip)]\";" : "for=\(ip);")
+    }()
+
+    private func addForwardedHeaders(_ headers: inout HTTPHeaders, downstream: HTTPRequestHead, earlier: Bool) {
+        let client = self.client
+        let host = downstream.headers.first(name: "host")
+        // RFC 7239: one element per proxy, appended to what earlier proxies wrote.
+        var element = client.forwardedFor + "proto=http"
+        if let host {
+            if host.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+                var escaped = ""
+                for scalar in host.unicodeScalars {
+                    if scalar == "\\" || scalar == "\"" { escaped.unicodeScalars.append("\\") }
+                    escaped.unicodeScalars.append(scalar)
+                }
+                element += ";host=\"\(escaped)\""
+            } else {
+                element += ";host=\"\(host)\""
+            }
+        }
+        guard earlier else {
+            if let ip = client.ip { headers.add(name: "x-forwarded-for", value: ip) }
+            headers.add(name: "x-forwarded-proto", value: "http")
+            if let host { headers.add(name: "x-forwarded-host", value: host) }
+            headers.add(name: "forwarded", value: element)
+            return
+        }
+        if let ip = client.ip {
+            let existing = headers["x-forwarded-for"]
+            headers.replaceOrAdd(
+                name: "x-forwarded-for", value: existing.isEmpty ? ip : "\(existing.joined(separator: ", ")), \(ip)")
+        }
+        headers.replaceOrAdd(name: "x-forwarded-proto", value: "http")
+        if let host {
+            headers.replaceOrAdd(name: "x-forwarded-host", value: host)
+        }
+        let forwarded = headers["forwarded"]
+        headers.replaceOrAdd(
+            name: "forwarded", value: forwarded.isEmpty ? element : "\(forwarded.joined(separator: ", ")), \(element)")
+    }
+
+    private func connected(_ exchange: Exchange, _ result: Result<UpstreamConnection, any Error>) {
+        guard self.exchange === exchange, !self.closed, let context = self.context else {
+            // The exchange ended (timeout, client gone) while connecting.
+            if case .success(let connection) = result { exchange.pool.release(connection) }
+            return
+        }
+        switch result {
+        case .failure(let error):
+            if self.retry(exchange, after: .connectFailure) { return }
+            self.abort(
+                exchange, status: 502, slug: "upstream-connect-failure",
+                detail:
+                    "cannot connect to cluster \(exchange.clusterName) at \(exchange.pool.endpoint): \(Self.describe(error))",
+                reason: "connect-failure", context: context)
+        case .success(let connection):
+            exchange.connection = connection
+            connection.handler.exchange = self
+            connection.handler.setReadsPaused(!context.channel.isWritable)
+            connection.handler.send(.head(exchange.upstreamHead))
+            for part in exchange.pending {
+                connection.handler.send(part)
+            }
+            exchange.pending.removeAll()
+            connection.handler.flush()
+            self.resumeReading()
+        }
+    }
+
+    private func sendUpstream(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
+        if let connection = exchange.connection {
+            connection.handler.send(part)
+        } else {
+            exchange.pending.append(part)
+        }
+    }
+
+    // MARK: Upstream events
+
+    func upstreamReceived(_ part: HTTPClientResponsePart) {
+        guard let exchange = self.exchange, let context = self.context else { return }
+        switch part {
+        case .head(let upstream):
+            exchange.perTryTimeout?.cancel()
+            exchange.perTryTimeout = nil
+            if exchange.mayRetry, self.retry(exchange, after: .status(upstream.status.code)) { return }
+            var head = HTTPResponseHead(
+                version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
+            let framed =
+                upstream.headers.contains(name: "content-length")
+                || upstream.headers.contains(name: "transfer-encoding")
+                || exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
+            exchange.upstreamReusable = upstream.isKeepAlive && framed
+            ProxyHeaders.removeHopByHop(&head.headers)
+            // Framing is set here, not by the encoder: a response without a body (to HEAD, 204,
+            // 304) keeps its Content-Length if it has one and gets nothing else; a body without a
+            // length is re-chunked for HTTP/1.1 clients and ends with the connection for HTTP/1.0.
+            let bodyless =
+                exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
+                || upstream.status.code < 200
+            if !bodyless && !head.headers.contains(name: "content-length") {
+                if exchange.downstreamVersion.minor >= 1 {
+                    head.headers.add(name: "transfer-encoding", value: "chunked")
+                } else {
+                    exchange.keepAlive = false
+                }
+            }
+            if !exchange.keepAlive {
+                head.headers.add(name: "connection", value: "close")
+            } else if exchange.downstreamVersion.minor == 0 {
+                head.headers.add(name: "connection", value: "keep-alive")
+            }
+            exchange.responseHeadSent = true
+            context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let buffer):
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            let reuse = exchange.upstreamReusable && exchange.requestComplete
+            if !exchange.requestComplete {
+                // The upstream answered before the request body ended; the rest cannot be sent
+                // anywhere, so this connection closes after the answer.
+                exchange.keepAlive = false
+                self.discarding = true
+            }
+            self.finish(exchange, reuseUpstream: reuse)
+            if exchange.keepAlive {
+                context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
+                self.continueWithQueued(context: context)
+                self.startIdleTimer(context: context)
+            } else {
+                self.closeAfterWriting(.end(trailers), context: context)
+            }
+        }
+    }
+
+    func upstreamReadComplete() {
+        self.context?.flush()
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        if isWritable { self.resumeReading() }
+    }
+
+    func upstreamFailed(_ error: (any Error)?) {
+        guard let exchange = self.exchange, let context = self.context else { return }
+        if exchange.responseHeadSent {
+            // Half a response went out already: all the client can learn is a cut connection.
+            self.finish(exchange, reuseUpstream: false)
+            context.close(promise: nil)
+            return
+        }
+        if let error = error as? HTTPParserError {
+            // Not HTTP, or not valid HTTP: never retried, the upstream is broken.
+            self.abort(
+                exchange, status: 502, slug: "upstream-bad-response",
+                detail:
+                    "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) sent an invalid response: \(error)",
+                reason: "bad-response", context: context)
+            return
+        }
+        if let connection = exchange.connection, connection.exchanges > 1, exchange.isReplayable,
+            exchange.bodyBytes == 0, !exchange.retried
+        {
+            // A kept-alive connection the upstream closed, most likely while it was idle: nothing
+            // but the head went out and the request is safe to repeat, so it goes again on a new
+            // connection, once (as Go's transport does).
+            exchange.retried = true
+            exchange.connection = nil
+            connection.close()
+            self.core.statistics.upstreamStaleRetries.add(1, ordering: .relaxed)
+            if exchange.requestComplete { exchange.pending.append(.end(nil)) }
+            exchange.pool.connect().assumeIsolated().whenComplete { result in
+                self.connected(exchange, result)
+            }
+            return
+        }
+        if self.retry(exchange, after: .reset) { return }
+        let why = error.map { Self.describe($0) } ?? "the connection closed before a complete response"
+        self.abort(
+            exchange, status: 502, slug: "upstream-reset",
+            detail: "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) failed: \(why)",
+            reason: "reset", context: context)
+    }
+
+    private func timedOut(_ exchange: Exchange) {
+        guard self.exchange === exchange, let context = self.context else { return }
+        exchange.timeout = nil
+        let limit = exchange.route.route.timeout.map { GatewayUnits.render($0) } ?? "?"
+        if exchange.responseHeadSent {
+            self.finish(exchange, reuseUpstream: false)
+            context.close(promise: nil)
+            return
+        }
+        self.abort(
+            exchange, status: 504, slug: "upstream-timeout",
+            detail: "cluster \(exchange.clusterName) at \(exchange.pool.endpoint) did not answer within \(limit)",
+            reason: "timeout", context: context)
+    }
+
+    // MARK: Ending exchanges
+
+    /// Ends `exchange` with a local problem response (before any response head went out).
+    private func abort(
+        _ exchange: Exchange, status: Int, slug: String, detail: String, reason: String?,
+        context: ChannelHandlerContext
+    ) {
+        let requestComplete = exchange.requestComplete
+        self.finish(exchange, reuseUpstream: false)
+        var extensions = ["cluster": exchange.clusterName, "endpoint": exchange.pool.endpoint.description]
+        if let reason { extensions["reason"] = reason }
+        if exchange.responseHeadSent {
+            context.close(promise: nil)
+            return
+        }
+        self.respondLocally(
+            status: status, slug: slug, detail: detail, extensions: extensions,
+            close: !requestComplete || !exchange.keepAlive, context: context)
+    }
+
+    /// Forgets `exchange`: its timer, its in-flight count and its upstream connection, which goes
+    /// back to the pool when it is clean and closes otherwise.
+    private func finish(_ exchange: Exchange, reuseUpstream: Bool) {
+        guard self.exchange === exchange else { return }
+        self.exchange = nil
+        exchange.timeout?.cancel()
+        exchange.timeout = nil
+        exchange.perTryTimeout?.cancel()
+        exchange.perTryTimeout = nil
+        exchange.pool.inFlight -= 1
+        self.core.activeRequests[exchange.clusterIndex].value.subtract(1, ordering: .relaxed)
+        if let connection = exchange.connection {
+            exchange.connection = nil
+            connection.handler.exchange = nil
+            if reuseUpstream {
+                exchange.pool.release(connection)
+            } else {
+                connection.close()
+            }
+        }
+        exchange.pending.removeAll()
+    }
+
+    /// Replays pipelined parts that arrived during the last exchange, then reads on.
+    private func continueWithQueued(context: ChannelHandlerContext) {
+        while !self.queued.isEmpty && !self.closed && !self.discarding {
+            if let exchange = self.exchange, exchange.requestComplete { return }
+            let part = self.queued.removeFirst()
+            self.handle(part, context: context)
+        }
+        self.resumeReading()
+    }
+
+    /// Writes a problem+json response of the gateway's own.
+    private func respondLocally(
+        status: Int, slug: String, detail: String, extensions: [String: String] = [:], close: Bool,
+        context: ChannelHandlerContext
+    ) {
+        self.core.statistics.localResponses.add(1, ordering: .relaxed)
+        var problem = ProblemDetails(status: status, detail: detail, slug: slug, extensions: extensions)
+        problem.instance = nil
+        let body = (try? problem.jsonData()).map { ByteBuffer(bytes: $0) } ?? ByteBuffer(string: "{}")
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: ProblemDetails.mediaType)
+        headers.add(name: "content-length", value: String(body.readableBytes))
+        headers.add(name: "connection", value: close ? "close" : "keep-alive")
+        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        if !self.answeringHead {  // a response to HEAD has the length but not the body
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        if close {
+            self.discarding = true
+            self.closeAfterWriting(.end(nil), context: context)
+        } else {
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.continueWithQueued(context: context)
+            self.startIdleTimer(context: context)
+        }
+    }
+
+    private func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
+        self.queued.removeAll()
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(self.wrapOutboundOut(part), promise: promise)
+        let channel = context.channel
+        promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as ChannelError:
+            switch error {
+            case .connectTimeout(let amount): return "connect timed out after \(amount.nanoseconds / 1_000_000)ms"
+            case .eof: return "the connection closed"
+            default: return "\(error)"
+            }
+        case let error as IOError:
+            return error.description
+        case let error as NIOConnectionError:
+            return error.connectionErrors.first.map { "\($0.error)" } ?? "\(error)"
+        default:
+            return "\(error)"
+        }
+    }
+}
+
+extension UpstreamHandler {
+    /// Writes a request part on this connection (no flush).
+    func send(_ part: HTTPClientRequestPart) {
+        self.context?.write(self.wrapOutboundOut(part), promise: nil)
+    }
+
+    /// Flushes the writes so far.
+    func flush() {
+        self.context?.flush()
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
+
+extension GatewayUnits {
+    /// A duration as written in YAML: `2s`, `500ms`.
+    static func render(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        let milliseconds = seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        return milliseconds % 1000 == 0 ? "\(milliseconds / 1000)s" : "\(milliseconds)ms"
+    }
+}

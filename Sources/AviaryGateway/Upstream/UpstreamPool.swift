@@ -1,0 +1,213 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+// Hot path: hand-written NIO. Pools live on one event loop each (like Envoy's per-worker pools),
+// so acquiring and releasing a connection takes no lock and allocates nothing when one is idle.
+
+/// Keep-alive connections to one endpoint, owned by one event loop.
+///
+/// Not thread-safe by design: every method must be called on `eventLoop`.
+final class UpstreamPool {
+    let cluster: GatewayConfiguration.Cluster
+    let endpoint: Endpoint
+    let eventLoop: any EventLoop
+    let statistics: GatewayStatistics
+    private var idle: [UpstreamConnection] = []
+    /// Requests assigned to this endpoint on this loop and not finished (least-request balancing).
+    var inFlight = 0
+
+    init(
+        cluster: GatewayConfiguration.Cluster, endpoint: Endpoint, eventLoop: any EventLoop,
+        statistics: GatewayStatistics
+    ) {
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.eventLoop = eventLoop
+        self.statistics = statistics
+    }
+
+    /// An idle connection (the most recently used first), if any; no future, no allocation.
+    func takeIdle() -> UpstreamConnection? {
+        self.eventLoop.assertInEventLoop()
+        while let connection = self.idle.popLast() {
+            if connection.channel.isActive {
+                self.statistics.upstreamConnectionsReused.add(1, ordering: .relaxed)
+                connection.isIdle = false
+                connection.exchanges += 1
+                return connection
+            }
+        }
+        return nil
+    }
+
+    /// A new connection.
+    func connect() -> EventLoopFuture<UpstreamConnection> {
+        let timeout = self.cluster.connectTimeout
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .connectTimeout(TimeAmount(timeout))
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: GatewayServer.writeBufferWaterMark)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // The proxy sets the framing headers itself, and every header it sends came
+                    // through the request decoder or is its own, so NIO's outbound header
+                    // validation (an extra handler and scan per request) is left out.
+                    var encoder = HTTPRequestEncoder.Configuration()
+                    encoder.automaticallySetFramingHeaders = false
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .fireError, enableOutboundHeaderValidation: false,
+                        encoderConfiguration: encoder)
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
+                }
+            }
+        self.statistics.upstreamConnectionsOpened.add(1, ordering: .relaxed)
+        return bootstrap.connect(host: self.endpoint.host, port: self.endpoint.port).assumeIsolated().flatMapThrowing {
+            channel in
+            let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
+            let connection = UpstreamConnection(channel: channel, handler: handler, pool: self)
+            connection.exchanges = 1
+            handler.connection = connection
+            return connection
+        }.nonisolated()
+    }
+
+    /// Takes back a connection whose exchange finished cleanly, or closes it.
+    func release(_ connection: UpstreamConnection) {
+        self.eventLoop.assertInEventLoop()
+        connection.handler.exchange = nil
+        guard connection.channel.isActive, self.idle.count < self.cluster.maxIdleConnections else {
+            connection.close()
+            return
+        }
+        connection.isIdle = true
+        connection.handler.setReadsPaused(false)
+        self.idle.append(connection)
+    }
+
+    /// Forgets an idle connection that closed.
+    func remove(_ connection: UpstreamConnection) {
+        if let index = self.idle.firstIndex(where: { $0 === connection }) {
+            self.idle.remove(at: index)
+        }
+    }
+
+    /// Closes every idle connection.
+    func closeIdle() {
+        let connections = self.idle
+        self.idle.removeAll()
+        for connection in connections { connection.close() }
+    }
+}
+
+/// One upstream connection: its channel, its handler and the pool it returns to.
+final class UpstreamConnection {
+    let channel: any Channel
+    let handler: UpstreamHandler
+    unowned let pool: UpstreamPool
+    var isIdle = false
+    /// Exchanges this connection was used for, the current one included.
+    var exchanges = 0
+
+    init(channel: any Channel, handler: UpstreamHandler, pool: UpstreamPool) {
+        self.channel = channel
+        self.handler = handler
+        self.pool = pool
+    }
+
+    func close() {
+        self.handler.exchange = nil
+        self.channel.close(promise: nil)
+    }
+}
+
+/// What an upstream connection tells the exchange using it.
+protocol UpstreamExchange: AnyObject {
+    func upstreamReceived(_ part: HTTPClientResponsePart)
+    func upstreamReadComplete()
+    func upstreamWritabilityChanged(isWritable: Bool)
+    func upstreamFailed(_ error: (any Error)?)
+}
+
+/// The last handler of an upstream channel: hands response parts to the exchange and withholds
+/// reads while the client cannot take more (back-pressure from downstream to upstream).
+final class UpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var connection: UpstreamConnection?
+    /// The exchange using this connection; `nil` while idle in the pool.
+    var exchange: (any UpstreamExchange)?
+    private(set) var context: ChannelHandlerContext?
+    private var readsPaused = false
+    private var readPending = false
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// Stops or resumes reading from the upstream socket.
+    func setReadsPaused(_ paused: Bool) {
+        guard paused != self.readsPaused else { return }
+        self.readsPaused = paused
+        if !paused && self.readPending, let context = self.context {
+            self.readPending = false
+            context.read()
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.readsPaused {
+            self.readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = self.unwrapInboundIn(data)
+        guard let exchange = self.exchange else {
+            // An idle connection must not speak; drop it.
+            context.close(promise: nil)
+            return
+        }
+        exchange.upstreamReceived(part)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.exchange?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.exchange?.upstreamWritabilityChanged(isWritable: context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let connection = self.connection {
+            connection.pool.remove(connection)
+        }
+        let exchange = self.exchange
+        self.exchange = nil
+        exchange?.upstreamFailed(nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let exchange = self.exchange
+        self.exchange = nil
+        exchange?.upstreamFailed(error)
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,90 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Foundation
+import Testing
+
+/// `aviary gateway --config FILE`, run as a process (`swift build --build-tests` builds it next to
+/// the test bundle).
+@Suite("aviary gateway command", .timeLimit(.minutes(2)))
+struct CommandLineTests {
+    static var executable: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("aviary")
+    }
+
+    struct Outcome {
+        var status: Int32
+        var standardOutput: String
+        var standardError: String
+    }
+
+    static func run(_ arguments: [String]) throws -> Outcome {
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let outputData = output.fileHandleForReading.readDataToEndOfFile()
+        let errorData = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(
+            status: process.terminationStatus, standardOutput: String(decoding: outputData, as: UTF8.self),
+            standardError: String(decoding: errorData, as: UTF8.self))
+    }
+
+    static func temporaryFile(_ text: String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-\(UUID().uuidString).yaml")
+            .path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test("the issue's example passes --check")
+    func validConfiguration() throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
+        let path = try Self.temporaryFile(issueExample)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let outcome = try Self.run(["gateway", "--config", path, "--check"])
+        #expect(outcome.status == 0)
+        #expect(outcome.standardOutput == "\(path): valid (4 clusters, 4 routes)\n")
+    }
+
+    @Test("an invalid configuration exits 78 with one line per problem and nothing else")
+    func invalidConfiguration() throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
+        let yaml =
+            issueExample
+            .replacingOccurrences(of: "attempts: 3", with: "attempts: three")
+            .replacingOccurrences(of: "cluster: catalog\n", with: "cluster: katalog\n")
+        let path = try Self.temporaryFile(yaml)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let outcome = try Self.run(["gateway", "--config", path])
+        #expect(outcome.status == 78)
+        #expect(outcome.standardOutput.isEmpty)
+        #expect(
+            outcome.standardError.split(separator: "\n") == [
+                #"routes[2].retry.attempts: expected a positive integer, got "three" (\#(path):29)"#,
+                #"routes[3].cluster: unknown cluster "katalog", expected one of catalog, orders, orders-v2, users (\#(path):33)"#,
+            ])
+    }
+
+    @Test("a missing file exits 78; a wrong argument exits 64 with the usage")
+    func usageErrors() throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
+        let missing = try Self.run(["gateway", "--config", "/nonexistent/gateway.yaml"])
+        #expect(missing.status == 78)
+        #expect(missing.standardError.hasPrefix("/nonexistent/gateway.yaml: cannot read the file"))
+        #expect(missing.standardError.split(separator: "\n").count == 1)
+        let wrong = try Self.run(["gateway", "--conf", "x"])
+        #expect(wrong.status == 64)
+        #expect(wrong.standardError.contains("usage: aviary gateway --config FILE"))
+    }
+}

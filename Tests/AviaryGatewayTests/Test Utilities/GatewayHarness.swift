@@ -1,0 +1,79 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+@testable import AviaryGateway
+
+/// A gateway on 127.0.0.1, port 0, on its own single event loop (so that per-loop balancer
+/// state is deterministic), with origins and clients on the shared group.
+struct GatewayHarness {
+    let server: GatewayServer
+    let port: Int
+    let group: any EventLoopGroup
+
+    var clients: any EventLoopGroup { MultiThreadedEventLoopGroup.singleton }
+
+    func request(_ text: String, isHead: Bool = false) async throws -> RawResponse {
+        try await RawConnection.exchange(text, port: self.port, group: self.clients, isHead: isHead)
+    }
+
+    func get(_ path: String, headers: String = "") async throws -> RawResponse {
+        try await self.request("GET \(path) HTTP/1.1\r\nHost: gateway.test\r\n\(headers)Connection: close\r\n\r\n")
+    }
+
+    func connect() async throws -> RawConnection {
+        try await RawConnection.connect(port: self.port, group: self.clients)
+    }
+}
+
+let quietLogger = Logger(label: "aviary.gateway.tests", factory: { _ in SwiftLogNoOpLogHandler() })
+
+/// Runs `body` with a gateway serving `yaml` (which should listen on 127.0.0.1:0).
+func withGateway<T>(
+    _ yaml: String, random: GatewayRandom = .system, _ body: (GatewayHarness) async throws -> T
+) async throws -> T {
+    let configuration = try GatewayConfiguration(yaml: yaml)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let server = GatewayServer(configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random)
+    let address = try await server.start()
+    let harness = GatewayHarness(server: server, port: address.port ?? 0, group: group)
+    do {
+        let result = try await body(harness)
+        try await server.stop()
+        try await group.shutdownGracefully()
+        return result
+    } catch {
+        try? await server.stop()
+        try? await group.shutdownGracefully()
+        throw error
+    }
+}
+
+/// Runs `body` with origins named `names`, stopping them afterwards.
+func withOrigins<T>(_ names: [String], _ body: ([TestOrigin]) async throws -> T) async throws -> T {
+    var origins: [TestOrigin] = []
+    for name in names {
+        origins.append(try await TestOrigin.start(name: name, group: MultiThreadedEventLoopGroup.singleton))
+    }
+    do {
+        let result = try await body(origins)
+        for origin in origins { await origin.stop() }
+        return result
+    } catch {
+        for origin in origins { await origin.stop() }
+        throw error
+    }
+}
+
+/// A random source that counts 0, 1, 2, ... (each draw reduced modulo its bound).
+func countingRandom() -> GatewayRandom {
+    let counter = Atomic<UInt64>(0)
+    return GatewayRandom { bound in counter.add(1, ordering: .relaxed).oldValue % bound }
+}

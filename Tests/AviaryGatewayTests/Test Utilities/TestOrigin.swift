@@ -1,0 +1,364 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Crypto
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// A real HTTP/1.1 origin on 127.0.0.1 with scripted behaviours, chosen by path:
+///
+/// | path | behaviour |
+/// | --- | --- |
+/// | `/upload` | reads the body, answers `bytes=N sha256=HEX`; `?pause` withholds reads until ``release()`` |
+/// | `/download?bytes=N` | streams N pattern bytes with a Content-Length, honouring writability |
+/// | `/echo` | streams the request body back, chunked |
+/// | `/close-mid-body` | announces 1000 bytes, sends 100, closes |
+/// | `/close-before-response` | closes as soon as the request head arrives |
+/// | `/never` | never answers |
+/// | `/status/N` | answers status N |
+/// | `/hop` | answers with hop-by-hop headers that must not reach the client |
+/// | `/flaky`, `/hang-on-bad`, `/reset-on-bad` | on origins named `bad*`: 503, no answer, a closed connection; elsewhere 200 |
+/// | `/arm-close` | answers, then closes the connection when the next request arrives on it, unanswered |
+/// | anything else | `200`, body: the request line and headers as the origin saw them |
+///
+/// Every response carries `x-origin: <name>` and `x-origin-connection: <n>` (1-based per origin).
+final class TestOrigin: Sendable {
+    let name: String
+    let channel: any Channel
+    let state: OriginState
+
+    var port: Int { self.channel.localAddress?.port ?? 0 }
+
+    private init(name: String, channel: any Channel, state: OriginState) {
+        self.name = name
+        self.channel = channel
+        self.state = state
+    }
+
+    static func start(name: String, group: any EventLoopGroup) async throws -> TestOrigin {
+        let state = OriginState()
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                let number = state.connections.add(1, ordering: .relaxed).newValue
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(
+                        OriginHandler(name: name, connection: number, state: state))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return TestOrigin(name: name, channel: channel, state: state)
+    }
+
+    /// Resumes reading of every paused `/upload?pause`.
+    func release() {
+        let paused = self.state.paused.withLock { paused in
+            defer { paused.removeAll() }
+            return paused
+        }
+        for handler in paused {
+            handler.eventLoop.execute { handler.value.resume() }
+        }
+    }
+
+    func stop() async {
+        try? await self.channel.close()
+    }
+}
+
+/// What an origin observed, readable from tests.
+final class OriginState: Sendable {
+    let connections = Atomic<Int>(0)
+    let requests = Atomic<Int>(0)
+    /// Bytes of `/download` bodies handed to the socket so far.
+    let downloadBytesWritten = Atomic<Int>(0)
+    /// Bytes of `/upload` bodies read so far.
+    let uploadBytesRead = Atomic<Int>(0)
+    let paused = Mutex<[NIOLoopBound<OriginHandler>]>([])
+    let pausedCount = Atomic<Int>(0)
+}
+
+final class OriginHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let name: String
+    let connection: Int
+    let state: OriginState
+    private var context: ChannelHandlerContext?
+    private var mode: Mode = .idle
+    private var paused = false
+    private var readPending = false
+    private var hasher = SHA256()
+    private var uploaded = 0
+    private var downloadRemaining = 0
+    private var downloadChunk = 0
+    private var closeOnNextRequest = false
+
+    enum Mode { case idle, upload, echo, download, info(String), never }
+
+    init(name: String, connection: Int, state: OriginState) {
+        self.name = name
+        self.connection = connection
+        self.state = state
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    private func head(_ status: HTTPResponseStatus, _ extra: [(String, String)] = []) -> HTTPResponseHead {
+        var headers = HTTPHeaders([("x-origin", self.name), ("x-origin-connection", String(self.connection))])
+        headers.add(contentsOf: extra)
+        return HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+    }
+
+    private func respond(
+        _ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ body: String, _ extra: [(String, String)] = []
+    ) {
+        let buffer = ByteBuffer(string: body)
+        context.write(
+            self.wrapOutboundOut(.head(self.head(status, extra + [("content-length", String(buffer.readableBytes))]))),
+            promise: nil)
+        context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let request):
+            if self.closeOnNextRequest {
+                // Like an origin whose keep-alive timeout fired just as the request arrived.
+                self.mode = .never
+                context.close(promise: nil)
+                return
+            }
+            self.state.requests.add(1, ordering: .relaxed)
+            let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
+            let query = request.uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+            switch path {
+            case "/upload":
+                self.mode = .upload
+                self.hasher = SHA256()
+                self.uploaded = 0
+                if query.contains("pause") {
+                    self.paused = true
+                    self.state.paused.withLock { $0.append(NIOLoopBound(self, eventLoop: context.eventLoop)) }
+                    self.state.pausedCount.add(1, ordering: .relaxed)
+                }
+            case "/echo":
+                self.mode = .echo
+                context.writeAndFlush(self.wrapOutboundOut(.head(self.head(.ok))), promise: nil)
+            case "/download":
+                self.mode = .download
+                let bytes = query.split(separator: "=").last.flatMap { Int($0) } ?? 0
+                self.downloadRemaining = bytes
+                self.downloadChunk = 0
+            case "/close-mid-body":
+                context.write(self.wrapOutboundOut(.head(self.head(.ok, [("content-length", "1000")]))), promise: nil)
+                let channel = context.channel
+                context.writeAndFlush(
+                    self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(repeating: UInt8(ascii: "x"), count: 100))))
+                ).whenComplete { _ in channel.close(promise: nil) }
+                self.mode = .never
+            case "/close-before-response":
+                context.close(promise: nil)
+                self.mode = .never
+            case "/never":
+                self.mode = .never
+            case "/flaky" where self.name.hasPrefix("bad"):
+                self.mode = .info("status 503")
+            case "/hang-on-bad" where self.name.hasPrefix("bad"):
+                self.mode = .never
+            case "/reset-on-bad" where self.name.hasPrefix("bad"):
+                context.close(promise: nil)
+                self.mode = .never
+            case "/arm-close":
+                self.closeOnNextRequest = true
+                self.mode = .info("armed\n")
+            case "/hop":
+                self.mode = .info("")
+            default:
+                if path.hasPrefix("/status/"), let code = Int(path.dropFirst("/status/".count)) {
+                    self.mode = .info("status \(code)")
+                } else {
+                    var text = "\(request.method.rawValue) \(request.uri)\n"
+                    for (name, value) in request.headers { text += "\(name.lowercased()): \(value)\n" }
+                    self.mode = .info(text)
+                }
+            }
+            if case .info = self.mode, path.hasPrefix("/status/") || path == "/hop" {
+                // answered at .end
+            }
+        case .body(let buffer):
+            switch self.mode {
+            case .upload:
+                buffer.withUnsafeReadableBytes { self.hasher.update(bufferPointer: $0) }
+                self.uploaded += buffer.readableBytes
+                self.state.uploadBytesRead.add(buffer.readableBytes, ordering: .relaxed)
+            case .echo:
+                context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            default:
+                break
+            }
+        case .end:
+            switch self.mode {
+            case .upload:
+                let digest = self.hasher.finalize().map { String($0, radix: 16).leftPadded(2) }.joined()
+                self.respond(context, .ok, "bytes=\(self.uploaded) sha256=\(digest)")
+                self.mode = .idle
+            case .echo:
+                context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+                self.mode = .idle
+            case .download:
+                context.write(
+                    self.wrapOutboundOut(.head(self.head(.ok, [("content-length", String(self.downloadRemaining))]))),
+                    promise: nil)
+                self.writeDownload(context)
+            case .info(let text) where text.hasPrefix("status "):
+                let code = Int(text.dropFirst("status ".count)) ?? 500
+                self.respond(context, HTTPResponseStatus(statusCode: code), "status \(code)")
+                self.mode = .idle
+            case .info(let text) where text.isEmpty:
+                self.respond(
+                    context, .ok, "hop",
+                    [
+                        ("connection", "x-secret, keep-alive"), ("x-secret", "1"), ("keep-alive", "timeout=5"),
+                        ("proxy-authenticate", "Basic"), ("x-kept", "yes"),
+                    ])
+                self.mode = .idle
+            case .info(let text):
+                self.respond(context, .ok, text)
+                self.mode = .idle
+            case .idle, .never:
+                break
+            }
+        }
+    }
+
+    private func writeDownload(_ context: ChannelHandlerContext) {
+        while self.downloadRemaining > 0 && context.channel.isWritable {
+            var chunk = Pattern.chunk(self.downloadChunk)
+            self.downloadChunk += 1
+            if chunk.readableBytes > self.downloadRemaining {
+                chunk = chunk.getSlice(at: chunk.readerIndex, length: self.downloadRemaining) ?? chunk
+            }
+            let count = chunk.readableBytes
+            self.downloadRemaining -= count
+            let state = self.state
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(chunk)))).whenSuccess {
+                state.downloadBytesWritten.add(count, ordering: .relaxed)
+            }
+        }
+        if self.downloadRemaining == 0, case .download = self.mode {
+            self.mode = .idle
+            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            context.flush()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, case .download = self.mode {
+            self.writeDownload(context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.paused {
+            self.readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    func resume() {
+        self.paused = false
+        if self.readPending, let context = self.context {
+            self.readPending = false
+            context.read()
+        }
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        self.count >= width ? self : String(repeating: "0", count: width - self.count) + self
+    }
+}
+
+/// The bytes streamed in tests: 64 KiB chunks, each starting with its index so that lost,
+/// repeated or reordered chunks change the hash.
+enum Pattern {
+    static let chunkSize = 64 * 1024
+    static let base: [UInt8] = (0..<chunkSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 8 &+ 7) }
+
+    static func chunk(_ index: Int) -> ByteBuffer {
+        var bytes = base
+        withUnsafeBytes(of: UInt64(index).littleEndian) { raw in
+            for (offset, byte) in raw.enumerated() { bytes[offset] = byte }
+        }
+        return ByteBuffer(bytes: bytes)
+    }
+
+    /// The SHA-256 of the first `count` bytes of the stream, in hex.
+    static func sha256(count: Int) -> String {
+        var hasher = SHA256()
+        var remaining = count
+        var index = 0
+        while remaining > 0 {
+            let chunk = Self.chunk(index)
+            let take = min(remaining, chunk.readableBytes)
+            chunk.withUnsafeReadableBytes {
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<take]))
+            }
+            remaining -= take
+            index += 1
+        }
+        return hasher.finalize().map { String($0, radix: 16).leftPadded(2) }.joined()
+    }
+}
+
+/// An "origin" that answers whatever it is sent with fixed bytes, then closes.
+final class GarbageOrigin: Sendable {
+    let channel: any Channel
+    var port: Int { self.channel.localAddress?.port ?? 0 }
+
+    private init(channel: any Channel) { self.channel = channel }
+
+    static func start(answer: String, group: any EventLoopGroup) async throws -> GarbageOrigin {
+        let channel = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(GarbageHandler(answer: answer))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return GarbageOrigin(channel: channel)
+    }
+
+    func stop() async { try? await self.channel.close() }
+}
+
+private final class GarbageHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let answer: String
+    private var answered = false
+
+    init(answer: String) { self.answer = answer }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.answered else { return }
+        self.answered = true
+        let channel = context.channel
+        context.writeAndFlush(self.wrapOutboundOut(ByteBuffer(string: self.answer))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Compares `aviary gateway` with nginx and HAProxy as reverse proxies in front of one origin (an
+# nginx serving a 128-byte and a 1 MiB response), each proxy with one worker/thread, with wrk on
+# 127.0.0.1: keep-alive connections, interleaved rounds, medians. Prints requests/s, p99 and the
+# p99 each proxy adds over the origin alone (issue 4 first milestone: requests/s >= 0.75x nginx,
+# added p99 <= nginx's + 1 ms; 1 MiB throughput >= 0.8x nginx).
+#   scripts/bench-gateway.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
+#   AVIARY_BIN=path/to/aviary scripts/bench-gateway.sh   # skip the release build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10}
+connections=${2:-50}
+rounds=${3:-3}
+for tool in wrk nginx haproxy curl; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install wrk nginx haproxy curl" >&2; exit 1; }
+done
+
+if [ -n "${AVIARY_BIN:-}" ]; then
+  aviary=$AVIARY_BIN  # a release build made elsewhere, e.g. with --scratch-path
+else
+  swift build -c release --product aviary >/dev/null
+  aviary="$(swift build -c release --show-bin-path)/aviary"
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+mkdir -p "$work/tmp"
+head -c $((1 << 20)) /dev/urandom >"$work/large.bin"
+small=$(printf '%0128d' 0)
+
+nginx_common="user root; worker_processes 1; daemon off; error_log $work/nginx.err warn;"
+temp_paths="client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp;
+  uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;"
+
+cat >"$work/origin.conf" <<CONF
+$nginx_common pid $work/origin.pid;
+events { worker_connections 4096; }
+http { access_log off; $temp_paths keepalive_requests 1000000;
+  server { listen 127.0.0.1:8301;
+    location = /small { default_type text/plain; return 200 "$small"; }
+    location = /large { alias $work/large.bin; } } }
+CONF
+cat >"$work/nginx.conf" <<CONF
+$nginx_common pid $work/nginx.pid;
+events { worker_connections 4096; }
+http { access_log off; $temp_paths keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:8301; keepalive 64; }
+  server { listen 127.0.0.1:8302;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat >"$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend proxy
+  bind 127.0.0.1:8303
+  default_backend origin
+backend origin
+  http-reuse always
+  server origin 127.0.0.1:8301
+CONF
+cat >"$work/gateway.yaml" <<CONF
+listen: {address: 127.0.0.1:8304}
+clusters: {origin: {endpoints: [127.0.0.1:8301]}}
+routes: [{match: {path_prefix: /}, cluster: origin}]
+CONF
+
+nginx -c "$work/origin.conf" & pids+=($!)
+nginx -c "$work/nginx.conf" & pids+=($!)
+haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
+"$aviary" gateway --config "$work/gateway.yaml" --threads 1 2>/dev/null & pids+=($!)
+for port in 8301 8302 8303 8304; do
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/small" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fsS "http://127.0.0.1:$port/small" >/dev/null
+  [ "$(curl -fsS "http://127.0.0.1:$port/large" | wc -c)" = $((1 << 20)) ] || { echo "port $port: bad /large" >&2; exit 1; }
+done
+
+run() { # port path -> "requests_per_second p99_ms transfer_MB_per_s"
+  local out
+  out=$(wrk -t1 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$1$2")
+  awk '
+    /^Requests\/sec:/ {rps = $2}
+    /^Transfer\/sec:/ {t = $2; if (t ~ /GB$/) {sub(/GB$/, "", t); t = t * 1024} else if (t ~ /MB$/) {sub(/MB$/, "", t)} else if (t ~ /KB$/) {sub(/KB$/, "", t); t = t / 1024}}
+    $1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v = v / 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v = v * 1000}; p99 = v}
+    END {printf "%s %s %s\n", rps, p99, t}' <<<"$out"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+names=(origin nginx haproxy aviary)
+ports=(8301 8302 8303 8304)
+for path in /small /large; do
+  for port in "${ports[@]}"; do wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null; done  # warm-up
+  declare -A rps=() p99=() mbs=()
+  for round in $(seq 1 "$rounds"); do
+    for i in "${!names[@]}"; do
+      read -r r p m < <(run "${ports[$i]}" "$path")
+      rps[$i]+="$r "; p99[$i]+="$p "; mbs[$i]+="$m "
+    done
+  done
+  echo "== $path: $connections connections, $rounds x ${duration}s, medians"
+  printf '%-8s %12s %10s %12s %14s\n' proxy requests/s p99_ms MB/s added_p99_ms
+  origin_p99=$(median ${p99[0]})
+  declare -A med_rps=() med_p99=() med_mbs=()
+  for i in "${!names[@]}"; do
+    med_rps[$i]=$(median ${rps[$i]}); med_p99[$i]=$(median ${p99[$i]}); med_mbs[$i]=$(median ${mbs[$i]})
+    awk -v n="${names[$i]}" -v r="${med_rps[$i]}" -v p="${med_p99[$i]}" -v m="${med_mbs[$i]}" -v o="$origin_p99" \
+      'BEGIN {printf "%-8s %12.0f %10.2f %12.1f %14.2f\n", n, r, p, m, p - o}'
+  done
+  awk -v a="${med_rps[3]}" -v n="${med_rps[1]}" -v h="${med_rps[2]}" -v am="${med_mbs[3]}" -v nm="${med_mbs[1]}" \
+    -v ap="${med_p99[3]}" -v np="${med_p99[1]}" -v o="$origin_p99" 'BEGIN {
+    printf "aviary / nginx: requests/s %.2fx, MB/s %.2fx; aviary / haproxy requests/s %.2fx; added p99 aviary %.2f ms vs nginx %.2f ms\n",
+      a / n, am / nm, a / h, ap - o, np - o }'
+done
