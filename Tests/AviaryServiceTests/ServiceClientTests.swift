@@ -84,7 +84,11 @@ struct ServiceClientTests {
     @Test("power of two choices spreads calls and always avoids the busier of two replicas")
     func balancing() async throws {
         try await withReplicas { endpoints, logs in
-            let client = ServiceClient(service: "orders", upstream: "users", endpoints: StaticEndpoints(endpoints))
+            // No per-try timeout and no retry: on a loaded machine a slow attempt would be retried
+            // and counted twice, and this test is about where calls go, not about resilience.
+            let client = ServiceClient(
+                service: "orders", upstream: "users", endpoints: StaticEndpoints(endpoints),
+                pipeline: ResiliencePipeline { Timeout(.seconds(30)) })
             for _ in 0..<100 {
                 #expect(try await client.execute(.GET, "/hello").status == 200)
             }
