@@ -103,7 +103,12 @@ final class OTLPReceiver: Sendable {
                 }
             }
         }
-        self.spans.withLock { $0 += received }
+        // An exporter may send a batch again when an answer is late: keep each span once.
+        self.spans.withLock { spans in
+            for span in received where !spans.contains(where: { $0.spanID == span.spanID }) {
+                spans.append(span)
+            }
+        }
     }
 
     /// OTLP/JSON ids are hex; protobuf's generic JSON mapping writes bytes as base64. Both are

@@ -5,6 +5,7 @@
 
 import AsyncHTTPClient
 import AviaryCore
+import AviaryResilience
 import AviaryStorage
 import AviaryTelemetry
 import Foundation
@@ -40,6 +41,12 @@ func testTracing(
 }
 
 typealias OTelSampler = OTel.Configuration.TracesConfiguration.SamplerConfiguration
+
+extension ResiliencePipeline<ClientResponse> {
+    /// No retries and no per-try timeout: on a loaded machine the default pipeline's 500 ms per
+    /// try can time out and retry, which adds spans and calls these tests count exactly.
+    static var plain: ResiliencePipeline<ClientResponse> { ResiliencePipeline { Timeout(.seconds(30)) } }
+}
 
 /// Runs the applications in one service group until `body` returns, then shuts them down.
 func withApplications<Context>(
@@ -103,7 +110,8 @@ struct TracingTests {
                 options("orders"), logger: quiet, tracing: try testTracing("orders", collector: collector))
             let paymentsEndpoints = LateEndpoints()
             let paymentsClient = ServiceClient(
-                service: "orders", upstream: "payments", endpoints: paymentsEndpoints, tracer: orders.tracer)
+                service: "orders", upstream: "payments", endpoints: paymentsEndpoints, pipeline: .plain,
+                tracer: orders.tracer)
             orders.router.post("/orders") { _, _ -> String in
                 let response = try await paymentsClient.execute(
                     .POST, "/charges", headers: [("idempotency-key", "o-1")])
@@ -114,7 +122,7 @@ struct TracingTests {
                 options("edge"), logger: edgeLogger, tracing: try testTracing("edge", collector: collector))
             let ordersEndpoints = LateEndpoints()
             let ordersClient = ServiceClient(
-                service: "edge", upstream: "orders", endpoints: ordersEndpoints, tracer: edge.tracer)
+                service: "edge", upstream: "orders", endpoints: ordersEndpoints, pipeline: .plain, tracer: edge.tracer)
             edge.router.get("/checkout") { _, _ -> String in
                 let response = try await ordersClient.execute(.POST, "/orders", headers: [("idempotency-key", "c-1")])
                 return String(buffer: response.body)
@@ -216,7 +224,7 @@ struct TracingTests {
                 ServiceOptions(name: "edge", port: 0, drainDelay: .zero), logger: quiet,
                 tracing: try testTracing("edge", collector: collector))
             let endpoints = LateEndpoints()
-            let untraced = ServiceClient(service: "edge", upstream: "upstream", endpoints: endpoints)
+            let untraced = ServiceClient(service: "edge", upstream: "upstream", endpoints: endpoints, pipeline: .plain)
             app.router.get("/fail") { _, _ -> String in
                 _ = try await untraced.execute(.GET, "/echo")
                 throw HTTPError(.serviceUnavailable)
