@@ -322,6 +322,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 close: hasBody || !head.isKeepAlive, context: context)
             return
         }
+        if route.route.auth != nil {
+            // Fail closed: this milestone parses `auth` but does not verify tokens yet, and a
+            // route that asks for authentication must never be served without it.
+            self.respondLocally(
+                status: 503, slug: "authentication-unavailable",
+                detail: "routes[\(route.index)] requires a JWT, which this gateway does not verify yet; not forwarded",
+                extensions: ["reason": "auth-not-enforced"],
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
         let clusterIndex = route.pickCluster(self.core.random)
         let cluster = self.upstreams.clusters[clusterIndex]
         guard let pool = cluster.pick(self.core.random) else {
