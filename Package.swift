@@ -163,6 +163,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // MARK: Tests
+        // Helpers shared by test targets (a real OTLP/HTTP collector); not a product.
+        .target(
+            name: "AviaryTestSupport",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Tests/AviaryTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "AviaryCoreTests",
             dependencies: ["AviaryCore"],
@@ -199,6 +210,7 @@ let package = Package(
             name: "AviaryServiceTests",
             dependencies: [
                 "AviaryService",
+                "AviaryTestSupport",
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryStorage",
@@ -232,6 +244,9 @@ let package = Package(
             dependencies: [
                 "Shop",
                 "AviaryService",
+                "AviaryTelemetry",
+                "AviaryTestSupport",
+                .product(name: "OTel", package: "swift-otel"),
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryStorage",

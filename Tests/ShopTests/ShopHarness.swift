@@ -5,10 +5,12 @@
 
 import AsyncHTTPClient
 import AviaryCore
+import AviaryTelemetry
 import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import OTel
 import ServiceLifecycle
 import Synchronization
 import Testing
@@ -25,7 +27,7 @@ final class ShopHarness: Sendable {
     private let listening: AsyncStream<(String, Endpoint)>
     private let listeningContinuation: AsyncStream<(String, Endpoint)>.Continuation
 
-    init(minimumCalls: Int = 2, openDuration: Duration = .seconds(30)) throws {
+    init(minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil) throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("aviary-shop-\(UUID().uuidString)").path
         let clock = ManualClock()
@@ -40,6 +42,14 @@ final class ShopHarness: Sendable {
         logger.logLevel = .critical
         options.logger = logger
         options.onListening = { service, endpoint in continuation.yield((service, endpoint)) }
+        // Tracing only when a test collects spans (the default reads OTEL_* from the environment).
+        let quietLogger = logger
+        options.tracing = { service in
+            guard let collector else { return nil }
+            var configuration = TracingConfiguration(service: service, endpoint: collector, protocol: .httpJSON)
+            configuration.otel.traces.batchSpanProcessor.scheduleDelay = .milliseconds(10)
+            return try TracingBackend(configuration, logger: quietLogger)
+        }
         self.shop = try ShopSystem(options: options)
         self.clock = clock
         self.directory = directory
@@ -131,9 +141,10 @@ final class ShopHarness: Sendable {
 /// Runs `body` with all services started, and shuts them down afterwards even if `body` throws.
 func withShop(
     minimumCalls: Int = 2,
+    collector: String? = nil,
     _ body: (ShopHarness) async throws -> Void
 ) async throws {
-    let harness = try ShopHarness(minimumCalls: minimumCalls)
+    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector)
     do {
         try await harness.startAll()
         try await body(harness)

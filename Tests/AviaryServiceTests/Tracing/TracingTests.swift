@@ -8,6 +8,7 @@ import AviaryCore
 import AviaryResilience
 import AviaryStorage
 import AviaryTelemetry
+import AviaryTestSupport
 import Foundation
 import GRDB
 import Hummingbird

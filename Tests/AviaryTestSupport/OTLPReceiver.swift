@@ -3,40 +3,50 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-import AviaryCore
 import Foundation
 import Hummingbird
+import Logging
 import NIOCore
 import ServiceLifecycle
 import Synchronization
 
-/// One span as an OTLP/HTTP (JSON encoding) collector received it.
-struct ReceivedSpan: Sendable, CustomStringConvertible {
-    var service: String
-    var traceID: String
-    var spanID: String
-    /// Empty for a root span.
-    var parentSpanID: String
-    var name: String
-    /// OTLP's `SpanKind`: 2 server, 3 client.
-    var kind: Int
-    var attributes: [String: String]
+/// A logger that drops everything.
+private let silent = Logger(label: "aviary.test-support", factory: { _ in SwiftLogNoOpLogHandler() })
 
-    var description: String { "\(self.service) \(self.name) kind=\(self.kind) \(self.spanID)<-\(self.parentSpanID)" }
+/// One span as an OTLP/HTTP (JSON encoding) collector received it.
+public struct ReceivedSpan: Sendable, CustomStringConvertible {
+    public var service: String
+    public var traceID: String
+    public var spanID: String
+    /// Empty for a root span.
+    public var parentSpanID: String
+    public var name: String
+    /// OTLP's `SpanKind`: 2 server, 3 client.
+    public var kind: Int
+    public var attributes: [String: String]
+
+    public var description: String {
+        "\(self.service) \(self.name) kind=\(self.kind) \(self.spanID)<-\(self.parentSpanID)"
+    }
 }
 
 /// A small OTLP/HTTP trace collector on 127.0.0.1: `POST /v1/traces` with the JSON encoding of
 /// `ExportTraceServiceRequest`, parsed with Foundation's JSON parser (not with swift-otel's code).
-final class OTLPReceiver: Sendable {
-    let spans = Mutex<[ReceivedSpan]>([])
-    let problems = Mutex<[String]>([])
+public final class OTLPReceiver: Sendable {
+    /// Every span received, each once.
+    public let spans = Mutex<[ReceivedSpan]>([])
+    /// Requests that could not be parsed.
+    public let problems = Mutex<[String]>([])
 
-    func spans(inTrace traceID: String) -> [ReceivedSpan] {
+    public init() {}
+
+    /// The spans of one trace.
+    public func spans(inTrace traceID: String) -> [ReceivedSpan] {
         self.spans.withLock { $0.filter { $0.traceID == traceID } }
     }
 
     /// Runs the collector for the duration of `body`, which gets its traces URL.
-    func run(_ body: (String) async throws -> Void) async throws {
+    public func run(_ body: (String) async throws -> Void) async throws {
         let router = Router()
         router.post("/v1/traces") { request, _ -> Response in
             let bytes = try await request.body.collect(upTo: 16 << 20)
@@ -57,9 +67,9 @@ final class OTLPReceiver: Sendable {
             router: router,
             configuration: .init(address: .hostname("127.0.0.1", port: 0)),
             onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) },
-            logger: quiet
+            logger: silent
         )
-        let group = ServiceGroup(services: [app], logger: quiet)
+        let group = ServiceGroup(services: [app], logger: silent)
         let running = Task { try await group.run() }
         var port = 0
         for await value in ports {

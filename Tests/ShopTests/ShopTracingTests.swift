@@ -1,0 +1,57 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryTestSupport
+import Foundation
+import NIOHTTP1
+import Testing
+
+@testable import Shop
+
+@Suite("Shop tracing", .timeLimit(.minutes(2)))
+struct ShopTracingTests {
+    static let traceID = "0af7651916cd43dd8448eb211c80319c"
+    static let callerSpanID = "b7ad6b7169203331"
+
+    @Test("placing an order is one trace through orders, users and payments and their databases")
+    func orderTrace() async throws {
+        let receiver = OTLPReceiver()
+        try await receiver.run { collector in
+            try await withShop(collector: collector) { shop in
+                let reply = try await shop.send(
+                    .POST, "orders", "/orders", json: ShopTests.order,
+                    headers: [("traceparent", "00-\(Self.traceID)-\(Self.callerSpanID)-01")])
+                #expect(reply.status == 201)
+                // orders, its two client calls, users, payments, and a database span per service.
+                let deadline = ContinuousClock.now.advanced(by: .seconds(20))
+                while receiver.spans(inTrace: Self.traceID).count < 8, ContinuousClock.now < deadline {
+                    await Task.yield()
+                }
+            }
+        }
+        let spans = receiver.spans(inTrace: Self.traceID)
+        #expect(Set(spans.map(\.service)) == ["orders", "users", "payments"], "\(spans)")
+        let ordersServer = try #require(spans.first { $0.service == "orders" && $0.kind == 2 }, "\(spans)")
+        #expect(ordersServer.parentSpanID == Self.callerSpanID)
+        #expect(ordersServer.name == "POST /orders")
+        for callee in ["users", "payments"] {
+            let server = try #require(spans.first { $0.service == callee && $0.kind == 2 }, "\(callee): \(spans)")
+            let client = try #require(spans.first { $0.spanID == server.parentSpanID }, "\(callee)'s caller")
+            #expect(client.service == "orders" && client.kind == 3)
+            #expect(client.parentSpanID == ordersServer.spanID)
+            #expect(
+                spans.contains {
+                    $0.service == callee && $0.parentSpanID == server.spanID
+                        && $0.attributes["db.system.name"] == "sqlite"
+                },
+                "\(callee) has a database span under its server span")
+        }
+        #expect(
+            spans.contains {
+                $0.service == "orders" && $0.parentSpanID == ordersServer.spanID && $0.kind == 3
+                    && $0.attributes["db.system.name"] == "sqlite"
+            })
+    }
+}
