@@ -117,6 +117,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -137,6 +138,7 @@ let package = Package(
             name: "Shop",
             dependencies: [
                 "AviaryCore",
+                "AviaryGateway",
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
@@ -243,6 +245,7 @@ let package = Package(
             name: "ShopTests",
             dependencies: [
                 "Shop",
+                "AviaryGateway",
                 "AviaryService",
                 "AviaryTelemetry",
                 "AviaryTestSupport",

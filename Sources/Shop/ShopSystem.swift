@@ -5,6 +5,7 @@
 
 import AsyncHTTPClient
 public import AviaryCore
+public import AviaryGateway
 import AviaryResilience
 import AviaryService
 import AviaryStorage
@@ -27,6 +28,9 @@ public struct ShopOptions: Sendable {
     public var host: String = "127.0.0.1"
     /// The port of each service; 0 picks a free one.
     public var ports: [String: Int] = ["users": 8101, "orders": 8102, "payments": 8103]
+    /// The port of the API gateway in front of the services (``ShopSystem/gatewayYAML(port:)``);
+    /// nil runs no gateway.
+    public var gatewayPort: Int? = 8080
     /// The folder that holds each service's SQLite database (`<service>.db`).
     public var dataDirectory: String = ".aviary/shop"
     /// The clock the circuit breakers use (tests inject a ``AviaryCore/ManualClock``).
@@ -191,12 +195,58 @@ public final class ShopSystem: Sendable {
             .makeServices().services
     }
 
+    /// The gateway's configuration: `/api/users/…`, `/api/login`, `/api/orders…`, `/api/payments…`
+    /// and `/.well-known/jwks.json`, each to its service (which checks tokens itself).
+    ///
+    /// - Throws: `AviaryError` when a service's port is still unknown (0 and not listening yet).
+    public func gatewayYAML(port: Int) throws -> String {
+        var endpoints: [String: String] = [:]
+        for service in ShopOptions.services {
+            let endpoint =
+                self.addressBook.endpoint(of: service)
+                ?? Endpoint(host: self.options.host, port: self.options.ports[service] ?? 0)
+            guard endpoint.port != 0 else {
+                throw AviaryError(
+                    .failedPrecondition, "\(service) must listen before the gateway starts (its port is 0)")
+            }
+            endpoints[service] = "\(endpoint.host):\(endpoint.port)"
+        }
+        return """
+            listen: {address: \(self.options.host):\(port)}
+            clusters:
+              users: {endpoints: [\(endpoints["users"]!)]}
+              orders: {endpoints: [\(endpoints["orders"]!)]}
+              payments: {endpoints: [\(endpoints["payments"]!)]}
+            routes:
+              - {match: {path: /api/login}, rewrite: {path_prefix: /login}, cluster: users}
+              - {match: {path: /.well-known/jwks.json}, cluster: users}
+              - {match: {path_prefix: /api/users/}, rewrite: {path_prefix: /users/}, cluster: users}
+              - {match: {path_prefix: /api/orders}, rewrite: {path_prefix: /orders}, cluster: orders}
+              - {match: {path_prefix: /api/payments}, rewrite: {path_prefix: /payments}, cluster: payments}
+            """
+    }
+
+    /// The gateway as a service, listening on `port` (0 for any) in front of the services.
+    public func gatewayService(port: Int) throws -> GatewayService {
+        let configuration = try GatewayConfiguration(yaml: try self.gatewayYAML(port: port), file: "shop-gateway.yaml")
+        var logger = self.options.logger
+        logger[metadataKey: "service"] = "gateway"
+        let onListening = self.options.onListening
+        return GatewayService(GatewayServer(configuration: configuration, logger: logger)) { endpoint in
+            await onListening("gateway", endpoint)
+        }
+    }
+
     /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when
     /// `handleSignals` is true (then in-flight requests finish before the process exits).
     public func run(handleSignals: Bool = false) async throws {
         var services: [any Service] = []
         for name in ShopOptions.services {
             services += try await self.services(name, port: self.options.ports[name] ?? 0)
+        }
+        if let gatewayPort = self.options.gatewayPort {
+            // Last, so that it stops first at shutdown: no new requests reach draining services.
+            services.append(try self.gatewayService(port: gatewayPort))
         }
         let group = ServiceGroup(
             configuration: .init(

@@ -10,9 +10,9 @@ import Foundation
 import Logging
 import Shop
 
-// `swift run shop`: users, payments and orders in one process, on 8101-8103 by default.
-// Options: --data-dir PATH, --host ADDRESS, --<service>-port N (0 = any free port),
-// --config PATH (default aviary.yaml), --print-config.
+// `swift run shop`: users, payments and orders in one process, on 8101-8103 by default, behind
+// the API gateway on 8080. Options: --data-dir PATH, --host ADDRESS, --<service>-port N (0 = any
+// free port), --gateway-port N, --no-gateway, --config PATH (default aviary.yaml), --print-config.
 // Each service's port also comes from its section of aviary.yaml and AVIARY_<SERVICE>_PORT; a
 // command-line port wins.
 
@@ -36,14 +36,22 @@ while let argument = arguments.popFirst() {
         print(
             """
             usage: shop [--data-dir PATH] [--host ADDRESS] [--users-port N] [--orders-port N] [--payments-port N]
-                        [--config PATH] [--print-config]
-            Runs the Shop reference system (users, orders, payments) in one process.
+                        [--gateway-port N | --no-gateway] [--config PATH] [--print-config]
+            Runs the Shop reference system (users, orders, payments) in one process, behind the
+            API gateway (port 8080 by default: /api/login, /api/users/, /api/orders, /api/payments).
             """)
         exit(0)
     case "--data-dir": options.dataDirectory = value()
     case "--config": configFile = value()
     case "--print-config": printConfig = true
     case "--host": options.host = value()
+    case "--no-gateway": options.gatewayPort = nil
+    case "--gateway-port":
+        let text = value()
+        guard let port = Int(text), (1...65535).contains(port) else {
+            fail("--gateway-port: expected a port in 1...65535, got \"\(text)\"")
+        }
+        options.gatewayPort = port
     case let flag where flag.hasPrefix("--") && flag.hasSuffix("-port"):
         let service = String(flag.dropFirst(2).dropLast(5))
         guard ShopOptions.services.contains(service) else {

@@ -71,6 +71,21 @@ final class ShopHarness: Sendable {
         throw AviaryError(.internal, "\(service) never listened")
     }
 
+    /// Starts Shop's gateway on a free port in front of the running services.
+    @discardableResult
+    func startGateway() async throws -> Endpoint {
+        var logger = Logger(label: "shop-tests")
+        logger.logLevel = .critical
+        let group = ServiceGroup(services: [try self.shop.gatewayService(port: 0)], logger: logger)
+        let task = Task { try await group.run() }
+        self.running.withLock { $0["gateway"] = (group, task) }
+        for await (name, endpoint) in self.listening where name == "gateway" {
+            self.shop.addressBook.set("gateway", endpoint)
+            return endpoint
+        }
+        throw AviaryError(.internal, "the gateway never listened")
+    }
+
     /// Stops `service` gracefully and waits until it has stopped.
     func stop(_ service: String) async throws {
         guard let entry = self.running.withLock({ $0.removeValue(forKey: service) }) else { return }
@@ -83,6 +98,7 @@ final class ShopHarness: Sendable {
     }
 
     func shutdown() async throws {
+        try await self.stop("gateway")
         for service in ShopOptions.services.reversed() { try await self.stop(service) }
         self.listeningContinuation.finish()
         try? FileManager.default.removeItem(atPath: self.directory)
@@ -124,7 +140,7 @@ final class ShopHarness: Sendable {
     ) async throws -> Reply {
         var request = HTTPClientRequest(url: try self.url(service, path))
         request.method = method
-        if let user, service != "users" {
+        if let user, service == "orders" || service == "payments" {
             request.headers.add(name: "authorization", value: "Bearer \(try await self.token(user))")
         }
         for (name, value) in headers { request.headers.add(name: name, value: value) }
