@@ -39,6 +39,10 @@ public struct ShopOptions: Sendable {
     public var breakerOpenDuration: Duration = .seconds(10)
     /// Calls a breaker must see before it judges the failure rate.
     public var breakerMinimumCalls: Int = 5
+    /// How long one attempt of a call to another service may take (a timed-out GET is retried).
+    public var upstreamAttemptTimeout: Duration = .milliseconds(500)
+    /// How long a call to another service may take in all, retries included.
+    public var upstreamTotalTimeout: Duration = .seconds(2)
     /// Called once per service when it listens (the executable prints the address).
     public var onListening: @Sendable (String, Endpoint) async -> Void = { _, _ in }
     /// The logger every service logs through.
@@ -108,6 +112,8 @@ public final class ShopSystem: Sendable {
         policy.breaker.minimumNumberOfCalls = options.breakerMinimumCalls
         policy.breaker.slidingWindow = .countBased(max(10, options.breakerMinimumCalls))
         policy.breaker.permittedNumberOfCallsInHalfOpenState = 1
+        policy.perTryTimeout = options.upstreamAttemptTimeout
+        policy.totalTimeout = options.upstreamTotalTimeout
         self.users = try UsersService(url: url("users"), logger: logger("users"), tracer: tracing["users"]?.tracer)
         self.payments = try PaymentsService(
             url: url("payments"), logger: logger("payments"), tracer: tracing["payments"]?.tracer)

@@ -27,7 +27,10 @@ final class ShopHarness: Sendable {
     private let listening: AsyncStream<(String, Endpoint)>
     private let listeningContinuation: AsyncStream<(String, Endpoint)>.Continuation
 
-    init(minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil) throws {
+    init(
+        minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil,
+        attemptTimeout: Duration = .seconds(5)
+    ) throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("aviary-shop-\(UUID().uuidString)").path
         let clock = ManualClock()
@@ -38,6 +41,11 @@ final class ShopHarness: Sendable {
         options.breakerClock = clock
         options.breakerMinimumCalls = minimumCalls
         options.breakerOpenDuration = openDuration
+        // Generous by default: suites run in parallel with 128 MiB streaming tests, and a 500 ms
+        // attempt can time out on a loaded CI machine. The outage test passes a short one, since
+        // AsyncHTTPClient keeps retrying a refused connect until the attempt's deadline.
+        options.upstreamAttemptTimeout = attemptTimeout
+        options.upstreamTotalTimeout = attemptTimeout * 3
         var logger = Logger(label: "shop-tests")
         logger.logLevel = .critical
         options.logger = logger
@@ -158,9 +166,10 @@ final class ShopHarness: Sendable {
 func withShop(
     minimumCalls: Int = 2,
     collector: String? = nil,
+    attemptTimeout: Duration = .seconds(5),
     _ body: (ShopHarness) async throws -> Void
 ) async throws {
-    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector)
+    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector, attemptTimeout: attemptTimeout)
     do {
         try await harness.startAll()
         try await body(harness)
