@@ -202,6 +202,7 @@ let package = Package(
             dependencies: [
                 "AviaryCore",
                 "AviaryTelemetry",
+                "AviaryTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -10,6 +10,11 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+#if canImport(SwiftOverlayShims)
+// Some builds resolve `timespec` to the runtime shims' declaration, whose members
+// MemberImportVisibility hides unless that module is imported too (as in TimerThread).
+import SwiftOverlayShims
+#endif
 
 /// A point on a monotonic timeline, measured from an arbitrary origin that is fixed for one clock.
 ///
@@ -120,6 +125,25 @@ extension Duration {
         let (sum, overflow2) = product.addingReportingOverflow(attoseconds / 1_000_000_000)
         if overflow2 { return seconds < 0 ? .min : .max }
         return sum
+    }
+
+    /// Parses a configuration duration: a non-negative integer and `ms`, `s`, `m` or `h`, no spaces
+    /// (`500ms`, `10s`, `5m`, `1h`); nil for anything else, or one that overflows. The one parser
+    /// behind `aviary.yaml` and `gateway.yaml`.
+    ///
+    /// ```swift
+    /// Duration(aviaryText: "500ms") // .milliseconds(500)
+    /// ```
+    public init?(aviaryText text: some StringProtocol) {
+        let digits = text.prefix { $0.isASCII && $0.isNumber }
+        guard !digits.isEmpty, let amount = Int64(digits) else { return nil }
+        switch text.dropFirst(digits.count) {
+        case "ms": self = .milliseconds(amount)
+        case "s": self = .seconds(amount)
+        case "m" where amount <= Int64.max / 60: self = .seconds(amount * 60)
+        case "h" where amount <= Int64.max / 3600: self = .seconds(amount * 3600)
+        default: return nil
+        }
     }
 
     /// Creates a duration from seconds given as a `Double` (used for `Retry-After` and YAML).

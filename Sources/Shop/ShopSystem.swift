@@ -172,16 +172,23 @@ public final class ShopSystem: Sendable {
         return app
     }
 
+    /// Where `service` listens: from the address book once it has started, otherwise its
+    /// configured port, which must then not be 0 (a free port is known only once it listens).
+    func knownEndpoint(of service: String, neededBy dependent: String) throws -> Endpoint {
+        if let endpoint = self.addressBook.endpoint(of: service) { return endpoint }
+        let port = self.options.ports[service] ?? 0
+        guard port != 0 else {
+            throw AviaryError(
+                .failedPrecondition, "\(service) is on port 0 (any free port), so it must listen before \(dependent)")
+        }
+        return Endpoint(host: self.options.host, port: port)
+    }
+
     /// How `orders` and `payments` verify tokens: ES256 only, issuer `shop-users`, audience
     /// `shop`, keys from the JWKS `users` publishes (fetched on first use, refetched for an
     /// unknown `kid`).
     func authenticator() async throws -> JWTAuthenticator {
-        let users =
-            self.addressBook.endpoint(of: "users")
-            ?? Endpoint(host: self.options.host, port: self.options.ports["users"] ?? 0)
-        guard users.port != 0 else {
-            throw AviaryError(.failedPrecondition, "users must listen before orders and payments start (its port is 0)")
-        }
+        let users = try self.knownEndpoint(of: "users", neededBy: "orders and payments start")
         let configuration = JWTVerifierConfiguration(
             keys: [.jwksURL(users.url + "/.well-known/jwks.json")],
             issuer: ShopTokens.issuer,
@@ -208,13 +215,8 @@ public final class ShopSystem: Sendable {
     public func gatewayYAML(port: Int) throws -> String {
         var endpoints: [String: String] = [:]
         for service in ShopOptions.services {
-            let endpoint =
-                self.addressBook.endpoint(of: service)
-                ?? Endpoint(host: self.options.host, port: self.options.ports[service] ?? 0)
-            guard endpoint.port != 0 else {
-                throw AviaryError(
-                    .failedPrecondition, "\(service) must listen before the gateway starts (its port is 0)")
-            }
+            let endpoint = try self.knownEndpoint(
+                of: service, neededBy: "the gateway starts (or run shop with --no-gateway)")
             endpoints[service] = "\(endpoint.host):\(endpoint.port)"
         }
         return """

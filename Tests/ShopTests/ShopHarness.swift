@@ -27,10 +27,7 @@ final class ShopHarness: Sendable {
     private let listening: AsyncStream<(String, Endpoint)>
     private let listeningContinuation: AsyncStream<(String, Endpoint)>.Continuation
 
-    init(
-        minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil,
-        attemptTimeout: Duration = .seconds(5)
-    ) throws {
+    init(minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil) throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("aviary-shop-\(UUID().uuidString)").path
         let clock = ManualClock()
@@ -41,11 +38,11 @@ final class ShopHarness: Sendable {
         options.breakerClock = clock
         options.breakerMinimumCalls = minimumCalls
         options.breakerOpenDuration = openDuration
-        // Generous by default: suites run in parallel with 128 MiB streaming tests, and a 500 ms
-        // attempt can time out on a loaded CI machine. The outage test passes a short one, since
-        // AsyncHTTPClient keeps retrying a refused connect until the attempt's deadline.
-        options.upstreamAttemptTimeout = attemptTimeout
-        options.upstreamTotalTimeout = attemptTimeout * 3
+        // Generous: suites run in parallel with 128 MiB streaming tests, and a 500 ms attempt can
+        // time out on a loaded CI machine. A service that is down still fails at once (ServiceClient
+        // does not retry refused connects inside an attempt).
+        options.upstreamAttemptTimeout = .seconds(5)
+        options.upstreamTotalTimeout = .seconds(15)
         var logger = Logger(label: "shop-tests")
         logger.logLevel = .critical
         options.logger = logger
@@ -166,10 +163,9 @@ final class ShopHarness: Sendable {
 func withShop(
     minimumCalls: Int = 2,
     collector: String? = nil,
-    attemptTimeout: Duration = .seconds(5),
     _ body: (ShopHarness) async throws -> Void
 ) async throws {
-    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector, attemptTimeout: attemptTimeout)
+    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector)
     do {
         try await harness.startAll()
         try await body(harness)

@@ -157,7 +157,7 @@ struct ShopTests {
 
     @Test("with payments down, orders answers 503 at once, its breaker opens, and it recovers")
     func paymentsOutage() async throws {
-        try await withShop(minimumCalls: 2, attemptTimeout: .milliseconds(500)) { shop in
+        try await withShop(minimumCalls: 2) { shop in
             let paymentsEndpoint = try shop.shop.addressBook.require("payments")
             try await shop.stop("payments")
 

@@ -3,6 +3,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
+
 /// Parsers of the units written in `gateway.yaml`: durations, sizes, percentages and rates.
 ///
 /// ```swift
@@ -14,16 +16,7 @@
 public enum GatewayUnits {
     /// A non-negative duration: an integer and `ms`, `s`, `m` or `h`.
     public static func duration(_ text: String) -> Duration? {
-        let text = text.trimmingWhitespace()
-        let digits = text.prefix { $0.isASCII && $0.isNumber }
-        guard !digits.isEmpty, let amount = Int64(digits) else { return nil }
-        switch text.dropFirst(digits.count) {
-        case "ms": return .milliseconds(amount)
-        case "s": return .seconds(amount)
-        case "m" where amount <= Int64.max / 60: return .seconds(amount * 60)
-        case "h" where amount <= Int64.max / 3600: return .seconds(amount * 3600)
-        default: return nil
-        }
+        Duration(aviaryText: text.trimmingWhitespace())
     }
 
     /// A size in bytes: an integer, optionally followed by `B`, `KiB`, `MiB`, `GiB` (powers of

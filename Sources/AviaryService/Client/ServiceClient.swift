@@ -103,6 +103,17 @@ public final class ServiceClient: Sendable {
     let maxBodyBytes: Int
     let tracer: (any Tracer)?
 
+    /// The HTTP client `ServiceClient`s share unless given one: AsyncHTTPClient's shared settings,
+    /// except that a failed connect (a replica that is down) fails the attempt at once. Left to
+    /// AsyncHTTPClient, a refused connect is retried with backoff until the attempt's deadline, so
+    /// an outage would cost every call its whole per-try timeout; retries belong to the pipeline,
+    /// where they are budgeted and the breaker sees them.
+    public static let sharedHTTPClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration.singletonConfiguration
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
+
     /// The pipeline a client uses when none is given: 2 s in all, up to 3 attempts with jittered
     /// backoff, a circuit breaker per upstream, 500 ms per attempt.
     public static func defaultPipeline(upstream: String) -> ResiliencePipeline<ClientResponse> {
@@ -120,7 +131,7 @@ public final class ServiceClient: Sendable {
     ///   - service: the calling service's name.
     ///   - upstream: the upstream's name.
     ///   - endpoints: where its replicas are.
-    ///   - http: the HTTP client (shared by default).
+    ///   - http: the HTTP client; ``sharedHTTPClient`` by default.
     ///   - pipeline: the resilience pipeline; ``defaultPipeline(upstream:)`` by default.
     ///   - metrics: where client metrics go; the global swift-metrics factory by default.
     ///   - maxBodyBytes: the largest response body read.
@@ -130,7 +141,7 @@ public final class ServiceClient: Sendable {
         service: String,
         upstream: String,
         endpoints: any EndpointProvider,
-        http: HTTPClient = .shared,
+        http: HTTPClient = ServiceClient.sharedHTTPClient,
         pipeline: ResiliencePipeline<ClientResponse>? = nil,
         metrics: MetricsRegistry? = nil,
         maxBodyBytes: Int = 4 << 20,

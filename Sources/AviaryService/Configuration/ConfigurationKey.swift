@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
 public import Foundation
 
 /// A typed configuration value: what a ``ConfigurationType`` parses text into.
@@ -131,7 +132,7 @@ public struct ConfigurationType: Sendable, Hashable, CustomStringConvertible {
             default: return nil
             }
         case .duration:
-            return Self.parseDuration(text.trimmingCharacters(in: .whitespaces)).map { .duration($0) }
+            return Duration(aviaryText: text.trimmingCharacters(in: .whitespaces)).map { .duration($0) }
         case .url:
             guard let url = URL(string: text), let scheme = url.scheme, !scheme.isEmpty, text.contains("://")
             else { return nil }
@@ -149,18 +150,6 @@ public struct ConfigurationType: Sendable, Hashable, CustomStringConvertible {
         case (.int(let range), .int(let value)): range.contains(value)
         case (.oneOf(let allowed), .string(let value)): allowed.contains(value)
         default: false
-        }
-    }
-
-    private static func parseDuration(_ text: String) -> Duration? {
-        let digits = text.prefix { $0.isASCII && $0.isNumber }
-        guard !digits.isEmpty, let amount = Int64(digits) else { return nil }
-        switch text.dropFirst(digits.count) {
-        case "ms": return .milliseconds(amount)
-        case "s": return .seconds(amount)
-        case "m" where amount <= Int64.max / 60: return .seconds(amount * 60)
-        case "h" where amount <= Int64.max / 3600: return .seconds(amount * 3600)
-        default: return nil
         }
     }
 }

@@ -7,31 +7,8 @@ import Logging
 
 enum LogMetadataMerge {
     /// Handler metadata, then the provider's (task-local context such as trace ids), then the
-    /// call's own: a later source wins on a shared key, so the call always wins.
-    static func merge(
-        handler: Logger.Metadata,
-        provider: Logger.MetadataProvider?,
-        call: Logger.Metadata?
-    ) -> Logger.Metadata {
-        let provided = provider?.get() ?? [:]
-        // Fast paths: most calls have metadata from one source only, and copying a dictionary
-        // into an empty one rehashes every key.
-        if provided.isEmpty {
-            guard let call, !call.isEmpty else { return handler }
-            if handler.isEmpty { return call }
-        }
-        var merged = handler
-        if !provided.isEmpty {
-            merged.merge(provided) { _, new in new }
-        }
-        if let call, !call.isEmpty {
-            merged.merge(call) { _, new in new }
-        }
-        return merged
-    }
-
-    /// The same merge as ``merge(handler:provider:call:)``, as entries sorted by key: what a JSON
-    /// line writes. Only the keys are sorted (moving values through a sort retains and releases
+    /// call's own, as entries sorted by key: a later source wins on a shared key, so the call
+    /// always wins. Only the keys are sorted (moving values through a sort retains and releases
     /// them at every step), and no dictionary is copied: the merge was a tenth of an access log
     /// line's cost.
     static func sortedEntries(

@@ -78,7 +78,7 @@ public struct ConsoleLogHandler: LogHandler {
     }
 
     func format(event: LogEvent, seconds: Int, milliseconds: Int) -> [UInt8] {
-        let metadata = LogMetadataMerge.merge(
+        let metadata = LogMetadataMerge.sortedEntries(
             handler: self.metadata,
             provider: self.metadataProvider,
             call: event.metadata
@@ -92,7 +92,7 @@ public struct ConsoleLogHandler: LogHandler {
         Self.appendOneLine(self.label, to: &bytes)
         bytes.append(contentsOf: "] ".utf8)
         Self.appendOneLine(event.message.description, to: &bytes)
-        for (key, value) in metadata.sorted(by: { $0.key < $1.key }) {
+        for (key, value) in metadata {
             bytes.append(UInt8(ascii: " "))
             Self.appendOneLine(key, to: &bytes)
             bytes.append(UInt8(ascii: "="))

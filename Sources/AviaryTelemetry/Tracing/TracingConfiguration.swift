@@ -57,14 +57,9 @@ public struct TracingConfiguration: Sendable {
         guard base != nil || traces != nil else { return nil }
 
         var problems: [String] = []
-        var configuration = OTel.Configuration.default
-        configuration.serviceName = env["OTEL_SERVICE_NAME"] ?? service
+        var configuration = Self.tracesOnly(service: env["OTEL_SERVICE_NAME"] ?? service)
         if let version { configuration.resourceAttributes["service.version"] = version }
         if let instance { configuration.resourceAttributes["service.instance.id"] = instance }
-        configuration.metrics.enabled = false  // metrics are Prometheus, at /metrics
-        configuration.logs.enabled = false  // logs are JSON lines on stdout
-        configuration.traces.enabled = true
-        configuration.traces.exporter = .otlp
 
         for (name, value) in [("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces), ("OTEL_EXPORTER_OTLP_ENDPOINT", base)] {
             guard let value else { continue }
@@ -131,16 +126,23 @@ public struct TracingConfiguration: Sendable {
         service: String, endpoint: String,
         protocol: OTel.Configuration.OTLPExporterConfiguration.`Protocol` = .httpProtobuf
     ) {
+        var configuration = Self.tracesOnly(service: service)
+        configuration.traces.sampler = .parentBasedAlwaysOn
+        configuration.traces.otlpExporter.endpoint = endpoint
+        configuration.traces.otlpExporter.protocol = `protocol`
+        self.otel = configuration
+    }
+
+    /// swift-otel's configuration with traces exported over OTLP and its metrics and logs off:
+    /// metrics are Prometheus at `/metrics`, logs are JSON lines on stdout.
+    private static func tracesOnly(service: String) -> OTel.Configuration {
         var configuration = OTel.Configuration.default
         configuration.serviceName = service
         configuration.metrics.enabled = false
         configuration.logs.enabled = false
         configuration.traces.enabled = true
         configuration.traces.exporter = .otlp
-        configuration.traces.sampler = .parentBasedAlwaysOn
-        configuration.traces.otlpExporter.endpoint = endpoint
-        configuration.traces.otlpExporter.protocol = `protocol`
-        self.otel = configuration
+        return configuration
     }
 
     /// The `service.name` the spans carry.

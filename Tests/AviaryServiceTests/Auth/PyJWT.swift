@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -112,46 +113,11 @@ enum PyJWT {
         try #require(try await mint([request]).first)
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-    }
-
     /// Runs a Python script with `input` as JSON on stdin and returns its stdout parsed as JSON.
-    ///
-    /// Input and outputs go through temporary files, so no pipe can fill up, and the exit is
-    /// awaited through `terminationHandler`, so no thread of the test pool blocks.
     static func run(_ script: String, input: [String: Any]) async throws -> Any {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("aviary-pyjwt-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let inputURL = directory.appendingPathComponent("input.json")
-        let outputURL = directory.appendingPathComponent("stdout.json")
-        let errorURL = directory.appendingPathComponent("stderr.txt")
-        try JSONSerialization.data(withJSONObject: input).write(to: inputURL)
-        try Data().write(to: outputURL)
-        try Data().write(to: errorURL)
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script]
-        process.standardInput = try FileHandle(forReadingFrom: inputURL)
-        process.standardOutput = try FileHandle(forWritingTo: outputURL)
-        process.standardError = try FileHandle(forWritingTo: errorURL)
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: error)
-            }
-        }
-        guard status == 0 else {
-            let message = String(decoding: try Data(contentsOf: errorURL), as: UTF8.self)
-            throw Failure(description: "python3 (PyJWT) exited \(status): \(message)")
-        }
-        return try JSONSerialization.jsonObject(with: Data(contentsOf: outputURL), options: [.fragmentsAllowed])
+        let output = try await Python.run(
+            script, stdin: try JSONSerialization.data(withJSONObject: input), what: "PyJWT")
+        return try JSONSerialization.jsonObject(with: output, options: [.fragmentsAllowed])
     }
 
     static let keysScript = """

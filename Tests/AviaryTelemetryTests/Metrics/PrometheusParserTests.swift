@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryTelemetry
+import AviaryTestSupport
 import Foundation
 import Testing
 
@@ -47,42 +48,10 @@ struct PrometheusParserTests {
     }
 
     /// Runs the parser on `text`; a failure to run or parse fails the test with the parser's message.
-    ///
-    /// Input and outputs go through temporary files, so no pipe can fill up, and the exit is
-    /// awaited through `terminationHandler`, so no thread of the test pool blocks.
     static func parse(_ text: String) async throws -> [String: Family] {
-        let directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("aviary-prometheus-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let inputURL = directory.appendingPathComponent("exposition.txt")
-        let outputURL = directory.appendingPathComponent("stdout.json")
-        let errorURL = directory.appendingPathComponent("stderr.txt")
-        try Data(text.utf8).write(to: inputURL)
-        try Data().write(to: outputURL)
-        try Data().write(to: errorURL)
-
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", Self.script]
-        process.standardInput = try FileHandle(forReadingFrom: inputURL)
-        process.standardOutput = try FileHandle(forWritingTo: outputURL)
-        process.standardError = try FileHandle(forWritingTo: errorURL)
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: error)
-            }
-        }
-        let message = String(decoding: try Data(contentsOf: errorURL), as: UTF8.self)
-        guard status == 0 else {
-            throw ParserFailure(description: "python3 prometheus_client parser exited \(status): \(message)")
-        }
+        let output = try await Python.run(Self.script, stdin: Data(text.utf8), what: "prometheus_client parser")
         let json = try #require(
-            try JSONSerialization.jsonObject(with: Data(contentsOf: outputURL)) as? [String: [String: Any]]
+            try JSONSerialization.jsonObject(with: output) as? [String: [String: Any]]
         )
         return try json.mapValues { family in
             let samples = try #require(family["samples"] as? [[Any]])
@@ -99,10 +68,6 @@ struct PrometheusParserTests {
                 }
             )
         }
-    }
-
-    struct ParserFailure: Error, CustomStringConvertible {
-        var description: String
     }
 
     @Test("the full exposition parses, with every family and the expected samples")
@@ -178,7 +143,7 @@ struct PrometheusParserTests {
 
     @Test("the parser rejects a broken exposition, so the test above can fail")
     func parserRejects() async throws {
-        let failure = await #expect(throws: ParserFailure.self) {
+        let failure = await #expect(throws: Python.Failure.self) {
             _ = try await Self.parse("# TYPE broken counter\nbroken{label=\"unterminated} 1\n")
         }
         // Exit 1 is python's uncaught parse error; exit 3 (parser missing) must not pass here.
