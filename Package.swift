@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
+        .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
         .library(name: "AviaryGateway", targets: ["AviaryGateway"]),
         .executable(name: "aviary", targets: ["aviary"]),
         .executable(name: "shop", targets: ["shop"]),
@@ -68,6 +69,18 @@ let package = Package(
             dependencies: [
                 "AviaryCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "AviaryMessaging",
+            dependencies: [
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
@@ -195,6 +208,19 @@ let package = Package(
         .testTarget(
             name: "AviaryStorageTests",
             dependencies: ["AviaryStorage"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryMessagingTests",
+            dependencies: [
+                "AviaryMessaging",
+                "AviaryCore",
+                "AviaryStorage",
+                "AviaryTestSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
