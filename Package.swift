@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "AviaryCore", targets: ["AviaryCore"]),
         .library(name: "AviaryResilience", targets: ["AviaryResilience"]),
         .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
+        .library(name: "AviaryAuth", targets: ["AviaryAuth"]),
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
         .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
@@ -98,9 +99,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // JWT verification and issuing, free of any HTTP server library: AviaryService's
+        // Hummingbird middleware and the gateway both use it.
+        .target(
+            name: "AviaryAuth",
+            dependencies: [
+                "AviaryCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "AviaryService",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryStorage",
@@ -122,6 +136,7 @@ let package = Package(
         .target(
             name: "AviaryGateway",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryTelemetry",
@@ -150,6 +165,7 @@ let package = Package(
         .target(
             name: "Shop",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryGateway",
                 "AviaryResilience",
@@ -182,6 +198,7 @@ let package = Package(
         .target(
             name: "AviaryTestSupport",
             dependencies: [
+                "AviaryAuth",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -236,8 +253,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "AviaryAuthTests",
+            dependencies: [
+                "AviaryAuth",
+                "AviaryCore",
+                "AviaryTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "AviaryServiceTests",
             dependencies: [
+                "AviaryAuth",
                 "AviaryService",
                 "AviaryTestSupport",
                 "AviaryCore",
@@ -258,6 +286,8 @@ let package = Package(
         .testTarget(
             name: "AviaryGatewayTests",
             dependencies: [
+                "AviaryAuth",
+                "AviaryTestSupport",
                 "AviaryGateway",
                 "AviaryCore",
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -271,6 +301,7 @@ let package = Package(
         .testTarget(
             name: "ShopTests",
             dependencies: [
+                "AviaryAuth",
                 "Shop",
                 "AviaryGateway",
                 "AviaryService",
