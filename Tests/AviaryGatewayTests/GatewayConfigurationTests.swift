@@ -146,7 +146,7 @@ struct GatewayConfigurationTests {
                 "routes[0].match.method: unknown key, expected one of path_prefix, path, methods, headers (gateway.yaml:5)",
                 "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, auth, timeout, retry, "
                     + "rate_limit, cache (gateway.yaml:7)",
-                "extra: unknown key, expected one of listen, limits, clusters, auth, routes (gateway.yaml:8)",
+                "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log (gateway.yaml:8)",
             ])
     }
 
