@@ -125,10 +125,12 @@ struct CommandLineSignalTests {
 
             // A request in flight across SIGTERM.
             let held = try await RawConnection.connect(port: ports.proxy, group: group)
-            try await held.send("POST /upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            try await held.send("POST /upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
             await eventually("the origin holds the upload") {
                 origins[1].state.pausedCount.load(ordering: .relaxed) == 1
             }
+            // The body goes out only now, so the paused origin leaves it unread.
+            try await held.send("hello")
             gateway.signal(SIGTERM)
             await eventuallyAsync("/ready answers 503") { try await ready() == 503 }
             #expect(gateway.process.isRunning)

@@ -71,10 +71,12 @@ struct GatewayAdminTests {
                 #expect(statuses == [200, 502, 200, 502])
                 // An upload the origin does not read stays in flight.
                 let slow = try await gateway.connect()
-                try await slow.send("POST /api/upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+                try await slow.send("POST /api/upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n")
                 await eventually("the origin holds the upload") {
                     origins[0].state.pausedCount.load(ordering: .relaxed) == 1
                 }
+                // The body goes out only now, so the paused origin leaves it unread.
+                try await slow.send("abc")
                 let document = try await gateway.adminJSON("/clusters")
                 let clusters = try #require(document["clusters"] as? [[String: Any]])
                 let backend = try #require(clusters.first)

@@ -192,10 +192,12 @@ struct GatewayHealthTests {
             let yaml = Self.yaml([origins[0].port], cluster: "circuit_breaker: {max_connections: 1, max_pending: 1}")
             try await withGateway(yaml) { gateway in
                 let held = try await gateway.connect()
-                try await held.send("POST /upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+                try await held.send("POST /upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
                 await eventually("the origin holds the upload") {
                     origins[0].state.pausedCount.load(ordering: .relaxed) == 1
                 }
+                // The body goes out only now, so the paused origin leaves it unread.
+                try await held.send("hello")
                 // The only connection allowed is busy: a second request would need another.
                 let refused = try await gateway.get("/x")
                 #expect(refused.status == 503)

@@ -190,7 +190,13 @@ struct AdminAPI: Sendable {
             if body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
                 try await self.gateway.reloadFromFile()
             } else {
-                let configuration = try GatewayConfiguration(yaml: String(decoding: body, as: UTF8.self), file: "body")
+                let configuration: GatewayConfiguration
+                do throws(GatewayConfigurationError) {
+                    configuration = try GatewayConfiguration(yaml: String(decoding: body, as: UTF8.self), file: "body")
+                } catch {
+                    self.gateway.reloadsRefused.add(1, ordering: .relaxed)
+                    throw error
+                }
                 try await self.gateway.reload(configuration)
             }
         } catch {
