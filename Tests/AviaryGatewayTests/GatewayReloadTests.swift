@@ -6,6 +6,7 @@
 import AviaryCore
 import Foundation
 import NIOPosix
+import ServiceLifecycle
 import Synchronization
 import Testing
 
@@ -228,6 +229,37 @@ struct GatewayReloadTests {
                 #expect(await stuck.waitUntilClosed())
                 #expect(gateway.server.connections.load(ordering: .relaxed) == 0)
             }
+        }
+    }
+
+    @Test("GatewayService drains at graceful shutdown: the request in flight finishes before the service returns")
+    func serviceDrains() async throws {
+        try await withOrigins(["one", "two"]) { origins in
+            let (one, two) = (origins[0].port, origins[1].port)
+            let configuration = try GatewayConfiguration(yaml: Self.yaml(one: one, two: two, to: "one"))
+            let server = GatewayServer(configuration: configuration, logger: quietLogger)
+            let (listening, continuation) = AsyncStream.makeStream(of: Endpoint.self)
+            let group = ServiceGroup(
+                services: [GatewayService(server) { continuation.yield($0) }], logger: quietLogger)
+            let running = Task { try await group.run() }
+            var endpoints = listening.makeAsyncIterator()
+            let endpoint = try #require(await endpoints.next())
+            let held = try await RawConnection.connect(port: endpoint.port, group: MultiThreadedEventLoopGroup.singleton)
+            try await held.send("POST /upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+            await eventually("the origin holds the upload") {
+                origins[0].state.pausedCount.load(ordering: .relaxed) == 1
+            }
+            try await held.send("hello")
+
+            await group.triggerGracefulShutdown()
+            await eventually("the gateway drains") { server.isDraining }
+            #expect(!held.isClosed)
+            origins[0].release()
+            let answer = try await held.readResponse()
+            #expect(answer.status == 200)
+            #expect(answer.header("connection") == "close")
+            try await running.value
+            #expect(server.connections.load(ordering: .relaxed) == 0)
         }
     }
 }
