@@ -128,7 +128,9 @@ let package = Package(
             dependencies: [
                 "AviaryCore",
                 "AviaryGateway",
+                "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -269,8 +269,13 @@ public final class GatewayServer: Sendable {
         try? await running.listener?.close()
         await running.admin?.stop()
         for loop in running.loops {
-            try await loop.eventLoop.submit { loop.value.current.closeIdle() }.get()
+            try await loop.eventLoop.submit {
+                loop.value.current.closeIdle()
+                loop.value.flushLog()
+            }.get()
         }
+        // Every access log line handed over is on disk (or the pipe) before stop returns.
+        self.currentCore.accessLog?.flush()
     }
 
     // MARK: Draining

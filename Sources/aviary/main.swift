@@ -9,11 +9,13 @@
 
 import AviaryCore
 import AviaryGateway
+import AviaryTelemetry
 import Dispatch
 import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// Exit codes from sysexits.h.
 enum ExitCode {
@@ -31,6 +33,7 @@ let usage = """
         --watch-interval DURATION   reload FILE when its content changes, checking this often (e.g. 2s)
         --check                     validate the configuration and exit
 
+      tracing   OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) set: a span per request, exported over OTLP
       signals   SIGHUP reloads FILE (an invalid one is refused and the running one stays);
                 SIGTERM and SIGINT drain (limits.drain_timeout), then exit
     """
@@ -109,8 +112,18 @@ case "gateway":
     }
     let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
     let logger = Logger(label: "aviary.gateway")
+    // Traces go out over OTLP when the standard OpenTelemetry variables name a collector.
+    let tracing: TracingBackend?
+    do {
+        tracing = try TracingConfiguration(service: "aviary-gateway").map { try TracingBackend($0, logger: logger) }
+    } catch {
+        fail("aviary gateway: \(error)", code: ExitCode.config)
+    }
+    let exporters = tracing.map { ServiceGroup(services: [$0.service], logger: logger) }
+    let exporting = exporters.map { exporters in Task { try await exporters.run() } }
     let server = GatewayServer(
-        configuration: configuration, eventLoopGroup: group, logger: logger, configurationFile: configPath)
+        configuration: configuration, eventLoopGroup: group, logger: logger, tracer: tracing?.tracer,
+        configurationFile: configPath)
     // Signals are handled on the main queue; ignore their default action before the server starts.
     let stopSignals = [SIGINT, SIGTERM].map { number in
         signal(number, SIG_IGN)
@@ -153,6 +166,11 @@ case "gateway":
     say("aviary gateway: draining")
     await server.drain(timeout: server.configuration.limits.drainTimeout)
     try? await server.stop()
+    if let exporters {
+        // Flushes the spans of the last requests.
+        await exporters.triggerGracefulShutdown()
+        try? await exporting?.value
+    }
     exit(0)
 default:
     fail("aviary: unknown command \"\(command)\"\n\(usage)", code: ExitCode.usage)

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryTestSupport
 import Foundation
 import NIOPosix
 import Synchronization
@@ -18,10 +19,11 @@ final class GatewayProcess: Sendable {
         let text = Mutex<(out: String, err: String)>(("", ""))
     }
 
-    init(arguments: [String]) throws {
+    init(arguments: [String], environment: [String: String] = [:]) throws {
         let process = Process()
         process.executableURL = CommandLineTests.executable
         process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
@@ -142,6 +144,43 @@ struct CommandLineSignalTests {
             await eventually("the gateway exits") { !gateway.process.isRunning }
             #expect(gateway.process.terminationStatus == 0)
             #expect(gateway.standardOutput.contains("draining"))
+        }
+    }
+
+    @Test("with OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set, requests are traced and the spans flushed before exit")
+    func tracing() async throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: CommandLineTests.executable.path),
+            "build the aviary product first")
+        let group = MultiThreadedEventLoopGroup.singleton
+        let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+        let receiver = OTLPReceiver()
+        try await receiver.run { collector in
+            try await withOrigins(["one", "two"]) { origins in
+                let (one, two) = (origins[0].port, origins[1].port)
+                let path = try temporaryConfigurationFile(Self.yaml(one: one, two: two, to: "one"))
+                defer { try? FileManager.default.removeItem(atPath: path) }
+                let gateway = try GatewayProcess(
+                    arguments: ["gateway", "--config", path, "--threads", "1"],
+                    environment: [
+                        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+                    ])
+                defer { gateway.stop() }
+                let ports = try #require(await gateway.ports())
+                let response = try await RawConnection.exchange(
+                    "GET /x HTTP/1.1\r\nHost: t\r\ntraceparent: 00-\(traceID)-00f067aa0ba902b7-01\r\nConnection: close\r\n\r\n",
+                    port: ports.proxy, group: group)
+                #expect(response.status == 200)
+                #expect(response.text.contains("traceparent: 00-\(traceID)-"))
+                gateway.signal(SIGTERM)
+                await eventually("the gateway exits") { !gateway.process.isRunning }
+                #expect(gateway.process.terminationStatus == 0)
+                await eventually("the span arrives") { !receiver.spans(inTrace: traceID).isEmpty }
+                let span = receiver.spans(inTrace: traceID).first
+                #expect(span?.service == "aviary-gateway")
+                #expect(span?.parentSpanID == "00f067aa0ba902b7")
+                #expect(span?.name == "GET /")
+            }
         }
     }
 }
