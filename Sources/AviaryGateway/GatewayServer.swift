@@ -165,7 +165,6 @@ public final class GatewayServer: Sendable {
                     .get())
         }
         let byLoop = Dictionary(loops.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { a, _ in a })
-        let limits = core.configuration.limits
         let statistics = self.statistics
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
@@ -176,7 +175,8 @@ public final class GatewayServer: Sendable {
             .childChannelInitializer { [self] channel in
                 let open = self.connections.add(1, ordering: .relaxed).newValue
                 channel.closeFuture.whenComplete { _ in self.connections.subtract(1, ordering: .relaxed) }
-                guard open <= limits.maxConnections, let gatewayLoop = byLoop[ObjectIdentifier(channel.eventLoop)]
+                guard let gatewayLoop = byLoop[ObjectIdentifier(channel.eventLoop)],
+                    open <= gatewayLoop.value.current.core.configuration.limits.maxConnections
                 else {
                     statistics.connectionsRejected.add(1, ordering: .relaxed)
                     return channel.close()
