@@ -244,7 +244,8 @@ struct GatewayReloadTests {
             let running = Task { try await group.run() }
             var endpoints = listening.makeAsyncIterator()
             let endpoint = try #require(await endpoints.next())
-            let held = try await RawConnection.connect(port: endpoint.port, group: MultiThreadedEventLoopGroup.singleton)
+            let held = try await RawConnection.connect(
+                port: endpoint.port, group: MultiThreadedEventLoopGroup.singleton)
             try await held.send("POST /upload?pause HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
             await eventually("the origin holds the upload") {
                 origins[0].state.pausedCount.load(ordering: .relaxed) == 1
