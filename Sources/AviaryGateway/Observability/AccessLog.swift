@@ -24,7 +24,7 @@ final class AccessLog: Sendable {
         case "stderr": self.handle = FileHandle.standardError
         default:
             if !FileManager.default.fileExists(atPath: destination) {
-                FileManager.default.createFile(atPath: destination, contents: nil)
+                _ = FileManager.default.createFile(atPath: destination, contents: nil)
             }
             let handle = FileHandle(forWritingAtPath: destination)
             if let handle {
