@@ -3,7 +3,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-
 /// A durable, partitioned message log with consumer groups: the contract every backend
 /// (`sqlite://`, `postgres://`) implements and the conformance suite checks.
 ///

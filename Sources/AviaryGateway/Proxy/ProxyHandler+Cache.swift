@@ -61,6 +61,8 @@ extension ProxyHandler {
         _ entry: CachedResponse, at now: MonotonicInstant, stale: Bool, headers extra: [(String, String)],
         close: Bool, context: ChannelHandlerContext
     ) {
+        self.endRecord(status: Int(entry.status.code))
+        let close = close || self.drainRequested
         var headers = entry.headers
         headers.replaceOrAdd(name: "age", value: String(entry.age(at: now)))
         headers.replaceOrAdd(name: "content-length", value: String(entry.body.readableBytes))
@@ -167,6 +169,8 @@ extension ProxyHandler {
 extension ProxyHandler {
     /// Answers a CORS preflight: `204` with the `Access-Control-*` headers, no body.
     func answerPreflight(_ extra: [(String, String)], close: Bool, context: ChannelHandlerContext) {
+        self.endRecord(status: 204)
+        let close = close || self.drainRequested
         var headers = HTTPHeaders(extra)
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: .noContent, headers: headers)
