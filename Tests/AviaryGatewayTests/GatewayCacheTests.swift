@@ -99,10 +99,15 @@ struct GatewayCacheTests {
                 #expect(fr.text.contains("x-lang: fr"))
                 #expect(requests() == 10)
 
-                // A request with Authorization is not stored.
+                // An answer to a request with Authorization is stored only when it says public.
                 _ = try await gateway.get("/c/auth", headers: "Authorization: Bearer x\r\n")
                 _ = try await gateway.get("/c/auth", headers: "Authorization: Bearer x\r\n")
                 #expect(requests() == 12)
+                _ = try await gateway.get("/c/pub?h-cache-control=public", headers: "Authorization: Bearer x\r\n")
+                let shared = try await gateway.get(
+                    "/c/pub?h-cache-control=public", headers: "Authorization: Bearer x\r\n")
+                #expect(shared.header("x-aviary-cache") == "hit")
+                #expect(requests() == 13)
             }
         }
     }

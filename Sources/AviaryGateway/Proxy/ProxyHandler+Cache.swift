@@ -19,8 +19,10 @@ struct CacheCapture {
     let request: HTTPHeaders
     /// An entry past freshness that may answer if the upstream fails (`stale_if_error`).
     var stale: CachedResponse?
-    /// Whether the response may be stored (a GET without `Authorization`).
+    /// Whether the response may be stored (a GET).
     let mayStore: Bool
+    /// Whether the request carried `Authorization` (then only `public` or `s-maxage` answers are stored).
+    let authorized: Bool
     /// The response being collected, once its head was found storable.
     var collecting: CachedResponse?
 }
@@ -49,11 +51,10 @@ extension ProxyHandler {
             if !control.noCache && entry.isFresh(at: now) { return .hit(entry, now: now) }
             stale = entry
         }
-        // RFC 9111 section 3.5: a shared cache does not store answers to authorized requests.
-        let mayStore = head.method == .GET && !head.headers.contains(name: "authorization")
         return .miss(
             CacheCapture(
-                route: cache, key: key, request: head.headers, stale: stale, mayStore: mayStore, collecting: nil))
+                route: cache, key: key, request: head.headers, stale: stale, mayStore: head.method == .GET,
+                authorized: head.headers.contains(name: "authorization"), collecting: nil))
     }
 
     /// Writes a cached response, with `Age` and `x-aviary-cache: hit` (or `stale` and a `Warning`).
@@ -98,7 +99,9 @@ extension ProxyHandler {
             return true
         }
         exchange.cache = nil
-        guard capture.mayStore, !exchange.isHead, let fresh = capture.route.freshness(of: upstream) else {
+        guard capture.mayStore, !exchange.isHead,
+            let fresh = capture.route.freshness(of: upstream, authorized: capture.authorized)
+        else {
             return false
         }
         let limit = capture.route.storage.maxEntryBytes
