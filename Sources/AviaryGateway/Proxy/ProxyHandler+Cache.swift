@@ -11,8 +11,9 @@ import NIOHTTP1
 // responses while they stream to the client (abandoning any that outgrow the entry limit, so
 // nothing is buffered without bound), and answer a stale entry when the upstream fails.
 
-/// A cacheable request on its way through.
-struct CacheCapture {
+/// A cacheable request on its way through (a class, so that an exchange without caching carries
+/// one nil reference, and collecting appends to the body in place).
+final class CacheCapture {
     let route: RouteCache
     let key: String
     /// The client's request headers, for the response's `Vary`.
@@ -25,6 +26,16 @@ struct CacheCapture {
     let authorized: Bool
     /// The response being collected, once its head was found storable.
     var collecting: CachedResponse?
+
+    init(route: RouteCache, key: String, request: HTTPHeaders, stale: CachedResponse?, mayStore: Bool, authorized: Bool)
+    {
+        self.route = route
+        self.key = key
+        self.request = request
+        self.stale = stale
+        self.mayStore = mayStore
+        self.authorized = authorized
+    }
 }
 
 enum CacheLookup {
@@ -54,7 +65,7 @@ extension ProxyHandler {
         return .miss(
             CacheCapture(
                 route: cache, key: key, request: head.headers, stale: stale, mayStore: head.method == .GET,
-                authorized: head.headers.contains(name: "authorization"), collecting: nil))
+                authorized: head.headers.contains(name: "authorization")))
     }
 
     /// Writes a cached response, with `Age` and `x-aviary-cache: hit` (or `stale` and a `Warning`).
@@ -89,7 +100,7 @@ extension ProxyHandler {
     func cacheResponseHead(
         _ exchange: Exchange, _ upstream: HTTPResponseHead, context: ChannelHandlerContext
     ) -> Bool {
-        guard var capture = exchange.cache else { return false }
+        guard let capture = exchange.cache else { return false }
         let now = capture.route.clock.now
         if upstream.status.code >= 500, let stale = capture.stale, capture.route.mayServeStale(stale, at: now) {
             let close = !exchange.keepAlive || !exchange.requestComplete
