@@ -94,6 +94,8 @@ case "gateway":
     do {
         let address = try await server.start()
         print("aviary gateway listening on \(address.ipAddress ?? "?"):\(address.port ?? 0)")
+    } catch GatewayServerError.authenticationUnavailable(let message) {
+        fail("aviary gateway: \(message)", code: ExitCode.config)
     } catch {
         fail("aviary gateway: cannot listen on \(configuration.listen.address): \(error)", code: ExitCode.unavailable)
     }
