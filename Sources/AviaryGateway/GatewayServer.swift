@@ -507,9 +507,20 @@ public final class GatewayServer: Sendable {
 }
 
 /// Why a ``GatewayServer`` could not start.
-public enum GatewayServerError: Error, Sendable {
+///
+/// ```swift
+/// do { try await server.start() } catch GatewayServerError.authenticationUnavailable(let why) { print(why) }
+/// ```
+public enum GatewayServerError: Error, Sendable, CustomStringConvertible {
     /// ``GatewayServer/start()`` was called twice.
     case alreadyStarted
     /// `auth.jwt` cannot be used (an unreadable or empty JWKS file, say); the message says why.
     case authenticationUnavailable(String)
+
+    public var description: String {
+        switch self {
+        case .alreadyStarted: "the gateway was started already"
+        case .authenticationUnavailable(let message): message
+        }
+    }
 }

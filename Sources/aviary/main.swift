@@ -138,6 +138,8 @@ case "gateway":
             line += ", admin on \(admin.ipAddress ?? "?"):\(admin.port ?? 0)"
         }
         say(line)
+    } catch GatewayServerError.authenticationUnavailable(let message) {
+        fail("aviary gateway: \(message)", code: ExitCode.config)
     } catch {
         fail("aviary gateway: cannot listen on \(configuration.listen.address): \(error)", code: ExitCode.unavailable)
     }
