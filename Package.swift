@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
         .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
+        .library(name: "AviaryEventSourcing", targets: ["AviaryEventSourcing"]),
         .library(name: "AviaryGateway", targets: ["AviaryGateway"]),
         .executable(name: "aviary", targets: ["aviary"]),
         .executable(name: "shop", targets: ["shop"]),
@@ -86,6 +87,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "AviaryEventSourcing",
+            dependencies: [
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "AviaryTelemetry",
             dependencies: [
                 "AviaryCore",
@@ -139,7 +150,9 @@ let package = Package(
             name: "aviary",
             dependencies: [
                 "AviaryCore",
+                "AviaryEventSourcing",
                 "AviaryGateway",
+                "AviaryStorage",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -220,6 +233,18 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryEventSourcingTests",
+            dependencies: [
+                "AviaryEventSourcing",
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -113,6 +113,7 @@ case "gateway":
     }
     try? await server.stop()
     exit(0)
+case "events": await EventsCommand.run(arguments)
 default:
     fail("aviary: unknown command \"\(command)\"\n\(usage)", code: ExitCode.usage)
 }
