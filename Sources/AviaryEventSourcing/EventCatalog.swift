@@ -101,7 +101,7 @@ public struct EventCatalog: Sendable {
     /// - Throws: ``AviaryCore/AviaryError`` (`invalidArgument`) when its type is not in the
     ///   catalog; the encoder's error.
     public func encode(
-        _ event: any DomainEvent, id: UUID = UUID(), metadata: EventMetadata = EventMetadata()
+        _ event: any DomainEvent, id: UUID = EventID.make(), metadata: EventMetadata = EventMetadata()
     )
         throws -> NewEvent
     {

@@ -12,12 +12,15 @@ public import GRDB
 /// ``AviaryStorage/SQLiteStore`` (next to its other tables), or in a file of its own.
 ///
 /// ## Global order
-/// The global position is `es_events.position`, an `INTEGER PRIMARY KEY AUTOINCREMENT`. SQLite
-/// has one writer at a time (every append is an `IMMEDIATE` transaction), so positions are
-/// assigned in commit order: when a reader sees position `p`, every smaller position is either
-/// committed and visible in the same snapshot or never will be. `AUTOINCREMENT` (rather than a
-/// plain rowid) guarantees a position is never handed out twice, even if the newest rows were
-/// ever deleted, so a checkpoint can never be overtaken by a reused position.
+/// The global position is `es_events.position`, an `INTEGER PRIMARY KEY` (SQLite's rowid, which
+/// an insert sets to the greatest position plus one). SQLite has one writer at a time (every
+/// append is an `IMMEDIATE` transaction), so positions are assigned in commit order: when a
+/// reader sees position `p`, every smaller position is either committed and visible in the same
+/// snapshot or never will be. Events are never deleted, so a position is never handed out twice
+/// and a checkpoint can never be overtaken by a reused one. (`AUTOINCREMENT` would keep that
+/// true even if the newest rows were deleted, at the price of a write to `sqlite_sequence` in
+/// every append; whoever adds stream deletion or truncation must keep the newest row or switch
+/// to it.)
 ///
 /// - Note: for the PostgreSQL backend (next session): a `bigserial`/sequence is **not** enough.
 ///   Sequence values are taken at insert time but become visible at commit time, so transaction A
@@ -32,8 +35,9 @@ public import GRDB
 ///
 /// ## Speed
 /// An append is one `IMMEDIATE` transaction: one indexed `max()` lookup for the version check,
-/// one cached prepared `INSERT` per event, nothing else (no stream table to update). Reads use
-/// cached statements too.
+/// one cached prepared `INSERT` per event, nothing else (no stream table to update, no
+/// `sqlite_sequence`). Event ids are time-ordered by default, so their unique index grows at its
+/// end. Reads use cached statements too.
 ///
 /// ```swift
 /// var migrations = Migrations()
@@ -391,7 +395,7 @@ extension Migrations {
             try db.execute(
                 sql: """
                     CREATE TABLE es_events (
-                        position INTEGER PRIMARY KEY AUTOINCREMENT,
+                        position INTEGER PRIMARY KEY,
                         stream_id TEXT NOT NULL,
                         stream_version INTEGER NOT NULL,
                         event_id BLOB NOT NULL,
