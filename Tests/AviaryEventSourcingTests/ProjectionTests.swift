@@ -260,6 +260,39 @@ struct ProjectionTests {
         #expect(missing?.code == .notFound)
     }
 
+    @Test("run() follows new events after each poll interval and keeps going after a handler failure")
+    func runFollows() async throws {
+        let setup = try Self.setUp(.sameDatabase)
+        defer { setup.directory.remove() }
+        let clock = ManualClock()
+        let projection = EventLog()
+        let runner = try ProjectionRunner(
+            projection, events: setup.events, store: setup.readModel,
+            options: .init(pollInterval: .milliseconds(100)))
+        try await Self.append(3, to: setup.events)
+        let task = Task { try await runner.run(clock: clock) }
+        defer { task.cancel() }
+        await clock.waitForSleepers()
+        #expect(try await Self.rows(setup.readModel).count == 3)
+
+        // New events arrive; nothing happens until the interval passes.
+        try await Self.append(2, to: setup.events)
+        let all = try await setup.events.readAll(after: 0, limit: 100).map(\.position)
+        projection.failOn.withLock { $0 = [all[4]] }
+        #expect(try await Self.rows(setup.readModel).count == 3)
+        clock.advance(by: .milliseconds(100))
+        await clock.waitForSleepers()
+        #expect(try await Self.rows(setup.readModel) == Array(all[0..<4]))  // paused before the failing event
+
+        projection.failOn.withLock { $0 = [] }
+        clock.advance(by: .milliseconds(100))
+        await clock.waitForSleepers()
+        #expect(try await Self.rows(setup.readModel) == all)
+        #expect(try await runner.lag() == 0)
+        task.cancel()
+        await #expect(throws: CancellationError.self) { try await task.value }
+    }
+
     @Test("bad projection names are refused")
     func badNames() async throws {
         struct Bad: Projection {
