@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
         .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
+        .library(name: "AviaryEventSourcing", targets: ["AviaryEventSourcing"]),
         .library(name: "AviaryGateway", targets: ["AviaryGateway"]),
         .executable(name: "aviary", targets: ["aviary"]),
         .executable(name: "shop", targets: ["shop"]),
@@ -83,6 +84,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "AviaryEventSourcing",
+            dependencies: [
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -155,7 +166,9 @@ let package = Package(
             name: "aviary",
             dependencies: [
                 "AviaryCore",
+                "AviaryEventSourcing",
                 "AviaryGateway",
+                "AviaryStorage",
                 "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -240,6 +253,18 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryEventSourcingTests",
+            dependencies: [
+                "AviaryEventSourcing",
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -174,6 +174,7 @@ case "gateway":
         try? await exporting?.value
     }
     exit(0)
+case "events": await EventsCommand.run(arguments)
 default:
     fail("aviary: unknown command \"\(command)\"\n\(usage)", code: ExitCode.usage)
 }
