@@ -77,6 +77,7 @@ let package = Package(
             name: "AviaryMessaging",
             dependencies: [
                 "AviaryCore",
+                "AviaryResilience",
                 "AviaryStorage",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
