@@ -155,6 +155,7 @@ let package = Package(
             dependencies: [
                 "AviaryCore",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
@@ -175,7 +176,7 @@ let package = Package(
         .executableTarget(
             name: "shop",
             dependencies: [
-                "Shop", "AviaryCore", "AviaryService", "AviaryTelemetry",
+                "Shop", "AviaryCore", "AviaryService", "AviaryStorage", "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -190,6 +191,21 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/AviaryTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        // A producer and a consumer that the messaging fault tests run as child processes and
+        // kill with SIGKILL; built next to the test bundle, not a product.
+        .executableTarget(
+            name: "aviary-messaging-fault",
+            dependencies: [
+                "AviaryMessaging",
+                "AviaryCore",
+                "AviaryResilience",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/AviaryMessagingFault",
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -278,6 +294,7 @@ let package = Package(
             dependencies: [
                 "Shop",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryService",
                 "AviaryTelemetry",
                 "AviaryTestSupport",
