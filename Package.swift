@@ -79,6 +79,7 @@ let package = Package(
             name: "AviaryMessaging",
             dependencies: [
                 "AviaryCore",
+                "AviaryResilience",
                 "AviaryStorage",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
@@ -168,6 +169,7 @@ let package = Package(
                 "AviaryCore",
                 "AviaryEventSourcing",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryStorage",
                 "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
@@ -184,6 +186,7 @@ let package = Package(
                 "AviaryAuth",
                 "AviaryCore",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
@@ -204,7 +207,7 @@ let package = Package(
         .executableTarget(
             name: "shop",
             dependencies: [
-                "Shop", "AviaryCore", "AviaryService", "AviaryTelemetry",
+                "Shop", "AviaryCore", "AviaryService", "AviaryStorage", "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -220,6 +223,21 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/AviaryTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        // A producer and a consumer that the messaging fault tests run as child processes and
+        // kill with SIGKILL; built next to the test bundle, not a product.
+        .executableTarget(
+            name: "aviary-messaging-fault",
+            dependencies: [
+                "AviaryMessaging",
+                "AviaryCore",
+                "AviaryResilience",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/AviaryMessagingFault",
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -253,6 +271,8 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -336,6 +356,7 @@ let package = Package(
                 "AviaryAuth",
                 "Shop",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryService",
                 "AviaryTelemetry",
                 "AviaryTestSupport",

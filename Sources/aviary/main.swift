@@ -26,6 +26,8 @@ enum ExitCode {
 
 let usage = """
     usage: aviary gateway --config FILE [--threads N] [--watch-interval DURATION] [--check]
+           aviary broker topics|dlq --url URL ...   (aviary broker --help)
+           aviary events streams|show|follow|projections|rebuild --store URL ...
 
       gateway   run the API gateway
         --config FILE               the gateway's YAML configuration
@@ -175,6 +177,8 @@ case "gateway":
     }
     exit(0)
 case "events": await EventsCommand.run(arguments)
+case "broker":
+    exit(await brokerCommand(arguments))
 default:
     fail("aviary: unknown command \"\(command)\"\n\(usage)", code: ExitCode.usage)
 }
