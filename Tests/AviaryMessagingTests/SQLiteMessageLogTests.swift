@@ -138,3 +138,21 @@ struct SQLiteMessageLogTests {
         }
     }
 }
+
+extension SQLiteMessageLogTests {
+    @Test("several openers of a new file at once create the schema once and all work")
+    func concurrentOpen() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let logs = try await withThrowingTaskGroup(of: SQLiteMessageLog.self) { tasks in
+            for _ in 0..<6 { tasks.addTask { try SQLiteMessageLog(path: path) } }
+            return try await tasks.reduce(into: []) { $0.append($1) }
+        }
+        try await logs[0].createTopic("t", TopicOptions(partitions: 1))
+        for (index, log) in logs.enumerated() {
+            try await log.publish([OutgoingMessage(topic: "t", key: "k", event: try numbered(index))])
+        }
+        #expect(try await logs[5].topics().first?.partitions.first?.depth == 6)
+        for log in logs { try await log.close() }
+    }
+}

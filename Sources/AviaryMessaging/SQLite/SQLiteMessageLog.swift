@@ -107,7 +107,7 @@ public final class SQLiteMessageLog: MessageLog {
         }
         do {
             self.pool = try DatabasePool(path: self.path, configuration: grdb)
-            try Self.migrator.migrate(self.pool)
+            try Self.migrate(self.pool)
         } catch {
             throw MessagingError(.unavailable, "cannot open the message log \(path): \(error)")
         }
