@@ -234,7 +234,7 @@ struct MessageConsumerTests {
             let mayFinish = Locked<Bool>(false)
             let calls = Locked<Int>(0)
             let consumer = MessageConsumer(
-                log: log, configuration: .init(group: "g", topic: "orders", lease: .milliseconds(300)),
+                log: log, configuration: .init(group: "g", topic: "orders", lease: .seconds(3)),
                 logger: Self.logger
             ) { _ in
                 calls.withLock { $0 += 1 }
@@ -243,13 +243,14 @@ struct MessageConsumerTests {
             }
             try await Self.running(consumer) {
                 try await Self.eventually { started.value }
-                // For five lease lengths, nobody else can take the partition.
-                let until = ContinuousClock.now + .milliseconds(1500)
+                // For more than two lease lengths nobody else can take the partition. (Extensions come
+                // every second; the lease is 3 s so that a loaded machine does not miss one.)
+                let until = ContinuousClock.now + .seconds(7)
                 while ContinuousClock.now < until {
                     let stolen = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "thief"))
                     #expect(stolen.deliveries.isEmpty)
                     if !stolen.deliveries.isEmpty { break }
-                    try await Task.sleep(for: .milliseconds(50))
+                    try await Task.sleep(for: .milliseconds(100))
                 }
                 mayFinish.set(true)
                 try await Self.eventually {
