@@ -6,6 +6,7 @@
 // `aviary broker`: inspection and repair of a message log, straight against its store URL.
 //
 //   aviary broker topics --url URL [--json]
+//   aviary broker publish --url URL --topic T [--key K] [--type TYPE] [--source SRC] [--data JSON] [--count N]
 //   aviary broker dlq --url URL --topic T [--group G] [list [--limit N] | show POS | replay POS | replay --all | purge [POS]]
 
 import AviaryCore
@@ -15,11 +16,18 @@ import Foundation
 
 let brokerUsage = """
     usage: aviary broker topics --url URL [--json]
+           aviary broker publish --url URL --topic T [--key K] [--type TYPE] [--source SRC] [--data JSON] [--count N]
            aviary broker dlq --url URL --topic T [--group G] COMMAND
 
       topics    topics, partitions, depth, and per group: lag, oldest unacknowledged age,
                 stopped partitions, dead-lettered and lost-to-retention counts
         --json          one JSON document instead of the table
+      publish   append CloudEvents to an existing topic, one durable transaction each
+        --key K         the ordering key (default: the event id)
+        --type TYPE     the event type (default: aviary.cli)
+        --source SRC    the event source (default: /aviary/cli)
+        --data JSON     the event data (default: {"n": i} for the i-th of --count)
+        --count N       how many events (default 1)
       dlq       a dead-letter topic: T is the dead-letter topic itself, or the topic a group
                 consumes when --group G is given (its dead-letter topic is T.G.dlq)
         list [--limit N]        the dead letters, oldest first (default limit 100)
@@ -44,6 +52,9 @@ func brokerCommand(_ arguments: [String]) async -> Int32 {
         case "topics":
             try parsed.expectNoMoreWords()
             try await printTopics(try await log.topics(), json: parsed.json)
+        case "publish":
+            try parsed.expectNoMoreWords()
+            try await publish(log, parsed)
         case "dlq":
             try await runDeadLetters(log, &parsed)
         default:
@@ -88,6 +99,11 @@ struct BrokerArguments {
     var all = false
     var help = false
     var limit = 100
+    var count = 1
+    var key: String?
+    var type = "aviary.cli"
+    var source = "/aviary/cli"
+    var data: String?
     var words: [String] = []
 
     init(_ arguments: [String]) throws {
@@ -106,6 +122,16 @@ struct BrokerArguments {
             case "--json": self.json = true
             case "--all": self.all = true
             case "--help", "-h": self.help = true
+            case "--key": self.key = try value(argument)
+            case "--type": self.type = try value(argument)
+            case "--source": self.source = try value(argument)
+            case "--data": self.data = try value(argument)
+            case "--count":
+                let text = try value(argument)
+                guard let count = Int(text), count > 0 else {
+                    throw BrokerError.usage("--count: expected a positive number, got \"\(text)\"")
+                }
+                self.count = count
             case "--limit":
                 let text = try value(argument)
                 guard let limit = Int(text), limit > 0 else {
@@ -271,6 +297,29 @@ func table(_ rows: [[String]]) -> String {
             column == row.count - 1 ? cell : cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
         }.joined(separator: "  ")
     }.joined(separator: "\n") + "\n"
+}
+
+// MARK: publish
+
+func publish(_ log: any MessageLog, _ arguments: BrokerArguments) async throws {
+    guard let topic = arguments.topic else { throw BrokerError.usage("publish needs --topic T") }
+    if let data = arguments.data,
+        (try? JSONSerialization.jsonObject(with: Data(data.utf8), options: .fragmentsAllowed)) == nil
+    {
+        throw BrokerError.usage("--data: expected JSON, got \(data)")
+    }
+    var last: MessagePosition?
+    for index in 1...arguments.count {
+        let event = CloudEvent(
+            source: arguments.source, type: arguments.type, subject: arguments.key,
+            dataContentType: "application/json", data: Data((arguments.data ?? "{\"n\":\(index)}").utf8))
+        last = try await log.publish([OutgoingMessage(topic: topic, key: arguments.key, event: event)]).first
+    }
+    if arguments.count == 1, let last {
+        print("published \(last)")
+    } else {
+        print("published \(arguments.count) events to \(topic)")
+    }
 }
 
 // MARK: dlq

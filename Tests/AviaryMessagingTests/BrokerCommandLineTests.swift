@@ -168,4 +168,56 @@ struct BrokerCommandLineTests {
         #expect(notDLQ.standardError == "aviary broker: topic orders is not the dead-letter topic of any group\n")
         try await log.close()
     }
+
+    @Test("three publisher processes and two consumers share one file: every event once, in order per key")
+    func publishersInChildProcesses() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.executable.path), "build aviary first")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("aviary-procs-\(UUID()).db").path
+        defer { Self.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("orders", TopicOptions(partitions: 4))
+        try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+        let perProcess = 150
+        let processes = try (0..<3).map { index in
+            let process = Process()
+            process.executableURL = Self.executable
+            process.arguments = [
+                "broker", "publish", "--url", "sqlite://\(path)", "--topic", "orders", "--key", "producer-\(index)",
+                "--count", "\(perProcess)",
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            let error = Pipe()
+            process.standardError = error
+            try process.run()
+            return (process, error)
+        }
+        let seen = Locked<[String: [Int]]>([:])
+        let deadline = ContinuousClock.now + .seconds(120)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            for consumer in 0..<2 {
+                tasks.addTask {
+                    while ContinuousClock.now < deadline {
+                        if seen.withLock({ $0.values.map(\.count).reduce(0, +) }) == 3 * perProcess { return }
+                        let batch = try await log.receive(
+                            ReceiveRequest(group: "g", topic: "orders", consumer: "c\(consumer)", maxMessages: 20))
+                        for delivery in batch.deliveries {
+                            seen.withLock { $0[delivery.message.key, default: []].append(delivery.n) }
+                            try await log.ack(delivery)
+                        }
+                        if batch.deliveries.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+                    }
+                }
+            }
+            try await tasks.waitForAll()
+        }
+        for (process, error) in processes {
+            process.waitUntilExit()
+            let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            #expect(process.terminationStatus == 0, "\(message)")
+        }
+        let result = seen.withLock { $0 }
+        #expect(result.keys.sorted() == ["producer-0", "producer-1", "producer-2"])
+        for (key, numbers) in result { #expect(numbers == Array(1...perProcess), "\(key)") }
+        try await log.close()
+    }
 }

@@ -234,7 +234,7 @@ struct MessageConsumerTests {
             let mayFinish = Locked<Bool>(false)
             let calls = Locked<Int>(0)
             let consumer = MessageConsumer(
-                log: log, configuration: .init(group: "g", topic: "orders", lease: .milliseconds(300)),
+                log: log, configuration: .init(group: "g", topic: "orders", lease: .seconds(3)),
                 logger: Self.logger
             ) { _ in
                 calls.withLock { $0 += 1 }
@@ -243,13 +243,14 @@ struct MessageConsumerTests {
             }
             try await Self.running(consumer) {
                 try await Self.eventually { started.value }
-                // For five lease lengths, nobody else can take the partition.
-                let until = ContinuousClock.now + .milliseconds(1500)
+                // For more than two lease lengths nobody else can take the partition. (Extensions come
+                // every second; the lease is 3 s so that a loaded machine does not miss one.)
+                let until = ContinuousClock.now + .seconds(7)
                 while ContinuousClock.now < until {
                     let stolen = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "thief"))
                     #expect(stolen.deliveries.isEmpty)
                     if !stolen.deliveries.isEmpty { break }
-                    try await Task.sleep(for: .milliseconds(50))
+                    try await Task.sleep(for: .milliseconds(100))
                 }
                 mayFinish.set(true)
                 try await Self.eventually {
@@ -310,6 +311,29 @@ struct MessageConsumerTests {
             #expect(span.traceID == producerSpan.context.inMemorySpanContext?.traceID)
             #expect(span.parentSpanID == producerSpan.context.inMemorySpanContext?.spanID)
             #expect(span.attributes.get("messaging.consumer.group.name") == .string("g"))
+        }
+    }
+
+    @Test("RetentionService applies retention at its interval and stops on graceful shutdown")
+    func retentionService() async throws {
+        let clock = ManualWallClock()
+        try await Self.withLog(clock: clock) { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1, retention: Retention(maxAge: .seconds(60))))
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let service = RetentionService(log: log, interval: .milliseconds(10), logger: Self.logger)
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(services: [service], logger: Self.logger))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                func depth() async throws -> Int64? {
+                    try await log.topics().first { $0.name == "orders" }?.partitions.first?.depth
+                }
+                #expect(try await depth() == 3)
+                clock.advance(by: .seconds(61))
+                try await Self.eventually { try await depth() == 0 }
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
         }
     }
 }

@@ -88,7 +88,8 @@ struct SQLiteMessageLogTests {
         let queue = try DatabaseQueue(path: path)
         #expect(try await queue.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
         try queue.close()
-        // synchronous is per connection: read it through the log's own configuration.
+        // synchronous is per connection: read it on the log's own writer (GRDB turns WAL on with
+        // synchronous=NORMAL; the log must set its own value after that).
         for (setting, expected) in [(SQLiteMessageLog.Configuration.Synchronous.full, 2), (.normal, 1), (.off, 0)] {
             let configured = try SQLiteMessageLog(
                 path: path, configuration: SQLiteMessageLog.Configuration(synchronous: setting))
@@ -136,5 +137,23 @@ struct SQLiteMessageLogTests {
         ] {
             await expectMessagingError(kind) { _ = try await MessageLogs.open(url: url) }
         }
+    }
+}
+
+extension SQLiteMessageLogTests {
+    @Test("several openers of a new file at once create the schema once and all work")
+    func concurrentOpen() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let logs = try await withThrowingTaskGroup(of: SQLiteMessageLog.self) { tasks in
+            for _ in 0..<6 { tasks.addTask { try SQLiteMessageLog(path: path) } }
+            return try await tasks.reduce(into: []) { $0.append($1) }
+        }
+        try await logs[0].createTopic("t", TopicOptions(partitions: 1))
+        for (index, log) in logs.enumerated() {
+            try await log.publish([OutgoingMessage(topic: "t", key: "k", event: try numbered(index))])
+        }
+        #expect(try await logs[5].topics().first?.partitions.first?.depth == 6)
+        for log in logs { try await log.close() }
     }
 }
