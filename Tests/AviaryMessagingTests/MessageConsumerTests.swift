@@ -6,6 +6,7 @@
 import AviaryCore
 import AviaryMessaging
 import Foundation
+import GRDB
 import InMemoryTracing
 import Logging
 import ServiceLifecycle
@@ -226,31 +227,41 @@ struct MessageConsumerTests {
 
     @Test("leases are extended while a long handler runs")
     func extendsLeases() async throws {
-        // Real time here: the lease must run out in real time for the test to mean anything.
-        try await Self.withLog(clock: SystemWallClock()) { log in
+        // The log's time is a manual clock, so that a loaded machine cannot make a lease run out:
+        // the test moves time by less than a lease, waits until the consumer's extension has
+        // recorded a later expiry, and checks that nobody else can take the partition, three times
+        // (past two lease lengths in all, which without extensions would free the partition).
+        let clock = ManualWallClock()
+        try await Self.withLog(clock: clock) { log in
             try await log.createTopic("orders", TopicOptions(partitions: 1))
             try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])
             let started = Locked<Bool>(false)
             let mayFinish = Locked<Bool>(false)
             let calls = Locked<Int>(0)
+            let lease = Duration.milliseconds(900)
             let consumer = MessageConsumer(
-                log: log, configuration: .init(group: "g", topic: "orders", lease: .seconds(3)),
-                logger: Self.logger
+                log: log, configuration: .init(group: "g", topic: "orders", lease: lease), logger: Self.logger
             ) { _ in
                 calls.withLock { $0 += 1 }
                 started.set(true)
                 while !mayFinish.value { try await Task.sleep(for: .milliseconds(5)) }
             }
+            let reader = try DatabaseQueue(path: log.path)
+            func expiry() throws -> Int64 {
+                try reader.read { db in
+                    try Int64.fetchOne(db, sql: "SELECT lease_expires_at FROM group_partitions WHERE group_name = 'g'")
+                        ?? 0
+                }
+            }
             try await Self.running(consumer) {
                 try await Self.eventually { started.value }
-                // For more than two lease lengths nobody else can take the partition. (Extensions come
-                // every second; the lease is 3 s so that a loaded machine does not miss one.)
-                let until = ContinuousClock.now + .seconds(7)
-                while ContinuousClock.now < until {
+                for _ in 0..<3 {
+                    clock.advance(by: .milliseconds(600))
+                    let now = Int64((clock.now.timeIntervalSince1970 * 1000).rounded())
+                    // An extension made after this move expires a whole lease after the new now.
+                    try await Self.eventually { try expiry() >= now + 900 }
                     let stolen = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "thief"))
                     #expect(stolen.deliveries.isEmpty)
-                    if !stolen.deliveries.isEmpty { break }
-                    try await Task.sleep(for: .milliseconds(100))
                 }
                 mayFinish.set(true)
                 try await Self.eventually {

@@ -10,6 +10,10 @@ import NIOPosix
 import Synchronization
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A client that writes raw bytes over a real socket and parses what comes back by hand, so that
 /// malformed requests reach the gateway exactly as written.
 final class RawConnection: Sendable {
@@ -241,10 +245,29 @@ func eventually(
     return true
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound, then closed).
+/// A port on 127.0.0.1 where nothing listens: a TCP socket bound to it but never listening, so
+/// a connect is refused, and kept open for the life of the test process, so that no other test
+/// (binding port 0 in parallel) can be given the port meanwhile.
 func closedPort(group: any EventLoopGroup) async throws -> Int {
-    let channel = try await ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).get()
-    let port = channel.localAddress?.port ?? 1
-    try await channel.close()
-    return port
+    #if canImport(Glibc)
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    #else
+    let descriptor = socket(AF_INET, SOCK_STREAM, 0)
+    #endif
+    guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+            bind(descriptor, socketAddress, length) == 0 && getsockname(descriptor, socketAddress, &length) == 0
+        }
+    }
+    guard bound else {
+        close(descriptor)
+        throw IOError(errnoCode: errno, reason: "bind")
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
