@@ -17,8 +17,10 @@ let package = Package(
         .library(name: "AviaryCore", targets: ["AviaryCore"]),
         .library(name: "AviaryResilience", targets: ["AviaryResilience"]),
         .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
+        .library(name: "AviaryAuth", targets: ["AviaryAuth"]),
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
+        .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
         .library(name: "AviaryGateway", targets: ["AviaryGateway"]),
         .executable(name: "aviary", targets: ["aviary"]),
         .executable(name: "shop", targets: ["shop"]),
@@ -77,6 +79,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "AviaryMessaging",
+            dependencies: [
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "AviaryTelemetry",
             dependencies: [
                 "AviaryCore",
@@ -89,9 +103,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // JWT verification and issuing, free of any HTTP server library: AviaryService's
+        // Hummingbird middleware and the gateway both use it.
+        .target(
+            name: "AviaryAuth",
+            dependencies: [
+                "AviaryCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "AviaryService",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryStorage",
@@ -113,6 +140,7 @@ let package = Package(
         .target(
             name: "AviaryGateway",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryResilience",
                 "AviaryTelemetry",
@@ -141,6 +169,7 @@ let package = Package(
         .target(
             name: "Shop",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryGateway",
                 "AviaryResilience",
@@ -174,6 +203,7 @@ let package = Package(
         .target(
             name: "AviaryTestSupport",
             dependencies: [
+                "AviaryAuth",
                 "AviaryCore",
                 "AviaryStorage",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -214,6 +244,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "AviaryMessagingTests",
+            dependencies: [
+                "AviaryMessaging",
+                "AviaryCore",
+                "AviaryStorage",
+                "AviaryTestSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "AviaryTelemetryTests",
             dependencies: [
                 "AviaryCore",
@@ -226,8 +269,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "AviaryAuthTests",
+            dependencies: [
+                "AviaryAuth",
+                "AviaryCore",
+                "AviaryTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "AviaryServiceTests",
             dependencies: [
+                "AviaryAuth",
                 "AviaryService",
                 "AviaryTestSupport",
                 "AviaryCore",
@@ -248,6 +302,8 @@ let package = Package(
         .testTarget(
             name: "AviaryGatewayTests",
             dependencies: [
+                "AviaryAuth",
+                "AviaryTestSupport",
                 "AviaryGateway",
                 "AviaryCore",
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -261,6 +317,7 @@ let package = Package(
         .testTarget(
             name: "ShopTests",
             dependencies: [
+                "AviaryAuth",
                 "Shop",
                 "AviaryGateway",
                 "AviaryService",

@@ -3,7 +3,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-import AviaryCore
+import AviaryAuth
+public import AviaryCore
 public import Logging
 public import NIOCore
 import NIOHTTP1
@@ -22,9 +23,12 @@ final class GatewayCore: Sendable {
     /// Requests in flight per cluster (index as in `configuration.clusters`), across all loops.
     let activeRequests: [ClusterCounter]
 
-    init(configuration: GatewayConfiguration, statistics: GatewayStatistics, random: GatewayRandom, logger: Logger) {
+    init(
+        configuration: GatewayConfiguration, statistics: GatewayStatistics, random: GatewayRandom, logger: Logger,
+        authenticator: JWTAuthenticator? = nil, clock: any MonotonicClock = SystemClock()
+    ) {
         self.configuration = configuration
-        self.routes = RouteTable(configuration)
+        self.routes = RouteTable(configuration, authenticator: authenticator, clock: clock)
         self.statistics = statistics
         self.random = random
         self.logger = logger
@@ -56,7 +60,9 @@ public final class GatewayServer: Sendable {
     public let configuration: GatewayConfiguration
     /// What the gateway did so far.
     public let statistics: GatewayStatistics
-    private let core: GatewayCore
+    private let random: GatewayRandom
+    private let logger: Logger
+    private let clock: any MonotonicClock
     private let group: any EventLoopGroup
     private let state = Mutex<State>(.idle)
 
@@ -76,26 +82,34 @@ public final class GatewayServer: Sendable {
     ///   - eventLoopGroup: the loops serving connections; the shared singleton by default.
     ///   - logger: where the gateway logs (label it `aviary.gateway`).
     ///   - random: the random source of splits and power-of-two choices.
+    ///   - clock: the clock of rate limits and of the JWKS cache (a `ManualClock` in tests).
     public init(
         configuration: GatewayConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "aviary.gateway"),
-        random: GatewayRandom = .system
+        random: GatewayRandom = .system,
+        clock: any MonotonicClock = SystemClock()
     ) {
         self.configuration = configuration
         self.statistics = GatewayStatistics()
-        self.core = GatewayCore(
-            configuration: configuration, statistics: self.statistics, random: random, logger: logger)
+        self.random = random
+        self.logger = logger
+        self.clock = clock
         self.group = eventLoopGroup
     }
 
     /// Binds `listen.address` and starts serving.
     ///
     /// - Returns: the bound address (useful with port 0).
-    /// - Throws: when the address cannot be bound, or the server was started before.
+    /// - Throws: when the address cannot be bound, the server was started before, or `auth.jwt`
+    ///   names an unusable JWKS file (``GatewayServerError/authenticationUnavailable(_:)``).
     @discardableResult
     public func start() async throws -> SocketAddress {
-        let core = self.core
+        let authenticator = try await GatewayAuthentication.authenticator(
+            self.configuration.auth, clock: self.clock, logger: self.logger)
+        let core = GatewayCore(
+            configuration: self.configuration, statistics: self.statistics, random: self.random, logger: self.logger,
+            authenticator: authenticator, clock: self.clock)
         var loops: [NIOLoopBound<LoopUpstreams>] = []
         for loop in self.group.makeIterator() {
             loops.append(
@@ -146,7 +160,7 @@ public final class GatewayServer: Sendable {
             throw GatewayServerError.alreadyStarted
         }
         guard let local = channel.localAddress else { throw GatewayServerError.alreadyStarted }
-        self.core.logger.info(
+        core.logger.info(
             "gateway listening",
             metadata: [
                 "server.address": "\(local)", "aviary.routes": "\(self.configuration.routes.count)",
@@ -183,4 +197,6 @@ public final class GatewayServer: Sendable {
 public enum GatewayServerError: Error, Sendable {
     /// ``GatewayServer/start()`` was called twice.
     case alreadyStarted
+    /// `auth.jwt` cannot be used (an unreadable or empty JWKS file, say); the message says why.
+    case authenticationUnavailable(String)
 }

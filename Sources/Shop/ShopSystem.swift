@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AsyncHTTPClient
+import AviaryAuth
 public import AviaryCore
 public import AviaryGateway
 import AviaryResilience

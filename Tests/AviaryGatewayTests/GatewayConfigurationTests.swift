@@ -145,7 +145,7 @@ struct GatewayConfigurationTests {
                     + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections (gateway.yaml:3)",
                 "routes[0].match.method: unknown key, expected one of path_prefix, path, methods, headers (gateway.yaml:5)",
                 "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, auth, timeout, retry, "
-                    + "rate_limit, cache (gateway.yaml:7)",
+                    + "rate_limit, cache, cors, fault (gateway.yaml:7)",
                 "extra: unknown key, expected one of listen, limits, clusters, auth, routes (gateway.yaml:8)",
             ])
     }
@@ -197,11 +197,96 @@ struct GatewayConfigurationTests {
                 "routes[1].split: give cluster or split, not both (gateway.yaml:8)",
                 #"routes[2].match: expected a mapping with keys path_prefix, path, methods, headers, got a list (gateway.yaml:9)"#,
                 "routes[2].auth.require: requires auth.jwt to be configured (gateway.yaml:11)",
-                #"routes[2].rate_limit.key: expected client_address, jwt.<claim> or header.<name>, got "cookie.x" (gateway.yaml:12)"#,
+                #"routes[2].rate_limit.key: expected client_address, client_ip, jwt.<claim> or header.<name>, got "cookie.x" (gateway.yaml:12)"#,
                 #"routes[2].rate_limit.rate: expected a rate such as 10/s, 600/m or 5/500ms, got "fast" (gateway.yaml:12)"#,
                 #"routes[2].retry.attempts: expected a positive integer, got "0" (gateway.yaml:13)"#,
                 #"routes[2].retry.on[0]: expected connect-failure, reset or a status in 500...599, 408 or 429, got "teapot" (gateway.yaml:13)"#,
             ])
+    }
+
+    @Test("policy problems: JWKS source, claims, a claim-keyed limit without auth")
+    func policyProblems() {
+        let yaml = """
+            clusters:
+              a: {endpoints: [127.0.0.1:1]}
+            auth:
+              jwt: {issuer: idp, jwks_url: http://idp/jwks, jwks_file: /etc/jwks.json}
+            routes:
+              - match: {path_prefix: /a}
+                cluster: a
+                auth: {require: jwt, claims: [admin]}
+              - match: {path_prefix: /b}
+                cluster: a
+                rate_limit: {key: jwt.sub, rate: 10/s, burst: -1}
+            """
+        #expect(
+            problems(yaml) == [
+                "auth.jwt.jwks_file: give jwks_url or jwks_file, not both (gateway.yaml:4)",
+                "routes[0].auth.require: requires auth.jwt to be configured (gateway.yaml:8)",
+                "routes[0].auth.claims: expected a mapping of claim names to values, got a list (gateway.yaml:8)",
+                #"routes[1].rate_limit.burst: expected a positive integer, got "-1" (gateway.yaml:11)"#,
+                #"routes[1].rate_limit.key: "jwt.sub" needs a verified token: add auth: {require: jwt} to the route (gateway.yaml:11)"#,
+            ])
+        let missing = problems(
+            """
+            clusters: {a: {endpoints: [127.0.0.1:1]}}
+            auth: {jwt: {issuer: idp}}
+            routes: [{match: {path_prefix: /}, cluster: a}]
+            """)
+        #expect(
+            missing == [
+                "auth.jwt.jwks_url: is missing: expected jwks_url (a URL) or jwks_file (a path) (gateway.yaml:2)"
+            ])
+        let fine = try? GatewayConfiguration(
+            yaml: """
+                clusters: {a: {endpoints: [127.0.0.1:1]}}
+                auth: {jwt: {issuer: idp, jwks_file: /etc/jwks.json}}
+                routes:
+                  - match: {path_prefix: /}
+                    cluster: a
+                    auth: {require: jwt, scopes: [x], claims: {tenant: acme}}
+                    rate_limit: {key: client_ip, rate: 5/s}
+                """)
+        #expect(fine?.auth.jwt == .init(issuer: "idp", jwksFile: "/etc/jwks.json"))
+        #expect(fine?.routes.first?.auth == .init(scopes: ["x"], claims: ["tenant": "acme"]))
+        #expect(
+            fine?.routes.first?.rateLimit == .init(key: "client_address", requests: 5, period: .seconds(1), burst: 5))
+    }
+
+    @Test("CORS and fault problems")
+    func corsAndFaultProblems() {
+        let yaml = """
+            clusters: {a: {endpoints: [127.0.0.1:1]}}
+            routes:
+              - match: {path_prefix: /a}
+                cluster: a
+                cors: {allow_origins: ["*", shop.example], allow_credentials: true}
+                fault: {abort: {percent: 150%, status: 700}, delay: {percent: 10%}}
+            """
+        #expect(
+            problems(yaml) == [
+                #"routes[0].cors.allow_origins[1]: expected an origin such as https://shop.example or *, got "shop.example" (gateway.yaml:5)"#,
+                "routes[0].cors.allow_credentials: cannot be true with allow_origins *: list the origins (gateway.yaml:5)",
+                "routes[0].fault.delay.duration: is missing: expected a duration (gateway.yaml:6)",
+                #"routes[0].fault.abort.percent: expected a percentage such as 20%, got "150%" (gateway.yaml:6)"#,
+                #"routes[0].fault.abort.status: expected a status in 400...599, got "700" (gateway.yaml:6)"#,
+            ])
+        let fine = try? GatewayConfiguration(
+            yaml: """
+                clusters: {a: {endpoints: [127.0.0.1:1]}}
+                routes:
+                  - match: {path_prefix: /a}
+                    cluster: a
+                    cors: {allow_origins: [https://shop.example], allow_methods: [GET], max_age: 1m}
+                    fault: {abort: {percent: 5%, status: 503}, delay: {percent: 10%, duration: 2s}}
+                """)
+        let route = fine?.routes.first
+        #expect(
+            route?.cors
+                == .init(allowOrigins: ["https://shop.example"], allowMethods: ["GET"], maxAge: .seconds(60)))
+        #expect(route?.fault?.abort?.ratio == 0.05)
+        #expect(route?.fault?.abort?.status == 503)
+        #expect(route?.fault?.delay?.duration == .seconds(2))
     }
 
     @Test("invalid YAML names its line")

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 import AviaryService
 import Foundation
 import NIOHTTP1

@@ -13,17 +13,21 @@ extension GatewayConfiguration {
         public var rewrite: Rewrite?
         /// The cluster, or the weighted clusters, requests go to.
         public var destination: Destination
-        /// Authentication required on this route (parsed, not enforced yet).
+        /// Authentication and authorization required on this route.
         public var auth: RouteAuth?
         /// The whole exchange's time limit, from the request head until the response head;
         /// `504` when it passes.
         public var timeout: Duration?
         /// Retries of idempotent requests without a body.
         public var retry: Retry?
-        /// Local rate limiting (parsed, not enforced yet).
+        /// Local rate limiting.
         public var rateLimit: RateLimit?
-        /// Response caching (parsed, not run yet).
+        /// Response caching of GET and HEAD.
         public var cache: Cache?
+        /// Cross-origin resource sharing: preflights answered by the gateway.
+        public var cors: CORS?
+        /// Injected delays and aborts, for chaos testing.
+        public var fault: Fault?
 
         /// Creates a route.
         public init(
@@ -34,7 +38,9 @@ extension GatewayConfiguration {
             timeout: Duration? = nil,
             retry: Retry? = nil,
             rateLimit: RateLimit? = nil,
-            cache: Cache? = nil
+            cache: Cache? = nil,
+            cors: CORS? = nil,
+            fault: Fault? = nil
         ) {
             self.match = match
             self.rewrite = rewrite
@@ -44,6 +50,8 @@ extension GatewayConfiguration {
             self.retry = retry
             self.rateLimit = rateLimit
             self.cache = cache
+            self.cors = cors
+            self.fault = fault
         }
     }
 
@@ -111,17 +119,22 @@ extension GatewayConfiguration {
         }
     }
 
-    /// What a route requires of the caller (`auth:`).
+    /// What a route requires of the caller (`auth:`): a valid JWT (verified with `auth.jwt`)
+    /// carrying every scope in ``scopes`` and every claim in ``claims``.
     public struct RouteAuth: Sendable, Hashable {
         /// The required credential kind; only `jwt` exists.
         public var require: String
-        /// Scopes the token must carry, all of them.
+        /// Scopes the token must carry, all of them (`scope` or `scp` claims).
         public var scopes: [String]
+        /// Claims the token must carry with these values: a string claim equal to the value, or
+        /// an array claim containing it.
+        public var claims: [String: String]
 
         /// Creates the requirement.
-        public init(require: String = "jwt", scopes: [String] = []) {
+        public init(require: String = "jwt", scopes: [String] = [], claims: [String: String] = [:]) {
             self.require = require
             self.scopes = scopes
+            self.claims = claims
         }
     }
 
@@ -157,7 +170,8 @@ extension GatewayConfiguration {
 
     /// Local rate limiting (`rate_limit:`).
     public struct RateLimit: Sendable, Hashable {
-        /// What the limit is kept per: `client_address`, `jwt.<claim>` or `header.<name>`.
+        /// What the limit is kept per: `client_address` (alias `client_ip`), `jwt.<claim>` (the
+        /// route must require a JWT) or `header.<name>`; requests without the key share one quota.
         public var key: String
         /// Requests admitted per `period` on average.
         public var requests: Int
@@ -189,6 +203,65 @@ extension GatewayConfiguration {
             self.ttl = ttl
             self.staleIfError = staleIfError
             self.maxBytes = maxBytes
+        }
+    }
+}
+
+extension GatewayConfiguration {
+    /// Cross-origin resource sharing (`cors:`): the gateway answers preflight requests itself and
+    /// adds `Access-Control-Allow-Origin` to responses for allowed origins.
+    public struct CORS: Sendable, Hashable {
+        /// Allowed origins (`https://shop.example`), or `*` for any.
+        public var allowOrigins: [String]
+        /// Methods a preflight may ask for.
+        public var allowMethods: [String]
+        /// Request headers a preflight may ask for (lower-cased), or `*` for any.
+        public var allowHeaders: [String]
+        /// How long browsers may cache a preflight's answer.
+        public var maxAge: Duration?
+        /// Whether credentials (cookies, `Authorization`) may be sent; not with origin `*`.
+        public var allowCredentials: Bool
+
+        /// Creates the settings.
+        public init(
+            allowOrigins: [String], allowMethods: [String] = ["GET", "HEAD", "POST"], allowHeaders: [String] = [],
+            maxAge: Duration? = nil, allowCredentials: Bool = false
+        ) {
+            self.allowOrigins = allowOrigins
+            self.allowMethods = allowMethods
+            self.allowHeaders = allowHeaders
+            self.maxAge = maxAge
+            self.allowCredentials = allowCredentials
+        }
+    }
+
+    /// Fault injection (`fault:`): delays and aborts a share of a route's requests.
+    public struct Fault: Sendable, Hashable {
+        /// Delays `ratio` of the requests by `duration` before they go upstream.
+        public var delay: (ratio: Double, duration: Duration)? {
+            get { self.delayRatio.map { ($0, self.delayDuration) } }
+            set {
+                self.delayRatio = newValue?.ratio
+                self.delayDuration = newValue?.duration ?? .zero
+            }
+        }
+        /// Answers `ratio` of the requests with `status` at once, without going upstream.
+        public var abort: (ratio: Double, status: Int)? {
+            get { self.abortRatio.map { ($0, self.abortStatus) } }
+            set {
+                self.abortRatio = newValue?.ratio
+                self.abortStatus = newValue?.status ?? 503
+            }
+        }
+        private var delayRatio: Double?
+        private var delayDuration: Duration = .zero
+        private var abortRatio: Double?
+        private var abortStatus = 503
+
+        /// Creates the settings.
+        public init(delay: (ratio: Double, duration: Duration)? = nil, abort: (ratio: Double, status: Int)? = nil) {
+            self.delay = delay
+            self.abort = abort
         }
     }
 }

@@ -3,12 +3,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
 import Yams
 
 /// `routes[i]` and its parts.
 extension ConfigurationParser {
     static let routeKeys = [
-        "match", "rewrite", "cluster", "split", "auth", "timeout", "retry", "rate_limit", "cache",
+        "match", "rewrite", "cluster", "split", "auth", "timeout", "retry", "rate_limit", "cache", "cors", "fault",
     ]
 
     mutating func route(
@@ -47,13 +48,24 @@ extension ConfigurationParser {
         var retry: Configuration.Retry?
         if let value = fields["retry"] { retry = self.retry(value, fields.path("retry")) }
         var rateLimit: Configuration.RateLimit?
-        if let value = fields["rate_limit"] { rateLimit = self.rateLimit(value, fields.path("rate_limit")) }
+        if let value = fields["rate_limit"] {
+            rateLimit = self.rateLimit(value, fields.path("rate_limit"))
+            if let key = rateLimit?.key, key.hasPrefix("jwt."), fields["auth"] == nil {
+                self.problem(
+                    ConfigurationParser.join(fields.path("rate_limit"), "key"),
+                    "\(Self.quoted(key)) needs a verified token: add auth: {require: jwt} to the route", value)
+            }
+        }
         var cache: Configuration.Cache?
         if let value = fields["cache"] { cache = self.cache(value, fields.path("cache")) }
+        var cors: Configuration.CORS?
+        if let value = fields["cors"] { cors = self.cors(value, fields.path("cors")) }
+        var fault: Configuration.Fault?
+        if let value = fields["fault"] { fault = self.fault(value, fields.path("fault")) }
         guard self.problemCount == before, let destination else { return nil }
         return Configuration.Route(
             match: match, rewrite: rewrite, destination: destination, auth: auth, timeout: timeout, retry: retry,
-            rateLimit: rateLimit, cache: cache)
+            rateLimit: rateLimit, cache: cache, cors: cors, fault: fault)
     }
 
     mutating func match(_ node: Node, _ path: String) -> Configuration.Match {
@@ -150,7 +162,7 @@ extension ConfigurationParser {
     }
 
     mutating func routeAuth(_ node: Node, _ path: String, jwtConfigured: Bool) -> Configuration.RouteAuth? {
-        guard let fields = self.fields(node, path, allowed: ["require", "scopes"]) else { return nil }
+        guard let fields = self.fields(node, path, allowed: ["require", "scopes", "claims"]) else { return nil }
         var auth = Configuration.RouteAuth()
         if let value = fields["require"], let text = self.string(value, fields.path("require")) {
             if text == "jwt" {
@@ -163,6 +175,13 @@ extension ConfigurationParser {
         }
         if let value = fields["scopes"], let scopes = self.stringList(value, fields.path("scopes")) {
             auth.scopes = scopes
+        }
+        if let value = fields["claims"] {
+            for entry in self.namedEntries(value, fields.path("claims"), what: "claim names to values") {
+                if let text = self.scalar(entry.value, "\(fields.path("claims")).\(entry.name)", expected: "a string") {
+                    auth.claims[entry.name] = text
+                }
+            }
         }
         return auth
     }
@@ -207,14 +226,14 @@ extension ConfigurationParser {
         var key = "client_address"
         if let value = fields["key"], let text = self.string(value, fields.path("key")) {
             let valid =
-                text == "client_address" || (text.hasPrefix("jwt.") && text.count > 4)
+                text == "client_address" || text == "client_ip" || (text.hasPrefix("jwt.") && text.count > 4)
                 || (text.hasPrefix("header.") && text.count > 7)
             if valid {
-                key = text
+                key = text == "client_ip" ? "client_address" : text
             } else {
                 self.problem(
                     fields.path("key"),
-                    "expected client_address, jwt.<claim> or header.<name>, got \(Self.quoted(text))",
+                    "expected client_address, client_ip, jwt.<claim> or header.<name>, got \(Self.quoted(text))",
                     value)
             }
         }
@@ -223,7 +242,12 @@ extension ConfigurationParser {
             let text = self.scalar(value, fields.path("rate"), expected: "a rate such as 10/s")
         {
             rate = GatewayUnits.rate(text)
-            if rate == nil {
+            if let parsed = rate, parsed.period.aviaryNanoseconds / Int64(parsed.count) < 1 {
+                // A token bucket refills one request at a time, at least a nanosecond apart.
+                self.problem(
+                    fields.path("rate"), "expected at most one request per nanosecond, got \(Self.quoted(text))", value)
+                rate = nil
+            } else if rate == nil {
                 self.problem(
                     fields.path("rate"), "expected a rate such as 10/s, 600/m or 5/500ms, got \(Self.quoted(text))",
                     value)
@@ -233,7 +257,7 @@ extension ConfigurationParser {
         }
         var burst: Int?
         if let value = fields["burst"] {
-            burst = self.int(value, fields.path("burst"), in: 0...Int.max, expected: "a non-negative integer")
+            burst = self.positiveInt(value, fields.path("burst"))
         }
         guard let rate else { return nil }
         return .init(key: key, requests: rate.count, period: rate.period, burst: burst ?? rate.count)
@@ -255,5 +279,79 @@ extension ConfigurationParser {
             cache.maxBytes = size
         }
         return ttl == nil ? nil : cache
+    }
+}
+
+/// `routes[i].cors` and `routes[i].fault`.
+extension ConfigurationParser {
+    mutating func cors(_ node: Node, _ path: String) -> Configuration.CORS? {
+        let keys = ["allow_origins", "allow_methods", "allow_headers", "max_age", "allow_credentials"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return nil }
+        var cors = Configuration.CORS(allowOrigins: [])
+        if let value = fields["allow_origins"], let origins = self.stringList(value, fields.path("allow_origins")) {
+            for (index, origin) in origins.enumerated()
+            where origin != "*" && !(origin.hasPrefix("http://") || origin.hasPrefix("https://")) {
+                self.problem(
+                    "\(fields.path("allow_origins"))[\(index)]",
+                    "expected an origin such as https://shop.example or *, got \(Self.quoted(origin))", value)
+            }
+            cors.allowOrigins = origins
+        } else if fields["allow_origins"] == nil {
+            self.problem(fields.path("allow_origins"), "is missing: expected a list of origins", node)
+        }
+        if let value = fields["allow_methods"], let methods = self.stringList(value, fields.path("allow_methods")) {
+            cors.allowMethods = methods
+        }
+        if let value = fields["allow_headers"], let headers = self.stringList(value, fields.path("allow_headers")) {
+            cors.allowHeaders = headers.map { $0.lowercased() }
+        }
+        if let value = fields["max_age"] { cors.maxAge = self.duration(value, fields.path("max_age")) }
+        if let value = fields["allow_credentials"],
+            let text = self.scalar(value, fields.path("allow_credentials"), expected: "true or false")
+        {
+            switch text {
+            case "true": cors.allowCredentials = true
+            case "false": cors.allowCredentials = false
+            default:
+                self.problem(
+                    fields.path("allow_credentials"), "expected true or false, got \(Self.quoted(text))", value)
+            }
+            if cors.allowCredentials && cors.allowOrigins.contains("*") {
+                self.problem(
+                    fields.path("allow_credentials"), "cannot be true with allow_origins *: list the origins", value)
+            }
+        }
+        return cors
+    }
+
+    mutating func fault(_ node: Node, _ path: String) -> Configuration.Fault? {
+        guard let fields = self.fields(node, path, allowed: ["delay", "abort"]) else { return nil }
+        var fault = Configuration.Fault()
+        if let value = fields["delay"],
+            let delay = self.fields(value, fields.path("delay"), allowed: ["percent", "duration"])
+        {
+            let ratio = delay["percent"].flatMap { self.ratio($0, delay.path("percent")) }
+            let duration = delay["duration"].flatMap { self.positiveDuration($0, delay.path("duration")) }
+            if delay["percent"] == nil {
+                self.problem(delay.path("percent"), "is missing: expected a percentage", value)
+            }
+            if delay["duration"] == nil {
+                self.problem(delay.path("duration"), "is missing: expected a duration", value)
+            }
+            if let ratio, let duration { fault.delay = (ratio, duration) }
+        }
+        if let value = fields["abort"],
+            let abort = self.fields(value, fields.path("abort"), allowed: ["percent", "status"])
+        {
+            let ratio = abort["percent"].flatMap { self.ratio($0, abort.path("percent")) }
+            let status = abort["status"].flatMap {
+                self.int($0, abort.path("status"), in: 400...599, expected: "a status in 400...599")
+            }
+            if abort["percent"] == nil {
+                self.problem(abort.path("percent"), "is missing: expected a percentage", value)
+            }
+            if let ratio { fault.abort = (ratio, status ?? 503) }
+        }
+        return fault
     }
 }

@@ -175,7 +175,8 @@ extension ConfigurationParser {
         guard let fields = self.fields(node, path, allowed: ["jwt"]) else { return auth }
         guard let value = fields["jwt"] else { return auth }
         let jwtPath = fields.path("jwt")
-        guard let jwt = self.fields(value, jwtPath, allowed: ["issuer", "audiences", "jwks_url"]) else { return auth }
+        let keys = ["issuer", "audiences", "jwks_url", "jwks_file"]
+        guard let jwt = self.fields(value, jwtPath, allowed: keys) else { return auth }
         let issuer = jwt["issuer"].flatMap { self.string($0, jwt.path("issuer")) }
         let audiences = jwt["audiences"].flatMap { self.stringList($0, jwt.path("audiences")) } ?? []
         var jwksURL: String?
@@ -187,10 +188,17 @@ extension ConfigurationParser {
                     jwt.path("jwks_url"), "expected an http:// or https:// URL, got \(Self.quoted(text))", node)
             }
         }
+        let jwksFile = jwt["jwks_file"].flatMap { self.string($0, jwt.path("jwks_file")) }
         if jwt["issuer"] == nil { self.problem(jwt.path("issuer"), "is missing: expected a string", value) }
-        if jwt["jwks_url"] == nil { self.problem(jwt.path("jwks_url"), "is missing: expected a URL", value) }
-        if let issuer, let jwksURL {
-            auth.jwt = .init(issuer: issuer, audiences: audiences, jwksURL: jwksURL)
+        switch (jwt["jwks_url"], jwt["jwks_file"]) {
+        case (nil, nil):
+            self.problem(jwt.path("jwks_url"), "is missing: expected jwks_url (a URL) or jwks_file (a path)", value)
+        case (.some, .some):
+            self.problem(jwt.path("jwks_file"), "give jwks_url or jwks_file, not both", jwt["jwks_file"])
+        default:
+            if let issuer, jwksURL != nil || jwksFile != nil {
+                auth.jwt = .init(issuer: issuer, audiences: audiences, jwksURL: jwksURL, jwksFile: jwksFile)
+            }
         }
         return auth
     }

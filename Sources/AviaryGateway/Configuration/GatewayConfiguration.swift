@@ -105,20 +105,26 @@ extension GatewayConfiguration {
             self.jwt = jwt
         }
 
-        /// How JWTs are validated (`auth.jwt:`; not enforced yet).
+        /// How JWTs are validated (`auth.jwt:`), for routes with `auth: {require: jwt}`.
+        ///
+        /// Signing keys come from a JWKS URL (fetched on first use, cached, refetched when a
+        /// token names an unknown `kid`) or a JWKS file (read at start); give exactly one.
         public struct JWT: Sendable, Hashable {
             /// The required `iss` claim.
             public var issuer: String
-            /// Accepted `aud` values.
+            /// Accepted `aud` values; empty skips the audience check.
             public var audiences: [String]
-            /// Where the signing keys are fetched from.
-            public var jwksURL: String
+            /// Where the signing keys are fetched from (`jwks_url`).
+            public var jwksURL: String?
+            /// A file holding the signing keys as a JWKS (`jwks_file`).
+            public var jwksFile: String?
 
             /// Creates the settings.
-            public init(issuer: String, audiences: [String] = [], jwksURL: String) {
+            public init(issuer: String, audiences: [String] = [], jwksURL: String? = nil, jwksFile: String? = nil) {
                 self.issuer = issuer
                 self.audiences = audiences
                 self.jwksURL = jwksURL
+                self.jwksFile = jwksFile
             }
         }
     }

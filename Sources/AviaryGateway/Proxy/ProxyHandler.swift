@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 import AviaryCore
 import AviaryResilience
 import NIOCore
@@ -54,6 +55,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         /// The current attempt, from 1.
         var attempt = 1
         var perTryTimeout: Scheduled<Void>?
+        /// Headers the route's policies add to the response (`RateLimit-*`).
+        var responseHeaders: [(String, String)] = []
+        /// A request the route may answer from its cache: the key, a stale entry for failures,
+        /// the response being collected.
+        var cache: CacheCapture?
 
         init(
             route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool, head: HTTPRequestHead,
@@ -85,15 +91,18 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private var readPending = false
     /// After a local answer to an unfinished request: the rest of it is ignored and the
     /// connection closes once the answer is written.
-    private var discarding = false
+    var discarding = false
     private var closed = false
     /// Closes a connection that sends no request within `limits.idle_timeout`.
     private var idleTimer: Scheduled<Void>?
     private var idleDeadline = NIODeadline.distantFuture
     /// Whether the request being answered is a HEAD (local answers then carry no body).
-    private var answeringHead = false
+    var answeringHead = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
     private var headerTimer: Scheduled<Void>?
+    /// Whether a request head waits for its token's verification off the event loop: reads
+    /// stop and what was read meanwhile waits in `queued`.
+    private var admitting = false
 
     init(upstreams: LoopUpstreams) {
         self.upstreams = upstreams
@@ -113,7 +122,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = self.unwrapInboundIn(data)
         if self.discarding || self.closed { return }
-        if let exchange = self.exchange, exchange.requestComplete {
+        if self.admitting || self.exchange?.requestComplete == true {
             // A pipelined request: it waits until this response is done.
             self.queued.append(part)
             return
@@ -152,7 +161,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     func channelReadComplete(context: ChannelHandlerContext) {
         if let connection = self.exchange?.connection {
             connection.handler.flush()
-        } else if self.exchange == nil && self.headerTimer == nil && !self.discarding && !self.closed {
+        } else if self.exchange == nil && self.headerTimer == nil && !self.discarding && !self.closed && !self.admitting
+        {
             // Bytes arrived but no complete head yet: the client has header_timeout to finish it.
             self.idleTimer?.cancel()
             self.idleTimer = nil
@@ -166,7 +176,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// Arms the idle timer from now. Per request this only moves a deadline; the timer itself is
     /// scheduled at most once per idle period (rescheduling a task per request costs more).
-    private func startIdleTimer(context: ChannelHandlerContext) {
+    func startIdleTimer(context: ChannelHandlerContext) {
         guard self.exchange == nil, !self.closed, !self.discarding else { return }
         let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
         self.idleDeadline = .now() + limit
@@ -187,7 +197,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private func idleTimedOut() {
         self.idleTimer = nil
         // Busy now: the end of this exchange arms the timer again.
-        guard self.exchange == nil, self.headerTimer == nil, !self.closed, let context = self.context else { return }
+        guard self.exchange == nil, self.headerTimer == nil, !self.closed, !self.admitting, let context = self.context
+        else { return }
         if NIODeadline.now() < self.idleDeadline {
             self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
                 self.idleTimedOut()
@@ -201,7 +212,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     private func headerTimedOut() {
         self.headerTimer = nil
-        guard self.exchange == nil, !self.discarding, let context = self.context else { return }
+        guard self.exchange == nil, !self.discarding, !self.admitting, let context = self.context else { return }
         self.core.statistics.headerTimeouts.add(1, ordering: .relaxed)
         self.answeringHead = false
         let limit = GatewayUnits.render(self.core.configuration.limits.headerTimeout)
@@ -212,7 +223,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     func read(context: ChannelHandlerContext) {
-        if !self.queued.isEmpty {
+        if !self.queued.isEmpty || self.admitting {
             // A pipelined request waits; read no further until it has its turn.
             self.readPending = true
             return
@@ -322,15 +333,146 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 close: hasBody || !head.isKeepAlive, context: context)
             return
         }
-        if route.route.auth != nil {
-            // Fail closed: this milestone parses `auth` but does not verify tokens yet, and a
-            // route that asks for authentication must never be served without it.
+        var corsHeaders: [(String, String)] = []
+        if let cors = route.cors {
+            switch cors.check(head) {
+            case .none:
+                break
+            case .preflight(let headers):
+                self.answerPreflight(headers, close: hasBody || !head.isKeepAlive, context: context)
+                return
+            case .forbidden(let why):
+                self.respondLocally(
+                    status: 403, slug: "cors-forbidden", detail: "preflight refused: \(why)",
+                    close: hasBody || !head.isKeepAlive, context: context)
+                return
+            case .actual(let headers):
+                corsHeaders = headers
+            }
+        }
+        if route.authUnavailable {
+            // Fail closed: a route that asks for authentication is never served without it.
             self.respondLocally(
                 status: 503, slug: "authentication-unavailable",
-                detail: "routes[\(route.index)] requires a JWT, which this gateway does not verify yet; not forwarded",
-                extensions: ["reason": "auth-not-enforced"],
+                detail: "routes[\(route.index)] requires a JWT, but this gateway has no verifier; not forwarded",
+                extensions: ["reason": "auth-not-configured"],
                 close: hasBody || !head.isKeepAlive, context: context)
             return
+        }
+        var outcome: PolicyOutcome?
+        if let policies = route.policies {
+            switch policies.admit(head, clientIP: self.client.ip) {
+            case .forward(let passed):
+                outcome = passed
+            case .reject(var rejection):
+                rejection.headers += corsHeaders
+                self.reject(rejection, close: hasBody || !head.isKeepAlive, context: context)
+                return
+            case .verifyLater(let token, var partial):
+                partial.responseHeaders += corsHeaders
+                self.verifyLater(
+                    token, policies: policies, partial: partial, head: head, route: route, inspection: inspection,
+                    hasBody: hasBody, context: context)
+                return
+            }
+        }
+        if !corsHeaders.isEmpty {
+            if outcome == nil { outcome = PolicyOutcome() }
+            outcome?.responseHeaders += corsHeaders
+        }
+        self.proceed(head, route: route, inspection: inspection, hasBody: hasBody, policy: outcome, context: context)
+    }
+
+    /// Applies the route's fault injection, then forwards.
+    private func proceed(
+        _ head: HTTPRequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
+        policy: PolicyOutcome?, context: ChannelHandlerContext
+    ) {
+        if let fault = route.fault {
+            if fault.shouldAbort(self.core.random) {
+                self.respondLocally(
+                    status: fault.status, slug: "fault-injected",
+                    detail: "routes[\(route.index)] aborts a share of its requests (fault injection)",
+                    extensions: ["reason": "fault"], headers: policy?.responseHeaders ?? [],
+                    close: hasBody || !head.isKeepAlive, context: context)
+                return
+            }
+            if fault.shouldDelay(self.core.random) {
+                // Held like a request waiting for its token: reads stop, parts wait in `queued`.
+                self.admitting = true
+                _ = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(fault.delay)) {
+                    self.admitting = false
+                    guard !self.closed, !self.discarding, let context = self.context else { return }
+                    self.forward(
+                        head, route: route, inspection: inspection, hasBody: hasBody, policy: policy, context: context)
+                    self.continueWithQueued(context: context)
+                }
+                return
+            }
+        }
+        self.forward(head, route: route, inspection: inspection, hasBody: hasBody, policy: policy, context: context)
+    }
+
+    /// Verifies a token whose keys must be fetched: off the event loop, with reads stopped, then
+    /// back on the loop to forward or answer the request.
+    private func verifyLater(
+        _ token: String, policies: RoutePolicies, partial: PolicyOutcome, head: HTTPRequestHead, route: CompiledRoute,
+        inspection: ProxyHeaders.RequestInspection, hasBody: Bool, context: ChannelHandlerContext
+    ) {
+        guard let authenticator = policies.auth?.authenticator else { return }
+        self.admitting = true
+        let clientIP = self.client.ip
+        let promise = context.eventLoop.makePromise(of: Result<Principal, AuthenticationError>.self)
+        promise.completeWithTask {
+            do throws(AuthenticationError) {
+                return .success(try await authenticator.authenticate(token))
+            } catch {
+                return .failure(error)
+            }
+        }
+        promise.futureResult.assumeIsolated().whenSuccess { result in
+            self.admitting = false
+            guard !self.closed, !self.discarding, let context = self.context else { return }
+            let close = hasBody || !head.isKeepAlive
+            switch policies.resume(result, head, outcome: partial, clientIP: clientIP) {
+            case .forward(let outcome):
+                self.proceed(
+                    head, route: route, inspection: inspection, hasBody: hasBody, policy: outcome, context: context)
+                if !self.admitting { self.continueWithQueued(context: context) }
+            case .reject(let rejection):
+                self.reject(rejection, close: close, context: context)
+            case .verifyLater:
+                self.respondLocally(
+                    status: 503, slug: "authentication-unavailable", detail: "the token could not be verified",
+                    close: close, context: context)
+            }
+        }
+    }
+
+    private func reject(_ rejection: PolicyRejection, close: Bool, context: ChannelHandlerContext) {
+        self.respondLocally(
+            status: rejection.problem.status, slug: "", detail: rejection.problem.detail ?? "",
+            problem: rejection.problem, headers: rejection.headers, close: close, context: context)
+    }
+
+    /// Sends an admitted request on to its cluster.
+    private func forward(
+        _ head: HTTPRequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
+        policy: PolicyOutcome?, context: ChannelHandlerContext
+    ) {
+        var capture: CacheCapture?
+        if let cache = route.cache {
+            switch self.cacheLookup(cache, head: head, hasBody: hasBody) {
+            case .hit(let entry, let now):
+                self.answerFromCache(
+                    entry, at: now, stale: false, headers: policy?.responseHeaders ?? [], close: !head.isKeepAlive,
+                    context: context)
+                return
+            case .miss(let missed):
+                capture = missed
+            case .bypass:
+                break
+            }
         }
         let clusterIndex = route.pickCluster(self.core.random)
         let cluster = self.upstreams.clusters[clusterIndex]
@@ -367,6 +509,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             upstreamHead.headers.add(name: "content-length", value: "0")
         }
         self.addForwardedHeaders(&upstreamHead.headers, downstream: head, earlier: inspection.hasForwardedHeaders)
+        if inspection.hasSubjectHeader {
+            // Only the gateway says who the caller is.
+            upstreamHead.headers.remove(name: subjectHeaderName)
+        }
+        if let subject = policy?.subject {
+            upstreamHead.headers.add(name: subjectHeaderName, value: subject)
+        }
         if expectsContinue {
             // The gateway reads the body itself, so it tells the client to go on now; the
             // upstream gets the body without the expectation (as nginx does).
@@ -379,6 +528,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: upstreamHead,
             downstream: head, hasBody: hasBody)
         self.exchange = exchange
+        if let policy { exchange.responseHeaders = policy.responseHeaders }
+        exchange.cache = capture
         pool.inFlight += 1
         if let timeout = route.route.timeout {
             exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
@@ -551,6 +702,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             exchange.perTryTimeout?.cancel()
             exchange.perTryTimeout = nil
             if exchange.mayRetry, self.retry(exchange, after: .status(upstream.status.code)) { return }
+            if exchange.cache != nil, self.cacheResponseHead(exchange, upstream, context: context) { return }
             var head = HTTPResponseHead(
                 version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
             let framed =
@@ -559,6 +711,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 || exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
             exchange.upstreamReusable = upstream.isKeepAlive && framed
             ProxyHeaders.removeHopByHop(&head.headers)
+            for (name, value) in exchange.responseHeaders {
+                head.headers.replaceOrAdd(name: name, value: value)
+            }
             // Framing is set here, not by the encoder: a response without a body (to HEAD, 204,
             // 304) keeps its Content-Length if it has one and gets nothing else; a body without a
             // length is re-chunked for HTTP/1.1 clients and ends with the connection for HTTP/1.0.
@@ -580,8 +735,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             exchange.responseHeadSent = true
             context.write(self.wrapOutboundOut(.head(head)), promise: nil)
         case .body(let buffer):
+            if exchange.cache?.collecting != nil { self.cacheResponseBody(exchange, buffer) }
             context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         case .end(let trailers):
+            if exchange.cache?.collecting != nil { self.cacheResponseEnd(exchange) }
             let reuse = exchange.upstreamReusable && exchange.requestComplete
             if !exchange.requestComplete {
                 // The upstream answered before the request body ended; the rest cannot be sent
@@ -671,6 +828,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         _ exchange: Exchange, status: Int, slug: String, detail: String, reason: String?,
         context: ChannelHandlerContext
     ) {
+        if let reason, !exchange.responseHeadSent, exchange.cache?.stale != nil,
+            self.answerStale(exchange, after: reason, context: context)
+        {
+            return
+        }
         let requestComplete = exchange.requestComplete
         self.finish(exchange, reuseUpstream: false)
         var extensions = ["cluster": exchange.clusterName, "endpoint": exchange.pool.endpoint.description]
@@ -686,7 +848,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// Forgets `exchange`: its timer, its in-flight count and its upstream connection, which goes
     /// back to the pool when it is clean and closes otherwise.
-    private func finish(_ exchange: Exchange, reuseUpstream: Bool) {
+    func finish(_ exchange: Exchange, reuseUpstream: Bool) {
         guard self.exchange === exchange else { return }
         self.exchange = nil
         exchange.timeout?.cancel()
@@ -708,8 +870,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     /// Replays pipelined parts that arrived during the last exchange, then reads on.
-    private func continueWithQueued(context: ChannelHandlerContext) {
+    func continueWithQueued(context: ChannelHandlerContext) {
         while !self.queued.isEmpty && !self.closed && !self.discarding {
+            // A request waiting for its admission (token, injected delay) takes the rest later.
+            if self.admitting { return }
             if let exchange = self.exchange, exchange.requestComplete { return }
             let part = self.queued.removeFirst()
             self.handle(part, context: context)
@@ -719,14 +883,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// Writes a problem+json response of the gateway's own.
     private func respondLocally(
-        status: Int, slug: String, detail: String, extensions: [String: String] = [:], close: Bool,
+        status: Int, slug: String, detail: String, extensions: [String: String] = [:],
+        problem given: ProblemDetails? = nil, headers extra: [(String, String)] = [], close: Bool,
         context: ChannelHandlerContext
     ) {
         self.core.statistics.localResponses.add(1, ordering: .relaxed)
-        var problem = ProblemDetails(status: status, detail: detail, slug: slug, extensions: extensions)
+        var problem = given ?? ProblemDetails(status: status, detail: detail, slug: slug, extensions: extensions)
         problem.instance = nil
         let body = (try? problem.jsonData()).map { ByteBuffer(bytes: $0) } ?? ByteBuffer(string: "{}")
-        var headers = HTTPHeaders()
+        var headers = HTTPHeaders(extra)
         headers.add(name: "content-type", value: ProblemDetails.mediaType)
         headers.add(name: "content-length", value: String(body.readableBytes))
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
@@ -745,7 +910,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
     }
 
-    private func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
+    func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
         self.queued.removeAll()
         let promise = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(self.wrapOutboundOut(part), promise: promise)

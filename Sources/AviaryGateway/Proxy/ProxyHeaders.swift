@@ -24,6 +24,8 @@ enum ProxyHeaders {
         var headBytes = 0
         var hasHopByHop = false
         var hasForwardedHeaders = false
+        /// Whether the client sent `x-aviary-subject`, which only the gateway may set.
+        var hasSubjectHeader = false
     }
 
     static func inspect(_ head: HTTPRequestHead) -> RequestInspection {
@@ -59,6 +61,8 @@ enum ProxyHeaders {
                 result.hasForwardedHeaders = true
             case 16 where name.equalsLowercase("x-forwarded-host"):
                 result.hasForwardedHeaders = true
+            case 16 where name.equalsLowercase("x-aviary-subject"):
+                result.hasSubjectHeader = true
             case 17 where name.equalsLowercase("x-forwarded-proto"):
                 result.hasForwardedHeaders = true
             default:

@@ -3,6 +3,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
+import AviaryCore
 import AviaryResilience
 public import NIOHTTP1
 
@@ -25,10 +27,17 @@ public struct RouteTable: Sendable {
     ///
     /// - Precondition: every cluster a route names exists (a parsed configuration guarantees it).
     public init(_ configuration: GatewayConfiguration) {
+        self.init(configuration, authenticator: nil, clock: SystemClock())
+    }
+
+    /// Compiles the routes with their policies: `authenticator` verifies the JWTs of routes with
+    /// `auth` (nil fails them closed), `clock` drives rate limits.
+    init(_ configuration: GatewayConfiguration, authenticator: JWTAuthenticator?, clock: any MonotonicClock) {
         let indexes = Dictionary(
             configuration.clusters.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
         self.routes = configuration.routes.enumerated().map { index, route in
-            CompiledRoute(index: index, route: route, clusterIndexes: indexes)
+            CompiledRoute(
+                index: index, route: route, clusterIndexes: indexes, authenticator: authenticator, clock: clock)
         }
     }
 
@@ -64,8 +73,22 @@ public struct CompiledRoute: Sendable {
     let totalWeight: UInt64
     /// The retry policy, compiled once; its budget is shared by every event loop.
     let retry: CompiledRetry?
+    /// Authentication and rate limiting; nil for a route without them (nothing to do per request).
+    let policies: RoutePolicies?
+    /// The response cache of a route with `cache:`.
+    let cache: RouteCache?
+    /// The CORS policy of a route with `cors:`.
+    let cors: RouteCORS?
+    /// The fault injection of a route with `fault:`.
+    let fault: RouteFault?
+    /// A route that requires a JWT while the gateway has no authenticator: answered `503`, never
+    /// forwarded (fail closed).
+    let authUnavailable: Bool
 
-    init(index: Int, route: GatewayConfiguration.Route, clusterIndexes: [String: Int]) {
+    init(
+        index: Int, route: GatewayConfiguration.Route, clusterIndexes: [String: Int],
+        authenticator: JWTAuthenticator? = nil, clock: any MonotonicClock = SystemClock()
+    ) {
         self.index = index
         self.route = route
         self.methods = route.match.methods.map { HTTPMethod(rawValue: $0) }
@@ -89,6 +112,13 @@ public struct CompiledRoute: Sendable {
         self.targets = targets
         self.totalWeight = total
         self.retry = route.retry.map(CompiledRetry.init)
+        self.cache = route.cache.map { RouteCache($0, clock: clock) }
+        self.cors = route.cors.map(RouteCORS.init)
+        self.fault = route.fault.map(RouteFault.init)
+        self.authUnavailable = route.auth != nil && authenticator == nil
+        self.policies =
+            self.authUnavailable
+            ? nil : RoutePolicies(route: route, index: index, authenticator: authenticator, clock: clock)
     }
 
     /// Whether the request is one this route takes.

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+public import AviaryAuth
 public import Hummingbird
 
 /// A request context that can carry the verified ``Principal``; ``JWTAuthMiddleware`` sets it.

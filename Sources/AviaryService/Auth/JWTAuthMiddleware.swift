@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+public import AviaryAuth
 import Foundation
 public import HTTPTypes
 public import Hummingbird
@@ -74,18 +75,6 @@ public struct JWTAuthMiddleware<Context: AuthenticatedRequestContext>: RouterMid
     /// - Throws: ``AuthenticationError`` (`invalidRequest`) for several `Authorization` headers
     ///   or `Bearer` without a token.
     public static func bearerToken(in headers: HTTPFields) throws(AuthenticationError) -> String? {
-        let values = headers[values: .authorization]
-        guard values.count <= 1 else {
-            throw AuthenticationError(.invalidRequest, "the request has more than one Authorization header")
-        }
-        guard let value = values.first else { return nil }
-        let trimmed = value.drop(while: { $0 == " " })
-        let scheme = trimmed.prefix(while: { $0 != " " })
-        guard scheme.lowercased() == "bearer" else { return nil }
-        let token = trimmed.dropFirst(scheme.count).trimmingCharacters(in: [" "])
-        guard !token.isEmpty else {
-            throw AuthenticationError(.invalidRequest, "the Authorization header has no bearer token")
-        }
-        return token
+        try BearerToken.parse(authorization: headers[values: .authorization])
     }
 }

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 public import Hummingbird
 
 /// How a list of required scopes or roles is matched.

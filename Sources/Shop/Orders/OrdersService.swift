@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AsyncHTTPClient
+import AviaryAuth
 import AviaryCore
 import AviaryResilience
 import AviaryService

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
 import Logging
 import NIOCore
 import NIOPosix
@@ -37,11 +38,13 @@ let quietLogger = Logger(label: "aviary.gateway.tests", factory: { _ in SwiftLog
 
 /// Runs `body` with a gateway serving `yaml` (which should listen on 127.0.0.1:0).
 func withGateway<T>(
-    _ yaml: String, random: GatewayRandom = .system, _ body: (GatewayHarness) async throws -> T
+    _ yaml: String, random: GatewayRandom = .system, clock: any MonotonicClock = SystemClock(), loops: Int = 1,
+    _ body: (GatewayHarness) async throws -> T
 ) async throws -> T {
     let configuration = try GatewayConfiguration(yaml: yaml)
-    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-    let server = GatewayServer(configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random)
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
+    let server = GatewayServer(
+        configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random, clock: clock)
     let address = try await server.start()
     let harness = GatewayHarness(server: server, port: address.port ?? 0, group: group)
     do {

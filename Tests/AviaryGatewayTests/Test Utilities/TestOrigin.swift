@@ -23,7 +23,9 @@ import Synchronization
 /// | `/hop` | answers with hop-by-hop headers that must not reach the client |
 /// | `/flaky`, `/hang-on-bad`, `/reset-on-bad` | on origins named `bad*`: 503, no answer, a closed connection; elsewhere 200 |
 /// | `/arm-close` | answers, then closes the connection when the next request arrives on it, unanswered |
-/// | anything else | `200`, body: the request line and headers as the origin saw them |
+/// | anything else | `200`, body: the request line and headers as the origin saw them; each query item `h-<name>=<value>` becomes a response header |
+///
+/// ``OriginState/failure`` overrides all of it: 1 answers every request `503`, 2 never answers.
 ///
 /// Every response carries `x-origin: <name>` and `x-origin-connection: <n>` (1-based per origin).
 final class TestOrigin: Sendable {
@@ -81,6 +83,8 @@ final class OriginState: Sendable {
     let uploadBytesRead = Atomic<Int>(0)
     let paused = Mutex<[NIOLoopBound<OriginHandler>]>([])
     let pausedCount = Atomic<Int>(0)
+    /// 0: behave; 1: answer every request 503; 2: answer none.
+    let failure = Atomic<Int>(0)
 }
 
 final class OriginHandler: ChannelDuplexHandler {
@@ -100,6 +104,8 @@ final class OriginHandler: ChannelDuplexHandler {
     private var downloadRemaining = 0
     private var downloadChunk = 0
     private var closeOnNextRequest = false
+    /// Response headers asked for with `h-<name>=<value>` query items.
+    private var extraHeaders: [(String, String)] = []
 
     enum Mode { case idle, upload, echo, download, info(String), never }
 
@@ -140,6 +146,21 @@ final class OriginHandler: ChannelDuplexHandler {
             self.state.requests.add(1, ordering: .relaxed)
             let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
             let query = request.uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+            self.extraHeaders = query.split(separator: "&").compactMap { item in
+                let pair = item.split(separator: "=", maxSplits: 1)
+                guard pair.count == 2, pair[0].hasPrefix("h-") else { return nil }
+                return (String(pair[0].dropFirst(2)), String(pair[1]))
+            }
+            switch self.state.failure.load(ordering: .relaxed) {
+            case 1:
+                self.mode = .info("status 503")
+                return
+            case 2:
+                self.mode = .never
+                return
+            default:
+                break
+            }
             switch path {
             case "/upload":
                 self.mode = .upload
@@ -232,7 +253,7 @@ final class OriginHandler: ChannelDuplexHandler {
                     ])
                 self.mode = .idle
             case .info(let text):
-                self.respond(context, .ok, text)
+                self.respond(context, .ok, text, self.extraHeaders)
                 self.mode = .idle
             case .idle, .never:
                 break

@@ -3,8 +3,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 import AviaryCore
 import AviaryService
+import AviaryTestSupport
 import Foundation
 import HTTPTypes
 import Hummingbird

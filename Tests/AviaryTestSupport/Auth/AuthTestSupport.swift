@@ -3,39 +3,39 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-import AviaryService
-import Foundation
-import Logging
+public import AviaryAuth
+public import Foundation
+public import Logging
 import Synchronization
-import Testing
+public import Testing
 
 /// A wall clock the test sets.
-final class AuthWallClock: Sendable {
+public final class AuthWallClock: Sendable {
     private let current: Mutex<Date>
 
-    init(_ start: Date = AuthFixtures.start) {
+    public init(_ start: Date = AuthFixtures.start) {
         self.current = Mutex(start)
     }
 
-    var now: Date { self.current.withLock { $0 } }
+    public var now: Date { self.current.withLock { $0 } }
 
-    func advance(seconds: TimeInterval) {
+    public func advance(seconds: TimeInterval) {
         self.current.withLock { $0 = $0.addingTimeInterval(seconds) }
     }
 
     /// The closure to inject.
-    var source: @Sendable () -> Date { { self.now } }
+    public var source: @Sendable () -> Date { { self.now } }
 }
 
-enum AuthFixtures {
-    static let start = Date(timeIntervalSince1970: 1_700_000_000)
-    static let issuer = "https://idp.test"
-    static let audience = "shop"
-    static let hmacSecret = "an-hmac-secret-of-at-least-32-bytes!!"
+public enum AuthFixtures {
+    public static let start = Date(timeIntervalSince1970: 1_700_000_000)
+    public static let issuer = "https://idp.test"
+    public static let audience = "shop"
+    public static let hmacSecret = "an-hmac-secret-of-at-least-32-bytes!!"
 
     /// Standard claims, valid for ten minutes from `start`, with `overrides` applied (an
     /// `NSNull` value removes a claim).
-    static func claims(_ overrides: [String: any Sendable] = [:]) -> [String: any Sendable] {
+    public static func claims(_ overrides: [String: any Sendable] = [:]) -> [String: any Sendable] {
         let t = Int(start.timeIntervalSince1970)
         var claims: [String: any Sendable] = [
             "sub": "alice",
@@ -55,13 +55,13 @@ enum AuthFixtures {
     }
 
     /// A configuration trusting the given keys inline, with the fixture issuer and audience.
-    static func configuration(_ keys: [PyJWT.Key], from all: PyJWT.Keys) -> JWTVerifierConfiguration {
+    public static func configuration(_ keys: [PyJWT.Key], from all: PyJWT.Keys) -> JWTVerifierConfiguration {
         JWTVerifierConfiguration(
             keys: [.jwks(all.jwks(keys))], issuer: issuer, audiences: [audience], leeway: .seconds(30))
     }
 
     /// Expects `body` to throw an ``AuthenticationError`` with `code`.
-    static func expectFailure(
+    public static func expectFailure(
         _ code: AuthenticationError.Code,
         _ comment: Comment? = nil,
         sourceLocation: SourceLocation = #_sourceLocation,
@@ -80,32 +80,34 @@ enum AuthFixtures {
 }
 
 /// Collects every log message and metadata value, to check that no token is ever logged.
-final class CapturedLogs: Sendable {
+public final class CapturedLogs: Sendable {
     private let lines = Mutex<[String]>([])
 
-    var all: [String] { self.lines.withLock { $0 } }
+    public init() {}
 
-    func logger(_ label: String = "aviary.tests.auth") -> Logger {
+    public var all: [String] { self.lines.withLock { $0 } }
+
+    public func logger(_ label: String = "aviary.tests.auth") -> Logger {
         var logger = Logger(label: label) { _ in Handler(sink: self) }
         logger.logLevel = .trace
         return logger
     }
 
-    fileprivate func append(_ line: String) {
+    func append(_ line: String) {
         self.lines.withLock { $0.append(line) }
     }
 
     private struct Handler: LogHandler {
         let sink: CapturedLogs
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
+        public var metadata: Logger.Metadata = [:]
+        public var logLevel: Logger.Level = .trace
 
         subscript(metadataKey key: String) -> Logger.Metadata.Value? {
             get { self.metadata[key] }
             set { self.metadata[key] = newValue }
         }
 
-        func log(event: LogEvent) {
+        public func log(event: LogEvent) {
             let merged = self.metadata.merging(event.metadata ?? [:]) { $1 }
             self.sink.append("\(event.level) \(event.message) \(merged.map { "\($0)=\($1)" }.joined(separator: " "))")
         }

@@ -3,10 +3,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 import AviaryCore
-import AviaryService
+import AviaryTestSupport
 import Foundation
-import HTTPTypes
 import Testing
 
 @Suite("JWTAuthenticator", .timeLimit(.minutes(1)))
@@ -357,15 +357,13 @@ struct JWTAuthenticatorTests {
 
     @Test("the bearer token is taken from one Authorization header, scheme case-insensitive")
     func bearerParsing() throws {
-        typealias Middleware = JWTAuthMiddleware<AviaryRequestContext>
-        #expect(try Middleware.bearerToken(in: [.authorization: "Bearer abc.def.ghi"]) == "abc.def.ghi")
-        #expect(try Middleware.bearerToken(in: [.authorization: "bearer  abc "]) == "abc")
-        #expect(try Middleware.bearerToken(in: [.authorization: "Basic dXNlcjpwYXNz"]) == nil)
-        #expect(try Middleware.bearerToken(in: [:]) == nil)
-        #expect(throws: AuthenticationError.self) { try Middleware.bearerToken(in: [.authorization: "Bearer "]) }
-        var twice = HTTPFields()
-        twice.append(HTTPField(name: .authorization, value: "Bearer a.b.c"))
-        twice.append(HTTPField(name: .authorization, value: "Bearer d.e.f"))
-        #expect(throws: AuthenticationError.self) { try Middleware.bearerToken(in: twice) }
+        #expect(try BearerToken.parse(authorization: ["Bearer abc.def.ghi"]) == "abc.def.ghi")
+        #expect(try BearerToken.parse(authorization: ["bearer  abc "]) == "abc")
+        #expect(try BearerToken.parse(authorization: ["Basic dXNlcjpwYXNz"]) == nil)
+        #expect(try BearerToken.parse(authorization: [String]()) == nil)
+        #expect(throws: AuthenticationError.self) { try BearerToken.parse(authorization: ["Bearer "]) }
+        #expect(throws: AuthenticationError.self) {
+            try BearerToken.parse(authorization: ["Bearer a.b.c", "Bearer d.e.f"])
+        }
     }
 }

@@ -3,8 +3,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 import AviaryCore
-import AviaryService
+import AviaryTestSupport
 import Foundation
 import Testing
 

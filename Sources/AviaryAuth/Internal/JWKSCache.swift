@@ -57,6 +57,28 @@ final class JWKSCache: Sendable {
         return await self.refresh()
     }
 
+    /// The keys when they are loaded and younger than the maximum age, without waiting; nil when
+    /// ``keys()`` would fetch them.
+    func freshKeys() -> KeySet? {
+        let now = self.clock.now
+        return self.state.withLock { state -> KeySet? in
+            guard let loadedAt = state.loadedAt, loadedAt.duration(to: now) < self.settings.maximumAge else {
+                return nil
+            }
+            return state.keys
+        }
+    }
+
+    /// Whether ``refresh()`` would fetch (or join a fetch in flight) now, rather than return the
+    /// cached keys because the minimum interval has not passed.
+    func mayRefresh() -> Bool {
+        let now = self.clock.now
+        return self.state.withLock { state in
+            guard state.inFlight == nil, let last = state.lastAttempt else { return true }
+            return last.duration(to: now) >= self.settings.minimumInterval
+        }
+    }
+
     /// Fetches the keys again if the minimum interval allows (joining a fetch in flight), and
     /// returns what is cached afterwards.
     @discardableResult

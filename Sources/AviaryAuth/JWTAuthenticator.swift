@@ -129,24 +129,9 @@ public final class JWTAuthenticator: Sendable {
     ///
     /// - Throws: ``AuthenticationError`` naming the check that failed.
     public func authenticate(_ token: String) async throws(AuthenticationError) -> Principal {
-        let jwt = try CompactJWT(token, maximumBytes: self.configuration.maximumTokenBytes)
-        guard jwt.algorithm.lowercased() != "none" else {
-            throw AuthenticationError(.unsupportedAlgorithm, "unsigned tokens (alg none) are not accepted")
-        }
-        guard let algorithm = JWSAlgorithm(rawValue: jwt.algorithm),
-            self.configuration.allowedAlgorithms.contains(algorithm)
-        else {
-            throw AuthenticationError(.unsupportedAlgorithm, "the token's alg is not one this service accepts")
-        }
+        let (jwt, algorithm) = try self.parse(token)
         let candidates = try await self.keys(for: jwt.keyID)
-        let usable = candidates.filter { $0.algorithm == algorithm }
-        guard !usable.isEmpty else {
-            throw AuthenticationError(.algorithmMismatch, "the token's alg does not match its key's algorithm")
-        }
-        guard usable.contains(where: { $0.verifies(jwt.signature, signs: jwt.signingInput) }) else {
-            throw AuthenticationError(.invalidSignature, "the token's signature is invalid")
-        }
-        let principal = try self.validateClaims(jwt.claims)
+        let principal = try self.verify(jwt, algorithm: algorithm, candidates: candidates)
         if let tokenID = principal.tokenID, let revokedTokens = self.revokedTokens {
             let revoked: Bool
             do {
@@ -159,16 +144,99 @@ public final class JWTAuthenticator: Sendable {
         return principal
     }
 
+    /// The outcome of ``authenticateWithoutWaiting(_:)``.
+    public enum ImmediateResult: Sendable {
+        /// The token verified with keys at hand.
+        case verified(Principal)
+        /// The token is rejected, for a reason that no key fetch could change.
+        case rejected(AuthenticationError)
+        /// The answer needs waiting: keys must be fetched (never loaded, stale, or no cached key
+        /// has the token's `kid`) or the deny-list asked; call ``authenticate(_:)``.
+        case needsWaiting
+    }
+
+    /// Verifies `token` without suspending when everything it needs is at hand: the keys are
+    /// cached and fresh, and no deny-list is configured (or the token has no `jti`). For an
+    /// event-loop server (the gateway) that must not hop threads on every request; the checks
+    /// and their errors are those of ``authenticate(_:)``.
+    ///
+    /// ```swift
+    /// switch authenticator.authenticateWithoutWaiting(token) {
+    /// case .verified(let principal): forward(as: principal)
+    /// case .rejected(let error): reject(error)
+    /// case .needsWaiting: Task { let principal = try await authenticator.authenticate(token) ... }
+    /// }
+    /// ```
+    public func authenticateWithoutWaiting(_ token: String) -> ImmediateResult {
+        do throws(AuthenticationError) {
+            let (jwt, algorithm) = try self.parse(token)
+            guard let candidates = try self.cachedKeys(for: jwt.keyID) else { return .needsWaiting }
+            let principal = try self.verify(jwt, algorithm: algorithm, candidates: candidates)
+            if principal.tokenID != nil && self.revokedTokens != nil { return .needsWaiting }
+            return .verified(principal)
+        } catch {
+            return .rejected(error)
+        }
+    }
+
+    /// Steps 1 and 2: the token's shape and its algorithm.
+    private func parse(_ token: String) throws(AuthenticationError) -> (CompactJWT, JWSAlgorithm) {
+        let jwt = try CompactJWT(token, maximumBytes: self.configuration.maximumTokenBytes)
+        guard jwt.algorithm.lowercased() != "none" else {
+            throw AuthenticationError(.unsupportedAlgorithm, "unsigned tokens (alg none) are not accepted")
+        }
+        guard let algorithm = JWSAlgorithm(rawValue: jwt.algorithm),
+            self.configuration.allowedAlgorithms.contains(algorithm)
+        else {
+            throw AuthenticationError(.unsupportedAlgorithm, "the token's alg is not one this service accepts")
+        }
+        return (jwt, algorithm)
+    }
+
+    /// Steps 3 (algorithm binding), 4 and 5.
+    private func verify(
+        _ jwt: CompactJWT, algorithm: JWSAlgorithm, candidates: [VerificationKey]
+    ) throws(AuthenticationError) -> Principal {
+        let usable = candidates.filter { $0.algorithm == algorithm }
+        guard !usable.isEmpty else {
+            throw AuthenticationError(.algorithmMismatch, "the token's alg does not match its key's algorithm")
+        }
+        guard usable.contains(where: { $0.verifies(jwt.signature, signs: jwt.signingInput) }) else {
+            throw AuthenticationError(.invalidSignature, "the token's signature is invalid")
+        }
+        return try self.validateClaims(jwt.claims)
+    }
+
+    /// The keys a token with `kid` may use from what is at hand; nil when a JWKS URL must be
+    /// fetched first (never loaded, older than the maximum age, or none of them has the `kid`).
+    private func cachedKeys(for keyID: String?) throws(AuthenticationError) -> [VerificationKey]? {
+        var sets = [self.staticKeys]
+        for cache in self.caches {
+            guard let keys = cache.freshKeys() else { return nil }
+            sets.append(keys)
+        }
+        let found = Self.lookup(sets, keyID: keyID)
+        if found.isEmpty {
+            // A refetch could bring the kid, unless every URL was fetched within the minimum
+            // interval: then the answer is known now (and made-up kids cost no task each).
+            if self.caches.contains(where: { $0.mayRefresh() }) { return nil }
+            throw AuthenticationError(
+                .unknownKey, keyID == nil ? "the token has no kid" : "no key matches the token's kid")
+        }
+        return found
+    }
+
+    private static func lookup(_ sets: [KeySet], keyID: String?) -> [VerificationKey] {
+        let all = sets.flatMap(\.keys)
+        let matching = all.filter { $0.keyID == keyID }
+        // A token without kid may use the only key there is.
+        if matching.isEmpty, keyID == nil, all.count == 1 { return all }
+        return matching
+    }
+
     /// The keys a token with `kid` may use: from the static sources and the JWKS caches,
     /// refetching the JWKS URLs once when none has the `kid`.
     private func keys(for keyID: String?) async throws(AuthenticationError) -> [VerificationKey] {
-        func lookup(_ sets: [KeySet]) -> [VerificationKey] {
-            let all = sets.flatMap(\.keys)
-            let matching = all.filter { $0.keyID == keyID }
-            // A token without kid may use the only key there is.
-            if matching.isEmpty, keyID == nil, all.count == 1 { return all }
-            return matching
-        }
         var sets = [self.staticKeys]
         var anyLoaded = !self.staticKeys.keys.isEmpty
         for cache in self.caches {
@@ -176,7 +244,7 @@ public final class JWTAuthenticator: Sendable {
             sets.append(keys)
             anyLoaded = anyLoaded || loaded
         }
-        var found = lookup(sets)
+        var found = Self.lookup(sets, keyID: keyID)
         if found.isEmpty, !self.caches.isEmpty {
             sets = [self.staticKeys]
             for cache in self.caches {
@@ -184,7 +252,7 @@ public final class JWTAuthenticator: Sendable {
                 sets.append(keys)
                 anyLoaded = anyLoaded || loaded
             }
-            found = lookup(sets)
+            found = Self.lookup(sets, keyID: keyID)
         }
         guard !found.isEmpty else {
             if !anyLoaded {

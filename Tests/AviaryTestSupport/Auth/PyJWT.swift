@@ -3,39 +3,38 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-import AviaryTestSupport
-import Foundation
+public import Foundation
 import Synchronization
-import Testing
+public import Testing
 
 /// Keys and tokens made by an independent implementation: Python's PyJWT and `cryptography`
 /// (installed by `.ci/run`). The tests fail, never skip, without them.
-enum PyJWT {
+public enum PyJWT {
     /// One generated key pair: the private key as PEM (for minting), the public key as PEM (the
     /// "secret" of algorithm-confusion tokens) and as a JWK (for the verifier).
-    struct Key: Sendable {
-        var kid: String
-        var algorithm: String
-        var privatePEM: String
-        var publicPEM: String
-        var publicJWK: String
+    public struct Key: Sendable {
+        public var kid: String
+        public var algorithm: String
+        public var privatePEM: String
+        public var publicPEM: String
+        public var publicJWK: String
     }
 
-    struct Keys: Sendable {
-        var es256: Key
-        var rs256: Key
-        var eddsa: Key
+    public struct Keys: Sendable {
+        public var es256: Key
+        public var rs256: Key
+        public var eddsa: Key
         /// A second P-256 key, for rotation.
-        var es256Next: Key
+        public var es256Next: Key
 
         /// A JWKS of the given keys' public halves.
-        func jwks(_ keys: [Key]) -> String {
+        public func jwks(_ keys: [Key]) -> String {
             "{\"keys\":[" + keys.map(\.publicJWK).joined(separator: ",") + "]}"
         }
     }
 
     /// How to sign one token.
-    enum Signing: Sendable {
+    public enum Signing: Sendable {
         /// PyJWT `jwt.encode` with the key's algorithm and private key.
         case key(Key)
         /// PyJWT `jwt.encode` with HMAC and a shared secret.
@@ -46,13 +45,13 @@ enum PyJWT {
         case unsigned(alg: String)
     }
 
-    struct TokenRequest: Sendable {
-        var signing: Signing
-        var claims: [String: any Sendable]
-        var kid: String?
-        var extraHeaders: [String: String]
+    public struct TokenRequest: Sendable {
+        public var signing: Signing
+        public var claims: [String: any Sendable]
+        public var kid: String?
+        public var extraHeaders: [String: String]
 
-        init(
+        public init(
             _ signing: Signing, claims: [String: any Sendable], kid: String? = nil, extraHeaders: [String: String] = [:]
         ) {
             self.signing = signing
@@ -63,9 +62,9 @@ enum PyJWT {
     }
 
     /// Keys generated once per test process.
-    static let keys = Task<Keys, any Error> { try await generateKeys() }
+    public static let keys = Task<Keys, any Error> { try await generateKeys() }
 
-    static func generateKeys() async throws -> Keys {
+    public static func generateKeys() async throws -> Keys {
         let output = try await run(Self.keysScript, input: [:])
         let object = try #require(output as? [String: [String: String]])
         func key(_ name: String) throws -> Key {
@@ -81,7 +80,7 @@ enum PyJWT {
     }
 
     /// Mints the tokens, in order.
-    static func mint(_ requests: [TokenRequest]) async throws -> [String] {
+    public static func mint(_ requests: [TokenRequest]) async throws -> [String] {
         let specs: [[String: Any]] = requests.map { request in
             var spec: [String: Any] = ["claims": request.claims, "headers": request.extraHeaders]
             if let kid = request.kid { spec["kid"] = kid }
@@ -109,12 +108,12 @@ enum PyJWT {
     }
 
     /// Mints one token.
-    static func mint(_ request: TokenRequest) async throws -> String {
+    public static func mint(_ request: TokenRequest) async throws -> String {
         try #require(try await mint([request]).first)
     }
 
     /// Runs a Python script with `input` as JSON on stdin and returns its stdout parsed as JSON.
-    static func run(_ script: String, input: [String: Any]) async throws -> Any {
+    public static func run(_ script: String, input: [String: Any]) async throws -> Any {
         let output = try await Python.run(
             script, stdin: try JSONSerialization.data(withJSONObject: input), what: "PyJWT")
         return try JSONSerialization.jsonObject(with: output, options: [.fragmentsAllowed])

@@ -4,12 +4,12 @@
 //===----------------------------------------------------------------------===//
 
 public import AviaryCore
-public import HTTPTypes
 
 /// Why a request was not authenticated or not authorized.
 ///
-/// ``JWTAuthenticator/authenticate(_:)`` throws it; the middlewares render it with
-/// ``problem(realm:)``: RFC 9457 problem details plus an RFC 6750 `WWW-Authenticate` challenge.
+/// ``JWTAuthenticator/authenticate(_:)`` throws it; AviaryService's middlewares and the gateway
+/// render it from ``rendered(realm:)``: RFC 9457 problem details plus an RFC 6750
+/// `WWW-Authenticate` challenge.
 /// Its ``message`` never contains the token.
 ///
 /// | code | status | problem `type` slug | `WWW-Authenticate` |
@@ -108,15 +108,18 @@ public struct AuthenticationError: Error, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The error as an HTTP problem with its `WWW-Authenticate` challenge.
+    /// The error as an HTTP answer: problem details and the `WWW-Authenticate` challenge, free of
+    /// any HTTP server library so that AviaryService (Hummingbird) and the gateway (SwiftNIO)
+    /// answer alike.
     ///
     /// ```swift
-    /// throw AuthenticationError(.insufficientScope, "requires orders:write", requiredScopes: ["orders:write"])
-    ///     .problem(realm: "shop")
+    /// let answer = AuthenticationError(.expired, "the token has expired").rendered(realm: "shop")
+    /// answer.problem.status          // 401
+    /// answer.wwwAuthenticate         // Bearer realm="shop", error="invalid_token", ...
     /// ```
     ///
     /// - Parameter realm: the `realm` of the challenge; nil leaves it out.
-    public func problem(realm: String? = nil) -> HTTPProblem {
+    public func rendered(realm: String? = nil) -> RenderedAuthenticationError {
         var parameters: [(String, String)] = []
         if let realm { parameters.append(("realm", realm)) }
         let status: Int
@@ -132,9 +135,11 @@ public struct AuthenticationError: Error, Sendable, CustomStringConvertible {
             parameters.append(("error", "invalid_request"))
             parameters.append(("error_description", self.message))
         case .keysUnavailable, .invalidConfiguration:
-            return HTTPProblem(
-                status: 503, slug: "authentication-unavailable",
-                detail: "tokens cannot be verified right now; try again later")
+            return RenderedAuthenticationError(
+                problem: ProblemDetails(
+                    status: 503, detail: "tokens cannot be verified right now; try again later",
+                    slug: "authentication-unavailable"),
+                wwwAuthenticate: nil)
         case .insufficientScope:
             status = 403
             slug = "insufficient-scope"
@@ -151,10 +156,9 @@ public struct AuthenticationError: Error, Sendable, CustomStringConvertible {
             parameters.append(("error", "invalid_token"))
             parameters.append(("error_description", self.message))
         }
-        let challenge = Self.challenge(parameters)
-        return HTTPProblem(
-            status: status, slug: slug, detail: self.message, extensions: extensions,
-            headers: [.wwwAuthenticate: challenge])
+        return RenderedAuthenticationError(
+            problem: ProblemDetails(status: status, detail: self.message, slug: slug, extensions: extensions),
+            wwwAuthenticate: Self.challenge(parameters))
     }
 
     /// A `Bearer` challenge with quoted parameters, each value reduced to the characters
@@ -170,5 +174,25 @@ public struct AuthenticationError: Error, Sendable, CustomStringConvertible {
             return "\(name)=\"\(safe)\""
         }
         return "Bearer " + rendered.joined(separator: ", ")
+    }
+}
+
+/// An ``AuthenticationError`` as an HTTP answer: the problem (its `status` is the HTTP status)
+/// and the `WWW-Authenticate` value to send with it, if any.
+///
+/// ```swift
+/// let answer = error.rendered(realm: "api")
+/// if let challenge = answer.wwwAuthenticate { headers.add(name: "WWW-Authenticate", value: challenge) }
+/// ```
+public struct RenderedAuthenticationError: Sendable, Hashable {
+    /// The RFC 9457 problem; `problem.status` is the HTTP status.
+    public var problem: ProblemDetails
+    /// The RFC 6750 challenge, for `401`, `400` and `403`; nil for `503`.
+    public var wwwAuthenticate: String?
+
+    /// Creates an answer.
+    public init(problem: ProblemDetails, wwwAuthenticate: String?) {
+        self.problem = problem
+        self.wwwAuthenticate = wwwAuthenticate
     }
 }
