@@ -3,7 +3,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-
 /// A durable, partitioned message log with consumer groups: the contract every backend
 /// (`sqlite://`, `postgres://`) implements and the conformance suite checks.
 ///
@@ -35,7 +34,18 @@
 ///   and size, whether or not a group consumed them; a group whose cursor was behind is told once
 ///   in ``ReceivedBatch/gaps`` and the loss is counted in its ``GroupInfo/lostToRetention``.
 /// - A stale lease (expired and taken over) makes ``ack(_:)`` and ``nack(_:redeliverAfter:error:)``
-///   fail with ``MessagingError/Kind/leaseLost``; the new holder redelivers the message.
+///   fail with ``MessagingError/Kind/leaseLost``; the new holder redelivers the message. Acking or
+///   nacking a message the group has already acknowledged (by anyone) does nothing.
+/// - **Delivery counts** (``Delivery/deliveryCount``) count the leases that included the
+///   message, except those that ended (by nack or expiry) on an earlier message of the partition:
+///   the messages after the one a lease failed on were not attempted and keep their count, so a
+///   poison message does not use up the attempts of the messages behind it. ``release(_:)`` takes
+///   its lease back out of the count. ``resumePartition(group:topic:partition:skipHead:)``
+///   without `skipHead` starts the count of the stopped message again.
+/// - **Dead-letter topics** are ordinary topics, created by ``subscribe(group:topic:options:)``
+///   when missing (one partition, ``Retention/forever``), so that their order is the order of
+///   arrival and a group may consume them. A replayed dead letter is appended again to the topic it
+///   came from, so every group of that topic sees it again (consumers are idempotent).
 ///
 /// Delivery is at least once: a consumer that crashes after its effect and before its ack sees
 /// the message again. Consumers make their effect idempotent with an inbox in their own
@@ -78,10 +88,13 @@ public protocol MessageLog: Sendable {
     func nack(_ delivery: Delivery, redeliverAfter: Duration, error: String) async throws
 
     /// Gives deliveries back unprocessed (a consumer shutting down): their partitions are free
-    /// at once and the deliveries do not count towards `maxDeliveries`.
+    /// at once and the deliveries do not count towards `maxDeliveries`. Deliveries whose lease was
+    /// lost meanwhile are skipped.
     func release(_ deliveries: [Delivery]) async throws
 
-    /// Extends the leases of deliveries still being worked on.
+    /// Extends the leases of deliveries still being worked on, to `duration` from now.
+    ///
+    /// - Throws: ``MessagingError`` `.leaseLost` when a lease was taken over.
     func extendLeases(_ deliveries: [Delivery], by duration: Duration) async throws
 
     /// A sequence that yields when messages may have become deliverable on `topic` (a publish by
@@ -89,7 +102,9 @@ public protocol MessageLog: Sendable {
     /// consumers still call ``receive(_:)`` to find out.
     func wakeUps(topic: String) -> AsyncStream<Void>
 
-    /// Deletes messages beyond each topic's retention and reports how many went.
+    /// Deletes messages beyond each topic's retention and reports how many went. Messages a group
+    /// had not acknowledged count in its ``GroupInfo/lostToRetention`` at once and are reported in
+    /// the group's next ``receive(_:)`` (``ReceivedBatch/gaps``).
     @discardableResult
     func applyRetention() async throws -> Int
 
@@ -97,10 +112,16 @@ public protocol MessageLog: Sendable {
     func topics() async throws -> [TopicInfo]
 
     /// The messages in a dead-letter topic, oldest first.
+    ///
+    /// - Throws: ``MessagingError`` `.notFound` for an unknown topic, `.invalidArgument` for a topic
+    ///   that is no group's dead-letter topic (the same for replay and purge).
     func deadLetters(topic: String, limit: Int) async throws -> [DeadLetter]
 
     /// Publishes a dead letter's original message again to the topic it came from (same key,
-    /// event and headers) and removes it from the dead-letter topic, in one transaction.
+    /// event and headers, without the `aviary-dlq-*` ones) and removes it from the dead-letter
+    /// topic, in one transaction.
+    ///
+    /// - Throws: ``MessagingError`` `.notFound` when there is no dead letter at `position`.
     func replayDeadLetter(_ position: MessagePosition) async throws
 
     /// Removes dead letters for good; `nil` removes all of the topic's.
@@ -109,6 +130,8 @@ public protocol MessageLog: Sendable {
 
     /// Restarts a partition stopped by ``PoisonPolicy/stopPartition``; `skipHead` dead-letters
     /// the poison message first instead of retrying it.
+    ///
+    /// - Throws: ``MessagingError`` `.invalidArgument` when the partition is not stopped.
     func resumePartition(group: String, topic: String, partition: Int, skipHead: Bool) async throws
 
     /// Closes connections and files; the log is unusable afterwards.
@@ -178,6 +201,26 @@ public struct DeadLetter: Sendable, Hashable {
     public var lastError: String?
     /// How many times it was delivered.
     public var deliveries: Int
+
+    /// Reads where a dead letter came from and why out of its `aviary-dlq-*` headers
+    /// (``DeadLetterHeader``); a header that is missing reads as empty or zero.
+    ///
+    /// ```swift
+    /// let letter = DeadLetter(message: stored)
+    /// print(letter.origin, letter.reason, letter.lastError ?? "")
+    /// ```
+    public init(message: Message) {
+        let headers = message.headers
+        self.message = message
+        self.origin = MessagePosition(
+            topic: headers[DeadLetterHeader.topic] ?? "",
+            partition: headers[DeadLetterHeader.partition].flatMap { Int($0) } ?? 0,
+            offset: headers[DeadLetterHeader.offset].flatMap { Int64($0) } ?? 0)
+        self.group = headers[DeadLetterHeader.group] ?? ""
+        self.reason = headers[DeadLetterHeader.reason] ?? ""
+        self.lastError = headers[DeadLetterHeader.error]
+        self.deliveries = headers[DeadLetterHeader.deliveries].flatMap { Int($0) } ?? 0
+    }
 }
 
 /// Header names a dead letter carries.

@@ -208,6 +208,19 @@ public struct RetentionGap: Sendable, Hashable {
     public var firstMissed: Int64
     /// The last offset the group missed.
     public var lastMissed: Int64
+
+    /// Creates a gap (backends and tests).
+    ///
+    /// ```swift
+    /// let gap = RetentionGap(group: "mailer", topic: "orders", partition: 0, firstMissed: 1, lastMissed: 3)
+    /// ```
+    public init(group: String, topic: String, partition: Int, firstMissed: Int64, lastMissed: Int64) {
+        self.group = group
+        self.topic = topic
+        self.partition = partition
+        self.firstMissed = firstMissed
+        self.lastMissed = lastMissed
+    }
 }
 
 /// What one ``MessageLog/receive(_:)`` call returns.

@@ -23,6 +23,7 @@ enum ExitCode {
 
 let usage = """
     usage: aviary gateway --config FILE [--threads N] [--check]
+           aviary broker topics|dlq --url URL ...   (aviary broker --help)
 
       gateway   run the API gateway
         --config FILE   the gateway's YAML configuration
@@ -113,6 +114,8 @@ case "gateway":
     }
     try? await server.stop()
     exit(0)
+case "broker":
+    exit(await brokerCommand(arguments))
 default:
     fail("aviary: unknown command \"\(command)\"\n\(usage)", code: ExitCode.usage)
 }

@@ -1,0 +1,247 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Foundation
+import GRDB
+
+// Retention, inspection and repair: what `aviary broker` and the operators use.
+extension SQLiteMessageLog {
+    @discardableResult
+    public func applyRetention() async throws -> Int {
+        let now = self.nowMillis
+        return try await self.write { db in
+            var deleted = 0
+            let topics = try Row.fetchAll(
+                db,
+                sql:
+                    "SELECT name, max_age_ms, max_bytes FROM topics WHERE max_age_ms IS NOT NULL OR max_bytes IS NOT NULL"
+            )
+            for topic in topics {
+                let name: String = topic["name"]
+                let maxAge: Int64? = topic["max_age_ms"]
+                let maxBytes: Int64? = topic["max_bytes"]
+                let partitions = try Row.fetchAll(
+                    db, sql: "SELECT partition, start_offset FROM partitions WHERE topic = ?", arguments: [name])
+                for partitionRow in partitions {
+                    let partition: Int = partitionRow["partition"]
+                    var cut: Int64 = 0
+                    if let maxAge {
+                        cut = max(
+                            cut,
+                            try Int64.fetchOne(
+                                db,
+                                sql:
+                                    "SELECT MAX(offset) FROM messages WHERE topic = ? AND partition = ? AND appended_at < ?",
+                                arguments: [name, partition, now - maxAge]) ?? 0)
+                    }
+                    if let maxBytes {
+                        // The newest message whose bytes, with every newer message's, exceed the limit:
+                        // it and everything older go.
+                        cut = max(
+                            cut,
+                            try Int64.fetchOne(
+                                db,
+                                sql: """
+                                    SELECT MAX(offset) FROM (
+                                        SELECT offset, SUM(bytes) OVER (ORDER BY offset DESC) AS newer
+                                        FROM messages WHERE topic = ? AND partition = ?
+                                    ) WHERE newer > ?
+                                    """,
+                                arguments: [name, partition, maxBytes]) ?? 0)
+                    }
+                    guard cut > 0 else { continue }
+                    // Groups that had not acknowledged what goes lose it; count it now, tell them on
+                    // their next receive (RetentionGap).
+                    try db.execute(
+                        sql: """
+                            UPDATE group_partitions SET lost_to_retention = lost_to_retention + (
+                                SELECT COUNT(*) FROM messages m
+                                WHERE m.topic = group_partitions.topic AND m.partition = group_partitions.partition
+                                    AND m.offset >= group_partitions.next_offset AND m.offset <= ?)
+                            WHERE topic = ? AND partition = ?
+                            """, arguments: [cut, name, partition])
+                    try db.execute(
+                        sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset <= ?",
+                        arguments: [name, partition, cut])
+                    deleted += db.changesCount
+                    try db.execute(
+                        sql:
+                            "UPDATE partitions SET start_offset = MAX(start_offset, ?) WHERE topic = ? AND partition = ?",
+                        arguments: [cut + 1, name, partition])
+                }
+            }
+            return deleted
+        }
+    }
+
+    public func topics() async throws -> [TopicInfo] {
+        let now = self.nowMillis
+        return try await self.read { db in
+            var result: [TopicInfo] = []
+            for topicRow in try Row.fetchAll(db, sql: "SELECT name FROM topics ORDER BY name") {
+                let name: String = topicRow["name"]
+                var partitions: [PartitionInfo] = []
+                for row in try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT p.partition, p.last_offset,
+                            (SELECT MIN(offset) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS first,
+                            (SELECT COUNT(*) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS depth,
+                            (SELECT TOTAL(bytes) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS bytes
+                        FROM partitions p WHERE p.topic = ? ORDER BY p.partition
+                        """, arguments: [name])
+                {
+                    partitions.append(
+                        PartitionInfo(
+                            partition: row["partition"], firstOffset: row["first"] ?? 0, lastOffset: row["last_offset"],
+                            depth: row["depth"], bytes: Int64(row["bytes"] as Double)))
+                }
+                var groups: [GroupInfo] = []
+                for groupRow in try Row.fetchAll(
+                    db, sql: "SELECT name FROM groups WHERE topic = ? ORDER BY name", arguments: [name])
+                {
+                    let group: String = groupRow["name"]
+                    var info = GroupInfo(
+                        name: group, lag: 0, oldestUnackedAge: nil, stoppedPartitions: [], lostToRetention: 0,
+                        deadLettered: 0)
+                    var oldest: Int64?
+                    for row in try Row.fetchAll(
+                        db,
+                        sql: """
+                            SELECT g.partition, g.stopped, g.lost_to_retention, g.dead_lettered,
+                                (SELECT COUNT(*) FROM messages m WHERE m.topic = g.topic AND m.partition = g.partition
+                                    AND m.offset >= g.next_offset) AS lag,
+                                (SELECT MIN(appended_at) FROM messages m WHERE m.topic = g.topic
+                                    AND m.partition = g.partition AND m.offset >= g.next_offset) AS oldest
+                            FROM group_partitions g WHERE g.group_name = ? AND g.topic = ? ORDER BY g.partition
+                            """, arguments: [group, name])
+                    {
+                        info.lag += row["lag"] as Int64
+                        info.lostToRetention += row["lost_to_retention"] as Int64
+                        info.deadLettered += row["dead_lettered"] as Int64
+                        if row["stopped"] as Bool { info.stoppedPartitions.append(row["partition"]) }
+                        if let appended: Int64 = row["oldest"] { oldest = min(oldest ?? appended, appended) }
+                    }
+                    if let oldest { info.oldestUnackedAge = .milliseconds(max(0, now - oldest)) }
+                    groups.append(info)
+                }
+                let scheduled =
+                    try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM schedule WHERE topic = ?", arguments: [name]) ?? 0
+                result.append(TopicInfo(name: name, partitions: partitions, groups: groups, scheduled: scheduled))
+            }
+            return result
+        }
+    }
+
+    /// Checks that `topic` is some group's dead-letter topic.
+    static func requireDeadLetterTopic(_ db: Database, _ topic: String) throws {
+        guard try Int.fetchOne(db, sql: "SELECT 1 FROM topics WHERE name = ?", arguments: [topic]) != nil else {
+            throw MessagingError(.notFound, "no topic \(topic)")
+        }
+        guard
+            try Int.fetchOne(db, sql: "SELECT 1 FROM groups WHERE dead_letter_topic = ? LIMIT 1", arguments: [topic])
+                != nil
+        else {
+            throw MessagingError(.invalidArgument, "topic \(topic) is not the dead-letter topic of any group")
+        }
+    }
+
+    public func deadLetters(topic: String, limit: Int) async throws -> [DeadLetter] {
+        try await self.read { db in
+            try Self.requireDeadLetterTopic(db, topic)
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT partition, offset, key, event, headers, appended_at FROM messages
+                    WHERE topic = ? ORDER BY appended_at, partition, offset LIMIT ?
+                    """, arguments: [topic, max(0, limit)])
+            return try rows.map { row in
+                let message = try Self.decodeMessage(
+                    row, position: MessagePosition(topic: topic, partition: row["partition"], offset: row["offset"]))
+                return DeadLetter(message: message)
+            }
+        }
+    }
+
+    public func replayDeadLetter(_ position: MessagePosition) async throws {
+        let now = self.nowMillis
+        let origin = try await self.write { db in
+            try Self.requireDeadLetterTopic(db, position.topic)
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT partition, offset, key, event, headers, appended_at FROM messages
+                        WHERE topic = ? AND partition = ? AND offset = ?
+                        """, arguments: [position.topic, position.partition, position.offset])
+            else {
+                throw MessagingError(.notFound, "no dead letter at \(position)")
+            }
+            let letter = DeadLetter(message: try Self.decodeMessage(row, position: position))
+            guard !letter.origin.topic.isEmpty else {
+                throw MessagingError(
+                    .invalidArgument, "dead letter \(position) has no \(DeadLetterHeader.topic) header to replay to")
+            }
+            let partitions = try Self.partitionCount(db, letter.origin.topic)
+            let headers = letter.message.headers.filter { !$0.key.hasPrefix("aviary-dlq-") }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let message = Encoded(
+                topic: letter.origin.topic, key: row["key"], event: row["event"],
+                headers: String(decoding: try encoder.encode(headers), as: UTF8.self))
+            _ = try Self.append(db, message, partitions: partitions, now: now)
+            try db.execute(
+                sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset = ?",
+                arguments: [position.topic, position.partition, position.offset])
+            return letter.origin.topic
+        }
+        WakeUpHub.shared.notify(store: self.path, topic: origin)
+    }
+
+    @discardableResult
+    public func purgeDeadLetters(topic: String, positions: [MessagePosition]?) async throws -> Int {
+        try await self.write { db in
+            try Self.requireDeadLetterTopic(db, topic)
+            guard let positions else {
+                try db.execute(sql: "DELETE FROM messages WHERE topic = ?", arguments: [topic])
+                return db.changesCount
+            }
+            var purged = 0
+            for position in positions {
+                guard position.topic == topic else {
+                    throw MessagingError(.invalidArgument, "position \(position) is not in topic \(topic)")
+                }
+                try db.execute(
+                    sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset = ?",
+                    arguments: [topic, position.partition, position.offset])
+                purged += db.changesCount
+            }
+            return purged
+        }
+    }
+
+    public func resumePartition(group: String, topic: String, partition: Int, skipHead: Bool) async throws {
+        let now = self.nowMillis
+        try await self.write { db in
+            let groupRow = try GroupRow.fetch(db, group: group, topic: topic)
+            var state = try PartitionState.fetch(db, group: group, topic: topic, partition: partition)
+            guard state.stopped else {
+                throw MessagingError(
+                    .invalidArgument, "partition \(partition) of topic \(topic) is not stopped for group \(group)")
+            }
+            if skipHead {
+                try Self.deadLetter(
+                    db, groupRow, &state, reason: state.stopReason ?? "max-deliveries", error: state.lastError,
+                    deliveries: state.deliveries.count(at: state.nextOffset), now: now)
+            } else {
+                state.stopped = false
+                state.stopReason = nil
+                state.deliveries = DeliveryCounts()
+                state.availableAt = now
+            }
+            try state.save(db, group: group, topic: topic)
+        }
+    }
+}

@@ -1,0 +1,780 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import Foundation
+import GRDB
+import Synchronization
+
+/// The ``MessageLog`` on one SQLite file (GRDB `DatabasePool`, WAL), shared safely by the
+/// processes of one machine.
+///
+/// Every state change is one `BEGIN IMMEDIATE` transaction, so processes serialise on SQLite's
+/// write lock; a busy or locked database is retried (GRDB's busy timeout, then a bounded retry
+/// loop) and reported as ``MessagingError/Kind/unavailable`` only after
+/// ``Configuration/busyRetryLimit``, with nothing half-written. `synchronous=FULL` by default: a
+/// publish that returned survives a power cut.
+///
+/// Idle consumers are woken by ``wakeUps(topic:)``: at once when this process published to the
+/// topic (through any log instance on the same file), and every ``Configuration/pollInterval``
+/// otherwise (other processes, nack delays ending).
+///
+/// ```swift
+/// let log = try SQLiteMessageLog(path: ".aviary/shop/broker.db")
+/// try await log.createTopic("orders", TopicOptions(partitions: 8))
+/// ```
+public final class SQLiteMessageLog: MessageLog {
+    /// How the file is opened.
+    public struct Configuration: Sendable, Hashable {
+        /// SQLite's `synchronous` setting.
+        public enum Synchronous: String, Sendable, Hashable {
+            /// fsync on every commit of the WAL (durable against power loss).
+            case full = "FULL"
+            /// fsync at checkpoints only (durable against a process crash, not a power cut).
+            case normal = "NORMAL"
+            /// No fsync (tests, benchmarks).
+            case off = "OFF"
+        }
+
+        /// Durability of commits; `.full` by default.
+        public var synchronous: Synchronous
+        /// How long one attempt waits for another process's write lock.
+        public var busyTimeout: Duration
+        /// How long a write keeps retrying a busy or locked database before it fails.
+        public var busyRetryLimit: Duration
+        /// How often ``SQLiteMessageLog/wakeUps(topic:)`` yields without a notification.
+        public var pollInterval: Duration
+
+        /// Creates a configuration.
+        ///
+        /// ```swift
+        /// let fast = SQLiteMessageLog.Configuration(synchronous: .normal, pollInterval: .milliseconds(20))
+        /// ```
+        public init(
+            synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5),
+            busyRetryLimit: Duration = .seconds(60),
+            pollInterval: Duration = .milliseconds(50)
+        ) {
+            self.synchronous = synchronous
+            self.busyTimeout = busyTimeout
+            self.busyRetryLimit = busyRetryLimit
+            self.pollInterval = pollInterval
+        }
+    }
+
+    /// The file.
+    public let path: String
+    let pool: DatabasePool
+    let clock: any WallClock
+    let configuration: Configuration
+    /// The wake-up streams this instance handed out (finished on ``close()``).
+    private let streams = Mutex<[UUID]>([])
+
+    /// Opens (creating if needed) the log at `path`.
+    ///
+    /// ```swift
+    /// let log = try SQLiteMessageLog(path: "/var/lib/shop/broker.db", clock: SystemWallClock())
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - path: the database file; its folder is created.
+    ///   - clock: the wall clock for leases, delays and retention.
+    ///   - configuration: durability and timing.
+    /// - Throws: ``MessagingError`` (`.unavailable`) naming the path when the file cannot be
+    ///   created, opened or migrated.
+    public init(
+        path: String, clock: any WallClock = SystemWallClock(), configuration: Configuration = Configuration()
+    )
+        throws
+    {
+        self.path = URL(fileURLWithPath: path).standardizedFileURL.path
+        self.clock = clock
+        self.configuration = configuration
+        let directory = URL(fileURLWithPath: self.path).deletingLastPathComponent()
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        } catch {
+            throw MessagingError(.unavailable, "cannot create the folder of \(path): \(error.localizedDescription)")
+        }
+        var grdb = GRDB.Configuration()
+        let timeout = configuration.busyTimeout.components
+        grdb.busyMode = .timeout(Double(timeout.seconds) + Double(timeout.attoseconds) / 1e18)
+        let synchronous = configuration.synchronous.rawValue
+        grdb.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+        }
+        do {
+            self.pool = try DatabasePool(path: self.path, configuration: grdb)
+            try Self.migrate(self.pool)
+        } catch {
+            throw MessagingError(.unavailable, "cannot open the message log \(path): \(error)")
+        }
+    }
+
+    /// The `synchronous` pragma of the connections (0 off, 1 normal, 2 full), for tests.
+    package func currentSynchronous() throws -> Int {
+        try self.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    }
+
+    // MARK: Transactions
+
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction, retrying while the database is busy or
+    /// locked (another process holds the write lock longer than the busy timeout).
+    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let start = ContinuousClock.now
+        var attempt = 0
+        while true {
+            do {
+                return try await self.pool.writeWithoutTransaction { db in
+                    var result: T?
+                    try db.inTransaction(.immediate) {
+                        result = try body(db)
+                        return .commit
+                    }
+                    guard let result else { throw MessagingError(.unavailable, "transaction returned nothing") }
+                    return result
+                }
+            } catch let error as DatabaseError
+                where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
+            {
+                attempt += 1
+                if ContinuousClock.now - start > self.configuration.busyRetryLimit {
+                    throw MessagingError(
+                        .unavailable, "message log \(self.path) stayed busy for \(attempt) attempts: \(error)")
+                }
+                try await Task.sleep(for: .milliseconds(min(200, 5 << min(attempt, 6))))
+            } catch let error as MessagingError {
+                throw error
+            } catch {
+                throw MessagingError(.unavailable, "message log \(self.path): \(error)")
+            }
+        }
+    }
+
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await self.pool.read(body)
+        } catch let error as MessagingError {
+            throw error
+        } catch {
+            throw MessagingError(.unavailable, "message log \(self.path): \(error)")
+        }
+    }
+
+    var nowMillis: Int64 { Self.millis(self.clock.now) }
+
+    static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+    static func date(_ millis: Int64) -> Date { Date(timeIntervalSince1970: Double(millis) / 1000) }
+    static func millis(_ duration: Duration) -> Int64 {
+        let components = duration.components
+        return components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+
+    // MARK: Topics
+
+    public func createTopic(_ topic: String, _ options: TopicOptions) async throws {
+        guard Partitioner.isValidName(topic) else {
+            throw MessagingError(
+                .invalidArgument, "topic \"\(topic)\": expected 1-200 letters, digits, '.', '_' or '-'")
+        }
+        guard (1...4096).contains(options.partitions) else {
+            throw MessagingError(
+                .invalidArgument, "topic \(topic): expected 1 to 4096 partitions, got \(options.partitions)")
+        }
+        let now = self.nowMillis
+        try await self.write { db in
+            try Self.createTopic(db, topic, options, now: now)
+        }
+    }
+
+    static func createTopic(_ db: Database, _ topic: String, _ options: TopicOptions, now: Int64) throws {
+        let maxAge = options.retention.maxAge.map(Self.millis)
+        let maxBytes = options.retention.maxBytesPerPartition
+        if let existing = try Int.fetchOne(db, sql: "SELECT partitions FROM topics WHERE name = ?", arguments: [topic])
+        {
+            guard existing == options.partitions else {
+                throw MessagingError(
+                    .invalidArgument,
+                    "topic \(topic) has \(existing) partitions; it cannot be changed to \(options.partitions)")
+            }
+            try db.execute(
+                sql: "UPDATE topics SET max_age_ms = ?, max_bytes = ? WHERE name = ?",
+                arguments: [maxAge, maxBytes, topic])
+            return
+        }
+        try db.execute(
+            sql: "INSERT INTO topics (name, partitions, max_age_ms, max_bytes, created_at) VALUES (?, ?, ?, ?, ?)",
+            arguments: [topic, options.partitions, maxAge, maxBytes, now])
+        for partition in 0..<options.partitions {
+            try db.execute(
+                sql: "INSERT INTO partitions (topic, partition) VALUES (?, ?)", arguments: [topic, partition])
+        }
+    }
+
+    static func partitionCount(_ db: Database, _ topic: String) throws -> Int {
+        guard
+            let count = try Int.fetchOne(
+                db.cachedStatement(sql: "SELECT partitions FROM topics WHERE name = ?"), arguments: [topic])
+        else {
+            throw MessagingError(.notFound, "no topic \(topic)")
+        }
+        return count
+    }
+
+    // MARK: Publishing
+
+    /// A message encoded for storage.
+    struct Encoded: Sendable {
+        var topic: String
+        var key: String
+        var event: String
+        var headers: String
+        var deliverAt: Int64?
+
+        var bytes: Int { self.key.utf8.count + self.event.utf8.count + self.headers.utf8.count }
+    }
+
+    static func encode(_ message: OutgoingMessage) throws -> Encoded {
+        let problems = message.event.validate()
+        guard problems.isEmpty else {
+            throw MessagingError(
+                .invalidArgument, "event \(message.event.id): \(problems.joined(separator: "; "))")
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let event = String(decoding: try encoder.encode(message.event), as: UTF8.self)
+        let headers = String(decoding: try encoder.encode(message.headers), as: UTF8.self)
+        return Encoded(
+            topic: message.topic, key: message.key, event: event, headers: headers,
+            deliverAt: message.deliverAt.map(Self.millis))
+    }
+
+    @discardableResult
+    public func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
+        guard !messages.isEmpty else { return [] }
+        let encoded = try messages.map(Self.encode)
+        let now = self.nowMillis
+        let positions = try await self.write { db in
+            var partitionCounts: [String: Int] = [:]
+            for topic in Set(encoded.map(\.topic)) {
+                partitionCounts[topic] = try Self.partitionCount(db, topic)
+                try Self.promoteDue(db, topic: topic, now: now)
+            }
+            var positions: [MessagePosition] = []
+            positions.reserveCapacity(encoded.count)
+            for message in encoded {
+                let partitions = partitionCounts[message.topic] ?? 1
+                if let deliverAt = message.deliverAt, deliverAt > now {
+                    try db.cachedStatement(
+                        sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
+                    ).execute(arguments: [message.topic, message.key, message.event, message.headers, deliverAt])
+                    positions.append(
+                        MessagePosition(
+                            topic: message.topic,
+                            partition: Partitioner.partition(forKey: message.key, partitions: partitions), offset: 0))
+                } else {
+                    positions.append(try Self.append(db, message, partitions: partitions, now: now))
+                }
+            }
+            return positions
+        }
+        for topic in Set(encoded.map(\.topic)) { WakeUpHub.shared.notify(store: self.path, topic: topic) }
+        return positions
+    }
+
+    /// Appends one message at the next offset of its partition (inside a write transaction).
+    static func append(_ db: Database, _ message: Encoded, partitions: Int, now: Int64) throws -> MessagePosition {
+        let partition = Partitioner.partition(forKey: message.key, partitions: partitions)
+        guard
+            let offset = try Int64.fetchOne(
+                db.cachedStatement(
+                    sql:
+                        "UPDATE partitions SET last_offset = last_offset + 1 WHERE topic = ? AND partition = ? RETURNING last_offset"
+                ), arguments: [message.topic, partition])
+        else {
+            throw MessagingError(.notFound, "no partition \(partition) in topic \(message.topic)")
+        }
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """
+        ).execute(
+            arguments: [
+                message.topic, partition, offset, message.key, message.event, message.headers, now, message.bytes,
+            ])
+        return MessagePosition(topic: message.topic, partition: partition, offset: offset)
+    }
+
+    /// Appends the topic's scheduled messages that are due, in the order they are due.
+    static func promoteDue(_ db: Database, topic: String, now: Int64) throws {
+        let due = try Row.fetchAll(
+            db.cachedStatement(
+                sql:
+                    "SELECT id, key, event, headers FROM schedule WHERE topic = ? AND deliver_at <= ? ORDER BY deliver_at, id"
+            ), arguments: [topic, now])
+        guard !due.isEmpty else { return }
+        let partitions = try Self.partitionCount(db, topic)
+        for row in due {
+            let message = Encoded(topic: topic, key: row["key"], event: row["event"], headers: row["headers"])
+            _ = try Self.append(db, message, partitions: partitions, now: now)
+            try db.cachedStatement(sql: "DELETE FROM schedule WHERE id = ?").execute(arguments: [row["id"] as Int64])
+        }
+    }
+
+    // MARK: Groups
+
+    public func subscribe(group: String, topic: String, options: GroupOptions) async throws {
+        guard Partitioner.isValidName(group) else {
+            throw MessagingError(
+                .invalidArgument, "group \"\(group)\": expected 1-200 letters, digits, '.', '_' or '-'")
+        }
+        guard options.maxDeliveries >= 1 else {
+            throw MessagingError(
+                .invalidArgument, "group \(group): maxDeliveries must be at least 1, got \(options.maxDeliveries)")
+        }
+        let deadLetterTopic = options.deadLetterTopic ?? Self.deadLetterTopic(for: topic, group: group)
+        guard Partitioner.isValidName(deadLetterTopic) else {
+            throw MessagingError(
+                .invalidArgument, "group \(group): dead-letter topic \"\(deadLetterTopic)\" is not a valid name")
+        }
+        let now = self.nowMillis
+        try await self.write { db in
+            let partitions = try Self.partitionCount(db, topic)
+            let exists =
+                try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM groups WHERE name = ? AND topic = ?", arguments: [group, topic]) ?? false
+            if exists {
+                try db.execute(
+                    sql: """
+                        UPDATE groups SET max_deliveries = ?, on_poison = ?, dead_letter_topic = ?
+                        WHERE name = ? AND topic = ?
+                        """,
+                    arguments: [options.maxDeliveries, options.onPoison.rawValue, deadLetterTopic, group, topic])
+            } else {
+                try db.execute(
+                    sql: """
+                        INSERT INTO groups (name, topic, max_deliveries, on_poison, dead_letter_topic, created_at)
+                        VALUES (?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [group, topic, options.maxDeliveries, options.onPoison.rawValue, deadLetterTopic, now])
+                for partition in 0..<partitions {
+                    let next: String =
+                        options.start == .earliest ? "start_offset" : "last_offset + 1"
+                    try db.execute(
+                        sql: """
+                            INSERT INTO group_partitions (group_name, topic, partition, next_offset)
+                            SELECT ?, ?, ?, \(next) FROM partitions WHERE topic = ? AND partition = ?
+                            """,
+                        arguments: [group, topic, partition, topic, partition])
+                }
+            }
+            if try Int.fetchOne(db, sql: "SELECT 1 FROM topics WHERE name = ?", arguments: [deadLetterTopic]) == nil {
+                try Self.createTopic(
+                    db, deadLetterTopic, TopicOptions(partitions: 1, retention: .forever), now: now)
+            }
+        }
+    }
+
+    /// A group's settings as stored.
+    struct GroupRow: Sendable {
+        var name: String
+        var topic: String
+        var maxDeliveries: Int
+        var onPoison: PoisonPolicy
+        var deadLetterTopic: String
+
+        static func fetch(_ db: Database, group: String, topic: String) throws -> GroupRow {
+            guard
+                let row = try Row.fetchOne(
+                    db.cachedStatement(
+                        sql:
+                            "SELECT max_deliveries, on_poison, dead_letter_topic FROM groups WHERE name = ? AND topic = ?"
+                    ), arguments: [group, topic])
+            else {
+                throw MessagingError(.notFound, "group \(group) is not subscribed to topic \(topic)")
+            }
+            return GroupRow(
+                name: group, topic: topic, maxDeliveries: row["max_deliveries"],
+                onPoison: PoisonPolicy(rawValue: row["on_poison"]) ?? .deadLetter,
+                deadLetterTopic: row["dead_letter_topic"])
+        }
+    }
+
+    /// One (group, topic, partition) state row; changed in memory, then saved in one statement.
+    struct PartitionState: Sendable, Equatable {
+        var partition: Int
+        var nextOffset: Int64
+        var leaseOwner: String?
+        var leaseID: String?
+        var leaseExpiresAt: Int64?
+        var leaseThrough: Int64?
+        var leasedAt: Int64
+        var availableAt: Int64
+        var deliveries: DeliveryCounts
+        var lastError: String?
+        var stopped: Bool
+        var stopReason: String?
+        var lostToRetention: Int64
+        var deadLettered: Int64
+
+        static let columns = """
+            partition, next_offset, lease_owner, lease_id, lease_expires_at, lease_through, leased_at, available_at,
+            deliveries, last_error, stopped, stop_reason, lost_to_retention, dead_lettered
+            """
+
+        init(row: Row) {
+            self.partition = row["partition"]
+            self.nextOffset = row["next_offset"]
+            self.leaseOwner = row["lease_owner"]
+            self.leaseID = row["lease_id"]
+            self.leaseExpiresAt = row["lease_expires_at"]
+            self.leaseThrough = row["lease_through"]
+            self.leasedAt = row["leased_at"]
+            self.availableAt = row["available_at"]
+            self.deliveries = DeliveryCounts(text: row["deliveries"])
+            self.lastError = row["last_error"]
+            self.stopped = row["stopped"]
+            self.stopReason = row["stop_reason"]
+            self.lostToRetention = row["lost_to_retention"]
+            self.deadLettered = row["dead_lettered"]
+        }
+
+        static func fetchAll(_ db: Database, group: String, topic: String) throws -> [PartitionState] {
+            try Row.fetchAll(
+                db.cachedStatement(
+                    sql:
+                        "SELECT \(columns) FROM group_partitions WHERE group_name = ? AND topic = ? ORDER BY leased_at, partition"
+                ), arguments: [group, topic]
+            ).map(PartitionState.init(row:))
+        }
+
+        static func fetch(_ db: Database, group: String, topic: String, partition: Int) throws -> PartitionState {
+            guard
+                let row = try Row.fetchOne(
+                    db.cachedStatement(
+                        sql:
+                            "SELECT \(columns) FROM group_partitions WHERE group_name = ? AND topic = ? AND partition = ?"
+                    ), arguments: [group, topic, partition])
+            else {
+                throw MessagingError(
+                    .notFound, "group \(group) has no partition \(partition) of topic \(topic) (not subscribed?)")
+            }
+            return PartitionState(row: row)
+        }
+
+        func save(_ db: Database, group: String, topic: String) throws {
+            try db.cachedStatement(
+                sql: """
+                    UPDATE group_partitions SET next_offset = ?, lease_owner = ?, lease_id = ?, lease_expires_at = ?,
+                        lease_through = ?, leased_at = ?, available_at = ?, deliveries = ?, last_error = ?, stopped = ?,
+                        stop_reason = ?, lost_to_retention = ?, dead_lettered = ?
+                    WHERE group_name = ? AND topic = ? AND partition = ?
+                    """
+            ).execute(
+                arguments: [
+                    self.nextOffset, self.leaseOwner, self.leaseID, self.leaseExpiresAt, self.leaseThrough,
+                    self.leasedAt, self.availableAt, self.deliveries.text, self.lastError, self.stopped,
+                    self.stopReason, self.lostToRetention, self.deadLettered, group, topic, self.partition,
+                ])
+        }
+
+        /// Ends the lease on a failure of the head (a nack or an expiry): the later messages of
+        /// the lease were not attempted, so their delivery does not count.
+        mutating func endLeaseOnHead() {
+            if let through = self.leaseThrough {
+                self.deliveries.add(-1, from: self.nextOffset + 1, through: through)
+                self.deliveries.forget(before: self.nextOffset)
+            }
+            self.endLease()
+        }
+
+        mutating func endLease() {
+            self.leaseOwner = nil
+            self.leaseID = nil
+            self.leaseExpiresAt = nil
+            self.leaseThrough = nil
+        }
+
+        /// Moves the head to `offset` (the earlier ones are acknowledged or skipped).
+        mutating func moveHead(to offset: Int64) {
+            guard offset > self.nextOffset else { return }
+            self.nextOffset = offset
+            self.deliveries.forget(before: offset)
+            self.lastError = nil
+        }
+    }
+
+    // MARK: Receiving
+
+    public func receive(_ request: ReceiveRequest) async throws -> ReceivedBatch {
+        guard request.maxMessages >= 1, request.maxPartitions >= 1, request.lease > .zero else {
+            throw MessagingError(
+                .invalidArgument, "receive: maxMessages, maxPartitions and lease must be positive")
+        }
+        let now = self.nowMillis
+        let leaseMillis = Self.millis(request.lease)
+        return try await self.write { db in
+            try Self.promoteDue(db, topic: request.topic, now: now)
+            let group = try GroupRow.fetch(db, group: request.group, topic: request.topic)
+            var bounds: [Int: (start: Int64, last: Int64)] = [:]
+            for row in try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT partition, start_offset, last_offset FROM partitions WHERE topic = ?"),
+                arguments: [request.topic])
+            {
+                bounds[row["partition"]] = (row["start_offset"], row["last_offset"])
+            }
+            var deliveries: [Delivery] = []
+            var gaps: [RetentionGap] = []
+            var leased = 0
+            for original in try PartitionState.fetchAll(db, group: request.group, topic: request.topic) {
+                var state = original
+                let batch = try Self.visit(
+                    db, group, request, &state, bounds: bounds[state.partition], now: now, leaseMillis: leaseMillis,
+                    room: leased < request.maxPartitions ? request.maxMessages - deliveries.count : 0, gaps: &gaps)
+                if state != original { try state.save(db, group: request.group, topic: request.topic) }
+                if !batch.isEmpty { leased += 1 }
+                deliveries += batch
+            }
+            return ReceivedBatch(deliveries: deliveries, gaps: gaps)
+        }
+    }
+
+    /// One partition during ``receive(_:)``: ends an expired lease, reports a retention gap, and
+    /// leases up to `room` messages when the partition is free and due.
+    static func visit(
+        _ db: Database, _ group: GroupRow, _ request: ReceiveRequest, _ state: inout PartitionState,
+        bounds: (start: Int64, last: Int64)?, now: Int64, leaseMillis: Int64, room: Int, gaps: inout [RetentionGap]
+    ) throws -> [Delivery] {
+        if state.stopped { return [] }
+        if state.leaseID != nil {
+            guard let expiresAt = state.leaseExpiresAt, expiresAt <= now else { return [] }
+            try Self.expireLease(db, group, &state, now: now)
+            if state.stopped { return [] }
+        }
+        guard let (start, last) = bounds else { return [] }
+        if state.nextOffset < start {
+            gaps.append(
+                RetentionGap(
+                    group: request.group, topic: request.topic, partition: state.partition,
+                    firstMissed: state.nextOffset, lastMissed: start - 1))
+            state.moveHead(to: start)
+        }
+        guard room > 0, state.availableAt <= now, state.nextOffset <= last else { return [] }
+        let rows = try Row.fetchAll(
+            db.cachedStatement(
+                sql: """
+                    SELECT offset, key, event, headers, appended_at FROM messages
+                    WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?
+                    """),
+            arguments: [request.topic, state.partition, state.nextOffset, room])
+        guard let first = rows.first, let lastRow = rows.last else { return [] }
+        state.moveHead(to: first["offset"])
+        let through: Int64 = lastRow["offset"]
+        let leaseID = UUID().uuidString.lowercased()
+        state.leaseOwner = request.consumer
+        state.leaseID = leaseID
+        state.leaseExpiresAt = now + leaseMillis
+        state.leaseThrough = through
+        state.leasedAt = now
+        state.deliveries.add(1, from: state.nextOffset, through: through)
+        state.deliveries.forget(before: state.nextOffset)
+        return try rows.map { row in
+            let offset: Int64 = row["offset"]
+            let message = try Self.decodeMessage(
+                row, position: MessagePosition(topic: request.topic, partition: state.partition, offset: offset))
+            return Delivery(
+                message: message, group: request.group, consumer: request.consumer,
+                deliveryCount: state.deliveries.count(at: offset), leaseID: leaseID,
+                leaseExpiresAt: Self.date(now + leaseMillis))
+        }
+    }
+
+    static func decodeMessage(_ row: Row, position: MessagePosition) throws -> Message {
+        let decoder = JSONDecoder()
+        do {
+            let event = try decoder.decode(CloudEvent.self, from: Data((row["event"] as String).utf8))
+            let headers = try decoder.decode([String: String].self, from: Data((row["headers"] as String).utf8))
+            return Message(
+                position: position, key: row["key"], event: event, headers: headers,
+                appendedAt: Self.date(row["appended_at"]))
+        } catch {
+            throw MessagingError(.unavailable, "message \(position) cannot be decoded: \(error)")
+        }
+    }
+
+    /// A lease ran out: the same as a nack of the head without delay.
+    static func expireLease(_ db: Database, _ group: GroupRow, _ state: inout PartitionState, now: Int64) throws {
+        state.endLeaseOnHead()
+        let count = state.deliveries.count(at: state.nextOffset)
+        if count >= group.maxDeliveries {
+            try Self.poison(
+                db, group, &state, reason: "lease-expired",
+                error: state.lastError ?? "the lease expired \(count) times", deliveries: count, now: now)
+        } else {
+            state.availableAt = now
+            state.lastError = "lease expired"
+        }
+    }
+
+    /// The head of `state` failed `maxDeliveries` times: dead-letter it or stop the partition.
+    static func poison(
+        _ db: Database, _ group: GroupRow, _ state: inout PartitionState, reason: String, error: String,
+        deliveries: Int, now: Int64
+    ) throws {
+        switch group.onPoison {
+        case .stopPartition:
+            state.stopped = true
+            state.stopReason = reason
+            state.lastError = error
+        case .deadLetter:
+            try Self.deadLetter(db, group, &state, reason: reason, error: error, deliveries: deliveries, now: now)
+        }
+    }
+
+    /// Moves the head message to the group's dead-letter topic and moves the head on.
+    static func deadLetter(
+        _ db: Database, _ group: GroupRow, _ state: inout PartitionState, reason: String, error: String?,
+        deliveries: Int, now: Int64
+    ) throws {
+        let head = state.nextOffset
+        if let row = try Row.fetchOne(
+            db.cachedStatement(
+                sql: "SELECT key, event, headers FROM messages WHERE topic = ? AND partition = ? AND offset = ?"),
+            arguments: [group.topic, state.partition, head])
+        {
+            var headers =
+                (try? JSONDecoder().decode([String: String].self, from: Data((row["headers"] as String).utf8))) ?? [:]
+            headers[DeadLetterHeader.topic] = group.topic
+            headers[DeadLetterHeader.partition] = String(state.partition)
+            headers[DeadLetterHeader.offset] = String(head)
+            headers[DeadLetterHeader.group] = group.name
+            headers[DeadLetterHeader.reason] = reason
+            headers[DeadLetterHeader.deliveries] = String(deliveries)
+            if let error { headers[DeadLetterHeader.error] = error }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let message = Encoded(
+                topic: group.deadLetterTopic, key: row["key"], event: row["event"],
+                headers: String(decoding: try encoder.encode(headers), as: UTF8.self))
+            let partitions: Int
+            if let count = try Int.fetchOne(
+                db, sql: "SELECT partitions FROM topics WHERE name = ?", arguments: [group.deadLetterTopic])
+            {
+                partitions = count
+            } else {
+                try Self.createTopic(
+                    db, group.deadLetterTopic, TopicOptions(partitions: 1, retention: .forever), now: now)
+                partitions = 1
+            }
+            _ = try Self.append(db, message, partitions: partitions, now: now)
+            state.deadLettered += 1
+        }
+        state.stopped = false
+        state.stopReason = nil
+        state.moveHead(to: head + 1)
+        state.availableAt = now
+    }
+
+    // MARK: Acknowledging
+
+    /// Loads the state of a delivery's partition and checks that its lease is still the holder's.
+    /// Returns `nil` when the group acknowledged the message already (nothing left to do).
+    static func leasedState(_ db: Database, _ delivery: Delivery) throws -> PartitionState? {
+        let position = delivery.message.position
+        let state = try PartitionState.fetch(
+            db, group: delivery.group, topic: position.topic, partition: position.partition)
+        if state.leaseID == delivery.leaseID { return state }
+        if position.offset < state.nextOffset { return nil }
+        throw MessagingError(
+            .leaseLost,
+            "the lease on \(position) for group \(delivery.group) was lost (it expired and was taken over or given back)"
+        )
+    }
+
+    public func ack(_ delivery: Delivery) async throws {
+        try await self.write { db in
+            guard var state = try Self.leasedState(db, delivery) else { return }
+            state.moveHead(to: delivery.message.position.offset + 1)
+            if let through = state.leaseThrough, state.nextOffset > through { state.endLease() }
+            try state.save(db, group: delivery.group, topic: delivery.message.position.topic)
+        }
+    }
+
+    public func nack(_ delivery: Delivery, redeliverAfter: Duration, error: String) async throws {
+        let now = self.nowMillis
+        let delay = max(0, Self.millis(redeliverAfter))
+        try await self.write { db in
+            guard var state = try Self.leasedState(db, delivery) else { return }
+            let position = delivery.message.position
+            // Acknowledged already by a later ack of the same lease: nothing to give back.
+            guard position.offset >= state.nextOffset else { return }
+            let group = try GroupRow.fetch(db, group: delivery.group, topic: position.topic)
+            state.moveHead(to: position.offset)
+            state.endLeaseOnHead()
+            let count = state.deliveries.count(at: position.offset)
+            if count >= group.maxDeliveries {
+                try Self.poison(
+                    db, group, &state, reason: "max-deliveries", error: error, deliveries: count, now: now)
+            } else {
+                state.availableAt = now + delay
+                state.lastError = error
+            }
+            try state.save(db, group: delivery.group, topic: position.topic)
+        }
+    }
+
+    public func release(_ deliveries: [Delivery]) async throws {
+        guard !deliveries.isEmpty else { return }
+        try await self.write { db in
+            var seen = Set<String>()
+            for delivery in deliveries where seen.insert(delivery.leaseID).inserted {
+                let position = delivery.message.position
+                let state = try PartitionState.fetch(
+                    db, group: delivery.group, topic: position.topic, partition: position.partition)
+                // A lease lost meanwhile is someone else's now: nothing to give back.
+                guard state.leaseID == delivery.leaseID else { continue }
+                var released = state
+                if let through = state.leaseThrough {
+                    released.deliveries.add(-1, from: state.nextOffset, through: through)
+                    released.deliveries.forget(before: state.nextOffset)
+                }
+                released.endLease()
+                released.availableAt = 0
+                try released.save(db, group: delivery.group, topic: position.topic)
+            }
+        }
+    }
+
+    public func extendLeases(_ deliveries: [Delivery], by duration: Duration) async throws {
+        guard !deliveries.isEmpty else { return }
+        let expiresAt = self.nowMillis + Self.millis(duration)
+        try await self.write { db in
+            var seen = Set<String>()
+            for delivery in deliveries where seen.insert(delivery.leaseID).inserted {
+                guard var state = try Self.leasedState(db, delivery) else { continue }
+                state.leaseExpiresAt = max(state.leaseExpiresAt ?? 0, expiresAt)
+                try state.save(db, group: delivery.group, topic: delivery.message.position.topic)
+            }
+        }
+    }
+
+    // MARK: Wake-ups
+
+    public func wakeUps(topic: String) -> AsyncStream<Void> {
+        WakeUpHub.shared.stream(store: self.path, topic: topic, poll: self.configuration.pollInterval) { id in
+            self.streams.withLock { $0.append(id) }
+        }
+    }
+
+    public func close() async throws {
+        let ids = self.streams.withLock { ids in
+            defer { ids.removeAll() }
+            return ids
+        }
+        WakeUpHub.shared.finish(ids)
+        try self.pool.close()
+    }
+}

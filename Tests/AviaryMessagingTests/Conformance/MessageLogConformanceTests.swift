@@ -1,0 +1,623 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryMessaging
+import Foundation
+import Synchronization
+import Testing
+
+/// The ``MessageLog`` contract, run against every backend in ``MessageLogBackends/all``. Time is a
+/// ``ManualWallClock``: leases, delays and retention move only when a test advances it.
+@Suite("MessageLog conformance", .timeLimit(.minutes(5)))
+struct MessageLogConformanceTests {
+    // MARK: Publishing and ordering
+
+    @Test("publish is atomic: a batch with one bad message appends nothing", arguments: MessageLogBackends.all)
+    func atomicPublish(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            await expectMessagingError(.notFound) {
+                try await log.publish([
+                    OutgoingMessage(topic: "orders", key: "a", event: try numbered(1)),
+                    OutgoingMessage(topic: "nowhere", key: "a", event: try numbered(2)),
+                ])
+            }
+            let empty = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "c"))
+            #expect(empty.deliveries.isEmpty)
+            #expect(try await log.topics().first { $0.name == "orders" }?.partitions.first?.depth == 0)
+
+            let positions = try await log.publish(
+                (1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            #expect(positions.map(\.offset) == [1, 2, 3])
+            let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "c"))
+            #expect(batch.deliveries.map(\.n) == [1, 2, 3])
+            #expect(batch.deliveries.map(\.message.position) == positions)
+            #expect(batch.deliveries.allSatisfy { $0.deliveryCount == 1 })
+        }
+    }
+
+    @Test("messages round-trip: event, key and headers as published", arguments: MessageLogBackends.all)
+    func roundTrip(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 3))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            let event = try CloudEvent(
+                id: "e-1", source: "/shop/orders", type: "order.placed", subject: "order-17",
+                time: Date(timeIntervalSince1970: 1_700_000_000), json: Numbered(n: 17), extensions: ["shard": "eu"])
+            let headers = ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x": "y"]
+            let position = try await log.publish([OutgoingMessage(topic: "orders", event: event, headers: headers)])
+            #expect(position.first?.partition == Partitioner.partition(forKey: "order-17", partitions: 3))
+            let delivery = try #require(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "c")).deliveries.first)
+            #expect(delivery.message.event == event)
+            #expect(delivery.message.key == "order-17")
+            #expect(delivery.message.headers == headers)
+            #expect(abs(delivery.message.appendedAt.timeIntervalSince(clock.now)) < 0.01)
+            #expect(delivery.group == "g" && delivery.consumer == "c")
+        }
+    }
+
+    @Test(
+        "order per key holds with four concurrent consumers; each message is acked once",
+        arguments: MessageLogBackends.all)
+    func orderingUnderConcurrentConsumers(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 4))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            let keys = 12
+            let perKey = 25
+            for round in 0..<perKey {
+                try await log.publish(
+                    (0..<keys).map { key in
+                        OutgoingMessage(topic: "orders", key: "key-\(key)", event: try numbered(round))
+                    })
+            }
+            let seen = Locked<[String: [Int]]>([:])
+            let consumersThatWorked = Locked<Set<Int>>([])
+            let deadline = ContinuousClock.now + .seconds(120)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                for consumer in 0..<4 {
+                    tasks.addTask {
+                        while ContinuousClock.now < deadline {
+                            let total = seen.withLock { $0.values.reduce(0) { $0 + $1.count } }
+                            if total >= keys * perKey { return }
+                            let batch = try await log.receive(
+                                ReceiveRequest(
+                                    group: "g", topic: "orders", consumer: "c\(consumer)", maxMessages: 7,
+                                    maxPartitions: 1))
+                            if batch.deliveries.isEmpty {
+                                await Task.yield()
+                                continue
+                            }
+                            consumersThatWorked.withLock { _ = $0.insert(consumer) }
+                            for delivery in batch.deliveries {
+                                seen.withLock { $0[delivery.message.key, default: []].append(delivery.n) }
+                                try await log.ack(delivery)
+                            }
+                        }
+                    }
+                }
+                try await tasks.waitForAll()
+            }
+            let result = seen.withLock { $0 }
+            #expect(result.count == keys)
+            for (key, numbers) in result {
+                #expect(numbers == Array(0..<perKey), "key \(key) saw \(numbers)")
+            }
+            #expect(consumersThatWorked.withLock { $0.count } >= 2)
+            let group = try #require(try await log.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.lag == 0)
+        }
+    }
+
+    // MARK: Leases
+
+    @Test(
+        "a partition is leased to one consumer of a group, and independently to each group",
+        arguments: MessageLogBackends.all)
+    func exclusiveLeases(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 2))
+            try await log.subscribe(group: "g1", topic: "orders", options: GroupOptions())
+            try await log.subscribe(group: "g2", topic: "orders", options: GroupOptions())
+            let (keyA, keyB) = keysInDifferentPartitions(2)
+            try await log.publish([
+                OutgoingMessage(topic: "orders", key: keyA, event: try numbered(1)),
+                OutgoingMessage(topic: "orders", key: keyB, event: try numbered(2)),
+            ])
+            let first = try await log.receive(
+                ReceiveRequest(group: "g1", topic: "orders", consumer: "a", maxPartitions: 1))
+            let second = try await log.receive(
+                ReceiveRequest(group: "g1", topic: "orders", consumer: "b", maxPartitions: 1))
+            #expect(first.deliveries.count == 1 && second.deliveries.count == 1)
+            #expect(Set((first.deliveries + second.deliveries).map(\.n)) == [1, 2])
+            // A new message in a leased partition waits for the lease.
+            try await log.publish([OutgoingMessage(topic: "orders", key: keyA, event: try numbered(3))])
+            let third = try await log.receive(ReceiveRequest(group: "g1", topic: "orders", consumer: "c"))
+            #expect(third.deliveries.isEmpty)
+            // Another group sees everything, whatever g1 holds.
+            let other = try await log.receive(ReceiveRequest(group: "g2", topic: "orders", consumer: "a"))
+            #expect(Set(other.deliveries.map(\.n)) == [1, 2, 3])
+            // Once the holder of keyA's partition acks, the next message goes to whoever asks.
+            let holder = first.deliveries[0].message.key == keyA ? first : second
+            try await log.ack(holder.deliveries[0])
+            let next = try await log.receive(ReceiveRequest(group: "g1", topic: "orders", consumer: "c"))
+            #expect(next.deliveries.map(\.n) == [3])
+        }
+    }
+
+    @Test(
+        "ack is cumulative; an expired lease redelivers what was not acked, with counts",
+        arguments: MessageLogBackends.all)
+    func cumulativeAckAndExpiry(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish((1...5).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let batch = try await log.receive(
+                ReceiveRequest(group: "g", topic: "orders", consumer: "a", lease: .seconds(30)))
+            #expect(batch.deliveries.map(\.n) == [1, 2, 3, 4, 5])
+            try await log.ack(batch.deliveries[2])  // acks 1, 2 and 3
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b")).deliveries.isEmpty)
+            #expect(try await log.topics().first { $0.name == "orders" }?.groups.first?.lag == 2)
+            clock.advance(by: .seconds(29))
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b")).deliveries.isEmpty)
+            clock.advance(by: .seconds(2))
+            let again = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b"))
+            #expect(again.deliveries.map(\.n) == [4, 5])
+            // The lease failed on 4: 5 was not attempted, so its delivery does not count.
+            #expect(again.deliveries.map(\.deliveryCount) == [2, 1])
+            #expect(again.deliveries.allSatisfy { $0.consumer == "b" })
+            try await log.ack(again.deliveries[1])
+            #expect(try await log.topics().first { $0.name == "orders" }?.groups.first?.lag == 0)
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(6))])
+            let last = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(last.deliveries.map(\.n) == [6])
+            #expect(last.deliveries.map(\.deliveryCount) == [1])
+        }
+    }
+
+    @Test("a stale lease cannot ack, nack or extend: leaseLost", arguments: MessageLogBackends.all)
+    func staleLease(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])
+            let old = try #require(
+                try await log.receive(
+                    ReceiveRequest(group: "g", topic: "orders", consumer: "a", lease: .seconds(10))
+                ).deliveries.first)
+            clock.advance(by: .seconds(11))
+            let new = try #require(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b")).deliveries.first)
+            #expect(new.deliveryCount == 2)
+            #expect(new.leaseID != old.leaseID)
+            await expectMessagingError(.leaseLost) { try await log.ack(old) }
+            await expectMessagingError(.leaseLost) {
+                try await log.nack(old, redeliverAfter: .zero, error: "late")
+            }
+            await expectMessagingError(.leaseLost) { try await log.extendLeases([old], by: .seconds(30)) }
+            // The new holder is unaffected.
+            try await log.ack(new)
+            #expect(try await log.topics().first { $0.name == "orders" }?.groups.first?.lag == 0)
+        }
+    }
+
+    @Test("extending a lease keeps the partition from being redelivered", arguments: MessageLogBackends.all)
+    func extendLease(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])
+            let delivery = try #require(
+                try await log.receive(
+                    ReceiveRequest(group: "g", topic: "orders", consumer: "a", lease: .seconds(10))
+                ).deliveries.first)
+            clock.advance(by: .seconds(8))
+            try await log.extendLeases([delivery], by: .seconds(10))
+            clock.advance(by: .seconds(8))
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b")).deliveries.isEmpty)
+            try await log.ack(delivery)
+            clock.advance(by: .seconds(60))
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b")).deliveries.isEmpty)
+        }
+    }
+
+    @Test(
+        "nack acks the earlier messages and redelivers the partition after the delay", arguments: MessageLogBackends.all
+    )
+    func nackDelay(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            try await log.nack(batch.deliveries[1], redeliverAfter: .seconds(10), error: "try later")
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a")).deliveries.isEmpty)
+            clock.advance(by: .seconds(9))
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a")).deliveries.isEmpty)
+            clock.advance(by: .seconds(2))
+            let again = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b"))
+            #expect(again.deliveries.map(\.n) == [2, 3])
+            #expect(again.deliveries.map(\.deliveryCount) == [2, 1])
+        }
+    }
+
+    @Test("release gives partitions back at once without counting the delivery", arguments: MessageLogBackends.all)
+    func releaseDoesNotCount(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions(maxDeliveries: 2))
+            try await log.publish((1...2).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            for _ in 0..<3 {
+                let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+                #expect(batch.deliveries.map(\.n) == [1, 2])
+                #expect(batch.deliveries.map(\.deliveryCount) == [1, 1])
+                try await log.release(batch.deliveries)
+            }
+            // Released three times and never dead-lettered: release is not a failed delivery.
+            let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b"))
+            try await log.nack(batch.deliveries[0], redeliverAfter: .zero, error: "first failure")
+            let retried = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "b"))
+            #expect(retried.deliveries.map(\.n) == [1, 2])
+            #expect(retried.deliveries.map(\.deliveryCount) == [2, 1])
+            #expect(try await log.topics().first { $0.name == "orders" }?.groups.first?.deadLettered == 0)
+        }
+    }
+
+    // MARK: Poison
+
+    @Test(
+        "after maxDeliveries a message goes to the dead-letter topic with why, and the partition moves on",
+        arguments: MessageLogBackends.all)
+    func maxDeliveriesToDeadLetter(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 2))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions(maxDeliveries: 3))
+            let headers = ["traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+            let poison = try numbered(1, subject: "order-1")
+            let positions = try await log.publish([
+                OutgoingMessage(topic: "orders", event: poison, headers: headers),
+                OutgoingMessage(topic: "orders", event: try numbered(2, subject: "order-1")),
+            ])
+            for attempt in 1...3 {
+                let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+                #expect(batch.deliveries.first?.n == 1)
+                #expect(batch.deliveries.first?.deliveryCount == attempt)
+                try await log.nack(batch.deliveries[0], redeliverAfter: .zero, error: "boom #\(attempt)")
+            }
+            let next = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            // Message 2 came with every failed lease of 1 but was never attempted: a first delivery.
+            #expect(next.deliveries.map(\.n) == [2])
+            #expect(next.deliveries.map(\.deliveryCount) == [1])
+
+            let dlq = SQLiteMessageLog.deadLetterTopic(for: "orders", group: "g")
+            #expect(dlq == "orders.g.dlq")
+            let letters = try await log.deadLetters(topic: dlq, limit: 10)
+            #expect(letters.count == 1)
+            let letter = try #require(letters.first)
+            #expect(letter.origin == positions[0])
+            #expect(letter.group == "g")
+            #expect(letter.reason == "max-deliveries")
+            #expect(letter.lastError == "boom #3")
+            #expect(letter.deliveries == 3)
+            #expect(letter.message.event == poison)
+            #expect(letter.message.key == "order-1")
+            #expect(letter.message.headers["traceparent"] == headers["traceparent"])
+            #expect(letter.message.headers[DeadLetterHeader.topic] == "orders")
+            #expect(letter.message.position.topic == dlq)
+            let group = try #require(try await log.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.deadLettered == 1)
+        }
+    }
+
+    @Test(
+        "a lease that expires on the last allowed delivery dead-letters with reason lease-expired",
+        arguments: MessageLogBackends.all)
+    func expiryToDeadLetter(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions(maxDeliveries: 2))
+            try await log.publish((1...2).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            for attempt in 1...2 {
+                let batch = try await log.receive(
+                    ReceiveRequest(group: "g", topic: "orders", consumer: "a", maxMessages: 1, lease: .seconds(5)))
+                #expect(batch.deliveries.map(\.n) == [1])
+                #expect(batch.deliveries.map(\.deliveryCount) == [attempt])
+                clock.advance(by: .seconds(6))
+            }
+            let next = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(next.deliveries.map(\.n) == [2])
+            let letters = try await log.deadLetters(topic: "orders.g.dlq", limit: 10)
+            #expect(letters.map(\.reason) == ["lease-expired"])
+            #expect(letters.map(\.deliveries) == [2])
+        }
+    }
+
+    @Test(
+        "stop-partition stops on poison; resume retries it or skips it to the dead letters",
+        arguments: MessageLogBackends.all)
+    func stopPartitionAndResume(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 2))
+            try await log.subscribe(
+                group: "g", topic: "orders", options: GroupOptions(maxDeliveries: 2, onPoison: .stopPartition))
+            let (key, otherKey) = keysInDifferentPartitions(2)
+            let partition = Partitioner.partition(forKey: key, partitions: 2)
+            try await log.publish((1...2).map { OutgoingMessage(topic: "orders", key: key, event: try numbered($0)) })
+
+            func failTwice() async throws {
+                for attempt in 1...2 {
+                    let batch = try await log.receive(
+                        ReceiveRequest(group: "g", topic: "orders", consumer: "a", maxMessages: 1))
+                    #expect(batch.deliveries.map(\.n) == [1])
+                    #expect(batch.deliveries.map(\.deliveryCount) == [attempt])
+                    try await log.nack(batch.deliveries[0], redeliverAfter: .zero, error: "bad data")
+                }
+            }
+            try await failTwice()
+            #expect(
+                try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a")).deliveries.isEmpty)
+            var group = try #require(try await log.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.stoppedPartitions == [partition])
+            #expect(group.deadLettered == 0)
+            // Other partitions keep going.
+            try await log.publish([OutgoingMessage(topic: "orders", key: otherKey, event: try numbered(9))])
+            let other = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(other.deliveries.map(\.n) == [9])
+            try await log.ack(other.deliveries[0])
+
+            await expectMessagingError(.invalidArgument) {
+                try await log.resumePartition(group: "g", topic: "orders", partition: 1 - partition, skipHead: false)
+            }
+            try await log.resumePartition(group: "g", topic: "orders", partition: partition, skipHead: false)
+            try await failTwice()  // the poison gets its full number of attempts again
+            group = try #require(try await log.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.stoppedPartitions == [partition])
+
+            try await log.resumePartition(group: "g", topic: "orders", partition: partition, skipHead: true)
+            let next = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(next.deliveries.map(\.n) == [2])
+            let letters = try await log.deadLetters(topic: "orders.g.dlq", limit: 10)
+            #expect(letters.map(\.message.key) == [key])
+            #expect(letters.map(\.lastError) == ["bad data"])
+            group = try #require(try await log.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.stoppedPartitions.isEmpty)
+            #expect(group.deadLettered == 1)
+        }
+    }
+
+    // MARK: Delayed delivery
+
+    @Test(
+        "delayed messages join their partition when due, in the order they are due", arguments: MessageLogBackends.all)
+    func delayedDelivery(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            let start = clock.now
+            let positions = try await log.publish([
+                OutgoingMessage(topic: "orders", key: "k", event: try numbered(1), deliverAt: start + 20),
+                OutgoingMessage(topic: "orders", key: "k", event: try numbered(2), deliverAt: start + 10),
+                OutgoingMessage(topic: "orders", key: "k", event: try numbered(3)),
+                OutgoingMessage(topic: "orders", key: "k", event: try numbered(4), deliverAt: start + 15),
+            ])
+            #expect(positions.map(\.offset) == [0, 0, 1, 0])
+            #expect(try await log.topics().first { $0.name == "orders" }?.scheduled == 3)
+
+            var batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(batch.deliveries.map(\.n) == [3])
+            try await log.ack(batch.deliveries[0])
+            clock.advance(by: .seconds(10))
+            batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(batch.deliveries.map(\.n) == [2])
+            try await log.ack(batch.deliveries[0])
+            clock.advance(by: .seconds(11))
+            batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(batch.deliveries.map(\.n) == [4, 1])
+            #expect(batch.deliveries.map(\.message.position.offset) == [3, 4])
+            #expect(try await log.topics().first { $0.name == "orders" }?.scheduled == 0)
+        }
+    }
+
+    @Test(
+        "a publish promotes due messages first, so they keep their place before it", arguments: MessageLogBackends.all)
+    func publishPromotesDue(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish([
+                OutgoingMessage(topic: "orders", key: "k", event: try numbered(1), deliverAt: clock.now + 5)
+            ])
+            clock.advance(by: .seconds(6))
+            let positions = try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(2))])
+            #expect(positions.map(\.offset) == [2])
+            let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(batch.deliveries.map(\.n) == [1, 2])
+        }
+    }
+
+    // MARK: Retention
+
+    @Test("retention by age: groups behind are told once and the loss is counted", arguments: MessageLogBackends.all)
+    func retentionByAge(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic(
+                "orders", TopicOptions(partitions: 1, retention: Retention(maxAge: .seconds(60))))
+            try await log.subscribe(group: "fast", topic: "orders", options: GroupOptions())
+            try await log.subscribe(group: "slow", topic: "orders", options: GroupOptions())
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let fast = try await log.receive(
+                ReceiveRequest(group: "fast", topic: "orders", consumer: "a", maxMessages: 1))
+            try await log.ack(fast.deliveries[0])
+            clock.advance(by: .seconds(59))
+            #expect(try await log.applyRetention() == 0)
+            clock.advance(by: .seconds(2))
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(4))])
+            #expect(try await log.applyRetention() == 3)
+            #expect(try await log.applyRetention() == 0)
+
+            var topic = try #require(try await log.topics().first { $0.name == "orders" })
+            #expect(topic.partitions.map(\.depth) == [1])
+            #expect(topic.partitions.map(\.firstOffset) == [4])
+            #expect(topic.groups.map(\.lostToRetention) == [2, 3])
+
+            let slow = try await log.receive(ReceiveRequest(group: "slow", topic: "orders", consumer: "a"))
+            #expect(
+                slow.gaps == [RetentionGap(group: "slow", topic: "orders", partition: 0, firstMissed: 1, lastMissed: 3)]
+            )
+            #expect(slow.deliveries.map(\.n) == [4])
+            try await log.release(slow.deliveries)
+            let slowAgain = try await log.receive(ReceiveRequest(group: "slow", topic: "orders", consumer: "a"))
+            #expect(slowAgain.gaps.isEmpty)
+            #expect(slowAgain.deliveries.map(\.n) == [4])
+            let fastAgain = try await log.receive(ReceiveRequest(group: "fast", topic: "orders", consumer: "a"))
+            #expect(
+                fastAgain.gaps == [
+                    RetentionGap(group: "fast", topic: "orders", partition: 0, firstMissed: 2, lastMissed: 3)
+                ]
+            )
+            #expect(fastAgain.deliveries.map(\.n) == [4])
+            topic = try #require(try await log.topics().first { $0.name == "orders" })
+            #expect(topic.groups.map(\.lostToRetention) == [2, 3])
+        }
+    }
+
+    @Test("retention by bytes keeps the newest messages of each partition", arguments: MessageLogBackends.all)
+    func retentionByBytes(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 1, retention: .forever))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish((1...5).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let bytes = try #require(try await log.topics().first { $0.name == "orders" }?.partitions.first?.bytes)
+            #expect(bytes > 0)
+            let perMessage = bytes / 5
+            #expect(try await log.applyRetention() == 0)
+            try await log.createTopic(
+                "orders",
+                TopicOptions(
+                    partitions: 1,
+                    retention: Retention(maxAge: nil, maxBytesPerPartition: 2 * perMessage + perMessage / 2)))
+            #expect(try await log.applyRetention() == 3)
+            let topic = try #require(try await log.topics().first { $0.name == "orders" })
+            #expect(topic.partitions.first?.depth == 2)
+            #expect(topic.partitions.first?.firstOffset == 4)
+            #expect(topic.partitions.first?.lastOffset == 5)
+            #expect(topic.groups.first?.lostToRetention == 3)
+            let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(batch.gaps.map(\.firstMissed) == [1])
+            #expect(batch.gaps.map(\.lastMissed) == [3])
+            #expect(batch.deliveries.map(\.n) == [4, 5])
+        }
+    }
+
+    // MARK: Dead letters and inspection
+
+    @Test(
+        "dead letters: list oldest first, replay one to its topic, purge one and all", arguments: MessageLogBackends.all
+    )
+    func deadLetterRepair(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 4))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions(maxDeliveries: 1))
+            try await log.subscribe(group: "audit", topic: "orders", options: GroupOptions())
+            for n in 1...3 {
+                try await log.publish([
+                    OutgoingMessage(topic: "orders", key: "key-\(n)", event: try numbered(n), headers: ["h": "\(n)"])
+                ])
+                let batch = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+                try await log.nack(batch.deliveries[0], redeliverAfter: .zero, error: "failed \(n)")
+                clock.advance(by: .seconds(1))
+            }
+            let letters = try await log.deadLetters(topic: "orders.g.dlq", limit: 10)
+            #expect(letters.map(\.lastError) == ["failed 1", "failed 2", "failed 3"])
+            #expect(try await log.deadLetters(topic: "orders.g.dlq", limit: 2).count == 2)
+            await expectMessagingError(.invalidArgument) { _ = try await log.deadLetters(topic: "orders", limit: 10) }
+            await expectMessagingError(.notFound) { _ = try await log.deadLetters(topic: "nothing.dlq", limit: 10) }
+
+            try await log.replayDeadLetter(letters[1].message.position)
+            let replayed = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(replayed.deliveries.map(\.n) == [2])
+            #expect(replayed.deliveries.first?.message.headers == ["h": "2"])
+            #expect(replayed.deliveries.first?.message.event == letters[1].message.event)
+            #expect(replayed.deliveries.first?.deliveryCount == 1)
+            try await log.ack(replayed.deliveries[0])
+            #expect(
+                try await log.deadLetters(topic: "orders.g.dlq", limit: 10).map(\.lastError) == [
+                    "failed 1", "failed 3",
+                ])
+            await expectMessagingError(.notFound) { try await log.replayDeadLetter(letters[1].message.position) }
+
+            #expect(
+                try await log.purgeDeadLetters(topic: "orders.g.dlq", positions: [letters[0].message.position]) == 1)
+            #expect(try await log.deadLetters(topic: "orders.g.dlq", limit: 10).map(\.lastError) == ["failed 3"])
+            #expect(try await log.purgeDeadLetters(topic: "orders.g.dlq", positions: nil) == 1)
+            #expect(try await log.deadLetters(topic: "orders.g.dlq", limit: 10).isEmpty)
+        }
+    }
+
+    @Test(
+        "topics() reports depth, lag per group and the age of the oldest unacked message",
+        arguments: MessageLogBackends.all)
+    func inspection(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 2))
+            try await log.subscribe(group: "a", topic: "orders", options: GroupOptions())
+            try await log.subscribe(group: "b", topic: "orders", options: GroupOptions())
+            let (key1, key2) = keysInDifferentPartitions(2)
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: key1, event: try numbered($0)) })
+            clock.advance(by: .seconds(5))
+            try await log.publish([OutgoingMessage(topic: "orders", key: key2, event: try numbered(4))])
+            clock.advance(by: .seconds(2))
+            try await log.subscribe(group: "late", topic: "orders", options: GroupOptions(start: .latest))
+
+            // Group a acks everything of key1's partition; b nothing.
+            let batch = try await log.receive(ReceiveRequest(group: "a", topic: "orders", consumer: "x"))
+            for delivery in batch.deliveries where delivery.message.key == key1 { try await log.ack(delivery) }
+
+            let topics = try await log.topics()
+            let orders = try #require(topics.first { $0.name == "orders" })
+            #expect(orders.partitions.count == 2)
+            #expect(orders.partitions.map(\.depth).reduce(0, +) == 4)
+            #expect(orders.partitions.map(\.lastOffset).sorted() == [1, 3])
+            let groups = Dictionary(uniqueKeysWithValues: orders.groups.map { ($0.name, $0) })
+            #expect(groups["a"]?.lag == 1)
+            #expect(groups["a"]?.oldestUnackedAge == .seconds(2))
+            #expect(groups["b"]?.lag == 4)
+            #expect(groups["b"]?.oldestUnackedAge == .seconds(7))
+            #expect(groups["late"]?.lag == 0)
+            #expect(groups["late"]?.oldestUnackedAge == nil)
+            #expect(topics.contains { $0.name == "orders.a.dlq" })
+        }
+    }
+
+    @Test("bad names, counts and unknown topics or groups are clear errors", arguments: MessageLogBackends.all)
+    func invalidArguments(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            await expectMessagingError(.invalidArgument) { try await log.createTopic("a b", TopicOptions()) }
+            await expectMessagingError(.invalidArgument) { try await log.createTopic("t", TopicOptions(partitions: 0)) }
+            try await log.createTopic("t", TopicOptions(partitions: 2))
+            try await log.createTopic("t", TopicOptions(partitions: 2))
+            await expectMessagingError(.invalidArgument) { try await log.createTopic("t", TopicOptions(partitions: 3)) }
+            await expectMessagingError(.notFound) {
+                try await log.subscribe(group: "g", topic: "missing", options: GroupOptions())
+            }
+            await expectMessagingError(.invalidArgument) {
+                try await log.subscribe(group: "g", topic: "t", options: GroupOptions(maxDeliveries: 0))
+            }
+            await expectMessagingError(.notFound) {
+                _ = try await log.receive(ReceiveRequest(group: "nobody", topic: "t", consumer: "c"))
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryMessaging
+import Foundation
+import InMemoryTracing
+import Logging
+import ServiceLifecycle
+import Synchronization
+import Testing
+import Tracing
+
+/// The consumer runtime on a real SQLite log. Waits are polls with a deadline.
+@Suite("MessageConsumer", .timeLimit(.minutes(5)))
+struct MessageConsumerTests {
+    static let logger = Logger(label: "aviary.messaging.test")
+
+    /// Opens a SQLite log on a temporary file with a fast poll.
+    static func withLog<T>(
+        clock: any WallClock = ManualWallClock(), _ body: (SQLiteMessageLog) async throws -> T
+    ) async throws -> T {
+        let path = FileManager.default.temporaryDirectory
+            .appendingPathComponent("aviary-consumer-\(UUID().uuidString).db").path
+        let log = try SQLiteMessageLog(
+            path: path, clock: clock, configuration: .init(synchronous: .normal, pollInterval: .milliseconds(20)))
+        defer {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        }
+        let result = try await body(log)
+        try? await log.close()
+        return result
+    }
+
+    /// Runs `consumer` in a service group while `body` runs, then shuts it down gracefully and
+    /// waits for it to return.
+    static func running<T>(_ consumer: MessageConsumer, _ body: () async throws -> T) async throws -> T {
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(services: [consumer], logger: Self.logger))
+        return try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            do {
+                let result = try await body()
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+                return result
+            } catch {
+                await group.triggerGracefulShutdown()
+                try? await tasks.waitForAll()
+                throw error
+            }
+        }
+    }
+
+    /// Polls `condition` until it holds or `timeout` passes.
+    static func eventually(
+        _ timeout: Duration = .seconds(60), sourceLocation: SourceLocation = #_sourceLocation,
+        _ condition: () async throws -> Bool
+    ) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        Issue.record("condition did not hold within \(timeout)", sourceLocation: sourceLocation)
+    }
+
+    @Test("every message is handled once, in order per key, at most `concurrency` partitions at once")
+    func handlesInOrderWithBoundedConcurrency() async throws {
+        try await Self.withLog { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 8))
+            let keys = 10
+            let perKey = 20
+            for round in 0..<perKey {
+                try await log.publish(
+                    (0..<keys).map { OutgoingMessage(topic: "orders", key: "key-\($0)", event: try numbered(round)) })
+            }
+            let seen = Locked<[String: [Int]]>([:])
+            let inFlight = Locked<Int>(0)
+            let maxInFlight = Locked<Int>(0)
+            let consumer = MessageConsumer(
+                log: log, configuration: .init(group: "g", topic: "orders", concurrency: 3, batchSize: 5),
+                logger: Self.logger
+            ) { delivery in
+                let now = inFlight.withLock {
+                    $0 += 1; return $0
+                }
+                maxInFlight.withLock { $0 = max($0, now) }
+                await Task.yield()
+                seen.withLock { $0[delivery.message.key, default: []].append(delivery.n) }
+                inFlight.withLock { $0 -= 1 }
+            }
+            try await Self.running(consumer) {
+                try await Self.eventually { seen.withLock { $0.values.map(\.count).reduce(0, +) } == keys * perKey }
+            }
+            let result = seen.withLock { $0 }
+            for (key, numbers) in result { #expect(numbers == Array(0..<perKey), "key \(key)") }
+            #expect(maxInFlight.value <= 3)
+            #expect(maxInFlight.value >= 2)
+            let group = try #require(try await log.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.lag == 0)
+        }
+    }
+
+    @Test("a publish while idle is consumed without waiting for the poll timer")
+    func wakesOnPublish() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("aviary-wake-\(UUID()).db").path
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        // The poll timer is an hour: only the in-process notification can wake the consumer.
+        let log = try SQLiteMessageLog(path: path, configuration: .init(pollInterval: .seconds(3600)))
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        let handled = Locked<Int>(0)
+        let consumer = MessageConsumer(
+            log: log, configuration: .init(group: "g", topic: "orders"), logger: Self.logger
+        ) { _ in handled.withLock { $0 += 1 } }
+        try await Self.running(consumer) {
+            // Let the consumer subscribe and go idle, then publish.
+            try await Self.eventually { try await log.topics().first { $0.name == "orders" }?.groups.count == 1 }
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])
+            try await Self.eventually(.seconds(30)) { handled.value == 1 }
+        }
+        try await log.close()
+    }
+
+    @Test("a throwing handler nacks with backoff; after maxDeliveries the message is dead-lettered")
+    func failuresDeadLetter() async throws {
+        try await Self.withLog { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            struct Rejected: Error, CustomStringConvertible {
+                var description: String { "message 2 is rejected" }
+            }
+            let attempts = Locked<[Int: [Int]]>([:])
+            let consumer = MessageConsumer(
+                log: log,
+                configuration: .init(
+                    group: "g", topic: "orders", groupOptions: GroupOptions(maxDeliveries: 3),
+                    backoff: .init(initial: .zero)),
+                logger: Self.logger
+            ) { delivery in
+                attempts.withLock { $0[delivery.n, default: []].append(delivery.deliveryCount) }
+                if delivery.n == 2 { throw Rejected() }
+            }
+            try await Self.running(consumer) {
+                try await Self.eventually { attempts.withLock { $0[3] != nil } }
+            }
+            #expect(attempts.withLock { $0 } == [1: [1], 2: [1, 2, 3], 3: [1]])
+            let letters = try await log.deadLetters(topic: "orders.g.dlq", limit: 10)
+            #expect(letters.map(\.message.event.id).count == 1)
+            #expect(letters.first?.lastError == "message 2 is rejected")
+            #expect(letters.first?.deliveries == 3)
+        }
+    }
+
+    @Test("nack delays grow exponentially up to the maximum")
+    func backoff() {
+        let backoff = MessageConsumer.Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(1))
+        #expect(
+            (1...6).map { backoff.delay(afterDelivery: $0) } == [0.1, 0.2, 0.4, 0.8, 1, 1].map { Duration.seconds($0) })
+    }
+
+    @Test("graceful shutdown lets the running handler finish and releases the rest uncounted")
+    func shutdownFinishesAndReleases() async throws {
+        try await Self.withLog { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.publish((1...5).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let started = Locked<Int>(0)
+            let mayFinish = Locked<Bool>(false)
+            let finished = Locked<Int>(0)
+            let consumer = MessageConsumer(
+                log: log,
+                configuration: .init(group: "g", topic: "orders", concurrency: 1, shutdownTimeout: .seconds(60)),
+                logger: Self.logger
+            ) { _ in
+                started.withLock { $0 += 1 }
+                while !mayFinish.value { try await Task.sleep(for: .milliseconds(5)) }
+                finished.withLock { $0 += 1 }
+            }
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(services: [consumer], logger: Self.logger))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                try await Self.eventually { started.value == 1 }
+                await group.triggerGracefulShutdown()
+                mayFinish.set(true)
+                try await tasks.waitForAll()
+            }
+            #expect(started.value == 1)
+            #expect(finished.value == 1)
+            let rest = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "other"))
+            #expect(rest.deliveries.map(\.n) == [2, 3, 4, 5])
+            #expect(rest.deliveries.allSatisfy { $0.deliveryCount == 1 })
+        }
+    }
+
+    @Test("a handler that outlives the shutdown timeout is cancelled and its message released")
+    func shutdownTimeoutCancels() async throws {
+        try await Self.withLog { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.publish((1...2).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let started = Locked<Bool>(false)
+            let consumer = MessageConsumer(
+                log: log,
+                configuration: .init(
+                    group: "g", topic: "orders", concurrency: 1, shutdownTimeout: .milliseconds(200)),
+                logger: Self.logger
+            ) { _ in
+                started.set(true)
+                try await Task.sleep(for: .seconds(3600))
+            }
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(services: [consumer], logger: Self.logger))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                try await Self.eventually { started.value }
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+            let rest = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "other"))
+            #expect(rest.deliveries.map(\.n) == [1, 2])
+            #expect(rest.deliveries.map(\.deliveryCount) == [1, 1])
+        }
+    }
+
+    @Test("leases are extended while a long handler runs")
+    func extendsLeases() async throws {
+        // Real time here: the lease must run out in real time for the test to mean anything.
+        try await Self.withLog(clock: SystemWallClock()) { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])
+            let started = Locked<Bool>(false)
+            let mayFinish = Locked<Bool>(false)
+            let calls = Locked<Int>(0)
+            let consumer = MessageConsumer(
+                log: log, configuration: .init(group: "g", topic: "orders", lease: .seconds(3)),
+                logger: Self.logger
+            ) { _ in
+                calls.withLock { $0 += 1 }
+                started.set(true)
+                while !mayFinish.value { try await Task.sleep(for: .milliseconds(5)) }
+            }
+            try await Self.running(consumer) {
+                try await Self.eventually { started.value }
+                // For more than two lease lengths nobody else can take the partition. (Extensions come
+                // every second; the lease is 3 s so that a loaded machine does not miss one.)
+                let until = ContinuousClock.now + .seconds(7)
+                while ContinuousClock.now < until {
+                    let stolen = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "thief"))
+                    #expect(stolen.deliveries.isEmpty)
+                    if !stolen.deliveries.isEmpty { break }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                mayFinish.set(true)
+                try await Self.eventually {
+                    try await log.topics().first { $0.name == "orders" }?.groups.first?.lag == 0
+                }
+            }
+            #expect(calls.value == 1)
+        }
+    }
+
+    @Test("retention gaps are reported to the callback once")
+    func reportsGaps() async throws {
+        let clock = ManualWallClock()
+        try await Self.withLog(clock: clock) { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1, retention: Retention(maxAge: .seconds(60))))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish((1...4).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            clock.advance(by: .seconds(61))
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(5))])
+            #expect(try await log.applyRetention() == 4)
+            let gaps = Locked<[RetentionGap]>([])
+            let handled = Locked<[Int]>([])
+            let consumer = MessageConsumer(
+                log: log, configuration: .init(group: "g", topic: "orders"), logger: Self.logger,
+                onGap: { gap in gaps.withLock { $0.append(gap) } }
+            ) { delivery in handled.withLock { $0.append(delivery.n) } }
+            try await Self.running(consumer) {
+                try await Self.eventually { handled.withLock { $0 } == [5] }
+            }
+            #expect(
+                gaps.withLock { $0 } == [
+                    RetentionGap(group: "g", topic: "orders", partition: 0, firstMissed: 1, lastMissed: 4)
+                ])
+        }
+    }
+
+    @Test("the handler's span continues the producer's trace")
+    func continuesTrace() async throws {
+        try await Self.withLog { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            let tracer = InMemoryTracer()
+            let producerSpan = tracer.startSpan("place order", ofKind: .producer)
+            var message = OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))
+            message.injectTraceContext(using: tracer, context: producerSpan.context)
+            producerSpan.end()
+            #expect(!message.headers.isEmpty)
+            try await log.publish([message])
+            let handled = Locked<Bool>(false)
+            let consumer = MessageConsumer(
+                log: log, configuration: .init(group: "g", topic: "orders"), logger: Self.logger, tracer: tracer
+            ) { _ in handled.set(true) }
+            try await Self.running(consumer) {
+                try await Self.eventually { handled.value }
+                try await Self.eventually { tracer.finishedSpans.contains { $0.operationName == "orders process" } }
+            }
+            let span = try #require(tracer.finishedSpans.first { $0.operationName == "orders process" })
+            #expect(span.kind == .consumer)
+            #expect(span.traceID == producerSpan.context.inMemorySpanContext?.traceID)
+            #expect(span.parentSpanID == producerSpan.context.inMemorySpanContext?.spanID)
+            #expect(span.attributes.get("messaging.consumer.group.name") == .string("g"))
+        }
+    }
+}

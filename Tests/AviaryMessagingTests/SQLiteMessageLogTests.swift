@@ -1,0 +1,158 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryMessaging
+import Foundation
+import GRDB
+import Synchronization
+import Testing
+
+/// What only the SQLite backend has: a file shared by several connections (as several processes
+/// share it), its pragmas, in-process wake-ups and the URL factory.
+@Suite("SQLiteMessageLog", .timeLimit(.minutes(5)))
+struct SQLiteMessageLogTests {
+    static func temporaryPath() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("aviary-sqlite-log-\(UUID().uuidString).db").path
+    }
+
+    static func remove(_ path: String) {
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+    }
+
+    @Test(
+        "two logs on one file (separate connections and locks) publish and consume concurrently; nothing lost or doubled"
+    )
+    func sharedFile() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        // A short busy timeout makes SQLITE_BUSY surface often; the retry loop must absorb it.
+        let configuration = SQLiteMessageLog.Configuration(busyTimeout: .milliseconds(1))
+        let first = try SQLiteMessageLog(path: path, configuration: configuration)
+        let second = try SQLiteMessageLog(path: path, configuration: configuration)
+        try await first.createTopic("orders", TopicOptions(partitions: 4))
+        try await second.subscribe(group: "g", topic: "orders", options: GroupOptions())
+        let producers = 4
+        let perProducer = 100
+        let seen = Locked<[String: Int]>([:])
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            for producer in 0..<producers {
+                let log = producer.isMultiple(of: 2) ? first : second
+                tasks.addTask {
+                    for index in 0..<perProducer {
+                        try await log.publish([
+                            OutgoingMessage(
+                                topic: "orders", key: "p\(producer)-k\(index % 5)",
+                                event: CloudEvent(id: "p\(producer)-\(index)", source: "/test", type: "t"))
+                        ])
+                    }
+                }
+            }
+            for consumer in 0..<4 {
+                let log = consumer.isMultiple(of: 2) ? first : second
+                tasks.addTask {
+                    let deadline = ContinuousClock.now + .seconds(180)
+                    while ContinuousClock.now < deadline {
+                        if seen.withLock({ $0.count }) == producers * perProducer { return }
+                        let batch = try await log.receive(
+                            ReceiveRequest(group: "g", topic: "orders", consumer: "c\(consumer)", maxMessages: 16))
+                        for delivery in batch.deliveries {
+                            seen.withLock { $0[delivery.message.event.id, default: 0] += 1 }
+                            try await log.ack(delivery)
+                        }
+                        if batch.deliveries.isEmpty { await Task.yield() }
+                    }
+                }
+            }
+            try await tasks.waitForAll()
+        }
+        let counts = seen.withLock { $0 }
+        #expect(counts.count == producers * perProducer)
+        #expect(counts.values.allSatisfy { $0 == 1 })
+        let topic = try #require(try await first.topics().first { $0.name == "orders" })
+        #expect(topic.partitions.map(\.depth).reduce(0, +) == Int64(producers * perProducer))
+        #expect(topic.groups.first?.lag == 0)
+        try await first.close()
+        try await second.close()
+    }
+
+    @Test("WAL and synchronous=FULL by default; synchronous is configurable")
+    func pragmas() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("t", TopicOptions(partitions: 1))
+        try await log.close()
+        let queue = try DatabaseQueue(path: path)
+        #expect(try await queue.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
+        try queue.close()
+        // synchronous is per connection: read it through the log's own configuration.
+        for (setting, expected) in [(SQLiteMessageLog.Configuration.Synchronous.full, 2), (.normal, 1), (.off, 0)] {
+            let configured = try SQLiteMessageLog(
+                path: path, configuration: SQLiteMessageLog.Configuration(synchronous: setting))
+            #expect(try configured.currentSynchronous() == expected)
+            try await configured.close()
+        }
+    }
+
+    @Test("a publish in this process wakes consumers at once, without waiting for the poll timer")
+    func wakeUpOnPublish() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let configuration = SQLiteMessageLog.Configuration(pollInterval: .seconds(3600))
+        let consumerSide = try SQLiteMessageLog(path: path, configuration: configuration)
+        let producerSide = try SQLiteMessageLog(path: path, configuration: configuration)
+        try await producerSide.createTopic("orders", TopicOptions(partitions: 1))
+        try await producerSide.createTopic("other", TopicOptions(partitions: 1))
+        let wakeUps = consumerSide.wakeUps(topic: "orders")
+        let woken = Task {
+            var iterator = wakeUps.makeAsyncIterator()
+            return await iterator.next() != nil
+        }
+        try await producerSide.publish([OutgoingMessage(topic: "other", event: CloudEvent(source: "/t", type: "t"))])
+        try await producerSide.publish([OutgoingMessage(topic: "orders", event: CloudEvent(source: "/t", type: "t"))])
+        #expect(await woken.value)
+        // Closing the log ends its streams.
+        let other = consumerSide.wakeUps(topic: "other")
+        try await consumerSide.close()
+        var iterator = other.makeAsyncIterator()
+        #expect(await iterator.next() == nil)
+        try await producerSide.close()
+    }
+
+    @Test("MessageLogs.open: sqlite URLs open a log; memory and postgres URLs are clear errors")
+    func factory() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let log = try await MessageLogs.open(url: "sqlite://\(path)", clock: ManualWallClock())
+        try await log.createTopic("t", TopicOptions(partitions: 1))
+        #expect(try await log.topics().map(\.name) == ["t"])
+        try await log.close()
+        for (url, kind) in [
+            ("sqlite::memory:", MessagingError.Kind.invalidArgument), ("postgres://u@127.0.0.1/db", .unavailable),
+            ("redis://x", .invalidArgument),
+        ] {
+            await expectMessagingError(kind) { _ = try await MessageLogs.open(url: url) }
+        }
+    }
+}
+
+extension SQLiteMessageLogTests {
+    @Test("several openers of a new file at once create the schema once and all work")
+    func concurrentOpen() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let logs = try await withThrowingTaskGroup(of: SQLiteMessageLog.self) { tasks in
+            for _ in 0..<6 { tasks.addTask { try SQLiteMessageLog(path: path) } }
+            return try await tasks.reduce(into: []) { $0.append($1) }
+        }
+        try await logs[0].createTopic("t", TopicOptions(partitions: 1))
+        for (index, log) in logs.enumerated() {
+            try await log.publish([OutgoingMessage(topic: "t", key: "k", event: try numbered(index))])
+        }
+        #expect(try await logs[5].topics().first?.partitions.first?.depth == 6)
+        for log in logs { try await log.close() }
+    }
+}
