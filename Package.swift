@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
         .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
+        .library(name: "AviaryEventSourcing", targets: ["AviaryEventSourcing"]),
         .library(name: "AviaryGateway", targets: ["AviaryGateway"]),
         .executable(name: "aviary", targets: ["aviary"]),
         .executable(name: "shop", targets: ["shop"]),
@@ -82,12 +83,23 @@ let package = Package(
             name: "AviaryMessaging",
             dependencies: [
                 "AviaryCore",
+                "AviaryResilience",
                 "AviaryStorage",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "AviaryEventSourcing",
+            dependencies: [
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -151,6 +163,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -159,10 +172,13 @@ let package = Package(
             name: "aviary",
             dependencies: [
                 "AviaryCore",
+                "AviaryEventSourcing",
                 "AviaryGateway",
                 "AviaryMessaging",
                 "AviaryStorage",
+                "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -175,6 +191,7 @@ let package = Package(
                 "AviaryAuth",
                 "AviaryCore",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
@@ -195,7 +212,7 @@ let package = Package(
         .executableTarget(
             name: "shop",
             dependencies: [
-                "Shop", "AviaryCore", "AviaryService", "AviaryTelemetry",
+                "Shop", "AviaryCore", "AviaryService", "AviaryStorage", "AviaryTelemetry",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -215,6 +232,21 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/AviaryTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        // A producer and a consumer that the messaging fault tests run as child processes and
+        // kill with SIGKILL; built next to the test bundle, not a product.
+        .executableTarget(
+            name: "aviary-messaging-fault",
+            dependencies: [
+                "AviaryMessaging",
+                "AviaryCore",
+                "AviaryResilience",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/AviaryMessagingFault",
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -258,6 +290,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryEventSourcingTests",
+            dependencies: [
+                "AviaryEventSourcing",
+                "AviaryCore",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -311,11 +355,15 @@ let package = Package(
                 "AviaryTestSupport",
                 "AviaryGateway",
                 "AviaryCore",
+                "AviaryTelemetry",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -325,6 +373,7 @@ let package = Package(
                 "AviaryAuth",
                 "Shop",
                 "AviaryGateway",
+                "AviaryMessaging",
                 "AviaryService",
                 "AviaryTelemetry",
                 "AviaryTestSupport",

@@ -6,7 +6,7 @@
 public import Foundation
 
 /// Who made a request, as a verified token says: set on the request context by
-/// ``JWTAuthMiddleware`` and read by handlers.
+/// `JWTAuthMiddleware` and read by handlers.
 ///
 /// Scopes come from the `scope` claim (space separated, OAuth 2.0) and the `scp` claim (an array
 /// or a space-separated string); roles from `roles` (an array or a space-separated string).

@@ -8,7 +8,9 @@ import NIOCore
 public import ServiceLifecycle
 
 /// A ``GatewayServer`` as a swift-service-lifecycle `Service`, to run in a `ServiceGroup` beside
-/// the services it fronts: it starts serving when run and stops at graceful shutdown.
+/// the services it fronts: it starts serving when run, and at graceful shutdown it drains
+/// (`/ready` answers 503, no new connections, requests in flight finish within
+/// `limits.drain_timeout`), then stops.
 ///
 /// ```swift
 /// let gateway = GatewayService(GatewayServer(configuration: configuration)) { endpoint in
@@ -27,13 +29,17 @@ public struct GatewayService: Service {
         self.onListening = onListening
     }
 
-    /// Serves until the group shuts down gracefully (or the task is cancelled), then stops.
+    /// Serves until the group shuts down gracefully, then drains and stops; when the task is
+    /// cancelled it stops at once.
     public func run() async throws {
         let address = try await self.server.start()
         let listen = self.server.configuration.listen.address
         await self.onListening(Endpoint(host: listen.host, port: address.port ?? listen.port))
-        // Returns at graceful shutdown; throws when cancelled: stop in both cases.
-        try? await gracefulShutdown()
+        // Returns at graceful shutdown; throws when cancelled.
+        do {
+            try await gracefulShutdown()
+            await self.server.drain(timeout: self.server.configuration.limits.drainTimeout)
+        } catch {}
         try await self.server.stop()
     }
 }

@@ -7,6 +7,7 @@ import AsyncHTTPClient
 import AviaryAuth
 public import AviaryCore
 public import AviaryGateway
+public import AviaryMessaging
 import AviaryResilience
 import AviaryService
 import AviaryStorage
@@ -28,12 +29,18 @@ public struct ShopOptions: Sendable {
     /// The address every service binds to.
     public var host: String = "127.0.0.1"
     /// The port of each service; 0 picks a free one.
-    public var ports: [String: Int] = ["users": 8101, "orders": 8102, "payments": 8103]
+    public var ports: [String: Int] = ["users": 8101, "orders": 8102, "payments": 8103, "notifications": 8104]
     /// The port of the API gateway in front of the services (``ShopSystem/gatewayYAML(port:)``);
     /// nil runs no gateway.
     public var gatewayPort: Int? = 8080
     /// The folder that holds each service's SQLite database (`<service>.db`).
     public var dataDirectory: String = ".aviary/shop"
+    /// The message log the services publish to and consume from; nil means
+    /// `sqlite://<dataDirectory>/broker.db`.
+    public var brokerURL: String?
+    /// How often the outbox relay of `orders` looks for events that no in-process wake-up
+    /// announced (written by another process).
+    public var messagingPollInterval: Duration = .seconds(1)
     /// The clock the circuit breakers use (tests inject a ``AviaryCore/ManualClock``).
     public var breakerClock: any MonotonicClock = SystemClock()
     /// How long a dependency's breaker stays open before it lets a probe through.
@@ -67,14 +74,26 @@ public struct ShopOptions: Sendable {
     public static let version = "0.1.0"
 
     /// The services of the skeleton, in start order.
-    public static let services = ["users", "payments", "orders"]
+    public static let services = ["users", "payments", "orders", "notifications"]
 
-    /// Default options: ports 8101-8103 on 127.0.0.1, data under `.aviary/shop`.
+    /// The `orders` topic's layout in the message log.
+    public static let ordersTopic = TopicOptions(partitions: 4)
+
+    /// The message log's URL: ``brokerURL``, or the SQLite file `broker.db` in ``dataDirectory``.
+    public var resolvedBrokerURL: String { self.brokerURL ?? "sqlite://\(self.dataDirectory)/broker.db" }
+
+    /// Default options: ports 8101-8104 on 127.0.0.1, data under `.aviary/shop`, the message log
+    /// in `.aviary/shop/broker.db`.
     public init() {}
 }
 
-/// The Shop reference system: `users`, `payments` and `orders`, each a Hummingbird application on
-/// its own port with its own SQLite database, run together in one process.
+/// The Shop reference system: `users`, `payments`, `orders` and `notifications`, each a
+/// Hummingbird application on its own port with its own SQLite database, run together in one
+/// process.
+///
+/// `orders` stores each order with its `order.placed` event in one transaction (its outbox); its
+/// ``AviaryMessaging/OutboxRelay`` publishes the events to the message log (`broker.db`), and
+/// `notifications` consumes them idempotently (its inbox) into notifications.
 ///
 /// ```swift
 /// let shop = try ShopSystem(options: ShopOptions())
@@ -87,6 +106,9 @@ public final class ShopSystem: Sendable {
     let users: UsersService
     let payments: PaymentsService
     let orders: OrdersService
+    let notifications: NotificationsService
+    /// The message log between the services.
+    let broker: Broker
     let tracing: [String: TracingBackend]
 
     /// Opens (and migrates) every service's database.
@@ -127,6 +149,9 @@ public final class ShopSystem: Sendable {
         self.orders = try OrdersService(
             url: url("orders"), logger: logger("orders"), users: upstream("users"), payments: upstream("payments"),
             tracer: tracing["orders"]?.tracer)
+        self.notifications = try NotificationsService(
+            url: url("notifications"), logger: logger("notifications"), tracer: tracing["notifications"]?.tracer)
+        self.broker = Broker(url: options.resolvedBrokerURL)
     }
 
     /// One service as an ``AviaryService/AviaryApplication`` bound to `port` (0 for any), which
@@ -154,6 +179,9 @@ public final class ShopSystem: Sendable {
             return group
         }
         switch service {
+        case "notifications":
+            self.notifications.addRoutes(to: secured("notifications"))
+            self.notifications.healthChecks.forEach { app.addHealthCheck($0) }
         case "users":
             if let issuer { self.users.addRoutes(to: app.router, issuer: issuer) }
             self.users.healthChecks.forEach { app.addHealthCheck($0) }
@@ -200,17 +228,46 @@ public final class ShopSystem: Sendable {
     }
 
     /// What runs for one service: its server and health monitor (see
-    /// ``AviaryService/AviaryApplication/makeServices()``), with its checks already run once.
+    /// ``AviaryService/AviaryApplication/makeServices()``), with its checks already run once;
+    /// for `orders` also its outbox relay, for `notifications` its consumer of `orders`.
     func services(_ service: String, port: Int) async throws -> [any Service] {
         let isUsers = service == "users"
         let authenticator = isUsers ? nil : try await self.authenticator()
         let issuer = isUsers ? try await self.users.makeIssuer() : nil
-        return await self.application(service, port: port, authenticator: authenticator, issuer: issuer)
+        var services = await self.application(service, port: port, authenticator: authenticator, issuer: issuer)
             .makeServices().services
+        var logger = self.options.logger
+        logger[metadataKey: "service"] = "\(service)"
+        switch service {
+        case "orders":
+            let broker = try await self.broker.log()
+            services.append(
+                OutboxRelay(
+                    store: self.orders.store, log: broker,
+                    configuration: .init(
+                        pollInterval: self.options.messagingPollInterval,
+                        topics: [OrderPlaced.topic: ShopOptions.ordersTopic]),
+                    logger: logger))
+        case "notifications":
+            let broker = try await self.broker.log()
+            // The consumer subscribes at start, so the topic must exist even before orders runs.
+            try await broker.createTopic(OrderPlaced.topic, ShopOptions.ordersTopic)
+            let apply = self.notifications.inbox.handler { db, message in
+                try NotificationsService.apply(message, in: db)
+            }
+            services.append(
+                MessageConsumer(
+                    log: broker, configuration: .init(group: NotificationsService.group, topic: OrderPlaced.topic),
+                    logger: logger, tracer: self.tracing["notifications"]?.tracer, handler: apply))
+        default:
+            break
+        }
+        return services
     }
 
-    /// The gateway's configuration: `/api/users/…`, `/api/login`, `/api/orders…`, `/api/payments…`
-    /// and `/.well-known/jwks.json`, each to its service (which checks tokens itself).
+    /// The gateway's configuration: `/api/users/…`, `/api/login`, `/api/orders…`, `/api/payments…`,
+    /// `/api/notifications…` and `/.well-known/jwks.json`, each to its service (which checks
+    /// tokens itself).
     ///
     /// - Throws: `AviaryError` when a service's port is still unknown (0 and not listening yet).
     public func gatewayYAML(port: Int) throws -> String {
@@ -226,12 +283,14 @@ public final class ShopSystem: Sendable {
               users: {endpoints: [\(endpoints["users"]!)]}
               orders: {endpoints: [\(endpoints["orders"]!)]}
               payments: {endpoints: [\(endpoints["payments"]!)]}
+              notifications: {endpoints: [\(endpoints["notifications"]!)]}
             routes:
               - {match: {path: /api/login}, rewrite: {path_prefix: /login}, cluster: users}
               - {match: {path: /.well-known/jwks.json}, cluster: users}
               - {match: {path_prefix: /api/users/}, rewrite: {path_prefix: /users/}, cluster: users}
               - {match: {path_prefix: /api/orders}, rewrite: {path_prefix: /orders}, cluster: orders}
               - {match: {path_prefix: /api/payments}, rewrite: {path_prefix: /payments}, cluster: payments}
+              - {match: {path_prefix: /api/notifications}, rewrite: {path_prefix: /notifications}, cluster: notifications}
             """
     }
 
@@ -262,6 +321,12 @@ public final class ShopSystem: Sendable {
                 services: services.map { .init(service: $0) },
                 gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
                 logger: self.options.logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            try? await self.broker.close()
+            throw error
+        }
+        try await self.broker.close()
     }
 }

@@ -5,14 +5,17 @@
 
 // The `aviary` command line: argument parsing and calls into libraries, nothing else.
 //
-//   aviary gateway --config gateway.yaml [--threads N] [--check]
+//   aviary gateway --config gateway.yaml [--threads N] [--watch-interval 2s] [--check]
 
+import AviaryCore
 import AviaryGateway
+import AviaryTelemetry
 import Dispatch
 import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// Exit codes from sysexits.h.
 enum ExitCode {
@@ -22,14 +25,25 @@ enum ExitCode {
 }
 
 let usage = """
-    usage: aviary gateway --config FILE [--threads N] [--check]
+    usage: aviary gateway --config FILE [--threads N] [--watch-interval DURATION] [--check]
            aviary broker topics|dlq --url URL ...   (aviary broker --help)
+           aviary events streams|show|follow|projections|rebuild --store URL ...
 
       gateway   run the API gateway
-        --config FILE   the gateway's YAML configuration
-        --threads N     event loop threads (default: one per core)
-        --check         validate the configuration and exit
+        --config FILE               the gateway's YAML configuration
+        --threads N                 event loop threads (default: one per core)
+        --watch-interval DURATION   reload FILE when its content changes, checking this often (e.g. 2s)
+        --check                     validate the configuration and exit
+
+      tracing   OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) set: a span per request, exported over OTLP
+      signals   SIGHUP reloads FILE (an invalid one is refused and the running one stays);
+                SIGTERM and SIGINT drain (limits.drain_timeout), then exit
     """
+
+/// Writes a line to standard output at once (unbuffered, so that a supervisor sees it).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
 
 func fail(_ message: String, code: Int32) -> Never {
     FileHandle.standardError.write(Data((message + "\n").utf8))
@@ -44,6 +58,7 @@ switch command {
 case "gateway":
     var configPath: String?
     var checkOnly = false
+    var watchInterval: Duration?
     var threads = System.coreCount
     var index = 0
     while index < arguments.count {
@@ -62,6 +77,14 @@ case "gateway":
                 fail("aviary gateway: --threads needs a positive number\n\(usage)", code: ExitCode.usage)
             }
             threads = count
+            index += 2
+        case "--watch-interval":
+            guard index + 1 < arguments.count, let interval = Duration(aviaryText: arguments[index + 1]),
+                interval > .zero
+            else {
+                fail("aviary gateway: --watch-interval needs a duration such as 2s\n\(usage)", code: ExitCode.usage)
+            }
+            watchInterval = interval
             index += 2
         case "--check":
             checkOnly = true
@@ -90,30 +113,70 @@ case "gateway":
         return handler
     }
     let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-    let server = GatewayServer(
-        configuration: configuration, eventLoopGroup: group, logger: Logger(label: "aviary.gateway"))
+    let logger = Logger(label: "aviary.gateway")
+    // Traces go out over OTLP when the standard OpenTelemetry variables name a collector.
+    let tracing: TracingBackend?
     do {
-        let address = try await server.start()
-        print("aviary gateway listening on \(address.ipAddress ?? "?"):\(address.port ?? 0)")
+        tracing = try TracingConfiguration(service: "aviary-gateway").map { try TracingBackend($0, logger: logger) }
     } catch {
-        fail("aviary gateway: cannot listen on \(configuration.listen.address): \(error)", code: ExitCode.unavailable)
+        fail("aviary gateway: \(error)", code: ExitCode.config)
     }
-    // Wait for SIGINT or SIGTERM, then stop accepting and exit.
-    let signals = [SIGINT, SIGTERM].map { number in
+    let exporters = tracing.map { ServiceGroup(services: [$0.service], logger: logger) }
+    let exporting = exporters.map { exporters in Task { try await exporters.run() } }
+    let server = GatewayServer(
+        configuration: configuration, eventLoopGroup: group, logger: logger, tracer: tracing?.tracer,
+        configurationFile: configPath)
+    // Signals are handled on the main queue; ignore their default action before the server starts.
+    let stopSignals = [SIGINT, SIGTERM].map { number in
         signal(number, SIG_IGN)
         return DispatchSource.makeSignalSource(signal: number, queue: .main)
     }
+    signal(SIGHUP, SIG_IGN)
+    let reloadSignal = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .main)
+    do {
+        let address = try await server.start()
+        var line = "aviary gateway listening on \(address.ipAddress ?? "?"):\(address.port ?? 0)"
+        if let admin = server.adminAddress {
+            line += ", admin on \(admin.ipAddress ?? "?"):\(admin.port ?? 0)"
+        }
+        say(line)
+    } catch GatewayServerError.authenticationUnavailable(let message) {
+        fail("aviary gateway: \(message)", code: ExitCode.config)
+    } catch {
+        fail("aviary gateway: cannot listen on \(configuration.listen.address): \(error)", code: ExitCode.unavailable)
+    }
+    if let watchInterval { server.watchConfigurationFile(every: watchInterval) }
+    reloadSignal.setEventHandler {
+        Task {
+            do throws(GatewayConfigurationError) {
+                try await server.reloadFromFile()
+                say("aviary gateway: reloaded \(configPath)")
+            } catch {
+                FileHandle.standardError.write(Data((error.problems.joined(separator: "\n") + "\n").utf8))
+            }
+        }
+    }
+    reloadSignal.resume()
+    // Wait for SIGINT or SIGTERM, then drain: stop accepting, let requests in flight finish.
     await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
         let resumed = AtomicFlag()
-        for source in signals {
+        for source in stopSignals {
             source.setEventHandler {
                 if resumed.set() { continuation.resume() }
             }
             source.resume()
         }
     }
+    say("aviary gateway: draining")
+    await server.drain(timeout: server.configuration.limits.drainTimeout)
     try? await server.stop()
+    if let exporters {
+        // Flushes the spans of the last requests.
+        await exporters.triggerGracefulShutdown()
+        try? await exporting?.value
+    }
     exit(0)
+case "events": await EventsCommand.run(arguments)
 case "broker":
     exit(await brokerCommand(arguments))
 default:

@@ -5,14 +5,17 @@
 
 import AviaryCore
 import AviaryService
+import AviaryStorage
 import AviaryTelemetry
 import Foundation
 import Logging
 import Shop
 
-// `swift run shop`: users, payments and orders in one process, on 8101-8103 by default, behind
-// the API gateway on 8080. Options: --data-dir PATH, --host ADDRESS, --<service>-port N (0 = any
-// free port), --gateway-port N, --no-gateway, --config PATH (default aviary.yaml), --print-config.
+// `swift run shop`: users, payments, orders and notifications in one process, on 8101-8104 by
+// default, behind the API gateway on 8080; orders' events go through the message log at
+// .aviary/shop/broker.db. Options: --data-dir PATH, --broker-url URL, --host ADDRESS,
+// --<service>-port N (0 = any free port), --gateway-port N, --no-gateway, --config PATH (default
+// aviary.yaml), --print-config.
 // Each service's port also comes from its section of aviary.yaml and AVIARY_<SERVICE>_PORT; a
 // command-line port wins.
 
@@ -35,13 +38,24 @@ while let argument = arguments.popFirst() {
     case "--help", "-h":
         print(
             """
-            usage: shop [--data-dir PATH] [--host ADDRESS] [--users-port N] [--orders-port N] [--payments-port N]
-                        [--gateway-port N | --no-gateway] [--config PATH] [--print-config]
-            Runs the Shop reference system (users, orders, payments) in one process, behind the
-            API gateway (port 8080 by default: /api/login, /api/users/, /api/orders, /api/payments).
+            usage: shop [--data-dir PATH] [--broker-url URL] [--host ADDRESS] [--users-port N] [--orders-port N]
+                        [--payments-port N] [--notifications-port N] [--gateway-port N | --no-gateway]
+                        [--config PATH] [--print-config]
+            Runs the Shop reference system (users, orders, payments, notifications) in one process,
+            behind the API gateway (port 8080 by default: /api/login, /api/users/, /api/orders,
+            /api/payments, /api/notifications). Orders publish order.placed through the message log
+            at --broker-url (default sqlite://<data-dir>/broker.db); notifications consume it.
             """)
         exit(0)
     case "--data-dir": options.dataDirectory = value()
+    case "--broker-url":
+        let text = value()
+        do {
+            _ = try StoreURL(parsing: text)
+        } catch {
+            fail("--broker-url: \(error.message)")
+        }
+        options.brokerURL = text
     case "--config": configFile = value()
     case "--print-config": printConfig = true
     case "--host": options.host = value()
@@ -71,7 +85,7 @@ while let argument = arguments.popFirst() {
 }
 
 // Each service's configuration: defaults < its aviary.yaml section < AVIARY_<SERVICE>_*. PORT and
-// HOST are not read: the three services share one process.
+// HOST are not read: the services share one process.
 var environment = ProcessInfo.processInfo.environment
 environment["PORT"] = nil
 environment["HOST"] = nil
@@ -88,7 +102,7 @@ for service in ShopOptions.services {
         } else {
             options.ports[service] = configuration.int("port")
         }
-        // One process: the longest drain delay of the three applies to all.
+        // One process: the longest drain delay of all applies to all.
         options.drainDelay = max(options.drainDelay, configuration.duration("drain_delay"))
         if printConfig {
             print("[\(service)]\n" + lines.joined(separator: "\n"))

@@ -87,4 +87,22 @@ struct CommandLineTests {
         #expect(wrong.status == 64)
         #expect(wrong.standardError.contains("usage: aviary gateway --config FILE"))
     }
+
+    @Test("a JWKS file that cannot be read stops the gateway at start: exit 78, one line naming auth.jwt")
+    func unreadableJWKSFile() throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
+        let path = try Self.temporaryFile(
+            """
+            listen: {address: 127.0.0.1:0}
+            clusters: {a: {endpoints: [127.0.0.1:1]}}
+            auth: {jwt: {issuer: idp, jwks_file: /nonexistent/jwks.json}}
+            routes: [{match: {path_prefix: /}, cluster: a, auth: {require: jwt}}]
+            """)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let outcome = try Self.run(["gateway", "--config", path])
+        #expect(outcome.status == 78)
+        #expect(
+            outcome.standardError == "aviary gateway: auth.jwt: jwksFile \"/nonexistent/jwks.json\" cannot be read\n")
+    }
 }

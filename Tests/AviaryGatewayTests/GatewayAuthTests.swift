@@ -8,6 +8,8 @@ import AviaryCore
 import AviaryTestSupport
 import Foundation
 import HTTPTypes
+import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -186,6 +188,25 @@ struct GatewayAuthTests {
             } catch GatewayServerError.authenticationUnavailable(let message) {
                 #expect(message.contains("auth.jwt") && message.contains(".missing"), "\(message)")
             }
+        }
+    }
+
+    @Test("a route that requires a JWT in a configuration without auth.jwt fails closed with 503, never forwarded")
+    func failsClosedWithoutVerifier() async throws {
+        try await withOrigins(["a"]) { origins in
+            let configuration = GatewayConfiguration(
+                listen: .init(address: Endpoint(host: "127.0.0.1", port: 0)),
+                clusters: [.init(name: "a", endpoints: [Endpoint(host: "127.0.0.1", port: origins[0].port)])],
+                routes: [.init(match: .init(pathPrefix: "/"), destination: .cluster("a"), auth: .init())])
+            let server = GatewayServer(configuration: configuration, logger: quietLogger)
+            let address = try await server.start()
+            let response = try await RawConnection.exchange(
+                "GET /x HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer a.b.c\r\nConnection: close\r\n\r\n",
+                port: address.port ?? 0, group: MultiThreadedEventLoopGroup.singleton)
+            try await server.stop()
+            #expect(response.status == 503)
+            #expect(response.text.contains("authentication-unavailable"))
+            #expect(origins[0].state.requests.load(ordering: .relaxed) == 0)
         }
     }
 }

@@ -99,10 +99,15 @@ struct GatewayCacheTests {
                 #expect(fr.text.contains("x-lang: fr"))
                 #expect(requests() == 10)
 
-                // A request with Authorization is not stored.
+                // An answer to a request with Authorization is stored only when it says public.
                 _ = try await gateway.get("/c/auth", headers: "Authorization: Bearer x\r\n")
                 _ = try await gateway.get("/c/auth", headers: "Authorization: Bearer x\r\n")
                 #expect(requests() == 12)
+                _ = try await gateway.get("/c/pub?h-cache-control=public", headers: "Authorization: Bearer x\r\n")
+                let shared = try await gateway.get(
+                    "/c/pub?h-cache-control=public", headers: "Authorization: Bearer x\r\n")
+                #expect(shared.header("x-aviary-cache") == "hit")
+                #expect(requests() == 13)
             }
         }
     }
@@ -152,6 +157,8 @@ struct GatewayCacheTests {
                 routes:
                   - {match: {path_prefix: /get}, rewrite: {path_prefix: /download}, cluster: a,
                      cache: {ttl: 30s, max_bytes: 64KiB}}
+                  - {match: {path_prefix: /stream}, rewrite: {path_prefix: /chunked}, cluster: a,
+                     cache: {ttl: 30s, max_bytes: 64KiB}}
                 """
             try await withGateway(yaml, clock: ManualClock()) { gateway async throws in
                 for expected in [1, 2] {
@@ -167,6 +174,21 @@ struct GatewayCacheTests {
                 #expect(cached.body == small.body)
                 #expect(cached.body.count == 4000)
                 #expect(requests() == 3)
+
+                // Without a length: collected until it outgrows the entry limit, then only streamed.
+                for expected in [4, 5] {
+                    let unknown = try await gateway.get("/stream?bytes=20000")
+                    #expect(unknown.status == 200)
+                    #expect(unknown.body.count == 20_000)
+                    #expect(unknown.header("x-aviary-cache") == nil)
+                    #expect(requests() == expected)
+                }
+                _ = try await gateway.get("/stream?bytes=3000")
+                let chunkedHit = try await gateway.get("/stream?bytes=3000")
+                #expect(chunkedHit.header("x-aviary-cache") == "hit")
+                #expect(chunkedHit.header("content-length") == "3000")
+                #expect(chunkedHit.body.count == 3000)
+                #expect(requests() == 6)
             }
         }
     }

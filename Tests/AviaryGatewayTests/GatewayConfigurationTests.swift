@@ -146,7 +146,7 @@ struct GatewayConfigurationTests {
                 "routes[0].match.method: unknown key, expected one of path_prefix, path, methods, headers (gateway.yaml:5)",
                 "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, auth, timeout, retry, "
                     + "rate_limit, cache, cors, fault (gateway.yaml:7)",
-                "extra: unknown key, expected one of listen, limits, clusters, auth, routes (gateway.yaml:8)",
+                "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log (gateway.yaml:8)",
             ])
     }
 
@@ -322,5 +322,44 @@ struct GatewayConfigurationTests {
         #expect(GatewayUnits.rate("0/s") == nil)
         #expect(GatewayUnits.duration("10") == nil)
         #expect(GatewayUnits.duration("-1s") == nil)
+    }
+
+    @Test("access_log and limits.drain_timeout: parsed, and every problem reported with its place")
+    func operationsKeys() throws {
+        let valid = try GatewayConfiguration(
+            yaml: """
+                listen: {address: 127.0.0.1:0, admin: 127.0.0.1:9901}
+                limits: {drain_timeout: 5s}
+                access_log: {path: stderr}
+                clusters:
+                  a: {endpoints: [127.0.0.1:1]}
+                routes:
+                  - match: {path_prefix: /}
+                    cluster: a
+                """)
+        #expect(valid.limits.drainTimeout == .seconds(5))
+        #expect(valid.accessLog == .init(path: "stderr"))
+        #expect(valid.listen.admin == Endpoint(host: "127.0.0.1", port: 9901))
+        #expect(try GatewayConfiguration(yaml: "clusters: {}\nroutes: []\n").accessLog == nil)
+
+        #expect(throws: GatewayConfigurationError.self) {
+            _ = try GatewayConfiguration(yaml: "access_log: stdout\nroutes: []\n")
+        }
+        do {
+            _ = try GatewayConfiguration(
+                yaml: """
+                    limits: {drain_timeout: later}
+                    access_log: {file: x}
+                    routes: []
+                    """)
+            Issue.record("accepted an invalid configuration")
+        } catch {
+            #expect(
+                error.problems == [
+                    #"limits.drain_timeout: expected a duration such as 500ms, 10s, 5m or 1h, got "later" (line 1)"#,
+                    "access_log.file: unknown key, expected one of path (line 2)",
+                    "access_log.path: is missing: expected stdout, stderr or a file path (line 2)",
+                ])
+        }
     }
 }

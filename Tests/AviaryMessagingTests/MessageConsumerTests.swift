@@ -313,4 +313,27 @@ struct MessageConsumerTests {
             #expect(span.attributes.get("messaging.consumer.group.name") == .string("g"))
         }
     }
+
+    @Test("RetentionService applies retention at its interval and stops on graceful shutdown")
+    func retentionService() async throws {
+        let clock = ManualWallClock()
+        try await Self.withLog(clock: clock) { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1, retention: Retention(maxAge: .seconds(60))))
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let service = RetentionService(log: log, interval: .milliseconds(10), logger: Self.logger)
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(services: [service], logger: Self.logger))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                func depth() async throws -> Int64? {
+                    try await log.topics().first { $0.name == "orders" }?.partitions.first?.depth
+                }
+                #expect(try await depth() == 3)
+                clock.advance(by: .seconds(61))
+                try await Self.eventually { try await depth() == 0 }
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+        }
+    }
 }

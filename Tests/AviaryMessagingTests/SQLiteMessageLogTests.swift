@@ -88,7 +88,8 @@ struct SQLiteMessageLogTests {
         let queue = try DatabaseQueue(path: path)
         #expect(try await queue.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
         try queue.close()
-        // synchronous is per connection: read it through the log's own configuration.
+        // synchronous is per connection: read it on the log's own writer (GRDB turns WAL on with
+        // synchronous=NORMAL; the log must set its own value after that).
         for (setting, expected) in [(SQLiteMessageLog.Configuration.Synchronous.full, 2), (.normal, 1), (.off, 0)] {
             let configured = try SQLiteMessageLog(
                 path: path, configuration: SQLiteMessageLog.Configuration(synchronous: setting))

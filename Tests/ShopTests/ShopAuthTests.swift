@@ -35,7 +35,7 @@ struct ShopAuthTests {
                 try JSONSerialization.jsonObject(with: Self.base64URL(String(parts[1]))) as? [String: Any])
             #expect(claims["sub"] as? String == "bob")
             #expect(claims["iss"] as? String == "shop-users")
-            #expect(claims["scope"] as? String == "orders payments")
+            #expect(claims["scope"] as? String == "orders payments notifications")
             let lifetime = (claims["exp"] as? Double ?? 0) - (claims["iat"] as? Double ?? 0)
             #expect(lifetime == 300)
 

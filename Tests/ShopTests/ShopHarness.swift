@@ -33,7 +33,8 @@ final class ShopHarness: Sendable {
         let clock = ManualClock()
         let (stream, continuation) = AsyncStream<(String, Endpoint)>.makeStream()
         var options = ShopOptions()
-        options.ports = ["users": 0, "orders": 0, "payments": 0]
+        options.ports = ["users": 0, "orders": 0, "payments": 0, "notifications": 0]
+        options.messagingPollInterval = .milliseconds(100)
         options.dataDirectory = directory
         options.breakerClock = clock
         options.breakerMinimumCalls = minimumCalls
@@ -138,14 +139,15 @@ final class ShopHarness: Sendable {
         return token
     }
 
-    /// Sends a request; to `orders` and `payments` with `user`'s token unless `user` is nil.
+    /// Sends a request; to `orders`, `payments` and `notifications` with `user`'s token unless
+    /// `user` is nil.
     func send(
         _ method: HTTPMethod, _ service: String, _ path: String, json: String? = nil, headers: [(String, String)] = [],
         as user: String? = "alice"
     ) async throws -> Reply {
         var request = HTTPClientRequest(url: try self.url(service, path))
         request.method = method
-        if let user, service == "orders" || service == "payments" {
+        if let user, service == "orders" || service == "payments" || service == "notifications" {
             request.headers.add(name: "authorization", value: "Bearer \(try await self.token(user))")
         }
         for (name, value) in headers { request.headers.add(name: name, value: value) }

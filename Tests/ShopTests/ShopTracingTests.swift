@@ -15,7 +15,7 @@ struct ShopTracingTests {
     static let traceID = "0af7651916cd43dd8448eb211c80319c"
     static let callerSpanID = "b7ad6b7169203331"
 
-    @Test("placing an order is one trace through orders, users and payments and their databases")
+    @Test("placing an order is one trace through orders, users, payments, their databases and the event's consumer")
     func orderTrace() async throws {
         let receiver = OTLPReceiver()
         try await receiver.run { collector in
@@ -24,18 +24,24 @@ struct ShopTracingTests {
                     .POST, "orders", "/orders", json: ShopTests.order,
                     headers: [("traceparent", "00-\(Self.traceID)-\(Self.callerSpanID)-01")])
                 #expect(reply.status == 201)
-                // orders, its two client calls, users, payments, and a database span per service.
+                // orders, its two client calls, users, payments, and a database span per service; then
+                // notifications consuming the order's event, which carries the trace context.
                 let deadline = ContinuousClock.now.advanced(by: .seconds(20))
-                while receiver.spans(inTrace: Self.traceID).count < 8, ContinuousClock.now < deadline {
+                while ContinuousClock.now < deadline {
+                    let spans = receiver.spans(inTrace: Self.traceID)
+                    if spans.count >= 8, spans.contains(where: { $0.service == "notifications" }) { break }
                     await Task.yield()
                 }
             }
         }
         let spans = receiver.spans(inTrace: Self.traceID)
-        #expect(Set(spans.map(\.service)) == ["orders", "users", "payments"], "\(spans)")
+        #expect(Set(spans.map(\.service)) == ["orders", "users", "payments", "notifications"], "\(spans)")
         let ordersServer = try #require(spans.first { $0.service == "orders" && $0.kind == 2 }, "\(spans)")
         #expect(ordersServer.parentSpanID == Self.callerSpanID)
         #expect(ordersServer.name == "POST /orders")
+        // The consumer's span continues the producer's trace, under the request that placed the order.
+        let consumer = try #require(spans.first { $0.service == "notifications" && $0.kind == 5 }, "\(spans)")
+        #expect(consumer.parentSpanID == ordersServer.spanID)
         for callee in ["users", "payments"] {
             let server = try #require(spans.first { $0.service == callee && $0.kind == 2 }, "\(callee): \(spans)")
             let client = try #require(spans.first { $0.spanID == server.parentSpanID }, "\(callee)'s caller")

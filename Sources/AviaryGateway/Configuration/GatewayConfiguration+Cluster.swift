@@ -14,11 +14,11 @@ extension GatewayConfiguration {
         public var endpoints: [Endpoint]
         /// How a request picks an endpoint.
         public var loadBalancer: LoadBalancer
-        /// Active health checking, if configured (not run yet).
+        /// Active health checking, if configured.
         public var healthCheck: HealthCheck?
-        /// Passive outlier detection, if configured (not run yet).
+        /// Passive outlier detection, if configured.
         public var outlierDetection: OutlierDetection?
-        /// Envoy-style circuit-breaking thresholds; `maxRequests` is enforced, the others not yet.
+        /// Envoy-style circuit-breaking thresholds, counted across all event loops.
         public var circuitBreaker: CircuitBreakerThresholds
         /// How long connecting to an endpoint may take.
         public var connectTimeout: Duration

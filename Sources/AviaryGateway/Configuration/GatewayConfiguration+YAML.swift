@@ -294,7 +294,9 @@ struct ConfigurationParser {
             self.problem("", "invalid YAML: \(error)", nil)
             return nil
         }
-        guard let top = self.fields(root, "", allowed: ["listen", "limits", "clusters", "auth", "routes"]) else {
+        guard
+            let top = self.fields(root, "", allowed: ["listen", "limits", "clusters", "auth", "routes", "access_log"])
+        else {
             return nil
         }
         var configuration = GatewayConfiguration()
@@ -308,6 +310,7 @@ struct ConfigurationParser {
             }
         }
         if let node = top["auth"] { configuration.auth = self.auth(node, "auth") }
+        if let node = top["access_log"] { configuration.accessLog = self.accessLog(node, "access_log") }
         if let node = top["routes"], let items = self.list(node, "routes") {
             let clusterNames = Set(configuration.clusters.map(\.name))
             let allClusters = top["clusters"].map { self.writtenClusterNames($0) } ?? []

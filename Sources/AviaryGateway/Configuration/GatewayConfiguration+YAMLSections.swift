@@ -24,7 +24,9 @@ extension ConfigurationParser {
 
     mutating func limits(_ node: Node, _ path: String) -> Configuration.Limits {
         var limits = Configuration.Limits()
-        let keys = ["max_connections", "max_header_bytes", "max_body_bytes", "header_timeout", "idle_timeout"]
+        let keys = [
+            "max_connections", "max_header_bytes", "max_body_bytes", "header_timeout", "idle_timeout", "drain_timeout",
+        ]
         guard let fields = self.fields(node, path, allowed: keys) else { return limits }
         if let value = fields["max_connections"], let number = self.positiveInt(value, fields.path("max_connections")) {
             limits.maxConnections = number
@@ -47,6 +49,9 @@ extension ConfigurationParser {
         if let value = fields["idle_timeout"], let duration = self.positiveDuration(value, fields.path("idle_timeout"))
         {
             limits.idleTimeout = duration
+        }
+        if let value = fields["drain_timeout"], let duration = self.duration(value, fields.path("drain_timeout")) {
+            limits.drainTimeout = duration
         }
         return limits
     }
@@ -168,6 +173,16 @@ extension ConfigurationParser {
             thresholds.maxRequests = number
         }
         return thresholds
+    }
+
+    mutating func accessLog(_ node: Node, _ path: String) -> Configuration.AccessLogSettings? {
+        guard let fields = self.fields(node, path, allowed: ["path"]) else { return nil }
+        guard let value = fields["path"] else {
+            self.problem(fields.path("path"), "is missing: expected stdout, stderr or a file path", node)
+            return nil
+        }
+        guard let text = self.string(value, fields.path("path")) else { return nil }
+        return Configuration.AccessLogSettings(path: text)
     }
 
     mutating func auth(_ node: Node, _ path: String) -> Configuration.Auth {

@@ -29,6 +29,8 @@ public struct GatewayConfiguration: Sendable, Hashable {
     public var auth: Auth
     /// The routes; the first whose match accepts a request handles it.
     public var routes: [Route]
+    /// The JSON access log, if any (`access_log:`; off by default).
+    public var accessLog: AccessLogSettings?
 
     /// Creates a configuration.
     public init(
@@ -36,13 +38,15 @@ public struct GatewayConfiguration: Sendable, Hashable {
         limits: Limits = .init(),
         clusters: [Cluster] = [],
         auth: Auth = .init(),
-        routes: [Route] = []
+        routes: [Route] = [],
+        accessLog: AccessLogSettings? = nil
     ) {
         self.listen = listen
         self.limits = limits
         self.clusters = clusters
         self.auth = auth
         self.routes = routes
+        self.accessLog = accessLog
     }
 
     /// The cluster named `name`, if any.
@@ -56,7 +60,7 @@ extension GatewayConfiguration {
     public struct Listen: Sendable, Hashable {
         /// The proxy's address; port 0 picks a free port.
         public var address: Endpoint
-        /// The admin API's address, if any (not served yet).
+        /// The admin API's address, if any: `/ready`, `/config`, `/clusters`, `/metrics`, `POST /reload`.
         public var admin: Endpoint?
 
         /// Creates the listening addresses; the proxy defaults to 127.0.0.1:8080.
@@ -78,6 +82,8 @@ extension GatewayConfiguration {
         public var headerTimeout: Duration
         /// How long a connection may go without a request before it is closed.
         public var idleTimeout: Duration
+        /// How long a graceful drain (SIGTERM) lets requests in flight finish before closing.
+        public var drainTimeout: Duration
 
         /// Creates limits; every field has a default.
         public init(
@@ -85,13 +91,15 @@ extension GatewayConfiguration {
             maxHeaderBytes: Int = 65_536,
             maxBodyBytes: Int = 10 << 20,
             headerTimeout: Duration = .seconds(10),
-            idleTimeout: Duration = .seconds(60)
+            idleTimeout: Duration = .seconds(60),
+            drainTimeout: Duration = .seconds(30)
         ) {
             self.maxConnections = maxConnections
             self.maxHeaderBytes = maxHeaderBytes
             self.maxBodyBytes = maxBodyBytes
             self.headerTimeout = headerTimeout
             self.idleTimeout = idleTimeout
+            self.drainTimeout = drainTimeout
         }
     }
 
@@ -126,6 +134,19 @@ extension GatewayConfiguration {
                 self.jwksURL = jwksURL
                 self.jwksFile = jwksFile
             }
+        }
+    }
+}
+
+extension GatewayConfiguration {
+    /// Where the JSON access log goes (`access_log: {path: stdout}`): one line per request.
+    public struct AccessLogSettings: Sendable, Hashable {
+        /// `stdout`, `stderr`, or a file path (appended to).
+        public var path: String
+
+        /// Creates the settings.
+        public init(path: String = "stdout") {
+            self.path = path
         }
     }
 }

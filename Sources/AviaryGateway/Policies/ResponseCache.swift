@@ -20,6 +20,7 @@ struct CacheControl: Equatable {
     var noStore = false
     var noCache = false
     var isPrivate = false
+    var isPublic = false
     var maxAge: Int?
     var sharedMaxAge: Int?
 
@@ -37,6 +38,7 @@ struct CacheControl: Equatable {
                 case "no-store": self.noStore = true
                 case "no-cache": self.noCache = true
                 case "private": self.isPrivate = true
+                case "public": self.isPublic = true
                 case "max-age": self.maxAge = argument.flatMap { Int($0) }
                 case "s-maxage": self.sharedMaxAge = argument.flatMap { Int($0) }
                 default: break
@@ -216,12 +218,15 @@ final class RouteCache: Sendable {
     }
 
     /// How long a response may be stored, or nil when it must not be: `no-store`, `private`,
-    /// `no-cache`, `Vary: *`, `Set-Cookie`, a status that is not cacheable, or zero freshness.
-    func freshness(of head: HTTPResponseHead) -> Duration? {
+    /// `no-cache`, `Vary: *`, `Set-Cookie`, a status that is not cacheable, zero freshness, or an
+    /// answer to a request with `Authorization` without `public` or `s-maxage` (RFC 9111
+    /// section 3.5).
+    func freshness(of head: HTTPResponseHead, authorized: Bool) -> Duration? {
         guard Self.isCacheable(head.status) else { return nil }
         let values = head.headers["cache-control"]
         let control = values.isEmpty ? CacheControl() : CacheControl(values)
         if control.noStore || control.isPrivate || control.noCache { return nil }
+        if authorized && !control.isPublic && control.sharedMaxAge == nil { return nil }
         if head.headers.contains(name: "set-cookie") { return nil }
         if head.headers["vary"].contains(where: { $0.contains("*") }) { return nil }
         let seconds = control.sharedMaxAge ?? control.maxAge

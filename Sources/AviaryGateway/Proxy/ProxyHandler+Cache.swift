@@ -11,18 +11,31 @@ import NIOHTTP1
 // responses while they stream to the client (abandoning any that outgrow the entry limit, so
 // nothing is buffered without bound), and answer a stale entry when the upstream fails.
 
-/// A cacheable request on its way through.
-struct CacheCapture {
+/// A cacheable request on its way through (a class, so that an exchange without caching carries
+/// one nil reference, and collecting appends to the body in place).
+final class CacheCapture {
     let route: RouteCache
     let key: String
     /// The client's request headers, for the response's `Vary`.
     let request: HTTPHeaders
     /// An entry past freshness that may answer if the upstream fails (`stale_if_error`).
     var stale: CachedResponse?
-    /// Whether the response may be stored (a GET without `Authorization`).
+    /// Whether the response may be stored (a GET).
     let mayStore: Bool
+    /// Whether the request carried `Authorization` (then only `public` or `s-maxage` answers are stored).
+    let authorized: Bool
     /// The response being collected, once its head was found storable.
     var collecting: CachedResponse?
+
+    init(route: RouteCache, key: String, request: HTTPHeaders, stale: CachedResponse?, mayStore: Bool, authorized: Bool)
+    {
+        self.route = route
+        self.key = key
+        self.request = request
+        self.stale = stale
+        self.mayStore = mayStore
+        self.authorized = authorized
+    }
 }
 
 enum CacheLookup {
@@ -49,11 +62,10 @@ extension ProxyHandler {
             if !control.noCache && entry.isFresh(at: now) { return .hit(entry, now: now) }
             stale = entry
         }
-        // RFC 9111 section 3.5: a shared cache does not store answers to authorized requests.
-        let mayStore = head.method == .GET && !head.headers.contains(name: "authorization")
         return .miss(
             CacheCapture(
-                route: cache, key: key, request: head.headers, stale: stale, mayStore: mayStore, collecting: nil))
+                route: cache, key: key, request: head.headers, stale: stale, mayStore: head.method == .GET,
+                authorized: head.headers.contains(name: "authorization")))
     }
 
     /// Writes a cached response, with `Age` and `x-aviary-cache: hit` (or `stale` and a `Warning`).
@@ -61,6 +73,8 @@ extension ProxyHandler {
         _ entry: CachedResponse, at now: MonotonicInstant, stale: Bool, headers extra: [(String, String)],
         close: Bool, context: ChannelHandlerContext
     ) {
+        self.endRecord(status: Int(entry.status.code))
+        let close = close || self.drainRequested
         var headers = entry.headers
         headers.replaceOrAdd(name: "age", value: String(entry.age(at: now)))
         headers.replaceOrAdd(name: "content-length", value: String(entry.body.readableBytes))
@@ -88,7 +102,7 @@ extension ProxyHandler {
     func cacheResponseHead(
         _ exchange: Exchange, _ upstream: HTTPResponseHead, context: ChannelHandlerContext
     ) -> Bool {
-        guard var capture = exchange.cache else { return false }
+        guard let capture = exchange.cache else { return false }
         let now = capture.route.clock.now
         if upstream.status.code >= 500, let stale = capture.stale, capture.route.mayServeStale(stale, at: now) {
             let close = !exchange.keepAlive || !exchange.requestComplete
@@ -98,7 +112,9 @@ extension ProxyHandler {
             return true
         }
         exchange.cache = nil
-        guard capture.mayStore, !exchange.isHead, let fresh = capture.route.freshness(of: upstream) else {
+        guard capture.mayStore, !exchange.isHead,
+            let fresh = capture.route.freshness(of: upstream, authorized: capture.authorized)
+        else {
             return false
         }
         let limit = capture.route.storage.maxEntryBytes
@@ -167,6 +183,8 @@ extension ProxyHandler {
 extension ProxyHandler {
     /// Answers a CORS preflight: `204` with the `Access-Control-*` headers, no body.
     func answerPreflight(_ extra: [(String, String)], close: Bool, context: ChannelHandlerContext) {
+        self.endRecord(status: 204)
+        let close = close || self.drainRequested
         var headers = HTTPHeaders(extra)
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: .noContent, headers: headers)

@@ -82,8 +82,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
     }
 
-    private let upstreams: LoopUpstreams
-    private let core: GatewayCore
+    /// The event loop's state; `upstreams` and `core` are its generation of the current request.
+    let loop: GatewayLoop
+    private(set) var upstreams: LoopUpstreams
+    private(set) var core: GatewayCore
+    /// The request being answered, for metrics, access log and tracing.
+    var record = RequestRecord()
+    /// Set by a drain: the connection closes after the current response.
+    var drainRequested = false
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Parts of pipelined requests decoded while an exchange was still running.
@@ -104,18 +110,40 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// stop and what was read meanwhile waits in `queued`.
     private var admitting = false
 
-    init(upstreams: LoopUpstreams) {
-        self.upstreams = upstreams
-        self.core = upstreams.core
+    init(loop: GatewayLoop) {
+        self.loop = loop
+        self.upstreams = loop.current
+        self.core = loop.current.core
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.loop.register(self)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.loop.unregister(self)
         self.context = nil
     }
+
+    /// Closes the connection once the current response is written; at once when idle.
+    func drain() {
+        self.drainRequested = true
+        if let exchange = self.exchange, !exchange.responseHeadSent { exchange.keepAlive = false }
+        if self.exchange == nil && self.queued.isEmpty && !self.discarding, let context = self.context {
+            self.closed = true
+            self.cancelConnectionTimers()
+            context.close(promise: nil)
+        }
+    }
+
+    /// Closes the connection now (the end of a drain).
+    func closeNow() {
+        self.context?.close(promise: nil)
+    }
+
+    /// The client's IP address, if known.
+    var clientAddress: String? { self.client.ip }
 
     // MARK: Downstream events
 
@@ -178,6 +206,12 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// scheduled at most once per idle period (rescheduling a task per request costs more).
     func startIdleTimer(context: ChannelHandlerContext) {
         guard self.exchange == nil, !self.closed, !self.discarding else { return }
+        if self.drainRequested && self.queued.isEmpty {
+            self.closed = true
+            self.cancelConnectionTimers()
+            context.close(promise: nil)
+            return
+        }
         let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
         self.idleDeadline = .now() + limit
         if self.idleTimer == nil {
@@ -265,6 +299,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let exchange = self.exchange {
             self.finish(exchange, reuseUpstream: false)
         }
+        self.endRecord(status: self.record.status)
         self.queued.removeAll()
         context.fireChannelInactive()
     }
@@ -303,6 +338,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         self.headerTimer?.cancel()
         self.headerTimer = nil
+        // A reload's configuration applies from the next request on; this one keeps its own.
+        self.upstreams = self.loop.current
+        self.core = self.upstreams.core
+        self.beginRecord(head)
         self.core.statistics.requests.add(1, ordering: .relaxed)
         self.answeringHead = head.method == .HEAD
         let limits = self.core.configuration.limits
@@ -333,6 +372,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 close: hasBody || !head.isKeepAlive, context: context)
             return
         }
+        self.recordRoute(route)
         var corsHeaders: [(String, String)] = []
         if let cors = route.cors {
             switch cors.check(head) {
@@ -484,10 +524,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return
         }
 
-        let active = self.core.activeRequests[clusterIndex]
+        let shared = cluster.state
         let maxRequests = cluster.cluster.circuitBreaker.maxRequests
-        guard active.value.add(1, ordering: .relaxed).newValue <= maxRequests else {
-            active.value.subtract(1, ordering: .relaxed)
+        guard shared.activeRequests.add(1, ordering: .relaxed).newValue <= maxRequests else {
+            shared.activeRequests.subtract(1, ordering: .relaxed)
+            cluster.state.overflows.add(1, ordering: .relaxed)
             self.core.statistics.circuitBreakerOverflows.add(1, ordering: .relaxed)
             self.respondLocally(
                 status: 503, slug: "upstream-overflow",
@@ -516,6 +557,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let subject = policy?.subject {
             upstreamHead.headers.add(name: subjectHeaderName, value: subject)
         }
+        self.injectTrace(into: &upstreamHead.headers)
         if expectsContinue {
             // The gateway reads the body itself, so it tells the client to go on now; the
             // upstream gets the body without the expectation (as nginx does).
@@ -586,6 +628,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return false
         }
         self.core.statistics.retries.add(1, ordering: .relaxed)
+        exchange.cluster.metrics.retries &+= 1
         exchange.attempt += 1
         exchange.perTryTimeout?.cancel()
         exchange.perTryTimeout = nil
@@ -604,6 +647,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private func perTryTimedOut(_ exchange: Exchange) {
         guard self.exchange === exchange, !exchange.responseHeadSent, let context = self.context else { return }
         exchange.perTryTimeout = nil
+        self.recordUpstream(exchange, failure: .timeout)
         if self.retry(exchange, after: .perTryTimeout) { return }
         let limit = exchange.route.retry?.perTryTimeout.map { GatewayUnits.render($0) } ?? "?"
         self.abort(
@@ -664,7 +708,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return
         }
         switch result {
+        case .failure(let error as UpstreamOverflow):
+            self.core.statistics.circuitBreakerOverflows.add(1, ordering: .relaxed)
+            self.abort(
+                exchange, status: 503, slug: "upstream-overflow",
+                detail:
+                    "cluster \(exchange.clusterName) has \(error.limit) \(error.threshold == "max_pending" ? "requests waiting for a connection" : "connections open") already (circuit_breaker.\(error.threshold))",
+                reason: "overflow", context: context)
         case .failure(let error):
+            self.recordUpstream(exchange, failure: .connect)
             if self.retry(exchange, after: .connectFailure) { return }
             self.abort(
                 exchange, status: 502, slug: "upstream-connect-failure",
@@ -701,8 +753,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         case .head(let upstream):
             exchange.perTryTimeout?.cancel()
             exchange.perTryTimeout = nil
+            self.recordUpstream(exchange, status: upstream.status.code)
             if exchange.mayRetry, self.retry(exchange, after: .status(upstream.status.code)) { return }
+            if self.drainRequested { exchange.keepAlive = false }
             if exchange.cache != nil, self.cacheResponseHead(exchange, upstream, context: context) { return }
+            self.record.status = Int(upstream.status.code)
             var head = HTTPResponseHead(
                 version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
             let framed =
@@ -747,6 +802,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 self.discarding = true
             }
             self.finish(exchange, reuseUpstream: reuse)
+            self.endRecord(status: self.record.status)
             if exchange.keepAlive {
                 context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
                 self.continueWithQueued(context: context)
@@ -798,6 +854,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             }
             return
         }
+        self.recordUpstream(exchange, failure: .reset)
         if self.retry(exchange, after: .reset) { return }
         let why = error.map { Self.describe($0) } ?? "the connection closed before a complete response"
         self.abort(
@@ -810,6 +867,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         guard self.exchange === exchange, let context = self.context else { return }
         exchange.timeout = nil
         let limit = exchange.route.route.timeout.map { GatewayUnits.render($0) } ?? "?"
+        if !exchange.responseHeadSent { self.recordUpstream(exchange, failure: .timeout) }
         if exchange.responseHeadSent {
             self.finish(exchange, reuseUpstream: false)
             context.close(promise: nil)
@@ -856,7 +914,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         exchange.perTryTimeout?.cancel()
         exchange.perTryTimeout = nil
         exchange.pool.inFlight -= 1
-        self.core.activeRequests[exchange.clusterIndex].value.subtract(1, ordering: .relaxed)
+        exchange.cluster.state.activeRequests.subtract(1, ordering: .relaxed)
         if let connection = exchange.connection {
             exchange.connection = nil
             connection.handler.exchange = nil
@@ -888,6 +946,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         context: ChannelHandlerContext
     ) {
         self.core.statistics.localResponses.add(1, ordering: .relaxed)
+        self.endRecord(status: status)
+        let close = close || self.drainRequested
         var problem = given ?? ProblemDetails(status: status, detail: detail, slug: slug, extensions: extensions)
         problem.instance = nil
         let body = (try? problem.jsonData()).map { ByteBuffer(bytes: $0) } ?? ByteBuffer(string: "{}")

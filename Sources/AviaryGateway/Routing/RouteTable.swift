@@ -111,7 +111,7 @@ public struct CompiledRoute: Sendable {
         }
         self.targets = targets
         self.totalWeight = total
-        self.retry = route.retry.map(CompiledRetry.init)
+        self.retry = route.retry.map { CompiledRetry($0, clock: clock) }
         self.cache = route.cache.map { RouteCache($0, clock: clock) }
         self.cors = route.cors.map(RouteCORS.init)
         self.fault = route.fault.map(RouteFault.init)
@@ -199,7 +199,7 @@ struct CompiledRetry: Sendable {
     /// retries cannot multiply the load on a struggling cluster.
     let budget: RetryBudget?
 
-    init(_ retry: GatewayConfiguration.Retry) {
+    init(_ retry: GatewayConfiguration.Retry, clock: any MonotonicClock = SystemClock()) {
         self.attempts = retry.attempts
         self.perTryTimeout = retry.perTryTimeout
         var connectFailure = false
@@ -215,6 +215,6 @@ struct CompiledRetry: Sendable {
         self.onConnectFailure = connectFailure
         self.onReset = reset
         self.statuses = statuses
-        self.budget = retry.budget.map { RetryBudget(.init(ratio: $0)) }
+        self.budget = retry.budget.map { RetryBudget(.init(ratio: $0), clock: clock) }
     }
 }

@@ -5,25 +5,116 @@
 
 import AviaryCore
 import NIOCore
+import Synchronization
 
-/// Everything the data plane of one event loop needs: the route table, and per cluster its
-/// endpoint pools and balancer state. Owned by that loop; touched only there (it travels between
-/// threads only inside `NIOLoopBound`).
+/// What one event loop keeps for the server's whole life: the configuration generation it serves
+/// now, its counters, and the proxy handlers of its connections (for draining). Touched only on
+/// its loop (it travels between threads only inside `NIOLoopBound`).
+final class GatewayLoop {
+    let eventLoop: any EventLoop
+    /// The generation new requests use; a reload replaces it, exchanges keep theirs.
+    private(set) var current: LoopUpstreams
+    let metrics: LoopMetrics
+    /// The proxy handlers of open downstream connections.
+    private var handlers: [ObjectIdentifier: ProxyHandler] = [:]
+    /// Set by a drain: connections close after their current response.
+    private(set) var draining = false
+    /// Access log lines of this loop iteration, and the log they go to.
+    var logBuffer: [UInt8] = []
+    var logTarget: AccessLog?
+    var logFlushScheduled = false
+
+    init(eventLoop: any EventLoop, core: GatewayCore) {
+        self.eventLoop = eventLoop
+        let metrics = LoopMetrics()
+        self.metrics = metrics
+        self.current = LoopUpstreams(eventLoop: eventLoop, core: core, metrics: metrics, previous: nil)
+    }
+
+    /// Serves `core` to new requests, keeping the pools of clusters it did not change.
+    func install(_ core: GatewayCore) {
+        let previous = self.current
+        self.current = LoopUpstreams(eventLoop: self.eventLoop, core: core, metrics: self.metrics, previous: previous)
+        let kept = Set(self.current.clusters.map { ObjectIdentifier($0) })
+        for cluster in previous.clusters where !kept.contains(ObjectIdentifier(cluster)) {
+            cluster.retire()
+        }
+    }
+
+    func register(_ handler: ProxyHandler) {
+        self.handlers[ObjectIdentifier(handler)] = handler
+        if self.draining { handler.drain() }
+    }
+
+    func unregister(_ handler: ProxyHandler) {
+        self.handlers.removeValue(forKey: ObjectIdentifier(handler))
+    }
+
+    /// Asks every connection to close once its current response is written (idle ones at once).
+    func drain() {
+        self.draining = true
+        for handler in Array(self.handlers.values) { handler.drain() }
+    }
+
+    /// Closes every downstream connection now.
+    func closeAll() {
+        for handler in Array(self.handlers.values) { handler.closeNow() }
+    }
+
+    /// What `/clusters` shows of this loop: per cluster and endpoint, requests in flight and
+    /// pooled connections.
+    func poolSnapshot() -> [String: [String: PoolSnapshot]] {
+        var result: [String: [String: PoolSnapshot]] = [:]
+        for cluster in self.current.clusters {
+            var endpoints: [String: PoolSnapshot] = [:]
+            for pool in cluster.pools {
+                endpoints[pool.endpoint.description] = PoolSnapshot(
+                    inFlight: pool.inFlight, idle: pool.idleCount, open: pool.openConnections)
+            }
+            result[cluster.cluster.name] = endpoints
+        }
+        return result
+    }
+}
+
+/// One endpoint's pool on one loop, for `/clusters` and `/metrics`.
+struct PoolSnapshot: Sendable {
+    var inFlight = 0
+    var idle = 0
+    var open = 0
+
+    static func + (a: PoolSnapshot, b: PoolSnapshot) -> PoolSnapshot {
+        PoolSnapshot(inFlight: a.inFlight + b.inFlight, idle: a.idle + b.idle, open: a.open + b.open)
+    }
+}
+
+/// Everything the data plane of one event loop needs for one configuration generation: the route
+/// table, and per cluster its endpoint pools and balancer state.
 final class LoopUpstreams {
     let eventLoop: any EventLoop
     let core: GatewayCore
     let clusters: [ClusterPools]
+    /// Counters per route, by route index.
+    let routeCounters: [RouteCounters]
 
-    init(eventLoop: any EventLoop, core: GatewayCore) {
+    init(eventLoop: any EventLoop, core: GatewayCore, metrics: LoopMetrics, previous: LoopUpstreams?) {
         self.eventLoop = eventLoop
         self.core = core
-        self.clusters = core.configuration.clusters.map { cluster in
-            ClusterPools(
-                cluster: cluster,
-                pools: cluster.endpoints.map {
-                    UpstreamPool(cluster: cluster, endpoint: $0, eventLoop: eventLoop, statistics: core.statistics)
+        let reusable = Dictionary(
+            (previous?.clusters ?? []).map { (ObjectIdentifier($0.state), $0) }, uniquingKeysWith: { a, _ in a })
+        self.clusters = core.clusters.map { state in
+            if let kept = reusable[ObjectIdentifier(state)] { return kept }
+            let cluster = state.cluster
+            return ClusterPools(
+                state: state, metrics: metrics.cluster(cluster.name),
+                pools: state.endpoints.map {
+                    UpstreamPool(
+                        cluster: cluster, endpoint: $0.endpoint, eventLoop: eventLoop, statistics: core.statistics,
+                        state: $0, clusterState: state,
+                        metrics: metrics.endpoint(cluster: cluster.name, endpoint: $0.endpoint.description))
                 })
         }
+        self.routeCounters = core.routeLabels.map { metrics.route($0) }
     }
 
     func closeIdle() {
@@ -36,35 +127,60 @@ final class LoopUpstreams {
 /// One cluster's pools on one event loop, and how a request picks one.
 final class ClusterPools {
     let cluster: GatewayConfiguration.Cluster
+    let state: ClusterState
+    let metrics: ClusterCounters
     let pools: [UpstreamPool]
     private var next = 0
 
-    init(cluster: GatewayConfiguration.Cluster, pools: [UpstreamPool]) {
-        self.cluster = cluster
+    init(state: ClusterState, metrics: ClusterCounters, pools: [UpstreamPool]) {
+        self.cluster = state.cluster
+        self.state = state
+        self.metrics = metrics
         self.pools = pools
+    }
+
+    /// A reload dropped or changed this cluster: its idle connections close, and connections of
+    /// exchanges still running close when they end.
+    func retire() {
+        for pool in self.pools {
+            pool.retired = true
+            pool.closeIdle()
+        }
     }
 
     /// The endpoint pool for the next request, or `nil` when the cluster has none.
     ///
     /// Round robin takes each in turn. Least-request draws two distinct endpoints and takes the
     /// one with fewer requests in flight on this loop (power of two choices; ties go to the
-    /// first drawn). In-flight counts are per loop, as Envoy's are per worker.
+    /// first drawn). In-flight counts are per loop, as Envoy's are per worker. Endpoints that
+    /// are unhealthy or ejected are skipped, unless none is left: then all are used (Envoy's
+    /// panic routing), as refusing every request helps no one.
     func pick(_ random: GatewayRandom) -> UpstreamPool? {
-        switch self.pools.count {
+        if self.state.unavailable.load(ordering: .relaxed) != 0 {
+            let available = self.pools.filter { self.state.isAvailable($0.state) }
+            if !available.isEmpty && available.count < self.pools.count {
+                return self.pick(random, among: available)
+            }
+        }
+        return self.pick(random, among: self.pools)
+    }
+
+    private func pick(_ random: GatewayRandom, among pools: [UpstreamPool]) -> UpstreamPool? {
+        switch pools.count {
         case 0: return nil
-        case 1: return self.pools[0]
+        case 1: return pools[0]
         default: break
         }
         if self.cluster.loadBalancer == .leastRequest {
-            let count = UInt64(self.pools.count)
+            let count = UInt64(pools.count)
             let first = Int(random.next(below: count))
-            let second = (first + 1 + Int(random.next(below: count - 1))) % self.pools.count
-            let a = self.pools[first]
-            let b = self.pools[second]
+            let second = (first + 1 + Int(random.next(below: count - 1))) % pools.count
+            let a = pools[first]
+            let b = pools[second]
             return b.inFlight < a.inFlight ? b : a
         }
         // round_robin, and ring_hash until it exists.
-        let pool = self.pools[self.next]
+        let pool = pools[self.next % pools.count]
         self.next = (self.next + 1) % self.pools.count
         return pool
     }

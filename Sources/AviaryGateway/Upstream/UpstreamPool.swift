@@ -20,19 +20,35 @@ final class UpstreamPool {
     let endpoint: Endpoint
     let eventLoop: any EventLoop
     let statistics: GatewayStatistics
+    /// The endpoint's state shared by every loop (health, ejection).
+    let state: EndpointState
+    /// The cluster's state shared by every loop (circuit-breaking counts).
+    let clusterState: ClusterState
+    /// This loop's counters of the endpoint.
+    let metrics: EndpointCounters
     private var idle: [UpstreamConnection] = []
     /// Requests assigned to this endpoint on this loop and not finished (least-request balancing).
     var inFlight = 0
+    /// Open connections of this pool (idle or in use).
+    private(set) var openConnections = 0
+    /// Set when a reload dropped or changed the cluster: connections are no longer kept.
+    var retired = false
 
     init(
         cluster: GatewayConfiguration.Cluster, endpoint: Endpoint, eventLoop: any EventLoop,
-        statistics: GatewayStatistics
+        statistics: GatewayStatistics, state: EndpointState, clusterState: ClusterState, metrics: EndpointCounters
     ) {
         self.cluster = cluster
         self.endpoint = endpoint
         self.eventLoop = eventLoop
         self.statistics = statistics
+        self.state = state
+        self.clusterState = clusterState
+        self.metrics = metrics
     }
+
+    /// Idle pooled connections.
+    var idleCount: Int { self.idle.count }
 
     /// An idle connection (the most recently used first), if any; no future, no allocation.
     func takeIdle() -> UpstreamConnection? {
@@ -48,8 +64,23 @@ final class UpstreamPool {
         return nil
     }
 
-    /// A new connection.
+    /// A new connection, unless the cluster's `circuit_breaker.max_connections` connections are
+    /// open or `max_pending` requests already wait for one: then it fails with
+    /// ``UpstreamOverflow`` at once (there is no queue; Envoy's thresholds, as a fast refusal).
     func connect() -> EventLoopFuture<UpstreamConnection> {
+        let thresholds = self.cluster.circuitBreaker
+        let shared = self.clusterState
+        if shared.connections.load(ordering: .relaxed) >= thresholds.maxConnections {
+            shared.overflows.add(1, ordering: .relaxed)
+            return self.eventLoop.makeFailedFuture(
+                UpstreamOverflow(threshold: "max_connections", limit: thresholds.maxConnections))
+        }
+        guard shared.pending.add(1, ordering: .relaxed).newValue <= thresholds.maxPending else {
+            shared.pending.subtract(1, ordering: .relaxed)
+            shared.overflows.add(1, ordering: .relaxed)
+            return self.eventLoop.makeFailedFuture(
+                UpstreamOverflow(threshold: "max_pending", limit: thresholds.maxPending))
+        }
         let timeout = self.cluster.connectTimeout
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(timeout))
@@ -69,8 +100,23 @@ final class UpstreamPool {
                 }
             }
         self.statistics.upstreamConnectionsOpened.add(1, ordering: .relaxed)
-        return bootstrap.connect(host: self.endpoint.host, port: self.endpoint.port).assumeIsolated().flatMapThrowing {
-            channel in
+        let connecting = bootstrap.connect(host: self.endpoint.host, port: self.endpoint.port).assumeIsolated()
+        connecting.whenComplete { result in
+            shared.pending.subtract(1, ordering: .relaxed)
+            switch result {
+            case .success(let channel):
+                shared.connections.add(1, ordering: .relaxed)
+                self.openConnections += 1
+                channel.closeFuture.assumeIsolated().whenComplete { _ in
+                    shared.connections.subtract(1, ordering: .relaxed)
+                    self.openConnections -= 1
+                }
+            case .failure:
+                self.metrics.connectErrors += 1
+                self.state.connectErrors.add(1, ordering: .relaxed)
+            }
+        }
+        return connecting.flatMapThrowing { channel in
             let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
             let connection = UpstreamConnection(channel: channel, handler: handler, pool: self)
             connection.exchanges = 1
@@ -83,7 +129,7 @@ final class UpstreamPool {
     func release(_ connection: UpstreamConnection) {
         self.eventLoop.assertInEventLoop()
         connection.handler.exchange = nil
-        guard connection.channel.isActive, self.idle.count < self.cluster.maxIdleConnections else {
+        guard connection.channel.isActive, !self.retired, self.idle.count < self.cluster.maxIdleConnections else {
             connection.close()
             return
         }
@@ -105,6 +151,13 @@ final class UpstreamPool {
         self.idle.removeAll()
         for connection in connections { connection.close() }
     }
+}
+
+/// A request refused because a circuit-breaking threshold of its cluster was reached.
+struct UpstreamOverflow: Error, Sendable {
+    /// The YAML key of the threshold (`max_connections`, `max_pending`).
+    var threshold: String
+    var limit: Int
 }
 
 /// One upstream connection: its channel, its handler and the pool it returns to.

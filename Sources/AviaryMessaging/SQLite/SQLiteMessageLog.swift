@@ -107,15 +107,20 @@ public final class SQLiteMessageLog: MessageLog {
         }
         do {
             self.pool = try DatabasePool(path: self.path, configuration: grdb)
+            // GRDB sets synchronous=NORMAL on the pool's writer after `prepareDatabase` when it turns
+            // WAL on; the writer is the connection whose commits must be durable, so set it again.
+            try self.pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            }
             try Self.migrate(self.pool)
         } catch {
             throw MessagingError(.unavailable, "cannot open the message log \(path): \(error)")
         }
     }
 
-    /// The `synchronous` pragma of the connections (0 off, 1 normal, 2 full), for tests.
+    /// The `synchronous` pragma of the connection that writes (0 off, 1 normal, 2 full), for tests.
     package func currentSynchronous() throws -> Int {
-        try self.pool.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+        try self.pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     // MARK: Transactions

@@ -6,7 +6,7 @@
 public import AviaryAuth
 public import Hummingbird
 
-/// A request context that can carry the verified ``Principal``; ``JWTAuthMiddleware`` sets it.
+/// A request context that can carry the verified `Principal`; ``JWTAuthMiddleware`` sets it.
 ///
 /// ```swift
 /// struct OrdersContext: AuthenticatedRequestContext {
@@ -38,7 +38,7 @@ extension AuthenticatedRequestContext {
     }
 }
 
-/// The request context of Aviary services: Hummingbird's basic context plus the ``Principal``.
+/// The request context of Aviary services: Hummingbird's basic context plus the `Principal`.
 ///
 /// ```swift
 /// var app = AviaryApplication(options, context: AviaryRequestContext.self)

@@ -10,7 +10,7 @@ public import Hummingbird
 import Logging
 
 /// Authenticates requests by their `Authorization: Bearer <token>` header and puts the
-/// ``Principal`` on the context.
+/// `Principal` on the context.
 ///
 /// A request without a bearer token is `401` (`authentication-required`, `WWW-Authenticate: Bearer`)
 /// in ``AuthenticationMode/required`` mode and continues anonymously in
@@ -18,7 +18,7 @@ import Logging
 /// (`invalid-token`, `WWW-Authenticate: Bearer error="invalid_token", error_description="..."`) in
 /// both modes: a client that sends a bad token should learn it. Two `Authorization` headers, or
 /// `Bearer` without a token, are `400` (`error="invalid_request"`). If no keys can be loaded the
-/// answer is `503`. See ``AuthenticationError`` for the problem types.
+/// answer is `503`. See `AuthenticationError` for the problem types.
 ///
 /// Failures are logged at debug level with their reason, never with the token. Place it after
 /// ``ProblemMiddleware`` (which ``AviaryApplication`` installs), and require scopes or roles per
@@ -72,7 +72,7 @@ public struct JWTAuthMiddleware<Context: AuthenticatedRequestContext>: RouterMid
     /// The bearer token of a request's `Authorization` header; nil when there is none, or
     /// another scheme is used.
     ///
-    /// - Throws: ``AuthenticationError`` (`invalidRequest`) for several `Authorization` headers
+    /// - Throws: `AuthenticationError` (`invalidRequest`) for several `Authorization` headers
     ///   or `Bearer` without a token.
     public static func bearerToken(in headers: HTTPFields) throws(AuthenticationError) -> String? {
         try BearerToken.parse(authorization: headers[values: .authorization])

@@ -25,7 +25,7 @@ public struct RequirementMatch: Sendable, Hashable {
     }
 }
 
-/// Lets a request through only if its ``Principal`` has the scopes (OAuth 2.0 `scope`/`scp`).
+/// Lets a request through only if its `Principal` has the scopes (OAuth 2.0 `scope`/`scp`).
 ///
 /// Place it after ``JWTAuthMiddleware``, on the route group it guards. Without a principal the
 /// answer is `401` (`authentication-required`); with too few scopes `403` (`insufficient-scope`)
@@ -61,7 +61,7 @@ public struct RequireScopes<Context: AuthenticatedRequestContext>: RouterMiddlew
     }
 }
 
-/// Lets a request through only if its ``Principal`` has the roles (the `roles` claim).
+/// Lets a request through only if its `Principal` has the roles (the `roles` claim).
 ///
 /// Answers as ``RequireScopes`` does; the challenge's `scope` parameter lists the roles.
 ///

@@ -6,6 +6,7 @@
 import AsyncHTTPClient
 import AviaryAuth
 import AviaryCore
+import AviaryMessaging
 import AviaryResilience
 import AviaryService
 import AviaryStorage
@@ -23,6 +24,21 @@ public struct OrderItem: Codable, Sendable, Equatable {
     public var sku: String
     public var quantity: Int
     public var unitPriceCents: Int
+}
+
+/// The `order.placed` event `orders` publishes (through its outbox) when an order is stored: a
+/// CloudEvent from `/shop/orders` whose subject, and partition key, is the order id.
+public struct OrderPlaced: Codable, Sendable, Equatable {
+    /// The topic order events go to.
+    public static let topic = "orders"
+    /// The events' source.
+    public static let source = "/shop/orders"
+    /// The events' type.
+    public static let type = "order.placed"
+
+    public var orderId: String
+    public var userId: String
+    public var totalCents: Int
 }
 
 /// What a client sends to place an order.
@@ -45,9 +61,10 @@ public struct Order: Codable, Sendable, Equatable {
 ///
 /// `POST /orders` checks the user with `users` (an unknown user is a 422 `unknown-user`
 /// problem), charges the total with `payments` (idempotently, keyed by the order id, so a retried
-/// charge is applied once), stores the order and answers `201`. When a dependency is down or its
-/// breaker is open, the answer is a quick `503` `dependency-unavailable` problem naming it, with
-/// `Retry-After` when known. An `Idempotency-Key` on the request makes placing an order safe to
+/// charge is applied once), stores the order together with its `order.placed` event (one
+/// transaction, through the ``AviaryMessaging/Outbox``) and answers `201`. When a dependency is
+/// down or its breaker is open, the answer is a quick `503` `dependency-unavailable` problem
+/// naming it, with `Retry-After` when known. An `Idempotency-Key` on the request makes placing an order safe to
 /// repeat: the same key returns the same order.
 struct OrdersService: Sendable {
     let store: SQLiteStore
@@ -72,6 +89,8 @@ struct OrdersService: Sendable {
                     )
                     """)
         }
+        // The events of an order commit with it (published by the OutboxRelay ShopSystem runs).
+        Outbox.addMigrations(to: &migrations)
         return migrations
     }
 
@@ -202,6 +221,14 @@ struct OrdersService: Sendable {
             id: orderID, userId: placeOrder.userId, items: placeOrder.items, totalCents: total, status: "paid",
             paymentId: payment.id)
         let itemsJSON = String(decoding: try JSONEncoder().encode(order.items), as: UTF8.self)
+        var event = OutgoingMessage(
+            topic: OrderPlaced.topic,
+            event: try CloudEvent(
+                source: OrderPlaced.source, type: OrderPlaced.type, subject: order.id,
+                json: OrderPlaced(orderId: order.id, userId: order.userId, totalCents: order.totalCents)))
+        // The trace context travels with the event, so that its consumers continue this trace.
+        if let tracer = self.store.tracer { event.injectTraceContext(using: tracer) }
+        let placed = event
         do {
             try await self.store.write { db in
                 try db.execute(
@@ -213,6 +240,8 @@ struct OrdersService: Sendable {
                         order.id, idempotencyKey, order.userId, itemsJSON, order.totalCents, order.status,
                         order.paymentId, Date().formatted(.iso8601),
                     ])
+                // In the same transaction: the order and its event exist together or not at all.
+                try Outbox.enqueue(placed, in: db)
             }
         } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
             // A concurrent request with the same Idempotency-Key won the race: answer with its order.

@@ -52,8 +52,8 @@ enum ShopTokens {
     static let audience = "shop"
     /// How long a token is valid.
     static let lifetime: Duration = .seconds(300)
-    /// What a customer may do: place and read orders, pay.
-    static let customerScopes = ["orders", "payments"]
+    /// What a customer may do: place and read orders, pay, read their notifications.
+    static let customerScopes = ["orders", "payments", "notifications"]
 }
 
 /// The `users` service: who the customers are, and Shop's identity provider.

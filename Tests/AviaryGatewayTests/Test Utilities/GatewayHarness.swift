@@ -4,11 +4,13 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
+import Tracing
 
 @testable import AviaryGateway
 
@@ -32,6 +34,32 @@ struct GatewayHarness {
     func connect() async throws -> RawConnection {
         try await RawConnection.connect(port: self.port, group: self.clients)
     }
+
+    /// The admin API's port (the configuration must set `listen.admin`).
+    var adminPort: Int { self.server.adminAddress?.port ?? 0 }
+
+    /// A request to the admin API.
+    func admin(_ method: String, _ path: String, body: String = "") async throws -> RawResponse {
+        try await RawConnection.exchange(
+            "\(method) \(path) HTTP/1.1\r\nHost: admin\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)",
+            port: self.adminPort, group: self.clients)
+    }
+
+    /// The admin API's JSON document at `path`.
+    func adminJSON(_ path: String) async throws -> [String: Any] {
+        let response = try await self.admin("GET", path)
+        let object = try JSONSerialization.jsonObject(with: Data(response.body))
+        return try #require(object as? [String: Any])
+    }
+
+    /// The value of one sample in the admin `/metrics` text, or `nil` when absent.
+    func metric(_ sample: String) async throws -> Double? {
+        let text = try await self.admin("GET", "/metrics").text
+        for line in text.split(separator: "\n") where line.hasPrefix(sample + " ") {
+            return Double(line.dropFirst(sample.count + 1))
+        }
+        return nil
+    }
 }
 
 let quietLogger = Logger(label: "aviary.gateway.tests", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -39,12 +67,13 @@ let quietLogger = Logger(label: "aviary.gateway.tests", factory: { _ in SwiftLog
 /// Runs `body` with a gateway serving `yaml` (which should listen on 127.0.0.1:0).
 func withGateway<T>(
     _ yaml: String, random: GatewayRandom = .system, clock: any MonotonicClock = SystemClock(), loops: Int = 1,
-    _ body: (GatewayHarness) async throws -> T
+    tracer: (any Tracer)? = nil, configurationFile: String? = nil, _ body: (GatewayHarness) async throws -> T
 ) async throws -> T {
     let configuration = try GatewayConfiguration(yaml: yaml)
     let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
     let server = GatewayServer(
-        configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random, clock: clock)
+        configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random, clock: clock,
+        tracer: tracer, configurationFile: configurationFile)
     let address = try await server.start()
     let harness = GatewayHarness(server: server, port: address.port ?? 0, group: group)
     do {
@@ -79,4 +108,29 @@ func withOrigins<T>(_ names: [String], _ body: ([TestOrigin]) async throws -> T)
 func countingRandom() -> GatewayRandom {
     let counter = Atomic<UInt64>(0)
     return GatewayRandom { bound in counter.add(1, ordering: .relaxed).oldValue % bound }
+}
+
+/// Polls an asynchronous `condition` (an admin request, say) until it holds; records an issue
+/// after `timeout`.
+@discardableResult
+func eventuallyAsync(
+    _ what: String, timeout: Duration = .seconds(30), sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () async throws -> Bool
+) async -> Bool {
+    let deadline = ContinuousClock.now.advanced(by: timeout)
+    while (try? await condition()) != true {
+        if ContinuousClock.now > deadline {
+            Issue.record("timed out waiting until \(what)", sourceLocation: sourceLocation)
+            return false
+        }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return true
+}
+
+/// A file in the temporary directory holding `text`, removed by the caller.
+func temporaryConfigurationFile(_ text: String) throws -> String {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-\(UUID().uuidString).yaml").path
+    try text.write(toFile: path, atomically: true, encoding: .utf8)
+    return path
 }

@@ -15,6 +15,7 @@ import Synchronization
 /// | --- | --- |
 /// | `/upload` | reads the body, answers `bytes=N sha256=HEX`; `?pause` withholds reads until ``release()`` |
 /// | `/download?bytes=N` | streams N pattern bytes with a Content-Length, honouring writability |
+/// | `/chunked?bytes=N` | answers N bytes of `x` without a Content-Length (chunked), in 1000-byte parts |
 /// | `/echo` | streams the request body back, chunked |
 /// | `/close-mid-body` | announces 1000 bytes, sends 100, closes |
 /// | `/close-before-response` | closes as soon as the request head arrives |
@@ -198,6 +199,11 @@ final class OriginHandler: ChannelDuplexHandler {
             case "/reset-on-bad" where self.name.hasPrefix("bad"):
                 context.close(promise: nil)
                 self.mode = .never
+            case "/chunked":
+                let bytes = query.split(separator: "&").first { $0.hasPrefix("bytes=") }.flatMap {
+                    Int($0.dropFirst(6))
+                }
+                self.mode = .info("chunked \(bytes ?? 0)")
             case "/arm-close":
                 self.closeOnNextRequest = true
                 self.mode = .info("armed\n")
@@ -243,6 +249,18 @@ final class OriginHandler: ChannelDuplexHandler {
             case .info(let text) where text.hasPrefix("status "):
                 let code = Int(text.dropFirst("status ".count)) ?? 500
                 self.respond(context, HTTPResponseStatus(statusCode: code), "status \(code)")
+                self.mode = .idle
+            case .info(let text) where text.hasPrefix("chunked "):
+                var left = Int(text.dropFirst("chunked ".count)) ?? 0
+                context.write(self.wrapOutboundOut(.head(self.head(.ok, self.extraHeaders))), promise: nil)
+                while left > 0 {
+                    let part = min(left, 1000)
+                    context.write(
+                        self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(repeating: UInt8(ascii: "x"), count: part)))),
+                        promise: nil)
+                    left -= part
+                }
+                context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
                 self.mode = .idle
             case .info(let text) where text.isEmpty:
                 self.respond(

@@ -1,0 +1,556 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+public import AviaryCore
+public import AviaryStorage
+public import Foundation
+import GRDB
+public import Logging
+
+/// A catch-up subscription that keeps a ``Projection``'s read model up to date with the global
+/// event order, with its checkpoint stored next to the read model.
+///
+/// ## Exactly once, in order
+/// Events are applied in batches. One batch is one transaction on the read model's database: it
+/// applies the events in position order and moves the checkpoint to the last of them, so the
+/// read model and the checkpoint commit together or not at all. A crash anywhere rolls both
+/// back. When a handler throws on an event, the batch is rolled back and the events before it
+/// are applied again in a transaction of their own (so the checkpoint ends just before the failed
+/// event), then ``catchUp()`` throws ``ProjectionError/Kind/handlerFailed`` naming the position.
+/// The checkpoint never moves past an event that was not applied. When the event store lives in
+/// the same SQLite database as the read model, the events are read inside that transaction too;
+/// otherwise the transaction checks that the checkpoint did not move since the events were read
+/// (another replica running the same projection), so no event is applied twice.
+///
+/// ## Generations and side-by-side rebuilds
+/// The read model's tables are per generation (`order_history__g1`) and readers query views
+/// with the logical names. When the projection's ``Projection/version`` is newer than the live
+/// generation's, or a rebuild was requested (``Projections/requestRebuild(_:in:)``,
+/// `aviary events rebuild`), the runner takes the projection's rebuild lock (a row in
+/// `es_projection_locks` that expires after ``Options/lockTTL`` unless renewed, so a crashed
+/// rebuilder does not block forever), builds a new generation from position 0 next to the live
+/// one, and when it has caught up with the head switches the views, drops the old generation and
+/// releases the lock in one transaction. Until then readers keep the old generation. A rebuild
+/// that crashed resumes from its own checkpoint.
+///
+/// ```swift
+/// let runner = try ProjectionRunner(OrderHistory(), events: eventStore, store: readModelStore)
+/// try await runner.catchUp()               // apply everything recorded so far
+/// print(try await runner.lag())            // 0
+/// try await runner.run()                   // keep following until the task is cancelled
+/// ```
+public final class ProjectionRunner<P: Projection>: Sendable {
+    /// How a runner works.
+    public struct Options: Sendable {
+        /// Events per transaction.
+        public var batchSize: Int
+        /// How long a rebuild lock lasts without renewal (each batch renews it).
+        public var lockTTL: Duration
+        /// How long ``ProjectionRunner/run(clock:)`` waits when caught up, or after a failure.
+        public var pollInterval: Duration
+
+        /// Creates options.
+        public init(batchSize: Int = 500, lockTTL: Duration = .seconds(60), pollInterval: Duration = .milliseconds(200))
+        {
+            self.batchSize = batchSize
+            self.lockTTL = lockTTL
+            self.pollInterval = pollInterval
+        }
+    }
+
+    /// What one ``catchUp()`` did.
+    public struct Report: Sendable, Hashable {
+        /// Events applied (to the live generation, and to a rebuilt one).
+        public var applied: Int
+        /// The live generation afterwards.
+        public var generation: Int64
+        /// Whether a rebuilt generation went live.
+        public var switched: Bool
+    }
+
+    /// The projection.
+    public let projection: P
+    /// Where events come from.
+    public let events: any EventStore
+    /// The read model's database (holds the checkpoint, the generations and the lock).
+    public let store: SQLiteStore
+    /// Options.
+    public let options: Options
+    /// This runner's name in the rebuild lock.
+    public let owner: String
+    let logger: Logger
+    let now: @Sendable () -> Date
+    /// The event store when it lives in the read model's database: then a batch reads and
+    /// applies in one transaction.
+    let local: SQLiteEventStore?
+
+    /// Creates a runner and the bookkeeping tables (`es_projections`, `es_projection_locks`) in
+    /// the read model's database if they are missing.
+    ///
+    /// - Parameters:
+    ///   - projection: the projection.
+    ///   - events: the event store to follow.
+    ///   - store: the read model's database.
+    ///   - options: batch size, lock expiry, polling.
+    ///   - owner: this runner's name in the rebuild lock (host, process id and a random suffix by default).
+    ///   - now: wall-clock time for lock expiry (tests pass a manual clock's `now`).
+    /// - Throws: ``ProjectionError`` (`invalidName`) for a bad projection or table name; the
+    ///   database's error when the bookkeeping tables cannot be created.
+    public init(
+        _ projection: P, events: any EventStore, store: SQLiteStore, options: Options = Options(),
+        owner: String? = nil, logger: Logger = Logger(label: "aviary.eventsourcing"),
+        now: @escaping @Sendable () -> Date = { Date() }
+    ) throws {
+        for name in [projection.name] + projection.tables where !ProjectionTables.isValidName(name) {
+            throw ProjectionError(
+                .invalidName,
+                "projection \(projection.name): \"\(name)\" is not a valid name (letters, digits and single "
+                    + "underscores, starting with a letter)")
+        }
+        precondition(options.batchSize > 0, "batchSize must be positive")
+        self.projection = projection
+        self.events = events
+        self.store = store
+        self.options = options
+        self.owner =
+            owner
+            ?? "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(UUID().uuidString.prefix(8).lowercased())"
+        self.logger = logger
+        self.now = now
+        if let sqlite = events as? SQLiteEventStore, sqlite.store === store {
+            self.local = sqlite
+        } else {
+            self.local = nil
+        }
+        try store.database.write { db in try db.execute(sql: ProjectionTables.schema) }
+    }
+
+    // MARK: Catching up
+
+    /// Applies every event recorded so far (and those recorded meanwhile) to the live generation,
+    /// first building a new generation side by side when the projection's version is newer than
+    /// the live one or a rebuild was requested.
+    ///
+    /// - Throws: ``ProjectionError``: `handlerFailed` (the checkpoint is just before the event),
+    ///   `rebuildLocked` (another process rebuilds; the live generation stays as it is),
+    ///   `newerVersionLive`, `superseded`, `lockLost`; the stores' errors.
+    @discardableResult
+    public func catchUp() async throws -> Report {
+        switch try await self.plan() {
+        case .live(let generation):
+            let applied = try await self.drain(generation, rebuilding: false)
+            return Report(applied: applied, generation: generation, switched: false)
+        case .rebuild:
+            let generation = try await self.prepareRebuild()
+            var applied = try await self.drain(generation, rebuilding: true)
+            while try await !self.switchOver(generation) {
+                applied += try await self.drain(generation, rebuilding: true)
+            }
+            self.logger.info(
+                "projection rebuilt and switched",
+                metadata: ["aviary.projection": "\(self.projection.name)", "aviary.generation": "\(generation)"])
+            applied += try await self.drain(generation, rebuilding: false)
+            return Report(applied: applied, generation: generation, switched: true)
+        }
+    }
+
+    /// Catches up, then waits ``Options/pollInterval`` and catches up again, until the task is
+    /// cancelled. Handler failures and a rebuild held by another process are logged and retried
+    /// after the interval.
+    ///
+    /// - Throws: ``ProjectionError`` (`newerVersionLive`): this code must not write the read model;
+    ///   `CancellationError` when cancelled.
+    public func run(clock: any MonotonicClock = SystemClock()) async throws {
+        while true {
+            try Task.checkCancellation()
+            do {
+                try await self.catchUp()
+            } catch let error as ProjectionError where error.kind != .newerVersionLive && error.kind != .invalidName {
+                self.logger.warning(
+                    "projection paused",
+                    metadata: ["aviary.projection": "\(self.projection.name)", "error.message": "\(error)"])
+            }
+            try await clock.sleep(until: clock.now.advanced(by: self.options.pollInterval), tolerance: nil)
+        }
+    }
+
+    /// The head position minus the live generation's checkpoint: how many positions the read
+    /// model is behind (0 when caught up; the whole head before the first build).
+    public func lag() async throws -> Int64 {
+        let head = try await self.events.headPosition()
+        let checkpoint = try await self.store.read { [name = self.projection.name] db in
+            try Int64.fetchOne(
+                db, sql: "SELECT checkpoint FROM es_projections WHERE name = ? AND state = 'live'", arguments: [name])
+        }
+        return max(0, head - (checkpoint ?? 0))
+    }
+
+    /// This projection's generations with their checkpoints and lag.
+    public func status() async throws -> [ProjectionStatus] {
+        let head = try await self.events.headPosition()
+        return try await Projections.status(in: self.store, headPosition: head).filter {
+            $0.name == self.projection.name
+        }
+    }
+
+    // MARK: Steps
+
+    private enum Plan { case live(Int64), rebuild }
+
+    /// Finds the live generation (creating the first one), or decides to rebuild.
+    private func plan() async throws -> Plan {
+        let projection = self.projection
+        let now = Microseconds.of(self.now())
+        return try await self.store.write("projection plan") { db -> Plan in
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT generation, version, state, rebuild_requested FROM es_projections WHERE name = ?",
+                arguments: [projection.name])
+            guard let live = rows.first(where: { ($0[2] as String) == "live" }) else {
+                let generation = (rows.map { $0[0] as Int64 }.max() ?? 0) + 1
+                try projection.setUp(ProjectionContext(db: db, generation: generation))
+                try Self.pointViews(projection.tables, at: generation, dropping: [], in: db)
+                try db.execute(
+                    sql: """
+                        INSERT INTO es_projections (name, generation, version, state, tables, updated_at)
+                        VALUES (?, ?, ?, 'live', ?, ?)
+                        """,
+                    arguments: [
+                        projection.name, generation, projection.version, projection.tables.joined(separator: ","), now,
+                    ])
+                return .live(generation)
+            }
+            let version: Int = live[1]
+            if version > projection.version {
+                throw ProjectionError(
+                    .newerVersionLive,
+                    "projection \(projection.name): the live read model has version \(version), newer than this code's "
+                        + "\(projection.version); refusing to write it")
+            }
+            if version == projection.version && (live[3] as Int) == 0 {
+                return .live(live[0])
+            }
+            return .rebuild
+        }
+    }
+
+    /// Takes the rebuild lock and returns the generation to build: a rebuild of this version
+    /// that stopped earlier resumes; any other unfinished one is dropped.
+    private func prepareRebuild() async throws -> Int64 {
+        let projection = self.projection
+        let owner = self.owner
+        let now = self.now()
+        let expiry = Microseconds.of(now.addingTimeInterval(self.options.lockTTL.aviarySeconds))
+        return try await self.store.write("projection rebuild lock") { db -> Int64 in
+            try db.execute(
+                sql: """
+                    INSERT INTO es_projection_locks (name, owner, expires_at) VALUES (?, ?, ?)
+                    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+                    WHERE es_projection_locks.owner = excluded.owner OR es_projection_locks.expires_at <= ?
+                    """,
+                arguments: [projection.name, owner, expiry, Microseconds.of(now)])
+            guard db.changesCount == 1 else {
+                let holder = try Row.fetchOne(
+                    db, sql: "SELECT owner, expires_at FROM es_projection_locks WHERE name = ?",
+                    arguments: [projection.name])
+                let who = holder.map { $0[0] as String } ?? "?"
+                let until = holder.map { Microseconds.date($0[1]) }.map { "\($0)" } ?? "?"
+                throw ProjectionError(
+                    .rebuildLocked, "projection \(projection.name): \(who) is rebuilding it (lock held until \(until))")
+            }
+            let rows = try Row.fetchAll(
+                db,
+                sql: "SELECT generation, version, tables FROM es_projections WHERE name = ? AND state = 'building'",
+                arguments: [projection.name])
+            for row in rows {
+                if (row[1] as Int) == projection.version { return row[0] }
+                try Self.drop(generation: row[0], tables: row[2], of: projection.name, in: db)
+            }
+            let generation =
+                try Int64.fetchOne(
+                    db, sql: "SELECT max(generation) FROM es_projections WHERE name = ?", arguments: [projection.name])
+                ?? 0
+            try projection.setUp(ProjectionContext(db: db, generation: generation + 1))
+            try db.execute(
+                sql: """
+                    INSERT INTO es_projections (name, generation, version, state, tables, updated_at)
+                    VALUES (?, ?, ?, 'building', ?, ?)
+                    """,
+                arguments: [
+                    projection.name, generation + 1, projection.version, projection.tables.joined(separator: ","),
+                    Microseconds.of(now),
+                ])
+            return generation + 1
+        }
+    }
+
+    /// Applies batches until a batch finds nothing new.
+    private func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
+        var total = 0
+        while true {
+            let applied = try await self.applyBatch(generation, rebuilding: rebuilding)
+            if applied == 0 { return total }
+            total += applied
+        }
+    }
+
+    /// A handler's failure inside a batch's transaction (which it rolls back).
+    private struct HandlerFailure: Error {
+        var index: Int
+        var event: RecordedEvent
+        var error: any Error
+    }
+
+    /// One batch; returns how many events it applied (0: nothing new).
+    private func applyBatch(_ generation: Int64, rebuilding: Bool) async throws -> Int {
+        var limit = self.options.batchSize
+        var failure: ProjectionError?
+        while true {
+            let batchLimit = limit
+            do {
+                let applied: Int
+                if self.local != nil {
+                    applied = try await self.store.write("projection batch") { db -> Int in
+                        let checkpoint = try self.checkpoint(generation, rebuilding: rebuilding, in: db)
+                        let events = try SQLiteEventStore.readAll(after: checkpoint, limit: batchLimit, in: db)
+                        return try self.apply(events, to: generation, in: db)
+                    }
+                } else {
+                    let checkpoint = try await self.store.read { db in
+                        try self.checkpoint(generation, rebuilding: rebuilding, renewingLock: false, in: db)
+                    }
+                    let events = try await self.events.readAll(after: checkpoint, limit: batchLimit)
+                    applied = try await self.store.write("projection batch") { db -> Int in
+                        // Another replica may have applied these meanwhile: then do nothing and read again.
+                        guard try self.checkpoint(generation, rebuilding: rebuilding, in: db) == checkpoint else {
+                            return -1
+                        }
+                        return try self.apply(events, to: generation, in: db)
+                    }
+                    if applied < 0 { continue }
+                }
+                if let failure {
+                    try? await self.recordFailure(failure, generation: generation)
+                    throw failure
+                }
+                return applied
+            } catch let handler as HandlerFailure {
+                let error = ProjectionError(
+                    .handlerFailed,
+                    "projection \(self.projection.name) failed on the event at position \(handler.event.position) "
+                        + "(\(handler.event.type), \(handler.event.stream)@\(handler.event.streamVersion))",
+                    position: handler.event.position, cause: handler.error)
+                failure = error
+                if handler.index == 0 {
+                    try? await self.recordFailure(error, generation: generation)
+                    throw error
+                }
+                // Apply the events before the failed one on their own, then report the failure.
+                limit = handler.index
+            }
+        }
+    }
+
+    /// Checks that this runner may write `generation` (renewing the lock of a rebuild) and
+    /// returns its checkpoint.
+    private func checkpoint(
+        _ generation: Int64, rebuilding: Bool, renewingLock: Bool = true, in db: Database
+    ) throws
+        -> Int64
+    {
+        let name = self.projection.name
+        let row = try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT state, checkpoint FROM es_projections WHERE name = ? AND generation = ?"),
+            arguments: [name, generation])
+        guard let row, (row[0] as String) == (rebuilding ? "building" : "live") else {
+            throw ProjectionError(
+                .superseded, "projection \(name): generation \(generation) was replaced by another process")
+        }
+        if rebuilding && renewingLock {
+            let expiry = Microseconds.of(self.now().addingTimeInterval(self.options.lockTTL.aviarySeconds))
+            try db.cachedStatement(sql: "UPDATE es_projection_locks SET expires_at = ? WHERE name = ? AND owner = ?")
+                .execute(arguments: [expiry, name, self.owner])
+            guard db.changesCount == 1 else {
+                throw ProjectionError(
+                    .lockLost, "projection \(name): the rebuild lock of \(self.owner) expired and was taken over")
+            }
+        }
+        return row[1]
+    }
+
+    /// Applies events and moves the checkpoint past the last, in the caller's transaction.
+    private func apply(_ events: [RecordedEvent], to generation: Int64, in db: Database) throws -> Int {
+        guard let last = events.last else { return 0 }
+        let context = ProjectionContext(db: db, generation: generation)
+        for (index, event) in events.enumerated() {
+            do {
+                try self.projection.apply(event, context)
+            } catch {
+                throw HandlerFailure(index: index, event: event, error: error)
+            }
+        }
+        try db.cachedStatement(
+            sql: """
+                UPDATE es_projections SET checkpoint = ?, last_error = NULL, updated_at = ?
+                WHERE name = ? AND generation = ?
+                """
+        ).execute(arguments: [last.position, Microseconds.of(self.now()), self.projection.name, generation])
+        return events.count
+    }
+
+    private func recordFailure(_ error: ProjectionError, generation: Int64) async throws {
+        let name = self.projection.name
+        let text = error.description
+        let now = Microseconds.of(self.now())
+        try await self.store.write { db in
+            try db.execute(
+                sql: "UPDATE es_projections SET last_error = ?, updated_at = ? WHERE name = ? AND generation = ?",
+                arguments: [text, now, name, generation])
+        }
+    }
+
+    /// Makes a caught-up rebuilt generation live: views, old generation dropped, lock released,
+    /// in one transaction. False when it is not caught up with the head yet.
+    private func switchOver(_ generation: Int64) async throws -> Bool {
+        var head: Int64?
+        if self.local == nil { head = try await self.events.headPosition() }
+        let knownHead = head
+        let projection = self.projection
+        let owner = self.owner
+        return try await self.store.write("projection switch") { db -> Bool in
+            let checkpoint = try self.checkpoint(generation, rebuilding: true, in: db)
+            let head = try knownHead ?? SQLiteEventStore.headPosition(in: db)
+            guard checkpoint >= head else { return false }
+            var dropped: [String] = []
+            let old = try Row.fetchAll(
+                db, sql: "SELECT generation, tables FROM es_projections WHERE name = ? AND state = 'live'",
+                arguments: [projection.name])
+            for row in old {
+                let tables: String = row[1]
+                dropped += tables.split(separator: ",").map(String.init)
+                try Self.drop(generation: row[0], tables: tables, of: projection.name, in: db)
+            }
+            try Self.pointViews(projection.tables, at: generation, dropping: dropped, in: db)
+            try db.execute(
+                sql: """
+                    UPDATE es_projections SET state = 'live', rebuild_requested = 0, updated_at = ?
+                    WHERE name = ? AND generation = ?
+                    """,
+                arguments: [Microseconds.of(self.now()), projection.name, generation])
+            try db.execute(
+                sql: "DELETE FROM es_projection_locks WHERE name = ? AND owner = ?",
+                arguments: [projection.name, owner])
+            return true
+        }
+    }
+
+    /// Points the views of `tables` at `generation`; drops views of old tables no longer used.
+    private static func pointViews(
+        _ tables: [String], at generation: Int64, dropping old: [String], in db: Database
+    )
+        throws
+    {
+        for table in Set(old).subtracting(tables) {
+            try db.execute(sql: "DROP VIEW IF EXISTS \(table)")
+        }
+        for table in tables {
+            try db.execute(sql: "DROP VIEW IF EXISTS \(table)")
+            try db.execute(
+                sql: "CREATE VIEW \(table) AS SELECT * FROM \(ProjectionTables.physical(table, generation: generation))"
+            )
+        }
+    }
+
+    /// Drops a generation's tables and its bookkeeping row.
+    private static func drop(generation: Int64, tables: String, of name: String, in db: Database) throws {
+        for table in tables.split(separator: ",") {
+            try db.execute(
+                sql: "DROP TABLE IF EXISTS \(ProjectionTables.physical(String(table), generation: generation))")
+        }
+        try db.execute(
+            sql: "DELETE FROM es_projections WHERE name = ? AND generation = ?", arguments: [name, generation])
+    }
+}
+
+/// A projection generation as ``Projections/status(in:headPosition:)`` reports it.
+public struct ProjectionStatus: Sendable, Hashable, Codable {
+    /// The projection.
+    public var name: String
+    /// The generation (its tables are `<table>__g<generation>`).
+    public var generation: Int64
+    /// The projection version that builds it.
+    public var version: Int
+    /// `live` (readers see it) or `building` (a side-by-side rebuild).
+    public var state: String
+    /// The last global position applied.
+    public var checkpoint: Int64
+    /// The head position minus the checkpoint.
+    public var lag: Int64
+    /// Whether a rebuild was requested and not yet started.
+    public var rebuildRequested: Bool
+    /// The last handler failure since the last successful batch.
+    public var lastError: String?
+    /// The rebuild lock's holder, if any.
+    public var lockOwner: String?
+    /// When the rebuild lock expires unless renewed.
+    public var lockExpiresAt: Date?
+    /// When the checkpoint last moved (or the generation was created).
+    public var updatedAt: Date
+}
+
+/// Inspection and control of the projections in a read model's database (used by `aviary events`).
+public enum Projections {
+    /// Every projection generation in `store` with its lag behind `headPosition`; empty when no
+    /// runner ever used the database.
+    ///
+    /// ```swift
+    /// for status in try await Projections.status(in: store, headPosition: try await events.headPosition()) {
+    ///     print(status.name, status.state, status.lag)
+    /// }
+    /// ```
+    public static func status(in store: SQLiteStore, headPosition: Int64) async throws -> [ProjectionStatus] {
+        try await store.read { db in
+            guard try db.tableExists("es_projections") else { return [] }
+            return try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT p.name, p.generation, p.version, p.state, p.checkpoint, p.rebuild_requested, p.last_error,
+                        p.updated_at, l.owner, l.expires_at
+                    FROM es_projections p LEFT JOIN es_projection_locks l ON l.name = p.name
+                    ORDER BY p.name, p.generation
+                    """
+            ).map { row in
+                let checkpoint: Int64 = row[4]
+                let expires: Int64? = row[9]
+                return ProjectionStatus(
+                    name: row[0], generation: row[1], version: row[2], state: row[3], checkpoint: checkpoint,
+                    lag: max(0, headPosition - checkpoint), rebuildRequested: (row[5] as Int) != 0, lastError: row[6],
+                    lockOwner: row[8], lockExpiresAt: expires.map(Microseconds.date),
+                    updatedAt: Microseconds.date(row[7]))
+            }
+        }
+    }
+
+    /// Asks the projection's runners to rebuild its read model side by side from the first
+    /// event; the next ``ProjectionRunner/catchUp()`` does it (with the same projection version).
+    ///
+    /// ```swift
+    /// try await Projections.requestRebuild("order_history", in: store)
+    /// ```
+    ///
+    /// - Throws: ``AviaryCore/AviaryError`` (`notFound`) when the projection has no live generation.
+    public static func requestRebuild(_ name: String, in store: SQLiteStore) async throws {
+        let changed = try await store.write { db -> Int in
+            guard try db.tableExists("es_projections") else { return 0 }
+            try db.execute(
+                sql: "UPDATE es_projections SET rebuild_requested = 1 WHERE name = ? AND state = 'live'",
+                arguments: [name])
+            return db.changesCount
+        }
+        guard changed > 0 else {
+            throw AviaryError(.notFound, "no live projection named \(name) in \(store.url)")
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryMessaging
+import AviaryStorage
+import Foundation
+import GRDB
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// SIGKILL: no handler, no cleanup, as a crash or an OOM kill.
+private func sigkill(_ pid: Int32) {
+    _ = kill(pid, SIGKILL)
+}
+
+/// The outbox, the log and the inbox under SIGKILL: `aviary-messaging-fault` (built next to the
+/// test bundle) runs as a producer and a consumer process; the test kills them at random moments
+/// — mid-transaction, between publish and delete, between effect and ack — and starts them again,
+/// until they finish on their own. Then every business row's event must have had its effect
+/// exactly once, in order per key.
+///
+/// The schedule comes from a seeded generator; the seed is printed, and
+/// `AVIARY_FAULT_SEED=<seed> swift test --filter OutboxInboxFaultTests` replays it.
+@Suite("Outbox and inbox under SIGKILL", .timeLimit(.minutes(3)))
+struct OutboxInboxFaultTests {
+    static var executable: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("aviary-messaging-fault")
+    }
+
+    /// SplitMix64: a small seeded generator, so that a failing schedule can be replayed.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            self.state &+= 0x9E37_79B9_7F4A_7C15
+            var z = self.state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    /// One role's child process, restarted after each kill.
+    final class Child {
+        let role: String
+        let arguments: [String]
+        let logPath: String
+        var process: Process?
+        var kills = 0
+        var starts = 0
+        var finished = false
+
+        init(role: String, arguments: [String], logPath: String) {
+            self.role = role
+            self.arguments = arguments
+            self.logPath = logPath
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        }
+
+        func start() throws {
+            let process = Process()
+            process.executableURL = OutboxInboxFaultTests.executable
+            process.arguments = [self.role] + self.arguments
+            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: self.logPath))
+            output.seekToEndOfFile()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            self.process = process
+            self.starts += 1
+        }
+
+        /// Notices a finished process: fine with status 0, a failure otherwise.
+        func check() throws {
+            guard let process = self.process, !process.isRunning else { return }
+            self.process = nil
+            if process.terminationReason == .exit && process.terminationStatus == 0 {
+                self.finished = true
+                return
+            }
+            throw FaultFailure(
+                "\(self.role) exited on its own with status \(process.terminationStatus) "
+                    + "(\(process.terminationReason == .exit ? "exit" : "signal")): \(self.logTail)")
+        }
+
+        func kill() throws {
+            try self.check()
+            guard let process = self.process else { return }
+            sigkill(process.processIdentifier)
+            process.waitUntilExit()
+            self.process = nil
+            self.kills += 1
+        }
+
+        var logTail: String {
+            let text = (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? ""
+            return String(text.suffix(2000))
+        }
+    }
+
+    struct FaultFailure: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    @Test(
+        "killed producers and consumers lose no event and apply none twice",
+        arguments: [
+            "direct",  // receive + Inbox.consume straight on the log
+            "consumer",  // the MessageConsumer runtime with Inbox.handler
+        ])
+    func killAtRandom(runtime: String) async throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path),
+            "build the aviary-messaging-fault target first (swift build --build-tests)")
+        let seed =
+            ProcessInfo.processInfo.environment["AVIARY_FAULT_SEED"].flatMap(UInt64.init)
+            ?? UInt64.random(in: 1...UInt64.max)
+        print("OutboxInboxFaultTests (\(runtime)) seed \(seed) (replay with AVIARY_FAULT_SEED=\(seed))")
+        var random = SeededGenerator(state: seed)
+        let count = 5000
+        let directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("aviary-fault-\(runtime)-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let common = ["--broker", "\(directory)/broker.db", "--count", "\(count)"]
+        let producer = Child(
+            role: "produce", arguments: ["--store", "\(directory)/producer.db"] + common,
+            logPath: "\(directory)/producer.log")
+        let consumer = Child(
+            role: "consume", arguments: ["--store", "\(directory)/consumer.db", "--runtime", runtime] + common,
+            logPath: "\(directory)/consumer.log")
+        let children = [producer, consumer]
+        defer {
+            for child in children { try? child.kill() }
+        }
+
+        do {
+            for child in children { try child.start() }
+            // The kill phase: strike at a random moment, one child or both, and restart them.
+            let clock = ContinuousClock()
+            let killPhase = clock.now.advanced(by: .seconds(20))
+            while clock.now < killPhase, !children.allSatisfy(\.finished) {
+                // A fault schedule, not a wait for anything: the moment of the next SIGKILL.
+                try await Task.sleep(for: .milliseconds(Int.random(in: 20...300, using: &random)))
+                let victims: [Child] =
+                    switch Int.random(in: 0..<3, using: &random) {
+                    case 0: [producer]
+                    case 1: [consumer]
+                    default: children
+                    }
+                for child in victims where !child.finished {
+                    try child.kill()
+                    if !child.finished { try child.start() }
+                }
+            }
+            // Then let both finish on their own.
+            let deadline = clock.now.advanced(by: .seconds(90))
+            while !children.allSatisfy(\.finished) {
+                for child in children { try child.check() }
+                guard clock.now < deadline else {
+                    throw FaultFailure(
+                        "not finished in time; producer: \(producer.logTail); consumer: \(consumer.logTail)")
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        } catch {
+            Issue.record("seed \(seed): \(error)")
+            return
+        }
+
+        // Nothing lost, nothing doubled.
+        let producerStore = try SQLiteStore(url: StoreURL(.sqlite(path: "\(directory)/producer.db")))
+        let consumerStore = try SQLiteStore(url: StoreURL(.sqlite(path: "\(directory)/consumer.db")))
+        let items = try await producerStore.read { db in try Int.fetchAll(db, sql: "SELECT id FROM items ORDER BY id") }
+        let pending = try await producerStore.read { db in try Outbox.pendingCount(in: db) }
+        let effects = try await consumerStore.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, key, applied FROM effects ORDER BY applied_order")
+                .map { (id: $0["id"] as Int, key: $0["key"] as String, applied: $0["applied"] as Int) }
+        }
+        let (inboxed, duplicates) = try await consumerStore.read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM aviary_inbox") ?? 0,
+                try Int.fetchOne(db, sql: "SELECT value FROM stats WHERE name = 'duplicates'") ?? 0
+            )
+        }
+        let log = try SQLiteMessageLog(path: "\(directory)/broker.db")
+        let published = try await log.topics().first { $0.name == "fault" }?.partitions.reduce(0) { $0 + $1.depth } ?? 0
+        let deadLettered = try await log.topics().flatMap(\.groups).reduce(0) { $0 + $1.deadLettered }
+        try await log.close()
+        print(
+            "\(runtime), seed \(seed): \(count) events; kills: producer \(producer.kills), consumer \(consumer.kills); "
+                + "published \(published) (\(published - Int64(count)) republished); duplicates absorbed \(duplicates)")
+
+        #expect(items == Array(1...count), "seed \(seed): business rows")
+        #expect(pending == 0, "seed \(seed): outbox not empty")
+        #expect(published >= Int64(count), "seed \(seed): fewer messages in the log than events")
+        #expect(deadLettered == 0, "seed \(seed): dead letters")
+        #expect(inboxed == count, "seed \(seed): inbox records")
+        #expect(effects.count == count, "seed \(seed): effects")
+        #expect(Set(effects.map(\.id)) == Set(1...count), "seed \(seed): lost effects")
+        let doubled = effects.filter { $0.applied != 1 }
+        #expect(doubled.isEmpty, "seed \(seed): applied more than once: \(doubled.prefix(10))")
+        // Per key, first applications follow the order the producer wrote them in.
+        for (key, applied) in Dictionary(grouping: effects, by: \.key) {
+            let ids = applied.map(\.id)
+            #expect(ids == ids.sorted(), "seed \(seed): key \(key) applied out of order")
+        }
+        #expect(producer.kills >= 5 && consumer.kills >= 5, "seed \(seed): too few kills to mean anything")
+    }
+}
