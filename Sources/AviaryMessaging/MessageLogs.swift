@@ -21,7 +21,7 @@ public enum MessageLogs {
     ///   - sqlite: settings for a SQLite file.
     /// - Throws: ``MessagingError`` (`.invalidArgument`) for a URL that is not a store URL or names
     ///   an in-memory database (a log is shared by processes, so it needs a file); `.unavailable`
-    ///   when the store cannot be opened or its backend is not in this build.
+    ///   when the store cannot be opened (for PostgreSQL: naming the address and the cause).
     public static func open(
         url: String, clock: any WallClock = SystemWallClock(),
         sqlite: SQLiteMessageLog.Configuration = SQLiteMessageLog.Configuration()
@@ -48,9 +48,7 @@ public enum MessageLogs {
                 .invalidArgument,
                 "store URL \(url): a message log is shared by processes and needs a file, e.g. sqlite:///tmp/broker.db")
         case .postgres:
-            // The PostgreSQL backend plugs in here (branch `postgres`).
-            throw MessagingError(
-                .unavailable, "store URL \(url): the PostgreSQL message log is not available in this build")
+            return try await PostgresMessageLog(url: url, clock: clock)
         }
     }
 }

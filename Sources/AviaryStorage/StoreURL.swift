@@ -33,7 +33,8 @@ public struct StoreURL: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses a store URL.
     ///
-    /// - Throws: ``AviaryCore/AviaryError`` (invalid argument) naming the accepted forms.
+    /// - Throws: ``AviaryCore/AviaryError`` (invalid argument) naming the accepted forms; for a
+    ///   `postgres://` URL, naming the part that is wrong (see ``PostgresAddress/init(parsing:)``).
     public init(parsing text: String) throws(AviaryError) {
         if text == "sqlite::memory:" {
             self.kind = .sqliteInMemory
@@ -44,6 +45,8 @@ public struct StoreURL: Sendable, Hashable, CustomStringConvertible {
             }
             self.kind = .sqlite(path: path)
         } else if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") {
+            // Checked now, so that a bad URL fails where configuration is read, naming what is wrong.
+            _ = try PostgresAddress(parsing: text)
             self.kind = .postgres(url: text)
         } else {
             throw AviaryError(

@@ -35,7 +35,7 @@ let brokerUsage = """
         replay POS | --all      publish again to the topic it came from, and remove it
         purge [POS]             remove one dead letter, or all of them
 
-      URL is a store URL: sqlite:///path/broker.db (postgres://... when built with it).
+      URL is a store URL: sqlite:///path/broker.db or postgres://user:password@host:port/database.
       POS is a position as list prints it (topic/partition@offset), partition@offset, or an offset.
     """
 

@@ -134,7 +134,7 @@ struct BrokerCommandLineTests {
         try await log.close()
     }
 
-    @Test("errors: missing file 66, bad arguments 64 with usage, postgres not in this build 69")
+    @Test("errors: missing file 66, bad arguments 64 with usage, a PostgreSQL server that is not there 69")
     func errors() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.executable.path), "build aviary first")
         let missing = try Self.run(["broker", "topics", "--url", "sqlite:///nonexistent/aviary/broker.db"])
@@ -155,7 +155,8 @@ struct BrokerCommandLineTests {
 
         let postgres = try Self.run(["broker", "topics", "--url", "postgres://u@127.0.0.1:1/db"])
         #expect(postgres.status == 69)
-        #expect(postgres.standardError.contains("not available in this build"))
+        #expect(postgres.standardError.contains("127.0.0.1:1/db"), "\(postgres.standardError)")
+        #expect(postgres.standardError.contains("refused"), "\(postgres.standardError)")
 
         let (path, log) = try await Self.prepareLog()
         defer { Self.remove(path) }

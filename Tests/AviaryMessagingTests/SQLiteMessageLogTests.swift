@@ -123,7 +123,7 @@ struct SQLiteMessageLogTests {
         try await producerSide.close()
     }
 
-    @Test("MessageLogs.open: sqlite URLs open a log; memory and postgres URLs are clear errors")
+    @Test("MessageLogs.open: sqlite URLs open a log; memory URLs and an absent PostgreSQL server are clear errors")
     func factory() async throws {
         let path = Self.temporaryPath()
         defer { Self.remove(path) }

@@ -5,6 +5,7 @@
 
 import AviaryCore
 import AviaryMessaging
+import AviaryTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -40,7 +41,7 @@ struct OpenedLog: Sendable {
 
 /// Every backend the conformance suite runs against.
 enum MessageLogBackends {
-    static let all: [MessageLogBackend] = [.sqlite]
+    static let all: [MessageLogBackend] = [.sqlite, .postgres]
 }
 
 extension MessageLogBackend {
@@ -52,6 +53,15 @@ extension MessageLogBackend {
         return OpenedLog(log: log) {
             for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
         }
+    }
+
+    /// A fresh database on the test process's PostgreSQL server (`PostgresTestServer`, started
+    /// once; `AVIARY_TEST_POSTGRES_URL` names another), polled every 50 ms besides LISTEN/NOTIFY.
+    static let postgres = MessageLogBackend(name: "postgres") { clock in
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let log = try await PostgresMessageLog(
+            url: url, clock: clock, configuration: PostgresMessageLog.Configuration(pollInterval: .milliseconds(50)))
+        return OpenedLog(log: log)
     }
 
     /// Runs `body` with a fresh log and its clock, then closes and removes the log.

@@ -1,0 +1,414 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import Foundation
+import Logging
+import PostgresNIO
+
+// Receiving, acknowledging and poison: the consumer side of the log.
+extension PostgresMessageLog {
+    /// One (group, topic, partition) state row; changed in memory, then saved in one statement.
+    struct PartitionState: Sendable, Equatable {
+        var partition: Int
+        var nextOffset: Int64
+        var leaseOwner: String?
+        var leaseID: String?
+        var leaseExpiresAt: Int64?
+        var leaseThrough: Int64?
+        var leasedAt: Int64
+        var availableAt: Int64
+        var deliveries: DeliveryCounts
+        var lastError: String?
+        var stopped: Bool
+        var stopReason: String?
+        var lostToRetention: Int64
+        var deadLettered: Int64
+
+        static let columns = """
+            partition, next_offset, lease_owner, lease_id, lease_expires_at, lease_through, leased_at, available_at,
+            deliveries, last_error, stopped, stop_reason, lost_to_retention, dead_lettered
+            """
+
+        init(row: PostgresRandomAccessRow) throws {
+            self.partition = try row["partition"].decode(Int.self)
+            self.nextOffset = try row["next_offset"].decode(Int64.self)
+            self.leaseOwner = try row["lease_owner"].decode(String?.self)
+            self.leaseID = try row["lease_id"].decode(String?.self)
+            self.leaseExpiresAt = try row["lease_expires_at"].decode(Int64?.self)
+            self.leaseThrough = try row["lease_through"].decode(Int64?.self)
+            self.leasedAt = try row["leased_at"].decode(Int64.self)
+            self.availableAt = try row["available_at"].decode(Int64.self)
+            self.deliveries = DeliveryCounts(text: try row["deliveries"].decode(String.self))
+            self.lastError = try row["last_error"].decode(String?.self)
+            self.stopped = try row["stopped"].decode(Bool.self)
+            self.stopReason = try row["stop_reason"].decode(String?.self)
+            self.lostToRetention = try row["lost_to_retention"].decode(Int64.self)
+            self.deadLettered = try row["dead_lettered"].decode(Int64.self)
+        }
+
+        /// The group's partitions that a receiver may work on now, locked for this transaction:
+        /// not stopped, not leased (or the lease ran out), and not locked by a concurrent receiver
+        /// (`SKIP LOCKED`: receivers of one group never wait for each other).
+        static func fetchFree(
+            _ connection: PostgresConnection, group: String, topic: String, now: Int64, _ logger: Logger
+        ) async throws -> [PartitionState] {
+            try await PostgresMessageLog.rows(
+                connection,
+                """
+                SELECT \(unescaped: columns) FROM aviary_group_partitions
+                WHERE group_name = \(group) AND topic = \(topic) AND NOT stopped
+                    AND (lease_id IS NULL OR lease_expires_at <= \(now))
+                ORDER BY leased_at, partition
+                FOR UPDATE SKIP LOCKED
+                """, logger
+            ).map(PartitionState.init(row:))
+        }
+
+        /// One partition's state, locked for this transaction (waiting for a concurrent holder).
+        static func fetch(
+            _ connection: PostgresConnection, group: String, topic: String, partition: Int, _ logger: Logger
+        ) async throws -> PartitionState {
+            let rows = try await PostgresMessageLog.rows(
+                connection,
+                """
+                SELECT \(unescaped: columns) FROM aviary_group_partitions
+                WHERE group_name = \(group) AND topic = \(topic) AND partition = \(partition)
+                FOR UPDATE
+                """, logger)
+            guard let row = rows.first else {
+                throw MessagingError(
+                    .notFound, "group \(group) has no partition \(partition) of topic \(topic) (not subscribed?)")
+            }
+            return try PartitionState(row: row)
+        }
+
+        func save(_ connection: PostgresConnection, group: String, topic: String, _ logger: Logger) async throws {
+            try await connection.query(
+                """
+                UPDATE aviary_group_partitions SET next_offset = \(self.nextOffset), lease_owner = \(self.leaseOwner),
+                    lease_id = \(self.leaseID), lease_expires_at = \(self.leaseExpiresAt),
+                    lease_through = \(self.leaseThrough), leased_at = \(self.leasedAt),
+                    available_at = \(self.availableAt), deliveries = \(self.deliveries.text),
+                    last_error = \(self.lastError), stopped = \(self.stopped), stop_reason = \(self.stopReason),
+                    lost_to_retention = \(self.lostToRetention), dead_lettered = \(self.deadLettered)
+                WHERE group_name = \(group) AND topic = \(topic) AND partition = \(self.partition)
+                """, logger: logger)
+        }
+
+        /// Ends the lease on a failure of the head (a nack or an expiry): the later messages of
+        /// the lease were not attempted, so their delivery does not count.
+        mutating func endLeaseOnHead() {
+            if let through = self.leaseThrough {
+                self.deliveries.add(-1, from: self.nextOffset + 1, through: through)
+                self.deliveries.forget(before: self.nextOffset)
+            }
+            self.endLease()
+        }
+
+        mutating func endLease() {
+            self.leaseOwner = nil
+            self.leaseID = nil
+            self.leaseExpiresAt = nil
+            self.leaseThrough = nil
+        }
+
+        /// Moves the head to `offset` (the earlier ones are acknowledged or skipped).
+        mutating func moveHead(to offset: Int64) {
+            guard offset > self.nextOffset else { return }
+            self.nextOffset = offset
+            self.deliveries.forget(before: offset)
+            self.lastError = nil
+        }
+    }
+
+    // MARK: Receiving
+
+    public func receive(_ request: ReceiveRequest) async throws -> ReceivedBatch {
+        guard request.maxMessages >= 1, request.maxPartitions >= 1, request.lease > .zero else {
+            throw MessagingError(.invalidArgument, "receive: maxMessages, maxPartitions and lease must be positive")
+        }
+        let now = self.nowMillis
+        let leaseMillis = Self.millis(request.lease)
+        return try await self.write { connection, logger in
+            try await Self.promoteDue(connection, topic: request.topic, now: now, logger)
+            let group = try await GroupRow.fetch(connection, group: request.group, topic: request.topic, logger)
+            var bounds: [Int: (start: Int64, last: Int64)] = [:]
+            for row in try await Self.rows(
+                connection,
+                "SELECT partition, start_offset, last_offset FROM aviary_partitions WHERE topic = \(request.topic)",
+                logger)
+            {
+                bounds[try row["partition"].decode(Int.self)] = (
+                    try row["start_offset"].decode(Int64.self), try row["last_offset"].decode(Int64.self)
+                )
+            }
+            var deliveries: [Delivery] = []
+            var gaps: [RetentionGap] = []
+            var leased = 0
+            for original in try await PartitionState.fetchFree(
+                connection, group: request.group, topic: request.topic, now: now, logger)
+            {
+                var state = original
+                let batch = try await Self.visit(
+                    connection, group, request, &state, bounds: bounds[state.partition], now: now,
+                    leaseMillis: leaseMillis,
+                    room: leased < request.maxPartitions ? request.maxMessages - deliveries.count : 0, gaps: &gaps,
+                    logger)
+                if state != original {
+                    try await state.save(connection, group: request.group, topic: request.topic, logger)
+                }
+                if !batch.isEmpty { leased += 1 }
+                deliveries += batch
+            }
+            return ReceivedBatch(deliveries: deliveries, gaps: gaps)
+        }
+    }
+
+    /// One partition during ``receive(_:)``: ends an expired lease, reports a retention gap, and
+    /// leases up to `room` messages when the partition is due.
+    static func visit(
+        _ connection: PostgresConnection, _ group: GroupRow, _ request: ReceiveRequest, _ state: inout PartitionState,
+        bounds: (start: Int64, last: Int64)?, now: Int64, leaseMillis: Int64, room: Int, gaps: inout [RetentionGap],
+        _ logger: Logger
+    ) async throws -> [Delivery] {
+        if state.stopped { return [] }
+        if state.leaseID != nil {
+            guard let expiresAt = state.leaseExpiresAt, expiresAt <= now else { return [] }
+            try await Self.expireLease(connection, group, &state, now: now, logger)
+            if state.stopped { return [] }
+        }
+        guard let (start, last) = bounds else { return [] }
+        if state.nextOffset < start {
+            gaps.append(
+                RetentionGap(
+                    group: request.group, topic: request.topic, partition: state.partition,
+                    firstMissed: state.nextOffset, lastMissed: start - 1))
+            state.moveHead(to: start)
+        }
+        guard room > 0, state.availableAt <= now, state.nextOffset <= last else { return [] }
+        let rows = try await Self.rows(
+            connection,
+            """
+            SELECT msg_offset, key, event, headers, appended_at FROM aviary_messages
+            WHERE topic = \(request.topic) AND partition = \(state.partition) AND msg_offset >= \(state.nextOffset)
+            ORDER BY msg_offset LIMIT \(room)
+            """, logger)
+        guard let first = rows.first, let lastRow = rows.last else { return [] }
+        state.moveHead(to: try first["msg_offset"].decode(Int64.self))
+        let through = try lastRow["msg_offset"].decode(Int64.self)
+        let leaseID = UUID().uuidString.lowercased()
+        state.leaseOwner = request.consumer
+        state.leaseID = leaseID
+        state.leaseExpiresAt = now + leaseMillis
+        state.leaseThrough = through
+        state.leasedAt = now
+        state.deliveries.add(1, from: state.nextOffset, through: through)
+        state.deliveries.forget(before: state.nextOffset)
+        let partition = state.partition
+        let counts = state.deliveries
+        return try rows.map { row in
+            let offset = try row["msg_offset"].decode(Int64.self)
+            let message = try Self.decodeMessage(
+                row, position: MessagePosition(topic: request.topic, partition: partition, offset: offset))
+            return Delivery(
+                message: message, group: request.group, consumer: request.consumer,
+                deliveryCount: counts.count(at: offset), leaseID: leaseID,
+                leaseExpiresAt: Self.date(now + leaseMillis))
+        }
+    }
+
+    static func decodeMessage(_ row: PostgresRandomAccessRow, position: MessagePosition) throws -> Message {
+        let decoder = JSONDecoder()
+        do {
+            let event = try decoder.decode(CloudEvent.self, from: Data(try row["event"].decode(String.self).utf8))
+            let headers = try decoder.decode(
+                [String: String].self, from: Data(try row["headers"].decode(String.self).utf8))
+            return Message(
+                position: position, key: try row["key"].decode(String.self), event: event, headers: headers,
+                appendedAt: Self.date(try row["appended_at"].decode(Int64.self)))
+        } catch {
+            throw MessagingError(.unavailable, "message \(position) cannot be decoded: \(error)")
+        }
+    }
+
+    /// A lease ran out: the same as a nack of the head without delay.
+    static func expireLease(
+        _ connection: PostgresConnection, _ group: GroupRow, _ state: inout PartitionState, now: Int64,
+        _ logger: Logger
+    ) async throws {
+        state.endLeaseOnHead()
+        let count = state.deliveries.count(at: state.nextOffset)
+        if count >= group.maxDeliveries {
+            try await Self.poison(
+                connection, group, &state, reason: "lease-expired",
+                error: state.lastError ?? "the lease expired \(count) times", deliveries: count, now: now, logger)
+        } else {
+            state.availableAt = now
+            state.lastError = "lease expired"
+        }
+    }
+
+    /// The head of `state` failed `maxDeliveries` times: dead-letter it or stop the partition.
+    static func poison(
+        _ connection: PostgresConnection, _ group: GroupRow, _ state: inout PartitionState, reason: String,
+        error: String, deliveries: Int, now: Int64, _ logger: Logger
+    ) async throws {
+        switch group.onPoison {
+        case .stopPartition:
+            state.stopped = true
+            state.stopReason = reason
+            state.lastError = error
+        case .deadLetter:
+            try await Self.deadLetter(
+                connection, group, &state, reason: reason, error: error, deliveries: deliveries, now: now, logger)
+        }
+    }
+
+    /// Moves the head message to the group's dead-letter topic and moves the head on, in the
+    /// caller's transaction: if the move fails, nothing moved.
+    static func deadLetter(
+        _ connection: PostgresConnection, _ group: GroupRow, _ state: inout PartitionState, reason: String,
+        error: String?, deliveries: Int, now: Int64, _ logger: Logger
+    ) async throws {
+        let head = state.nextOffset
+        let rows = try await Self.rows(
+            connection,
+            """
+            SELECT key, event, headers FROM aviary_messages
+            WHERE topic = \(group.topic) AND partition = \(state.partition) AND msg_offset = \(head)
+            """, logger)
+        if let row = rows.first {
+            var headers =
+                (try? JSONDecoder().decode(
+                    [String: String].self, from: Data(try row["headers"].decode(String.self).utf8))) ?? [:]
+            headers[DeadLetterHeader.topic] = group.topic
+            headers[DeadLetterHeader.partition] = String(state.partition)
+            headers[DeadLetterHeader.offset] = String(head)
+            headers[DeadLetterHeader.group] = group.name
+            headers[DeadLetterHeader.reason] = reason
+            headers[DeadLetterHeader.deliveries] = String(deliveries)
+            if let error { headers[DeadLetterHeader.error] = error }
+            let message = Encoded(
+                topic: group.deadLetterTopic, key: try row["key"].decode(String.self),
+                event: try row["event"].decode(String.self), headers: try Self.json(headers))
+            let partitions: Int
+            do {
+                partitions = try await Self.partitionCount(connection, group.deadLetterTopic, logger)
+            } catch let error as MessagingError where error.kind == .notFound {
+                try await Self.createTopic(
+                    connection, group.deadLetterTopic, TopicOptions(partitions: 1, retention: .forever), now: now,
+                    logger)
+                partitions = 1
+            }
+            _ = try await Self.append(
+                connection, [message], partitionCounts: [group.deadLetterTopic: partitions], now: now, logger)
+            state.deadLettered += 1
+        }
+        state.stopped = false
+        state.stopReason = nil
+        state.moveHead(to: head + 1)
+        state.availableAt = now
+    }
+
+    // MARK: Acknowledging
+
+    /// Loads and locks the state of a delivery's partition and checks that its lease is still the
+    /// holder's. Returns `nil` when the group acknowledged the message already (nothing to do).
+    static func leasedState(
+        _ connection: PostgresConnection, _ delivery: Delivery, _ logger: Logger
+    ) async throws -> PartitionState? {
+        let position = delivery.message.position
+        let state = try await PartitionState.fetch(
+            connection, group: delivery.group, topic: position.topic, partition: position.partition, logger)
+        if state.leaseID == delivery.leaseID { return state }
+        if position.offset < state.nextOffset { return nil }
+        throw MessagingError(
+            .leaseLost,
+            "the lease on \(position) for group \(delivery.group) was lost (it expired and was taken over or given back)"
+        )
+    }
+
+    public func ack(_ delivery: Delivery) async throws {
+        try await self.write { connection, logger in
+            guard var state = try await Self.leasedState(connection, delivery, logger) else { return }
+            state.moveHead(to: delivery.message.position.offset + 1)
+            if let through = state.leaseThrough, state.nextOffset > through { state.endLease() }
+            try await state.save(connection, group: delivery.group, topic: delivery.message.position.topic, logger)
+        }
+    }
+
+    public func nack(_ delivery: Delivery, redeliverAfter: Duration, error: String) async throws {
+        let now = self.nowMillis
+        let delay = max(0, Self.millis(redeliverAfter))
+        try await self.write { connection, logger in
+            guard var state = try await Self.leasedState(connection, delivery, logger) else { return }
+            let position = delivery.message.position
+            // Acknowledged already by a later ack of the same lease: nothing to give back.
+            guard position.offset >= state.nextOffset else { return }
+            let group = try await GroupRow.fetch(connection, group: delivery.group, topic: position.topic, logger)
+            state.moveHead(to: position.offset)
+            state.endLeaseOnHead()
+            let count = state.deliveries.count(at: position.offset)
+            if count >= group.maxDeliveries {
+                try await Self.poison(
+                    connection, group, &state, reason: "max-deliveries", error: error, deliveries: count, now: now,
+                    logger)
+            } else {
+                state.availableAt = now + delay
+                state.lastError = error
+            }
+            try await state.save(connection, group: delivery.group, topic: position.topic, logger)
+            if delay == 0 { try await self.notify(connection, topic: position.topic, logger) }
+        }
+    }
+
+    public func release(_ deliveries: [Delivery]) async throws {
+        guard !deliveries.isEmpty else { return }
+        try await self.write { connection, logger in
+            var seen = Set<String>()
+            var topics = Set<String>()
+            // Locked in (topic, group, partition) order, so concurrent releases cannot deadlock.
+            let ordered = deliveries.sorted {
+                ($0.message.position.topic, $0.group, $0.message.position.partition)
+                    < ($1.message.position.topic, $1.group, $1.message.position.partition)
+            }
+            for delivery in ordered where seen.insert(delivery.leaseID).inserted {
+                let position = delivery.message.position
+                let state = try await PartitionState.fetch(
+                    connection, group: delivery.group, topic: position.topic, partition: position.partition, logger)
+                // A lease lost meanwhile is someone else's now: nothing to give back.
+                guard state.leaseID == delivery.leaseID else { continue }
+                var released = state
+                if let through = state.leaseThrough {
+                    released.deliveries.add(-1, from: state.nextOffset, through: through)
+                    released.deliveries.forget(before: state.nextOffset)
+                }
+                released.endLease()
+                released.availableAt = 0
+                try await released.save(connection, group: delivery.group, topic: position.topic, logger)
+                topics.insert(position.topic)
+            }
+            for topic in topics.sorted() { try await self.notify(connection, topic: topic, logger) }
+        }
+    }
+
+    public func extendLeases(_ deliveries: [Delivery], by duration: Duration) async throws {
+        guard !deliveries.isEmpty else { return }
+        let expiresAt = self.nowMillis + Self.millis(duration)
+        try await self.write { connection, logger in
+            var seen = Set<String>()
+            let ordered = deliveries.sorted {
+                ($0.message.position.topic, $0.group, $0.message.position.partition)
+                    < ($1.message.position.topic, $1.group, $1.message.position.partition)
+            }
+            for delivery in ordered where seen.insert(delivery.leaseID).inserted {
+                guard var state = try await Self.leasedState(connection, delivery, logger) else { continue }
+                state.leaseExpiresAt = max(state.leaseExpiresAt ?? 0, expiresAt)
+                try await state.save(connection, group: delivery.group, topic: delivery.message.position.topic, logger)
+            }
+        }
+    }
+}

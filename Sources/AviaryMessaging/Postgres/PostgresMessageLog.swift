@@ -1,0 +1,477 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+public import AviaryStorage
+public import Foundation
+public import Logging
+import PostgresNIO
+import Synchronization
+
+/// The ``MessageLog`` on a PostgreSQL database, for several processes and machines at once.
+///
+/// Every state change is one transaction of a ``AviaryStorage/PostgresStore`` (retried on a
+/// serialization failure or deadlock), so a crash at any point leaves the log as it was before or
+/// after the change, never in between. Receivers lease partitions with `SELECT ... FOR UPDATE SKIP
+/// LOCKED` on the group's partition rows: concurrent receivers of a group never wait on each
+/// other and never lease the same partition. Appends lock their partition's row, which gives
+/// each message the next offset in commit order.
+///
+/// Idle consumers wait on ``wakeUps(topic:)``, fed by `LISTEN/NOTIFY`: a publish (or a release,
+/// replay or resume) by any process notifies in its transaction, so waiting consumers wake when it
+/// commits. Time-based changes (a nack delay or a delivery time passing, a lease running out)
+/// have no notification; for those the stream also yields every ``Configuration/pollInterval``
+/// (one second by default: slow, not a hot poll).
+///
+/// The log owns its store: the initializer starts it (an internal task runs the connection pool
+/// and applies the schema migrations) and ``close()`` stops it.
+///
+/// ```swift
+/// let log = try await PostgresMessageLog(url: StoreURL(parsing: "postgres://broker:secret@db:5432/broker"))
+/// try await log.createTopic("orders", TopicOptions(partitions: 8))
+/// ```
+public final class PostgresMessageLog: MessageLog {
+    /// Pool, timing and notification settings; every field has a default.
+    public struct Configuration: Sendable {
+        /// The store's pool size, timeouts and transaction retries.
+        public var store: PostgresStore.Options
+        /// How often ``PostgresMessageLog/wakeUps(topic:)`` yields without a notification, for
+        /// changes that only time makes (delays ending, leases expiring).
+        public var pollInterval: Duration
+        /// The `LISTEN/NOTIFY` channel.
+        public var channel: String
+
+        /// Creates a configuration.
+        ///
+        /// ```swift
+        /// let configuration = PostgresMessageLog.Configuration(pollInterval: .milliseconds(250))
+        /// ```
+        public init(
+            store: PostgresStore.Options = PostgresStore.Options(applicationName: "aviary-message-log"),
+            pollInterval: Duration = .seconds(1), channel: String = "aviary_message_log"
+        ) {
+            self.store = store
+            self.pollInterval = pollInterval
+            self.channel = channel
+        }
+    }
+
+    /// The store the log lives in.
+    public let store: PostgresStore
+    let clock: any WallClock
+    let configuration: Configuration
+    let logger: Logger
+    let running: Task<Void, Never>
+    let wakeUpHub: PostgresWakeUps
+
+    /// Opens the log at a `postgres://` URL: starts its store and applies the log's schema.
+    ///
+    /// ```swift
+    /// let log = try await PostgresMessageLog(url: url, clock: SystemWallClock())
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - url: a `postgres://user:password@host:port/database` store URL.
+    ///   - clock: the wall clock for leases, delays and retention.
+    ///   - configuration: pool, timing and notification settings.
+    ///   - logger: where the store logs.
+    /// - Throws: ``MessagingError``: `.invalidArgument` for a bad URL (naming the part that is
+    ///   wrong), `.unavailable` when the server cannot be reached or the schema cannot be applied
+    ///   (naming the address and the cause).
+    public init(
+        url: StoreURL, clock: any WallClock = SystemWallClock(), configuration: Configuration = Configuration(),
+        logger: Logger = Logger(label: "aviary.messaging")
+    ) async throws {
+        let store: PostgresStore
+        do {
+            store = try PostgresStore(
+                url: url, migrations: Self.migrations, options: configuration.store, logger: logger)
+        } catch {
+            throw MessagingError(.invalidArgument, error.message)
+        }
+        self.store = store
+        self.clock = clock
+        self.configuration = configuration
+        self.logger = logger
+        self.running = Task {
+            do {
+                try await store.run()
+            } catch {
+                logger.error(
+                    "message log store stopped", metadata: ["error.message": "\(PostgresStore.describe(error))"])
+            }
+        }
+        self.wakeUpHub = PostgresWakeUps(
+            store: store, channel: configuration.channel, pollInterval: configuration.pollInterval, logger: logger)
+        do {
+            try await store.ready()
+        } catch {
+            self.running.cancel()
+            await self.running.value
+            throw MessagingError(
+                .unavailable, "cannot open the message log at \(store.address): \(PostgresStore.describe(error))")
+        }
+    }
+
+    // MARK: Transactions
+
+    /// Runs `body` in one transaction of the store (retried on serialization failures and
+    /// deadlocks); errors other than ``MessagingError`` become `.unavailable` with the cause.
+    func write<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T
+    ) async throws -> T {
+        let logger = self.logger
+        do {
+            return try await self.store.withTransaction { connection in try await body(connection, logger) }
+        } catch let error as MessagingError {
+            throw error
+        } catch {
+            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+        }
+    }
+
+    /// A consistent read (one snapshot).
+    func read<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T
+    ) async throws -> T {
+        let logger = self.logger
+        do {
+            return try await self.store.withTransaction(isolation: .repeatableRead) { connection in
+                try await body(connection, logger)
+            }
+        } catch let error as MessagingError {
+            throw error
+        } catch {
+            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+        }
+    }
+
+    var nowMillis: Int64 { Self.millis(self.clock.now) }
+
+    static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+    static func date(_ millis: Int64) -> Date { Date(timeIntervalSince1970: Double(millis) / 1000) }
+    static func millis(_ duration: Duration) -> Int64 {
+        let components = duration.components
+        return components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+
+    /// Runs `query` and returns its rows, each with access by column name.
+    static func rows(
+        _ connection: PostgresConnection, _ query: PostgresQuery, _ logger: Logger
+    ) async throws -> [PostgresRandomAccessRow] {
+        var result: [PostgresRandomAccessRow] = []
+        for try await row in try await connection.query(query, logger: logger) {
+            result.append(row.makeRandomAccess())
+        }
+        return result
+    }
+
+    /// Runs `query` and returns how many rows it changed.
+    static func execute(_ connection: PostgresConnection, _ query: PostgresQuery, _ logger: Logger) async throws -> Int
+    {
+        try await connection.complete(query, logger: logger).metadata.rows ?? 0
+    }
+
+    /// Wakes the topic's consumers in every process when the transaction commits.
+    func notify(_ connection: PostgresConnection, topic: String, _ logger: Logger) async throws {
+        _ = try await connection.complete("SELECT pg_notify(\(self.configuration.channel), \(topic))", logger: logger)
+    }
+
+    // MARK: Topics
+
+    public func createTopic(_ topic: String, _ options: TopicOptions) async throws {
+        guard Partitioner.isValidName(topic) else {
+            throw MessagingError(
+                .invalidArgument, "topic \"\(topic)\": expected 1-200 letters, digits, '.', '_' or '-'")
+        }
+        guard (1...4096).contains(options.partitions) else {
+            throw MessagingError(
+                .invalidArgument, "topic \(topic): expected 1 to 4096 partitions, got \(options.partitions)")
+        }
+        let now = self.nowMillis
+        try await self.write { connection, logger in
+            try await Self.createTopic(connection, topic, options, now: now, logger)
+        }
+    }
+
+    static func createTopic(
+        _ connection: PostgresConnection, _ topic: String, _ options: TopicOptions, now: Int64, _ logger: Logger
+    ) async throws {
+        let maxAge = options.retention.maxAge.map(Self.millis)
+        let maxBytes = options.retention.maxBytesPerPartition
+        // A concurrent creator of the same topic waits for this insert and then finds the row.
+        let created = try await Self.execute(
+            connection,
+            """
+            INSERT INTO aviary_topics (name, partitions, max_age_ms, max_bytes, created_at)
+            VALUES (\(topic), \(options.partitions), \(maxAge), \(maxBytes), \(now))
+            ON CONFLICT (name) DO NOTHING
+            """, logger)
+        if created == 1 {
+            try await connection.query(
+                """
+                INSERT INTO aviary_partitions (topic, partition)
+                SELECT \(topic), generate_series(0, \(options.partitions - 1))
+                """, logger: logger)
+            return
+        }
+        let existing = try await Self.partitionCount(connection, topic, logger)
+        guard existing == options.partitions else {
+            throw MessagingError(
+                .invalidArgument,
+                "topic \(topic) has \(existing) partitions; it cannot be changed to \(options.partitions)")
+        }
+        try await connection.query(
+            "UPDATE aviary_topics SET max_age_ms = \(maxAge), max_bytes = \(maxBytes) WHERE name = \(topic)",
+            logger: logger)
+    }
+
+    static func partitionCount(_ connection: PostgresConnection, _ topic: String, _ logger: Logger) async throws -> Int
+    {
+        let rows = try await Self.rows(connection, "SELECT partitions FROM aviary_topics WHERE name = \(topic)", logger)
+        guard let row = rows.first else {
+            throw MessagingError(.notFound, "no topic \(topic)")
+        }
+        return try row["partitions"].decode(Int.self)
+    }
+
+    // MARK: Publishing
+
+    /// A message encoded for storage (the same JSON as the SQLite backend's).
+    struct Encoded: Sendable {
+        var topic: String
+        var key: String
+        var event: String
+        var headers: String
+        var deliverAt: Int64?
+
+        var bytes: Int { self.key.utf8.count + self.event.utf8.count + self.headers.utf8.count }
+    }
+
+    static func encode(_ message: OutgoingMessage) throws -> Encoded {
+        let problems = message.event.validate()
+        guard problems.isEmpty else {
+            throw MessagingError(.invalidArgument, "event \(message.event.id): \(problems.joined(separator: "; "))")
+        }
+        return Encoded(
+            topic: message.topic, key: message.key, event: try Self.json(message.event),
+            headers: try Self.json(message.headers), deliverAt: message.deliverAt.map(Self.millis))
+    }
+
+    static func json(_ value: some Encodable) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    @discardableResult
+    public func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
+        guard !messages.isEmpty else { return [] }
+        let encoded = try messages.map(Self.encode)
+        let now = self.nowMillis
+        return try await self.write { connection, logger in
+            let topics = Set(encoded.map(\.topic)).sorted()
+            var partitionCounts: [String: Int] = [:]
+            for topic in topics {
+                partitionCounts[topic] = try await Self.partitionCount(connection, topic, logger)
+                try await Self.promoteDue(connection, topic: topic, now: now, logger)
+            }
+            var positions = [MessagePosition?](repeating: nil, count: encoded.count)
+            var immediate: [(index: Int, message: Encoded)] = []
+            var scheduled: [(index: Int, message: Encoded)] = []
+            for (index, message) in encoded.enumerated() {
+                if let deliverAt = message.deliverAt, deliverAt > now {
+                    scheduled.append((index, message))
+                } else {
+                    immediate.append((index, message))
+                }
+            }
+            let appended = try await Self.append(
+                connection, immediate.map(\.message), partitionCounts: partitionCounts, now: now, logger)
+            for (slot, position) in zip(immediate, appended) { positions[slot.index] = position }
+            if !scheduled.isEmpty {
+                try await connection.query(
+                    """
+                    INSERT INTO aviary_schedule (topic, key, event, headers, deliver_at)
+                    SELECT * FROM unnest(\(scheduled.map(\.message.topic)), \(scheduled.map(\.message.key)),
+                        \(scheduled.map(\.message.event)), \(scheduled.map(\.message.headers)),
+                        \(scheduled.map { $0.message.deliverAt ?? now }))
+                    """, logger: logger)
+                for slot in scheduled {
+                    let partitions = partitionCounts[slot.message.topic] ?? 1
+                    positions[slot.index] = MessagePosition(
+                        topic: slot.message.topic,
+                        partition: Partitioner.partition(forKey: slot.message.key, partitions: partitions), offset: 0)
+                }
+            }
+            for topic in topics { try await self.notify(connection, topic: topic, logger) }
+            return positions.compactMap { $0 }
+        }
+    }
+
+    /// Appends messages at the next offsets of their partitions (inside a transaction), keeping
+    /// their order within each partition, and returns their positions in the order given.
+    ///
+    /// Partition rows are locked in (topic, partition) order, so concurrent appends never deadlock;
+    /// each partition's offsets are taken with one update, and all rows go in with one insert.
+    static func append(
+        _ connection: PostgresConnection, _ messages: [Encoded], partitionCounts: [String: Int], now: Int64,
+        _ logger: Logger
+    ) async throws -> [MessagePosition] {
+        guard !messages.isEmpty else { return [] }
+        struct Slot: Hashable, Comparable {
+            var topic: String
+            var partition: Int
+            static func < (lhs: Slot, rhs: Slot) -> Bool { (lhs.topic, lhs.partition) < (rhs.topic, rhs.partition) }
+        }
+        var slots: [Slot] = []
+        var indexes: [Slot: [Int]] = [:]
+        for (index, message) in messages.enumerated() {
+            guard let partitions = partitionCounts[message.topic] else {
+                throw MessagingError(.notFound, "no topic \(message.topic)")
+            }
+            let slot = Slot(
+                topic: message.topic, partition: Partitioner.partition(forKey: message.key, partitions: partitions))
+            slots.append(slot)
+            indexes[slot, default: []].append(index)
+        }
+        var offsets = [Int64](repeating: 0, count: messages.count)
+        for slot in indexes.keys.sorted() {
+            let members = indexes[slot] ?? []
+            let rows = try await Self.rows(
+                connection,
+                """
+                UPDATE aviary_partitions SET last_offset = last_offset + \(members.count)
+                WHERE topic = \(slot.topic) AND partition = \(slot.partition) RETURNING last_offset
+                """, logger)
+            guard let last = try rows.first?["last_offset"].decode(Int64.self) else {
+                throw MessagingError(.notFound, "no partition \(slot.partition) in topic \(slot.topic)")
+            }
+            var offset = last - Int64(members.count)
+            for index in members {
+                offset += 1
+                offsets[index] = offset
+            }
+        }
+        try await connection.query(
+            """
+            INSERT INTO aviary_messages (topic, partition, msg_offset, key, event, headers, appended_at, bytes)
+            SELECT topic, partition, msg_offset, key, event, headers, \(now), bytes FROM unnest(
+                \(messages.map(\.topic)), \(slots.map { Int64($0.partition) }), \(offsets), \(messages.map(\.key)),
+                \(messages.map(\.event)), \(messages.map(\.headers)), \(messages.map { Int64($0.bytes) })
+            ) AS m (topic, partition, msg_offset, key, event, headers, bytes)
+            """, logger: logger)
+        return zip(slots, offsets).map { MessagePosition(topic: $0.topic, partition: $0.partition, offset: $1) }
+    }
+
+    /// Appends the topic's scheduled messages that are due, in the order they are due. Promoters
+    /// of one topic take turns (a transaction-scoped advisory lock), so that due messages keep
+    /// their order; a publish that finds nothing due takes no lock.
+    static func promoteDue(_ connection: PostgresConnection, topic: String, now: Int64, _ logger: Logger) async throws {
+        let due = try await Self.rows(
+            connection,
+            "SELECT EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = \(topic) AND deliver_at <= \(now)) AS due",
+            logger)
+        guard try due.first?["due"].decode(Bool.self) == true else { return }
+        _ = try await connection.complete(
+            "SELECT pg_advisory_xact_lock(hashtext('aviary_schedule'), hashtext(\(topic)))", logger: logger)
+        var rows: [(id: Int64, deliverAt: Int64, message: Encoded)] = []
+        for row in try await Self.rows(
+            connection,
+            """
+            DELETE FROM aviary_schedule WHERE topic = \(topic) AND deliver_at <= \(now)
+            RETURNING id, deliver_at, key, event, headers
+            """, logger)
+        {
+            rows.append(
+                (
+                    try row["id"].decode(Int64.self), try row["deliver_at"].decode(Int64.self),
+                    Encoded(
+                        topic: topic, key: try row["key"].decode(String.self),
+                        event: try row["event"].decode(String.self), headers: try row["headers"].decode(String.self))
+                ))
+        }
+        guard !rows.isEmpty else { return }
+        rows.sort { ($0.deliverAt, $0.id) < ($1.deliverAt, $1.id) }
+        let partitions = try await Self.partitionCount(connection, topic, logger)
+        _ = try await Self.append(
+            connection, rows.map(\.message), partitionCounts: [topic: partitions], now: now, logger)
+    }
+
+    // MARK: Groups
+
+    public func subscribe(group: String, topic: String, options: GroupOptions) async throws {
+        guard Partitioner.isValidName(group) else {
+            throw MessagingError(
+                .invalidArgument, "group \"\(group)\": expected 1-200 letters, digits, '.', '_' or '-'")
+        }
+        guard options.maxDeliveries >= 1 else {
+            throw MessagingError(
+                .invalidArgument, "group \(group): maxDeliveries must be at least 1, got \(options.maxDeliveries)")
+        }
+        let deadLetterTopic = options.deadLetterTopic ?? Self.deadLetterTopic(for: topic, group: group)
+        guard Partitioner.isValidName(deadLetterTopic) else {
+            throw MessagingError(
+                .invalidArgument, "group \(group): dead-letter topic \"\(deadLetterTopic)\" is not a valid name")
+        }
+        let now = self.nowMillis
+        try await self.write { connection, logger in
+            _ = try await Self.partitionCount(connection, topic, logger)
+            let created = try await Self.execute(
+                connection,
+                """
+                INSERT INTO aviary_groups (name, topic, max_deliveries, on_poison, dead_letter_topic, created_at)
+                VALUES (\(group), \(topic), \(options.maxDeliveries), \(options.onPoison.rawValue), \(deadLetterTopic), \(now))
+                ON CONFLICT (name, topic) DO NOTHING
+                """, logger)
+            if created == 1 {
+                let next = options.start == .earliest ? "start_offset" : "last_offset + 1"
+                try await connection.query(
+                    """
+                    INSERT INTO aviary_group_partitions (group_name, topic, partition, next_offset)
+                    SELECT \(group), topic, partition, \(unescaped: next) FROM aviary_partitions WHERE topic = \(topic)
+                    """, logger: logger)
+            } else {
+                try await connection.query(
+                    """
+                    UPDATE aviary_groups SET max_deliveries = \(options.maxDeliveries),
+                        on_poison = \(options.onPoison.rawValue), dead_letter_topic = \(deadLetterTopic)
+                    WHERE name = \(group) AND topic = \(topic)
+                    """, logger: logger)
+            }
+            let exists = try await Self.rows(
+                connection, "SELECT 1 FROM aviary_topics WHERE name = \(deadLetterTopic)", logger)
+            if exists.isEmpty {
+                try await Self.createTopic(
+                    connection, deadLetterTopic, TopicOptions(partitions: 1, retention: .forever), now: now, logger)
+            }
+        }
+    }
+
+    /// A group's settings as stored.
+    struct GroupRow: Sendable {
+        var name: String
+        var topic: String
+        var maxDeliveries: Int
+        var onPoison: PoisonPolicy
+        var deadLetterTopic: String
+
+        static func fetch(
+            _ connection: PostgresConnection, group: String, topic: String, _ logger: Logger
+        ) async throws -> GroupRow {
+            let rows = try await PostgresMessageLog.rows(
+                connection,
+                "SELECT max_deliveries, on_poison, dead_letter_topic FROM aviary_groups WHERE name = \(group) AND topic = \(topic)",
+                logger)
+            guard let row = rows.first else {
+                throw MessagingError(.notFound, "group \(group) is not subscribed to topic \(topic)")
+            }
+            return GroupRow(
+                name: group, topic: topic, maxDeliveries: try row["max_deliveries"].decode(Int.self),
+                onPoison: PoisonPolicy(rawValue: try row["on_poison"].decode(String.self)) ?? .deadLetter,
+                deadLetterTopic: try row["dead_letter_topic"].decode(String.self))
+        }
+    }
+}

@@ -1,0 +1,761 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+public import AviaryCore
+import Foundation
+public import Logging
+public import PostgresNIO
+public import ServiceLifecycle
+import Synchronization
+public import Tracing
+
+/// A service's own PostgreSQL database: a postgres-nio connection pool (`PostgresClient`) with
+/// versioned migrations, retried transactions and a readiness check, the counterpart of
+/// ``SQLiteStore`` for `postgres://` URLs.
+///
+/// ## Lifetime
+///
+/// The pool works only while ``run()`` runs, so the store is a ServiceLifecycle `Service`: put it
+/// in the `ServiceGroup` *before* the services that use it (a group stops services in reverse
+/// order, so the store outlives its users). ``run()`` starts the pool, applies the migrations
+/// that have not run yet, then serves until the group shuts down gracefully or the task is
+/// cancelled. Calls made before the migrations finished wait for them (up to
+/// ``Options/acquireTimeout``). Outside a service group, ``withStore(url:migrations:options:logger:tracer:_:)``
+/// runs a store for the duration of a closure.
+///
+/// ```swift
+/// var migrations = PostgresMigrations()
+/// migrations.add("v1: orders") { connection, logger in
+///     try await connection.query("CREATE TABLE orders (id TEXT PRIMARY KEY, total BIGINT NOT NULL)", logger: logger)
+/// }
+/// let store = try PostgresStore(url: StoreURL(parsing: "postgres://shop:secret@127.0.0.1:5432/orders"), migrations: migrations)
+/// let group = ServiceGroup(services: [store, app], logger: logger)   // store first: it stops last
+/// // in a request handler:
+/// try await store.withTransaction { connection in
+///     try await connection.query("INSERT INTO orders VALUES (\("o-1"), \(2500))", logger: store.logger)
+/// }
+/// ```
+public final class PostgresStore: Sendable, Service {
+    /// Pool size, timeouts and retries. Every field has a default.
+    public struct Options: Sendable {
+        /// The most connections the pool opens.
+        public var maximumConnections: Int
+        /// Connections the pool keeps open while idle.
+        public var minimumConnections: Int
+        /// How long one connection attempt may take.
+        public var connectTimeout: Duration
+        /// How long a call waits for the store to be ready and for a free connection before it
+        /// fails with a message saying why (server down, store not running, pool exhausted).
+        public var acquireTimeout: Duration
+        /// How many times ``PostgresStore/withTransaction(_:isolation:_:)`` runs a transaction that
+        /// fails with a serialization failure (SQLSTATE 40001) or a deadlock (40P01); at least 1.
+        public var maximumTransactionAttempts: Int
+        /// Shown as `application_name` in `pg_stat_activity`.
+        public var applicationName: String
+
+        /// Creates options; see each property for its meaning.
+        public init(
+            maximumConnections: Int = 20, minimumConnections: Int = 0, connectTimeout: Duration = .seconds(10),
+            acquireTimeout: Duration = .seconds(30), maximumTransactionAttempts: Int = 5,
+            applicationName: String = "aviary"
+        ) {
+            self.maximumConnections = maximumConnections
+            self.minimumConnections = minimumConnections
+            self.connectTimeout = connectTimeout
+            self.acquireTimeout = acquireTimeout
+            self.maximumTransactionAttempts = maximumTransactionAttempts
+            self.applicationName = applicationName
+        }
+    }
+
+    /// A transaction's isolation level (PostgreSQL's `BEGIN ISOLATION LEVEL ...`).
+    public enum IsolationLevel: String, Sendable, Hashable {
+        /// Each statement sees the data committed before it began (PostgreSQL's default).
+        case readCommitted = "READ COMMITTED"
+        /// The transaction sees one snapshot; concurrent updates of the same rows fail with 40001.
+        case repeatableRead = "REPEATABLE READ"
+        /// As if transactions ran one after another; conflicting ones fail with 40001 and are retried.
+        case serializable = "SERIALIZABLE"
+    }
+
+    /// Where the store lives, as configured.
+    public let url: StoreURL
+    /// The parsed address (its description masks the password).
+    public let address: PostgresAddress
+    /// The pool; usable directly for work outside ``withTransaction(_:isolation:_:)`` while the store runs.
+    public let client: PostgresClient
+    /// The logger queries log to (pass it to `connection.query(_:logger:)`), labelled `aviary.storage`.
+    public let logger: Logger
+    /// The owning service's tracer: transactions inside a traced request get a client span.
+    public let tracer: (any Tracer)?
+    /// The options the store was made with.
+    public let options: Options
+
+    let migrations: PostgresMigrations
+    private let lifecycle = Mutex(Lifecycle())
+    private let tlsConfiguration: TLSConfiguration?
+    private static let connectionIDs = Atomic<Int>(0)
+    /// The advisory lock key that serialises migrations of one database ("aviary_mi" in ASCII).
+    static let migrationLockKey: Int64 = 0x6176_6961_7279_6d69
+
+    /// Creates a store for a `postgres://` URL. Nothing connects until ``run()``.
+    ///
+    /// - Parameters:
+    ///   - url: a `postgres://user:password@host:port/database` store URL.
+    ///   - migrations: the schema migrations, applied in order by ``run()``.
+    ///   - options: pool size, timeouts and retries.
+    ///   - logger: where the pool and the queries log (`aviary.storage` by default).
+    ///   - tracer: the owning service's tracer (`AviaryApplication.tracer`), for database spans.
+    /// - Throws: ``AviaryCore/AviaryError`` (invalid argument) when the URL is not a valid
+    ///   PostgreSQL URL, saying which part is wrong.
+    public init(
+        url: StoreURL, migrations: PostgresMigrations = PostgresMigrations(), options: Options = Options(),
+        logger: Logger = Logger(label: "aviary.storage"), tracer: (any Tracer)? = nil
+    ) throws(AviaryError) {
+        let address = try url.postgresAddress()
+        precondition(options.maximumTransactionAttempts >= 1, "maximumTransactionAttempts must be at least 1")
+        self.url = url
+        self.address = address
+        self.migrations = migrations
+        self.options = options
+        self.tracer = tracer
+        var logger = logger
+        logger[metadataKey: "db.namespace"] = "\(address.database)"
+        self.logger = logger
+        let tlsConfiguration: TLSConfiguration?
+        switch address.tls {
+        case .disable:
+            tlsConfiguration = nil
+        case .prefer, .require:
+            // As libpq's sslmode=prefer/require: encrypted, the certificate not verified.
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.certificateVerification = .none
+            tlsConfiguration = tls
+        }
+        self.tlsConfiguration = tlsConfiguration
+        var configuration = PostgresClient.Configuration(
+            host: address.host, port: address.port, username: address.username, password: address.password,
+            database: address.database, tls: Self.clientTLS(address.tls, tlsConfiguration))
+        configuration.options.maximumConnections = options.maximumConnections
+        configuration.options.minimumConnections = options.minimumConnections
+        configuration.options.connectTimeout = options.connectTimeout
+        configuration.options.additionalStartupParameters = [("application_name", options.applicationName)]
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+    }
+
+    // MARK: Lifetime
+
+    /// Runs the pool, applies the pending migrations, then serves until graceful shutdown or
+    /// cancellation. Call it once (a `ServiceGroup` does).
+    ///
+    /// ```swift
+    /// try await withThrowingDiscardingTaskGroup { group in
+    ///     group.addTask { try await store.run() }
+    ///     try await store.ready()
+    ///     // ... use the store, then cancel the group
+    /// }
+    /// ```
+    ///
+    /// - Throws: ``AviaryCore/AviaryError``: `unavailable` when the server cannot be reached (the
+    ///   message names the address and the cause, such as "connection refused"), `internal` naming
+    ///   the migration that failed, `failedPrecondition` when called twice.
+    public func run() async throws {
+        let first = self.lifecycle.withLock { state -> Bool in
+            guard case .idle = state.phase else { return false }
+            state.phase = .starting
+            return true
+        }
+        guard first else {
+            throw AviaryError(.failedPrecondition, "PostgresStore(\(self.address)).run() was called twice")
+        }
+        defer { self.finish(.stopped) }
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await self.client.run() }
+            do {
+                try await self.migrate()
+            } catch {
+                self.finish(.failed(error))
+                throw error
+            }
+            self.finish(.ready)
+        }
+    }
+
+    /// Waits until ``run()`` has applied the migrations.
+    ///
+    /// ```swift
+    /// try await store.ready()
+    /// ```
+    ///
+    /// - Throws: the error that stopped ``run()``, or ``AviaryCore/AviaryError`` (unavailable) when
+    ///   the store stopped, or `timedOut` after ``Options/acquireTimeout`` (saying whether ``run()``
+    ///   was ever called).
+    public func ready() async throws {
+        try await self.withAcquireDeadline { try await self.waitUntilReady() }
+    }
+
+    /// Runs a store for the duration of `body`: starts it, waits for its migrations, calls `body`,
+    /// then stops it. For tools and tests; services put the store in their `ServiceGroup` instead.
+    ///
+    /// ```swift
+    /// let count = try await PostgresStore.withStore(url: url, migrations: migrations) { store in
+    ///     try await store.withTransaction { connection in
+    ///         try await connection.query("SELECT count(*) FROM orders", logger: store.logger).decode(Int.self)
+    ///             .reduce(0) { $0 + $1 }
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// - Throws: what ``init(url:migrations:options:logger:tracer:)``, ``run()`` or `body` throws.
+    public static func withStore<T: Sendable>(
+        url: StoreURL, migrations: PostgresMigrations = PostgresMigrations(), options: Options = Options(),
+        logger: Logger = Logger(label: "aviary.storage"), tracer: (any Tracer)? = nil,
+        _ body: @Sendable (PostgresStore) async throws -> T
+    ) async throws -> T {
+        let store = try PostgresStore(
+            url: url, migrations: migrations, options: options, logger: logger, tracer: tracer)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await store.run() }
+            do {
+                // When run() fails (a refused connection, a failed migration), ready() throws its error.
+                try await store.ready()
+                let value = try await body(store)
+                group.cancelAll()
+                return value
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+        }
+    }
+
+    // MARK: Work
+
+    /// Runs `body` in a transaction on a pooled connection: it commits when `body` returns and
+    /// rolls back when it throws. A transaction that fails with a serialization failure (40001) or
+    /// a deadlock (40P01) is rolled back and run again, up to ``Options/maximumTransactionAttempts``
+    /// times, after a short randomised pause, so `body` must be safe to run again (no effects
+    /// outside the database).
+    ///
+    /// ```swift
+    /// let total = try await store.withTransaction("sum orders", isolation: .serializable) { connection in
+    ///     let rows = try await connection.query("SELECT coalesce(sum(total), 0)::BIGINT FROM orders", logger: store.logger)
+    ///     return try await rows.decode(Int.self).reduce(0, +)
+    /// }
+    /// ```
+    ///
+    /// - Parameters:
+    ///   - operation: the span's name inside a traced request (`postgresql transaction` by default).
+    ///   - isolation: the transaction's isolation level.
+    ///   - body: the transaction's work; pass ``logger`` to the connection's queries.
+    /// - Throws: `body`'s own error (after the rollback); ``AviaryCore/AviaryError`` `conflict`
+    ///   when every attempt failed to serialize, `unavailable` when no connection came in time or
+    ///   the outcome of COMMIT is unknown (the connection broke during it).
+    public func withTransaction<T: Sendable>(
+        _ operation: String? = nil, isolation: IsolationLevel = .readCommitted,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await self.traced(operation ?? "postgresql transaction") {
+            var attempt = 1
+            while true {
+                do {
+                    return try await self.withAcquiredConnection { connection in
+                        try await self.transaction(on: connection, isolation: isolation, body)
+                    }
+                } catch let error where Self.isRetryable(error) {
+                    guard attempt < self.options.maximumTransactionAttempts else {
+                        throw AviaryError(
+                            .conflict,
+                            "a \(isolation.rawValue.lowercased()) transaction on \(self.address) failed \(attempt) times: \(Self.describe(error))",
+                            cause: error)
+                    }
+                    self.logger.debug(
+                        "transaction retried",
+                        metadata: ["aviary.attempt": "\(attempt)", "error.type": "\(Self.sqlState(error) ?? "")"])
+                    // A randomised pause lets the transaction that won the conflict finish first.
+                    let base = 5 * (1 << min(attempt, 5))
+                    try await Task.sleep(for: .milliseconds(Int.random(in: base / 2...base)))
+                    attempt += 1
+                }
+            }
+        }
+    }
+
+    /// Runs `body` with a pooled connection outside any transaction (each statement commits on its
+    /// own), waiting up to ``Options/acquireTimeout`` for one.
+    ///
+    /// ```swift
+    /// try await store.withConnection { connection in
+    ///     try await connection.query("VACUUM orders", logger: store.logger)
+    /// }
+    /// ```
+    ///
+    /// - Throws: `body`'s error, or ``AviaryCore/AviaryError`` (unavailable) when no connection came in time.
+    public func withConnection<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await self.withAcquiredConnection(body)
+    }
+
+    /// Runs `body` with a connection of its own, outside the pool, closed afterwards: for
+    /// long-lived sessions such as `LISTEN`, which would otherwise hold a pooled connection.
+    ///
+    /// ```swift
+    /// try await store.withDedicatedConnection { connection in
+    ///     try await connection.listen(on: "orders") { notifications in
+    ///         for try await notification in notifications { print(notification.payload) }
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// - Throws: `body`'s error, or ``AviaryCore/AviaryError`` (unavailable) when the connection
+    ///   cannot be opened, naming the address and the cause.
+    public func withDedicatedConnection<T: Sendable>(
+        _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let connection = try await self.connect()
+        do {
+            let value = try await body(connection)
+            try? await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    /// Checks that the store is migrated and the database answers a query; used by readiness probes.
+    ///
+    /// ```swift
+    /// try await store.ping()
+    /// ```
+    ///
+    /// - Throws: ``AviaryCore/AviaryError`` saying why not (server down with its cause, store not
+    ///   running, migrations failed or still running, pool exhausted).
+    public func ping() async throws {
+        try await self.withAcquiredConnection { connection in
+            do {
+                _ = try await connection.complete("SELECT 1", logger: self.logger)
+            } catch {
+                throw AviaryError(
+                    .unavailable, "PostgreSQL at \(self.address) did not answer: \(Self.describe(error))", cause: error)
+            }
+        }
+    }
+
+    // MARK: Errors
+
+    /// A readable description of a postgres-nio error: the server's SQLSTATE, message, detail and
+    /// hint, or the network cause ("connection refused"). postgres-nio's own `description` hides
+    /// them, so that errors rendered to end users do not leak; use this in logs and operator messages.
+    ///
+    /// ```swift
+    /// logger.error("insert failed", metadata: ["error.message": "\(PostgresStore.describe(error))"])
+    /// ```
+    public static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as PSQLError:
+            if let info = error.serverInfo {
+                var text = "\(info[.severity] ?? "ERROR") \(info[.sqlState] ?? "?"): \(info[.message] ?? "")"
+                if let detail = info[.detail] { text += " (\(detail))" }
+                if let hint = info[.hint] { text += " hint: \(hint)" }
+                return text
+            }
+            if let underlying = error.underlying { return Self.describe(underlying) }
+            return "\(error.code)"
+        case let error as PostgresTransactionError:
+            return [error.beginError, error.closureError, error.commitError, error.rollbackError]
+                .compactMap { $0.map(Self.describe) }.joined(separator: "; ")
+        case let error as NIOConnectionError:
+            let causes = error.connectionErrors.map { Self.describe($0.error) }
+            if let dns = error.dnsAError ?? error.dnsAAAAError, causes.isEmpty {
+                return "cannot resolve \(error.host): \(dns)"
+            }
+            return causes.isEmpty ? "cannot connect to \(error.host):\(error.port)" : causes.joined(separator: "; ")
+        case let error as IOError:
+            return String(cString: strerror(error.errnoCode)).lowercased()
+        case let error as ChannelError:
+            if case .connectTimeout(let amount) = error {
+                return "no connection within \(Double(amount.nanoseconds) / 1e9) s (connect timeout)"
+            }
+            return "\(error)"
+        case let error as AviaryError:
+            return error.message
+        default:
+            return "\(error)"
+        }
+    }
+
+    /// The SQLSTATE of a server error, if `error` is one.
+    ///
+    /// ```swift
+    /// if PostgresStore.sqlState(error) == "23505" { /* unique violation */ }
+    /// ```
+    public static func sqlState(_ error: any Error) -> String? {
+        (error as? PSQLError)?.serverInfo?[.sqlState]
+    }
+
+    /// Serialization failures and deadlocks: the server rolled the transaction back and running it
+    /// again may succeed.
+    static func isRetryable(_ error: any Error) -> Bool {
+        switch Self.sqlState(error) {
+        case "40001", "40P01": true
+        default: false
+        }
+    }
+
+    // MARK: Internals
+
+    private struct Lifecycle {
+        enum Phase {
+            case idle
+            case starting
+            case ready
+            case failed(any Error)
+            case stopped
+        }
+        var phase = Phase.idle
+        var waiters: [Int: CheckedContinuation<Void, any Error>] = [:]
+        var nextWaiter = 0
+    }
+
+    private func finish(_ phase: Lifecycle.Phase) {
+        let (waiters, result): ([CheckedContinuation<Void, any Error>], Result<Void, any Error>) =
+            self.lifecycle.withLock { state in
+                switch (state.phase, phase) {
+                case (.failed, .stopped):
+                    break  // the failure says more than "stopped"
+                default:
+                    state.phase = phase
+                }
+                let result: Result<Void, any Error>
+                switch state.phase {
+                case .ready: result = .success(())
+                case .failed(let error): result = .failure(error)
+                default: result = .failure(self.stoppedError())
+                }
+                let waiters = Array(state.waiters.values)
+                state.waiters.removeAll()
+                return (waiters, result)
+            }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    private func stoppedError() -> AviaryError {
+        AviaryError(.unavailable, "PostgresStore(\(self.address)) has stopped")
+    }
+
+    /// Waits for ``run()`` to finish the migrations; cancellable.
+    private func waitUntilReady() async throws {
+        let id: Int? = self.lifecycle.withLock { state in
+            if case .ready = state.phase { return nil }
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        guard let id else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let now: Result<Void, any Error>? = self.lifecycle.withLock { state in
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    switch state.phase {
+                    case .ready: return .success(())
+                    case .failed(let error): return .failure(error)
+                    case .stopped: return .failure(self.stoppedError())
+                    case .idle, .starting:
+                        state.waiters[id] = continuation
+                        return nil
+                    }
+                }
+                if let now { continuation.resume(with: now) }
+            }
+        } onCancel: {
+            self.lifecycle.withLock { $0.waiters.removeValue(forKey: id) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Who won: the call that got a connection, or the deadline.
+    private final class Claim: Sendable {
+        private let state = Atomic<Int>(0)  // 0 waiting, 1 claimed by the call, 2 timed out
+        func claim(_ value: Int) -> Bool {
+            self.state.compareExchange(expected: 0, desired: value, ordering: .acquiringAndReleasing).exchanged
+        }
+    }
+
+    private enum Outcome<T: Sendable>: Sendable {
+        case value(T)
+        case deadlinePassed
+    }
+
+    /// Runs `body` on a pooled connection once the store is ready, failing with an explanation when
+    /// readiness and a connection take longer than ``Options/acquireTimeout``. Only the waiting is
+    /// timed: once `body` started, it runs to its end.
+    private func withAcquiredConnection<T: Sendable>(
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let claim = Claim()
+        return try await withThrowingTaskGroup(of: Outcome<T>.self) { group in
+            group.addTask {
+                try await self.waitUntilReady()
+                let value = try await self.client.withConnection { connection in
+                    // The deadline passed while this lease was being handed over: give it back unused.
+                    guard claim.claim(1) else { throw CancellationError() }
+                    return try await body(connection)
+                }
+                return .value(value)
+            }
+            group.addTask {
+                try await Task.sleep(for: self.options.acquireTimeout)
+                guard claim.claim(2) else { return .deadlinePassed }
+                throw await self.acquireTimeoutError()
+            }
+            while let outcome = try await group.next() {
+                if case .value(let value) = outcome {
+                    group.cancelAll()
+                    return value
+                }
+            }
+            throw AviaryError(.internal, "PostgresStore(\(self.address)): a call ended without a result")
+        }
+    }
+
+    /// ``withAcquiredConnection(_:)``'s deadline for work that needs no connection.
+    private func withAcquireDeadline(_ body: @escaping @Sendable () async throws -> Void) async throws {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await body()
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: self.options.acquireTimeout)
+                throw await self.acquireTimeoutError()
+            }
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Why a call got no connection in time.
+    private func acquireTimeoutError() async -> AviaryError {
+        let phase = self.lifecycle.withLock { $0.phase }
+        let waited = "\(self.options.acquireTimeout)"
+        switch phase {
+        case .idle:
+            return AviaryError(
+                .unavailable,
+                "PostgresStore(\(self.address)) is not running: call run() (or add the store to a ServiceGroup) before using it"
+            )
+        case .starting:
+            return AviaryError(
+                .timedOut, "PostgresStore(\(self.address)) was still applying its migrations after \(waited)")
+        case .failed(let error):
+            return AviaryError(
+                .unavailable, "PostgresStore(\(self.address)) failed to start: \(Self.describe(error))", cause: error)
+        case .stopped:
+            return self.stoppedError()
+        case .ready:
+            // Find out whether the server is reachable at all: the pool retries quietly.
+            do {
+                let connection = try await self.connect()
+                try? await connection.close()
+                return AviaryError(
+                    .resourceExhausted,
+                    "all \(self.options.maximumConnections) connections to \(self.address) stayed busy for \(waited)")
+            } catch {
+                return AviaryError(
+                    .unavailable, "no connection to PostgreSQL in \(waited): \(Self.describe(error))", cause: error)
+            }
+        }
+    }
+
+    /// One transaction on `connection`; see ``withTransaction(_:isolation:_:)``.
+    private func transaction<T: Sendable>(
+        on connection: PostgresConnection, isolation: IsolationLevel,
+        _ body: @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        do {
+            try await connection.query(
+                PostgresQuery(unsafeSQL: "BEGIN ISOLATION LEVEL \(isolation.rawValue)"), logger: self.logger)
+        } catch {
+            throw AviaryError(
+                .unavailable, "cannot begin a transaction on \(self.address): \(Self.describe(error))", cause: error)
+        }
+        let value: T
+        do {
+            value = try await body(connection)
+        } catch {
+            do {
+                try await connection.query("ROLLBACK", logger: self.logger)
+            } catch let rollbackError {
+                // The connection is unusable; closing it keeps it out of the pool.
+                self.logger.warning(
+                    "rollback failed; closing the connection",
+                    metadata: ["error.message": "\(Self.describe(rollbackError))"])
+                try? await connection.close()
+            }
+            throw error
+        }
+        let committed: PostgresQueryResult
+        do {
+            committed = try await connection.complete("COMMIT", logger: self.logger)
+        } catch {
+            if Self.isRetryable(error) { throw error }
+            if (error as? PSQLError)?.serverInfo != nil {
+                throw AviaryError(
+                    .conflict, "the transaction on \(self.address) was rolled back at COMMIT: \(Self.describe(error))",
+                    cause: error)
+            }
+            throw AviaryError(
+                .unavailable,
+                "COMMIT on \(self.address) failed, so whether the transaction committed is unknown: \(Self.describe(error))",
+                cause: error)
+        }
+        // A statement that failed inside the transaction, its error caught by `body`, aborts the
+        // transaction: the server then answers COMMIT with ROLLBACK. Never report that as success.
+        guard committed.metadata.command == "COMMIT" else {
+            throw AviaryError(
+                .conflict,
+                "the transaction on \(self.address) was rolled back: a statement in it failed (its error was caught inside the transaction)"
+            )
+        }
+        return value
+    }
+
+    /// Opens a connection outside the pool.
+    func connect() async throws -> PostgresConnection {
+        let tls: PostgresConnection.Configuration.TLS
+        do {
+            tls = try Self.connectionTLS(self.address.tls, self.tlsConfiguration)
+        } catch {
+            throw AviaryError(.internal, "cannot set up TLS for \(self.address): \(error)", cause: error)
+        }
+        var configuration = PostgresConnection.Configuration(
+            host: self.address.host, port: self.address.port, username: self.address.username,
+            password: self.address.password, database: self.address.database, tls: tls)
+        configuration.options.connectTimeout = TimeAmount(self.options.connectTimeout)
+        configuration.options.additionalStartupParameters = [("application_name", self.options.applicationName)]
+        let id = Self.connectionIDs.add(1, ordering: .relaxed).newValue
+        do {
+            return try await PostgresConnection.connect(configuration: configuration, id: id, logger: self.logger)
+        } catch {
+            throw AviaryError(
+                .unavailable, "cannot connect to PostgreSQL at \(self.address): \(Self.describe(error))", cause: error)
+        }
+    }
+
+    /// Applies the pending migrations on a connection of its own, holding the database's
+    /// migration advisory lock so that concurrent starters take turns.
+    private func migrate() async throws {
+        let connection = try await self.connect()
+        do {
+            try await self.migrate(on: connection)
+            try? await connection.close()
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    private func migrate(on connection: PostgresConnection) async throws {
+        let logger = self.logger
+        do {
+            _ = try await connection.complete("SELECT pg_advisory_lock(\(Self.migrationLockKey))", logger: logger)
+            try await connection.query(
+                """
+                CREATE TABLE IF NOT EXISTS aviary_migrations (
+                    name TEXT PRIMARY KEY,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )
+                """, logger: logger)
+        } catch {
+            throw AviaryError(
+                .internal, "migrating \(self.address) failed before any migration: \(Self.describe(error))",
+                cause: error)
+        }
+        var applied = Set<String>()
+        for try await name in try await connection.query("SELECT name FROM aviary_migrations", logger: logger)
+            .decode(String.self)
+        {
+            applied.insert(name)
+        }
+        for migration in self.migrations.list where !applied.contains(migration.name) {
+            do {
+                try await connection.query("BEGIN", logger: logger)
+                do {
+                    try await migration.migrate(connection, logger)
+                    try await connection.query(
+                        "INSERT INTO aviary_migrations (name) VALUES (\(migration.name))", logger: logger)
+                    guard try await connection.complete("COMMIT", logger: logger).metadata.command == "COMMIT" else {
+                        throw AviaryError(.internal, "a statement failed and the transaction was rolled back")
+                    }
+                } catch {
+                    _ = try? await connection.query("ROLLBACK", logger: logger)
+                    throw error
+                }
+            } catch {
+                throw AviaryError(
+                    .internal,
+                    "migrating \(self.address) failed at \"\(migration.name)\": \(Self.describe(error))", cause: error)
+            }
+            logger.info("migration applied", metadata: ["aviary.migration": "\(migration.name)"])
+        }
+        _ = try await connection.complete("SELECT pg_advisory_unlock(\(Self.migrationLockKey))", logger: logger)
+    }
+
+    /// A client span (OpenTelemetry database conventions) around one transaction inside a traced
+    /// request; calls outside any trace get none, as in ``SQLiteStore``.
+    private func traced<T>(_ name: String, _ call: () async throws -> T) async throws -> T {
+        guard let tracer = self.tracer, let parent = ServiceContext.current else {
+            return try await call()
+        }
+        let span = tracer.startSpan(name, context: parent, ofKind: .client)
+        defer { span.end() }
+        span.attributes["db.system.name"] = "postgresql"
+        span.attributes["db.namespace"] = self.address.database
+        span.attributes["server.address"] = self.address.host
+        span.attributes["server.port"] = self.address.port
+        do {
+            return try await call()
+        } catch {
+            span.recordError(error)
+            span.setStatus(SpanStatus(code: .error))
+            throw error
+        }
+    }
+
+    private static func clientTLS(
+        _ mode: PostgresAddress.TLSMode, _ configuration: TLSConfiguration?
+    ) -> PostgresClient.Configuration.TLS {
+        guard let configuration else { return .disable }
+        return mode == .require ? .require(configuration) : .prefer(configuration)
+    }
+
+    private static func connectionTLS(
+        _ mode: PostgresAddress.TLSMode, _ configuration: TLSConfiguration?
+    ) throws -> PostgresConnection.Configuration.TLS {
+        guard let configuration else { return .disable }
+        let context = try NIOSSLContext(configuration: configuration)
+        return mode == .require ? .require(context) : .prefer(context)
+    }
+}
+
+extension PostgresConnection {
+    /// Runs `query` to its end and returns its rows and command tag.
+    ///
+    /// postgres-nio's async `query` returns once the rows start, so a statement that fails while
+    /// it produces rows (`SELECT 1/0`, a lock function) fails only when its rows are read; a caller
+    /// that discards them would not see the error. This reads them all.
+    package func complete(_ query: PostgresQuery, logger: Logger) async throws -> PostgresQueryResult {
+        let future: EventLoopFuture<PostgresQueryResult> = self.query(query, logger: logger)
+        return try await future.get()
+    }
+}
+
+extension TimeAmount {
+    /// `duration` in NIO's unit, rounded down to the nanosecond.
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}
