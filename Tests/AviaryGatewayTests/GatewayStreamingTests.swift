@@ -42,7 +42,7 @@ struct GatewayStreamingTests {
                 }
                 var stable = 0
                 var last = -1
-                await eventually("the client is stalled") {
+                await eventually("the client is stalled", timeout: .seconds(90)) {
                     let now = progress.bytesWritten.load(ordering: .relaxed)
                     stable = now == last ? stable + 1 : 0
                     last = now
@@ -75,7 +75,7 @@ struct GatewayStreamingTests {
                 }
                 var stable = 0
                 var last = -1
-                await eventually("the origin is stalled") {
+                await eventually("the origin is stalled", timeout: .seconds(90)) {
                     let now = origin.state.downloadBytesWritten.load(ordering: .relaxed)
                     stable = now == last ? stable + 1 : 0
                     last = now

@@ -125,37 +125,43 @@ struct AviaryApplicationTests {
             try await httpGet(http, port: endpoint.port, path)
         }
 
-        try await testGracefulShutdown { trigger in
-            let running = Task { try await makeApp().run(gracefulShutdownSignals: []) }
-            var iterator = listening.makeAsyncIterator()
-            let endpoint = try #require(await iterator.next())
+        // The client is shut down on every path: one left running crashes the test process at deinit.
+        do {
+            try await testGracefulShutdown { trigger in
+                let running = Task { try await makeApp().run(gracefulShutdownSignals: []) }
+                var iterator = listening.makeAsyncIterator()
+                let endpoint = try #require(await iterator.next())
 
-            #expect(try await get(endpoint, "/readyz").0 == 200)
-            let slow = Task { try await get(endpoint, "/slow") }
-            await eventually("the slow request is in flight") { gate.entered == 1 }
+                #expect(try await get(endpoint, "/readyz").0 == 200)
+                let slow = Task { try await get(endpoint, "/slow") }
+                await eventually("the slow request is in flight") { gate.entered == 1 }
 
-            trigger.triggerGracefulShutdown()
-            // Draining: readiness fails while the server still accepts connections.
-            await eventually("readiness fails with draining") {
-                let readiness = try? await get(endpoint, "/readyz")
-                return readiness?.0 == 503 && readiness?.1.contains("draining") == true
+                trigger.triggerGracefulShutdown()
+                // Draining: readiness fails while the server still accepts connections.
+                await eventually("readiness fails with draining") {
+                    let readiness = try? await get(endpoint, "/readyz")
+                    return readiness?.0 == 503 && readiness?.1.contains("draining") == true
+                }
+                #expect(canConnect(port: endpoint.port))
+                // The check loops have stopped; the one sleeper is the drain delay.
+                await clock.waitForSleepers(count: 1)
+                #expect(canConnect(port: endpoint.port), "still accepting during the drain delay")
+
+                // After the drain delay the server stops accepting; the in-flight request goes on.
+                clock.advance(by: .seconds(5))
+                await eventually("new connections are refused") { !canConnect(port: endpoint.port) }
+                #expect(log.all == ["relay started"], "the background service runs until the server is done")
+
+                gate.open()
+                let finished = try await slow.value
+                #expect(finished.0 == 200)
+                #expect(finished.1 == "done")
+                try await running.value
+                #expect(log.all == ["relay started", "slow request finished", "relay stopped"])
             }
-            #expect(canConnect(port: endpoint.port))
-            // The check loops have stopped; the one sleeper is the drain delay.
-            await clock.waitForSleepers(count: 1)
-            #expect(canConnect(port: endpoint.port), "still accepting during the drain delay")
-
-            // After the drain delay the server stops accepting; the in-flight request goes on.
-            clock.advance(by: .seconds(5))
-            await eventually("new connections are refused") { !canConnect(port: endpoint.port) }
-            #expect(log.all == ["relay started"], "the background service runs until the server is done")
-
-            gate.open()
-            let finished = try await slow.value
-            #expect(finished.0 == 200)
-            #expect(finished.1 == "done")
-            try await running.value
-            #expect(log.all == ["relay started", "slow request finished", "relay stopped"])
+        } catch {
+            try await http.shutdown()
+            throw error
         }
         try await http.shutdown()
     }

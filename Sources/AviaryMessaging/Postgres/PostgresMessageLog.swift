@@ -5,7 +5,7 @@
 
 import AviaryCore
 public import AviaryStorage
-public import Foundation
+import Foundation
 public import Logging
 import PostgresNIO
 import Synchronization

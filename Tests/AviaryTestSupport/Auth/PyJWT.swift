@@ -3,9 +3,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
-public import Foundation
+import Foundation
 import Synchronization
-public import Testing
+import Testing
 
 /// Keys and tokens made by an independent implementation: Python's PyJWT and `cryptography`
 /// (installed by `.ci/run`). The tests fail, never skip, without them.
