@@ -86,7 +86,7 @@ final class RequestGate: Sendable {
 /// GETs `path` on 127.0.0.1:`port`: the status and the body.
 func httpGet(_ http: HTTPClient, port: Int, _ path: String) async throws -> (Int, String) {
     let response = try await http.execute(
-        HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"), timeout: .seconds(10))
+        HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)"), timeout: .seconds(30))
     let body = try await response.body.collect(upTo: 1 << 16)
     return (Int(response.status.code), String(buffer: body))
 }

@@ -260,7 +260,7 @@ struct PostgresStoreTests {
     func serverGoesAway() async throws {
         let server = try await PostgresTestServer.start()
         let url = try await server.makeDatabase()
-        let options = PostgresStore.Options(connectTimeout: .seconds(5), acquireTimeout: .seconds(5))
+        let options = PostgresStore.Options(connectTimeout: .seconds(30), acquireTimeout: .seconds(30))
         try await PostgresStore.withStore(url: url, migrations: Self.items(), options: options) { store in
             try await store.ping()
             await server.shutdown()

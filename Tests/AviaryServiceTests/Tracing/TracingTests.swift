@@ -134,7 +134,7 @@ struct TracingTests {
                 ordersEndpoints.set(endpoints[1])
                 var request = HTTPClientRequest(url: endpoints[2].url + "/checkout")
                 request.headers.add(name: "traceparent", value: "00-\(Self.traceID)-\(Self.callerSpanID)-01")
-                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
                 let body = try await response.body.collect(upTo: 1024)
                 #expect(response.status == .ok)
                 #expect(String(buffer: body) == "ordered after 200")
@@ -193,12 +193,12 @@ struct TracingTests {
             try await withApplications([app]) { endpoints in
                 // A request without a caller starts a new trace, which ratio 0 drops.
                 let unsampled = try await HTTPClient.shared.execute(
-                    HTTPClientRequest(url: endpoints[0].url + "/hello"), timeout: .seconds(10))
+                    HTTPClientRequest(url: endpoints[0].url + "/hello"), timeout: .seconds(30))
                 #expect(unsampled.status == .ok)
                 // A caller that sampled its trace (flags 01) is followed.
                 var request = HTTPClientRequest(url: endpoints[0].url + "/hello")
                 request.headers.add(name: "traceparent", value: "00-\(Self.traceID)-\(Self.callerSpanID)-01")
-                let sampled = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                let sampled = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
                 #expect(sampled.status == .ok)
                 await eventually("the sampled span arrives") { !receiver.spans(inTrace: Self.traceID).isEmpty }
             }
@@ -234,7 +234,7 @@ struct TracingTests {
                 endpoints.set(listening[0])
                 var request = HTTPClientRequest(url: listening[1].url + "/fail")
                 request.headers.add(name: "traceparent", value: "00-\(Self.traceID)-\(Self.callerSpanID)-01")
-                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+                let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
                 #expect(response.status == .serviceUnavailable)
                 await eventually("the span arrives") { !receiver.spans(inTrace: Self.traceID).isEmpty }
             }
