@@ -86,4 +86,45 @@ struct GatewayRoutingConfigurationTests {
                 #"routes[5].match.path_template: give one of path, path_prefix or path_template, not path_prefix and path_template (gateway.yaml:18)"#,
             ])
     }
+
+    @Test("the DocC example of advanced routing parses as written")
+    func documentationExample() throws {
+        let configuration = try GatewayConfiguration(
+            yaml: """
+                clusters:
+                  users:  {endpoints: [127.0.0.1:8101]}
+                  orders: {endpoints: [127.0.0.1:8102, 127.0.0.1:8112], load_balancer: ring_hash, hash_on: {header: x-user}}
+                  orders-v2: {endpoints: [127.0.0.1:8122]}
+                auth:
+                  jwt: {issuer: shop-users, audiences: [shop], jwks_url: http://127.0.0.1:8101/.well-known/jwks.json}
+                routes:
+                  - match: {path_template: "/api/orders/{id}", host: "*.shop.example", query: {view: full, debug: {present: true}}}
+                    rewrite: {path_template: "/orders/{id}"}
+                    cluster: orders
+                    mirror: {cluster: orders-v2, percent: 10%}
+                    request_headers: {add: {x-client: "%{client_ip}"}, set: {x-env: prod}, remove: [cookie]}
+                    response_headers: {set: {cache-control: no-store}, remove: [server]}
+                  - match: {path: /robots.txt}
+                    direct_response: {status: 200, body: "User-agent: *\\nDisallow: /\\n", content_type: text/plain}
+                  - match: {path_prefix: /, host: old.shop.example}
+                    redirect: {status: 308, location: "https://shop.example", strip_query: false}
+                  - match: {path_template: "/api/me/{id}"}
+                    auth: {require: jwt}
+                    compose:
+                      parts:
+                        - {name: user, cluster: users, path: "/users/{jwt.sub}"}
+                        - {name: orders, cluster: orders, path: "/orders?user={id}"}
+                      part_timeout: 500ms
+                      on_failure: omit              # or fail
+                """)
+        #expect(configuration.routes.count == 4)
+        #expect(configuration.clusters.first { $0.name == "orders" }?.hashOn == .header("x-user"))
+        #expect(configuration.routes[0].mirror == .init(cluster: "orders-v2", ratio: 0.1))
+        guard case .compose(let compose) = configuration.routes[3].destination else {
+            Issue.record("routes[3] is not a composition")
+            return
+        }
+        #expect(compose.omitFailed)
+        #expect(compose.parts.map(\.name) == ["user", "orders"])
+    }
 }
