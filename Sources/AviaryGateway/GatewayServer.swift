@@ -49,7 +49,9 @@ final class GatewayCore: Sendable {
         let kept = Dictionary(
             (previous?.clusters ?? []).map { ($0.cluster, $0) }, uniquingKeysWith: { a, _ in a })
         self.clusters = configuration.clusters.map { kept[$0] ?? ClusterState(cluster: $0, clock: clock) }
-        self.routeLabels = configuration.routes.map { $0.match.path ?? $0.match.pathPrefix ?? "/" }
+        self.routeLabels = configuration.routes.map {
+            $0.match.path ?? $0.match.pathTemplate ?? $0.match.pathPrefix ?? $0.match.host ?? "/"
+        }
         if let previous, let log = previous.accessLog, log.destination == configuration.accessLog?.path {
             self.accessLog = log
         } else {

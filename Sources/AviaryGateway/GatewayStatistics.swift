@@ -32,6 +32,8 @@ public final class GatewayStatistics: Sendable {
     public let upstreamStaleRetries = Atomic<Int>(0)
     /// Requests sent again under their route's `retry` policy.
     public let retries = Atomic<Int>(0)
+    /// Requests copied to a route's `mirror` cluster (shadow traffic).
+    public let mirroredRequests = Atomic<Int>(0)
     /// Retries not made because the route's retry budget was spent.
     public let retryBudgetExhausted = Atomic<Int>(0)
     /// Requests refused with `503` because their cluster had `circuit_breaker.max_requests` in flight.

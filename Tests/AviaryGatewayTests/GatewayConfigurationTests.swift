@@ -142,10 +142,12 @@ struct GatewayConfigurationTests {
             problems(yaml) == [
                 "listen.adress: unknown key, expected one of address, admin (gateway.yaml:1)",
                 "clusters.users.lb: unknown key, expected one of endpoints, load_balancer, health_check, "
-                    + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections (gateway.yaml:3)",
-                "routes[0].match.method: unknown key, expected one of path_prefix, path, methods, headers (gateway.yaml:5)",
-                "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, auth, timeout, retry, "
-                    + "rate_limit, cache, cors, fault (gateway.yaml:7)",
+                    + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections, hash_on (gateway.yaml:3)",
+                "routes[0].match.method: unknown key, expected one of path_prefix, path, path_template, methods, headers, "
+                    + "host, query (gateway.yaml:5)",
+                "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, direct_response, redirect, "
+                    + "compose, auth, timeout, retry, rate_limit, cache, cors, fault, request_headers, response_headers, "
+                    + "mirror (gateway.yaml:7)",
                 "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log (gateway.yaml:8)",
             ])
     }
@@ -193,9 +195,9 @@ struct GatewayConfigurationTests {
             problems(yaml) == [
                 "clusters.users.endpoints: expected at least one endpoint (gateway.yaml:2)",
                 #"routes[0].match.path_prefix: expected a path starting with /, got "api" (gateway.yaml:5)"#,
-                "routes[0].cluster: is missing: expected cluster or split (gateway.yaml:5)",
-                "routes[1].split: give cluster or split, not both (gateway.yaml:8)",
-                #"routes[2].match: expected a mapping with keys path_prefix, path, methods, headers, got a list (gateway.yaml:9)"#,
+                "routes[0].cluster: is missing: expected cluster, split, direct_response, redirect or compose (gateway.yaml:5)",
+                "routes[1].split: give one of cluster, split, direct_response, redirect or compose, not cluster and split (gateway.yaml:8)",
+                #"routes[2].match: expected a mapping with keys path_prefix, path, path_template, methods, headers, host, query, got a list (gateway.yaml:9)"#,
                 "routes[2].auth.require: requires auth.jwt to be configured (gateway.yaml:11)",
                 #"routes[2].rate_limit.key: expected client_address, client_ip, jwt.<claim> or header.<name>, got "cookie.x" (gateway.yaml:12)"#,
                 #"routes[2].rate_limit.rate: expected a rate such as 10/s, 600/m or 5/500ms, got "fast" (gateway.yaml:12)"#,

@@ -58,6 +58,11 @@ enum AdminViews {
                     "unhealthy": check.unhealthyThreshold,
                 ] as [String: Any]
         }
+        switch cluster.hashOn {
+        case .header(let name): result["hash_on"] = ["header": name]
+        case .cookie(let name): result["hash_on"] = ["cookie": name]
+        case nil: break
+        }
         if let detection = cluster.outlierDetection {
             result["outlier_detection"] =
                 [
@@ -75,12 +80,48 @@ enum AdminViews {
         if let path = route.match.path { match["path"] = path }
         if !route.match.methods.isEmpty { match["methods"] = route.match.methods }
         if !route.match.headers.isEmpty { match["headers"] = route.match.headers }
+        if let template = route.match.pathTemplate { match["path_template"] = template }
+        if let host = route.match.host { match["host"] = host }
+        if !route.match.query.isEmpty {
+            match["query"] = route.match.query.mapValues { condition -> Any in
+                switch condition {
+                case .equals(let value): return value
+                case .present: return ["present": true]
+                }
+            }
+        }
         var result: [String: Any] = ["match": match]
-        if let rewrite = route.rewrite { result["rewrite"] = ["path_prefix": rewrite.pathPrefix] }
+        if let rewrite = route.rewrite {
+            if let prefix = rewrite.pathPrefix { result["rewrite"] = ["path_prefix": prefix] }
+            if let template = rewrite.pathTemplate { result["rewrite"] = ["path_template": template] }
+        }
         switch route.destination {
         case .cluster(let name): result["cluster"] = name
         case .split(let parts):
             result["split"] = parts.map { ["cluster": $0.cluster, "weight": $0.weight] as [String: Any] }
+        case .directResponse(let direct):
+            result["direct_response"] =
+                ["status": direct.status, "body": direct.body, "content_type": direct.contentType] as [String: Any]
+        case .compose(let compose):
+            result["compose"] =
+                [
+                    "parts": compose.parts.map { ["name": $0.name, "cluster": $0.cluster, "path": $0.path] },
+                    "part_timeout": GatewayUnits.render(compose.partTimeout),
+                    "on_failure": compose.omitFailed ? "omit" : "fail",
+                ] as [String: Any]
+        case .redirect(let redirect):
+            result["redirect"] =
+                ["status": redirect.status, "location": redirect.location, "strip_query": redirect.stripQuery]
+                as [String: Any]
+        }
+        for (key, rewrite) in [("request_headers", route.requestHeaders), ("response_headers", route.responseHeaders)] {
+            guard let rewrite else { continue }
+            result[key] =
+                [
+                    "add": Dictionary(rewrite.add.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
+                    "set": Dictionary(rewrite.set.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
+                    "remove": rewrite.remove,
+                ] as [String: Any]
         }
         if let auth = route.auth { result["auth"] = ["require": auth.require, "scopes": auth.scopes] as [String: Any] }
         if let timeout = route.timeout { result["timeout"] = GatewayUnits.render(timeout) }

@@ -24,6 +24,8 @@ extension GatewayConfiguration {
         public var connectTimeout: Duration
         /// Idle keep-alive connections kept per endpoint and event loop.
         public var maxIdleConnections: Int
+        /// What `ring_hash` hashes (`hash_on:`); required with it, not allowed without it.
+        public var hashOn: HashOn?
 
         /// Creates a cluster; every field but the name has a default.
         public init(
@@ -47,6 +49,18 @@ extension GatewayConfiguration {
         }
     }
 
+    /// The request key `ring_hash` balances on: the same key reaches the same endpoint.
+    ///
+    /// ```yaml
+    /// orders: {endpoints: [127.0.0.1:8102, 127.0.0.1:8112], load_balancer: ring_hash, hash_on: {header: x-user}}
+    /// ```
+    public enum HashOn: Sendable, Hashable {
+        /// The first value of this request header (lower-case name).
+        case header(String)
+        /// The value of this cookie.
+        case cookie(String)
+    }
+
     /// How a request picks one endpoint of a cluster.
     public struct LoadBalancer: Sendable, Hashable, CustomStringConvertible {
         private enum Wrapped: String, Sendable, Hashable {
@@ -61,7 +75,8 @@ extension GatewayConfiguration {
         public static let roundRobin = LoadBalancer(.roundRobin)
         /// The less busy of two endpoints picked at random (power of two choices on in-flight requests).
         public static let leastRequest = LoadBalancer(.leastRequest)
-        /// Consistent hashing (parsed; balanced as round robin until it is implemented).
+        /// Consistent hashing on ``HashOn``: a key keeps reaching the same endpoint, and adding
+        /// or removing one of N endpoints moves only about 1/N of the keys.
         public static let ringHash = LoadBalancer(.ringHash)
 
         /// The YAML spellings, in order.

@@ -28,6 +28,12 @@ extension GatewayConfiguration {
         public var cors: CORS?
         /// Injected delays and aborts, for chaos testing.
         public var fault: Fault?
+        /// Headers added, set or removed on the request before it goes upstream.
+        public var requestHeaders: HeaderRewrite?
+        /// Headers added, set or removed on the response before it goes to the client.
+        public var responseHeaders: HeaderRewrite?
+        /// Shadow traffic: a share of requests is copied to another cluster, its answer discarded.
+        public var mirror: Mirror?
 
         /// Creates a route.
         public init(
@@ -40,7 +46,10 @@ extension GatewayConfiguration {
             rateLimit: RateLimit? = nil,
             cache: Cache? = nil,
             cors: CORS? = nil,
-            fault: Fault? = nil
+            fault: Fault? = nil,
+            requestHeaders: HeaderRewrite? = nil,
+            responseHeaders: HeaderRewrite? = nil,
+            mirror: Mirror? = nil
         ) {
             self.match = match
             self.rewrite = rewrite
@@ -52,6 +61,9 @@ extension GatewayConfiguration {
             self.cache = cache
             self.cors = cors
             self.fault = fault
+            self.requestHeaders = requestHeaders
+            self.responseHeaders = responseHeaders
+            self.mirror = mirror
         }
     }
 
@@ -65,26 +77,46 @@ extension GatewayConfiguration {
         public var methods: [String]
         /// Each header is present with exactly this value (names compared without case).
         public var headers: [String: String]
+        /// The path fits this template (`/api/orders/{id}`, `/files/{rest...}`): see
+        /// ``PathTemplate``.
+        public var pathTemplate: String?
+        /// The `Host` (port ignored, compared without case) is this name, or ends with the
+        /// suffix of a `*.example.com` wildcard (which needs at least one label before it).
+        public var host: String?
+        /// Each query parameter is present with exactly this value, or present at all.
+        public var query: [String: QueryCondition]
 
         /// Creates a match.
         public init(
-            pathPrefix: String? = nil, path: String? = nil, methods: [String] = [], headers: [String: String] = [:]
+            pathPrefix: String? = nil, path: String? = nil, methods: [String] = [], headers: [String: String] = [:],
+            pathTemplate: String? = nil, host: String? = nil, query: [String: QueryCondition] = [:]
         ) {
             self.pathPrefix = pathPrefix
             self.path = path
             self.methods = methods
             self.headers = headers
+            self.pathTemplate = pathTemplate
+            self.host = host
+            self.query = query
         }
     }
 
     /// How a route rewrites the request path (`rewrite:`).
     public struct Rewrite: Sendable, Hashable {
         /// Replaces the matched `path_prefix` (or the exact `path`) with this.
-        public var pathPrefix: String
+        public var pathPrefix: String?
+        /// Builds the whole path from the variables of `match.path_template`
+        /// (`/orders/{id}`); the query is kept.
+        public var pathTemplate: String?
 
-        /// Creates a rewrite.
+        /// Creates a prefix rewrite.
         public init(pathPrefix: String) {
             self.pathPrefix = pathPrefix
+        }
+
+        /// Creates a template rewrite.
+        public init(pathTemplate: String) {
+            self.pathTemplate = pathTemplate
         }
     }
 
@@ -95,12 +127,20 @@ extension GatewayConfiguration {
         /// Each request to one of several clusters, chosen at random by weight
         /// (`split: [{cluster: orders, weight: 90}, {cluster: orders-v2, weight: 10}]`).
         case split([WeightedCluster])
+        /// No upstream: the gateway answers itself (`direct_response:`).
+        case directResponse(DirectResponse)
+        /// No upstream: the gateway answers with a redirect (`redirect:`).
+        case redirect(Redirect)
+        /// Several upstreams called in parallel, their JSON merged into one object (`compose:`).
+        case compose(Compose)
 
         /// The clusters named.
         public var clusterNames: [String] {
             switch self {
             case .cluster(let name): [name]
             case .split(let parts): parts.map(\.cluster)
+            case .directResponse, .redirect: []
+            case .compose(let compose): compose.parts.map(\.cluster)
             }
         }
     }

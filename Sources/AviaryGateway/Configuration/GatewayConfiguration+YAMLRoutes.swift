@@ -4,12 +4,14 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import Foundation
 import Yams
 
 /// `routes[i]` and its parts.
 extension ConfigurationParser {
     static let routeKeys = [
-        "match", "rewrite", "cluster", "split", "auth", "timeout", "retry", "rate_limit", "cache", "cors", "fault",
+        "match", "rewrite", "cluster", "split", "direct_response", "redirect", "compose", "auth", "timeout", "retry",
+        "rate_limit", "cache", "cors", "fault", "request_headers", "response_headers", "mirror",
     ]
 
     mutating func route(
@@ -24,21 +26,16 @@ extension ConfigurationParser {
             self.problem(fields.path("match"), "is missing: expected a mapping such as {path_prefix: /api/}", node)
         }
         var rewrite: Configuration.Rewrite?
-        if let value = fields["rewrite"],
-            let rewriteFields = self.fields(value, fields.path("rewrite"), allowed: ["path_prefix"])
-        {
-            if let prefix = rewriteFields["path_prefix"] {
-                if let text = self.path(prefix, rewriteFields.path("path_prefix")) {
-                    rewrite = .init(pathPrefix: text)
-                }
-            } else {
-                self.problem(rewriteFields.path("path_prefix"), "is missing: expected a path", value)
-            }
-            if rewrite != nil && match.pathPrefix == nil && match.path == nil {
-                self.problem(fields.path("rewrite"), "needs match.path_prefix or match.path to replace", value)
-            }
+        if let value = fields["rewrite"] {
+            rewrite = self.rewrite(value, fields.path("rewrite"), match: match)
         }
-        let destination = self.destination(fields, node, clusters: clusters, writtenClusters: writtenClusters)
+        var destination = self.destination(fields, node, clusters: clusters, writtenClusters: writtenClusters)
+        if let value = fields["compose"] {
+            destination = self.compose(
+                value, fields.path("compose"), match: match, hasAuth: fields["auth"] != nil, clusters: clusters,
+                writtenClusters: writtenClusters
+            ).map { .compose($0) }
+        }
         var auth: Configuration.RouteAuth?
         if let value = fields["auth"] {
             auth = self.routeAuth(value, fields.path("auth"), jwtConfigured: jwtConfigured)
@@ -62,21 +59,109 @@ extension ConfigurationParser {
         if let value = fields["cors"] { cors = self.cors(value, fields.path("cors")) }
         var fault: Configuration.Fault?
         if let value = fields["fault"] { fault = self.fault(value, fields.path("fault")) }
+        var requestHeaders: Configuration.HeaderRewrite?
+        if let value = fields["request_headers"] {
+            requestHeaders = self.headerRewrite(value, fields.path("request_headers"))
+        }
+        var responseHeaders: Configuration.HeaderRewrite?
+        if let value = fields["response_headers"] {
+            responseHeaders = self.headerRewrite(value, fields.path("response_headers"))
+        }
+        var mirror: Configuration.Mirror?
+        if let value = fields["mirror"],
+            let mirrorFields = self.fields(value, fields.path("mirror"), allowed: ["cluster", "percent"])
+        {
+            let name = mirrorFields["cluster"].flatMap {
+                self.clusterReference($0, mirrorFields.path("cluster"), clusters, writtenClusters)
+            }
+            if mirrorFields["cluster"] == nil {
+                self.problem(mirrorFields.path("cluster"), "is missing: expected a cluster", value)
+            }
+            let ratio = mirrorFields["percent"].map { self.ratio($0, mirrorFields.path("percent")) } ?? 1
+            if let name, let ratio { mirror = .init(cluster: name, ratio: ratio) }
+        }
+        if fields["direct_response"] != nil || fields["redirect"] != nil || fields["compose"] != nil {
+            // A route the gateway answers itself has no upstream exchange to time, retry or cache.
+            for key in ["timeout", "retry", "cache", "mirror", "rewrite"] where fields[key] != nil {
+                if key == "rewrite" && fields["compose"] == nil { continue }
+                self.problem(
+                    fields.path(key), "needs a cluster: not allowed with direct_response, redirect or compose",
+                    fields[key])
+            }
+        }
         guard self.problemCount == before, let destination else { return nil }
         return Configuration.Route(
             match: match, rewrite: rewrite, destination: destination, auth: auth, timeout: timeout, retry: retry,
-            rateLimit: rateLimit, cache: cache, cors: cors, fault: fault)
+            rateLimit: rateLimit, cache: cache, cors: cors, fault: fault, requestHeaders: requestHeaders,
+            responseHeaders: responseHeaders, mirror: mirror)
     }
 
     mutating func match(_ node: Node, _ path: String) -> Configuration.Match {
         var match = Configuration.Match()
-        guard let fields = self.fields(node, path, allowed: ["path_prefix", "path", "methods", "headers"]) else {
+        let keys = ["path_prefix", "path", "path_template", "methods", "headers", "host", "query"]
+        guard let fields = self.fields(node, path, allowed: keys) else {
             return match
         }
         if let value = fields["path_prefix"] { match.pathPrefix = self.path(value, fields.path("path_prefix")) }
         if let value = fields["path"] { match.path = self.path(value, fields.path("path")) }
-        if fields["path_prefix"] != nil && fields["path"] != nil {
-            self.problem(fields.path("path"), "give path or path_prefix, not both", fields["path"])
+        if let value = fields["path_template"],
+            let text = self.string(value, fields.path("path_template"))
+        {
+            do {
+                _ = try PathTemplate(parsing: text)
+                match.pathTemplate = text
+            } catch {
+                self.problem(fields.path("path_template"), "\(error), got \(Self.quoted(text))", value)
+            }
+        }
+        let given = ["path", "path_prefix", "path_template"].filter { fields[$0] != nil }
+        if given.count > 1 {
+            self.problem(
+                fields.path(given[1]),
+                "give one of path, path_prefix or path_template, not \(given.joined(separator: " and "))",
+                fields[given[1]])
+        }
+        if let value = fields["host"], let text = self.string(value, fields.path("host")) {
+            let name = text.hasPrefix("*.") ? String(text.dropFirst(2)) : text
+            let valid =
+                !name.isEmpty && !name.hasPrefix(".")
+                && name.unicodeScalars.allSatisfy {
+                    $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == ".")
+                }
+            if valid {
+                match.host = text
+            } else {
+                self.problem(
+                    fields.path("host"),
+                    "expected a host name such as api.example.com or *.example.com (no port), got \(Self.quoted(text))",
+                    value)
+            }
+        }
+        if let value = fields["query"] {
+            for entry in self.namedEntries(value, fields.path("query"), what: "query parameter names to values") {
+                let entryPath = "\(fields.path("query")).\(entry.name)"
+                if case .mapping = entry.value {
+                    guard let condition = self.fields(entry.value, entryPath, allowed: ["present"]) else { continue }
+                    if let flag = condition["present"],
+                        let text = self.scalar(flag, condition.path("present"), expected: "true")
+                    {
+                        if text == "true" {
+                            match.query[entry.name] = .present
+                        } else {
+                            self.problem(
+                                condition.path("present"),
+                                "expected true (leave the parameter out to not test it), got \(Self.quoted(text))", flag
+                            )
+                        }
+                    } else if condition["present"] == nil {
+                        self.problem(condition.path("present"), "is missing: expected {present: true}", entry.value)
+                    }
+                } else if let text = self.scalar(
+                    entry.value, entryPath, expected: "a value, or {present: true} for any value")
+                {
+                    match.query[entry.name] = .equals(text)
+                }
+            }
         }
         if let value = fields["methods"], let items = self.list(value, fields.path("methods")) {
             for (index, item) in items.enumerated() {
@@ -103,9 +188,26 @@ extension ConfigurationParser {
     mutating func destination(
         _ fields: Fields, _ node: Node, clusters: Set<String>, writtenClusters: Set<String>
     ) -> Configuration.Destination? {
+        let kinds = ["cluster", "split", "direct_response", "redirect", "compose"].filter { fields[$0] != nil }
+        if kinds.count > 1 {
+            self.problem(
+                fields.path(kinds[1]),
+                "give one of cluster, split, direct_response, redirect or compose, not \(kinds.joined(separator: " and "))",
+                fields[kinds[1]])
+            return nil
+        }
+        if let value = fields["direct_response"] {
+            return self.directResponse(value, fields.path("direct_response")).map { .directResponse($0) }
+        }
+        if let value = fields["redirect"] {
+            return self.redirect(value, fields.path("redirect")).map { .redirect($0) }
+        }
+        if fields["compose"] != nil { return nil }  // parsed by `compose`, which knows the match
         switch (fields["cluster"], fields["split"]) {
         case (nil, nil):
-            self.problem(fields.path("cluster"), "is missing: expected cluster or split", node)
+            self.problem(
+                fields.path("cluster"), "is missing: expected cluster, split, direct_response, redirect or compose",
+                node)
             return nil
         case (.some, .some):
             self.problem(fields.path("split"), "give cluster or split, not both", fields["split"])

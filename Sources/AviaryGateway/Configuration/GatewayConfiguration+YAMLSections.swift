@@ -59,7 +59,7 @@ extension ConfigurationParser {
     mutating func cluster(_ node: Node, _ path: String, name: String) -> Configuration.Cluster? {
         let keys = [
             "endpoints", "load_balancer", "health_check", "outlier_detection", "circuit_breaker", "connect_timeout",
-            "max_idle_connections",
+            "max_idle_connections", "hash_on",
         ]
         guard let fields = self.fields(node, path, allowed: keys) else { return nil }
         var cluster = Configuration.Cluster(name: name)
@@ -111,6 +111,16 @@ extension ConfigurationParser {
                 value, fields.path("max_idle_connections"), in: 0...Int.max, expected: "a non-negative integer")
         {
             cluster.maxIdleConnections = number
+        }
+        if let value = fields["hash_on"] {
+            cluster.hashOn = self.hashOn(value, fields.path("hash_on"))
+            if cluster.loadBalancer != .ringHash {
+                self.problem(fields.path("hash_on"), "only applies with load_balancer: ring_hash", value)
+            }
+        } else if cluster.loadBalancer == .ringHash {
+            self.problem(
+                fields.path("hash_on"), "is missing: ring_hash needs {header: <name>} or {cookie: <name>}",
+                fields["load_balancer"])
         }
         return self.problemCount == before ? cluster : nil
     }
@@ -216,5 +226,23 @@ extension ConfigurationParser {
             }
         }
         return auth
+    }
+}
+
+extension ConfigurationParser {
+    mutating func hashOn(_ node: Node, _ path: String) -> Configuration.HashOn? {
+        guard let fields = self.fields(node, path, allowed: ["header", "cookie"]) else { return nil }
+        switch (fields["header"], fields["cookie"]) {
+        case (let value?, nil):
+            return self.string(value, fields.path("header")).map { .header($0.lowercased()) }
+        case (nil, let value?):
+            return self.string(value, fields.path("cookie")).map { .cookie($0) }
+        case (.some, .some):
+            self.problem(fields.path("cookie"), "give header or cookie, not both", node)
+            return nil
+        case (nil, nil):
+            self.problem(path, "expected {header: <name>} or {cookie: <name>}", node)
+            return nil
+        }
     }
 }

@@ -60,6 +60,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         /// A request the route may answer from its cache: the key, a stale entry for failures,
         /// the response being collected.
         var cache: CacheCapture?
+        /// What `%{...}` in the route's response header rewrite stands for (when it uses any).
+        var headerVariables: HeaderVariables?
 
         init(
             route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool, head: HTTPRequestHead,
@@ -90,7 +92,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     var record = RequestRecord()
     /// Set by a drain: the connection closes after the current response.
     var drainRequested = false
-    private var context: ChannelHandlerContext?
+    private(set) var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Parts of pipelined requests decoded while an exchange was still running.
     private var queued: [HTTPServerRequestPart] = []
@@ -98,7 +100,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// After a local answer to an unfinished request: the rest of it is ignored and the
     /// connection closes once the answer is written.
     var discarding = false
-    private var closed = false
+    private(set) var closed = false
     /// Closes a connection that sends no request within `limits.idle_timeout`.
     private var idleTimer: Scheduled<Void>?
     private var idleDeadline = NIODeadline.distantFuture
@@ -108,7 +110,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private var headerTimer: Scheduled<Void>?
     /// Whether a request head waits for its token's verification off the event loop: reads
     /// stop and what was read meanwhile waits in `queued`.
-    private var admitting = false
+    var admitting = false
 
     init(loop: GatewayLoop) {
         self.loop = loop
@@ -500,6 +502,18 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         _ head: HTTPRequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
         policy: PolicyOutcome?, context: ChannelHandlerContext
     ) {
+        if let answer = route.localAnswer {
+            self.answerLocalRoute(
+                answer, head: head, route: route, headers: policy?.responseHeaders ?? [],
+                close: hasBody || !head.isKeepAlive, context: context)
+            return
+        }
+        if let compose = route.compose {
+            self.compose(
+                compose, head: head, route: route, policy: policy, close: hasBody || !head.isKeepAlive,
+                context: context)
+            return
+        }
         var capture: CacheCapture?
         if let cache = route.cache {
             switch self.cacheLookup(cache, head: head, hasBody: hasBody) {
@@ -516,7 +530,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         let clusterIndex = route.pickCluster(self.core.random)
         let cluster = self.upstreams.clusters[clusterIndex]
-        guard let pool = cluster.pick(self.core.random) else {
+        guard let pool = cluster.pick(self.core.random, request: head.headers) else {
             self.respondLocally(
                 status: 503, slug: "no-upstream", detail: "cluster \(cluster.cluster.name) has no endpoints",
                 extensions: ["cluster": cluster.cluster.name, "reason": "no-endpoints"],
@@ -557,6 +571,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let subject = policy?.subject {
             upstreamHead.headers.add(name: subjectHeaderName, value: subject)
         }
+        let variables = route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head) : nil
+        route.requestHeaderRewrite?.apply(to: &upstreamHead.headers, variables)
         self.injectTrace(into: &upstreamHead.headers)
         if expectsContinue {
             // The gateway reads the body itself, so it tells the client to go on now; the
@@ -572,6 +588,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.exchange = exchange
         if let policy { exchange.responseHeaders = policy.responseHeaders }
         exchange.cache = capture
+        exchange.headerVariables = variables
         pool.inFlight += 1
         if let timeout = route.route.timeout {
             exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
@@ -580,6 +597,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         route.retry?.budget?.deposit()
         self.startAttempt(exchange, context: context)
+        if route.mirror != nil { self.mirrorIfDrawn(route, head: upstreamHead, hasBody: hasBody) }
     }
 
     /// Sends the exchange to its current endpoint: an idle connection at once, or a new one.
@@ -769,6 +787,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             for (name, value) in exchange.responseHeaders {
                 head.headers.replaceOrAdd(name: name, value: value)
             }
+            exchange.route.responseHeaderRewrite?.apply(to: &head.headers, exchange.headerVariables)
             // Framing is set here, not by the encoder: a response without a body (to HEAD, 204,
             // 304) keeps its Content-Length if it has one and gets nothing else; a body without a
             // length is re-chunked for HTTP/1.1 clients and ends with the connection for HTTP/1.0.

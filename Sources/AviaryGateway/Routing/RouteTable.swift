@@ -44,7 +44,7 @@ public struct RouteTable: Sendable {
     /// The first route that accepts the request, if any.
     public func route(method: HTTPMethod, uri: String, headers: HTTPHeaders) -> CompiledRoute? {
         let path = RouteTable.path(of: uri)
-        for route in self.routes where route.matches(method: method, path: path, headers: headers) {
+        for route in self.routes where route.matches(method: method, path: path, uri: uri, headers: headers) {
             return route
         }
         return nil
@@ -84,6 +84,25 @@ public struct CompiledRoute: Sendable {
     /// A route that requires a JWT while the gateway has no authenticator: answered `503`, never
     /// forwarded (fail closed).
     let authUnavailable: Bool
+    /// `match.path_template`, compiled; `hasTemplate` without one (an invalid template given in
+    /// code) matches nothing.
+    let template: PathTemplate?
+    let hasTemplate: Bool
+    /// `rewrite.path_template`, compiled against the match template's variables.
+    let rewriteTemplate: RewriteTemplate?
+    let host: HostMatcher?
+    let query: QueryMatcher?
+    /// `request_headers:` and `response_headers:`.
+    let requestHeaderRewrite: CompiledHeaderRewrite?
+    let responseHeaderRewrite: CompiledHeaderRewrite?
+    /// Whether a header rewrite uses `%{...}` variables (gathered per request only then).
+    let usesHeaderVariables: Bool
+    /// The answer of a `direct_response` or `redirect` route (no cluster).
+    let localAnswer: LocalAnswer?
+    /// The parts of a `compose` route, compiled.
+    let compose: CompiledCompose?
+    /// The mirror cluster's index and the draw below which a request is copied (out of 1 000 000).
+    let mirror: (cluster: Int, threshold: UInt64)?
 
     init(
         index: Int, route: GatewayConfiguration.Route, clusterIndexes: [String: Int],
@@ -108,7 +127,33 @@ public struct CompiledRoute: Sendable {
                 total += UInt64(part.weight)
                 targets.append((cluster, total))
             }
+        case .directResponse, .redirect, .compose:
+            break
         }
+        let template = route.match.pathTemplate.flatMap { try? PathTemplate(parsing: $0) }
+        self.localAnswer = LocalAnswer(route.destination)
+        if case .compose(let compose) = route.destination {
+            self.compose = CompiledCompose(
+                compose, variables: template?.variables ?? [], clusterIndexes: clusterIndexes)
+        } else {
+            self.compose = nil
+        }
+        if let mirror = route.mirror, let cluster = clusterIndexes[mirror.cluster] {
+            self.mirror = (cluster: cluster, threshold: UInt64((mirror.ratio * 1_000_000).rounded()))
+        } else {
+            self.mirror = nil
+        }
+        self.hasTemplate = route.match.pathTemplate != nil
+        self.template = template
+        self.rewriteTemplate = route.rewrite?.pathTemplate.flatMap { text in
+            template.flatMap { try? RewriteTemplate(parsing: text, variables: $0.variables) }
+        }
+        self.host = route.match.host.map(HostMatcher.init)
+        self.query = route.match.query.isEmpty ? nil : QueryMatcher(route.match.query)
+        self.requestHeaderRewrite = route.requestHeaders.map(CompiledHeaderRewrite.init)
+        self.responseHeaderRewrite = route.responseHeaders.map(CompiledHeaderRewrite.init)
+        self.usesHeaderVariables =
+            (self.requestHeaderRewrite?.usesVariables ?? false) || (self.responseHeaderRewrite?.usesVariables ?? false)
         self.targets = targets
         self.totalWeight = total
         self.retry = route.retry.map { CompiledRetry($0, clock: clock) }
@@ -122,17 +167,23 @@ public struct CompiledRoute: Sendable {
     }
 
     /// Whether the request is one this route takes.
-    func matches(method: HTTPMethod, path: Substring, headers: HTTPHeaders) -> Bool {
+    func matches(method: HTTPMethod, path: Substring, uri: String, headers: HTTPHeaders) -> Bool {
         let match = self.route.match
         if let exact = match.path {
             guard path == exact else { return false }
         } else if let prefix = match.pathPrefix {
             guard path.utf8.starts(with: prefix.utf8) else { return false }
+        } else if self.hasTemplate {
+            guard let template = self.template, template.matches(path) else { return false }
         }
         if !self.methods.isEmpty && !self.methods.contains(method) { return false }
+        if let host = self.host {
+            guard let value = headers.first(name: "host"), host.matches(value) else { return false }
+        }
         for header in self.headers {
             guard headers[header.name].contains(header.value) else { return false }
         }
+        if let query = self.query, !query.matches(uri: uri) { return false }
         return true
     }
 
@@ -146,13 +197,20 @@ public struct CompiledRoute: Sendable {
         return self.targets[self.targets.count - 1].cluster
     }
 
-    /// The request target with the matched prefix replaced by the rewrite's, the query kept.
+    /// The request target with the matched prefix replaced by the rewrite's (or rebuilt from
+    /// the path template's variables), the query kept.
     public func rewrite(uri: String) -> String {
         guard let rewrite = self.route.rewrite else { return uri }
+        if let rewriteTemplate = self.rewriteTemplate, let template = self.template {
+            let path = RouteTable.path(of: uri)
+            guard let values = template.values(path) else { return uri }
+            return rewriteTemplate.render(values) + uri[path.endIndex...]
+        }
+        guard let replacement = rewrite.pathPrefix else { return uri }
         let matched = self.route.match.path ?? self.route.match.pathPrefix ?? ""
         guard uri.utf8.starts(with: matched.utf8) else { return uri }
         let rest = uri.utf8.dropFirst(matched.utf8.count)
-        var result = rewrite.pathPrefix
+        var result = replacement
         // `/api/users` + rewrite `/users/` on `/api/users/42` would give `/users//42`.
         if result.utf8.last == UInt8(ascii: "/") && rest.first == UInt8(ascii: "/") {
             result.removeLast()

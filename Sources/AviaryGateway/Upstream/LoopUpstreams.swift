@@ -5,6 +5,7 @@
 
 import AviaryCore
 import NIOCore
+import NIOHTTP1
 import Synchronization
 
 /// What one event loop keeps for the server's whole life: the configuration generation it serves
@@ -131,12 +132,33 @@ final class ClusterPools {
     let metrics: ClusterCounters
     let pools: [UpstreamPool]
     private var next = 0
+    /// The consistent-hash ring of a `ring_hash` cluster, the same on every loop.
+    let ring: HashRing?
 
     init(state: ClusterState, metrics: ClusterCounters, pools: [UpstreamPool]) {
         self.cluster = state.cluster
         self.state = state
         self.metrics = metrics
         self.pools = pools
+        self.ring =
+            state.cluster.loadBalancer == .ringHash && state.cluster.hashOn != nil
+            ? HashRing(endpoints: pools.map(\.endpoint.description)) : nil
+    }
+
+    /// The endpoint pool for a request: by its hash key on a `ring_hash` cluster (the first
+    /// available endpoint clockwise, or the owner itself when none is available), else as
+    /// ``pick(_:)`` does, which also serves requests without the key.
+    func pick(_ random: GatewayRandom, request headers: HTTPHeaders) -> UpstreamPool? {
+        if let ring = self.ring, let hashOn = self.cluster.hashOn, let key = HashRing.key(hashOn, in: headers) {
+            let checkAvailability = self.state.unavailable.load(ordering: .relaxed) != 0
+            let pools = self.pools
+            let state = self.state
+            let index =
+                ring.endpoint(for: key.utf8) { !checkAvailability || state.isAvailable(pools[$0].state) }
+                ?? ring.endpoint(for: key.utf8)
+            return index.map { self.pools[$0] }
+        }
+        return self.pick(random)
     }
 
     /// A reload dropped or changed this cluster: its idle connections close, and connections of
@@ -179,7 +201,7 @@ final class ClusterPools {
             let b = pools[second]
             return b.inFlight < a.inFlight ? b : a
         }
-        // round_robin, and ring_hash until it exists.
+        // round_robin, and ring_hash for requests without the key.
         let pool = pools[self.next % pools.count]
         self.next = (self.next + 1) % self.pools.count
         return pool

@@ -13,6 +13,11 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(CNIOLinux)
+// `sockaddr_in`'s members resolve through NIO's C shim in some batch compilations, which
+// MemberImportVisibility then requires to be imported here.
+import CNIOLinux
+#endif
 
 /// A client that writes raw bytes over a real socket and parses what comes back by hand, so that
 /// malformed requests reach the gateway exactly as written.

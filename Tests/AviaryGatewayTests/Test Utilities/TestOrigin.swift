@@ -22,6 +22,7 @@ import Synchronization
 /// | `/never` | never answers |
 /// | `/status/N` | answers status N |
 /// | `/hop` | answers with hop-by-hop headers that must not reach the client |
+/// | `/json...` | answers `{"origin": name, "target": request target, "subject": x-aviary-subject}` as JSON |
 /// | `/flaky`, `/hang-on-bad`, `/reset-on-bad` | on origins named `bad*`: 503, no answer, a closed connection; elsewhere 200 |
 /// | `/arm-close` | answers, then closes the connection when the next request arrives on it, unanswered |
 /// | anything else | `200`, body: the request line and headers as the origin saw them; each query item `h-<name>=<value>` becomes a response header |
@@ -78,6 +79,8 @@ final class TestOrigin: Sendable {
 final class OriginState: Sendable {
     let connections = Atomic<Int>(0)
     let requests = Atomic<Int>(0)
+    /// Requests that carried `x-aviary-shadow: true` (mirrored copies).
+    let shadowRequests = Atomic<Int>(0)
     /// Bytes of `/download` bodies handed to the socket so far.
     let downloadBytesWritten = Atomic<Int>(0)
     /// Bytes of `/upload` bodies read so far.
@@ -145,6 +148,7 @@ final class OriginHandler: ChannelDuplexHandler {
                 return
             }
             self.state.requests.add(1, ordering: .relaxed)
+            if request.headers["x-aviary-shadow"] == ["true"] { self.state.shadowRequests.add(1, ordering: .relaxed) }
             let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
             let query = request.uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             self.extraHeaders = query.split(separator: "&").compactMap { item in
@@ -212,6 +216,10 @@ final class OriginHandler: ChannelDuplexHandler {
             default:
                 if path.hasPrefix("/status/"), let code = Int(path.dropFirst("/status/".count)) {
                     self.mode = .info("status \(code)")
+                } else if path.hasPrefix("/json") {
+                    let subject = request.headers.first(name: "x-aviary-subject") ?? ""
+                    self.mode = .info(
+                        "json {\"origin\":\"\(self.name)\",\"target\":\"\(request.uri)\",\"subject\":\"\(subject)\"}")
                 } else {
                     var text = "\(request.method.rawValue) \(request.uri)\n"
                     for (name, value) in request.headers { text += "\(name.lowercased()): \(value)\n" }
@@ -246,6 +254,9 @@ final class OriginHandler: ChannelDuplexHandler {
                     self.wrapOutboundOut(.head(self.head(.ok, [("content-length", String(self.downloadRemaining))]))),
                     promise: nil)
                 self.writeDownload(context)
+            case .info(let text) where text.hasPrefix("json "):
+                self.respond(context, .ok, String(text.dropFirst(5)), [("content-type", "application/json")])
+                self.mode = .idle
             case .info(let text) where text.hasPrefix("status "):
                 let code = Int(text.dropFirst("status ".count)) ?? 500
                 self.respond(context, HTTPResponseStatus(statusCode: code), "status \(code)")

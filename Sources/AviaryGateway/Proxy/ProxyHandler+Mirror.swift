@@ -1,0 +1,115 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// The header that marks a mirrored request, so the shadow cluster can tell copies apart (and,
+/// for example, not charge a card twice).
+let shadowHeaderName = "x-aviary-shadow"
+
+/// How long a mirrored request may take before its connection is closed: the copy must not
+/// hold connections forever when the shadow cluster hangs.
+let mirrorTimeout = TimeAmount.seconds(10)
+
+extension ProxyHandler {
+    /// Copies a request without a body to the route's mirror cluster, if the draw says so. The
+    /// copy runs on its own connection from the loop's pool and nothing about it reaches the
+    /// client: not its status, not its failure, not its time.
+    func mirrorIfDrawn(_ route: CompiledRoute, head upstreamHead: HTTPRequestHead, hasBody: Bool) {
+        guard let mirror = route.mirror, !hasBody,
+            mirror.threshold >= 1_000_000 || self.core.random.next(below: 1_000_000) < mirror.threshold
+        else { return }
+        let cluster = self.upstreams.clusters[mirror.cluster]
+        guard let pool = cluster.pick(self.core.random, request: upstreamHead.headers) else { return }
+        var head = upstreamHead
+        head.headers.replaceOrAdd(name: shadowHeaderName, value: "true")
+        self.core.statistics.mirroredRequests.add(1, ordering: .relaxed)
+        MirrorExchange(pool: pool, head: head).start()
+    }
+}
+
+/// One mirrored request: sends the head, reads the response to its end and discards it, then
+/// gives the connection back to the pool (or closes it). Lives on the pool's event loop; the
+/// upstream handler's reference keeps it alive while the connection is busy.
+final class MirrorExchange: UpstreamExchange {
+    let pool: UpstreamPool
+    let head: HTTPRequestHead
+    private var connection: UpstreamConnection?
+    private var reusable = false
+    private var timer: Scheduled<Void>?
+    private var done = false
+
+    init(pool: UpstreamPool, head: HTTPRequestHead) {
+        self.pool = pool
+        self.head = head
+    }
+
+    func start() {
+        self.pool.inFlight += 1
+        self.timer = self.pool.eventLoop.assumeIsolated().scheduleTask(in: mirrorTimeout) {
+            self.end(reuse: false)
+        }
+        if let connection = self.pool.takeIdle() {
+            self.send(on: connection)
+        } else {
+            self.pool.connect().assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let connection): self.send(on: connection)
+                case .failure: self.end(reuse: false)
+                }
+            }
+        }
+    }
+
+    private func send(on connection: UpstreamConnection) {
+        guard !self.done else {
+            self.pool.release(connection)
+            return
+        }
+        self.connection = connection
+        connection.handler.exchange = self
+        connection.handler.setReadsPaused(false)
+        connection.handler.send(.head(self.head))
+        connection.handler.send(.end(nil))
+        connection.handler.flush()
+    }
+
+    func upstreamReceived(_ part: HTTPClientResponsePart) {
+        switch part {
+        case .head(let response):
+            let framed =
+                response.headers.contains(name: "content-length")
+                || response.headers.contains(name: "transfer-encoding")
+                || self.head.method == .HEAD || response.status == .noContent || response.status == .notModified
+            self.reusable = response.isKeepAlive && framed
+        case .body:
+            break
+        case .end:
+            self.end(reuse: self.reusable)
+        }
+    }
+
+    func upstreamReadComplete() {}
+
+    func upstreamWritabilityChanged(isWritable: Bool) {}
+
+    func upstreamFailed(_ error: (any Error)?) {
+        self.end(reuse: false)
+    }
+
+    private func end(reuse: Bool) {
+        guard !self.done else { return }
+        self.done = true
+        self.timer?.cancel()
+        self.timer = nil
+        self.pool.inFlight -= 1
+        guard let connection = self.connection else { return }
+        self.connection = nil
+        connection.handler.exchange = nil
+        if reuse { self.pool.release(connection) } else { connection.close() }
+    }
+}
