@@ -51,7 +51,7 @@ struct SagaCrashTests {
             ?? UInt64.random(in: 1...UInt64.max)
         print("SagaCrashTests seed \(seed) (replay with AVIARY_FAULT_SEED=\(seed))")
         var random = SeededGenerator(state: seed)
-        let count = 600
+        let count = 4000
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let logPath = directory.path("runner.log")
@@ -78,7 +78,7 @@ struct SagaCrashTests {
         var process = try launch()
         defer { if process.isRunning { _ = kill(process.processIdentifier, SIGKILL) } }
         let clock = ContinuousClock()
-        let killPhase = clock.now.advanced(by: .seconds(12))
+        let killPhase = clock.now.advanced(by: .seconds(15))
         var finished = false
         while clock.now < killPhase {
             // A fault schedule, not a wait for anything: the moment of the next SIGKILL.
