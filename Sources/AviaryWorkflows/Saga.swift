@@ -95,6 +95,17 @@ public struct SagaStep<State: Codable & Sendable>: Sendable {
     /// The longest an action or compensation may run; an attempt that takes longer fails with
     /// ``SagaError/Kind/timeout`` (and counts as a failed attempt). Nil: no limit.
     public var timeout: Duration?
+    /// Whether the step's own compensation runs too when its action fails for good (not only
+    /// the compensations of the steps before it). Turn it on when a failed attempt may still
+    /// have applied on the callee (a timeout, a lost response) and the compensation is a no-op
+    /// for an action that never applied (it can look up the action's idempotency key,
+    /// `StepContext.idempotencyKey` without `/compensate`). Default false.
+    ///
+    /// ```swift
+    /// var charge = SagaStep<Order>("charge", timeout: .seconds(5)) { ... } compensate: { ... }
+    /// charge.compensatesItsOwnFailure = true
+    /// ```
+    public var compensatesItsOwnFailure = false
 
     /// A step with an action and an optional compensation (nil: nothing to undo).
     public init(

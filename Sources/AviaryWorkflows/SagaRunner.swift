@@ -477,7 +477,8 @@ public final class SagaRunner: Service, Sendable {
             "saga step failed for good; compensating",
             metadata: ["saga": "\(instance.id)", "step": "\(step.name)", "error": "\(message)"])
         instance.status = .compensating
-        events += saga.enterCompensation(from: index - 1, &instance, now: done)
+        let from = step.compensatesItsOwnFailure ? index : index - 1
+        events += saga.enterCompensation(from: from, &instance, now: done)
         return events
     }
 
@@ -561,6 +562,7 @@ struct ErasedSaga: Sendable {
         var name: String
         var isSleep: Bool
         var isRequest = false
+        var compensatesItsOwnFailure = false
         var replyTimeout: Duration = .zero
         var onReply: (@Sendable (Data, CloudEvent) throws -> Data)?
         var retry: StepRetryPolicy
@@ -577,7 +579,11 @@ struct ErasedSaga: Sendable {
     init<State>(_ saga: Saga<State>) {
         self.name = saga.name
         self.compensationRetry = saga.compensationRetry
-        self.steps = saga.steps.map(Self.erase)
+        self.steps = saga.steps.map { step in
+            var erased = Self.erase(step)
+            erased.compensatesItsOwnFailure = step.compensatesItsOwnFailure
+            return erased
+        }
     }
 
     private static func erase<State>(_ step: SagaStep<State>) -> Step {

@@ -375,6 +375,25 @@ struct SagaRunnerTests {
         #expect(try await f.callee.balance == 0)
     }
 
+    @Test("a step that may have applied before it failed can compensate itself too")
+    func compensatesItsOwnFailure() async throws {
+        let f = try Fixture()
+        defer { f.directory.remove() }
+        // "b" applies on the callee, then its response is lost (the action throws).
+        var lost = SagaStep<Transfer>("b", retry: .once) { transfer, context in
+            try await f.callee.apply(key: context.idempotencyKey, amount: transfer.amount)
+            throw TestFailure("response lost")
+        } compensate: { transfer, context in
+            try await f.callee.apply(key: context.idempotencyKey, amount: -transfer.amount)
+        }
+        lost.compensatesItsOwnFailure = true
+        let saga = Saga<Transfer>("transfer", steps: [Self.step("a", f.callee), lost])
+        let finished = try await f.runner.start(saga, id: "t1", state: Transfer(amount: 5))
+        #expect(finished.status == .compensated)
+        #expect(try await f.callee.balance == 0)
+        #expect(try await f.store.history("t1").filter { $0.kind == .compensated }.map(\.step) == [1, 0])
+    }
+
     @Test("a saga id is used once")
     func duplicateStart() async throws {
         let f = try Fixture()
