@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "AviaryMessaging", targets: ["AviaryMessaging"]),
         .library(name: "AviaryEventSourcing", targets: ["AviaryEventSourcing"]),
         .library(name: "AviaryGateway", targets: ["AviaryGateway"]),
+        .library(name: "AviaryWorkflows", targets: ["AviaryWorkflows"]),
         .executable(name: "aviary", targets: ["aviary"]),
         .executable(name: "shop", targets: ["shop"]),
     ],
@@ -104,6 +105,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "AviaryWorkflows",
+            dependencies: [
+                "AviaryCore",
+                "AviaryStorage",
+                "AviaryMessaging",
+                "AviaryResilience",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "AviaryTelemetry",
             dependencies: [
                 "AviaryCore",
@@ -177,6 +191,7 @@ let package = Package(
                 "AviaryMessaging",
                 "AviaryStorage",
                 "AviaryTelemetry",
+                "AviaryWorkflows",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -247,6 +262,36 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/AviaryMessagingFault",
+            swiftSettings: swiftSettings
+        ),
+        // A saga runner that the workflows crash test runs as a child process and kills with
+        // SIGKILL; built next to the test bundle, not a product.
+        .executableTarget(
+            name: "aviary-workflows-fault",
+            dependencies: [
+                "AviaryWorkflows",
+                "AviaryCore",
+                "AviaryMessaging",
+                "AviaryResilience",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/AviaryWorkflowsFault",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AviaryWorkflowsTests",
+            dependencies: [
+                "AviaryWorkflows",
+                "AviaryCore",
+                "AviaryMessaging",
+                "AviaryResilience",
+                "AviaryStorage",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

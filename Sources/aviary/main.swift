@@ -28,6 +28,7 @@ let usage = """
     usage: aviary gateway --config FILE [--threads N] [--watch-interval DURATION] [--check]
            aviary broker topics|dlq --url URL ...   (aviary broker --help)
            aviary events streams|show|follow|projections|rebuild --store URL ...
+           aviary sagas list|show|retry|abandon --store URL ...
 
       gateway   run the API gateway
         --config FILE               the gateway's YAML configuration
@@ -177,6 +178,7 @@ case "gateway":
     }
     exit(0)
 case "events": await EventsCommand.run(arguments)
+case "sagas": await SagasCommand.run(arguments)
 case "broker":
     exit(await brokerCommand(arguments))
 default:

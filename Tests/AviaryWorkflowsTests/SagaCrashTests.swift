@@ -1,0 +1,148 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryStorage
+import AviaryWorkflows
+import Foundation
+import GRDB
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Sagas under SIGKILL: `aviary-workflows-fault` (built next to the test bundle) runs sagas
+/// reserve → charge → confirm against a callee database with an idempotency table; the test kills
+/// it at random moments (mid-step, between a step's effect and its record, mid-compensation) and
+/// starts it again, until it finishes on its own. Then every saga must be completed or
+/// compensated and the callee's balances must be exactly what the finished sagas say.
+///
+/// `AVIARY_FAULT_SEED=<seed> swift test --filter SagaCrashTests` replays a schedule.
+@Suite("Sagas under SIGKILL", .serialized, .timeLimit(.minutes(3)))
+struct SagaCrashTests {
+    static var executable: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("aviary-workflows-fault")
+    }
+
+    /// SplitMix64, so that a failing schedule can be replayed.
+    struct SeededGenerator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            self.state &+= 0x9E37_79B9_7F4A_7C15
+            var z = self.state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+
+    @Test("killed runners leave every saga completed or compensated, and the effects balance exactly")
+    func killAtRandom() async throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path),
+            "build the aviary-workflows-fault target first (swift build --build-tests)")
+        let seed =
+            ProcessInfo.processInfo.environment["AVIARY_FAULT_SEED"].flatMap(UInt64.init)
+            ?? UInt64.random(in: 1...UInt64.max)
+        print("SagaCrashTests seed \(seed) (replay with AVIARY_FAULT_SEED=\(seed))")
+        var random = SeededGenerator(state: seed)
+        let count = 4000
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let logPath = directory.path("runner.log")
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        func logTail() -> String {
+            String(((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").suffix(2000))
+        }
+        func launch() throws -> Process {
+            let process = Process()
+            process.executableURL = Self.executable
+            process.arguments = [
+                "run", "--sagas", directory.path("sagas.db"), "--callee", directory.path("callee.db"),
+                "--count", "\(count)",
+            ]
+            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+            output.seekToEndOfFile()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            return process
+        }
+
+        var kills = 0
+        var process = try launch()
+        defer { if process.isRunning { _ = kill(process.processIdentifier, SIGKILL) } }
+        let clock = ContinuousClock()
+        let killPhase = clock.now.advanced(by: .seconds(15))
+        var finished = false
+        while clock.now < killPhase {
+            // A fault schedule, not a wait for anything: the moment of the next SIGKILL.
+            try await Task.sleep(for: .milliseconds(Int.random(in: 30...400, using: &random)))
+            if !process.isRunning {
+                guard process.terminationReason == .exit && process.terminationStatus == 0 else {
+                    Issue.record("seed \(seed): the runner failed: \(logTail())")
+                    return
+                }
+                finished = true
+                break
+            }
+            _ = kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            kills += 1
+            process = try launch()
+        }
+        if !finished {
+            let deadline = clock.now.advanced(by: .seconds(90))
+            while process.isRunning {
+                guard clock.now < deadline else {
+                    Issue.record("seed \(seed): the runner did not finish: \(logTail())")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            guard process.terminationReason == .exit && process.terminationStatus == 0 else {
+                Issue.record("seed \(seed): the runner failed: \(logTail())")
+                return
+            }
+        }
+        print("SagaCrashTests: \(kills) kills")
+        #expect(kills > 0)
+
+        let store = try SQLiteSagaStore(url: StoreURL(.sqlite(path: directory.path("sagas.db"))))
+        let callee = try SQLiteStore(url: StoreURL(.sqlite(path: directory.path("callee.db"))))
+        let instances = try await store.instances(status: nil, limit: count + 10)
+        #expect(instances.count == count)
+        var expected = ["stock": 0, "charged": 0, "confirmed": 0]
+        var expectedKeys: Set<String> = []
+        for instance in instances {
+            let number = try #require(Int(instance.id.dropFirst("order-".count)))
+            let quantity = number % 5 + 1
+            if number % 3 == 0 {
+                #expect(instance.status == .compensated, "\(instance.id) is \(instance.status.rawValue)")
+                expectedKeys.formUnion(["\(instance.id)/0", "\(instance.id)/0/compensate"])
+            } else {
+                #expect(instance.status == .completed, "\(instance.id) is \(instance.status.rawValue)")
+                expected["stock", default: 0] += quantity
+                expected["charged", default: 0] += quantity * 100
+                expected["confirmed", default: 0] += 1
+                expectedKeys.formUnion(["\(instance.id)/0", "\(instance.id)/1", "\(instance.id)/2"])
+            }
+        }
+        let (balances, keys) = try await callee.read { db in
+            (
+                try Row.fetchAll(db, sql: "SELECT account, value FROM balances").reduce(into: [String: Int]()) {
+                    $0[$1["account"]] = $1["value"]
+                },
+                try String.fetchAll(db, sql: "SELECT key FROM effects")
+            )
+        }
+        #expect(balances == expected)
+        #expect(Set(keys) == expectedKeys)
+        #expect(keys.count == expectedKeys.count)
+    }
+}
