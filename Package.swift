@@ -334,6 +334,7 @@ let package = Package(
             name: "AviaryMessagingTests",
             dependencies: [
                 "AviaryMessaging",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "AviaryCore",
                 "AviaryStorage",
                 "AviaryTestSupport",
