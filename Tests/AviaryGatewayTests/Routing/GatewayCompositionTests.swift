@@ -26,7 +26,7 @@ struct GatewayCompositionTests {
               parts:
                 - {name: user, cluster: users, path: "/json/users/{id}"}
                 - {name: orders, cluster: orders, path: "\(ordersPath)"}
-              part_timeout: 2s
+              part_timeout: 20s
               on_failure: \(onFailure)
         """
     }
@@ -91,7 +91,7 @@ struct GatewayCompositionTests {
         try await withOrigins(["users", "orders"]) { origins in
             origins[1].state.failure.store(2, ordering: .relaxed)  // orders never answers
             let yaml = Self.yaml(users: origins[0].port, orders: origins[1].port, onFailure: "fail")
-                .replacingOccurrences(of: "part_timeout: 2s", with: "part_timeout: 300ms")
+                .replacingOccurrences(of: "part_timeout: 20s", with: "part_timeout: 3s")
             try await withGateway(yaml) { gateway in
                 let response = try await gateway.get("/api/me/7")
                 #expect(response.status == 504)
