@@ -334,7 +334,6 @@ let package = Package(
             name: "AviaryMessagingTests",
             dependencies: [
                 "AviaryMessaging",
-                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "AviaryCore",
                 "AviaryStorage",
                 "AviaryTestSupport",
