@@ -67,12 +67,9 @@ extension UpstreamPool {
             shared.overflows.add(1, ordering: .relaxed)
             return self.eventLoop.makeFailedFuture(UpstreamOverflow(threshold: "max_connections", limit: limit))
         }
-        let streams: NIOHTTP2Handler.StreamConfiguration = {
-            var streams = NIOHTTP2Handler.StreamConfiguration()
-            streams.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
-            streams.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
-            return streams
-        }()
+        var streams = NIOHTTP2Handler.StreamConfiguration()
+        streams.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
+        streams.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(self.cluster.connectTimeout))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
