@@ -327,6 +327,7 @@ let package = Package(
             name: "AviaryMessagingTests",
             dependencies: [
                 "AviaryMessaging",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 "AviaryCore",
                 "AviaryStorage",
                 "AviaryTestSupport",

@@ -37,15 +37,12 @@ public import GRDB
 /// (which keeps the order per key). The relay deletes a row once the log has it; a row that could
 /// not be published yet records `attempts` and `last_error`.
 ///
-/// ## PostgreSQL (not yet)
-/// The same table works on PostgreSQL (`seq BIGSERIAL`, `data BYTEA`, times as
-/// `DOUBLE PRECISION`), with two differences the PostgreSQL outbox must handle: sequence values
-/// are taken before commit, so `seq` order is not commit order — the relay must not publish a row
-/// while a transaction holding a smaller `seq` of the same key may still commit (read only rows
-/// older than `pg_snapshot_xmin(pg_current_snapshot())`, or take a per-key advisory lock in
-/// ``enqueue(_:in:)``); and several relays on one database share the rows with
-/// `SELECT ... FOR UPDATE SKIP LOCKED` instead of publishing the same head twice. A
-/// `NOTIFY aviary_outbox` in the enqueuing transaction replaces the in-process wake-up.
+/// ## PostgreSQL
+/// The same API works in a ``AviaryStorage/PostgresStore`` transaction:
+/// `Outbox.addMigrations(to: &postgresMigrations)` and
+/// `try await Outbox.enqueue(message, in: connection)` inside `withTransaction`. There, enqueue
+/// also locks the message's (topic, key) until commit, so that per key `seq` order is commit
+/// order (see `Outbox+Postgres.swift`).
 public enum Outbox {
     /// The table's name.
     public static let table = "aviary_outbox"
@@ -124,18 +121,7 @@ public enum Outbox {
         }
         let now = Date().timeIntervalSince1970
         for message in messages {
-            guard Partitioner.isValidName(message.topic) else {
-                throw MessagingError(
-                    .invalidArgument,
-                    "outbox message \(message.event.id): topic \"\(message.topic)\" is not a valid name "
-                        + "(1-200 letters, digits, '.', '_' or '-')")
-            }
-            let problems = message.event.validate()
-            guard problems.isEmpty else {
-                throw MessagingError(
-                    .invalidArgument,
-                    "outbox message \(message.event.id): invalid CloudEvent: \(problems.joined(separator: "; "))")
-            }
+            try self.validate(message)
             let event = message.event
             try db.execute(
                 sql: """
@@ -154,6 +140,22 @@ public enum Outbox {
         if !messages.isEmpty {
             // Wake this process's relays once the data and the events are durable.
             db.afterNextTransaction(onCommit: { _ in OutboxSignal.shared.notify() })
+        }
+    }
+
+    /// Checks a message before it goes into the outbox.
+    static func validate(_ message: OutgoingMessage) throws {
+        guard Partitioner.isValidName(message.topic) else {
+            throw MessagingError(
+                .invalidArgument,
+                "outbox message \(message.event.id): topic \"\(message.topic)\" is not a valid name "
+                    + "(1-200 letters, digits, '.', '_' or '-')")
+        }
+        let problems = message.event.validate()
+        guard problems.isEmpty else {
+            throw MessagingError(
+                .invalidArgument,
+                "outbox message \(message.event.id): invalid CloudEvent: \(problems.joined(separator: "; "))")
         }
     }
 
@@ -192,6 +194,14 @@ public struct PendingOutboxMessage: Sendable, Hashable {
     public var attempts: Int
     /// The last failure, if any.
     public var lastError: String?
+
+    init(sequence: Int64, message: OutgoingMessage, enqueuedAt: Date, attempts: Int, lastError: String?) {
+        self.sequence = sequence
+        self.message = message
+        self.enqueuedAt = enqueuedAt
+        self.attempts = attempts
+        self.lastError = lastError
+    }
 
     init(row: Row) throws {
         let sequence: Int64 = row["seq"]

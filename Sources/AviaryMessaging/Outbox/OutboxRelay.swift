@@ -9,6 +9,7 @@ public import AviaryStorage
 import Foundation
 import GRDB
 public import Logging
+import PostgresNIO
 public import ServiceLifecycle
 
 /// Publishes the messages a service enqueued with ``Outbox/enqueue(_:in:)`` to a
@@ -26,9 +27,11 @@ public import ServiceLifecycle
 /// - killed after publishing and before deleting, the rows are published again on restart, with
 ///   the same CloudEvent ids, which an ``Inbox`` on the consumer side skips.
 ///
-/// At graceful shutdown the batch in flight finishes, then the relay returns. Run one relay per
-/// database; a second one (another process) is safe — it may publish a head twice, which the
-/// inbox absorbs, and the first copies stay in order — but it is wasted work.
+/// At graceful shutdown the batch in flight finishes, then the relay returns. On SQLite, run one
+/// relay per database; a second one (another process) is safe — it may publish a head twice,
+/// which the inbox absorbs, and the first copies stay in order — but it is wasted work. On
+/// PostgreSQL (the initialiser taking a
+/// `PostgresStore`) relays take turns under an advisory lock, so several replicas can each run one.
 ///
 /// ```swift
 /// let relay = OutboxRelay(
@@ -74,8 +77,8 @@ public final class OutboxRelay: Service, Sendable {
         }
     }
 
-    /// The service's store, whose migrations include ``Outbox/addMigrations(to:)``.
-    public let store: SQLiteStore
+    /// Where the outbox rows are (the service's SQLite or PostgreSQL store).
+    let storage: any OutboxStorage
     /// Where messages go.
     public let log: any MessageLog
     /// How the relay works.
@@ -95,7 +98,32 @@ public final class OutboxRelay: Service, Sendable {
         store: SQLiteStore, log: any MessageLog, configuration: Configuration = Configuration(),
         logger: Logger = Logger(label: "aviary.messaging.outbox"), clock: any MonotonicClock = SystemClock()
     ) {
-        self.store = store
+        self.storage = SQLiteOutboxStorage(store: store)
+        self.log = log
+        self.configuration = configuration
+        self.logger = logger
+        self.clock = clock
+    }
+
+    /// Creates a relay for a PostgreSQL store; it starts working when ``run()`` is called.
+    ///
+    /// Several relays (processes) may share the database: one publishes at a time and the others
+    /// skip their turn, so no row goes twice in normal operation and the order per key holds.
+    /// The relay finds rows committed by any process at its next poll
+    /// (``Configuration/pollInterval``).
+    ///
+    /// ```swift
+    /// let relay = OutboxRelay(store: ordersStore, log: broker, configuration: .init(pollInterval: .milliseconds(200)))
+    /// let group = ServiceGroup(services: [ordersStore, broker, server, relay], logger: logger)
+    /// ```
+    ///
+    /// - Parameters: as for a SQLite store; `store`'s migrations include the PostgreSQL
+    ///   `Outbox.addMigrations(to:)`.
+    public init(
+        store: PostgresStore, log: any MessageLog, configuration: Configuration = Configuration(),
+        logger: Logger = Logger(label: "aviary.messaging.outbox"), clock: any MonotonicClock = SystemClock()
+    ) {
+        self.storage = PostgresOutboxStorage(store: store, logger: logger)
         self.log = log
         self.configuration = configuration
         self.logger = logger
@@ -161,36 +189,11 @@ public final class OutboxRelay: Service, Sendable {
 
     /// Publishes the oldest batch and deletes it; returns its size.
     func relayBatch() async throws -> Int {
-        let limit = self.configuration.batchSize
-        let batch = try await self.store.read { db in try Outbox.pending(in: db, limit: limit) }
-        guard !batch.isEmpty else { return 0 }
-        let sequences = batch.map(\.sequence)
-        do {
-            try await self.log.publish(batch.map(\.message))
-        } catch {
-            let message = "\(error)"
-            // Best effort: the row's attempts and error are for people; the retry does not need them.
-            _ = try? await self.store.write { db in
-                try db.execute(
-                    sql: """
-                        UPDATE aviary_outbox SET attempts = attempts + 1, last_error = ?
-                        WHERE seq IN (\(sequences.map { _ in "?" }.joined(separator: ",")))
-                        """,
-                    arguments: StatementArguments(
-                        [message as any DatabaseValueConvertible] + sequences.map { $0 as any DatabaseValueConvertible }
-                    ))
-            }
-            throw error
+        let published = try await self.storage.relayBatch(limit: self.configuration.batchSize, to: self.log)
+        if published > 0 {
+            self.logger.trace("outbox relayed", metadata: ["aviary.outbox.published": "\(published)"])
         }
-        // By id, not `seq <= last`: on engines whose sequences are not commit-ordered a smaller
-        // seq may still commit later, and must not be deleted unpublished.
-        try await self.store.write { db in
-            try db.execute(
-                sql: "DELETE FROM aviary_outbox WHERE seq IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
-                arguments: StatementArguments(sequences.map { $0 as any DatabaseValueConvertible }))
-        }
-        self.logger.trace("outbox relayed", metadata: ["aviary.outbox.published": "\(batch.count)"])
-        return batch.count
+        return published
     }
 
     private var stopping: Bool { Task.isCancelled || Task.isShuttingDownGracefully }
@@ -214,11 +217,110 @@ public final class OutboxRelay: Service, Sendable {
     }
 
     private func checkTable() async throws {
+        try await self.storage.checkTable()
+    }
+}
+
+/// The outbox table of one store, as the relay uses it.
+protocol OutboxStorage: Sendable {
+    /// Throws ``MessagingError`` (`.invalidArgument`) naming the fix when the table is missing.
+    func checkTable() async throws
+    /// Publishes the oldest pending rows (up to `limit`) to `log` in one publish and deletes
+    /// them; on the log's failure records the attempt on the rows and throws the log's error.
+    /// Returns how many went.
+    func relayBatch(limit: Int, to log: any MessageLog) async throws -> Int
+}
+
+/// The outbox in a SQLite store: one writer at a time, so `seq` order is commit order.
+struct SQLiteOutboxStorage: OutboxStorage {
+    let store: SQLiteStore
+
+    func checkTable() async throws {
         let exists = try await self.store.read { db in try db.tableExists(Outbox.table) }
         guard exists else {
             throw MessagingError(
                 .invalidArgument,
                 "\(self.store.url) has no \(Outbox.table) table: add Outbox.addMigrations(to:) to its migrations")
         }
+    }
+
+    func relayBatch(limit: Int, to log: any MessageLog) async throws -> Int {
+        let batch = try await self.store.read { db in try Outbox.pending(in: db, limit: limit) }
+        guard !batch.isEmpty else { return 0 }
+        let sequences = batch.map(\.sequence)
+        do {
+            try await log.publish(batch.map(\.message))
+        } catch {
+            let message = "\(error)"
+            // Best effort: the row's attempts and error are for people; the retry does not need them.
+            _ = try? await self.store.write { db in
+                try db.execute(
+                    sql: """
+                        UPDATE aviary_outbox SET attempts = attempts + 1, last_error = ?
+                        WHERE seq IN (\(sequences.map { _ in "?" }.joined(separator: ",")))
+                        """,
+                    arguments: StatementArguments(
+                        [message as any DatabaseValueConvertible] + sequences.map { $0 as any DatabaseValueConvertible }
+                    ))
+            }
+            throw error
+        }
+        // By id, not `seq <= last`: on engines whose sequences are not commit-ordered a smaller
+        // seq may still commit later, and must not be deleted unpublished.
+        try await self.store.write { db in
+            try db.execute(
+                sql: "DELETE FROM aviary_outbox WHERE seq IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
+                arguments: StatementArguments(sequences.map { $0 as any DatabaseValueConvertible }))
+        }
+        return batch.count
+    }
+}
+
+/// The outbox in a PostgreSQL store. Each batch is one transaction holding the relays' advisory
+/// lock (see ``Outbox``'s PostgreSQL extension for why a lock and not `FOR UPDATE SKIP LOCKED`):
+/// read, publish, delete, commit. A relay that does not get the lock publishes nothing this turn.
+struct PostgresOutboxStorage: OutboxStorage {
+    let store: PostgresStore
+    let logger: Logger
+
+    func checkTable() async throws {
+        let logger = self.logger
+        let exists = try await self.store.withConnection { connection in
+            try await PostgresMessageLog.rows(
+                connection, "SELECT to_regclass(\(Outbox.table)) IS NOT NULL AS present", logger
+            ).first?["present"].decode(Bool.self) ?? false
+        }
+        guard exists else {
+            throw MessagingError(
+                .invalidArgument,
+                "\(self.store.address) has no \(Outbox.table) table: add Outbox.addMigrations(to:) to its migrations")
+        }
+    }
+
+    func relayBatch(limit: Int, to log: any MessageLog) async throws -> Int {
+        let logger = self.logger
+        let outcome = try await self.store.withTransaction("outbox relay") { connection -> Result<Int, any Error> in
+            let locked = try await PostgresMessageLog.rows(
+                connection, "SELECT pg_try_advisory_xact_lock(\(Outbox.postgresRelayLockClass), 0) AS locked", logger)
+            guard try locked.first?["locked"].decode(Bool.self) == true else { return .success(0) }
+            let batch = try await Outbox.pending(in: connection, limit: limit)
+            guard !batch.isEmpty else { return .success(0) }
+            let sequences = batch.map(\.sequence)
+            do {
+                try await log.publish(batch.map(\.message))
+            } catch {
+                // Committed with the transaction (which also releases the lock); then thrown.
+                let text = "\(error)"
+                _ = try await PostgresMessageLog.execute(
+                    connection,
+                    "UPDATE aviary_outbox SET attempts = attempts + 1, last_error = \(text) WHERE seq = ANY(\(sequences))",
+                    logger)
+                return .failure(error)
+            }
+            _ = try await PostgresMessageLog.execute(
+                connection, "DELETE FROM aviary_outbox WHERE seq = ANY(\(sequences))", logger)
+            return .success(batch.count)
+        }
+        return try outcome.get()
     }
 }
