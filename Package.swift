@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "AviaryCore", targets: ["AviaryCore"]),
         .library(name: "AviaryResilience", targets: ["AviaryResilience"]),
         .library(name: "AviaryStorage", targets: ["AviaryStorage"]),
+        .library(name: "AviaryDiscovery", targets: ["AviaryDiscovery"]),
         .library(name: "AviaryAuth", targets: ["AviaryAuth"]),
         .library(name: "AviaryTelemetry", targets: ["AviaryTelemetry"]),
         .library(name: "AviaryService", targets: ["AviaryService"]),
@@ -143,10 +144,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "AviaryDiscovery",
+            dependencies: [
+                "AviaryCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "AviaryService",
             dependencies: [
                 "AviaryAuth",
                 "AviaryCore",
+                "AviaryDiscovery",
                 "AviaryResilience",
                 "AviaryStorage",
                 "AviaryTelemetry",
@@ -205,6 +216,7 @@ let package = Package(
             dependencies: [
                 "AviaryAuth",
                 "AviaryCore",
+                "AviaryDiscovery",
                 "AviaryGateway",
                 "AviaryMessaging",
                 "AviaryResilience",
@@ -300,6 +312,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "AviaryDiscoveryTests",
+            dependencies: [
+                "AviaryCore",
+                "AviaryDiscovery",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "AviaryResilienceTests",
             dependencies: [
                 "AviaryCore",
@@ -377,6 +399,7 @@ let package = Package(
             name: "AviaryServiceTests",
             dependencies: [
                 "AviaryAuth",
+                "AviaryDiscovery",
                 "AviaryService",
                 "AviaryTestSupport",
                 "AviaryCore",

@@ -5,6 +5,7 @@
 
 import AsyncHTTPClient
 import AviaryCore
+import AviaryDiscovery
 import AviaryResilience
 import AviaryTelemetry
 import Hummingbird

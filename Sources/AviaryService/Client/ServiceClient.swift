@@ -4,7 +4,8 @@
 //===----------------------------------------------------------------------===//
 
 public import AsyncHTTPClient
-public import AviaryCore
+import AviaryCore
+public import AviaryDiscovery
 public import AviaryResilience
 public import AviaryTelemetry
 import CoreMetrics
@@ -14,29 +15,6 @@ public import NIOCore
 public import NIOHTTP1
 import Synchronization
 public import Tracing
-
-/// Where a service's replicas are: a static list now, the registry later.
-public protocol EndpointProvider: Sendable {
-    /// The endpoints to choose from now.
-    func endpoints() -> [Endpoint]
-}
-
-/// A fixed list of endpoints.
-///
-/// ```swift
-/// let payments = StaticEndpoints([Endpoint(host: "127.0.0.1", port: 8103)])
-/// ```
-public struct StaticEndpoints: EndpointProvider {
-    let list: [Endpoint]
-
-    /// Uses `endpoints`, in any order.
-    public init(_ endpoints: [Endpoint]) {
-        self.list = endpoints
-    }
-
-    /// The list.
-    public func endpoints() -> [Endpoint] { self.list }
-}
 
 /// An upstream's answer.
 public struct ClientResponse: Sendable {

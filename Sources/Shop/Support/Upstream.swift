@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryDiscovery
 import AviaryResilience
 import AviaryService
 import AviaryTelemetry

@@ -5,6 +5,7 @@
 
 import AsyncHTTPClient
 import AviaryCore
+import AviaryDiscovery
 import AviaryResilience
 import AviaryStorage
 import AviaryTelemetry
