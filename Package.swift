@@ -180,6 +180,7 @@ let package = Package(
             dependencies: [
                 "AviaryAuth",
                 "AviaryCore",
+                "AviaryDiscovery",
                 "AviaryResilience",
                 "AviaryTelemetry",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -420,6 +421,7 @@ let package = Package(
         .testTarget(
             name: "AviaryGatewayTests",
             dependencies: [
+                "AviaryDiscovery",
                 "AviaryAuth",
                 "AviaryTestSupport",
                 "AviaryGateway",

@@ -52,3 +52,15 @@ public struct StaticEndpoints: EndpointProvider {
     /// The list.
     public func endpoints() -> [Endpoint] { self.list }
 }
+
+/// Where to find the endpoints of any service by name: what a gateway or a platform hands its
+/// parts, so that each looks its upstreams up in one place.
+///
+/// ```swift
+/// let directory: any ServiceDirectory = try FileDiscovery(path: "endpoints.json")
+/// let orders = directory.endpoints(of: "orders")
+/// ```
+public protocol ServiceDirectory: Sendable {
+    /// The endpoints of `service`, following their changes (an empty list for an unknown one).
+    func endpoints(of service: String) -> any EndpointProvider
+}

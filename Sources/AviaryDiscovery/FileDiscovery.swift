@@ -28,7 +28,7 @@ import Synchronization
 /// let orders = discovery.provider(for: "orders")       // an EndpointProvider
 /// // run `discovery` in a ServiceGroup; it re-reads the file every second
 /// ```
-public final class FileDiscovery: Service, Sendable {
+public final class FileDiscovery: Service, ServiceDirectory, Sendable {
     /// The file's path.
     public let path: String
     private let interval: Duration
@@ -65,6 +65,11 @@ public final class FileDiscovery: Service, Sendable {
             state.sets[service] = set
             return set
         }
+    }
+
+    /// The endpoints of `service`, following the file (``ServiceDirectory``).
+    public func endpoints(of service: String) -> any EndpointProvider {
+        self.provider(for: service)
     }
 
     /// The services the file names now, sorted.

@@ -5,6 +5,7 @@
 
 import AviaryAuth
 public import AviaryCore
+public import AviaryDiscovery
 public import AviaryTelemetry
 import Foundation
 public import Logging
@@ -48,7 +49,11 @@ final class GatewayCore: Sendable {
         self.tracer = tracer
         let kept = Dictionary(
             (previous?.clusters ?? []).map { ($0.cluster, $0) }, uniquingKeysWith: { a, _ in a })
-        self.clusters = configuration.clusters.map { kept[$0] ?? ClusterState(cluster: $0, clock: clock) }
+        let byName = Dictionary(
+            (previous?.clusters ?? []).map { ($0.cluster.name, $0) }, uniquingKeysWith: { a, _ in a })
+        self.clusters = configuration.clusters.map {
+            kept[$0] ?? ClusterState(cluster: $0, clock: clock, previous: $0.discovery == nil ? nil : byName[$0.name])
+        }
         self.routeLabels = configuration.routes.map {
             $0.match.path ?? $0.match.pathTemplate ?? $0.match.pathPrefix ?? $0.match.host ?? "/"
         }
@@ -87,11 +92,11 @@ public final class GatewayServer: Sendable {
     /// Extra metrics appended to the admin `/metrics` (and its `process_*` families).
     let metricsRegistry: MetricsRegistry
     let clock: any MonotonicClock
-    private let tracer: (any Tracer)?
+    let tracer: (any Tracer)?
     private let group: any EventLoopGroup
     let logger: Logger
-    private let random: GatewayRandom
-    private let state: Mutex<State>
+    let random: GatewayRandom
+    let state: Mutex<State>
     /// Open downstream connections.
     let connections = Atomic<Int>(0)
     /// Set by ``drain(timeout:)``: `/ready` answers 503.
@@ -101,7 +106,7 @@ public final class GatewayServer: Sendable {
     let reloadsAccepted = Atomic<Int>(0)
     let reloadsRefused = Atomic<Int>(0)
 
-    private struct State {
+    struct State {
         var core: GatewayCore
         var phase: Phase = .idle
         var loops: [NIOLoopBound<GatewayLoop>] = []
@@ -110,9 +115,17 @@ public final class GatewayServer: Sendable {
         /// Health checkers by the `ClusterState` they probe.
         var checkers: [ObjectIdentifier: Task<Void, Never>] = [:]
         var watcher: Task<Void, Never>?
+        /// Where clusters with `discovery:` find endpoints: the embedder's, or a file's.
+        var directory: (any ServiceDirectory)?
+        /// The discovery file, when the gateway reads one itself, and the task re-reading it.
+        var fileDiscovery: FileDiscovery?
+        var fileDiscoveryTask: Task<Void, Never>?
+        /// The latest endpoints of each discovered service, and the task following them.
+        var discovered: [String: [Endpoint]] = [:]
+        var discoveryWatchers: [String: Task<Void, Never>] = [:]
     }
 
-    private enum Phase { case idle, running, stopped }
+    enum Phase { case idle, running, stopped }
 
     /// The write buffer bounds of both sides; reading the other side stops above `high`.
     static let writeBufferWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
@@ -130,6 +143,8 @@ public final class GatewayServer: Sendable {
     ///     `nil` (the default) traces nothing and costs nothing.
     ///   - configurationFile: the file ``reloadFromFile()`` and `POST /reload` read.
     ///   - metrics: a registry whose exposition the admin `/metrics` appends (with `process_*`).
+    ///   - directory: where clusters with `discovery: {service: NAME}` find their endpoints;
+    ///     `nil` reads the configuration's `discovery: {file: …}`.
     public init(
         configuration: GatewayConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -138,7 +153,8 @@ public final class GatewayServer: Sendable {
         clock: any MonotonicClock = SystemClock(),
         tracer: (any Tracer)? = nil,
         configurationFile: String? = nil,
-        metrics: MetricsRegistry = MetricsRegistry()
+        metrics: MetricsRegistry = MetricsRegistry(),
+        directory: (any ServiceDirectory)? = nil
     ) {
         self.statistics = GatewayStatistics()
         self.group = eventLoopGroup
@@ -151,7 +167,7 @@ public final class GatewayServer: Sendable {
         let core = GatewayCore(
             configuration: configuration, statistics: self.statistics, random: random, logger: logger,
             authenticator: nil, clock: clock, tracer: tracer, previous: nil)
-        self.state = Mutex(State(core: core))
+        self.state = Mutex(State(core: core, directory: directory))
     }
 
     var currentCore: GatewayCore { self.state.withLock { $0.core } }
@@ -171,10 +187,11 @@ public final class GatewayServer: Sendable {
     @discardableResult
     public func start() async throws -> SocketAddress {
         let initial = self.currentCore
+        let configuration = try self.prepareDiscovery(initial.configuration)
         let authenticator = try await GatewayAuthentication.authenticator(
             initial.configuration.auth, clock: self.clock, logger: self.logger)
         let core = GatewayCore(
-            configuration: initial.configuration, statistics: self.statistics, random: self.random,
+            configuration: configuration, statistics: self.statistics, random: self.random,
             logger: self.logger, authenticator: authenticator, clock: self.clock, tracer: self.tracer,
             previous: initial)
         self.state.withLock { $0.core = core }
@@ -235,6 +252,7 @@ public final class GatewayServer: Sendable {
         }
         guard let local = channel.localAddress else { throw GatewayServerError.alreadyStarted }
         self.startHealthCheckers(core)
+        self.startDiscoveryWatchers()
         if let adminAddress = core.configuration.listen.admin {
             let admin = AdminServer(gateway: self)
             do {
@@ -279,6 +297,10 @@ public final class GatewayServer: Sendable {
             state.checkers = [:]
             state.watcher?.cancel()
             state.watcher = nil
+            for task in state.discoveryWatchers.values { task.cancel() }
+            state.discoveryWatchers = [:]
+            state.fileDiscoveryTask?.cancel()
+            state.fileDiscoveryTask = nil
             defer {
                 state.listener = nil
                 state.admin = nil
@@ -375,9 +397,10 @@ public final class GatewayServer: Sendable {
             if configuration.listen.admin != running.listen.admin {
                 problems.append("listen.admin: cannot change while running; restart the gateway")
             }
+            let effective = Self.discover(into: configuration, &state, problems: &problems)
             guard problems.isEmpty else { return .failure(GatewayConfigurationError(problems: problems)) }
             let core = GatewayCore(
-                configuration: configuration, statistics: self.statistics, random: self.random, logger: self.logger,
+                configuration: effective, statistics: self.statistics, random: self.random, logger: self.logger,
                 authenticator: authenticator, clock: self.clock, tracer: self.tracer, previous: state.core)
             state.core = core
             // In lock order, so that two reloads reach every loop in the same order.
@@ -398,6 +421,7 @@ public final class GatewayServer: Sendable {
             try? await loop.eventLoop.submit {}.get()
         }
         self.startHealthCheckers(core)
+        self.startDiscoveryWatchers()
         self.reloadsAccepted.add(1, ordering: .relaxed)
         self.logger.info(
             "configuration reloaded",
@@ -463,7 +487,7 @@ public final class GatewayServer: Sendable {
 
     /// Starts a checker for each cluster of `core` with `health_check` that has none, and stops
     /// those of clusters `core` no longer has.
-    private func startHealthCheckers(_ core: GatewayCore) {
+    func startHealthCheckers(_ core: GatewayCore) {
         let eventLoop = self.group.next()
         self.state.withLock { state in
             guard case .running = state.phase else { return }
@@ -518,11 +542,15 @@ public enum GatewayServerError: Error, Sendable, CustomStringConvertible {
     case alreadyStarted
     /// `auth.jwt` cannot be used (an unreadable or empty JWKS file, say); the message says why.
     case authenticationUnavailable(String)
+    /// Clusters use `discovery:` but there is no directory to ask, or the discovery file is
+    /// unusable; the message says which and why.
+    case discoveryUnavailable(String)
 
     public var description: String {
         switch self {
         case .alreadyStarted: "the gateway was started already"
         case .authenticationUnavailable(let message): message
+        case .discoveryUnavailable(let message): message
         }
     }
 }

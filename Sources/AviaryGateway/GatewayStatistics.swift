@@ -46,6 +46,8 @@ public final class GatewayStatistics: Sendable {
     public let requestBodyPauses = Atomic<Int>(0)
     /// Times the gateway stopped reading a response body because the client could not take more.
     public let responseBodyPauses = Atomic<Int>(0)
+    /// Changes of a discovered service's endpoints that made a new configuration generation.
+    public let discoveryUpdates = Atomic<Int>(0)
 
     /// Creates zeroed counters.
     public init() {}

@@ -143,6 +143,8 @@ case "gateway":
         say(line)
     } catch GatewayServerError.authenticationUnavailable(let message) {
         fail("aviary gateway: \(message)", code: ExitCode.config)
+    } catch GatewayServerError.discoveryUnavailable(let message) {
+        fail("aviary gateway: \(message)", code: ExitCode.config)
     } catch {
         fail("aviary gateway: cannot listen on \(configuration.listen.address): \(error)", code: ExitCode.unavailable)
     }

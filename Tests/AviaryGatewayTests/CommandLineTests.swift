@@ -105,4 +105,24 @@ struct CommandLineTests {
         #expect(
             outcome.standardError == "aviary gateway: auth.jwt: jwksFile \"/nonexistent/jwks.json\" cannot be read\n")
     }
+
+    @Test("a discovery file that cannot be read stops the gateway at start: exit 78, one line naming it")
+    func unreadableDiscoveryFile() throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
+        let path = try Self.temporaryFile(
+            """
+            listen: {address: 127.0.0.1:0}
+            discovery: {file: /nonexistent/endpoints.json}
+            clusters: {a: {discovery: {service: orders}}}
+            routes: [{match: {path_prefix: /}, cluster: a}]
+            """)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let outcome = try Self.run(["gateway", "--config", path])
+        #expect(outcome.status == 78)
+        #expect(
+            outcome.standardError.hasPrefix(
+                "aviary gateway: discovery.file: discovery file /nonexistent/endpoints.json: cannot be read ("))
+        #expect(outcome.standardError.split(separator: "\n").count == 1)
+    }
 }

@@ -142,13 +142,13 @@ struct GatewayConfigurationTests {
             problems(yaml) == [
                 "listen.adress: unknown key, expected one of address, admin (gateway.yaml:1)",
                 "clusters.users.lb: unknown key, expected one of endpoints, load_balancer, health_check, "
-                    + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections, hash_on (gateway.yaml:3)",
+                    + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections, hash_on, discovery (gateway.yaml:3)",
                 "routes[0].match.method: unknown key, expected one of path_prefix, path, path_template, methods, headers, "
                     + "host, query (gateway.yaml:5)",
                 "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, direct_response, redirect, "
                     + "compose, auth, timeout, retry, rate_limit, cache, cors, fault, request_headers, response_headers, "
                     + "mirror (gateway.yaml:7)",
-                "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log (gateway.yaml:8)",
+                "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log, discovery (gateway.yaml:8)",
             ])
     }
 

@@ -140,7 +140,9 @@ struct GatewayHealthTests {
             let clock = ManualClock()
             let yaml = Self.yaml(
                 [origins[0].port, closed],
-                cluster: "health_check: {path: /readyz, interval: 1s, timeout: 1s, healthy: 1, unhealthy: 1}")
+                // The probe timeout runs on real time (the event loop's): 10 s so that a loaded
+                // machine does not fail the good endpoint's probe; the closed one is refused at once.
+                cluster: "health_check: {path: /readyz, interval: 1s, timeout: 10s, healthy: 1, unhealthy: 1}")
             try await withGateway(yaml, clock: clock) { gateway in
                 let state = gateway.server.currentCore.clusters[0]
                 await eventually("the closed endpoint is unhealthy") {

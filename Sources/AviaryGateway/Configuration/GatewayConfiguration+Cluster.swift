@@ -10,8 +10,12 @@ extension GatewayConfiguration {
     public struct Cluster: Sendable, Hashable {
         /// The cluster's name, as routes refer to it.
         public var name: String
-        /// The static endpoints.
+        /// The static endpoints; for a cluster with ``discovery``, the ones discovered when this
+        /// configuration was made current (empty in a configuration read from a file).
         public var endpoints: [Endpoint]
+        /// The service whose discovered endpoints the cluster uses (`discovery: {service: NAME}`)
+        /// instead of static ones.
+        public var discovery: String?
         /// How a request picks an endpoint.
         public var loadBalancer: LoadBalancer
         /// Active health checking, if configured.

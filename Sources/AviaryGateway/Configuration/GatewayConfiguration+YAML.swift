@@ -295,7 +295,8 @@ struct ConfigurationParser {
             return nil
         }
         guard
-            let top = self.fields(root, "", allowed: ["listen", "limits", "clusters", "auth", "routes", "access_log"])
+            let top = self.fields(
+                root, "", allowed: ["listen", "limits", "clusters", "auth", "routes", "access_log", "discovery"])
         else {
             return nil
         }
@@ -311,6 +312,7 @@ struct ConfigurationParser {
         }
         if let node = top["auth"] { configuration.auth = self.auth(node, "auth") }
         if let node = top["access_log"] { configuration.accessLog = self.accessLog(node, "access_log") }
+        if let node = top["discovery"] { configuration.discovery = self.discovery(node, "discovery") }
         if let node = top["routes"], let items = self.list(node, "routes") {
             let clusterNames = Set(configuration.clusters.map(\.name))
             let allClusters = top["clusters"].map { self.writtenClusterNames($0) } ?? []

@@ -59,7 +59,7 @@ extension ConfigurationParser {
     mutating func cluster(_ node: Node, _ path: String, name: String) -> Configuration.Cluster? {
         let keys = [
             "endpoints", "load_balancer", "health_check", "outlier_detection", "circuit_breaker", "connect_timeout",
-            "max_idle_connections", "hash_on",
+            "max_idle_connections", "hash_on", "discovery",
         ]
         guard let fields = self.fields(node, path, allowed: keys) else { return nil }
         var cluster = Configuration.Cluster(name: name)
@@ -77,8 +77,22 @@ extension ConfigurationParser {
             if items.isEmpty {
                 self.problem(fields.path("endpoints"), "expected at least one endpoint", value)
             }
-        } else if fields["endpoints"] == nil {
-            self.problem(fields.path("endpoints"), "is missing: expected a list of host:port", node)
+        } else if fields["endpoints"] == nil && fields["discovery"] == nil {
+            self.problem(
+                fields.path("endpoints"), "is missing: expected a list of host:port (or discovery: {service: NAME})",
+                node)
+        }
+        if let value = fields["discovery"] {
+            if fields["endpoints"] != nil {
+                self.problem(fields.path("discovery"), "cannot be used with endpoints: choose one", value)
+            }
+            if let discovery = self.fields(value, fields.path("discovery"), allowed: ["service"]) {
+                if let service = discovery["service"] {
+                    cluster.discovery = self.string(service, discovery.path("service"))
+                } else {
+                    self.problem(discovery.path("service"), "is missing: expected the service name to discover", value)
+                }
+            }
         }
         if let value = fields["load_balancer"],
             let text = self.scalar(value, fields.path("load_balancer"), expected: "a load balancer")
@@ -183,6 +197,20 @@ extension ConfigurationParser {
             thresholds.maxRequests = number
         }
         return thresholds
+    }
+
+    mutating func discovery(_ node: Node, _ path: String) -> Configuration.DiscoverySettings? {
+        guard let fields = self.fields(node, path, allowed: ["file", "interval"]) else { return nil }
+        guard let value = fields["file"] else {
+            self.problem(fields.path("file"), "is missing: expected the path of a discovery file", node)
+            return nil
+        }
+        guard let file = self.string(value, fields.path("file")) else { return nil }
+        var settings = Configuration.DiscoverySettings(file: file)
+        if let value = fields["interval"], let duration = self.positiveDuration(value, fields.path("interval")) {
+            settings.interval = duration
+        }
+        return settings
     }
 
     mutating func accessLog(_ node: Node, _ path: String) -> Configuration.AccessLogSettings? {

@@ -31,6 +31,9 @@ public struct GatewayConfiguration: Sendable, Hashable {
     public var routes: [Route]
     /// The JSON access log, if any (`access_log:`; off by default).
     public var accessLog: AccessLogSettings?
+    /// Where clusters with `discovery:` find their endpoints (`discovery: {file: …}`), unless the
+    /// embedding application hands ``GatewayServer`` a directory of its own.
+    public var discovery: DiscoverySettings?
 
     /// Creates a configuration.
     public init(
@@ -134,6 +137,24 @@ extension GatewayConfiguration {
                 self.jwksURL = jwksURL
                 self.jwksFile = jwksFile
             }
+        }
+    }
+}
+
+extension GatewayConfiguration {
+    /// The discovery file clusters with `discovery: {service: NAME}` read
+    /// (`discovery: {file: endpoints.json, interval: 1s}`): a JSON object mapping service names to
+    /// `host:port` lists, re-read every `interval` (see AviaryDiscovery's `FileDiscovery`).
+    public struct DiscoverySettings: Sendable, Hashable {
+        /// The file's path.
+        public var file: String
+        /// How often the file is read again.
+        public var interval: Duration
+
+        /// Creates the settings.
+        public init(file: String, interval: Duration = .seconds(1)) {
+            self.file = file
+            self.interval = interval
         }
     }
 }

@@ -28,10 +28,37 @@ final class ClusterState: Sendable {
     let overflows = Atomic<Int>(0)
     private let ejection = Mutex<EjectionBook>(EjectionBook())
 
-    init(cluster: GatewayConfiguration.Cluster, clock: any MonotonicClock) {
+    /// The state of `cluster`. When `previous` is the state of the cluster of the same name before
+    /// a change of its endpoints (discovery) and its checks are configured alike, endpoints that
+    /// stay keep their health and ejection: a replica that failed its checks does not come back
+    /// because another replica appeared.
+    init(cluster: GatewayConfiguration.Cluster, clock: any MonotonicClock, previous: ClusterState? = nil) {
         self.cluster = cluster
         self.clock = clock
         self.endpoints = cluster.endpoints.enumerated().map { EndpointState(endpoint: $1, index: $0) }
+        guard let previous, previous.cluster.healthCheck == cluster.healthCheck,
+            previous.cluster.outlierDetection == cluster.outlierDetection
+        else { return }
+        let before = Dictionary(previous.endpoints.map { ($0.endpoint, $0) }, uniquingKeysWith: { a, _ in a })
+        let ejectedBefore = previous.ejection.withLock { $0.ejectedUntil }
+        var book = EjectionBook()
+        var unavailable = 0
+        for endpoint in self.endpoints {
+            guard let old = before[endpoint.endpoint] else { continue }
+            endpoint.consecutiveFailures.store(old.consecutiveFailures.load(ordering: .relaxed), ordering: .relaxed)
+            endpoint.ejections.store(old.ejections.load(ordering: .relaxed), ordering: .relaxed)
+            if !old.healthy.load(ordering: .relaxed) {
+                endpoint.healthy.store(false, ordering: .relaxed)
+                unavailable += 1
+            }
+            if let until = ejectedBefore[old.index] {
+                book.ejectedUntil[endpoint.index] = until
+                endpoint.ejected.store(true, ordering: .relaxed)
+                unavailable += 1
+            }
+        }
+        self.ejection.withLock { $0 = book }
+        self.unavailable.store(unavailable, ordering: .relaxed)
     }
 
     /// Whether `endpoint` may take requests now. An ejection whose time is over ends here (lazily:

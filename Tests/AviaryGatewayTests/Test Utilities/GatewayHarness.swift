@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryDiscovery
 import Foundation
 import Logging
 import NIOCore
@@ -67,13 +68,14 @@ let quietLogger = Logger(label: "aviary.gateway.tests", factory: { _ in SwiftLog
 /// Runs `body` with a gateway serving `yaml` (which should listen on 127.0.0.1:0).
 func withGateway<T>(
     _ yaml: String, random: GatewayRandom = .system, clock: any MonotonicClock = SystemClock(), loops: Int = 1,
-    tracer: (any Tracer)? = nil, configurationFile: String? = nil, _ body: (GatewayHarness) async throws -> T
+    tracer: (any Tracer)? = nil, configurationFile: String? = nil, directory: (any ServiceDirectory)? = nil,
+    _ body: (GatewayHarness) async throws -> T
 ) async throws -> T {
     let configuration = try GatewayConfiguration(yaml: yaml)
     let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
     let server = GatewayServer(
         configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random, clock: clock,
-        tracer: tracer, configurationFile: configurationFile)
+        tracer: tracer, configurationFile: configurationFile, directory: directory)
     let address = try await server.start()
     let harness = GatewayHarness(server: server, port: address.port ?? 0, group: group)
     do {
