@@ -205,12 +205,14 @@ let package = Package(
             dependencies: [
                 "AviaryAuth",
                 "AviaryCore",
+                "AviaryEventSourcing",
                 "AviaryGateway",
                 "AviaryMessaging",
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
                 "AviaryTelemetry",
+                "AviaryWorkflows",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -417,6 +419,8 @@ let package = Package(
             name: "ShopTests",
             dependencies: [
                 "AviaryAuth",
+                "AviaryEventSourcing",
+                "AviaryWorkflows",
                 "Shop",
                 "AviaryGateway",
                 "AviaryMessaging",
