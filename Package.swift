@@ -282,6 +282,25 @@ let package = Package(
             path: "Tests/AviaryWorkflowsFault",
             swiftSettings: swiftSettings
         ),
+        // Shop's services as child processes that the Shop crash test kills with SIGKILL at the
+        // saga's step boundaries; built next to the test bundle, not a product.
+        .executableTarget(
+            name: "aviary-shop-fault",
+            dependencies: [
+                "Shop",
+                "AviaryCore",
+                "AviaryMessaging",
+                "AviaryStorage",
+                "AviaryWorkflows",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/ShopFault",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "AviaryWorkflowsTests",
             dependencies: [

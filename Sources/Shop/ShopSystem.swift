@@ -199,6 +199,16 @@ public final class ShopSystem: Sendable {
         self.broker = Broker(url: options.resolvedBrokerURL)
     }
 
+    /// The id of the order that `POST /orders` with `Idempotency-Key: idempotencyKey` places for
+    /// `user`: the same for every repeat of the request (which is what makes it idempotent).
+    ///
+    /// ```swift
+    /// let id = ShopSystem.orderID(user: "alice", idempotencyKey: "checkout-42")   // "ord-…"
+    /// ```
+    public static func orderID(user: String, idempotencyKey: String) -> String {
+        OrdersService.orderID(user: user, idempotencyKey: idempotencyKey)
+    }
+
     /// One service as an ``AviaryService/AviaryApplication`` bound to `port` (0 for any), which
     /// records its address when it listens. `orders` and `payments` serve their routes behind
     /// `authenticator`: a valid token from `users`, with the service's scope.
@@ -359,11 +369,16 @@ public final class ShopSystem: Sendable {
         }
     }
 
-    /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when
-    /// `handleSignals` is true (then in-flight requests finish before the process exits).
-    public func run(handleSignals: Bool = false) async throws {
+    /// Runs every service (or only those named in `names`, in start order) until the task is
+    /// cancelled, or until SIGTERM/SIGINT when `handleSignals` is true (then in-flight requests
+    /// finish before the process exits).
+    ///
+    /// ```swift
+    /// try await shop.run(services: ["inventory"])   // one service per process
+    /// ```
+    public func run(services names: [String] = ShopOptions.services, handleSignals: Bool = false) async throws {
         var services: [any Service] = []
-        for name in ShopOptions.services {
+        for name in ShopOptions.services where names.contains(name) {
             services += try await self.services(name, port: self.options.ports[name] ?? 0)
         }
         if let gatewayPort = self.options.gatewayPort {
