@@ -35,22 +35,23 @@ struct ShopMessagingTests {
         return try JSONDecoder().decode([ShopNotification].self, from: reply.body)
     }
 
-    @Test("a placed order becomes exactly one notification, even when its event is delivered twice")
+    @Test(
+        "a placed order becomes one notification per event (placed, confirmed), even when an event is delivered twice")
     func orderBecomesOneNotification() async throws {
         try await withShop { shop in
             let placed = try await shop.send(.POST, "orders", "/orders", json: ShopTests.order)
             #expect(placed.status == 201)
             let order = try JSONDecoder().decode(Order.self, from: placed.body)
 
-            try await Self.eventually("alice has a notification for \(order.id)") {
-                try await Self.notifications(shop).contains { $0.orderId == order.id }
+            try await Self.eventually("alice has both notifications for \(order.id)") {
+                try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 2
             }
+            // Newest first.
             let notes = try await Self.notifications(shop)
-            #expect(notes.filter { $0.orderId == order.id }.count == 1)
-            let note = try #require(notes.first)
-            #expect(note.userId == "alice")
-            #expect(note.kind == "order.placed")
-            #expect(note.text == "Your order \(order.id) of 25.00 was placed.")
+            #expect(notes.map(\.kind) == ["order.confirmed", "order.placed"])
+            #expect(notes.allSatisfy { $0.userId == "alice" && $0.orderId == order.id })
+            #expect(notes.last?.text == "Your order \(order.id) of 25.00 was placed.")
+            #expect(notes.first?.text == "Your order \(order.id) is confirmed: 25.00 paid.")
             // The relay empties the outbox (order.placed, then order.confirmed).
             try await Self.eventually("the outbox is empty") {
                 try await shop.shop.orders.store.read { db in try Outbox.pendingCount(in: db) } == 0
@@ -76,8 +77,8 @@ struct ShopMessagingTests {
                 }
                 return group?.lag == 0
             }
-            #expect(try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 1)
-            // Each event once: order.placed and order.confirmed (which notifies nobody).
+            #expect(try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 2)
+            // Each event once: order.placed and order.confirmed.
             let inboxed = try await shop.shop.notifications.store.read { db in
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM aviary_inbox") ?? 0
             }
@@ -93,10 +94,10 @@ struct ShopMessagingTests {
             #expect(placed.status == 201)
             let order = try JSONDecoder().decode(Order.self, from: placed.body)
             try await shop.start("notifications")
-            try await Self.eventually("the notification for \(order.id) arrived") {
-                try await Self.notifications(shop).contains { $0.orderId == order.id }
+            try await Self.eventually("the notifications for \(order.id) arrived") {
+                try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 2
             }
-            #expect(try await Self.notifications(shop).count == 1)
+            #expect(try await Self.notifications(shop).count == 2)
         }
     }
 

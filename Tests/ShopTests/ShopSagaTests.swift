@@ -62,6 +62,20 @@ struct ShopSagaTests {
             let types = try await shop.shop.orders.book.events.readStream("order-\(id)").map(\.type)
             #expect(types == ["order.placed", "order.payment-declined", "order.cancelled"])
 
+            // alice hears about it.
+            try await ShopMessagingTests.eventually("alice is told that \(id) was cancelled") {
+                let reply = try await shop.send(.GET, "notifications", "/notifications?user=alice")
+                let notes = try JSONDecoder().decode([ShopNotification].self, from: reply.body)
+                return notes.contains { $0.orderId == id && $0.kind == "order.cancelled" }
+            }
+            let notes = try JSONDecoder().decode(
+                [ShopNotification].self,
+                from: try await shop.send(.GET, "notifications", "/notifications?user=alice").body)
+            #expect(
+                notes.first { $0.kind == "order.cancelled" }?.text
+                    == "Your order \(id) was cancelled (payment declined: the charge of 120.00 was declined: it is "
+                    + "above the limit of 100.00); nothing was charged.")
+
             // Below the limit, orders go through.
             let cheap = #"{"userId":"alice","items":[{"sku":"mug-1","quantity":1,"unitPriceCents":4000}]}"#
             #expect(try await shop.send(.POST, "orders", "/orders", json: cheap).status == 201)

@@ -32,17 +32,22 @@ public struct OrderPlaced: DomainEvent, Equatable {
     public var items: [OrderItem] = []
 }
 
-/// The order's stock was taken and its payment captured: it is final.
+/// The order's stock was taken and its payment captured: it is final. Also the
+/// `order.confirmed` CloudEvent (from `/shop/orders`, subject the order id).
 public struct OrderConfirmed: DomainEvent, Equatable {
     public static let eventType = "order.confirmed"
     public var orderId: String
+    public var userId: String
     public var paymentId: String
+    public var totalCents: Int
 }
 
 /// The order was given up and everything it held given back (stock released, payment refunded).
+/// Also the `order.cancelled` CloudEvent (from `/shop/orders`, subject the order id).
 public struct OrderCancelled: DomainEvent, Equatable {
     public static let eventType = "order.cancelled"
     public var orderId: String
+    public var userId: String
     public var reason: String
 }
 
@@ -125,14 +130,18 @@ public enum OrderAggregate: Aggregate {
         case .confirm(let paymentID):
             guard let order = state.order else { throw AviaryError(.notFound, "no order to confirm") }
             switch order.status {
-            case "pending": return [OrderConfirmed(orderId: order.id, paymentId: paymentID)]
+            case "pending":
+                return [
+                    OrderConfirmed(
+                        orderId: order.id, userId: order.userId, paymentId: paymentID, totalCents: order.totalCents)
+                ]
             case "confirmed": return []
             default: throw AviaryError(.conflict, "order \(order.id) is \(order.status); it cannot be confirmed")
             }
         case .cancel(let reason):
             guard let order = state.order else { return [] }
             switch order.status {
-            case "pending": return [OrderCancelled(orderId: order.id, reason: reason)]
+            case "pending": return [OrderCancelled(orderId: order.id, userId: order.userId, reason: reason)]
             case "cancelled": return []
             default: throw AviaryError(.conflict, "order \(order.id) is \(order.status); it cannot be cancelled")
             }

@@ -116,10 +116,10 @@ struct PaymentsService: Sendable {
     var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
 
     static func declineProblem(_ payment: Payment, limit: Int?) -> HTTPProblem {
-        let limitText = limit.map { " above the limit of \(NotificationsService.amount($0))" } ?? ""
+        let limitText = limit.map { ": it is above the limit of \(NotificationsService.amount($0))" } ?? ""
         return HTTPProblem(
             status: 402, slug: "payment-declined",
-            detail: "the charge of \(NotificationsService.amount(payment.amountCents))\(limitText) was declined",
+            detail: "the charge of \(NotificationsService.amount(payment.amountCents)) was declined\(limitText)",
             extensions: ["payment_id": payment.id, "order_id": payment.orderId])
     }
 
