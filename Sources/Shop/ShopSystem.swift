@@ -113,13 +113,16 @@ public struct ShopOptions: Sendable {
     public init() {}
 }
 
-/// The Shop reference system: `users`, `payments`, `orders` and `notifications`, each a
-/// Hummingbird application on its own port with its own SQLite database, run together in one
-/// process.
+/// The Shop reference system: `users`, `inventory`, `payments`, `orders` and `notifications`, each
+/// a Hummingbird application on its own port with its own SQLite database, run together in one
+/// process (or one per process: ``run(services:handleSignals:)``).
 ///
-/// `orders` stores each order with its `order.placed` event in one transaction (its outbox); its
-/// ``AviaryMessaging/OutboxRelay`` publishes the events to the message log (`broker.db`), and
-/// `notifications` consumes them idempotently (its inbox) into notifications.
+/// `orders` is event-sourced and places each order with a saga (reserve stock in `inventory`,
+/// charge with `payments`, commit the stock, confirm; compensated by refund, release and cancel),
+/// run by a `SagaRunner` that resumes unfinished sagas after a restart. Each order event and its
+/// CloudEvent commit in one transaction (its outbox); its ``AviaryMessaging/OutboxRelay``
+/// publishes the events to the message log (`broker.db`), and `notifications` consumes them
+/// idempotently (its inbox) into notifications.
 ///
 /// ```swift
 /// let shop = try ShopSystem(options: ShopOptions())
