@@ -281,8 +281,9 @@ struct OrdersService: Sendable {
                     "aviary.order_id": "\(order.id)", "aviary.user_id": "\(order.userId)", "aviary.total": "\(total)",
                 ])
             return JSONResponse(status: .created, value: order, headers: location)
-        case .running where failure == nil:
-            // Waiting for a retry: the runner finishes it in the background.
+        case .running:
+            // Waiting for a retry after backoff: the runner finishes it in the background, and
+            // the order is pending until then (whatever the attempt that failed said).
             return JSONResponse(status: .accepted, value: order, headers: location)
         default:
             self.logger.info(
