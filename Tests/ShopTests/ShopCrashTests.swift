@@ -86,6 +86,8 @@ struct ShopCrashTests {
         let arguments: [String]
         let log: String
         var failpoints: [(String, Int)]
+        /// The failpoint the running process dies at.
+        var armed: (String, Int)?
         var process: Process?
         var starts = 0
 
@@ -101,8 +103,8 @@ struct ShopCrashTests {
             let process = Process()
             process.executableURL = ShopCrashTests.executable
             var arguments = self.arguments
-            if !self.failpoints.isEmpty {
-                let (point, after) = self.failpoints.removeFirst()
+            self.armed = self.failpoints.isEmpty ? nil : self.failpoints.removeFirst()
+            if let (point, after) = self.armed {
                 arguments += ["--kill-at", point, "--kill-after", "\(after)"]
             }
             process.arguments = arguments
@@ -218,6 +220,8 @@ struct ShopCrashTests {
                 if let process = victim.process, process.isRunning {
                     _ = kill(process.processIdentifier, SIGKILL)
                     randomKills += 1
+                    // Its failpoint was not reached: the next start gets it again.
+                    if let armed = victim.armed { victim.failpoints.insert(armed, at: 0) }
                 }
                 nextRandomKill = clock.now.advanced(by: .milliseconds(Int.random(in: 1000...4000, using: &random)))
             }

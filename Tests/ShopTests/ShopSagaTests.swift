@@ -155,6 +155,12 @@ struct ShopSagaTests {
             #expect(again.status == 200)
             #expect(again.headers.first(name: "idempotent-replayed") == "true")
             #expect(try await Self.stock(shop, "pen-1").reserved == 4)
+            // The same key for another order is refused, and holds nothing.
+            let reused = try await shop.send(
+                .POST, "inventory", "/reservations", json: #"{"orderId":"o-3","items":[{"sku":"pen-1","quantity":1}]}"#,
+                headers: service + [("Idempotency-Key", "k-1")], as: nil)
+            #expect(reused.status == 422)
+            #expect(try await Self.stock(shop, "pen-1").reserved == 4)
 
             // A customer cannot reserve.
             let customer = try await shop.send(

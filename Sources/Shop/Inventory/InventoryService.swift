@@ -54,8 +54,8 @@ struct ReserveRequest: Codable, Sendable {
 /// - `POST /reservations` `{"orderId","items":[{"sku","quantity"}]}` with an `Idempotency-Key`:
 ///   holds the stock for the order, all items or none (`409` `out-of-stock` naming the SKU,
 ///   `422` `unknown-sku`). A repeat for the same order and items returns the same reservation
-///   (`Idempotent-Replayed: true`); other items for the same order are `422`
-///   `idempotency-key-reused`; an order whose reservation was released is `409`
+///   (`Idempotent-Replayed: true`); other items for the same order, or the key of another order's
+///   reservation, are `422` `idempotency-key-reused`; an order whose reservation was released is `409`
 ///   `reservation-released`.
 /// - `POST /reservations/{orderId}/release`: gives the stock back (a committed reservation's stock
 ///   returns to the shelf). Idempotent; a release of an order never reserved records the release,
@@ -119,19 +119,15 @@ struct InventoryService: Sendable {
         }
     }
 
-    static func reservation(_ db: Database, _ orderID: String) throws -> (Reservation, key: String?)? {
+    static func reservation(_ db: Database, _ orderID: String) throws -> Reservation? {
         guard
             let row = try Row.fetchOne(
-                db, sql: "SELECT items, status, idempotency_key FROM reservations WHERE order_id = ?",
-                arguments: [orderID])
+                db, sql: "SELECT items, status FROM reservations WHERE order_id = ?", arguments: [orderID])
         else { return nil }
         let items: String = row[0]
-        return (
-            Reservation(
-                orderId: orderID, items: try JSONDecoder().decode([ReservedItem].self, from: Data(items.utf8)),
-                status: row[1]),
-            row[2]
-        )
+        return Reservation(
+            orderId: orderID, items: try JSONDecoder().decode([ReservedItem].self, from: Data(items.utf8)),
+            status: row[1])
     }
 
     /// Adds the open route (`GET /inventory/{sku}`) to `open` and the reservation routes to
@@ -194,7 +190,15 @@ struct InventoryService: Sendable {
         let items = merged.keys.sorted().map { ReservedItem(sku: $0, quantity: merged[$0]!) }
         let itemsJSON = String(decoding: try JSONEncoder().encode(items), as: UTF8.self)
         let outcome = try await self.store.write("inventory reserve") { db -> (Reservation, replayed: Bool) in
-            if let existing = try Self.reservation(db, body.orderId)?.0 {
+            if let other = try String.fetchOne(
+                db, sql: "SELECT order_id FROM reservations WHERE idempotency_key = ?", arguments: [key]),
+                other != body.orderId
+            {
+                throw HTTPProblem(
+                    status: 422, slug: "idempotency-key-reused",
+                    detail: "Idempotency-Key \"\(key)\" was used for the reservation of order \"\(other)\"")
+            }
+            if let existing = try Self.reservation(db, body.orderId) {
                 guard existing.status != "released" else {
                     throw HTTPProblem(
                         status: 409, slug: "reservation-released",
@@ -242,7 +246,7 @@ struct InventoryService: Sendable {
 
     func release(_ orderID: String) async throws -> JSONResponse<Reservation> {
         let released = try await self.store.write("inventory release") { db -> Reservation in
-            guard let existing = try Self.reservation(db, orderID)?.0 else {
+            guard let existing = try Self.reservation(db, orderID) else {
                 // Released before it was made: remember, so that a late reserve is refused.
                 try db.execute(
                     sql:
@@ -270,7 +274,7 @@ struct InventoryService: Sendable {
 
     func commit(_ orderID: String) async throws -> JSONResponse<Reservation> {
         let committed = try await self.store.write("inventory commit") { db -> Reservation in
-            guard let existing = try Self.reservation(db, orderID)?.0 else {
+            guard let existing = try Self.reservation(db, orderID) else {
                 throw HTTPProblem(
                     status: 404, slug: "reservation-not-found", detail: "order \"\(orderID)\" holds no reservation")
             }

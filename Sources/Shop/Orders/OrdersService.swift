@@ -251,7 +251,7 @@ struct OrdersService: Sendable {
         let total = placeOrder.items.reduce(0) { $0 + $1.quantity * $1.unitPriceCents }
         let state = PlaceOrderState(
             orderId: orderID, userId: placeOrder.userId, items: placeOrder.items, totalCents: total)
-        self.notes.await(orderID)
+        self.notes.watch(orderID)
         let instance: SagaInstance
         do {
             instance = try await self.runner.start(self.makeSaga(), id: orderID, state: state)

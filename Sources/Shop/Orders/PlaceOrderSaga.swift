@@ -38,8 +38,10 @@ struct OrderStepFailure: Error, CustomStringConvertible {
 final class SagaFailureNotes: Sendable {
     private let notes = Mutex<[String: HTTPProblem?]>([:])
 
-    func await(_ sagaID: String) { self.notes.withLock { $0[sagaID] = .some(nil) } }
+    /// Starts noting the problems of `sagaID`, for a request that waits for it.
+    func watch(_ sagaID: String) { self.notes.withLock { $0[sagaID] = .some(nil) } }
 
+    /// Notes `problem` for `sagaID` if a request waits for it and nothing was noted yet.
     func note(_ sagaID: String, _ problem: HTTPProblem) {
         self.notes.withLock { notes in
             // The first problem is the reason; a compensation failing afterwards is not.
