@@ -29,10 +29,13 @@ import Darwin
 /// saga must be completed or compensated, stock and payments must balance exactly, and the order
 /// history must equal what the event store says.
 ///
-/// `AVIARY_FAULT_SEED=<seed> swift test --filter ShopCrashTests` replays a schedule.
+/// `AVIARY_FAULT_SEED=<seed> swift test --filter ShopCrashTests` replays a schedule;
+/// `AVIARY_SHOP_CRASH_ORDERS=N` places N orders instead of 2,000.
 @Suite("Shop under SIGKILL", .serialized, .timeLimit(.minutes(5)))
 struct ShopCrashTests {
-    static let count = 2000
+    /// Orders placed in all (`AVIARY_SHOP_CRASH_ORDERS` overrides, at least 200).
+    static let count = max(
+        200, ProcessInfo.processInfo.environment["AVIARY_SHOP_CRASH_ORDERS"].flatMap(Int.init) ?? 2000)
     static let declineAbove = 16_000
     static let seed = ["book-1": 100_000, "book-2": 100_000, "mug-1": 100_000, "poster-1": 300, "pen-1": 100_000]
     static let calleeFailpoints = [
