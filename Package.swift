@@ -218,12 +218,14 @@ let package = Package(
                 "AviaryAuth",
                 "AviaryCore",
                 "AviaryDiscovery",
+                "AviaryEventSourcing",
                 "AviaryGateway",
                 "AviaryMessaging",
                 "AviaryResilience",
                 "AviaryService",
                 "AviaryStorage",
                 "AviaryTelemetry",
+                "AviaryWorkflows",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -291,6 +293,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Tests/AviaryWorkflowsFault",
+            swiftSettings: swiftSettings
+        ),
+        // Shop's services as child processes that the Shop crash test kills with SIGKILL at the
+        // saga's step boundaries; built next to the test bundle, not a product.
+        .executableTarget(
+            name: "aviary-shop-fault",
+            dependencies: [
+                "Shop",
+                "AviaryCore",
+                "AviaryMessaging",
+                "AviaryStorage",
+                "AviaryWorkflows",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Tests/ShopFault",
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -442,6 +463,8 @@ let package = Package(
             name: "ShopTests",
             dependencies: [
                 "AviaryAuth",
+                "AviaryEventSourcing",
+                "AviaryWorkflows",
                 "Shop",
                 "AviaryGateway",
                 "AviaryMessaging",

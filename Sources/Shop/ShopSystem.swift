@@ -29,7 +29,9 @@ public struct ShopOptions: Sendable {
     /// The address every service binds to.
     public var host: String = "127.0.0.1"
     /// The port of each service; 0 picks a free one.
-    public var ports: [String: Int] = ["users": 8101, "orders": 8102, "payments": 8103, "notifications": 8104]
+    public var ports: [String: Int] = [
+        "users": 8101, "orders": 8102, "payments": 8103, "notifications": 8104, "inventory": 8105,
+    ]
     /// The port of the API gateway in front of the services (``ShopSystem/gatewayYAML(port:)``);
     /// nil runs no gateway.
     public var gatewayPort: Int? = 8080
@@ -51,6 +53,30 @@ public struct ShopOptions: Sendable {
     public var upstreamAttemptTimeout: Duration = .milliseconds(500)
     /// How long a call to another service may take in all, retries included.
     public var upstreamTotalTimeout: Duration = .seconds(2)
+    /// Attempts per call to another service (idempotent calls only are retried).
+    public var upstreamAttempts: Int = 3
+    /// Whether those retries draw from a retry budget (20 % of calls plus 10 per second), so that
+    /// an outage is not multiplied by retries. Crash tests turn it off to ride out restarts.
+    public var upstreamRetryBudget: Bool = true
+    /// `payments` declines charges above this many cents (`402` `payment-declined`), which
+    /// makes orders' saga compensate: the stock is released and the order cancelled. nil declines
+    /// none. `shop --payments-decline-above CENTS`, `AVIARY_PAYMENTS_DECLINE_ABOVE`, or
+    /// `payments: {decline_above: CENTS}` in `aviary.yaml`.
+    public var paymentsDeclineAbove: Int?
+    /// The stock `inventory` starts with: SKUs it does not have yet are added at start with
+    /// this many units (a restart keeps the stock it has).
+    public var inventorySeed: [String: Int] = [
+        "book-1": 1000, "book-2": 1000, "mug-1": 500, "poster-1": 200, "pen-1": 5000,
+    ]
+    /// Whether the services require tokens from `users` (and orders' saga sends its own service
+    /// token). Off only for crash tests and experiments that run a few services without `users`.
+    public var requireTokens: Bool = true
+    /// A failpoint: called with a name at each boundary crash tests kill a process at (the saga's
+    /// `saga.<step>.before` / `.after` for `place`, `reserve`, `charge`, `commit`, `confirm`,
+    /// `release`, `refund`, `cancel`; `inventory.reserve.committed`, `inventory.release.committed`,
+    /// `inventory.commit.committed`, `payments.charge.committed`, `payments.refund.committed` after
+    /// a callee's transaction and before its answer). Does nothing by default.
+    public var failpoint: @Sendable (String) -> Void = { _ in }
     /// Called once per service when it listens (the executable prints the address).
     public var onListening: @Sendable (String, Endpoint) async -> Void = { _, _ in }
     /// The logger every service logs through.
@@ -73,8 +99,8 @@ public struct ShopOptions: Sendable {
     /// The version every Shop service reports.
     public static let version = "0.1.0"
 
-    /// The services of the skeleton, in start order.
-    public static let services = ["users", "payments", "orders", "notifications"]
+    /// The services, in start order.
+    public static let services = ["users", "inventory", "payments", "orders", "notifications"]
 
     /// The `orders` topic's layout in the message log.
     public static let ordersTopic = TopicOptions(partitions: 4)
@@ -82,18 +108,21 @@ public struct ShopOptions: Sendable {
     /// The message log's URL: ``brokerURL``, or the SQLite file `broker.db` in ``dataDirectory``.
     public var resolvedBrokerURL: String { self.brokerURL ?? "sqlite://\(self.dataDirectory)/broker.db" }
 
-    /// Default options: ports 8101-8104 on 127.0.0.1, data under `.aviary/shop`, the message log
+    /// Default options: ports 8101-8105 on 127.0.0.1, data under `.aviary/shop`, the message log
     /// in `.aviary/shop/broker.db`.
     public init() {}
 }
 
-/// The Shop reference system: `users`, `payments`, `orders` and `notifications`, each a
-/// Hummingbird application on its own port with its own SQLite database, run together in one
-/// process.
+/// The Shop reference system: `users`, `inventory`, `payments`, `orders` and `notifications`, each
+/// a Hummingbird application on its own port with its own SQLite database, run together in one
+/// process (or one per process: ``run(services:handleSignals:)``).
 ///
-/// `orders` stores each order with its `order.placed` event in one transaction (its outbox); its
-/// ``AviaryMessaging/OutboxRelay`` publishes the events to the message log (`broker.db`), and
-/// `notifications` consumes them idempotently (its inbox) into notifications.
+/// `orders` is event-sourced and places each order with a saga (reserve stock in `inventory`,
+/// charge with `payments`, commit the stock, confirm; compensated by refund, release and cancel),
+/// run by a `SagaRunner` that resumes unfinished sagas after a restart. Each order event and its
+/// CloudEvent commit in one transaction (its outbox); its ``AviaryMessaging/OutboxRelay``
+/// publishes the events to the message log (`broker.db`), and `notifications` consumes them
+/// idempotently (its inbox) into notifications.
 ///
 /// ```swift
 /// let shop = try ShopSystem(options: ShopOptions())
@@ -104,6 +133,7 @@ public final class ShopSystem: Sendable {
     public let addressBook = AddressBook()
     let options: ShopOptions
     let users: UsersService
+    let inventory: InventoryService
     let payments: PaymentsService
     let orders: OrdersService
     let notifications: NotificationsService
@@ -137,21 +167,49 @@ public final class ShopSystem: Sendable {
         policy.breaker.permittedNumberOfCallsInHalfOpenState = 1
         policy.perTryTimeout = options.upstreamAttemptTimeout
         policy.totalTimeout = options.upstreamTotalTimeout
-        self.users = try UsersService(url: url("users"), logger: logger("users"), tracer: tracing["users"]?.tracer)
+        policy.maxAttempts = max(1, options.upstreamAttempts)
+        policy.retryBudget = options.upstreamRetryBudget
+        let users = try UsersService(url: url("users"), logger: logger("users"), tracer: tracing["users"]?.tracer)
+        self.users = users
+        self.inventory = try InventoryService(
+            url: url("inventory"), seed: options.inventorySeed, logger: logger("inventory"),
+            tracer: tracing["inventory"]?.tracer, failpoint: options.failpoint)
         self.payments = try PaymentsService(
-            url: url("payments"), logger: logger("payments"), tracer: tracing["payments"]?.tracer)
+            url: url("payments"), logger: logger("payments"), declineAbove: options.paymentsDeclineAbove,
+            tracer: tracing["payments"]?.tracer, failpoint: options.failpoint)
         let book = self.addressBook
         func upstream(_ name: String) -> Upstream {
             Upstream(
                 service: "orders", name: name, book: book, policy: policy, breakerClock: options.breakerClock,
                 metrics: options.metrics, tracer: tracing["orders"]?.tracer)
         }
+        // orders' saga calls inventory and payments on its own behalf (also after a restart, when
+        // the customer's token is long gone) with a service token from users.
+        var mint: (@Sendable () async throws -> String)?
+        if options.requireTokens {
+            mint = {
+                try await users.makeIssuer().issue(
+                    subject: "orders", scopes: ["inventory", "payments"], roles: ["service"])
+            }
+        }
+        let serviceToken = ServiceToken(mint: mint)
         self.orders = try OrdersService(
-            url: url("orders"), logger: logger("orders"), users: upstream("users"), payments: upstream("payments"),
-            tracer: tracing["orders"]?.tracer)
+            url: url("orders"), logger: logger("orders"), users: upstream("users"), inventory: upstream("inventory"),
+            payments: upstream("payments"), serviceToken: serviceToken, tracer: tracing["orders"]?.tracer,
+            failpoint: options.failpoint)
         self.notifications = try NotificationsService(
             url: url("notifications"), logger: logger("notifications"), tracer: tracing["notifications"]?.tracer)
         self.broker = Broker(url: options.resolvedBrokerURL)
+    }
+
+    /// The id of the order that `POST /orders` with `Idempotency-Key: idempotencyKey` places for
+    /// `user`: the same for every repeat of the request (which is what makes it idempotent).
+    ///
+    /// ```swift
+    /// let id = ShopSystem.orderID(user: "alice", idempotencyKey: "checkout-42")   // "ord-…"
+    /// ```
+    public static func orderID(user: String, idempotencyKey: String) -> String {
+        OrdersService.orderID(user: user, idempotencyKey: idempotencyKey)
     }
 
     /// One service as an ``AviaryService/AviaryApplication`` bound to `port` (0 for any), which
@@ -188,6 +246,9 @@ public final class ShopSystem: Sendable {
         case "payments":
             self.payments.addRoutes(to: secured("payments"))
             self.payments.healthChecks.forEach { app.addHealthCheck($0) }
+        case "inventory":
+            self.inventory.addRoutes(open: app.router, secured: secured("inventory"))
+            self.inventory.healthChecks.forEach { app.addHealthCheck($0) }
         default:
             self.orders.addRoutes(to: secured("orders"))
             self.orders.healthChecks.forEach { app.addHealthCheck($0) }
@@ -232,7 +293,7 @@ public final class ShopSystem: Sendable {
     /// for `orders` also its outbox relay, for `notifications` its consumer of `orders`.
     func services(_ service: String, port: Int) async throws -> [any Service] {
         let isUsers = service == "users"
-        let authenticator = isUsers ? nil : try await self.authenticator()
+        let authenticator = isUsers || !self.options.requireTokens ? nil : try await self.authenticator()
         let issuer = isUsers ? try await self.users.makeIssuer() : nil
         var services = await self.application(service, port: port, authenticator: authenticator, issuer: issuer)
             .makeServices().services
@@ -248,6 +309,10 @@ public final class ShopSystem: Sendable {
                         pollInterval: self.options.messagingPollInterval,
                         topics: [OrderPlaced.topic: ShopOptions.ordersTopic]),
                     logger: logger))
+            // The saga runner resumes unfinished sagas (after a crash, or waiting for a retry);
+            // the projection keeps the order history caught up.
+            services.append(self.orders.runner)
+            services.append(ProjectionService(runner: self.orders.history))
         case "notifications":
             let broker = try await self.broker.log()
             // The consumer subscribes at start, so the topic must exist even before orders runs.
@@ -266,7 +331,7 @@ public final class ShopSystem: Sendable {
     }
 
     /// The gateway's configuration: `/api/users/…`, `/api/login`, `/api/orders…`, `/api/payments…`,
-    /// `/api/notifications…` and `/.well-known/jwks.json`, each to its service (which checks
+    /// `/api/inventory/…`, `/api/notifications…` and `/.well-known/jwks.json`, each to its service (which checks
     /// tokens itself).
     ///
     /// - Throws: `AviaryError` when a service's port is still unknown (0 and not listening yet).
@@ -283,6 +348,7 @@ public final class ShopSystem: Sendable {
               users: {endpoints: [\(endpoints["users"]!)]}
               orders: {endpoints: [\(endpoints["orders"]!)]}
               payments: {endpoints: [\(endpoints["payments"]!)]}
+              inventory: {endpoints: [\(endpoints["inventory"]!)]}
               notifications: {endpoints: [\(endpoints["notifications"]!)]}
             routes:
               - {match: {path: /api/login}, rewrite: {path_prefix: /login}, cluster: users}
@@ -290,6 +356,7 @@ public final class ShopSystem: Sendable {
               - {match: {path_prefix: /api/users/}, rewrite: {path_prefix: /users/}, cluster: users}
               - {match: {path_prefix: /api/orders}, rewrite: {path_prefix: /orders}, cluster: orders}
               - {match: {path_prefix: /api/payments}, rewrite: {path_prefix: /payments}, cluster: payments}
+              - {match: {path_prefix: /api/inventory/}, rewrite: {path_prefix: /inventory/}, cluster: inventory}
               - {match: {path_prefix: /api/notifications}, rewrite: {path_prefix: /notifications}, cluster: notifications}
             """
     }
@@ -305,11 +372,16 @@ public final class ShopSystem: Sendable {
         }
     }
 
-    /// Runs every service until the task is cancelled, or until SIGTERM/SIGINT when
-    /// `handleSignals` is true (then in-flight requests finish before the process exits).
-    public func run(handleSignals: Bool = false) async throws {
+    /// Runs every service (or only those named in `names`, in start order) until the task is
+    /// cancelled, or until SIGTERM/SIGINT when `handleSignals` is true (then in-flight requests
+    /// finish before the process exits).
+    ///
+    /// ```swift
+    /// try await shop.run(services: ["inventory"])   // one service per process
+    /// ```
+    public func run(services names: [String] = ShopOptions.services, handleSignals: Bool = false) async throws {
         var services: [any Service] = []
-        for name in ShopOptions.services {
+        for name in ShopOptions.services where names.contains(name) {
             services += try await self.services(name, port: self.options.ports[name] ?? 0)
         }
         if let gatewayPort = self.options.gatewayPort {

@@ -11,11 +11,11 @@ import Foundation
 import Logging
 import Shop
 
-// `swift run shop`: users, payments, orders and notifications in one process, on 8101-8104 by
-// default, behind the API gateway on 8080; orders' events go through the message log at
-// .aviary/shop/broker.db. Options: --data-dir PATH, --broker-url URL, --host ADDRESS,
-// --<service>-port N (0 = any free port), --gateway-port N, --no-gateway, --config PATH (default
-// aviary.yaml), --print-config.
+// `swift run shop`: users, orders, payments, notifications and inventory in one process, on
+// 8101-8105 by default, behind the API gateway on 8080; orders' events go through the message log
+// at .aviary/shop/broker.db. Options: --data-dir PATH, --broker-url URL, --host ADDRESS,
+// --<service>-port N (0 = any free port), --gateway-port N, --no-gateway,
+// --payments-decline-above CENTS, --config PATH (default aviary.yaml), --print-config.
 // Each service's port also comes from its section of aviary.yaml and AVIARY_<SERVICE>_PORT; a
 // command-line port wins.
 
@@ -28,6 +28,7 @@ var options = ShopOptions()
 var configFile = ServiceConfiguration.defaultFile
 var printConfig = false
 var portsFromCommandLine: Set<String> = []
+var declineAboveFromCommandLine = false
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     func value() -> String {
@@ -39,12 +40,16 @@ while let argument = arguments.popFirst() {
         print(
             """
             usage: shop [--data-dir PATH] [--broker-url URL] [--host ADDRESS] [--users-port N] [--orders-port N]
-                        [--payments-port N] [--notifications-port N] [--gateway-port N | --no-gateway]
+                        [--payments-port N] [--notifications-port N] [--inventory-port N]
+                        [--gateway-port N | --no-gateway] [--payments-decline-above CENTS]
                         [--config PATH] [--print-config]
-            Runs the Shop reference system (users, orders, payments, notifications) in one process,
-            behind the API gateway (port 8080 by default: /api/login, /api/users/, /api/orders,
-            /api/payments, /api/notifications). Orders publish order.placed through the message log
-            at --broker-url (default sqlite://<data-dir>/broker.db); notifications consume it.
+            Runs the Shop reference system (users, orders, payments, notifications, inventory) in one
+            process, behind the API gateway (port 8080 by default: /api/login, /api/users/, /api/orders,
+            /api/payments, /api/inventory/, /api/notifications). Placing an order runs a saga in orders:
+            reserve stock (inventory), charge (payments), confirm; with --payments-decline-above CENTS
+            (or AVIARY_PAYMENTS_DECLINE_ABOVE) payments declines larger charges and the saga
+            compensates. Orders publish their events through the message log at --broker-url
+            (default sqlite://<data-dir>/broker.db); notifications consume them.
             """)
         exit(0)
     case "--data-dir": options.dataDirectory = value()
@@ -60,6 +65,13 @@ while let argument = arguments.popFirst() {
     case "--print-config": printConfig = true
     case "--host": options.host = value()
     case "--no-gateway": options.gatewayPort = nil
+    case "--payments-decline-above":
+        let text = value()
+        guard let cents = Int(text), cents >= 1 else {
+            fail("--payments-decline-above: expected a positive number of cents, got \"\(text)\"")
+        }
+        options.paymentsDeclineAbove = cents
+        declineAboveFromCommandLine = true
     case "--gateway-port":
         let text = value()
         guard let port = Int(text), (1...65535).contains(port) else {
@@ -93,14 +105,29 @@ var problems: [String] = []
 for service in ShopOptions.services {
     let defaults = ServiceOptions(
         name: service, port: ShopOptions().ports[service] ?? 8100, drainDelay: .zero, gracePeriod: .seconds(30))
+    // payments: decline_above (AVIARY_PAYMENTS_DECLINE_ABOVE), 0 declines nothing.
+    let keys: [ConfigurationKey] =
+        service == "payments"
+        ? [.int("decline_above", in: 0...Int.max, default: 0, "Decline charges above this many cents (0: none)")]
+        : []
     do {
         let configuration = try ServiceConfiguration.load(
-            ConfigurationSchema(defaults), file: configFile, environment: environment)
+            ConfigurationSchema(defaults, keys: keys), file: configFile, environment: environment)
         var lines = configuration.rendered().split(separator: "\n").map(String.init)
         if portsFromCommandLine.contains(service), let port = options.ports[service] {
             lines = lines.map { $0.hasPrefix("port = ") ? "port = \(port)  (--\(service)-port)" : $0 }
         } else {
             options.ports[service] = configuration.int("port")
+        }
+        if service == "payments" {
+            if declineAboveFromCommandLine, let cents = options.paymentsDeclineAbove {
+                lines = lines.map {
+                    $0.hasPrefix("decline_above = ") ? "decline_above = \(cents)  (--payments-decline-above)" : $0
+                }
+            } else {
+                let cents = configuration.int("decline_above")
+                options.paymentsDeclineAbove = cents > 0 ? cents : nil
+            }
         }
         // One process: the longest drain delay of all applies to all.
         options.drainDelay = max(options.drainDelay, configuration.duration("drain_delay"))

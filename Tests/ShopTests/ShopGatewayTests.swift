@@ -29,7 +29,8 @@ struct ShopGatewayTests {
             #expect(read.status == 200)
             #expect(try JSONDecoder().decode(Order.self, from: read.body) == order)
             #expect(
-                try await shop.send(.GET, "gateway", "/api/payments/\(order.paymentId)", headers: bearer).status == 200)
+                try await shop.send(.GET, "gateway", "/api/payments/\(order.paymentId ?? "")", headers: bearer).status
+                    == 200)
             #expect(try await shop.send(.GET, "gateway", "/api/users/alice").status == 200)
             #expect(try await shop.send(.GET, "gateway", "/.well-known/jwks.json").status == 200)
 

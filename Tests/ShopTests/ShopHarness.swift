@@ -27,13 +27,17 @@ final class ShopHarness: Sendable {
     private let listening: AsyncStream<(String, Endpoint)>
     private let listeningContinuation: AsyncStream<(String, Endpoint)>.Continuation
 
-    init(minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil) throws {
+    init(
+        minimumCalls: Int = 2, openDuration: Duration = .seconds(30), collector: String? = nil,
+        declineAbove: Int? = nil
+    ) throws {
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("aviary-shop-\(UUID().uuidString)").path
         let clock = ManualClock()
         let (stream, continuation) = AsyncStream<(String, Endpoint)>.makeStream()
         var options = ShopOptions()
-        options.ports = ["users": 0, "orders": 0, "payments": 0, "notifications": 0]
+        options.ports = ["users": 0, "orders": 0, "payments": 0, "notifications": 0, "inventory": 0]
+        options.paymentsDeclineAbove = declineAbove
         options.messagingPollInterval = .milliseconds(100)
         options.dataDirectory = directory
         options.breakerClock = clock
@@ -147,7 +151,7 @@ final class ShopHarness: Sendable {
     ) async throws -> Reply {
         var request = HTTPClientRequest(url: try self.url(service, path))
         request.method = method
-        if let user, service == "orders" || service == "payments" || service == "notifications" {
+        if let user, ["orders", "payments", "notifications", "inventory"].contains(service) {
             request.headers.add(name: "authorization", value: "Bearer \(try await self.token(user))")
         }
         for (name, value) in headers { request.headers.add(name: name, value: value) }
@@ -165,9 +169,10 @@ final class ShopHarness: Sendable {
 func withShop(
     minimumCalls: Int = 2,
     collector: String? = nil,
+    declineAbove: Int? = nil,
     _ body: (ShopHarness) async throws -> Void
 ) async throws {
-    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector)
+    let harness = try ShopHarness(minimumCalls: minimumCalls, collector: collector, declineAbove: declineAbove)
     do {
         try await harness.startAll()
         try await body(harness)

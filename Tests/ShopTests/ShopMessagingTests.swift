@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryEventSourcing
 import AviaryMessaging
 import AviaryStorage
 import Foundation
@@ -34,35 +35,41 @@ struct ShopMessagingTests {
         return try JSONDecoder().decode([ShopNotification].self, from: reply.body)
     }
 
-    @Test("a placed order becomes exactly one notification, even when its event is delivered twice")
+    @Test(
+        "a placed order becomes one notification per event (placed, confirmed), even when an event is delivered twice")
     func orderBecomesOneNotification() async throws {
         try await withShop { shop in
             let placed = try await shop.send(.POST, "orders", "/orders", json: ShopTests.order)
             #expect(placed.status == 201)
             let order = try JSONDecoder().decode(Order.self, from: placed.body)
 
-            try await Self.eventually("alice has a notification for \(order.id)") {
-                try await Self.notifications(shop).contains { $0.orderId == order.id }
+            try await Self.eventually("alice has both notifications for \(order.id)") {
+                try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 2
             }
+            // Newest first.
             let notes = try await Self.notifications(shop)
-            #expect(notes.filter { $0.orderId == order.id }.count == 1)
-            let note = try #require(notes.first)
-            #expect(note.userId == "alice")
-            #expect(note.kind == "order.placed")
-            #expect(note.text == "Your order \(order.id) of 25.00 was placed.")
-            // The relay emptied the outbox.
-            let pending = try await shop.shop.orders.store.read { db in try Outbox.pendingCount(in: db) }
-            #expect(pending == 0)
+            #expect(notes.map(\.kind) == ["order.confirmed", "order.placed"])
+            #expect(notes.allSatisfy { $0.userId == "alice" && $0.orderId == order.id })
+            #expect(notes.last?.text == "Your order \(order.id) of 25.00 was placed.")
+            #expect(notes.first?.text == "Your order \(order.id) is confirmed: 25.00 paid.")
+            // The relay empties the outbox (order.placed, then order.confirmed).
+            try await Self.eventually("the outbox is empty") {
+                try await shop.shop.orders.store.read { db in try Outbox.pendingCount(in: db) } == 0
+            }
 
             // The same event again, as a relay that died between publishing and marking would send it.
             let log = try await shop.shop.broker.log()
+            let placedID = try #require(
+                try await shop.shop.orders.book.events.readStream("order-\(order.id)").first?.id.uuidString.lowercased()
+            )
+            #expect(
+                try await shop.shop.notifications.store.read { db in
+                    try String.fetchAll(db, sql: "SELECT event_id FROM aviary_inbox")
+                }.contains(placedID))
             let event = try CloudEvent(
-                id: try #require(
-                    try await shop.shop.notifications.store.read { db in
-                        try String.fetchOne(db, sql: "SELECT event_id FROM aviary_inbox")
-                    }),
+                id: placedID,
                 source: OrderPlaced.source, type: OrderPlaced.type, subject: order.id,
-                json: OrderPlaced(orderId: order.id, userId: "alice", totalCents: 2500))
+                json: OrderPlaced(orderId: order.id, userId: "alice", totalCents: 2500, items: order.items))
             try await log.publish([OutgoingMessage(topic: OrderPlaced.topic, event: event)])
             try await Self.eventually("the notifications group consumed everything") {
                 let group = try await log.topics().first { $0.name == OrderPlaced.topic }?.groups.first {
@@ -70,11 +77,12 @@ struct ShopMessagingTests {
                 }
                 return group?.lag == 0
             }
-            #expect(try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 1)
+            #expect(try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 2)
+            // Each event once: order.placed and order.confirmed.
             let inboxed = try await shop.shop.notifications.store.read { db in
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM aviary_inbox") ?? 0
             }
-            #expect(inboxed == 1)
+            #expect(inboxed == 2)
         }
     }
 
@@ -86,10 +94,10 @@ struct ShopMessagingTests {
             #expect(placed.status == 201)
             let order = try JSONDecoder().decode(Order.self, from: placed.body)
             try await shop.start("notifications")
-            try await Self.eventually("the notification for \(order.id) arrived") {
-                try await Self.notifications(shop).contains { $0.orderId == order.id }
+            try await Self.eventually("the notifications for \(order.id) arrived") {
+                try await Self.notifications(shop).filter { $0.orderId == order.id }.count == 2
             }
-            #expect(try await Self.notifications(shop).count == 1)
+            #expect(try await Self.notifications(shop).count == 2)
         }
     }
 

@@ -8,6 +8,7 @@ import AviaryCore
 import AviaryResilience
 import AviaryService
 import AviaryStorage
+import AviaryWorkflows
 import Foundation
 import GRDB
 import NIOHTTP1
@@ -19,7 +20,7 @@ import Testing
 struct ShopTests {
     static let order = #"{"userId":"alice","items":[{"sku":"book-1","quantity":2,"unitPriceCents":1250}]}"#
 
-    @Test("placing an order checks the user, charges payments and stores the order")
+    @Test("placing an order checks the user, reserves stock, charges payments and confirms the order")
     func placeOrder() async throws {
         try await withShop { shop in
             let reply = try await shop.send(.POST, "orders", "/orders", json: Self.order)
@@ -27,18 +28,27 @@ struct ShopTests {
             let order = try JSONDecoder().decode(Order.self, from: reply.body)
             #expect(order.userId == "alice")
             #expect(order.totalCents == 2500)
-            #expect(order.status == "paid")
+            #expect(order.status == "confirmed")
             #expect(reply.headers.first(name: "location") == "/orders/\(order.id)")
 
             let stored = try await shop.send(.GET, "orders", "/orders/\(order.id)")
             #expect(stored.status == 200)
             #expect(try JSONDecoder().decode(Order.self, from: stored.body) == order)
 
-            let payment = try await shop.send(.GET, "payments", "/payments/\(order.paymentId)")
+            let paymentID = try #require(order.paymentId)
+            let payment = try await shop.send(.GET, "payments", "/payments/\(paymentID)")
             #expect(payment.status == 200)
             let charged = try JSONDecoder().decode(Payment.self, from: payment.body)
             #expect(charged.amountCents == 2500)
             #expect(charged.orderId == order.id)
+            #expect(charged.status == "captured")
+
+            // The two books left the warehouse: committed, nothing held.
+            let stock = try await shop.send(.GET, "inventory", "/inventory/book-1")
+            #expect(
+                try JSONDecoder().decode(StockLevel.self, from: stock.body)
+                    == StockLevel(
+                        sku: "book-1", onHand: 998, reserved: 0, available: 998))
         }
     }
 
@@ -156,7 +166,8 @@ struct ShopTests {
         }
     }
 
-    @Test("with payments down, orders answers 503 at once, its breaker opens, and it recovers")
+    @Test(
+        "with payments down, orders answers 503 at once, its breaker opens, the orders are cancelled, and it recovers")
     func paymentsOutage() async throws {
         try await withShop(minimumCalls: 2) { shop in
             let paymentsEndpoint = try shop.shop.addressBook.require("payments")
@@ -180,7 +191,20 @@ struct ShopTests {
             try await shop.start("payments", port: paymentsEndpoint.port)
             #expect(try await shop.send(.POST, "orders", "/orders", json: Self.order).status == 503)
 
+            // Each of those orders reserved stock before its charge failed; their sagas compensate
+            // (refund, release, cancel) in the background once payments answers again.
             shop.clock.advance(by: .seconds(30))
+            let failedIDs = try [failed, rejected].map { try #require($0.json()["order_id"] as? String) }
+            try await ShopMessagingTests.eventually("the failed orders are cancelled") {
+                try await shop.shop.orders.sagas.instances(status: .compensated, limit: 10).count == 3
+            }
+            for id in failedIDs {
+                let order = try JSONDecoder().decode(
+                    Order.self, from: try await shop.send(.GET, "orders", "/orders/\(id)").body)
+                #expect(order.status == "cancelled")
+            }
+            let stock = try await shop.send(.GET, "inventory", "/inventory/book-1")
+            #expect(try JSONDecoder().decode(StockLevel.self, from: stock.body).reserved == 0)
             let recovered = try await shop.send(.POST, "orders", "/orders", json: Self.order)
             #expect(recovered.status == 201)
             #expect(shop.shop.orders.payments.breaker.state == .closed)

@@ -15,7 +15,9 @@ struct ShopTracingTests {
     static let traceID = "0af7651916cd43dd8448eb211c80319c"
     static let callerSpanID = "b7ad6b7169203331"
 
-    @Test("placing an order is one trace through orders, users, payments, their databases and the event's consumer")
+    @Test(
+        "placing an order is one trace through orders, users, inventory, payments, their databases and the event's consumer"
+    )
     func orderTrace() async throws {
         let receiver = OTLPReceiver()
         try await receiver.run { collector in
@@ -35,14 +37,15 @@ struct ShopTracingTests {
             }
         }
         let spans = receiver.spans(inTrace: Self.traceID)
-        #expect(Set(spans.map(\.service)) == ["orders", "users", "payments", "notifications"], "\(spans)")
+        #expect(
+            Set(spans.map(\.service)) == ["orders", "users", "inventory", "payments", "notifications"], "\(spans)")
         let ordersServer = try #require(spans.first { $0.service == "orders" && $0.kind == 2 }, "\(spans)")
         #expect(ordersServer.parentSpanID == Self.callerSpanID)
         #expect(ordersServer.name == "POST /orders")
         // The consumer's span continues the producer's trace, under the request that placed the order.
         let consumer = try #require(spans.first { $0.service == "notifications" && $0.kind == 5 }, "\(spans)")
         #expect(consumer.parentSpanID == ordersServer.spanID)
-        for callee in ["users", "payments"] {
+        for callee in ["users", "inventory", "payments"] {
             let server = try #require(spans.first { $0.service == callee && $0.kind == 2 }, "\(callee): \(spans)")
             let client = try #require(spans.first { $0.spanID == server.parentSpanID }, "\(callee)'s caller")
             #expect(client.service == "orders" && client.kind == 3)

@@ -26,7 +26,8 @@ public struct ShopNotification: Codable, Sendable, Equatable {
 
 /// The `notifications` service: tells customers what happened to their orders.
 ///
-/// It consumes `order.placed` from the `orders` topic as the consumer group `notifications`,
+/// It consumes `order.placed`, `order.confirmed` and `order.cancelled` (with the reason, e.g. a
+/// declined payment) from the `orders` topic as the consumer group `notifications`,
 /// idempotently: the notification and the inbox record of the event commit in one transaction
 /// of its own database, so a redelivered or republished event is acknowledged without a second
 /// notification. `GET /notifications?user=ID` lists a customer's notifications, newest first,
@@ -69,22 +70,40 @@ struct NotificationsService: Sendable {
     var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
 
     /// The writes for one message of the `orders` topic, run by the ``AviaryMessaging/Inbox`` in
-    /// the transaction that records the event (so at most once per event): an `order.placed`
-    /// becomes a notification; other event types change nothing.
+    /// the transaction that records the event (so at most once per event): `order.placed`,
+    /// `order.confirmed` and `order.cancelled` become notifications; other event types change
+    /// nothing.
     ///
-    /// - Throws: when the event's data is not an ``OrderPlaced`` (the delivery is then retried
+    /// - Throws: when the event's data does not decode as its type (the delivery is then retried
     ///   and, after the group's deliveries, dead-lettered) or the store fails.
     static func apply(_ message: Message, in db: Database) throws {
         let event = message.event
-        guard event.type == OrderPlaced.type else { return }
-        let placed = try event.decodeData(as: OrderPlaced.self)
+        let note: (user: String, order: String, text: String)
+        switch event.type {
+        case OrderPlaced.eventType:
+            let placed = try event.decodeData(as: OrderPlaced.self)
+            note = (
+                placed.userId, placed.orderId,
+                "Your order \(placed.orderId) of \(Self.amount(placed.totalCents)) was placed."
+            )
+        case OrderConfirmed.eventType:
+            let confirmed = try event.decodeData(as: OrderConfirmed.self)
+            note = (
+                confirmed.userId, confirmed.orderId,
+                "Your order \(confirmed.orderId) is confirmed: \(Self.amount(confirmed.totalCents)) paid."
+            )
+        case OrderCancelled.eventType:
+            let cancelled = try event.decodeData(as: OrderCancelled.self)
+            note = (
+                cancelled.userId, cancelled.orderId,
+                "Your order \(cancelled.orderId) was cancelled (\(cancelled.reason)); nothing was charged."
+            )
+        default:
+            return
+        }
         try db.execute(
             sql: "INSERT INTO notifications (user_id, order_id, kind, text, created_at) VALUES (?, ?, ?, ?, ?)",
-            arguments: [
-                placed.userId, placed.orderId, event.type,
-                "Your order \(placed.orderId) of \(Self.amount(placed.totalCents)) was placed.",
-                Date().formatted(.iso8601),
-            ])
+            arguments: [note.user, note.order, event.type, note.text, Date().formatted(.iso8601)])
     }
 
     static func amount(_ cents: Int) -> String {

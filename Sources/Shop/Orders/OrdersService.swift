@@ -6,10 +6,13 @@
 import AsyncHTTPClient
 import AviaryAuth
 import AviaryCore
+import AviaryEventSourcing
 import AviaryMessaging
 import AviaryResilience
 import AviaryService
 import AviaryStorage
+import AviaryWorkflows
+import Crypto
 import Foundation
 import GRDB
 import HTTPTypes
@@ -19,61 +22,50 @@ import NIOCore
 import NIOHTTP1
 import Tracing
 
-/// One line of an order.
-public struct OrderItem: Codable, Sendable, Equatable {
-    public var sku: String
-    public var quantity: Int
-    public var unitPriceCents: Int
-}
-
-/// The `order.placed` event `orders` publishes (through its outbox) when an order is stored: a
-/// CloudEvent from `/shop/orders` whose subject, and partition key, is the order id.
-public struct OrderPlaced: Codable, Sendable, Equatable {
-    /// The topic order events go to.
-    public static let topic = "orders"
-    /// The events' source.
-    public static let source = "/shop/orders"
-    /// The events' type.
-    public static let type = "order.placed"
-
-    public var orderId: String
-    public var userId: String
-    public var totalCents: Int
-}
-
 /// What a client sends to place an order.
 struct PlaceOrder: Codable, Sendable {
     var userId: String
     var items: [OrderItem]
 }
 
-/// A placed, paid order.
-public struct Order: Codable, Sendable, Equatable {
-    public var id: String
-    public var userId: String
-    public var items: [OrderItem]
-    public var totalCents: Int
-    public var status: String
-    public var paymentId: String
-}
-
-/// The `orders` service: places orders.
+/// The `orders` service: places orders, event-sourced, through a saga.
 ///
 /// `POST /orders` checks the user with `users` (an unknown user is a 422 `unknown-user`
-/// problem), charges the total with `payments` (idempotently, keyed by the order id, so a retried
-/// charge is applied once), stores the order together with its `order.placed` event (one
-/// transaction, through the ``AviaryMessaging/Outbox``) and answers `201`. When a dependency is
-/// down or its breaker is open, the answer is a quick `503` `dependency-unavailable` problem
-/// naming it, with `Retry-After` when known. An `Idempotency-Key` on the request makes placing an order safe to
-/// repeat: the same key returns the same order.
+/// problem), then runs the place-order saga (``makeSaga()``): the order is recorded
+/// (`OrderPlaced`, and `order.placed` in the outbox, in one transaction), its stock reserved with
+/// `inventory`, the total charged with `payments`, the stock committed and the order confirmed
+/// (`OrderConfirmed`). The answer is `201` with the confirmed order. A declined charge (`402`
+/// `payment-declined`), missing stock (`409` `out-of-stock`) or a dependency that is down (`503`
+/// `dependency-unavailable`, `Retry-After` when known) compensate: the stock is released, the
+/// charge refunded and the order cancelled (`OrderCancelled`); the problem names the order. A saga
+/// that waits (a retry after backoff) answers `202` with the pending order; the saga runner
+/// finishes it in the background, also after a restart. An `Idempotency-Key` on the request makes
+/// placing an order safe to repeat: the order id is derived from the user and the key, so the same
+/// key returns the same order.
+///
+/// `GET /orders/{id}` reads the order from its events; `GET /orders?user=ID` lists a customer's
+/// orders from the ``OrderHistory`` read model, caught up first.
 struct OrdersService: Sendable {
     let store: SQLiteStore
     let logger: Logger
     let users: Upstream
+    let inventory: Upstream
     let payments: Upstream
+    let serviceToken: ServiceToken
+    let failpoint: @Sendable (String) -> Void
+    /// The event store and the outbox.
+    let book: OrderBook
+    /// Where the sagas live (the same `orders.db`).
+    let sagas: SQLiteSagaStore
+    /// Drives the sagas; also a lifecycle service that resumes unfinished ones.
+    let runner: SagaRunner
+    /// Keeps the order history up to date.
+    let history: ProjectionRunner<OrderHistory>
+    let notes = SagaFailureNotes()
 
     static var migrations: Migrations {
         var migrations = Migrations()
+        // Orders stored before orders was event-sourced: read by GET /orders/{id}, never written.
         migrations.add("v1: orders") { db in
             try db.execute(
                 sql: """
@@ -91,17 +83,33 @@ struct OrdersService: Sendable {
         }
         // The events of an order commit with it (published by the OutboxRelay ShopSystem runs).
         Outbox.addMigrations(to: &migrations)
+        migrations.addEventStore()
+        SQLiteSagaStore.addMigrations(to: &migrations)
         return migrations
     }
 
-    init(url: StoreURL, logger: Logger, users: Upstream, payments: Upstream, tracer: (any Tracer)? = nil) throws {
+    init(
+        url: StoreURL, logger: Logger, users: Upstream, inventory: Upstream, payments: Upstream,
+        serviceToken: ServiceToken, tracer: (any Tracer)? = nil,
+        failpoint: @escaping @Sendable (String) -> Void = { _ in }
+    ) throws {
         self.store = try SQLiteStore(url: url, migrations: Self.migrations, tracer: tracer)
         self.logger = logger
         self.users = users
+        self.inventory = inventory
         self.payments = payments
+        self.serviceToken = serviceToken
+        self.failpoint = failpoint
+        self.book = try OrderBook(store: self.store)
+        self.sagas = SQLiteSagaStore(store: self.store)
+        var sagaLogger = logger
+        sagaLogger[metadataKey: "aviary.component"] = "sagas"
+        self.runner = SagaRunner(store: self.sagas, logger: sagaLogger)
+        self.history = try ProjectionRunner(OrderHistory(), events: self.book.events, store: self.store, logger: logger)
+        self.runner.register(self.makeSaga())
     }
 
-    static func order(from row: Row) throws -> Order {
+    static func legacyOrder(from row: Row) throws -> Order {
         let itemsJSON: String = row["items"]
         return Order(
             id: row["id"], userId: row["user_id"],
@@ -135,28 +143,73 @@ struct OrdersService: Sendable {
     /// The service's health checks.
     var healthChecks: [HealthCheck] { [databaseCheck(self.store)] }
 
+    /// The order with that id: from its events, or from the table of orders placed before orders
+    /// was event-sourced.
+    func order(_ id: String) async throws -> Order? {
+        if let order = try await self.book.order(id)?.order { return order }
+        return try await self.store.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE id = ?", arguments: [id]).map(Self.legacyOrder(from:))
+        }
+    }
+
+    /// A customer's orders from the order history, newest first, after catching it up (so a
+    /// customer sees their own orders at once).
+    func orders(of user: String, limit: Int = 100) async throws -> [Order] {
+        do {
+            try await self.history.catchUp()
+        } catch {
+            // Another process is rebuilding it, or an event failed: serve what is there.
+            self.logger.warning("order history not caught up", metadata: ["error.message": "\(error)"])
+        }
+        return try await self.store.read { db in try OrderHistory.orders(of: user, limit: limit, in: db) }
+    }
+
     /// Adds the service's routes to `router`: a group that requires a token with the `orders`
     /// scope (see ``ShopSystem``).
     func addRoutes(to router: some RouterMethods<AviaryRequestContext>) {
         router.post("/orders") { request, context in
-            try await self.place(request, principal: try context.requirePrincipal())
+            try await self.place(request, principal: context.principal)
         }
-        let store = self.store
-        router.get("/orders/:id") { _, context -> JSONResponse<Order> in
-            let principal = try context.requirePrincipal()
-            let id = try context.parameters.require("id")
-            let order = try await store.read { db in
-                try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE id = ?", arguments: [id]).map(Self.order(from:))
+        router.get("/orders") { request, context -> JSONResponse<[Order]> in
+            guard let user = request.uri.queryParameters["user"].map(String.init), !user.isEmpty else {
+                throw HTTPProblem(
+                    status: 400, slug: "invalid-query", detail: "user: expected the query parameter ?user=ID")
             }
+            if let principal = context.principal, principal.subject != user {
+                throw HTTPProblem(
+                    status: 403, slug: "not-your-account",
+                    detail: "the token of \"\(principal.subject)\" cannot read the orders of \"\(user)\"")
+            }
+            return JSONResponse(status: .ok, value: try await self.orders(of: user))
+        }
+        router.get("/orders/:id") { _, context -> JSONResponse<Order> in
+            let id = try context.parameters.require("id")
+            let order = try await self.order(id)
             // Another customer's order is as good as absent: its existence is not disclosed.
-            guard let order, order.userId == principal.subject else {
+            guard let order, context.principal.map({ $0.subject == order.userId }) ?? true else {
                 throw HTTPProblem(status: 404, slug: "order-not-found", detail: "no order \"\(id)\"")
             }
             return JSONResponse(status: .ok, value: order)
         }
     }
 
-    func place(_ request: Request, principal: Principal) async throws -> JSONResponse<Order> {
+    /// The id of the order a customer's `Idempotency-Key` places: the same for every repeat.
+    static func orderID(user: String, idempotencyKey: String) -> String {
+        let digest = SHA256.hash(data: Data("\(user)\u{0}\(idempotencyKey)".utf8))
+        return "ord-" + digest.prefix(8).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// The answer to a repeated request: the order as it is now.
+    private func replay(_ order: Order, of placeOrder: PlaceOrder) throws -> JSONResponse<Order> {
+        guard order.userId == placeOrder.userId, order.items == placeOrder.items else {
+            throw HTTPProblem(
+                status: 422, slug: "idempotency-key-reused",
+                detail: "the Idempotency-Key was used for a different order (\(order.id))")
+        }
+        return JSONResponse(status: .ok, value: order, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
+    }
+
+    func place(_ request: Request, principal: Principal?) async throws -> JSONResponse<Order> {
         let idempotencyKey = request.headers[HTTPField.Name("Idempotency-Key")!]
         let placeOrder = try await request.decodeJSON(as: PlaceOrder.self)
         let problems = Self.validate(placeOrder)
@@ -164,13 +217,16 @@ struct OrdersService: Sendable {
             throw HTTPProblem(status: 400, slug: "invalid-order", detail: problems.joined(separator: "; "))
         }
         // A customer orders for themselves.
-        guard placeOrder.userId == principal.subject else {
+        if let principal, placeOrder.userId != principal.subject {
             throw HTTPProblem(
                 status: 403, slug: "not-your-account",
                 detail: "the token of \"\(principal.subject)\" cannot order for user \"\(placeOrder.userId)\"")
         }
-        if let idempotencyKey, let existing = try await self.existingOrder(idempotencyKey: idempotencyKey) {
-            return JSONResponse(status: .ok, value: existing, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
+        let orderID =
+            idempotencyKey.map { Self.orderID(user: placeOrder.userId, idempotencyKey: $0) }
+            ?? "ord-" + UUID().uuidString.lowercased().prefix(12)
+        if idempotencyKey != nil, let existing = try await self.order(orderID) {
+            return try self.replay(existing, of: placeOrder)
         }
 
         // 1. The user must exist.
@@ -191,78 +247,61 @@ struct OrdersService: Sendable {
                 extensions: ["dependency": "users"])
         }
 
-        // 2. Charge, keyed by the order id so that a retry is applied once.
-        let orderID = "ord-" + UUID().uuidString.lowercased().prefix(12)
+        // 2. The saga: place, reserve, charge, commit, confirm (or compensate).
         let total = placeOrder.items.reduce(0) { $0 + $1.quantity * $1.unitPriceCents }
-        let charge = try JSONEncoder().encode(
-            ChargeRequest(orderId: orderID, userId: placeOrder.userId, amountCents: total))
-        let paymentResponse = try await self.call(self.payments) {
-            // The Idempotency-Key makes the POST safe to retry: payments applies it once.
-            try await self.payments.client.execute(
-                .POST, "/payments",
-                headers: [
-                    ("content-type", "application/json"), ("idempotency-key", "charge-\(orderID)"),
-                    // Token relay: payments checks the caller's own token.
-                    ("authorization", request.headers[.authorization] ?? ""),
-                ],
-                body: ByteBuffer(bytes: charge))
-        }
-        guard paymentResponse.status == 201 || paymentResponse.status == 200,
-            let payment = try? paymentResponse.decode(Payment.self)
-        else {
-            let detail = paymentResponse.problem?.detail ?? "status \(paymentResponse.status)"
-            throw HTTPProblem(
-                status: 402, slug: "payment-declined", detail: "payments refused the charge: \(detail)",
-                extensions: ["dependency": "payments"])
-        }
-
-        // 3. Store the order.
-        let order = Order(
-            id: orderID, userId: placeOrder.userId, items: placeOrder.items, totalCents: total, status: "paid",
-            paymentId: payment.id)
-        let itemsJSON = String(decoding: try JSONEncoder().encode(order.items), as: UTF8.self)
-        var event = OutgoingMessage(
-            topic: OrderPlaced.topic,
-            event: try CloudEvent(
-                source: OrderPlaced.source, type: OrderPlaced.type, subject: order.id,
-                json: OrderPlaced(orderId: order.id, userId: order.userId, totalCents: order.totalCents)))
-        // The trace context travels with the event, so that its consumers continue this trace.
-        if let tracer = self.store.tracer { event.injectTraceContext(using: tracer) }
-        let placed = event
+        let state = PlaceOrderState(
+            orderId: orderID, userId: placeOrder.userId, items: placeOrder.items, totalCents: total)
+        self.notes.watch(orderID)
+        let instance: SagaInstance
         do {
-            try await self.store.write { db in
-                try db.execute(
-                    sql: """
-                        INSERT INTO orders (id, idempotency_key, user_id, items, total_cents, status, payment_id, created_at)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        order.id, idempotencyKey, order.userId, itemsJSON, order.totalCents, order.status,
-                        order.paymentId, Date().formatted(.iso8601),
-                    ])
-                // In the same transaction: the order and its event exist together or not at all.
-                try Outbox.enqueue(placed, in: db)
-            }
-        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {
-            // A concurrent request with the same Idempotency-Key won the race: answer with its order.
-            if let idempotencyKey, let existing = try await self.existingOrder(idempotencyKey: idempotencyKey) {
-                return JSONResponse(
-                    status: .ok, value: existing, headers: [HTTPField.Name("Idempotent-Replayed")!: "true"])
-            }
+            instance = try await self.runner.start(self.makeSaga(), id: orderID, state: state)
+        } catch let error as SagaError where error.kind == .duplicate {
+            _ = self.notes.take(orderID)
+            // A concurrent request with the same Idempotency-Key runs it.
+            if let existing = try await self.order(orderID) { return try self.replay(existing, of: placeOrder) }
+            throw HTTPProblem(
+                status: 409, slug: "idempotency-key-in-use",
+                detail: "a request with the same Idempotency-Key is being processed",
+                headers: [.retryAfter: "1"])
+        } catch {
+            _ = self.notes.take(orderID)
             throw error
         }
-        self.logger.info(
-            "order placed",
-            metadata: [
-                "aviary.order_id": "\(order.id)", "aviary.user_id": "\(order.userId)", "aviary.total": "\(total)",
-            ])
-        return JSONResponse(status: .created, value: order, headers: [.location: "/orders/\(order.id)"])
-    }
-
-    private func existingOrder(idempotencyKey: String) async throws -> Order? {
-        try await self.store.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM orders WHERE idempotency_key = ?", arguments: [idempotencyKey])
-                .map(Self.order(from:))
+        let failure = self.notes.take(orderID)
+        guard let order = try await self.book.order(orderID)?.order else {
+            throw failure
+                ?? HTTPProblem(status: 500, slug: "order-missing", detail: "order \(orderID) was not recorded")
+        }
+        let location: HTTPFields = [.location: "/orders/\(order.id)"]
+        switch instance.status {
+        case .completed:
+            self.logger.info(
+                "order confirmed",
+                metadata: [
+                    "aviary.order_id": "\(order.id)", "aviary.user_id": "\(order.userId)", "aviary.total": "\(total)",
+                ])
+            return JSONResponse(status: .created, value: order, headers: location)
+        case .running:
+            // Waiting for a retry after backoff: the runner finishes it in the background, and
+            // the order is pending until then (whatever the attempt that failed said).
+            return JSONResponse(status: .accepted, value: order, headers: location)
+        default:
+            self.logger.info(
+                "order not placed",
+                metadata: [
+                    "aviary.order_id": "\(order.id)", "aviary.saga_status": "\(instance.status.rawValue)",
+                    "error.message": "\(instance.lastError ?? "")",
+                ])
+            // The problem names the order, which shows how it ends (cancelled once compensated).
+            var problem =
+                failure
+                ?? HTTPProblem(
+                    status: 502, slug: "order-failed",
+                    detail: "order \(order.id) could not be completed: \(instance.lastError ?? "unknown")")
+            problem.problemDetails.extensions["order_id"] = order.id
+            problem.problemDetails.extensions["order_status"] = order.status
+            problem.headers[.location] = "/orders/\(order.id)"
+            throw problem
         }
     }
 

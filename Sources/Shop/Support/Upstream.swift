@@ -41,6 +41,8 @@ final class Upstream: Sendable {
         var perTryTimeout: Duration = .milliseconds(500)
         var maxAttempts: Int = 3
         var backoffBase: Duration = .milliseconds(25)
+        /// Whether retries draw from a retry budget (20 % of calls plus 10 per second).
+        var retryBudget = true
         var breaker: CircuitBreaker.Configuration = .init()
     }
 
@@ -63,7 +65,8 @@ final class Upstream: Sendable {
                 .init(
                     name: name,
                     maxAttempts: policy.maxAttempts,
-                    backoff: .exponential(base: policy.backoffBase, cap: .milliseconds(250))
+                    backoff: .exponential(base: policy.backoffBase, cap: .milliseconds(250)),
+                    budget: policy.retryBudget ? RetryBudget() : nil
                 )
             )
             breaker
