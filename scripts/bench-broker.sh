@@ -104,51 +104,65 @@ server_pids+=($!)
 wait_for redis redis-cli -p "$redis_port" ping
 wait_for nats python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port), 1)"
 
-# MARK: AviaryMessaging
-echo "AviaryMessaging on SQLite" >&2
-"$bench" run --url "sqlite://$tmp/broker.db" --seconds "$seconds" | tee -a "$results" >&2
-echo "AviaryMessaging on PostgreSQL" >&2
-"$bench" run --url "$pg_url" --seconds "$seconds" | tee -a "$results" >&2
+# MARK: AviaryMessaging and the floors of its engines, side by side
+# Each measurement of the log runs next to the same measurement of its engine's floor, so that
+# both see the same minute of this machine (fsync times on a shared disk swing widely).
+aviary() { # url scenario
+  "$bench" run --url "$1" --seconds "$seconds" --only "$2" | tee -a "$results" >&2
+}
+pgbench_rate() { # script-file -> transactions per second
+  pgbench -n -c 1 -T "$seconds" -f "$1" raw 2>&1 | awk '/^tps = / {print $3; exit}'
+}
+sqlite_url="sqlite://$tmp/broker.db"
+aviary "$sqlite_url" row_bytes
 row_bytes=$(python3 -c 'import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if r.get("scenario") == "row_bytes": print(r["bytes"]); break' "$results")
-
-# MARK: SQLite floor
-echo "SQLite floor ($row_bytes-byte rows)" >&2
+echo "rows of $row_bytes bytes" >&2
 cc -O2 -o "$tmp/sqlite-floor" "$root/Benchmarks/Broker/sqlite-floor.c" -lsqlite3
-for batch in 1 100 1000; do
-  out=$("$tmp/sqlite-floor" "$tmp/raw-$batch.db" "$batch" "$row_bytes" "$seconds")
-  echo "$out" >&2
-  record sqlite-raw "insert_$batch" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["per_second"])' "$out")"
-done
-
-# MARK: PostgreSQL floor
-echo "PostgreSQL floor (pgbench, one client)" >&2
 psql -q -d raw -c 'CREATE TABLE raw_messages (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL, appended_at BIGINT NOT NULL)' \
   -c 'CREATE TABLE raw_queue (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL, appended_at BIGINT NOT NULL)' >/dev/null
-pgbench_rate() { # script-file -> transactions per second
-  pgbench -n -c 1 -T "$seconds" -f "$1" raw 2>&1 | awk '/^tps = / {print $3; exit}'
-}
-echo "INSERT INTO raw_messages (payload, appended_at) VALUES (repeat('x', $row_bytes), 0);" >"$tmp/single.sql"
-tps=$(pgbench_rate "$tmp/single.sql")
-echo "single-row insert: $tps tps" >&2
-record postgres-raw insert_1 "$tps"
-for batch in 100 1000; do
-  echo "INSERT INTO raw_messages (payload, appended_at) SELECT repeat('x', $row_bytes), g FROM generate_series(1, $batch) g;" \
-    >"$tmp/batch-$batch.sql"
-  tps=$(pgbench_rate "$tmp/batch-$batch.sql")
-  echo "insert of $batch rows: $tps tps" >&2
+echo "INSERT INTO raw_messages (payload, appended_at) SELECT repeat('x', $row_bytes), g FROM generate_series(1, 20000) g;" \
+  >"$tmp/warmup.sql"
+pgbench -n -c 1 -t 5 -f "$tmp/warmup.sql" raw >/dev/null 2>&1
+
+for batch in 1 100 1000; do
+  if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
+  echo "publish, $batch per transaction" >&2
+  aviary "$sqlite_url" "$scenario"
+  out=$("$tmp/sqlite-floor" "$tmp/raw.db" "$batch" "$row_bytes" "$seconds")
+  echo "sqlite floor: $out" >&2
+  record sqlite-raw "insert_$batch" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["per_second"])' "$out")"
+  aviary "$pg_url" "$scenario"
+  if [ "$batch" = 1 ]; then
+    echo "INSERT INTO raw_messages (payload, appended_at) VALUES (repeat('x', $row_bytes), 0);" >"$tmp/insert-1.sql"
+  else
+    echo "INSERT INTO raw_messages (payload, appended_at) SELECT repeat('x', $row_bytes), g FROM generate_series(1, $batch) g;" \
+      >"$tmp/insert-$batch.sql"
+  fi
+  tps=$(pgbench_rate "$tmp/insert-$batch.sql")
+  echo "pgbench: $tps transactions/s of $batch rows" >&2
   record postgres-raw "insert_$batch" "$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')"
 done
+
+echo "consume and ack" >&2
+aviary "$sqlite_url" consume_ack
+aviary "$pg_url" consume_ack
 psql -q -d raw -c "INSERT INTO raw_queue (payload, appended_at) SELECT repeat('x', $row_bytes), g FROM generate_series(1, 300000) g" \
   -c 'VACUUM ANALYZE raw_queue' >/dev/null
 cat >"$tmp/consume.sql" <<'SQL'
 DELETE FROM raw_queue WHERE id = (SELECT id FROM raw_queue ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING id, payload;
 SQL
 tps=$(pgbench_rate "$tmp/consume.sql")
-echo "SKIP LOCKED delete: $tps tps" >&2
+echo "pgbench: SKIP LOCKED delete $tps/s" >&2
 record postgres-raw skip_locked_delete "$tps"
+
+echo "publish-to-consume latency at 1,000 messages/s" >&2
+for url in "$sqlite_url" "$pg_url"; do
+  aviary "$url" latency_in_process
+  aviary "$url" latency_cross_process
+done
 
 # MARK: Redis Streams
 echo "Redis Streams (XADD, appendfsync everysec)" >&2
