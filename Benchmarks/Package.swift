@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: "aviary", path: ".."),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
@@ -29,6 +30,18 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Sources/HelloAviary",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // scripts/bench-broker.sh: AviaryMessaging's publish, consume-and-ack and latency figures on
+        // SQLite and PostgreSQL, printed as JSON lines next to the raw engines measured by the script.
+        .executableTarget(
+            name: "BrokerBench",
+            dependencies: [
+                .product(name: "AviaryCore", package: "aviary"),
+                .product(name: "AviaryMessaging", package: "aviary"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/BrokerBench",
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         // Not a benchmark: one shared breaker from N threads, to profile contention.

@@ -63,7 +63,7 @@ struct BrokerCommandLineTests {
     }
 
     static func remove(_ path: String) {
-        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        for suffix in ["", "-wal", "-shm", "-wakeups"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 
     @Test("topics: a table row per group with lag and dead letters; --json has the same numbers")
@@ -168,6 +168,47 @@ struct BrokerCommandLineTests {
         #expect(notDLQ.status == 65)
         #expect(notDLQ.standardError == "aviary broker: topic orders is not the dead-letter topic of any group\n")
         try await log.close()
+    }
+
+    @Test("a publish in another process wakes this process's consumers at once, not at their next poll")
+    func wakeUpAcrossProcesses() async throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.executable.path), "build aviary first")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("aviary-bell-\(UUID()).db").path
+        defer { Self.remove(path) }
+        // The poll timer would take an hour: only the other process's doorbell can wake the stream.
+        let log = try SQLiteMessageLog(path: path, configuration: .init(pollInterval: .seconds(3600)))
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        try await log.createTopic("other", TopicOptions(partitions: 1))
+        let wakeUps = log.wakeUps(topic: "orders")
+        let woken = Task {
+            var iterator = wakeUps.makeAsyncIterator()
+            return await iterator.next() != nil
+        }
+        let status = await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
+            let process = Process()
+            process.executableURL = Self.executable
+            process.arguments = [
+                "broker", "publish", "--url", "sqlite://\(path)", "--topic", "orders", "--key", "k", "--count", "1",
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+            do { try process.run() } catch { continuation.resume(returning: -1) }
+        }
+        #expect(status == 0)
+        let outcome = await withTaskGroup(of: Bool?.self) { group in
+            group.addTask { await woken.value }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(30))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        #expect(outcome == true, "no wake-up within 30 s of the other process's publish")
+        try await log.close()
+        _ = await woken.value
     }
 
     @Test("three publisher processes and two consumers share one file: every event once, in order per key")

@@ -28,7 +28,9 @@ struct MessageConsumerTests {
         let log = try SQLiteMessageLog(
             path: path, clock: clock, configuration: .init(synchronous: .normal, pollInterval: .milliseconds(20)))
         defer {
-            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            for suffix in ["", "-wal", "-shm", "-wakeups"] {
+                try? FileManager.default.removeItem(atPath: path + suffix)
+            }
         }
         let result = try await body(log)
         try? await log.close()
@@ -108,7 +110,11 @@ struct MessageConsumerTests {
     @Test("a publish while idle is consumed without waiting for the poll timer")
     func wakesOnPublish() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("aviary-wake-\(UUID()).db").path
-        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        defer {
+            for suffix in ["", "-wal", "-shm", "-wakeups"] {
+                try? FileManager.default.removeItem(atPath: path + suffix)
+            }
+        }
         // The poll timer is an hour: only the in-process notification can wake the consumer.
         let log = try SQLiteMessageLog(path: path, configuration: .init(pollInterval: .seconds(3600)))
         try await log.createTopic("orders", TopicOptions(partitions: 1))

@@ -19,7 +19,7 @@ struct SQLiteMessageLogTests {
     }
 
     static func remove(_ path: String) {
-        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        for suffix in ["", "-wal", "-shm", "-wakeups"] { try? FileManager.default.removeItem(atPath: path + suffix) }
     }
 
     @Test(
@@ -96,6 +96,33 @@ struct SQLiteMessageLogTests {
             #expect(try configured.currentSynchronous() == expected)
             try await configured.close()
         }
+    }
+
+    @Test(
+        "receive, ack, nack and a failed ack leave the writer at synchronous=FULL for the next publish",
+        arguments: [SQLiteMessageLog.Configuration.Synchronous.normal, .full])
+    func acknowledgementsRestoreSynchronous(acknowledgements: SQLiteMessageLog.Configuration.Synchronous) async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let log = try SQLiteMessageLog(
+            path: path, configuration: SQLiteMessageLog.Configuration(acknowledgementSynchronous: acknowledgements))
+        try await log.createTopic("t", TopicOptions(partitions: 1))
+        try await log.subscribe(group: "g", topic: "t", options: GroupOptions())
+        try await log.publish(
+            (1...3).map { _ in OutgoingMessage(topic: "t", event: CloudEvent(source: "/t", type: "t")) })
+        let batch = try await log.receive(ReceiveRequest(group: "g", topic: "t", consumer: "c", maxMessages: 2))
+        #expect(batch.deliveries.count == 2)
+        #expect(try log.currentSynchronous() == 2)
+        try await log.ack(batch.deliveries[0])
+        #expect(try log.currentSynchronous() == 2)
+        try await log.nack(batch.deliveries[1], redeliverAfter: .zero, error: "boom")
+        #expect(try log.currentSynchronous() == 2)
+        // The nack ended the lease: acking under it fails inside the transaction.
+        await #expect(throws: MessagingError.self) { try await log.ack(batch.deliveries[1]) }
+        #expect(try log.currentSynchronous() == 2)
+        let again = try await log.receive(ReceiveRequest(group: "g", topic: "t", consumer: "c"))
+        #expect(again.deliveries.map(\.message.position.offset) == [2, 3])
+        try await log.close()
     }
 
     @Test("a publish in this process wakes consumers at once, without waiting for the poll timer")

@@ -6,9 +6,9 @@
 import Foundation
 import Synchronization
 
-/// In-process wake-ups for consumers of a log that does not notify across processes (SQLite):
-/// a publish through any log instance of this process wakes the consumers of the same store and
-/// topic at once; consumers in other processes rely on their poll timer.
+/// Wake-ups for consumers of a SQLite log: a publish through any log instance of this process
+/// wakes the consumers of the same store and topic at once, and on Linux a publish in another
+/// process does too, through the topic's ``SQLiteDoorbell``; the poll timer covers the rest.
 final class WakeUpHub: Sendable {
     /// One hub per process: several log instances may open the same file.
     static let shared = WakeUpHub()
@@ -27,6 +27,7 @@ final class WakeUpHub: Sendable {
         let id = UUID()
         let (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         self.subscribers.withLock { $0[id] = Subscriber(key: Self.key(store, topic), continuation: continuation) }
+        SQLiteDoorbell.shared.watch(store: store)
         let timer = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: poll)
@@ -36,6 +37,7 @@ final class WakeUpHub: Sendable {
         continuation.onTermination = { [weak self] _ in
             timer.cancel()
             self?.subscribers.withLock { _ = $0.removeValue(forKey: id) }
+            SQLiteDoorbell.shared.unwatch(store: store)
         }
         register(id)
         return stream

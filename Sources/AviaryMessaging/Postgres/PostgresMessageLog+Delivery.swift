@@ -132,7 +132,7 @@ extension PostgresMessageLog {
         }
         let now = self.nowMillis
         let leaseMillis = Self.millis(request.lease)
-        return try await self.write { connection, logger in
+        return try await self.write(acknowledgement: true) { connection, logger in
             try await Self.promoteDue(connection, topic: request.topic, now: now, logger)
             let group = try await GroupRow.fetch(connection, group: request.group, topic: request.topic, logger)
             var bounds: [Int: (start: Int64, last: Int64)] = [:]
@@ -332,7 +332,7 @@ extension PostgresMessageLog {
     }
 
     public func ack(_ delivery: Delivery) async throws {
-        try await self.write { connection, logger in
+        try await self.write(acknowledgement: true) { connection, logger in
             guard var state = try await Self.leasedState(connection, delivery, logger) else { return }
             state.moveHead(to: delivery.message.position.offset + 1)
             if let through = state.leaseThrough, state.nextOffset > through { state.endLease() }
@@ -343,7 +343,7 @@ extension PostgresMessageLog {
     public func nack(_ delivery: Delivery, redeliverAfter: Duration, error: String) async throws {
         let now = self.nowMillis
         let delay = max(0, Self.millis(redeliverAfter))
-        try await self.write { connection, logger in
+        try await self.write(acknowledgement: true) { connection, logger in
             guard var state = try await Self.leasedState(connection, delivery, logger) else { return }
             let position = delivery.message.position
             // Acknowledged already by a later ack of the same lease: nothing to give back.
@@ -367,7 +367,7 @@ extension PostgresMessageLog {
 
     public func release(_ deliveries: [Delivery]) async throws {
         guard !deliveries.isEmpty else { return }
-        try await self.write { connection, logger in
+        try await self.write(acknowledgement: true) { connection, logger in
             var seen = Set<String>()
             var topics = Set<String>()
             // Locked in (topic, group, partition) order, so concurrent releases cannot deadlock.
@@ -398,7 +398,7 @@ extension PostgresMessageLog {
     public func extendLeases(_ deliveries: [Delivery], by duration: Duration) async throws {
         guard !deliveries.isEmpty else { return }
         let expiresAt = self.nowMillis + Self.millis(duration)
-        try await self.write { connection, logger in
+        try await self.write(acknowledgement: true) { connection, logger in
             var seen = Set<String>()
             let ordered = deliveries.sorted {
                 ($0.message.position.topic, $0.group, $0.message.position.partition)

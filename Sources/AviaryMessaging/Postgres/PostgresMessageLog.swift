@@ -42,6 +42,13 @@ public final class PostgresMessageLog: MessageLog {
         public var pollInterval: Duration
         /// The `LISTEN/NOTIFY` channel.
         public var channel: String
+        /// Whether the transactions that only move a group's cursor and leases (receive, ack,
+        /// nack, release, extending leases) wait for their WAL flush; `false` by default: they
+        /// commit with `synchronous_commit = off`. PostgreSQL flushes its WAL in order, so such a
+        /// commit is lost only by a crash of the server within a fraction of a second and only
+        /// together with everything committed after it; that means redelivery, never a lost or
+        /// reordered message. It saves a consumer one WAL flush per message.
+        public var synchronousAcknowledgements: Bool
 
         /// Creates a configuration.
         ///
@@ -50,11 +57,13 @@ public final class PostgresMessageLog: MessageLog {
         /// ```
         public init(
             store: PostgresStore.Options = PostgresStore.Options(applicationName: "aviary-message-log"),
-            pollInterval: Duration = .seconds(1), channel: String = "aviary_message_log"
+            pollInterval: Duration = .seconds(1), channel: String = "aviary_message_log",
+            synchronousAcknowledgements: Bool = false
         ) {
             self.store = store
             self.pollInterval = pollInterval
             self.channel = channel
+            self.synchronousAcknowledgements = synchronousAcknowledgements
         }
     }
 
@@ -119,12 +128,19 @@ public final class PostgresMessageLog: MessageLog {
 
     /// Runs `body` in one transaction of the store (retried on serialization failures and
     /// deadlocks); errors other than ``MessagingError`` become `.unavailable` with the cause.
+    ///
+    /// - Parameter acknowledgement: the transaction only moves a group's cursor and leases; unless
+    ///   ``Configuration/synchronousAcknowledgements``, it commits without waiting for its WAL flush.
     func write<T: Sendable>(
-        _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T
+        acknowledgement: Bool = false, _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T
     ) async throws -> T {
         let logger = self.logger
+        let relaxed = acknowledgement && !self.configuration.synchronousAcknowledgements
         do {
-            return try await self.store.withTransaction { connection in try await body(connection, logger) }
+            return try await self.store.withTransaction { connection in
+                if relaxed { try await connection.query("SET LOCAL synchronous_commit TO off", logger: logger) }
+                return try await body(connection, logger)
+            }
         } catch let error as MessagingError {
             throw error
         } catch {
@@ -256,8 +272,8 @@ public final class PostgresMessageLog: MessageLog {
             throw MessagingError(.invalidArgument, "event \(message.event.id): \(problems.joined(separator: "; "))")
         }
         return Encoded(
-            topic: message.topic, key: message.key, event: try Self.json(message.event),
-            headers: try Self.json(message.headers), deliverAt: message.deliverAt.map(Self.millis))
+            topic: message.topic, key: message.key, event: try StoredJSON.event(message.event),
+            headers: StoredJSON.headers(message.headers), deliverAt: message.deliverAt.map(Self.millis))
     }
 
     static func json(_ value: some Encodable) throws -> String {

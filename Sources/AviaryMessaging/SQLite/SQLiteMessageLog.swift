@@ -8,6 +8,14 @@ import Foundation
 import GRDB
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The ``MessageLog`` on one SQLite file (GRDB `DatabasePool`, WAL), shared safely by the
 /// processes of one machine.
 ///
@@ -17,9 +25,14 @@ import Synchronization
 /// ``Configuration/busyRetryLimit``, with nothing half-written. `synchronous=FULL` by default: a
 /// publish that returned survives a power cut.
 ///
-/// Idle consumers are woken by ``wakeUps(topic:)``: at once when this process published to the
-/// topic (through any log instance on the same file), and every ``Configuration/pollInterval``
-/// otherwise (other processes, nack delays ending).
+/// Idle consumers are woken by ``wakeUps(topic:)``: at once when a process published to the
+/// topic (this one through any log instance on the same file; on Linux any process, through the
+/// topic's file in `<database>-wakeups/`, watched with inotify), and every
+/// ``Configuration/pollInterval`` otherwise (nack delays ending, other systems).
+///
+/// Publishes commit with ``Configuration/synchronous`` (`FULL`); the transactions that only move
+/// a group's cursor and leases with ``Configuration/acknowledgementSynchronous`` (`NORMAL`): a
+/// power cut may make the latest acknowledgements happen again, never lose a message.
 ///
 /// ```swift
 /// let log = try SQLiteMessageLog(path: ".aviary/shop/broker.db")
@@ -40,6 +53,13 @@ public final class SQLiteMessageLog: MessageLog {
 
         /// Durability of commits; `.full` by default.
         public var synchronous: Synchronous
+        /// Durability of the transactions that only move a group's cursor and leases (receive,
+        /// ack, nack, release, extending leases); `.normal` by default. Such a commit survives a
+        /// process crash at once and a power cut with the next `.full` commit of any process (the
+        /// WAL is written and synced in order), so a power cut can only undo the latest
+        /// acknowledgements and leases, which means redelivery: never a lost or reordered message.
+        /// It saves a consumer one fsync per message. Set `.full` to sync these too.
+        public var acknowledgementSynchronous: Synchronous
         /// How long one attempt waits for another process's write lock.
         public var busyTimeout: Duration
         /// How long a write keeps retrying a busy or locked database before it fails.
@@ -51,13 +71,15 @@ public final class SQLiteMessageLog: MessageLog {
         ///
         /// ```swift
         /// let fast = SQLiteMessageLog.Configuration(synchronous: .normal, pollInterval: .milliseconds(20))
+        /// let strict = SQLiteMessageLog.Configuration(acknowledgementSynchronous: .full)
         /// ```
         public init(
-            synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5),
-            busyRetryLimit: Duration = .seconds(60),
+            synchronous: Synchronous = .full, acknowledgementSynchronous: Synchronous = .normal,
+            busyTimeout: Duration = .seconds(5), busyRetryLimit: Duration = .seconds(60),
             pollInterval: Duration = .milliseconds(50)
         ) {
             self.synchronous = synchronous
+            self.acknowledgementSynchronous = acknowledgementSynchronous
             self.busyTimeout = busyTimeout
             self.busyRetryLimit = busyRetryLimit
             self.pollInterval = pollInterval
@@ -99,8 +121,7 @@ public final class SQLiteMessageLog: MessageLog {
             throw MessagingError(.unavailable, "cannot create the folder of \(path): \(error.localizedDescription)")
         }
         var grdb = GRDB.Configuration()
-        let timeout = configuration.busyTimeout.components
-        grdb.busyMode = .timeout(Double(timeout.seconds) + Double(timeout.attoseconds) / 1e18)
+        grdb.busyMode = .callback(Self.busyWait(limit: configuration.busyTimeout))
         let synchronous = configuration.synchronous.rawValue
         grdb.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
@@ -118,6 +139,23 @@ public final class SQLiteMessageLog: MessageLog {
         }
     }
 
+    /// Waits for another process's write lock in short sleeps (50 µs, doubling to 2 ms) until
+    /// `limit` has passed. SQLite's own busy timeout sleeps 1, 2, 5, 10 ... up to 100 ms a try,
+    /// far longer than a commit holds the lock: with a producer and a consumer in two processes
+    /// that made publish-to-consume latency hundreds of milliseconds (scripts/bench-broker.sh).
+    /// The callback runs on GRDB's writer thread, never on the concurrency pool.
+    static func busyWait(limit: Duration) -> Database.BusyCallback {
+        let limitMicros = max(0, Self.millis(limit) * 1000)
+        return { tries in
+            let delay = Int64(min(2000, 50 << min(tries, 6)))
+            // Slept so far: 50 · (2^(tries) − 1) µs for the doubling tries, then 2 ms each.
+            let slept = tries <= 6 ? 50 * ((Int64(1) << tries) - 1) : 3150 + Int64(tries - 6) * 2000
+            guard slept < limitMicros else { return false }
+            usleep(useconds_t(delay))
+            return true
+        }
+    }
+
     /// The `synchronous` pragma of the connection that writes (0 off, 1 normal, 2 full), for tests.
     package func currentSynchronous() throws -> Int {
         try self.pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
@@ -127,19 +165,35 @@ public final class SQLiteMessageLog: MessageLog {
 
     /// Runs `body` in one `BEGIN IMMEDIATE` transaction, retrying while the database is busy or
     /// locked (another process holds the write lock longer than the busy timeout).
-    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    ///
+    /// - Parameter acknowledgement: the transaction only moves a group's cursor and leases; it
+    ///   commits with ``Configuration/acknowledgementSynchronous`` (SQLite allows the setting to
+    ///   change between transactions only, so it is set before and restored after).
+    func write<T: Sendable>(
+        acknowledgement: Bool = false, _ body: @escaping @Sendable (Database) throws -> T
+    ) async throws -> T {
         let start = ContinuousClock.now
         var attempt = 0
+        let relaxed =
+            acknowledgement && self.configuration.acknowledgementSynchronous != self.configuration.synchronous
+            ? self.configuration.acknowledgementSynchronous.rawValue : nil
+        let synchronous = self.configuration.synchronous.rawValue
         while true {
             do {
                 return try await self.pool.writeWithoutTransaction { db in
-                    var result: T?
-                    try db.inTransaction(.immediate) {
-                        result = try body(db)
-                        return .commit
+                    if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
+                    let outcome = Result<T, any Error> {
+                        var result: T?
+                        try db.inTransaction(.immediate) {
+                            result = try body(db)
+                            return .commit
+                        }
+                        guard let result else { throw MessagingError(.unavailable, "transaction returned nothing") }
+                        return result
                     }
-                    guard let result else { throw MessagingError(.unavailable, "transaction returned nothing") }
-                    return result
+                    // Publishes that follow on this connection must be durable again.
+                    if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
+                    return try outcome.get()
                 }
             } catch let error as DatabaseError
                 where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
@@ -247,12 +301,9 @@ public final class SQLiteMessageLog: MessageLog {
             throw MessagingError(
                 .invalidArgument, "event \(message.event.id): \(problems.joined(separator: "; "))")
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let event = String(decoding: try encoder.encode(message.event), as: UTF8.self)
-        let headers = String(decoding: try encoder.encode(message.headers), as: UTF8.self)
         return Encoded(
-            topic: message.topic, key: message.key, event: event, headers: headers,
+            topic: message.topic, key: message.key, event: try StoredJSON.event(message.event),
+            headers: StoredJSON.headers(message.headers),
             deliverAt: message.deliverAt.map(Self.millis))
     }
 
@@ -285,7 +336,10 @@ public final class SQLiteMessageLog: MessageLog {
             }
             return positions
         }
-        for topic in Set(encoded.map(\.topic)) { WakeUpHub.shared.notify(store: self.path, topic: topic) }
+        for topic in Set(encoded.map(\.topic)) {
+            WakeUpHub.shared.notify(store: self.path, topic: topic)
+            SQLiteDoorbell.ring(store: self.path, topic: topic)
+        }
         return positions
     }
 
@@ -521,7 +575,7 @@ public final class SQLiteMessageLog: MessageLog {
         }
         let now = self.nowMillis
         let leaseMillis = Self.millis(request.lease)
-        return try await self.write { db in
+        return try await self.write(acknowledgement: true) { db in
             try Self.promoteDue(db, topic: request.topic, now: now)
             let group = try GroupRow.fetch(db, group: request.group, topic: request.topic)
             var bounds: [Int: (start: Int64, last: Int64)] = [:]
@@ -700,7 +754,7 @@ public final class SQLiteMessageLog: MessageLog {
     }
 
     public func ack(_ delivery: Delivery) async throws {
-        try await self.write { db in
+        try await self.write(acknowledgement: true) { db in
             guard var state = try Self.leasedState(db, delivery) else { return }
             state.moveHead(to: delivery.message.position.offset + 1)
             if let through = state.leaseThrough, state.nextOffset > through { state.endLease() }
@@ -711,7 +765,7 @@ public final class SQLiteMessageLog: MessageLog {
     public func nack(_ delivery: Delivery, redeliverAfter: Duration, error: String) async throws {
         let now = self.nowMillis
         let delay = max(0, Self.millis(redeliverAfter))
-        try await self.write { db in
+        try await self.write(acknowledgement: true) { db in
             guard var state = try Self.leasedState(db, delivery) else { return }
             let position = delivery.message.position
             // Acknowledged already by a later ack of the same lease: nothing to give back.
@@ -733,7 +787,7 @@ public final class SQLiteMessageLog: MessageLog {
 
     public func release(_ deliveries: [Delivery]) async throws {
         guard !deliveries.isEmpty else { return }
-        try await self.write { db in
+        try await self.write(acknowledgement: true) { db in
             var seen = Set<String>()
             for delivery in deliveries where seen.insert(delivery.leaseID).inserted {
                 let position = delivery.message.position
@@ -756,7 +810,7 @@ public final class SQLiteMessageLog: MessageLog {
     public func extendLeases(_ deliveries: [Delivery], by duration: Duration) async throws {
         guard !deliveries.isEmpty else { return }
         let expiresAt = self.nowMillis + Self.millis(duration)
-        try await self.write { db in
+        try await self.write(acknowledgement: true) { db in
             var seen = Set<String>()
             for delivery in deliveries where seen.insert(delivery.leaseID).inserted {
                 guard var state = try Self.leasedState(db, delivery) else { continue }

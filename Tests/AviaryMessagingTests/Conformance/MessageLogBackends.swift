@@ -51,7 +51,9 @@ extension MessageLogBackend {
             .appendingPathComponent("aviary-messaging-\(UUID().uuidString).db").path
         let log = try SQLiteMessageLog(path: path, clock: clock)
         return OpenedLog(log: log) {
-            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            for suffix in ["", "-wal", "-shm", "-wakeups"] {
+                try? FileManager.default.removeItem(atPath: path + suffix)
+            }
         }
     }
 

@@ -1,0 +1,89 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import Foundation
+import Testing
+
+@testable import AviaryMessaging
+
+/// The stored JSON of events written without `JSONEncoder` reads back as the same event as
+/// `CloudEvent`'s own encoding does; data it cannot vouch for takes the `Encodable` path.
+@Suite("Stored event JSON")
+struct StoredJSONTests {
+    static func decode(_ text: String) throws -> CloudEvent {
+        try JSONDecoder().decode(CloudEvent.self, from: Data(text.utf8))
+    }
+
+    static let time = Date(timeIntervalSince1970: 1_780_000_000.123_456)
+
+    static let dataSamples: [String] = [
+        #"{"orderID":"o-1","amountCents":1234,"items":[{"sku":"a","qty":2}],"gift":false,"note":null}"#,
+        #"  {"b": 1.5, "a": -0.25e2, "c": [1, 2.0, 3e2, -0, 12345678901234567890, 1E-7]}  "#,
+        #"{"text":"quote \" backslash \\ slash \/ tab \t newline \n unicode \u00e9 \ud83d\ude00 ✓"}"#,
+        #""just a string""#, "42", "true", "null", "[]", "{}",
+        #"{"a":{"b":{"c":{"d":[[[[]]]]}}}}"#,
+    ]
+
+    @Test("JSON data, attributes and extensions read back equal to CloudEvent's own encoding", arguments: dataSamples)
+    func sameEvent(data: String) throws {
+        let event = CloudEvent(
+            id: "id \"1\"\n", source: "/shop/orders", type: "order.placed", subject: "order-1", time: Self.time,
+            dataContentType: "application/json; charset=utf-8", dataSchema: "https://example.com/s.json",
+            data: Data(data.utf8), extensions: ["traceparent": "00-abc-def-01", "zeta": "\u{1}control"])
+        let fast = try StoredJSON.event(event)
+        let slow = try StoredJSON.slow(event)
+        #expect(try Self.decode(fast) == Self.decode(slow))
+        #expect(fast.contains(#""data":"#), "JSON data is embedded, not base64: \(fast)")
+    }
+
+    static let unacceptable: [String] = [
+        "", "{", #"{"a":}"#, #"{"a":1,}"#, "[1,]", "01", "1.", ".5", "-", "1e", "+1", "1e400", "-1e400",
+        #""\ud800""#, #""\udc00x""#, #""\x""#, "\"tab\tinside\"", "nul", "true false", #"{"a" 1}"#, "[1 2]",
+        String(repeating: "[", count: 300) + String(repeating: "]", count: 300),
+    ]
+
+    @Test("data that is not JSON the decoder accepts goes through CloudEvent's own encoding", arguments: unacceptable)
+    func fallback(data: String) throws {
+        #expect(!JSONCheck.isAcceptable(Data(data.utf8)))
+        let event = CloudEvent(source: "/s", type: "t", time: Self.time, data: Data(data.utf8))
+        #expect(try StoredJSON.event(event) == StoredJSON.slow(event))
+        _ = try Self.decode(StoredJSON.event(event))
+    }
+
+    @Test("binary data, no data, no time and invalid UTF-8 read back equal")
+    func otherShapes() throws {
+        let events = [
+            CloudEvent(source: "/s", type: "t", time: nil),
+            CloudEvent(
+                source: "/s", type: "t", time: Self.time, dataContentType: "application/octet-stream",
+                data: Data([0, 1, 2, 255])),
+            CloudEvent(source: "/s", type: "t", time: Self.time, data: Data([0x22, 0xff, 0x22])),
+            CloudEvent(source: "/s", type: "t", time: Date(timeIntervalSince1970: 0.999_9)),
+            CloudEvent(source: "/s", type: "t", time: Date(timeIntervalSince1970: 4_102_444_799.5)),
+        ]
+        for event in events {
+            #expect(try Self.decode(StoredJSON.event(event)) == Self.decode(StoredJSON.slow(event)))
+        }
+    }
+
+    @Test("times are written as CloudEvent writes them, to the millisecond")
+    func times() throws {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            let time = Date(timeIntervalSince1970: Double.random(in: 0..<4_000_000_000, using: &generator))
+            let event = CloudEvent(source: "/s", type: "t", time: time)
+            #expect(try Self.decode(StoredJSON.event(event)).time == Self.decode(StoredJSON.slow(event)).time)
+        }
+    }
+
+    @Test("headers are a JSON object of strings that decodes back")
+    func headers() throws {
+        let headers = ["traceparent": "00-1-2-01", "quote\"": "back\\slash\n", "é": "✓"]
+        let decoded = try JSONDecoder().decode([String: String].self, from: Data(StoredJSON.headers(headers).utf8))
+        #expect(decoded == headers)
+        #expect(StoredJSON.headers([:]) == "{}")
+    }
+}
