@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryTestSupport
 import Foundation
 import Testing
 
@@ -10,31 +11,12 @@ import Testing
 /// the test bundle).
 @Suite("aviary gateway command", .timeLimit(.minutes(2)))
 struct CommandLineTests {
-    static var executable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("aviary")
-    }
+    static var executable: URL { ChildProcess.aviary }
 
-    struct Outcome {
-        var status: Int32
-        var standardOutput: String
-        var standardError: String
-    }
+    typealias Outcome = ChildProcess.Outcome
 
-    static func run(_ arguments: [String]) throws -> Outcome {
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = arguments
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let outputData = output.fileHandleForReading.readDataToEndOfFile()
-        let errorData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(
-            status: process.terminationStatus, standardOutput: String(decoding: outputData, as: UTF8.self),
-            standardError: String(decoding: errorData, as: UTF8.self))
+    static func run(_ arguments: [String]) async throws -> Outcome {
+        try await ChildProcess.run(Self.executable, arguments)
     }
 
     static func temporaryFile(_ text: String) throws -> String {
@@ -45,18 +27,18 @@ struct CommandLineTests {
     }
 
     @Test("the issue's example passes --check")
-    func validConfiguration() throws {
+    func validConfiguration() async throws {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
         let path = try Self.temporaryFile(issueExample)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let outcome = try Self.run(["gateway", "--config", path, "--check"])
+        let outcome = try await Self.run(["gateway", "--config", path, "--check"])
         #expect(outcome.status == 0)
         #expect(outcome.standardOutput == "\(path): valid (4 clusters, 4 routes)\n")
     }
 
     @Test("an invalid configuration exits 78 with one line per problem and nothing else")
-    func invalidConfiguration() throws {
+    func invalidConfiguration() async throws {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
         let yaml =
@@ -65,7 +47,7 @@ struct CommandLineTests {
             .replacingOccurrences(of: "cluster: catalog\n", with: "cluster: katalog\n")
         let path = try Self.temporaryFile(yaml)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let outcome = try Self.run(["gateway", "--config", path])
+        let outcome = try await Self.run(["gateway", "--config", path])
         #expect(outcome.status == 78)
         #expect(outcome.standardOutput.isEmpty)
         #expect(
@@ -76,20 +58,20 @@ struct CommandLineTests {
     }
 
     @Test("a missing file exits 78; a wrong argument exits 64 with the usage")
-    func usageErrors() throws {
+    func usageErrors() async throws {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
-        let missing = try Self.run(["gateway", "--config", "/nonexistent/gateway.yaml"])
+        let missing = try await Self.run(["gateway", "--config", "/nonexistent/gateway.yaml"])
         #expect(missing.status == 78)
         #expect(missing.standardError.hasPrefix("/nonexistent/gateway.yaml: cannot read the file"))
         #expect(missing.standardError.split(separator: "\n").count == 1)
-        let wrong = try Self.run(["gateway", "--conf", "x"])
+        let wrong = try await Self.run(["gateway", "--conf", "x"])
         #expect(wrong.status == 64)
         #expect(wrong.standardError.contains("usage: aviary gateway --config FILE"))
     }
 
     @Test("a JWKS file that cannot be read stops the gateway at start: exit 78, one line naming auth.jwt")
-    func unreadableJWKSFile() throws {
+    func unreadableJWKSFile() async throws {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
         let path = try Self.temporaryFile(
@@ -100,14 +82,14 @@ struct CommandLineTests {
             routes: [{match: {path_prefix: /}, cluster: a, auth: {require: jwt}}]
             """)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let outcome = try Self.run(["gateway", "--config", path])
+        let outcome = try await Self.run(["gateway", "--config", path])
         #expect(outcome.status == 78)
         #expect(
             outcome.standardError == "aviary gateway: auth.jwt: jwksFile \"/nonexistent/jwks.json\" cannot be read\n")
     }
 
     @Test("a discovery file that cannot be read stops the gateway at start: exit 78, one line naming it")
-    func unreadableDiscoveryFile() throws {
+    func unreadableDiscoveryFile() async throws {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
         let path = try Self.temporaryFile(
@@ -118,7 +100,7 @@ struct CommandLineTests {
             routes: [{match: {path_prefix: /}, cluster: a}]
             """)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let outcome = try Self.run(["gateway", "--config", path])
+        let outcome = try await Self.run(["gateway", "--config", path])
         #expect(outcome.status == 78)
         #expect(
             outcome.standardError.hasPrefix(

@@ -5,6 +5,7 @@
 
 import AviaryCore
 import AviaryMessaging
+import AviaryTestSupport
 import Foundation
 import Testing
 
@@ -12,31 +13,12 @@ import Testing
 /// (`swift build --build-tests` builds the `aviary` binary next to the test bundle).
 @Suite("aviary broker command", .timeLimit(.minutes(3)))
 struct BrokerCommandLineTests {
-    static var executable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("aviary")
-    }
+    static var executable: URL { ChildProcess.aviary }
 
-    struct Outcome {
-        var status: Int32
-        var standardOutput: String
-        var standardError: String
-    }
+    typealias Outcome = ChildProcess.Outcome
 
-    static func run(_ arguments: [String]) throws -> Outcome {
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = arguments
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let outputData = output.fileHandleForReading.readDataToEndOfFile()
-        let errorData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(
-            status: process.terminationStatus, standardOutput: String(decoding: outputData, as: UTF8.self),
-            standardError: String(decoding: errorData, as: UTF8.self))
+    static func run(_ arguments: [String]) async throws -> Outcome {
+        try await ChildProcess.run(Self.executable, arguments)
     }
 
     /// A log with topic `orders` (2 partitions), group `mailer` (1 delivery, then dead letter) that
@@ -71,7 +53,7 @@ struct BrokerCommandLineTests {
         try #require(FileManager.default.isExecutableFile(atPath: Self.executable.path), "build aviary first")
         let (path, log) = try await Self.prepareLog()
         defer { Self.remove(path) }
-        let outcome = try Self.run(["broker", "topics", "--url", "sqlite://\(path)"])
+        let outcome = try await Self.run(["broker", "topics", "--url", "sqlite://\(path)"])
         #expect(outcome.status == 0, "\(outcome.standardError)")
         let lines = outcome.standardOutput.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
         #expect(lines.first?.first == "TOPIC")
@@ -80,7 +62,7 @@ struct BrokerCommandLineTests {
         #expect(lines.contains { $0 == ["orders", "2", "3", "0", "mailer", "0", "-", "-", "2", "0"] })
         #expect(lines.contains { $0.first == "orders.mailer.dlq" && $0[2] == "2" })
 
-        let json = try Self.run(["broker", "topics", "--url", "sqlite://\(path)", "--json"])
+        let json = try await Self.run(["broker", "topics", "--url", "sqlite://\(path)", "--json"])
         #expect(json.status == 0)
         let document = try #require(
             try JSONSerialization.jsonObject(with: Data(json.standardOutput.utf8)) as? [String: Any])
@@ -101,35 +83,35 @@ struct BrokerCommandLineTests {
         let (path, log) = try await Self.prepareLog()
         defer { Self.remove(path) }
         let url = "sqlite://\(path)"
-        let list = try Self.run(["broker", "dlq", "--url", url, "--topic", "orders", "--group", "mailer"])
+        let list = try await Self.run(["broker", "dlq", "--url", url, "--topic", "orders", "--group", "mailer"])
         #expect(list.status == 0, "\(list.standardError)")
         #expect(list.standardOutput.contains("orders.mailer.dlq/0@1"))
         #expect(list.standardOutput.contains("orders.mailer.dlq/0@2"))
         #expect(list.standardOutput.contains("smtp refused 1"))
         #expect(list.standardOutput.hasSuffix("2 dead letters in orders.mailer.dlq\n"))
 
-        let show = try Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "show", "0@2"])
+        let show = try await Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "show", "0@2"])
         #expect(show.status == 0, "\(show.standardError)")
         #expect(show.standardOutput.contains("error:      smtp refused 2"))
         #expect(show.standardOutput.contains("reason:     max-deliveries"))
         #expect(show.standardOutput.contains("\"subject\" : \"order-2\""))
 
-        let replay = try Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "replay", "1"])
+        let replay = try await Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "replay", "1"])
         #expect(replay.status == 0, "\(replay.standardError)")
         #expect(replay.standardOutput == "replayed orders.mailer.dlq/0@1 to orders\n")
         // The replayed message is back in `orders`: the mailer group gets it again.
         let again = try await log.receive(ReceiveRequest(group: "mailer", topic: "orders", consumer: "m"))
         #expect(again.deliveries.map(\.n) == [1])
 
-        let missing = try Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "show", "1"])
+        let missing = try await Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "show", "1"])
         #expect(missing.status == 66)
         #expect(missing.standardError.contains("no dead letter at orders.mailer.dlq/0@1"))
 
-        let purge = try Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "purge", "2"])
+        let purge = try await Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "purge", "2"])
         #expect(purge.standardOutput == "purged 1 dead letter from orders.mailer.dlq\n")
         #expect(try await log.deadLetters(topic: "orders.mailer.dlq", limit: 10).isEmpty)
 
-        let all = try Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "replay", "--all"])
+        let all = try await Self.run(["broker", "dlq", "--url", url, "--topic", "orders.mailer.dlq", "replay", "--all"])
         #expect(all.standardOutput == "replayed 0 dead letters from orders.mailer.dlq\n")
         try await log.close()
     }
@@ -137,7 +119,7 @@ struct BrokerCommandLineTests {
     @Test("errors: missing file 66, bad arguments 64 with usage, a PostgreSQL server that is not there 69")
     func errors() async throws {
         try #require(FileManager.default.isExecutableFile(atPath: Self.executable.path), "build aviary first")
-        let missing = try Self.run(["broker", "topics", "--url", "sqlite:///nonexistent/aviary/broker.db"])
+        let missing = try await Self.run(["broker", "topics", "--url", "sqlite:///nonexistent/aviary/broker.db"])
         #expect(missing.status == 66)
         #expect(
             missing.standardError
@@ -145,26 +127,26 @@ struct BrokerCommandLineTests {
         )
         #expect(!FileManager.default.fileExists(atPath: "/nonexistent/aviary/broker.db"))
 
-        let noURL = try Self.run(["broker", "topics"])
+        let noURL = try await Self.run(["broker", "topics"])
         #expect(noURL.status == 64)
         #expect(noURL.standardError.hasPrefix("aviary broker: --url URL is required\nusage: aviary broker"))
 
-        let badURL = try Self.run(["broker", "topics", "--url", "mysql://x"])
+        let badURL = try await Self.run(["broker", "topics", "--url", "mysql://x"])
         #expect(badURL.status == 64)
         #expect(badURL.standardError.contains("expected sqlite:///path.db"))
 
-        let postgres = try Self.run(["broker", "topics", "--url", "postgres://u@127.0.0.1:1/db"])
+        let postgres = try await Self.run(["broker", "topics", "--url", "postgres://u@127.0.0.1:1/db"])
         #expect(postgres.status == 69)
         #expect(postgres.standardError.contains("127.0.0.1:1/db"), "\(postgres.standardError)")
         #expect(postgres.standardError.contains("refused"), "\(postgres.standardError)")
 
         let (path, log) = try await Self.prepareLog()
         defer { Self.remove(path) }
-        let position = try Self.run([
+        let position = try await Self.run([
             "broker", "dlq", "--url", "sqlite://\(path)", "--topic", "orders.mailer.dlq", "show", "x@y",
         ])
         #expect(position.status == 64)
-        let notDLQ = try Self.run(["broker", "dlq", "--url", "sqlite://\(path)", "--topic", "orders"])
+        let notDLQ = try await Self.run(["broker", "dlq", "--url", "sqlite://\(path)", "--topic", "orders"])
         #expect(notDLQ.status == 65)
         #expect(notDLQ.standardError == "aviary broker: topic orders is not the dead-letter topic of any group\n")
         try await log.close()
@@ -220,18 +202,16 @@ struct BrokerCommandLineTests {
         try await log.createTopic("orders", TopicOptions(partitions: 4))
         try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
         let perProcess = 150
-        let processes = try (0..<3).map { index in
-            let process = Process()
-            process.executableURL = Self.executable
-            process.arguments = [
-                "broker", "publish", "--url", "sqlite://\(path)", "--topic", "orders", "--key", "producer-\(index)",
-                "--count", "\(perProcess)",
-            ]
-            process.standardOutput = FileHandle.nullDevice
-            let error = Pipe()
-            process.standardError = error
-            try process.run()
-            return (process, error)
+        // The publishers run as children awaited without holding a test thread.
+        let publishers = (0..<3).map { index in
+            Task {
+                try await ChildProcess.run(
+                    Self.executable,
+                    [
+                        "broker", "publish", "--url", "sqlite://\(path)", "--topic", "orders", "--key",
+                        "producer-\(index)", "--count", "\(perProcess)",
+                    ])
+            }
         }
         let seen = Locked<[String: [Int]]>([:])
         let deadline = ContinuousClock.now + .seconds(120)
@@ -252,10 +232,9 @@ struct BrokerCommandLineTests {
             }
             try await tasks.waitForAll()
         }
-        for (process, error) in processes {
-            process.waitUntilExit()
-            let message = String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            #expect(process.terminationStatus == 0, "\(message)")
+        for publisher in publishers {
+            let outcome = try await publisher.value
+            #expect(outcome.status == 0, "\(outcome.standardError)")
         }
         let result = seen.withLock { $0 }
         #expect(result.keys.sorted() == ["producer-0", "producer-1", "producer-2"])
