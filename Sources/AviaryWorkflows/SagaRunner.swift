@@ -250,7 +250,14 @@ public final class SagaRunner: Service, Sendable {
                     self.logger.error("saga runner pass failed", metadata: ["error": "\(error)"])
                 }
                 var wait = self.configuration.pollInterval
-                if let next = try? await self.store.nextWakeUp() {
+                // Over leases: also the expiry of sagas other runners hold, so as not to spin on them.
+                let next: Date??
+                if let leases = self.leases {
+                    next = try? await leases.nextClaimable()
+                } else {
+                    next = try? await self.store.nextWakeUp()
+                }
+                if let next = next ?? nil {
                     let seconds = max(0, next.timeIntervalSince(self.wallClock.now))
                     wait = min(wait, .aviarySeconds(seconds))
                 }
@@ -464,7 +471,13 @@ public final class SagaRunner: Service, Sendable {
         }
         guard var instance = current, instance.status == .running,
             instance.step == step, instance.awaitingReply, let onReply = saga.steps[step].onReply
-        else { return false }
+        else {
+            // Moved on meanwhile: give back the lease just taken.
+            if let leases = self.leases, current != nil {
+                try? await leases.releaseLeases([sagaID], owner: self.leaseOwner)
+            }
+            return false
+        }
         let expected = instance.version
         let now = self.wallClock.now
         var events: [SagaEvent]

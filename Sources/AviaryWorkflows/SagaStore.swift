@@ -250,4 +250,10 @@ public protocol SagaLeaseStore: SagaStore {
 
     /// Gives up the leases `owner` holds on `ids` (others are left alone).
     func releaseLeases(_ ids: [String], owner: String) async throws
+
+    /// The earliest time an unfinished instance can be claimed: its `wakeAt` (now when nil) or,
+    /// while it is leased, the later of that and the lease's expiry; nil when none is unfinished.
+    /// ``SagaRunner/run()`` sleeps until then, so that it does not spin on sagas another runner
+    /// is driving.
+    func nextClaimable() async throws -> Date?
 }

@@ -117,6 +117,9 @@ struct PostgresSagaRunnerTests {
             #expect(try await live.claimDue(at: wall.now, limit: 10, owner: "x", leaseUntil: wall.now).isEmpty)
             #expect(try await runner.runDue() == 0)
             #expect(try await live.lease(of: "j1")?.owner == "dead-runner")
+            // run() sleeps until the lease expires rather than spinning on a saga it cannot take.
+            let claimable = try #require(try await live.nextClaimable())
+            #expect(abs(claimable.timeIntervalSince(wall.now.addingTimeInterval(30))) < 0.001)
             wall.advance(by: .seconds(29))
             #expect(try await runner.runDue() == 0)
             #expect(ran.value == 0)

@@ -279,6 +279,16 @@ public final class PostgresSagaStore: SagaLeaseStore {
             """)
     }
 
+    public func nextClaimable() async throws -> Date? {
+        try await self.rows(
+            """
+            SELECT MIN(CASE WHEN lease_owner IS NULL THEN COALESCE(wake_at, 0)
+                ELSE GREATEST(lease_until, COALESCE(wake_at, 0)) END) AS next
+            FROM aviary_sagas WHERE status IN ('running', 'compensating')
+            """
+        ).first.flatMap { try $0["next"].decode(Double?.self) }.map { Date(timeIntervalSince1970: $0) }
+    }
+
     /// The lease of an instance (owner and expiry), for operators and tests.
     ///
     /// ```swift
