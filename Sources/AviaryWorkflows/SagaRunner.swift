@@ -23,8 +23,12 @@ import Synchronization
 ///   limit, then the saga is parked as ``SagaStatus/needsAttention`` with its history.
 /// - Timer steps store their wake-up time; ``run()`` sleeps until the earliest one.
 ///
-/// One runner per store: two runners driving the same sagas would be refused by the store's
-/// version check, but could run a step twice (with the same idempotency key).
+/// Over a plain ``SagaStore`` (SQLite) run one runner per store: two runners driving the same
+/// sagas would be refused by the store's version check, but could run a step twice (with the same
+/// idempotency key). Over a ``SagaLeaseStore`` (PostgreSQL) any number of runners, in any number
+/// of processes, share the store: each saga is driven by the runner holding its lease
+/// (``Configuration/leaseDuration``, renewed while the saga is driven), and the sagas of a runner
+/// that died are resumed by another once their leases expire.
 ///
 /// ```swift
 /// let runner = SagaRunner(store: sagaStore, logger: logger)
@@ -40,16 +44,26 @@ public final class SagaRunner: Service, Sendable {
         /// The longest ``run()`` sleeps without looking at the store (sagas created by another
         /// process, operator retries).
         public var pollInterval: Duration
+        /// Over a ``SagaLeaseStore``: how long a saga stays leased to this runner without a
+        /// renewal (renewed every third of it while the saga is driven). After a crash, other
+        /// runners resume its sagas this long after the last renewal. Ignored by other stores.
+        public var leaseDuration: Duration
 
         /// Creates settings.
-        public init(batchSize: Int = 64, pollInterval: Duration = .seconds(1)) {
+        public init(batchSize: Int = 64, pollInterval: Duration = .seconds(1), leaseDuration: Duration = .seconds(30)) {
+            precondition(leaseDuration > .zero, "leaseDuration must be positive")
             self.batchSize = batchSize
             self.pollInterval = pollInterval
+            self.leaseDuration = leaseDuration
         }
     }
 
     /// The store.
     public let store: any SagaStore
+    /// The lease owner this runner writes into a ``SagaLeaseStore`` (`host/pid/random`), unique
+    /// per runner.
+    public let leaseOwner: String
+    private let leases: (any SagaLeaseStore)?
     private let wallClock: any WallClock
     private let clock: any MonotonicClock
     private let logger: Logger
@@ -77,6 +91,10 @@ public final class SagaRunner: Service, Sendable {
         logger: Logger = Logger(label: "aviary.sagas"), configuration: Configuration = Configuration()
     ) {
         self.store = store
+        self.leases = store as? any SagaLeaseStore
+        self.leaseOwner =
+            "\(ProcessInfo.processInfo.hostName)/\(ProcessInfo.processInfo.processIdentifier)/"
+            + UUID().uuidString.prefix(8).lowercased()
         self.wallClock = wallClock
         self.clock = clock
         self.logger = logger
@@ -109,7 +127,7 @@ public final class SagaRunner: Service, Sendable {
         self.register(saga)
         let instance = try await self.create(saga, id: id, state: state, claim: true)
         defer { self.release(id) }
-        return try await self.drive(instance, ErasedSaga(saga))
+        return try await self.driveLeased(instance, ErasedSaga(saga))
     }
 
     /// Creates an instance and leaves it to ``run()`` (which is woken at once).
@@ -146,7 +164,11 @@ public final class SagaRunner: Service, Sendable {
             guard self.claim(id) else { throw SagaError(.duplicate, "saga \(id) is running") }
         }
         do {
-            try await self.store.create(instance, events: events)
+            if claim, let leases = self.leases {
+                try await leases.create(instance, events: events, owner: self.leaseOwner, leaseUntil: self.leaseEnd())
+            } else {
+                try await self.store.create(instance, events: events)
+            }
         } catch {
             if claim { self.release(id) }
             throw error
@@ -167,10 +189,22 @@ public final class SagaRunner: Service, Sendable {
         var driven = 0
         var stuck: Set<String> = []
         while true {
-            let due = try await self.store.due(
-                at: self.wallClock.now, limit: self.configuration.batchSize + stuck.count
-            )
-            .filter { !stuck.contains($0.id) && self.claim($0.id) }
+            let due: [SagaInstance]
+            if let leases = self.leases {
+                // Leased to this runner in the store. A stuck saga (or one whose lease ran out
+                // while this runner still drives it) keeps the new lease: nobody else tries it
+                // before the lease expires, which is the backoff a failing store call needs.
+                due = try await leases.claimDue(
+                    at: self.wallClock.now, limit: self.configuration.batchSize, owner: self.leaseOwner,
+                    leaseUntil: self.leaseEnd()
+                )
+                .filter { !stuck.contains($0.id) && self.claim($0.id) }
+            } else {
+                due = try await self.store.due(
+                    at: self.wallClock.now, limit: self.configuration.batchSize + stuck.count
+                )
+                .filter { !stuck.contains($0.id) && self.claim($0.id) }
+            }
             if due.isEmpty { return driven }
             let failed = await withTaskGroup(of: String?.self) { group in
                 for instance in due {
@@ -180,7 +214,7 @@ public final class SagaRunner: Service, Sendable {
                             guard let definition = self.definitions.withLock({ $0[instance.name] }) else {
                                 throw SagaError(.unknownSaga, "no saga definition named \(instance.name) is registered")
                             }
-                            let after = try await self.drive(instance, definition)
+                            let after = try await self.driveLeased(instance, definition)
                             // Still due after driving (a zero-delay retry is driven inline, so
                             // this is a store that did not move): do not spin on it.
                             return after.status.isUnfinished && after.wakeAt == nil ? instance.id : nil
@@ -216,7 +250,14 @@ public final class SagaRunner: Service, Sendable {
                     self.logger.error("saga runner pass failed", metadata: ["error": "\(error)"])
                 }
                 var wait = self.configuration.pollInterval
-                if let next = try? await self.store.nextWakeUp() {
+                // Over leases: also the expiry of sagas other runners hold, so as not to spin on them.
+                let next: Date??
+                if let leases = self.leases {
+                    next = try? await leases.nextClaimable()
+                } else {
+                    next = try? await self.store.nextWakeUp()
+                }
+                if let next = next ?? nil {
                     let seconds = max(0, next.timeIntervalSince(self.wallClock.now))
                     wait = min(wait, .aviarySeconds(seconds))
                 }
@@ -274,6 +315,73 @@ public final class SagaRunner: Service, Sendable {
 
     private func release(_ id: String) {
         _ = self.claimed.withLock { $0.remove(id) }
+    }
+
+    /// When a lease taken now ends.
+    private func leaseEnd() -> Date {
+        self.wallClock.now.addingTimeInterval(self.configuration.leaseDuration.aviaryTimeInterval)
+    }
+
+    /// ``drive(_:_:)`` under the store's lease (when the store has leases): the lease is renewed
+    /// every third of ``Configuration/leaseDuration`` while the saga is driven, and given back
+    /// when the saga waits (a final saga gave it back with its last update). `first` is work to
+    /// do under the lease before driving (it returns the instance to drive).
+    private func driveLeased(
+        _ start: SagaInstance, _ saga: ErasedSaga,
+        first: (@Sendable () async throws -> SagaInstance)? = nil
+    ) async throws -> SagaInstance {
+        guard let leases = self.leases else {
+            let instance = try await first?() ?? start
+            return try await self.drive(instance, saga)
+        }
+        let id = start.id
+        let owner = self.leaseOwner
+        let clock = self.clock
+        let every = self.configuration.leaseDuration / 3
+        let result: Result<SagaInstance, any Error> = await withTaskGroup(of: Result<SagaInstance, any Error>?.self) {
+            group in
+            group.addTask {
+                while !Task.isCancelled {
+                    do {
+                        try await clock.sleep(until: clock.now.advanced(by: every), tolerance: nil)
+                    } catch {
+                        return nil
+                    }
+                    do {
+                        try await leases.renewLeases([id], owner: owner, leaseUntil: self.leaseEnd())
+                    } catch {
+                        self.logger.warning(
+                            "saga lease not renewed", metadata: ["saga": "\(id)", "error": "\(error)"])
+                    }
+                }
+                return nil
+            }
+            group.addTask {
+                do {
+                    let instance = try await first?() ?? start
+                    return .success(try await self.drive(instance, saga))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            var outcome: Result<SagaInstance, any Error> = .failure(CancellationError())
+            while let next = await group.next() {
+                if let next {
+                    outcome = next
+                    group.cancelAll()
+                }
+            }
+            return outcome
+        }
+        let final = (try? result.get())?.status.isUnfinished == false
+        if !final {
+            do {
+                try await leases.releaseLeases([id], owner: owner)
+            } catch {
+                self.logger.warning("saga lease not released", metadata: ["saga": "\(id)", "error": "\(error)"])
+            }
+        }
+        return try result.get()
     }
 
     /// Drives one claimed instance until it is final or waits.
@@ -350,10 +458,26 @@ public final class SagaRunner: Service, Sendable {
             throw SagaError(.conflict, "saga \(sagaID) is not awaiting the reply of step \(step) yet")
         }
         defer { self.release(sagaID) }
-        // Read again under the claim.
-        guard var instance = try await self.store.instance(sagaID), instance.status == .running,
+        // Read again under the claim (and the store's lease, when it has leases).
+        let current: SagaInstance?
+        if let leases = self.leases {
+            current = try await leases.claim(
+                sagaID, owner: self.leaseOwner, at: self.wallClock.now, leaseUntil: self.leaseEnd())
+            guard current != nil else {
+                throw SagaError(.conflict, "saga \(sagaID) is being driven by another runner")
+            }
+        } else {
+            current = try await self.store.instance(sagaID)
+        }
+        guard var instance = current, instance.status == .running,
             instance.step == step, instance.awaitingReply, let onReply = saga.steps[step].onReply
-        else { return false }
+        else {
+            // Moved on meanwhile: give back the lease just taken.
+            if let leases = self.leases, current != nil {
+                try? await leases.releaseLeases([sagaID], owner: self.leaseOwner)
+            }
+            return false
+        }
         let expected = instance.version
         let now = self.wallClock.now
         var events: [SagaEvent]
@@ -372,8 +496,12 @@ public final class SagaRunner: Service, Sendable {
         }
         instance.version = expected + 1
         instance.updatedAt = now
-        try await self.store.update(instance, expectedVersion: expected, events: events)
-        _ = try await self.drive(instance, saga)
+        let recorded = instance
+        let transition = events
+        _ = try await self.driveLeased(recorded, saga) { [self] in
+            try await self.store.update(recorded, expectedVersion: expected, events: transition)
+            return recorded
+        }
         return true
     }
 

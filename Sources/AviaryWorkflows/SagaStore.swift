@@ -213,3 +213,47 @@ public protocol SagaStore: Sendable {
     /// The earliest `wakeAt` among unfinished instances, or nil.
     func nextWakeUp() async throws -> Date?
 }
+
+/// A ``SagaStore`` that several orchestrator processes share: each unfinished saga is driven by
+/// one ``SagaRunner`` at a time, the one holding its **lease** (an owner and an expiry stored with
+/// the instance). A runner that dies keeps its leases until they expire; then another runner
+/// takes the sagas over and resumes them (a step whose outcome was not recorded runs again with
+/// the same idempotency key). A ``SagaRunner`` over such a store claims due sagas through
+/// ``claimDue(at:limit:owner:leaseUntil:)`` instead of ``SagaStore/due(at:limit:)`` and renews
+/// the leases of the sagas it drives.
+///
+/// Updating an instance to a final status (`completed`, `compensated`, `needs-attention`,
+/// `abandoned`) releases its lease in the same write.
+///
+/// ```swift
+/// let claimed = try await store.claimDue(at: now, limit: 64, owner: "host-1/4242", leaseUntil: now + 30)
+/// for instance in claimed { /* drive it, then */ }
+/// try await store.releaseLeases(claimed.map(\.id), owner: "host-1/4242")
+/// ```
+public protocol SagaLeaseStore: SagaStore {
+    /// Leases up to `limit` unfinished instances due at `date` (wake-up passed) that nobody
+    /// holds (no lease, or one that expired by `date`) to `owner` until `leaseUntil`, and
+    /// returns them, earliest `wakeAt` first. Concurrent callers never get the same instance.
+    func claimDue(at date: Date, limit: Int, owner: String, leaseUntil: Date) async throws -> [SagaInstance]
+
+    /// Leases one unfinished instance to `owner` until `leaseUntil` if nobody else holds it at
+    /// `date` (a lease `owner` holds already is extended); returns it, or nil when it is held by
+    /// another owner, final or unknown.
+    func claim(_ id: String, owner: String, at date: Date, leaseUntil: Date) async throws -> SagaInstance?
+
+    /// As ``SagaStore/create(_:events:)``, with the new instance leased to `owner` until
+    /// `leaseUntil` (so that no other runner claims it before its creator drives it).
+    func create(_ instance: SagaInstance, events: [SagaEvent], owner: String, leaseUntil: Date) async throws
+
+    /// Moves the expiry of the leases `owner` holds on `ids` to `leaseUntil` (others are left alone).
+    func renewLeases(_ ids: [String], owner: String, leaseUntil: Date) async throws
+
+    /// Gives up the leases `owner` holds on `ids` (others are left alone).
+    func releaseLeases(_ ids: [String], owner: String) async throws
+
+    /// The earliest time an unfinished instance can be claimed: its `wakeAt` (now when nil) or,
+    /// while it is leased, the later of that and the lease's expiry; nil when none is unfinished.
+    /// ``SagaRunner/run()`` sleeps until then, so that it does not spin on sagas another runner
+    /// is driving.
+    func nextClaimable() async throws -> Date?
+}

@@ -10,6 +10,7 @@ import AviaryCore
 import AviaryStorage
 import AviaryWorkflows
 import Foundation
+import Logging
 
 enum SagasCommand {
     static let usage = """
@@ -22,7 +23,8 @@ enum SagasCommand {
           retry ID                 send a needs-attention saga back to compensating (a runner resumes it)
           abandon ID               give up on a needs-attention saga (kept, final)
 
-          --store URL              sqlite:///path.db or sqlite://relative.db (env AVIARY_SAGA_STORE)
+          --store URL              sqlite:///path.db, sqlite://relative.db or postgres://user:password@host:port/db
+                                   (env AVIARY_SAGA_STORE)
         """
 
     static func run(_ arguments: [String]) async -> Never {
@@ -78,7 +80,7 @@ enum SagasCommand {
             return positional[0]
         }
         do {
-            let sagas = try Self.open(try StoreURL(parsing: store))
+            let sagas = try await Self.open(try StoreURL(parsing: store))
             switch subcommand {
             case "list":
                 let instances = try await sagas.instances(status: state, limit: limit)
@@ -122,8 +124,9 @@ enum SagasCommand {
         exit(0)
     }
 
-    /// Opens an existing store; never creates one (a mistyped path is an error, not a new file).
-    static func open(_ url: StoreURL) throws -> SQLiteSagaStore {
+    /// Opens an existing store; never creates one (a mistyped path is an error, not a new file;
+    /// a PostgreSQL database without the saga tables is an error, not migrated).
+    static func open(_ url: StoreURL) async throws -> any SagaStore {
         switch url.kind {
         case .sqlite(let path):
             guard FileManager.default.fileExists(atPath: path) else {
@@ -133,7 +136,12 @@ enum SagasCommand {
         case .sqliteInMemory:
             throw AviaryError(.invalidArgument, "an in-memory store has nothing to inspect; give a file")
         case .postgres:
-            throw AviaryError(.unavailable, "the PostgreSQL saga store is not available yet; use a sqlite:// store")
+            var logger = Logger(label: "aviary.sagas")
+            logger.logLevel = .error
+            let options = PostgresStore.Options(
+                maximumConnections: 2, connectTimeout: .seconds(5), acquireTimeout: .seconds(10),
+                applicationName: "aviary-sagas")
+            return try await PostgresSagaStore(url: url, options: options, logger: logger, migrate: false)
         }
     }
 

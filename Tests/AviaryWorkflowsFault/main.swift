@@ -14,11 +14,13 @@ import Logging
 // A saga runner for the workflows crash test (SagaCrashTests), which runs it as a child process,
 // SIGKILLs it at random moments and starts it again, over and over:
 //
-//   aviary-workflows-fault run --sagas PATH --callee PATH --count N
+//   aviary-workflows-fault run --sagas PATH|URL --callee PATH --count N [--lease-seconds S]
 //     Resumes unfinished sagas, then starts the sagas `order-1` ... `order-N` that do not exist
 //     yet (eight at a time), each reserve stock → charge → confirm against a callee database
 //     with an idempotency table (every effect applied once per key). Every third order's charge
 //     is declined, so its reservation is compensated. Exits 0 once every saga is final.
+//     --sagas is a SQLite path or a store URL (`sqlite://...`, `postgres://...`); on PostgreSQL
+//     the sagas a killed runner held are resumed once their leases (S seconds, default 2) expire.
 
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("aviary-workflows-fault: \(message)\n".utf8))
@@ -26,17 +28,20 @@ func fail(_ message: String) -> Never {
 }
 
 var arguments = Array(CommandLine.arguments.dropFirst())
-guard arguments.first == "run" else { fail("usage: aviary-workflows-fault run --sagas PATH --callee PATH --count N") }
+guard arguments.first == "run" else {
+    fail("usage: aviary-workflows-fault run --sagas PATH|URL --callee PATH --count N [--lease-seconds S]")
+}
 arguments.removeFirst()
 var options: [String: String] = [:]
 while arguments.count >= 2 {
     options[arguments[0]] = arguments[1]
     arguments.removeFirst(2)
 }
-guard let sagasPath = options["--sagas"], let calleePath = options["--callee"],
-    let count = options["--count"].flatMap(Int.init), count > 0
+guard let sagasLocation = options["--sagas"], let calleePath = options["--callee"],
+    let count = options["--count"].flatMap(Int.init), count > 0,
+    let leaseSeconds = Int(options["--lease-seconds"] ?? "2"), leaseSeconds > 0
 else {
-    fail("expected --sagas PATH --callee PATH --count N")
+    fail("expected --sagas PATH|URL --callee PATH --count N [--lease-seconds S]")
 }
 
 /// The callee's database: `effects` holds one row per applied idempotency key; `balances` the
@@ -59,10 +64,17 @@ struct Declined: Error {}
 
 do {
     let callee = try SQLiteStore(url: StoreURL(.sqlite(path: calleePath)), migrations: calleeMigrations)
-    let store = try SQLiteSagaStore(url: StoreURL(.sqlite(path: sagasPath)))
     var logger = Logger(label: "aviary.workflows.fault")
     logger.logLevel = .warning
-    let runner = SagaRunner(store: store, logger: logger)
+    let sagasURL =
+        sagasLocation.contains("://") ? try StoreURL(parsing: sagasLocation) : StoreURL(.sqlite(path: sagasLocation))
+    let store: any SagaStore
+    switch sagasURL.kind {
+    case .postgres: store = try await PostgresSagaStore(url: sagasURL, logger: logger)
+    default: store = try SQLiteSagaStore(url: sagasURL)
+    }
+    let runner = SagaRunner(
+        store: store, logger: logger, configuration: .init(leaseDuration: .seconds(leaseSeconds)))
 
     @Sendable func apply(_ key: String, _ account: String, _ amount: Int) async throws {
         try await callee.write { db in

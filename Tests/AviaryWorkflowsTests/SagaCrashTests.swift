@@ -21,6 +21,9 @@ import Darwin
 /// starts it again, until it finishes on its own. Then every saga must be completed or
 /// compensated and the callee's balances must be exactly what the finished sagas say.
 ///
+/// It runs on both saga stores: a SQLite file, and a PostgreSQL database where the sagas a killed
+/// runner held are resumed by the next one once their leases (2 s) expire.
+///
 /// `AVIARY_FAULT_SEED=<seed> swift test --filter SagaCrashTests` replays a schedule.
 @Suite("Sagas under SIGKILL", .serialized, .timeLimit(.minutes(3)))
 struct SagaCrashTests {
@@ -41,8 +44,10 @@ struct SagaCrashTests {
         }
     }
 
-    @Test("killed runners leave every saga completed or compensated, and the effects balance exactly")
-    func killAtRandom() async throws {
+    @Test(
+        "killed runners leave every saga completed or compensated, and the effects balance exactly",
+        arguments: ["sqlite", "postgres"])
+    func killAtRandom(backend: String) async throws {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path),
             "build the aviary-workflows-fault target first (swift build --build-tests)")
@@ -54,6 +59,7 @@ struct SagaCrashTests {
         let count = 4000
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
+        let sagas = backend == "postgres" ? try await directory.postgresURL().description : directory.path("sagas.db")
         let logPath = directory.path("runner.log")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         func logTail() -> String {
@@ -63,8 +69,8 @@ struct SagaCrashTests {
             let process = Process()
             process.executableURL = Self.executable
             process.arguments = [
-                "run", "--sagas", directory.path("sagas.db"), "--callee", directory.path("callee.db"),
-                "--count", "\(count)",
+                "run", "--sagas", sagas, "--callee", directory.path("callee.db"), "--count", "\(count)",
+                "--lease-seconds", "2",
             ]
             let output = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
             output.seekToEndOfFile()
@@ -110,10 +116,13 @@ struct SagaCrashTests {
                 return
             }
         }
-        print("SagaCrashTests: \(kills) kills")
+        print("SagaCrashTests (\(backend)): \(kills) kills")
         #expect(kills > 0)
 
-        let store = try SQLiteSagaStore(url: StoreURL(.sqlite(path: directory.path("sagas.db"))))
+        let store: any SagaStore =
+            backend == "postgres"
+            ? try await directory.openPostgresSagaStore()
+            : try SQLiteSagaStore(url: StoreURL(.sqlite(path: directory.path("sagas.db"))))
         let callee = try SQLiteStore(url: StoreURL(.sqlite(path: directory.path("callee.db"))))
         let instances = try await store.instances(status: nil, limit: count + 10)
         #expect(instances.count == count)
@@ -144,5 +153,6 @@ struct SagaCrashTests {
         #expect(balances == expected)
         #expect(Set(keys) == expectedKeys)
         #expect(keys.count == expectedKeys.count)
+        await directory.close()
     }
 }

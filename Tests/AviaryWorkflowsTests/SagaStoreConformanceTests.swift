@@ -33,7 +33,13 @@ struct SagaStoreConformanceTests {
     {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        try await body(try await backend.make(directory), directory)
+        do {
+            try await body(try await backend.make(directory), directory)
+        } catch {
+            await directory.close()
+            throw error
+        }
+        await directory.close()
     }
 
     @Test("create stores every field and the first events; reopening reads the same", arguments: SagaStoreBackend.all)

@@ -115,29 +115,7 @@ public struct TCCCoordinator: Sendable {
     public func execute(
         _ id: String, participants: [any TCCParticipant], reservationTTL: Duration
     ) async throws -> TCCStatus {
-        let now = self.wallClock.now
-        let expiresAt = now.addingTimeInterval(reservationTTL.aviaryTimeInterval)
-        let names = participants.map(\.name).joined(separator: ",")
-        try await self.store.write { db in
-            try db.execute(
-                sql: "INSERT INTO aviary_tcc VALUES (?, 'trying', ?, ?, NULL, ?)",
-                arguments: [id, names, expiresAt.timeIntervalSince1970, now.timeIntervalSince1970])
-        }
-        var failure: String?
-        for participant in participants {
-            do {
-                try await participant.tryReserve(TCCRequest(transactionID: id, expiresAt: expiresAt))
-            } catch {
-                failure = "\(participant.name): \(error)"
-                break
-            }
-        }
-        if failure == nil && self.wallClock.now >= expiresAt {
-            failure = "the reservations expired before every participant had reserved"
-        }
-        let next: TCCStatus = failure == nil ? .confirming : .cancelling
-        try await self.set(id, next, error: failure)
-        return try await self.finish(id, next, participants)
+        try await self.engine.execute(id, participants: participants, reservationTTL: reservationTTL)
     }
 
     /// Finishes every unfinished transaction (after a restart): `trying` and `cancelling` are
@@ -148,74 +126,55 @@ public struct TCCCoordinator: Sendable {
     /// ```
     @discardableResult
     public func recover(_ participants: [String: any TCCParticipant]) async throws -> Int {
-        let rows = try await self.store.read { db in
+        try await self.engine.recover(participants)
+    }
+
+    /// The status of a transaction, or nil.
+    public func status(_ id: String) async throws -> TCCStatus? {
+        try await self.engine.log.status(id)
+    }
+
+    private var engine: TCCEngine {
+        TCCEngine(log: SQLiteTCCLog(store: self.store), wallClock: self.wallClock, logger: self.logger)
+    }
+}
+
+/// The coordinator's table in SQLite.
+struct SQLiteTCCLog: TCCLog {
+    let store: SQLiteStore
+
+    func insert(_ id: String, participants: String, expiresAt: Date, now: Date) async throws {
+        try await self.store.write { db in
+            try db.execute(
+                sql: "INSERT INTO aviary_tcc VALUES (?, 'trying', ?, ?, NULL, ?)",
+                arguments: [id, participants, expiresAt.timeIntervalSince1970, now.timeIntervalSince1970])
+        }
+    }
+
+    func set(_ id: String, _ status: TCCStatus, error: String?, now: Date) async throws {
+        try await self.store.write { db in
+            try db.execute(
+                sql:
+                    "UPDATE aviary_tcc SET status = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?",
+                arguments: [status.rawValue, error, now.timeIntervalSince1970, id])
+        }
+    }
+
+    func unfinished() async throws -> [TCCLogEntry] {
+        try await self.store.read { db in
             try Row.fetchAll(
                 db,
                 sql:
                     "SELECT id, status, participants FROM aviary_tcc WHERE status IN ('trying', 'confirming', 'cancelling')"
             )
-            .map { ($0["id"] as String, $0["status"] as String, $0["participants"] as String) }
+            .map { TCCLogEntry(id: $0["id"], status: $0["status"], participants: $0["participants"]) }
         }
-        var finished = 0
-        for (id, status, names) in rows {
-            let members = try names.split(separator: ",").map { name in
-                guard let participant = participants[String(name)] else {
-                    throw SagaError(.unknownSaga, "TCC transaction \(id) names an unknown participant \(name)")
-                }
-                return participant
-            }
-            var phase = TCCStatus(rawValue: status) ?? .cancelling
-            if phase == .trying {
-                phase = .cancelling
-                try await self.set(id, .cancelling, error: "interrupted while trying")
-            }
-            if try await self.finish(id, phase, members) != phase { finished += 1 }
-        }
-        return finished
     }
 
-    /// The status of a transaction, or nil.
-    public func status(_ id: String) async throws -> TCCStatus? {
+    func status(_ id: String) async throws -> TCCStatus? {
         try await self.store.read { db in
             try String.fetchOne(db, sql: "SELECT status FROM aviary_tcc WHERE id = ?", arguments: [id])
                 .flatMap(TCCStatus.init(rawValue:))
-        }
-    }
-
-    private func finish(
-        _ id: String, _ phase: TCCStatus, _ participants: [any TCCParticipant]
-    ) async throws -> TCCStatus {
-        var errors: [String] = []
-        for participant in participants {
-            do {
-                if phase == .confirming {
-                    try await participant.confirm(id)
-                } else {
-                    try await participant.cancel(id)
-                }
-            } catch {
-                errors.append("\(participant.name): \(error)")
-            }
-        }
-        guard errors.isEmpty else {
-            self.logger.warning(
-                "TCC phase incomplete; recover() retries it",
-                metadata: ["transaction": "\(id)", "phase": "\(phase.rawValue)", "errors": "\(errors)"])
-            try await self.set(id, phase, error: errors.joined(separator: "; "))
-            return phase
-        }
-        let final: TCCStatus = phase == .confirming ? .confirmed : .cancelled
-        try await self.set(id, final, error: nil)
-        return final
-    }
-
-    private func set(_ id: String, _ status: TCCStatus, error: String?) async throws {
-        let now = self.wallClock.now.timeIntervalSince1970
-        try await self.store.write { db in
-            try db.execute(
-                sql:
-                    "UPDATE aviary_tcc SET status = ?, last_error = COALESCE(?, last_error), updated_at = ? WHERE id = ?",
-                arguments: [status.rawValue, error, now, id])
         }
     }
 }

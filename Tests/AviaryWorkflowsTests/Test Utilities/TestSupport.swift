@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryStorage
+import AviaryTestSupport
 import AviaryWorkflows
 import Foundation
 import GRDB
@@ -13,6 +14,8 @@ import Testing
 /// A fresh folder under the temporary directory, removed by the test.
 struct TemporaryDirectory: Sendable {
     let url: URL
+    /// What tests opened in the folder that must be closed before it goes (PostgreSQL pools).
+    let closers = Locked<[@Sendable () async -> Void]>([])
 
     init() throws {
         self.url = FileManager.default.temporaryDirectory
@@ -26,6 +29,20 @@ struct TemporaryDirectory: Sendable {
 
     func remove() {
         try? FileManager.default.removeItem(at: self.url)
+    }
+
+    /// Runs the closers registered with ``onClose(_:)``, newest first.
+    func close() async {
+        let closers = self.closers.withLock { closers -> [@Sendable () async -> Void] in
+            defer { closers = [] }
+            return closers
+        }
+        for close in closers.reversed() { await close() }
+    }
+
+    /// Registers work for ``close()``.
+    func onClose(_ close: @escaping @Sendable () async -> Void) {
+        self.closers.withLock { $0.append(close) }
     }
 }
 
@@ -41,8 +58,15 @@ struct SagaStoreBackend: Sendable, CustomTestStringConvertible {
         try SQLiteSagaStore(url: StoreURL(.sqlite(path: directory.path("sagas.db"))))
     }
 
-    /// Every backend the conformance suite runs on. The PostgreSQL backend joins here.
-    static let all: [SagaStoreBackend] = [.sqlite]
+    /// A database on the test process's PostgreSQL server (`PostgresTestServer`, started once):
+    /// the first open in a folder makes a fresh database and notes its URL in the folder, later
+    /// opens (a restart) open the same database with a pool of their own.
+    static let postgres = SagaStoreBackend(name: "postgres") { directory in
+        try await directory.openPostgresSagaStore()
+    }
+
+    /// Every backend the conformance suite runs on.
+    static let all: [SagaStoreBackend] = [.sqlite, .postgres]
 }
 
 /// A value shared by tasks.
@@ -112,4 +136,24 @@ struct IdempotentCallee: Sendable {
 struct TestFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+}
+
+extension TemporaryDirectory {
+    /// The URL of this folder's PostgreSQL database, made on first use.
+    func postgresURL() async throws -> StoreURL {
+        let file = self.path("postgres-url")
+        if let text = try? String(contentsOfFile: file, encoding: .utf8) {
+            return try StoreURL(parsing: text)
+        }
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        try url.description.write(toFile: file, atomically: true, encoding: .utf8)
+        return url
+    }
+
+    /// A ``PostgresSagaStore`` on this folder's database, closed by ``close()``.
+    func openPostgresSagaStore() async throws -> PostgresSagaStore {
+        let store = try await PostgresSagaStore(url: try await self.postgresURL())
+        self.onClose { await store.close() }
+        return store
+    }
 }
