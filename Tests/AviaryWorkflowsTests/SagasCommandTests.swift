@@ -6,7 +6,6 @@
 import AviaryStorage
 import AviaryTestSupport
 import AviaryWorkflows
-import Dispatch
 import Foundation
 import Testing
 
@@ -14,50 +13,12 @@ import Testing
 /// `swift build --build-tests`) against a real PostgreSQL saga store.
 @Suite("aviary sagas command on PostgreSQL", .timeLimit(.minutes(2)))
 struct SagasCommandTests {
-    static var executable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("aviary")
-    }
+    static var executable: URL { ChildProcess.aviary }
 
-    struct Outcome: Sendable {
-        var status: Int32
-        var standardOutput: String
-        var standardError: String
-    }
+    typealias Outcome = ChildProcess.Outcome
 
-    /// Runs the CLI on a thread of its own (waiting for a process blocks; the cooperative pool
-    /// must not).
     static func run(_ arguments: [String]) async throws -> Outcome {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
-                do {
-                    let process = Process()
-                    process.executableURL = Self.executable
-                    process.arguments = arguments
-                    let output = Pipe()
-                    let error = Pipe()
-                    process.standardOutput = output
-                    process.standardError = error
-                    try process.run()
-                    // Read both pipes while the process runs, so that neither fills up.
-                    let errorData = Locked(Data())
-                    let reader = DispatchGroup()
-                    DispatchQueue.global().async(group: reader) {
-                        let data = error.fileHandleForReading.readDataToEndOfFile()
-                        errorData.withLock { $0 = data }
-                    }
-                    let outputData = output.fileHandleForReading.readDataToEndOfFile()
-                    reader.wait()
-                    process.waitUntilExit()
-                    continuation.resume(
-                        returning: Outcome(
-                            status: process.terminationStatus,
-                            standardOutput: String(decoding: outputData, as: UTF8.self),
-                            standardError: String(decoding: errorData.value, as: UTF8.self)))
-                } catch {
-                    continuation.resume(throwing: error)
-                }
-            }
-        }
+        try await ChildProcess.run(Self.executable, arguments)
     }
 
     @Test("list, show, retry and abandon work on a postgres:// store; a database without sagas is an error")
