@@ -67,9 +67,12 @@ extension UpstreamPool {
             shared.overflows.add(1, ordering: .relaxed)
             return self.eventLoop.makeFailedFuture(UpstreamOverflow(threshold: "max_connections", limit: limit))
         }
-        var streams = NIOHTTP2Handler.StreamConfiguration()
-        streams.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
-        streams.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
+        let streams: NIOHTTP2Handler.StreamConfiguration = {
+            var streams = NIOHTTP2Handler.StreamConfiguration()
+            streams.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
+            streams.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
+            return streams
+        }()
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(self.cluster.connectTimeout))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
