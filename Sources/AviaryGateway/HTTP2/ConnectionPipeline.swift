@@ -97,7 +97,7 @@ struct ConnectionPipeline {
             ByteToMessageHandler(
                 HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits),
                 maximumBufferSize: self.limits.maxHeaderBytes),
-            ProxyHandler(loop: self.loop),
+            ProxyHandler(loop: self.loop, secure: self.tls != nil),
         ]
         try channel.pipeline.syncOperations.addHandlers(handlers, position: position)
     }
@@ -118,6 +118,7 @@ struct ConnectionPipeline {
         stream.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
         // Stream channels live on their connection's event loop.
         let loop = NIOLoopBound(self.loop, eventLoop: channel.eventLoop)
+        let secure = self.tls != nil
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream
         ) { streamChannel in
@@ -126,7 +127,7 @@ struct ConnectionPipeline {
                 // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
                 let handlers: [any ChannelHandler] = [
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(loop: loop.value),
+                    ProxyHandler(loop: loop.value, secure: secure),
                 ]
                 try streamChannel.pipeline.syncOperations.addHandlers(handlers)
             }
@@ -217,6 +218,8 @@ final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
     private var openStreams = 0
     private var lastStreamID = HTTP2StreamID(0)
     private var draining = false
+    /// Set by an error in the connection pipeline: the connection closes after this read.
+    private var failed = false
 
     init(loop: GatewayLoop) {
         self.loop = loop
@@ -241,6 +244,20 @@ final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
             if self.draining && self.openStreams == 0 { context.close(promise: nil) }
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// `NIOHTTP2Handler` reports a connection error (a header list above `max_header_bytes`, a
+    /// frame it cannot parse, a protocol violation) after writing GOAWAY, but leaves the
+    /// connection open: without a close here the client's streams would wait forever. The close
+    /// waits for the end of the read, when `NIOHTTP2Handler` has flushed its GOAWAY.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failed = true
+        context.fireErrorCaught(error)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        if self.failed { context.close(promise: nil) }
     }
 
     func drain() {

@@ -82,6 +82,7 @@ extension UpstreamPool {
             let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                 mode: .client, connectionConfiguration: .init(), streamConfiguration: streams
             ) { stream in stream.eventLoop.makeSucceededVoidFuture() }  // The upstream opens no streams.
+            try channel.pipeline.syncOperations.addHandler(HTTP2CloseOnError())
             return HTTP2UpstreamSession(channel: channel, multiplexer: multiplexer)
         }
         opening.assumeIsolated().whenComplete { result in
@@ -124,5 +125,24 @@ final class GRPCRequestHeaders: ChannelOutboundHandler {
         }
         head.headers.replaceOrAdd(name: "te", value: "trailers")
         context.write(self.wrapOutboundOut(.head(head)), promise: promise)
+    }
+}
+
+/// Sits after `NIOHTTP2Handler` on an upstream connection: a connection error (the upstream broke
+/// the protocol) closes the connection once the read that caused it is over (when the GOAWAY has
+/// been flushed), so that its streams fail (`502`, or a cut response) instead of waiting.
+final class HTTP2CloseOnError: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    private var failed = false
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failed = true
+        context.fireErrorCaught(error)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        if self.failed { context.close(promise: nil) }
     }
 }

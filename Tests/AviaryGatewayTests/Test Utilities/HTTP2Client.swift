@@ -36,7 +36,11 @@ final class H2Client: Sendable {
     private let multiplexer: NIOHTTP2Handler.StreamMultiplexer
     private let settings: SettingsWatcher
     /// The `SETTINGS_MAX_CONCURRENT_STREAMS` the server announced, once its SETTINGS arrived.
-    var serverMaxConcurrentStreams: Int? { self.settings.value.withLock { $0 } }
+    var serverMaxConcurrentStreams: Int? { self.settings.state.withLock { $0.maxConcurrentStreams } }
+    /// The `SETTINGS_MAX_HEADER_LIST_SIZE` the server announced.
+    var serverMaxHeaderListSize: Int? { self.settings.state.withLock { $0.maxHeaderListSize } }
+    /// The error code of the server's last GOAWAY, if one came.
+    var goAwayErrorCode: HTTP2ErrorCode? { self.settings.state.withLock { $0.goAwayErrorCode } }
 
     private init(channel: any Channel, multiplexer: NIOHTTP2Handler.StreamMultiplexer, settings: SettingsWatcher) {
         self.channel = channel
@@ -45,8 +49,14 @@ final class H2Client: Sendable {
     }
 
     /// Connects to 127.0.0.1:`port`; with `tls`, over TLS offering only `h2`.
+    ///
+    /// The HTTP/2 handler is in the pipeline before the connection is: with TLS the server sends
+    /// its SETTINGS as soon as the handshake is done, and a handler added after `connect`
+    /// returned could miss them (they would reach the pipeline's tail and be dropped, and the
+    /// next server frame would be a connection error for the client).
     static func connect(port: Int, group: any EventLoopGroup, tls: NIOSSLContext? = nil) async throws -> H2Client {
         let settings = SettingsWatcher()
+        let multiplexerBox = Mutex<NIOHTTP2Handler.StreamMultiplexer?>(nil)
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -54,17 +64,27 @@ final class H2Client: Sendable {
                         try channel.pipeline.syncOperations.addHandler(
                             NIOSSLClientHandler(context: tls, serverHostname: "localhost"))
                     }
+                    let multiplexer = try Self.configure(channel, settings: settings)
+                    multiplexerBox.withLock { $0 = multiplexer }
                 }
             }
             .connect(host: "127.0.0.1", port: port).get()
-        let multiplexer = try await channel.eventLoop.submit {
-            let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
-            ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
-            try channel.pipeline.syncOperations.addHandler(SettingsHandler(watcher: settings))
-            return multiplexer
-        }.get()
+        guard let multiplexer = multiplexerBox.withLock({ $0 }) else {
+            throw H2StreamFailed(reason: "the HTTP/2 pipeline was not configured")
+        }
         return H2Client(channel: channel, multiplexer: multiplexer, settings: settings)
+    }
+
+    /// The client's HTTP/2 pipeline; a connection error (or any other) closes the connection so
+    /// that its open streams fail instead of waiting forever.
+    private static func configure(
+        _ channel: any Channel, settings: SettingsWatcher
+    ) throws -> NIOHTTP2Handler.StreamMultiplexer {
+        let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+        ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
+        try channel.pipeline.syncOperations.addHandler(SettingsHandler(watcher: settings))
+        return multiplexer
     }
 
     /// Sends one request and collects its response (trailers included). Without `body` the
@@ -84,7 +104,8 @@ final class H2Client: Sendable {
         ])
         for (name, value) in extra { headers.add(name: name, value: value) }
         let headFrame = HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: body == nil))
-        stream.write(headFrame, promise: nil)
+        // A refused write (the connection closed, say) ends the stream with its error.
+        stream.write(headFrame).whenFailure { stream.pipeline.fireErrorCaught($0) }
         if let body {
             var offset = 0
             repeat {
@@ -106,13 +127,18 @@ final class H2Client: Sendable {
     }
 }
 
-/// Holds the announced setting until the client is made.
+/// Holds what the server announced on the connection.
 private final class SettingsWatcher: Sendable {
-    let value = Mutex<Int?>(nil)
+    struct State {
+        var maxConcurrentStreams: Int?
+        var maxHeaderListSize: Int?
+        var goAwayErrorCode: HTTP2ErrorCode?
+    }
+    let state = Mutex(State())
 }
 
-/// Records the server's `SETTINGS_MAX_CONCURRENT_STREAMS` (root-stream frames reach the parent
-/// pipeline after `NIOHTTP2Handler`).
+/// Records the server's `SETTINGS_MAX_CONCURRENT_STREAMS` and `SETTINGS_MAX_HEADER_LIST_SIZE`,
+/// and GOAWAY (root-stream frames reach the parent pipeline after `NIOHTTP2Handler`).
 private final class SettingsHandler: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     let watcher: SettingsWatcher
@@ -121,12 +147,25 @@ private final class SettingsHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = self.unwrapInboundIn(data)
-        if case .settings(.settings(let settings)) = frame.payload {
-            for setting in settings where setting.parameter == .maxConcurrentStreams {
-                self.watcher.value.withLock { $0 = setting.value }
+        switch frame.payload {
+        case .settings(.settings(let settings)):
+            for setting in settings {
+                if setting.parameter == .maxConcurrentStreams {
+                    self.watcher.state.withLock { $0.maxConcurrentStreams = setting.value }
+                } else if setting.parameter == .maxHeaderListSize {
+                    self.watcher.state.withLock { $0.maxHeaderListSize = setting.value }
+                }
             }
+        case .goAway(_, let errorCode, _):
+            self.watcher.state.withLock { $0.goAwayErrorCode = errorCode }
+        default:
+            break
         }
         context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }
 
@@ -191,7 +230,9 @@ struct TestCertificate {
     var certificateFile: String { self.directory.appendingPathComponent("cert.pem").path }
     var keyFile: String { self.directory.appendingPathComponent("key.pem").path }
 
-    static func make() throws -> TestCertificate {
+    /// Runs `openssl req` as a child process and waits for it without blocking a thread of the
+    /// cooperative pool (its termination handler resumes the caller).
+    static func make() async throws -> TestCertificate {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "aviary-h2-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -205,10 +246,17 @@ struct TestCertificate {
         ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw H2StreamFailed(reason: "openssl req failed with status \(process.terminationStatus)")
+        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
+            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
+            do {
+                try process.run()
+            } catch {
+                process.terminationHandler = nil
+                continuation.resume(throwing: error)
+            }
+        }
+        guard status == 0 else {
+            throw H2StreamFailed(reason: "openssl req failed with status \(status)")
         }
         return certificate
     }
