@@ -146,7 +146,9 @@ struct GatewayHTTP2Tests {
         defer { certificate.remove() }
         let tls = ", tls: {certificate: \(certificate.certificateFile), key: \(certificate.keyFile)}"
         try await withOrigins(["a"]) { origins in
-            try await withGateway(Self.yaml(port: origins[0].port, listen: tls)) { gateway in
+            // A generous header_timeout (which bounds the TLS handshake): the machine may be loaded.
+            try await withGateway(Self.yaml(port: origins[0].port, listen: tls, limits: ", header_timeout: 60s")) {
+                gateway in
                 let h2 = try await H2Client.connect(
                     port: gateway.port, group: gateway.clients, tls: certificate.clientContext(protocols: ["h2"]))
                 let response = try await h2.request("GET", "/secure", scheme: "https")

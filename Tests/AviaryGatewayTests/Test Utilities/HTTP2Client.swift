@@ -89,16 +89,42 @@ final class H2Client: Sendable {
 
     /// Sends one request and collects its response (trailers included). Without `body` the
     /// HEADERS frame ends the stream; with it, the body goes in DATA frames of `chunkSize`.
+    ///
+    /// The response promise is completed on every path, and cancelling the calling task (a test's
+    /// time limit, say) resets the stream and fails the call: a stream that never ends fails its
+    /// test instead of keeping the test process waiting.
     func request(
         _ method: String = "GET", _ path: String, headers extra: [(String, String)] = [], body: [UInt8]? = nil,
         chunkSize: Int = 16_384, scheme: String = "http"
     ) async throws -> H2Response {
         let promise = self.channel.eventLoop.makePromise(of: H2Response.self)
-        let stream = try await self.multiplexer.createStreamChannel { stream in
-            stream.eventLoop.makeCompletedFuture {
-                try stream.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+        let streamBox = Mutex<(any Channel)?>(nil)
+        return try await withTaskCancellationHandler {
+            do {
+                let stream = try await self.multiplexer.createStreamChannel { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+                    }
+                }.get()
+                streamBox.withLock { $0 = stream }
+                if Task.isCancelled { stream.close(promise: nil) }
+                try await Self.send(
+                    on: stream, method: method, path: path, headers: extra, body: body, chunkSize: chunkSize,
+                    scheme: scheme)
+            } catch {
+                promise.fail(error)  // Ignored when the collector already finished.
             }
-        }.get()
+            return try await promise.futureResult.get()
+        } onCancel: {
+            promise.fail(CancellationError())
+            streamBox.withLock { $0 }?.close(promise: nil)
+        }
+    }
+
+    private static func send(
+        on stream: any Channel, method: String, path: String, headers extra: [(String, String)], body: [UInt8]?,
+        chunkSize: Int, scheme: String
+    ) async throws {
         var headers = HPACKHeaders([
             (":method", method), (":path", path), (":scheme", scheme), (":authority", "gateway.test"),
         ])
@@ -119,7 +145,6 @@ final class H2Client: Sendable {
         } else {
             stream.flush()
         }
-        return try await promise.futureResult.get()
     }
 
     func close() async {
@@ -291,7 +316,13 @@ enum TLSRawClient {
             }
             .connect(host: "127.0.0.1", port: port).get()
         try await channel.writeAndFlush(ByteBuffer(string: request)).get()
-        try await channel.closeFuture.get()
+        // Cancelling the calling task (a test's time limit) closes the connection, so that a
+        // server that never closes fails the test instead of keeping the process waiting.
+        try await withTaskCancellationHandler {
+            try await channel.closeFuture.get()
+        } onCancel: {
+            channel.close(promise: nil)
+        }
         return collector.state.withLock { ($0.negotiated, String(decoding: $0.bytes, as: UTF8.self)) }
     }
 }
