@@ -65,7 +65,7 @@ final class GatewayCore: Sendable {
     }
 }
 
-/// An HTTP/1.1 API gateway: routes requests to upstream clusters over pooled keep-alive
+/// An HTTP/1.1 and HTTP/2 API gateway: routes requests to upstream clusters over pooled keep-alive
 /// connections, streaming bodies both ways with back-pressure.
 ///
 /// ```swift
@@ -81,7 +81,9 @@ final class GatewayCore: Sendable {
 ///
 /// Each event loop of the group has its own connection pools and balancer state; a downstream
 /// connection and the upstream connections it uses share one loop. With `listen.admin` set, an
-/// admin API is served on that address (see ``AdminServer``).
+/// admin API is served on that address (see ``AdminServer``). With `listen.tls` the proxy speaks
+/// TLS; with `listen.http2` it speaks HTTP/2 too (ALPN `h2` with TLS, h2c by prior knowledge
+/// without), each stream proxied like an HTTP/1.1 request.
 public final class GatewayServer: Sendable {
     /// The configuration being served (the latest one a reload accepted).
     public var configuration: GatewayConfiguration { self.currentCore.configuration }
@@ -203,6 +205,9 @@ public final class GatewayServer: Sendable {
         }
         let byLoop = Dictionary(loops.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { a, _ in a })
         let statistics = self.statistics
+        // `listen` cannot change while running, so the TLS context is made once.
+        let listen = core.configuration.listen
+        let tlsContext = try listen.tls.map { try ConnectionPipeline.makeTLSContext($0, http2: listen.http2) }
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -220,21 +225,12 @@ public final class GatewayServer: Sendable {
                 }
                 statistics.connectionsAccepted.add(1, ordering: .relaxed)
                 return channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
                     // Limits of the generation current when the connection opened.
                     let limits = gatewayLoop.value.current.core.configuration.limits
-                    // The proxy sets framing headers itself (it knows HEAD and upstream framing).
-                    var encoder = HTTPResponseEncoder.Configuration()
-                    encoder.automaticallySetFramingHeaders = false
-                    try pipeline.addHandler(HTTPResponseEncoder(configuration: encoder))
-                    var decoderLimits = NIOHTTPDecoderLimitConfiguration()
-                    decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
-                    decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
-                    try pipeline.addHandler(
-                        ByteToMessageHandler(
-                            HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits),
-                            maximumBufferSize: limits.maxHeaderBytes))
-                    try pipeline.addHandler(ProxyHandler(loop: gatewayLoop.value))
+                    try ConnectionPipeline(
+                        loop: gatewayLoop.value, limits: limits, http2: listen.http2,
+                        maxConcurrentStreams: listen.maxConcurrentStreams, tls: tlsContext
+                    ).configure(channel)
                 }
             }
         let address = core.configuration.listen.address
@@ -397,6 +393,13 @@ public final class GatewayServer: Sendable {
             if configuration.listen.admin != running.listen.admin {
                 problems.append("listen.admin: cannot change while running; restart the gateway")
             }
+            if configuration.listen.tls != running.listen.tls || configuration.listen.http2 != running.listen.http2
+                || configuration.listen.maxConcurrentStreams != running.listen.maxConcurrentStreams
+            {
+                problems.append(
+                    "listen.tls, listen.http2, listen.max_concurrent_streams: cannot change while running; restart the gateway"
+                )
+            }
             let effective = Self.discover(into: configuration, &state, problems: &problems)
             guard problems.isEmpty else { return .failure(GatewayConfigurationError(problems: problems)) }
             let core = GatewayCore(
@@ -542,6 +545,9 @@ public enum GatewayServerError: Error, Sendable, CustomStringConvertible {
     case alreadyStarted
     /// `auth.jwt` cannot be used (an unreadable or empty JWKS file, say); the message says why.
     case authenticationUnavailable(String)
+    /// `listen.tls` cannot be used (a file that is not a PEM certificate or key, say); the
+    /// message says why.
+    case tlsUnavailable(String)
     /// Clusters use `discovery:` but there is no directory to ask, or the discovery file is
     /// unusable; the message says which and why.
     case discoveryUnavailable(String)
@@ -550,6 +556,7 @@ public enum GatewayServerError: Error, Sendable, CustomStringConvertible {
         switch self {
         case .alreadyStarted: "the gateway was started already"
         case .authenticationUnavailable(let message): message
+        case .tlsUnavailable(let message): message
         case .discoveryUnavailable(let message): message
         }
     }

@@ -142,7 +142,7 @@ struct GatewayHealthTests {
                 [origins[0].port, closed],
                 // The probe timeout runs on real time (the event loop's): 10 s so that a loaded
                 // machine does not fail the good endpoint's probe; the closed one is refused at once.
-                cluster: "health_check: {path: /readyz, interval: 1s, timeout: 10s, healthy: 1, unhealthy: 1}")
+                cluster: "health_check: {path: /readyz, interval: 10s, timeout: 10s, healthy: 1, unhealthy: 1}")
             try await withGateway(yaml, clock: clock) { gateway in
                 let state = gateway.server.currentCore.clusters[0]
                 await eventually("the closed endpoint is unhealthy") {

@@ -15,6 +15,13 @@ enum AdminViews {
     static func configuration(_ configuration: GatewayConfiguration) -> [String: Any] {
         var listen: [String: Any] = ["address": configuration.listen.address.description]
         if let admin = configuration.listen.admin { listen["admin"] = admin.description }
+        if let tls = configuration.listen.tls {
+            listen["tls"] = ["certificate": tls.certificateFile, "key": tls.keyFile]
+        }
+        if configuration.listen.http2 {
+            listen["http2"] = true
+            listen["max_concurrent_streams"] = configuration.listen.maxConcurrentStreams
+        }
         let limits = configuration.limits
         var result: [String: Any] = [
             "listen": listen,

@@ -30,6 +30,23 @@ extension GatewayConfiguration {
         public var maxIdleConnections: Int
         /// What `ring_hash` hashes (`hash_on:`); required with it, not allowed without it.
         public var hashOn: HashOn?
+        /// Whether the endpoints speak HTTP/1.1 (the default) or HTTP/2 (`protocol: h2`, h2c by
+        /// prior knowledge): gRPC services need `h2`.
+        public var upstreamProtocol: UpstreamProtocol = .http1
+
+        /// How the gateway talks to a cluster's endpoints (`protocol:`).
+        ///
+        /// ```swift
+        /// var cluster = GatewayConfiguration.Cluster(name: "grpc", endpoints: [Endpoint(host: "127.0.0.1", port: 50051)])
+        /// cluster.upstreamProtocol = .h2
+        /// ```
+        public enum UpstreamProtocol: String, Sendable, Hashable, CaseIterable {
+            /// HTTP/1.1 over pooled keep-alive connections.
+            case http1
+            /// HTTP/2 in cleartext (h2c by prior knowledge): one connection per endpoint and
+            /// event loop, a stream per request; trailers pass both ways.
+            case h2
+        }
 
         /// Creates a cluster; every field but the name has a default.
         public init(

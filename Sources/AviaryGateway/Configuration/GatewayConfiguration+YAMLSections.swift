@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import Foundation
 import Yams
 
 /// The sections of `gateway.yaml`, one function each.
@@ -12,14 +13,59 @@ extension ConfigurationParser {
 
     mutating func listen(_ node: Node, _ path: String) -> Configuration.Listen {
         var listen = Configuration.Listen()
-        guard let fields = self.fields(node, path, allowed: ["address", "admin"]) else { return listen }
+        let keys = ["address", "admin", "tls", "http2", "max_concurrent_streams"]
+        guard let fields = self.fields(node, path, allowed: keys) else { return listen }
         if let value = fields["address"], let endpoint = self.endpoint(value, fields.path("address")) {
             listen.address = endpoint
         }
         if let value = fields["admin"], let endpoint = self.endpoint(value, fields.path("admin")) {
             listen.admin = endpoint
         }
+        if let value = fields["tls"] { listen.tls = self.listenTLS(value, fields.path("tls")) }
+        if let value = fields["http2"], let flag = self.bool(value, fields.path("http2")) {
+            listen.http2 = flag
+        }
+        if let value = fields["max_concurrent_streams"],
+            let number = self.int(
+                value, fields.path("max_concurrent_streams"), in: 1...10_000,
+                expected: "a number of streams in 1...10000")
+        {
+            listen.maxConcurrentStreams = number
+        }
         return listen
+    }
+
+    /// `listen.tls`: two readable PEM files (checked here, so that a typo is a configuration
+    /// error rather than a failed start).
+    mutating func listenTLS(_ node: Node, _ path: String) -> Configuration.Listen.TLS? {
+        guard let fields = self.fields(node, path, allowed: ["certificate", "key"]) else { return nil }
+        var files: [String: String] = [:]
+        for key in ["certificate", "key"] {
+            guard let value = fields[key] else {
+                self.problem(fields.path(key), "is missing: expected a PEM file", node)
+                continue
+            }
+            guard let file = self.string(value, fields.path(key)) else { continue }
+            if !FileManager.default.isReadableFile(atPath: file) {
+                self.problem(fields.path(key), "cannot read \(Self.quoted(file))", value)
+                continue
+            }
+            files[key] = file
+        }
+        guard let certificate = files["certificate"], let key = files["key"] else { return nil }
+        return Configuration.Listen.TLS(certificateFile: certificate, keyFile: key)
+    }
+
+    /// `true` or `false`.
+    mutating func bool(_ node: Node, _ path: String) -> Bool? {
+        guard let text = self.scalar(node, path, expected: "true or false") else { return nil }
+        switch text {
+        case "true": return true
+        case "false": return false
+        default:
+            self.problem(path, "expected true or false, got \(Self.quoted(text))", node)
+            return nil
+        }
     }
 
     mutating func limits(_ node: Node, _ path: String) -> Configuration.Limits {
@@ -59,11 +105,25 @@ extension ConfigurationParser {
     mutating func cluster(_ node: Node, _ path: String, name: String) -> Configuration.Cluster? {
         let keys = [
             "endpoints", "load_balancer", "health_check", "outlier_detection", "circuit_breaker", "connect_timeout",
-            "max_idle_connections", "hash_on", "discovery",
+            "max_idle_connections", "hash_on", "protocol", "discovery",
         ]
         guard let fields = self.fields(node, path, allowed: keys) else { return nil }
         var cluster = Configuration.Cluster(name: name)
         let before = self.problemCount
+        if let value = fields["protocol"],
+            let text = self.scalar(value, fields.path("protocol"), expected: "http1 or h2")
+        {
+            if let upstreamProtocol = Configuration.Cluster.UpstreamProtocol(rawValue: text) {
+                cluster.upstreamProtocol = upstreamProtocol
+            } else {
+                self.problem(fields.path("protocol"), "expected http1 or h2, got \(Self.quoted(text))", value)
+            }
+            if cluster.upstreamProtocol == .h2, fields["health_check"] != nil {
+                self.problem(
+                    fields.path("health_check"), "not yet supported with protocol: h2 (health checks speak HTTP/1.1)",
+                    fields["health_check"])
+            }
+        }
         if let value = fields["endpoints"], let items = self.list(value, fields.path("endpoints")) {
             for (index, item) in items.enumerated() {
                 if let endpoint = self.endpoint(item, "\(fields.path("endpoints"))[\(index)]") {

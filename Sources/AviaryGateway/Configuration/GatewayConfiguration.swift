@@ -65,11 +65,49 @@ extension GatewayConfiguration {
         public var address: Endpoint
         /// The admin API's address, if any: `/ready`, `/config`, `/clusters`, `/metrics`, `POST /reload`.
         public var admin: Endpoint?
+        /// TLS on the proxy's address (`listen.tls`), if any; with ``http2`` ALPN offers `h2`
+        /// and `http/1.1`.
+        public var tls: TLS?
+        /// Whether the proxy's address serves HTTP/2 as well as HTTP/1.1 (`listen.http2`): h2c
+        /// by prior knowledge in plaintext, ALPN `h2` with TLS.
+        public var http2: Bool
+        /// Streams one HTTP/2 connection may have open at once (`listen.max_concurrent_streams`).
+        public var maxConcurrentStreams: Int
 
-        /// Creates the listening addresses; the proxy defaults to 127.0.0.1:8080.
-        public init(address: Endpoint = Endpoint(host: "127.0.0.1", port: 8080), admin: Endpoint? = nil) {
+        /// Creates the listening addresses; the proxy defaults to 127.0.0.1:8080, HTTP/1.1 only.
+        ///
+        /// ```swift
+        /// let listen = GatewayConfiguration.Listen(
+        ///     address: Endpoint(host: "0.0.0.0", port: 8443),
+        ///     tls: .init(certificateFile: "gateway.crt", keyFile: "gateway.key"), http2: true)
+        /// ```
+        public init(
+            address: Endpoint = Endpoint(host: "127.0.0.1", port: 8080), admin: Endpoint? = nil, tls: TLS? = nil,
+            http2: Bool = false, maxConcurrentStreams: Int = 100
+        ) {
             self.address = address
             self.admin = admin
+            self.tls = tls
+            self.http2 = http2
+            self.maxConcurrentStreams = maxConcurrentStreams
+        }
+
+        /// The certificate chain and private key of the listener (`listen.tls`), PEM files.
+        ///
+        /// ```swift
+        /// let tls = GatewayConfiguration.Listen.TLS(certificateFile: "gateway.crt", keyFile: "gateway.key")
+        /// ```
+        public struct TLS: Sendable, Hashable {
+            /// A PEM file with the certificate chain, leaf first (`certificate`).
+            public var certificateFile: String
+            /// A PEM file with the private key (`key`).
+            public var keyFile: String
+
+            /// Creates TLS settings from two PEM files.
+            public init(certificateFile: String, keyFile: String) {
+                self.certificateFile = certificateFile
+                self.keyFile = keyFile
+            }
         }
     }
 

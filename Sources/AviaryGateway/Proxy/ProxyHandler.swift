@@ -112,8 +112,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// stop and what was read meanwhile waits in `queued`.
     var admitting = false
 
-    init(loop: GatewayLoop) {
+    /// `https` behind a TLS listener, `http` otherwise: what `X-Forwarded-Proto` and
+    /// `Forwarded: proto=` say.
+    let scheme: String
+
+    init(loop: GatewayLoop, secure: Bool = false) {
         self.loop = loop
+        self.scheme = secure ? "https" : "http"
         self.upstreams = loop.current
         self.core = loop.current.core
     }
@@ -685,7 +690,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let client = self.client
         let host = downstream.headers.first(name: "host")
         // RFC 7239: one element per proxy, appended to what earlier proxies wrote.
-        var element = client.forwardedFor + "proto=http"
+        var element = client.forwardedFor + "proto=" + self.scheme
         if let host {
             if host.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
                 var escaped = ""
@@ -700,7 +705,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         guard earlier else {
             if let ip = client.ip { headers.add(name: "x-forwarded-for", value: ip) }
-            headers.add(name: "x-forwarded-proto", value: "http")
+            headers.add(name: "x-forwarded-proto", value: self.scheme)
             if let host { headers.add(name: "x-forwarded-host", value: host) }
             headers.add(name: "forwarded", value: element)
             return
@@ -710,7 +715,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             headers.replaceOrAdd(
                 name: "x-forwarded-for", value: existing.isEmpty ? ip : "\(existing.joined(separator: ", ")), \(ip)")
         }
-        headers.replaceOrAdd(name: "x-forwarded-proto", value: "http")
+        headers.replaceOrAdd(name: "x-forwarded-proto", value: self.scheme)
         if let host {
             headers.replaceOrAdd(name: "x-forwarded-host", value: host)
         }

@@ -18,6 +18,8 @@ final class GatewayLoop {
     let metrics: LoopMetrics
     /// The proxy handlers of open downstream connections.
     private var handlers: [ObjectIdentifier: ProxyHandler] = [:]
+    /// HTTP/2 connections (their streams are in `handlers`), for draining.
+    private var connections: [ObjectIdentifier: any DrainableConnection] = [:]
     /// Set by a drain: connections close after their current response.
     private(set) var draining = false
     /// Access log lines of this loop iteration, and the log they go to.
@@ -51,15 +53,26 @@ final class GatewayLoop {
         self.handlers.removeValue(forKey: ObjectIdentifier(handler))
     }
 
+    func registerConnection(_ connection: any DrainableConnection) {
+        self.connections[ObjectIdentifier(connection)] = connection
+        if self.draining { connection.drain() }
+    }
+
+    func unregisterConnection(_ connection: any DrainableConnection) {
+        self.connections.removeValue(forKey: ObjectIdentifier(connection))
+    }
+
     /// Asks every connection to close once its current response is written (idle ones at once).
     func drain() {
         self.draining = true
         for handler in Array(self.handlers.values) { handler.drain() }
+        for connection in Array(self.connections.values) { connection.drain() }
     }
 
     /// Closes every downstream connection now.
     func closeAll() {
         for handler in Array(self.handlers.values) { handler.closeNow() }
+        for connection in Array(self.connections.values) { connection.closeNow() }
     }
 
     /// What `/clusters` shows of this loop: per cluster and endpoint, requests in flight and

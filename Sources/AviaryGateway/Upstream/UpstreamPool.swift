@@ -33,6 +33,9 @@ final class UpstreamPool {
     private(set) var openConnections = 0
     /// Set when a reload dropped or changed the cluster: connections are no longer kept.
     var retired = false
+    /// With `protocol: h2`: the one HTTP/2 connection of this pool (opening or open), whose
+    /// streams are the exchanges' "connections" (see `UpstreamPool+HTTP2.swift`).
+    var http2Session: EventLoopFuture<HTTP2UpstreamSession>?
 
     init(
         cluster: GatewayConfiguration.Cluster, endpoint: Endpoint, eventLoop: any EventLoop,
@@ -68,6 +71,7 @@ final class UpstreamPool {
     /// open or `max_pending` requests already wait for one: then it fails with
     /// ``UpstreamOverflow`` at once (there is no queue; Envoy's thresholds, as a fast refusal).
     func connect() -> EventLoopFuture<UpstreamConnection> {
+        if self.cluster.upstreamProtocol == .h2 { return self.connectStream() }
         let thresholds = self.cluster.circuitBreaker
         let shared = self.clusterState
         if shared.connections.load(ordering: .relaxed) >= thresholds.maxConnections {
@@ -129,7 +133,9 @@ final class UpstreamPool {
     func release(_ connection: UpstreamConnection) {
         self.eventLoop.assertInEventLoop()
         connection.handler.exchange = nil
-        guard connection.channel.isActive, !self.retired, self.idle.count < self.cluster.maxIdleConnections else {
+        guard connection.channel.isActive, !self.retired, self.cluster.upstreamProtocol == .http1,
+            self.idle.count < self.cluster.maxIdleConnections
+        else {
             connection.close()
             return
         }
@@ -150,6 +156,7 @@ final class UpstreamPool {
         let connections = self.idle
         self.idle.removeAll()
         for connection in connections { connection.close() }
+        if self.inFlight == 0 { self.closeHTTP2Session() }
     }
 }
 

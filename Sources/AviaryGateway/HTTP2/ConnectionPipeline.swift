@@ -1,0 +1,276 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import NIOHTTP1
+import NIOHTTP2
+import NIOSSL
+import NIOTLS
+
+// How a downstream connection's pipeline is built. HTTP/1.1 is the decoder, the encoder and one
+// `ProxyHandler`. HTTP/2 is `NIOHTTP2Handler` with a child channel per stream, each with
+// `HTTP2FramePayloadToHTTP1ServerCodec` in front of its own `ProxyHandler`: streams share the
+// loop's routes, policies and upstream pools exactly as HTTP/1.1 connections do, and each stream
+// keeps the proxy's back-pressure (a stream whose upstream is slow stops reading, so its HTTP/2
+// flow-control window is not reopened; a stream whose client is slow is not writable, so its
+// upstream stops being read).
+//
+// Which one a connection gets: with TLS, ALPN (`h2` or `http/1.1`); in plaintext with
+// `listen.http2`, the first bytes (the HTTP/2 connection preface means h2c by prior knowledge).
+
+/// Builds downstream pipelines for one listener configuration.
+struct ConnectionPipeline {
+    let loop: GatewayLoop
+    let limits: GatewayConfiguration.Limits
+    let http2: Bool
+    let maxConcurrentStreams: Int
+    let tls: NIOSSLContext?
+
+    /// Makes the TLS context of `listen.tls`: ALPN offers `h2` (with `listen.http2`) and `http/1.1`.
+    ///
+    /// - Throws: ``GatewayServerError/tlsUnavailable(_:)`` when a file cannot be loaded.
+    static func makeTLSContext(_ settings: GatewayConfiguration.Listen.TLS, http2: Bool) throws -> NIOSSLContext {
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(settings.certificateFile)
+            guard !chain.isEmpty else {
+                throw GatewayServerError.tlsUnavailable(
+                    "listen.tls.certificate: no certificate in \(settings.certificateFile)")
+            }
+            let key = try NIOSSLPrivateKey(file: settings.keyFile, format: .pem)
+            var configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            configuration.minimumTLSVersion = .tlsv12
+            configuration.applicationProtocols = http2 ? ["h2", "http/1.1"] : ["http/1.1"]
+            return try NIOSSLContext(configuration: configuration)
+        } catch let error as GatewayServerError {
+            throw error
+        } catch {
+            throw GatewayServerError.tlsUnavailable(
+                "listen.tls: cannot use \(settings.certificateFile) and \(settings.keyFile): \(error)")
+        }
+    }
+
+    /// Sets up `channel` (a new downstream connection, on the loop's event loop).
+    func configure(_ channel: any Channel) throws {
+        let pipeline = channel.pipeline.syncOperations
+        if let tls {
+            try pipeline.addHandler(NIOSSLServerHandler(context: tls))
+            let negotiationDeadline = self.closeUnlessNegotiated(channel)
+            let builder = self
+            try pipeline.addHandler(
+                ApplicationProtocolNegotiationHandler { result, channel in
+                    negotiationDeadline.cancel()
+                    return channel.eventLoop.makeCompletedFuture {
+                        if case .negotiated("h2") = result, builder.http2 {
+                            try builder.addHTTP2(channel)
+                        } else {
+                            try builder.addHTTP1(channel, position: .last)
+                        }
+                    }
+                })
+        } else if self.http2 {
+            try pipeline.addHandler(H2CPrefaceDetector(builder: self))
+        } else {
+            try self.addHTTP1(channel, position: .last)
+        }
+    }
+
+    /// A client that never finishes its TLS handshake is closed after `limits.header_timeout`.
+    private func closeUnlessNegotiated(_ channel: any Channel) -> Scheduled<Void> {
+        channel.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(self.limits.headerTimeout)) {
+            channel.close(promise: nil)
+        }
+    }
+
+    /// The HTTP/1.1 pipeline: encoder, decoder (with `max_header_bytes`), proxy.
+    func addHTTP1(_ channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position) throws {
+        // The proxy sets framing headers itself (it knows HEAD and upstream framing).
+        var encoder = HTTPResponseEncoder.Configuration()
+        encoder.automaticallySetFramingHeaders = false
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderFieldSize = self.limits.maxHeaderBytes
+        decoderLimits.maxHeaderListSize = self.limits.maxHeaderBytes
+        let handlers: [any ChannelHandler] = [
+            HTTPResponseEncoder(configuration: encoder),
+            ByteToMessageHandler(
+                HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits),
+                maximumBufferSize: self.limits.maxHeaderBytes),
+            ProxyHandler(loop: self.loop, secure: self.tls != nil),
+        ]
+        try channel.pipeline.syncOperations.addHandlers(handlers, position: position)
+    }
+
+    /// The HTTP/2 pipeline: `NIOHTTP2Handler` announcing `max_concurrent_streams` and a header
+    /// list size of `max_header_bytes`, a child channel per stream, and a drainer that sends
+    /// GOAWAY when the gateway drains.
+    func addHTTP2(_ channel: any Channel) throws {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.maxConcurrentStreams),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: self.limits.maxHeaderBytes),
+            HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
+        ]
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        // The same bounds as an HTTP/1.1 connection's write buffer.
+        stream.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
+        stream.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
+        // Stream channels live on their connection's event loop.
+        let loop = NIOLoopBound(self.loop, eventLoop: channel.eventLoop)
+        let secure = self.tls != nil
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: connection, streamConfiguration: stream
+        ) { streamChannel in
+            streamChannel.eventLoop.makeCompletedFuture {
+                // The codec gives a request head whose HEADERS frame did not end the stream, and
+                // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
+                let handlers: [any ChannelHandler] = [
+                    HTTP2FramePayloadToHTTP1ServerCodec(),
+                    ProxyHandler(loop: loop.value, secure: secure),
+                ]
+                try streamChannel.pipeline.syncOperations.addHandlers(handlers)
+            }
+        }
+        try channel.pipeline.syncOperations.addHandler(HTTP2ConnectionDrainer(loop: self.loop))
+    }
+}
+
+/// Plaintext with `listen.http2`: reads until the first bytes show whether the client starts
+/// with the HTTP/2 connection preface (h2c by prior knowledge) or not (HTTP/1.1), installs that
+/// pipeline after itself, hands it what was read, and leaves.
+final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    /// RFC 9113, section 3.4.
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    private let builder: ConnectionPipeline
+    private var buffered: ByteBuffer?
+    /// Closes a connection that sends nothing within `limits.idle_timeout`.
+    private var idleTimer: Scheduled<Void>?
+
+    init(builder: ConnectionPipeline) {
+        self.builder = builder
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(
+            in: TimeAmount(self.builder.limits.idleTimeout)
+        ) { channel.close(promise: nil) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = self.unwrapInboundIn(data)
+        if var buffered = self.buffered {
+            buffered.writeBuffer(&incoming)
+            self.buffered = buffered
+        } else {
+            self.buffered = incoming
+        }
+        guard let buffered = self.buffered else { return }
+        let count = min(buffered.readableBytes, Self.preface.count)
+        let matches = buffered.readableBytesView.prefix(count).elementsEqual(Self.preface.prefix(count))
+        if matches && count < Self.preface.count { return }  // Not enough bytes to tell yet.
+        do {
+            if matches {
+                try self.builder.addHTTP2(context.channel)
+            } else {
+                try self.builder.addHTTP1(context.channel, position: .after(self))
+            }
+        } catch {
+            context.fireErrorCaught(error)
+            context.close(promise: nil)
+            return
+        }
+        self.buffered = nil
+        // `addHTTP2` appends at the end, which is after this handler too.
+        context.fireChannelRead(self.wrapInboundOut(buffered))
+        context.fireChannelReadComplete()
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+}
+
+/// A connection the gateway's drain reaches besides its `ProxyHandler`s: an HTTP/2 connection.
+protocol DrainableConnection: AnyObject {
+    /// Stop taking new work and close when what runs is done.
+    func drain()
+    /// Close now.
+    func closeNow()
+}
+
+/// Sits after `NIOHTTP2Handler`: counts open streams, and on a drain sends GOAWAY (no new
+/// streams; those already open finish, each `ProxyHandler` closing its stream after its
+/// response) and closes the connection once no stream is left.
+final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    private let loop: GatewayLoop
+    private var context: ChannelHandlerContext?
+    private var openStreams = 0
+    private var lastStreamID = HTTP2StreamID(0)
+    private var draining = false
+    /// Set by an error in the connection pipeline: the connection closes after this read.
+    private var failed = false
+
+    init(loop: GatewayLoop) {
+        self.loop = loop
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.loop.registerConnection(self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.loop.unregisterConnection(self)
+        self.context = nil
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let created = event as? NIOHTTP2StreamCreatedEvent {
+            self.openStreams += 1
+            if created.streamID > self.lastStreamID { self.lastStreamID = created.streamID }
+        } else if event is StreamClosedEvent {
+            self.openStreams -= 1
+            if self.draining && self.openStreams == 0 { context.close(promise: nil) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// `NIOHTTP2Handler` reports a connection error (a header list above `max_header_bytes`, a
+    /// frame it cannot parse, a protocol violation) after writing GOAWAY, but leaves the
+    /// connection open: without a close here the client's streams would wait forever. The close
+    /// waits for the end of the read, when `NIOHTTP2Handler` has flushed its GOAWAY.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failed = true
+        context.fireErrorCaught(error)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.fireChannelReadComplete()
+        if self.failed { context.close(promise: nil) }
+    }
+
+    func drain() {
+        guard !self.draining, let context = self.context else { return }
+        self.draining = true
+        let goAway = HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(lastStreamID: self.lastStreamID, errorCode: .noError, opaqueData: nil))
+        context.writeAndFlush(self.wrapOutboundOut(goAway), promise: nil)
+        if self.openStreams == 0 { context.close(promise: nil) }
+    }
+
+    func closeNow() {
+        self.context?.close(promise: nil)
+    }
+}

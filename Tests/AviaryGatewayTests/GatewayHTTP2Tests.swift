@@ -1,0 +1,342 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Crypto
+import Foundation
+import NIOCore
+import NIOHTTP2
+import NIOPosix
+import Synchronization
+import Testing
+
+@testable import AviaryGateway
+
+/// HTTP/2 and TLS on the listener, over real sockets: h2c by prior knowledge and ALPN, with the
+/// streams proxied to an HTTP/1.1 origin by the same proxy logic.
+@Suite("Gateway HTTP/2 and TLS", .timeLimit(.minutes(3)))
+struct GatewayHTTP2Tests {
+    static func yaml(port: Int, listen extra: String = "", limits: String = "") -> String {
+        """
+        listen: {address: 127.0.0.1:0, http2: true\(extra)}
+        limits: {max_body_bytes: 256MiB\(limits)}
+        clusters: {backend: {endpoints: [127.0.0.1:\(port)]}}
+        routes: [{match: {path_prefix: /}, cluster: backend}]
+        """
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        SHA256.hash(data: bytes).map { String($0, radix: 16).leftPadded(2) }.joined()
+    }
+
+    @Test("h2c by prior knowledge: 200 concurrent streams on one connection each get their own answer")
+    func concurrentStreams() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, listen: ", max_concurrent_streams: 50")) {
+                gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                let responses = try await withThrowingTaskGroup(of: (Int, H2Response).self) { group in
+                    for index in 0..<200 {
+                        group.addTask { (index, try await client.request("GET", "/item/\(index)?n=\(index)")) }
+                    }
+                    var all: [Int: H2Response] = [:]
+                    for try await (index, response) in group { all[index] = response }
+                    return all
+                }
+                #expect(responses.count == 200)
+                for (index, response) in responses {
+                    #expect(response.status == 200)
+                    #expect(response.text.hasPrefix("GET /item/\(index)?n=\(index)\n"), "stream \(index)")
+                }
+                // More streams than the limit ran: the client queued them per the server's SETTINGS.
+                #expect(client.serverMaxConcurrentStreams == 50)
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 200)
+            }
+        }
+    }
+
+    @Test("h2c and HTTP/1.1 share the port")
+    func bothProtocolsOnOnePort() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
+                let http1 = try await gateway.get("/one")
+                #expect(http1.status == 200)
+                #expect(http1.text.hasPrefix("GET /one\n"))
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                let h2 = try await client.request("GET", "/two")
+                await client.close()
+                #expect(h2.status == 200)
+                #expect(h2.text.hasPrefix("GET /two\n"))
+                // Plaintext (h2c or HTTP/1.1): the scheme forwarded is http.
+                #expect(h2.text.contains("x-forwarded-proto: http\n"))
+                #expect(h2.text.contains("forwarded: for=127.0.0.1;proto=http;"))
+                #expect(http1.text.contains("x-forwarded-proto: http\n"))
+                // HTTP/2 responses carry no connection-specific headers.
+                #expect(h2.header("connection") == nil && h2.header("transfer-encoding") == nil)
+            }
+        }
+    }
+
+    @Test("an 8 MiB upload and a 32 MiB download stream through one HTTP/2 connection intact")
+    func largeBodies() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                // No content-length: the body streams to the HTTP/1.1 origin chunked.
+                let size = 8 << 20
+                var upload: [UInt8] = []
+                upload.reserveCapacity(size)
+                var index = 0
+                while upload.count < size {
+                    upload += Pattern.chunk(index).readableBytesView
+                    index += 1
+                }
+                upload.removeLast(upload.count - size)
+                let uploaded = try await client.request("POST", "/upload", body: upload)
+                #expect(uploaded.status == 200)
+                #expect(uploaded.text == "bytes=\(size) sha256=\(Pattern.sha256(count: size))")
+
+                let downloadSize = 32 << 20
+                let downloaded = try await client.request("GET", "/download?bytes=\(downloadSize)")
+                #expect(downloaded.status == 200)
+                #expect(downloaded.body.count == downloadSize)
+                #expect(Self.hex(downloaded.body) == Pattern.sha256(count: downloadSize))
+            }
+        }
+    }
+
+    @Test(
+        "a header list above max_header_bytes never reaches the origin: GOAWAY with an error, then the connection closes"
+    )
+    func headerLimit() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, limits: ", max_header_bytes: 4KiB")) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                let fine = try await client.request("GET", "/small", headers: [("x-small", "1")])
+                #expect(fine.status == 200)
+                #expect(client.serverMaxHeaderListSize == 4096)
+                // 6000 bytes of `a` compress (Huffman) to under 4 KiB: the frame passes, the list does not.
+                let big = String(repeating: "a", count: 6000)
+                await #expect(throws: H2StreamFailed.self) {
+                    _ = try await client.request("GET", "/big", headers: [("x-big", big)])
+                }
+                // A connection error: GOAWAY with an error code (swift-nio-http2's HPACK decoder
+                // says COMPRESSION_ERROR), and the gateway closes the connection.
+                try await client.channel.closeFuture.get()
+                let code = try #require(client.goAwayErrorCode)
+                #expect(code != .noError)
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 1)
+                // The gateway goes on serving new connections.
+                let next = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                let after = try await next.request("GET", "/after")
+                await next.close()
+                #expect(after.status == 200)
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 2)
+            }
+        }
+    }
+
+    @Test("TLS: ALPN h2 is served as HTTP/2, a client offering only http/1.1 gets HTTP/1.1")
+    func tlsWithALPN() async throws {
+        let certificate = try await TestCertificate.make()
+        defer { certificate.remove() }
+        let tls = ", tls: {certificate: \(certificate.certificateFile), key: \(certificate.keyFile)}"
+        try await withOrigins(["a"]) { origins in
+            // A generous header_timeout (which bounds the TLS handshake): the machine may be loaded.
+            try await withGateway(Self.yaml(port: origins[0].port, listen: tls, limits: ", header_timeout: 60s")) {
+                gateway in
+                let h2 = try await H2Client.connect(
+                    port: gateway.port, group: gateway.clients, tls: certificate.clientContext(protocols: ["h2"]))
+                let response = try await h2.request("GET", "/secure", scheme: "https")
+                await h2.close()
+                #expect(response.status == 200)
+                #expect(response.text.hasPrefix("GET /secure\n"))
+                // Behind TLS the origin learns that the client used https, in both header styles.
+                #expect(response.text.contains("x-forwarded-proto: https\n"))
+                #expect(response.text.contains("forwarded: for=127.0.0.1;proto=https;"))
+
+                let (negotiated, text) = try await TLSRawClient.exchange(
+                    "GET /plain HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n", port: gateway.port,
+                    group: gateway.clients, context: certificate.clientContext(protocols: ["http/1.1"]))
+                #expect(negotiated == "http/1.1")
+                #expect(text.hasPrefix("HTTP/1.1 200"))
+                #expect(text.contains("GET /plain\n"))
+                #expect(text.contains("x-forwarded-proto: https\r\n") || text.contains("x-forwarded-proto: https\n"))
+                #expect(text.contains("forwarded: for=127.0.0.1;proto=https;"))
+            }
+        }
+    }
+
+    @Test("TLS: a handshake that outlives header_timeout ends the connection, and the client's request fails")
+    func tlsHandshakeTimeout() async throws {
+        let certificate = try await TestCertificate.make()
+        defer { certificate.remove() }
+        let tls = ", tls: {certificate: \(certificate.certificateFile), key: \(certificate.keyFile)}"
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, listen: tls, limits: ", header_timeout: 1ms")) {
+                gateway in
+                let h2 = try await H2Client.connect(
+                    port: gateway.port, group: gateway.clients, tls: certificate.clientContext(protocols: ["h2"]))
+                defer { Task { await h2.close() } }
+                await #expect(throws: (any Error).self) {
+                    _ = try await h2.request("GET", "/late", scheme: "https")
+                }
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 0)
+            }
+        }
+    }
+
+    @Test("listen.tls, http2 and max_concurrent_streams are validated with their place")
+    func configurationErrors() throws {
+        #expect(throws: GatewayConfigurationError.self) {
+            try GatewayConfiguration(yaml: "listen: {address: 127.0.0.1:0, http2: yes please}")
+        }
+        do {
+            _ = try GatewayConfiguration(
+                yaml: """
+                    listen: {address: 127.0.0.1:0, http2: maybe, max_concurrent_streams: 0, tls: {certificate: /nonexistent/cert.pem}}
+                    """)
+            Issue.record("an invalid listen section was accepted")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("listen.http2: expected true or false"))
+            #expect(text.contains("listen.max_concurrent_streams"))
+            #expect(text.contains("listen.tls.certificate: cannot read \"/nonexistent/cert.pem\""))
+            #expect(text.contains("listen.tls.key: is missing"))
+        }
+        let valid = try GatewayConfiguration(
+            yaml: """
+                listen: {address: 127.0.0.1:0, http2: true, max_concurrent_streams: 7}
+                clusters: {a: {endpoints: [127.0.0.1:1]}}
+                routes: [{match: {path_prefix: /}, cluster: a}]
+                """)
+        #expect(valid.listen.http2 && valid.listen.maxConcurrentStreams == 7 && valid.listen.tls == nil)
+    }
+}
+
+/// gRPC pass-through: HTTP/2 end to end, trailers both ways, to a gRPC-shaped origin.
+@Suite("Gateway gRPC pass-through", .timeLimit(.minutes(3)))
+struct GatewayGRPCTests {
+    static func yaml(port: Int) -> String {
+        """
+        listen: {address: 127.0.0.1:0, http2: true}
+        clusters: {echo: {endpoints: [127.0.0.1:\(port)], protocol: h2}}
+        routes: [{match: {path_prefix: /test.Echo/}, cluster: echo}]
+        """
+    }
+
+    static let grpcHeaders = [("content-type", "application/grpc"), ("te", "trailers")]
+
+    static func withGRPC(_ body: (GRPCOrigin, GatewayHarness, H2Client) async throws -> Void) async throws {
+        let origin = try await GRPCOrigin.start(group: MultiThreadedEventLoopGroup.singleton)
+        do {
+            try await withGateway(Self.yaml(port: origin.port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                do {
+                    try await body(origin, gateway, client)
+                    await client.close()
+                } catch {
+                    await client.close()
+                    throw error
+                }
+            }
+            await origin.stop()
+        } catch {
+            await origin.stop()
+            throw error
+        }
+    }
+
+    @Test(
+        "unary: the message comes back with grpc-status and grpc-message as trailers; te: trailers reaches the origin")
+    func unary() async throws {
+        try await Self.withGRPC { origin, _, client in
+            let message = Array("hello, gRPC".utf8)
+            let response = try await client.request(
+                "POST", "/test.Echo/Unary", headers: Self.grpcHeaders, body: message)
+            #expect(response.status == 200)
+            #expect(response.header("content-type") == "application/grpc")
+            #expect(response.body == message)
+            let trailers = try #require(response.trailers)
+            #expect(trailers.contains { $0 == ("grpc-status", "0") })
+            #expect(trailers.contains { $0 == ("grpc-message", "echoed \(message.count) bytes") })
+            let seen = origin.seen.withLock { $0 }
+            #expect(seen.count == 1)
+            #expect(seen.first?.te == "trailers")
+        }
+    }
+
+    @Test("server streaming: 40 concurrent calls each get all their messages, then trailers")
+    func serverStreaming() async throws {
+        try await Self.withGRPC { _, _, client in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for call in 0..<40 {
+                    group.addTask {
+                        let count = 5 + call
+                        let response = try await client.request(
+                            "POST", "/test.Echo/Stream", headers: Self.grpcHeaders + [("x-count", "\(count)")],
+                            body: Array("go".utf8))
+                        #expect(response.status == 200)
+                        let expected = (0..<count).map { "message \($0)\n" }.joined()
+                        #expect(response.text == expected)
+                        #expect(response.trailers?.contains { $0 == ("grpc-status", "0") } == true)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test("a trailers-only failure keeps its grpc-status; an upstream reset becomes 502 (gRPC: UNAVAILABLE)")
+    func failures() async throws {
+        try await Self.withGRPC { _, gateway, client in
+            let failed = try await client.request(
+                "POST", "/test.Echo/Fail", headers: Self.grpcHeaders, body: Array("x".utf8))
+            #expect(failed.status == 200)
+            let status = failed.header("grpc-status") ?? failed.trailers?.first { $0.0 == "grpc-status" }?.1
+            #expect(status == "5")
+
+            let reset = try await client.request(
+                "POST", "/test.Echo/Reset", headers: Self.grpcHeaders, body: Array("x".utf8))
+            #expect(reset.status == 502)
+            // The connection survives the reset stream: another call works.
+            let after = try await client.request(
+                "POST", "/test.Echo/Unary", headers: Self.grpcHeaders, body: Array("again".utf8))
+            #expect(after.body == Array("again".utf8))
+            #expect(gateway.server.statistics.upstreamConnectionsOpened.load(ordering: .relaxed) == 1)
+        }
+    }
+
+    @Test("an HTTP/1.1 client reaches the HTTP/2 origin; trailers come as chunked trailers")
+    func http1Client() async throws {
+        try await Self.withGRPC { _, gateway, _ in
+            let response = try await gateway.request(
+                "POST /test.Echo/Unary HTTP/1.1\r\nHost: gateway.test\r\nContent-Type: application/grpc\r\nTE: trailers\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            )
+            #expect(response.status == 200)
+            #expect(response.text == "hello")
+        }
+    }
+
+    @Test("protocol is validated: unknown values and health checks with h2 are refused")
+    func configuration() throws {
+        do {
+            _ = try GatewayConfiguration(
+                yaml: """
+                    clusters:
+                      a: {endpoints: [127.0.0.1:1], protocol: h3}
+                      b: {endpoints: [127.0.0.1:2], protocol: h2, health_check: {path: /healthz}}
+                    routes: [{match: {path_prefix: /}, cluster: a}]
+                    """)
+            Issue.record("invalid protocol settings were accepted")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("clusters.a.protocol: expected http1 or h2, got \"h3\""))
+            #expect(text.contains("clusters.b.health_check: not yet supported with protocol: h2"))
+        }
+    }
+}
