@@ -5,6 +5,7 @@
 
 import AviaryEventSourcing
 import AviaryStorage
+import AviaryTestSupport
 import Foundation
 import Testing
 
@@ -37,6 +38,79 @@ struct EventsCommandTests {
         return Outcome(
             status: process.terminationStatus, output: String(decoding: outputData, as: UTF8.self),
             error: String(decoding: errorData, as: UTF8.self))
+    }
+
+    /// ``run(_:)`` on a thread of its own: it blocks until the process exits, which must not
+    /// happen on the concurrency pool's few threads while the test's own server work runs there.
+    static func runOffPool(_ arguments: [String]) async throws -> Outcome {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(with: Result { try Self.run(arguments) })
+            }
+            thread.start()
+        }
+    }
+
+    @Test("streams, show, follow, projections and rebuild against a PostgreSQL store")
+    func inspectPostgres() async throws {
+        try #require(
+            FileManager.default.isExecutableFile(atPath: Self.executable.path), "build the aviary product first")
+        let database = try await PostgresTestServer.shared().makeDatabase()
+        let url = database.description
+        var migrations = PostgresMigrations()
+        PostgresEventStore.addMigrations(to: &migrations)
+        PostgresProjections.addMigrations(to: &migrations)
+        try await PostgresStore.withStore(url: database, migrations: migrations, logger: quietLogger) { store in
+            let events = PostgresEventStore(store: store)
+            try await events.append(
+                [
+                    try NewEvent(type: "order.placed", schemaVersion: 2, json: ["total": 42]),
+                    try NewEvent(
+                        type: "order.confirmed", json: [String: Int](), metadata: EventMetadata(correlationID: "req-7")),
+                ],
+                to: "order-17", expectedVersion: .noStream)
+            try await events.append(
+                [try NewEvent(type: "user.created", json: ["name": "ada"])], to: "user-1", expectedVersion: .noStream)
+            let runner = PostgresProjectionRunner(
+                PostgresProjectionTests.Recorder(failOn: Locked([])), events: events, logger: quietLogger)
+            try await runner.catchUp()
+
+            let streams = try await Self.runOffPool(["streams", "--store", url])
+            #expect(streams.status == 0, "\(streams.error)")
+            let lines = streams.output.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+            #expect(
+                lines == [["STREAM", "VERSION", "LAST", "POSITION"], ["order-17", "2", "2"], ["user-1", "1", "3"]])
+
+            let show = try await Self.runOffPool(["show", "order-17", "--store", url, "--backwards", "--limit", "1"])
+            #expect(show.output.hasPrefix("@2 v2 "))
+            #expect(show.output.contains("order.confirmed correlation=req-7 {}"))
+
+            let follow = try await Self.runOffPool(["follow", "--store", url, "--once", "--from", "1"])
+            let followed = follow.output.split(separator: "\n")
+            #expect(followed.count == 2)
+            #expect(followed.first?.hasPrefix("@2 order-17@2 ") == true)
+            #expect(followed.last?.contains("user.created {\"name\":\"ada\"}") == true)
+
+            try await events.append(
+                [try NewEvent(type: "user.renamed", json: ["name": "bea"])], to: "user-1", expectedVersion: .exact(1))
+            let projections = try await Self.runOffPool(["projections", "--store", url])
+            #expect(projections.status == 0, "\(projections.error)")
+            #expect(projections.output == "head position 4\nrecorder g1 v1 live checkpoint 3 lag 1\n")
+
+            let rebuild = try await Self.runOffPool(["rebuild", "recorder", "--store", url])
+            #expect(rebuild.status == 0, "\(rebuild.error)")
+            #expect(try await runner.status().first?.rebuildRequested == true)
+            #expect(try await runner.catchUp().switched)
+
+            let missing = try await Self.runOffPool(["show", "order-99", "--store", url])
+            #expect(missing.status == 69)
+            #expect(missing.error == "aviary events show: no stream order-99\n")
+        }
+        // A database without the event tables is an error, not an empty store.
+        let empty = try await PostgresTestServer.shared().makeDatabase()
+        let noTables = try await Self.runOffPool(["streams", "--store", empty.description])
+        #expect(noTables.status == 69)
+        #expect(noTables.error.contains("has no event store"))
     }
 
     @Test("streams, show, follow, projections and rebuild against a SQLite store")
