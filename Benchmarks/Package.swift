@@ -11,6 +11,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // scripts/bench-service.sh: a bare Hummingbird application and the same route in an
@@ -49,6 +52,19 @@ let package = Package(
                 .product(name: "AviaryResilience", package: "aviary"),
             ],
             path: "Sources/TimeoutProfile",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // scripts/bench-eventstore.sh: the SQLite and PostgreSQL event stores next to raw inserts.
+        .executableTarget(
+            name: "EventStoreBench",
+            dependencies: [
+                .product(name: "AviaryEventSourcing", package: "aviary"),
+                .product(name: "AviaryStorage", package: "aviary"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Sources/EventStoreBench",
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(
