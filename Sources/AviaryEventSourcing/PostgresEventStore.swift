@@ -7,6 +7,7 @@ import AviaryCore
 public import AviaryStorage
 public import Foundation
 public import Logging
+import NIOCore
 public import PostgresNIO
 
 /// The ``EventStore`` on PostgreSQL: tables `es_events` and `es_snapshots` in a service's own
@@ -45,8 +46,11 @@ public import PostgresNIO
 /// `conflict` (and the transaction rolls back).
 ///
 /// ## Speed
-/// An append is one transaction of four statements (`BEGIN`, the lock, one statement that checks
-/// the expected version and inserts every event, `COMMIT`); reads are one statement.
+/// An append of up to 1,000 events is one statement and one round trip: a call of the PL/pgSQL
+/// function `es_append` (created by the migration) that runs as its own transaction, takes the
+/// lock, checks the expected version and inserts every event from arrays. Inside a caller's
+/// transaction (``append(_:to:expectedVersion:in:)``) an append is two statements (the lock, then
+/// the check and the insert). Reads are one statement.
 ///
 /// ```swift
 /// var migrations = PostgresMigrations()
@@ -171,6 +175,7 @@ public final class PostgresEventStore: EventStore {
                     taken_at TIMESTAMPTZ NOT NULL
                 )
                 """,
+                Self.appendFunction,
             ] {
                 try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
             }
@@ -194,6 +199,122 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Appending
 
+    /// The SQLSTATE `es_append` raises when some, not all, of an append's event ids were taken:
+    /// the statement's transaction rolls back, so nothing of the append is recorded.
+    static let partialConflictState = "AV001"
+
+    /// `es_append(...)`: the whole append in one statement, so that a standalone append is one
+    /// round trip (its own transaction): take the append lock, check the expected version (each
+    /// statement of a volatile PL/pgSQL function sees what committed before it, so the check
+    /// after the lock sees every earlier append), insert with `ON CONFLICT DO NOTHING`. Returns
+    /// the version before and the inserted count and positions; raises ``partialConflictState``
+    /// when only some events were inserted.
+    static let appendFunction = """
+        CREATE FUNCTION es_append(p_stream TEXT, p_kind TEXT, p_expected BIGINT, p_recorded BIGINT, p_ids UUID[],
+            p_types TEXT[], p_schema_versions INTEGER[], p_data BYTEA[], p_occurred BIGINT[], p_metadata JSONB,
+            OUT version BIGINT, OUT inserted BIGINT, OUT first_position BIGINT, OUT last_position BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock(\(PostgresEventStore.appendLockKey));
+            SELECT max(e.stream_version) INTO version FROM es_events e WHERE e.stream_id = p_stream;
+            inserted := 0;
+            first_position := 0;
+            last_position := 0;
+            IF NOT (CASE p_kind
+                WHEN 'any' THEN TRUE
+                WHEN 'none' THEN version IS NULL
+                WHEN 'exists' THEN version IS NOT NULL
+                ELSE coalesce(version, 0) = p_expected END) THEN
+                RETURN;
+            END IF;
+            WITH rows AS (
+                INSERT INTO es_events (stream_id, stream_version, event_id, type, schema_version, data,
+                    causation_id, correlation_id, trace_parent, trace_state, headers, occurred_at, recorded_at)
+                SELECT p_stream, coalesce(version, 0) + e.n, e.id, e.type, e.schema_version, e.data,
+                    p_metadata -> (e.n::INTEGER - 1) ->> 0, p_metadata -> (e.n::INTEGER - 1) ->> 1,
+                    p_metadata -> (e.n::INTEGER - 1) ->> 2, p_metadata -> (e.n::INTEGER - 1) ->> 3,
+                    p_metadata -> (e.n::INTEGER - 1) ->> 4,
+                    TIMESTAMPTZ 'epoch' + e.occurred * INTERVAL '1 microsecond',
+                    TIMESTAMPTZ 'epoch' + p_recorded * INTERVAL '1 microsecond'
+                FROM unnest(p_ids, p_types, p_schema_versions, p_data, p_occurred)
+                    WITH ORDINALITY AS e (id, type, schema_version, data, occurred, n)
+                ORDER BY e.n
+                ON CONFLICT DO NOTHING
+                RETURNING position)
+            SELECT count(*), coalesce(min(position), 0), coalesce(max(position), 0)
+            INTO inserted, first_position, last_position FROM rows;
+            IF inserted > 0 AND inserted < cardinality(p_ids) THEN
+                RAISE EXCEPTION 'an event id of the append is already recorded'
+                    USING ERRCODE = '\(PostgresEventStore.partialConflictState)';
+            END IF;
+        END
+        $$
+        """
+
+    /// A standalone append: one call of `es_append`, its own transaction (one round trip). A
+    /// repeated or conflicting append is then analysed with reads (nothing was recorded).
+    private static func appendStatement(
+        _ events: [NewEvent], to stream: String, expectedVersion: ExpectedVersion, recordedAt: Date,
+        on connection: PostgresConnection, logger: Logger
+    ) async throws -> AppendResult {
+        let recorded = Microseconds.of(recordedAt)
+        let (kind, value) = Self.expectation(expectedVersion)
+        var metadata: [[String?]] = []
+        metadata.reserveCapacity(events.count)
+        for event in events {
+            let headers: String? =
+                event.metadata.headers.isEmpty
+                ? nil : String(decoding: try EventJSON.encode(event.metadata.headers), as: UTF8.self)
+            metadata.append([
+                event.metadata.causationID, event.metadata.correlationID, event.metadata.traceParent,
+                event.metadata.traceState, headers,
+            ])
+        }
+        let metadataJSON = String(decoding: try JSONEncoder().encode(metadata), as: UTF8.self)
+        let query: PostgresQuery = """
+            SELECT version, inserted, first_position, last_position FROM es_append(\(stream), \(kind), \(value),
+                \(recorded), \(events.map(\.id)), \(events.map(\.type)),
+                \(events.map { Int32(clamping: $0.schemaVersion) }), \(events.map { ByteBuffer(bytes: $0.data) }),
+                \(events.map { $0.occurredAt.map(Microseconds.of) ?? recorded }), \(metadataJSON)::JSONB)
+            """
+        var outcome: (version: Int64?, inserted: Int64, first: Int64, last: Int64)?
+        do {
+            let rows = try await connection.query(query, logger: logger)
+            for try await row in rows.decode((Int64?, Int64, Int64, Int64).self) { outcome = row }
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.partialConflictState {
+            throw try await Self.conflict(events, stream: stream, on: connection, logger: logger)
+        }
+        guard let outcome else { throw AviaryError(.internal, "event store append: es_append returned no row") }
+        guard expectedVersion.isSatisfied(by: outcome.version) else {
+            if let replay = try await Self.replay(
+                events, stream: stream, expected: expectedVersion, on: connection, logger: logger)
+            {
+                return replay
+            }
+            throw WrongExpectedVersion(stream: stream, expected: expectedVersion, actual: outcome.version)
+        }
+        guard outcome.inserted == Int64(events.count) else {
+            if let replay = try await Self.replay(
+                events, stream: stream, expected: expectedVersion, on: connection, logger: logger)
+            {
+                return replay
+            }
+            throw try await Self.conflict(events, stream: stream, on: connection, logger: logger)
+        }
+        return AppendResult(
+            stream: stream, streamVersion: (outcome.version ?? 0) + Int64(events.count), firstPosition: outcome.first,
+            lastPosition: outcome.last, isReplay: false)
+    }
+
+    static func expectation(_ expected: ExpectedVersion) -> (String, Int64) {
+        switch expected {
+        case .any: ("any", 0)
+        case .noStream: ("none", 0)
+        case .streamExists: ("exists", 0)
+        case .exact(let version): ("exact", version)
+        }
+    }
+
     @discardableResult
     public func append(
         _ events: [NewEvent], to stream: String, expectedVersion: ExpectedVersion
@@ -204,8 +325,15 @@ public final class PostgresEventStore: EventStore {
         try EventStoreChecks.events(events)
         let recordedAt = self.now()
         let logger = self.logger
-        return try await self.store.withTransaction("event store append") { connection in
-            try await Self.append(
+        guard !events.isEmpty, events.count <= Self.rowsPerStatement else {
+            return try await self.store.withTransaction("event store append") { connection in
+                try await Self.append(
+                    events, to: stream, expectedVersion: expectedVersion, recordedAt: recordedAt, on: connection,
+                    logger: logger)
+            }
+        }
+        return try await self.store.withConnection { connection in
+            try await Self.appendStatement(
                 events, to: stream, expectedVersion: expectedVersion, recordedAt: recordedAt, on: connection,
                 logger: logger)
         }
@@ -302,13 +430,7 @@ public final class PostgresEventStore: EventStore {
     ) async throws -> (version: Int64?, count: Int, first: Int64, last: Int64) {
         var bindings = PostgresBindings(capacity: 4 + events.count * 10)
         bindings.append(stream)
-        let (kind, value): (String, Int64) =
-            switch expectedVersion {
-            case .any: ("any", 0)
-            case .noStream: ("none", 0)
-            case .streamExists: ("exists", 0)
-            case .exact(let version): ("exact", version)
-            }
+        let (kind, value) = Self.expectation(expectedVersion)
         bindings.append(kind)
         bindings.append(value)
         bindings.append(recorded)
