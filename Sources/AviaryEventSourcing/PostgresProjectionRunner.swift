@@ -125,7 +125,7 @@ public struct PostgresProjectionContext: Sendable {
 /// PostgresEventStore.addMigrations(to: &migrations)
 /// PostgresProjections.addMigrations(to: &migrations)
 /// // with the store running:
-/// let runner = PostgresProjectionRunner(OrderHistory(), events: PostgresEventStore(store: store))
+/// let runner = try PostgresProjectionRunner(OrderHistory(), events: PostgresEventStore(store: store))
 /// try await runner.catchUp()
 /// ```
 public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
@@ -149,16 +149,18 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
     ///   - options: batch size, lock expiry, polling (as ``ProjectionRunner``'s).
     ///   - owner: this runner's name in the rebuild lock (host, process id and a random suffix by default).
     ///   - now: wall-clock time for lock expiry (tests pass a manual clock's `now`).
-    /// - Precondition: the projection's name and tables are valid names (letters, digits and
-    ///   single underscores, starting with a letter).
+    /// - Throws: ``ProjectionError`` (`invalidName`) for a projection or table name that is not
+    ///   letters, digits and single underscores, starting with a letter.
     public init(
         _ projection: P, events: PostgresEventStore,
         options: ProjectionRunnerOptions = .init(batchSize: 2000), owner: String? = nil,
         logger: Logger = Logger(label: "aviary.eventsourcing"), now: @escaping @Sendable () -> Date = { Date() }
-    ) {
-        for name in [projection.name] + projection.tables {
-            precondition(
-                ProjectionTables.isValidName(name), "projection \(projection.name): \"\(name)\" is not a valid name")
+    ) throws {
+        for name in [projection.name] + projection.tables where !ProjectionTables.isValidName(name) {
+            throw ProjectionError(
+                .invalidName,
+                "projection \(projection.name): \"\(name)\" is not a valid name (letters, digits and single "
+                    + "underscores, starting with a letter)")
         }
         precondition(options.batchSize > 0, "batchSize must be positive")
         self.projection = projection

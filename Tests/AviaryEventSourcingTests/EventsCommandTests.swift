@@ -71,7 +71,7 @@ struct EventsCommandTests {
                 to: "order-17", expectedVersion: .noStream)
             try await events.append(
                 [try NewEvent(type: "user.created", json: ["name": "ada"])], to: "user-1", expectedVersion: .noStream)
-            let runner = PostgresProjectionRunner(
+            let runner = try PostgresProjectionRunner(
                 PostgresProjectionTests.Recorder(failOn: Locked([])), events: events, logger: quietLogger)
             try await runner.catchUp()
 

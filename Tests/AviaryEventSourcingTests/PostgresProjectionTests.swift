@@ -167,7 +167,7 @@ struct PostgresProjectionTests {
                     }
                     var recorder = Recorder(failOn: failOn, failBeforeWriting: current.failBeforeWriting)
                     recorder.batched = batched
-                    let runner = PostgresProjectionRunner(
+                    let runner = try PostgresProjectionRunner(
                         recorder, events: events, options: .init(batchSize: batchSize), logger: quietLogger)
                     let checkpoint = try await runner.status().first?.checkpoint ?? 0
                     let pending = try await events.readAll(after: checkpoint, limit: 100_000)
@@ -195,7 +195,7 @@ struct PostgresProjectionTests {
         let total = appended
         try await Self.withStore(url: url) { store in
             let events = PostgresEventStore(store: store)
-            let runner = PostgresProjectionRunner(
+            let runner = try PostgresProjectionRunner(
                 Recorder(failOn: failOn), events: events, options: .init(batchSize: batchSize), logger: quietLogger)
             try await runner.catchUp()
             let all = try await Self.positions(events)
@@ -211,8 +211,8 @@ struct PostgresProjectionTests {
             let events = PostgresEventStore(store: store)
             try await Self.append(200, to: events)
             let failOn = Locked<Set<Int64>>([])
-            let runners = (0..<3).map { index in
-                PostgresProjectionRunner(
+            let runners = try (0..<3).map { index in
+                try PostgresProjectionRunner(
                     Recorder(failOn: failOn, batched: index % 2 == 0), events: events, options: .init(batchSize: 7),
                     logger: quietLogger)
             }
@@ -232,7 +232,7 @@ struct PostgresProjectionTests {
             let events = PostgresEventStore(store: store)
             try await Self.append(30, to: events)
             let failOn = Locked<Set<Int64>>([])
-            let v1 = PostgresProjectionRunner(
+            let v1 = try PostgresProjectionRunner(
                 Recorder(failOn: failOn), events: events, owner: "v1", logger: quietLogger)
             try await v1.catchUp()
             let all = try await Self.positions(events)
@@ -241,7 +241,7 @@ struct PostgresProjectionTests {
             var projection = Recorder(failOn: failOn, batched: true)
             projection.version = 2
             failOn.withLock { $0 = [all[17]] }
-            let v2 = PostgresProjectionRunner(
+            let v2 = try PostgresProjectionRunner(
                 projection, events: events, options: .init(batchSize: 4), owner: "v2", logger: quietLogger)
             let failure = await #expect(throws: ProjectionError.self) { try await v2.catchUp() }
             #expect(failure?.kind == .handlerFailed && failure?.position == all[17])
@@ -290,7 +290,7 @@ struct PostgresProjectionTests {
             var crashing = Recorder(failOn: failOn)
             crashing.version = 2
             failOn.withLock { $0 = [all[9]] }
-            let first = PostgresProjectionRunner(
+            let first = try PostgresProjectionRunner(
                 crashing, events: events, options: .init(batchSize: 3, lockTTL: .seconds(30)), owner: "first",
                 logger: quietLogger, now: clock.function)
             await #expect(throws: ProjectionError.self) { try await first.catchUp() }  // "crashed" holding the lock
@@ -298,7 +298,7 @@ struct PostgresProjectionTests {
 
             var healthy = Recorder(failOn: failOn)
             healthy.version = 2
-            let second = PostgresProjectionRunner(
+            let second = try PostgresProjectionRunner(
                 healthy, events: events, options: .init(lockTTL: .seconds(30)), owner: "second", logger: quietLogger,
                 now: clock.function)
             let locked = await #expect(throws: ProjectionError.self) { try await second.catchUp() }
@@ -323,7 +323,7 @@ struct PostgresProjectionTests {
         try await Self.withStore { store in
             let events = PostgresEventStore(store: store)
             try await Self.append(12, to: events)
-            let runner = PostgresProjectionRunner(
+            let runner = try PostgresProjectionRunner(
                 Recorder(failOn: Locked([])), events: events, logger: quietLogger)
             try await runner.catchUp()
             try await store.withConnection { connection in
@@ -375,5 +375,23 @@ struct PostgresProjectionTests {
             #expect(try await events.streamVersion("order-1") == 1)
             #expect(try await store.withConnection { try await Outbox.pendingCount(in: $0) } == 1)
         }
+    }
+
+    @Test("bad projection names are refused")
+    func badNames() throws {
+        struct Bad: PostgresProjection {
+            let name = "order history"
+            let version = 1
+            let tables = ["ok"]
+            func setUp(_ context: PostgresProjectionContext) async throws {}
+            func apply(_ event: RecordedEvent, _ context: PostgresProjectionContext) async throws {}
+        }
+        // Nothing connects until the store runs: the name is checked first.
+        let store = try PostgresStore(url: StoreURL(parsing: "postgres://nobody@127.0.0.1:1/none"))
+        let error = #expect(throws: ProjectionError.self) {
+            try PostgresProjectionRunner(Bad(), events: PostgresEventStore(store: store))
+        }
+        #expect(error?.kind == .invalidName)
+        #expect(error?.message.contains("\"order history\" is not a valid name") == true)
     }
 }

@@ -255,7 +255,7 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
         }
         rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
         let head = try await events.headPosition()
-        let runner = PostgresProjectionRunner(PostgresCounter(), events: events, logger: quiet)
+        let runner = try PostgresProjectionRunner(PostgresCounter(), events: events, logger: quiet)
         let catchUp = try await rate(Int(head)) { try await runner.catchUp() }
         rows.append(Row(name: "projection catch-up", raw: nil, store: catchUp, unit: "events/s"))
         return rows
