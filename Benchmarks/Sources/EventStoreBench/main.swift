@@ -147,11 +147,19 @@ func sqliteRows(directory: String) async throws -> [Row] {
                         sql:
                             "SELECT stream, version, id, event_id, type, schema_version, data, occurred_at, recorded_at FROM raw WHERE stream = 'batch100-0' OR id <= 1000 ORDER BY id LIMIT 1000"
                     ))
+                // Every column decoded, as the event store decodes every column of its rows.
                 while let row = try cursor.next() {
                     let stream: String = row[0]
+                    let version: Int64 = row[1]
                     let id: UUID = row[3]
+                    let type: String = row[4]
+                    let schemaVersion: Int = row[5]
                     let bytes: Data = row[6]
-                    decoded += stream.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0)
+                    let occurred: Int64 = row[7]
+                    let recorded: Int64 = row[8]
+                    decoded +=
+                        stream.utf8.count + type.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0)
+                        + Int(version + occurred + recorded) % 2 + schemaVersion
                 }
                 return decoded
             }
