@@ -21,6 +21,7 @@ import Synchronization
 /// A projection applies a whole batch at once (``apply(_:_:)-([RecordedEvent],_)``), which on
 /// PostgreSQL is where the speed is: one statement for many events instead of a round trip per
 /// event. The default applies them one by one with ``apply(_:_:)-(RecordedEvent,_)``.
+/// Implement at least one of the two (each default calls the other).
 ///
 /// ```swift
 /// struct OrderHistory: PostgresProjection {
