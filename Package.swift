@@ -105,6 +105,8 @@ let package = Package(
                 "AviaryStorage",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -399,9 +401,12 @@ let package = Package(
             dependencies: [
                 "AviaryEventSourcing",
                 "AviaryCore",
+                "AviaryMessaging",
                 "AviaryStorage",
+                "AviaryTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings

@@ -8,7 +8,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     dependencies: [
         .package(name: "aviary", path: ".."),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-service-context.git", from: "1.5.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
@@ -79,6 +78,19 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             path: "Sources/SagaBench",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // scripts/bench-eventstore.sh: the SQLite and PostgreSQL event stores next to raw inserts.
+        .executableTarget(
+            name: "EventStoreBench",
+            dependencies: [
+                .product(name: "AviaryEventSourcing", package: "aviary"),
+                .product(name: "AviaryStorage", package: "aviary"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            path: "Sources/EventStoreBench",
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(

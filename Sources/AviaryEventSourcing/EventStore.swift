@@ -463,7 +463,7 @@ enum EventStoreChecks {
                 )
             }
         }
-        if Set(events.map(\.id)).count != events.count {
+        if events.count > 1, Set(events.map(\.id)).count != events.count {
             throw AviaryError(.invalidArgument, "an append carries the same event id twice")
         }
     }

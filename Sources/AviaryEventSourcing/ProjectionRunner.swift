@@ -42,33 +42,11 @@ public import Logging
 /// try await runner.run()                   // keep following until the task is cancelled
 /// ```
 public final class ProjectionRunner<P: Projection>: Sendable {
-    /// How a runner works.
-    public struct Options: Sendable {
-        /// Events per transaction.
-        public var batchSize: Int
-        /// How long a rebuild lock lasts without renewal (each batch renews it).
-        public var lockTTL: Duration
-        /// How long ``ProjectionRunner/run(clock:)`` waits when caught up, or after a failure.
-        public var pollInterval: Duration
-
-        /// Creates options.
-        public init(batchSize: Int = 500, lockTTL: Duration = .seconds(60), pollInterval: Duration = .milliseconds(200))
-        {
-            self.batchSize = batchSize
-            self.lockTTL = lockTTL
-            self.pollInterval = pollInterval
-        }
-    }
+    /// How a runner works (shared with ``PostgresProjectionRunner``).
+    public typealias Options = ProjectionRunnerOptions
 
     /// What one ``catchUp()`` did.
-    public struct Report: Sendable, Hashable {
-        /// Events applied (to the live generation, and to a rebuilt one).
-        public var applied: Int
-        /// The live generation afterwards.
-        public var generation: Int64
-        /// Whether a rebuilt generation went live.
-        public var switched: Bool
-    }
+    public typealias Report = ProjectionRunnerReport
 
     /// The projection.
     public let projection: P
@@ -472,6 +450,37 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         try db.execute(
             sql: "DELETE FROM es_projections WHERE name = ? AND generation = ?", arguments: [name, generation])
     }
+}
+
+/// How a projection runner works (``ProjectionRunner/Options``, ``PostgresProjectionRunner``).
+///
+/// ```swift
+/// let options = ProjectionRunnerOptions(batchSize: 2000, pollInterval: .milliseconds(100))
+/// ```
+public struct ProjectionRunnerOptions: Sendable {
+    /// Events per transaction.
+    public var batchSize: Int
+    /// How long a rebuild lock lasts without renewal (each batch renews it).
+    public var lockTTL: Duration
+    /// How long `run(clock:)` waits when caught up, or after a failure.
+    public var pollInterval: Duration
+
+    /// Creates options.
+    public init(batchSize: Int = 500, lockTTL: Duration = .seconds(60), pollInterval: Duration = .milliseconds(200)) {
+        self.batchSize = batchSize
+        self.lockTTL = lockTTL
+        self.pollInterval = pollInterval
+    }
+}
+
+/// What one catch-up of a projection runner did.
+public struct ProjectionRunnerReport: Sendable, Hashable {
+    /// Events applied (to the live generation, and to a rebuilt one).
+    public var applied: Int
+    /// The live generation afterwards.
+    public var generation: Int64
+    /// Whether a rebuilt generation went live.
+    public var switched: Bool
 }
 
 /// A projection generation as ``Projections/status(in:headPosition:)`` reports it.

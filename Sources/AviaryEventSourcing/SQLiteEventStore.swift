@@ -22,16 +22,8 @@ public import GRDB
 /// every append; whoever adds stream deletion or truncation must keep the newest row or switch
 /// to it.)
 ///
-/// - Note: for the PostgreSQL backend (next session): a `bigserial`/sequence is **not** enough.
-///   Sequence values are taken at insert time but become visible at commit time, so transaction A
-///   may take position 11, transaction B position 12, B commits first, and a projection that read
-///   12 and stored checkpoint 12 never sees 11. The backend must either serialise position
-///   assignment (e.g. `pg_advisory_xact_lock` or a one-row counter updated in the append
-///   transaction, so positions are taken in commit order: simple, caps appends at one
-///   transaction at a time), or record `pg_current_xact_id()` with each event and let `readAll`
-///   return only events of transactions older than `pg_snapshot_xmin(pg_current_snapshot())`
-///   (concurrent appends, readers wait for in-flight ones). Rolled back appends leave gaps in
-///   either case; the contract allows gaps and forbids only late fills.
+/// ``PostgresEventStore`` explains why PostgreSQL needs more than a sequence for the same
+/// guarantee, and what it does instead.
 ///
 /// ## Speed
 /// An append is one `IMMEDIATE` transaction: one indexed `max()` lookup for the version check,

@@ -10,6 +10,7 @@ import AviaryCore
 import AviaryEventSourcing
 import AviaryStorage
 import Foundation
+import Logging
 
 enum EventsCommand {
     static let usage = """
@@ -30,8 +31,9 @@ enum EventsCommand {
           rebuild PROJECTION       ask the projection's runners to rebuild it side by side
                                    (the service rebuilds it and switches when caught up)
 
-          --store URL              sqlite:///path.db or sqlite://relative.db (env AVIARY_EVENT_STORE);
-                                   for projections: the read model's database
+          --store URL              sqlite:///path.db, sqlite://relative.db or postgres://user:pw@host/db
+                                   (env AVIARY_EVENT_STORE); for projections: the read model's
+                                   database (on PostgreSQL, the event store's database)
         """
 
     static func run(_ arguments: [String]) async -> Never {
@@ -126,7 +128,7 @@ enum EventsCommand {
         }
     }
 
-    /// Opens an existing store; never creates one (a mistyped path is an error, not a new file).
+    /// Opens an existing SQLite store; never creates one (a mistyped path is an error, not a new file).
     static func open(_ url: StoreURL) throws -> SQLiteStore {
         switch url.kind {
         case .sqlite(let path):
@@ -137,19 +139,43 @@ enum EventsCommand {
         case .sqliteInMemory:
             throw AviaryError(.invalidArgument, "an in-memory store has nothing to inspect; give a file")
         case .postgres:
-            throw AviaryError(.unavailable, "the PostgreSQL event store is not available yet; use a sqlite:// store")
+            throw AviaryError(.internal, "a PostgreSQL URL reached the SQLite path")
         }
     }
 
-    static func eventStore(_ options: Options, url: String? = nil) throws -> SQLiteEventStore {
+    static let quiet = Logger(label: "aviary.events", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// Runs `body` with the PostgreSQL database at `url` (no migrations: the tool creates no event
+    /// tables; a database without them is an error).
+    static func withPostgres<T: Sendable>(
+        _ url: StoreURL, _ body: @escaping @Sendable (PostgresStore) async throws -> T
+    ) async throws -> T {
+        let options = PostgresStore.Options(maximumConnections: 2, applicationName: "aviary-events-cli")
+        return try await PostgresStore.withStore(url: url, options: options, logger: Self.quiet) { store in
+            let present = try await PostgresEventStore(store: store).tablesExist()
+            guard present else {
+                throw AviaryError(.notFound, "\(store.address) has no event store (no es_events table)")
+            }
+            return try await body(store)
+        }
+    }
+
+    /// Runs `body` with the event store at `url` (or --store).
+    static func withEvents<T: Sendable>(
+        _ options: Options, url: String? = nil, _ body: @escaping @Sendable (any EventStore) async throws -> T
+    ) async throws -> T {
         let storeURL: StoreURL
         if let url { storeURL = try StoreURL(parsing: url) } else { storeURL = try options.storeURL() }
-        return try SQLiteEventStore(store: Self.open(storeURL))
+        if case .postgres = storeURL.kind {
+            return try await Self.withPostgres(storeURL) { store in try await body(PostgresEventStore(store: store)) }
+        }
+        return try await body(SQLiteEventStore(store: Self.open(storeURL)))
     }
 
     static func streams(_ options: Options) async throws {
-        let store = try Self.eventStore(options)
-        let streams = try await store.streams(after: options.after, limit: options.limit)
+        let streams = try await Self.withEvents(options) { store in
+            try await store.streams(after: options.after, limit: options.limit)
+        }
         let width = max(6, streams.map(\.stream.count).max() ?? 0)
         print("STREAM".padding(toLength: width, withPad: " ", startingAt: 0) + "  VERSION  LAST POSITION")
         for info in streams {
@@ -161,41 +187,55 @@ enum EventsCommand {
 
     static func show(_ options: Options) async throws {
         let stream = try options.single("STREAM")
-        let store = try Self.eventStore(options)
         let from = options.from ?? (options.backwards ? StreamVersion.end : 1)
-        let events = try await store.readStream(
-            stream, from: from, direction: options.backwards ? .backwards : .forwards, limit: options.limit)
-        guard !events.isEmpty else {
-            if try await store.streamVersion(stream) == nil {
+        let events = try await Self.withEvents(options) { store in
+            let events = try await store.readStream(
+                stream, from: from, direction: options.backwards ? .backwards : .forwards, limit: options.limit)
+            if events.isEmpty, try await store.streamVersion(stream) == nil {
                 throw AviaryError(.notFound, "no stream \(stream)")
             }
-            return
+            return events
         }
         for event in events { print(Self.line(event, showStream: false)) }
     }
 
     static func follow(_ options: Options) async throws {
-        let store = try Self.eventStore(options)
-        var position = options.from ?? 0
-        while true {
-            let page = try await store.readAll(after: position, limit: 1000)
-            for event in page { print(Self.line(event, showStream: true)) }
-            if let last = page.last { position = last.position }
-            if page.count == 1000 { continue }
-            if options.once { return }
-            fflush(nil)  // all output streams: lines reach a pipe as they are printed
-            // Polling the file: other processes append to it and SQLite has no change feed.
-            try await Task.sleep(for: .milliseconds(200))
+        try await Self.withEvents(options) { store in
+            var position = options.from ?? 0
+            while true {
+                let page = try await store.readAll(after: position, limit: 1000)
+                for event in page { print(Self.line(event, showStream: true)) }
+                if let last = page.last { position = last.position }
+                if page.count == 1000 { continue }
+                if options.once { return }
+                fflush(nil)  // all output streams: lines reach a pipe as they are printed
+                // Polling: other processes append, and neither backend's reads wait for new events.
+                try await Task.sleep(for: .milliseconds(200))
+            }
         }
     }
 
     static func projections(_ options: Options) async throws {
-        let readModel = try Self.open(options.storeURL())
-        let events =
-            options.events == nil
-            ? try SQLiteEventStore(store: readModel) : try Self.eventStore(options, url: options.events)
-        let head = try await events.headPosition()
-        let statuses = try await Projections.status(in: readModel, headPosition: head)
+        let url = try options.storeURL()
+        let head: Int64
+        let statuses: [ProjectionStatus]
+        if case .postgres = url.kind {
+            guard options.events == nil else {
+                throw AviaryError(
+                    .invalidArgument, "--events: on PostgreSQL the read models live in the event store's database")
+            }
+            (head, statuses) = try await Self.withPostgres(url) { store in
+                let statuses = try await PostgresProjections.status(in: store)
+                return (try await PostgresEventStore(store: store).headPosition(), statuses)
+            }
+        } else {
+            let readModel = try Self.open(url)
+            head =
+                options.events == nil
+                ? try await SQLiteEventStore(store: readModel).headPosition()
+                : try await Self.withEvents(options, url: options.events) { try await $0.headPosition() }
+            statuses = try await Projections.status(in: readModel, headPosition: head)
+        }
         print("head position \(head)")
         for status in statuses {
             var line =
@@ -212,8 +252,12 @@ enum EventsCommand {
 
     static func rebuild(_ options: Options) async throws {
         let name = try options.single("PROJECTION")
-        let readModel = try Self.open(options.storeURL())
-        try await Projections.requestRebuild(name, in: readModel)
+        let url = try options.storeURL()
+        if case .postgres = url.kind {
+            try await Self.withPostgres(url) { store in try await PostgresProjections.requestRebuild(name, in: store) }
+        } else {
+            try await Projections.requestRebuild(name, in: Self.open(url))
+        }
         print("rebuild of \(name) requested; its runner rebuilds it side by side and switches when caught up")
     }
 

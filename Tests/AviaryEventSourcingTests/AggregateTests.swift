@@ -147,17 +147,27 @@ struct RacingEventStore: EventStore {
     func latestSnapshot(of stream: String) async throws -> Snapshot? { try await self.base.latestSnapshot(of: stream) }
 }
 
-@Suite("Aggregates, snapshots and upcasting", .timeLimit(.minutes(2)))
+@Suite("Aggregates, snapshots and upcasting", .timeLimit(.minutes(3)))
 struct AggregateTests {
-    static func with(_ body: (SQLiteEventStore) async throws -> Void) async throws {
+    /// Runs `body` with a fresh store of `backend` (the repository works on any ``EventStore``).
+    static func with(_ backend: EventStoreBackend, _ body: (any EventStore) async throws -> Void) async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        try await body(try SQLiteEventStore(url: StoreURL(.sqlite(path: directory.path("orders.db")))))
+        let store = try await backend.make(directory, { Date() })
+        do {
+            try await body(store)
+        } catch {
+            await close(store)
+            throw error
+        }
+        await close(store)
     }
 
-    @Test("commands decide events that are appended and evolve the state; metadata travels with them")
-    func executeAndLoad() async throws {
-        try await Self.with { store in
+    @Test(
+        "commands decide events that are appended and evolve the state; metadata travels with them",
+        arguments: EventStoreBackend.all)
+    func executeAndLoad(backend: EventStoreBackend) async throws {
+        try await Self.with(backend) { store in
             let orders = AggregateRepository<Order>(events: store, snapshotEvery: nil)
             let placed = try await orders.execute(
                 .place(total: 40), on: "17", metadata: EventMetadata(causationID: "cmd-1", correlationID: "req-1"))
@@ -188,9 +198,11 @@ struct AggregateTests {
         }
     }
 
-    @Test("a conflicting append is decided again on the reloaded state, a bounded number of times")
-    func conflictRetries() async throws {
-        try await Self.with { store in
+    @Test(
+        "a conflicting append is decided again on the reloaded state, a bounded number of times",
+        arguments: EventStoreBackend.all)
+    func conflictRetries(backend: EventStoreBackend) async throws {
+        try await Self.with(backend) { store in
             try await AggregateRepository<Order>(events: store).execute(.place(total: 10), on: "1")
             // Two competing appends, three retries allowed: the third attempt wins and sees both.
             let racing = AggregateRepository<Order>(
@@ -213,9 +225,11 @@ struct AggregateTests {
         }
     }
 
-    @Test("snapshots every N events; loading starts from the latest; a new state schema ignores old snapshots")
-    func snapshots() async throws {
-        try await Self.with { store in
+    @Test(
+        "snapshots every N events; loading starts from the latest; a new state schema ignores old snapshots",
+        arguments: EventStoreBackend.all)
+    func snapshots(backend: EventStoreBackend) async throws {
+        try await Self.with(backend) { store in
             let orders = AggregateRepository<Order>(events: store, snapshotEvery: 3)
             try await orders.execute(.place(total: 0), on: "9")
             for _ in 1...6 { try await orders.execute(.add(amount: 1), on: "9") }  // version 7
@@ -243,9 +257,11 @@ struct AggregateTests {
         }
     }
 
-    @Test("old schema versions are upcast to the current type; unknown or newer versions fail clearly")
-    func upcasting() async throws {
-        try await Self.with { store in
+    @Test(
+        "old schema versions are upcast to the current type; unknown or newer versions fail clearly",
+        arguments: EventStoreBackend.all)
+    func upcasting(backend: EventStoreBackend) async throws {
+        try await Self.with(backend) { store in
             let old = try NewEvent(type: "order.placed", schemaVersion: 1, json: OrderPlacedV1(total: 70))
             try await store.append([old], to: "order-5", expectedVersion: .noStream)
             let orders = AggregateRepository<Order>(events: store)

@@ -6,7 +6,9 @@
 import AviaryCore
 import AviaryEventSourcing
 import AviaryStorage
+import AviaryTestSupport
 import Foundation
+import Logging
 import Synchronization
 import Testing
 
@@ -59,9 +61,38 @@ struct EventStoreBackend: Sendable, CustomTestStringConvertible {
         try SQLiteEventStore(url: StoreURL(.sqlite(path: directory.path("events.db"))), now: now)
     }
 
-    /// Every backend the conformance suite runs on. The PostgreSQL backend joins here: a factory
-    /// that creates (or reuses) a database for the directory on a server the test started.
-    static let all: [EventStoreBackend] = [.sqlite]
+    /// A database on the test process's PostgreSQL server (`PostgresTestServer`, started once;
+    /// `AVIARY_TEST_POSTGRES_URL` names another), one per directory: the first `make` for a
+    /// directory creates it, later ones open it again (another pool: another "process").
+    static let postgres = EventStoreBackend(name: "postgres") { directory, now in
+        let url = try await PostgresDatabases.url(for: directory)
+        return try await PostgresEventStore(url: url, logger: quietLogger, now: now)
+    }
+
+    /// Every backend the conformance suite runs on.
+    static let all: [EventStoreBackend] = [.sqlite, .postgres]
+}
+
+/// Closes what a backend opened (a PostgreSQL store's pool); nothing for SQLite.
+func close(_ store: any EventStore) async {
+    await (store as? PostgresEventStore)?.close()
+}
+
+let quietLogger = Logger(label: "aviary-events-tests", factory: { _ in SwiftLogNoOpLogHandler() })
+
+/// The PostgreSQL database of each test directory.
+enum PostgresDatabases {
+    private static let urls = Mutex<[String: Task<StoreURL, any Error>]>([:])
+
+    static func url(for directory: TemporaryDirectory) async throws -> StoreURL {
+        let task = Self.urls.withLock { urls in
+            if let task = urls[directory.url.path] { return task }
+            let task = Task { try await PostgresTestServer.shared().makeDatabase() }
+            urls[directory.url.path] = task
+            return task
+        }
+        return try await task.value
+    }
 }
 
 /// A value shared by tasks.

@@ -1,0 +1,302 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+// scripts/bench-eventstore.sh: the event stores next to the raw floor of the same engine, in the
+// same run, on the same database: plain inserts of rows of the same size (stream, version, id,
+// type, schema version, 57-byte JSON data, two timestamps) through the same store and the same
+// transaction call, and a plain select of 1,000 such rows.
+//   EventStoreBench SQLITE_DIRECTORY [POSTGRES_URL]
+
+import AviaryEventSourcing
+import AviaryStorage
+import Foundation
+import GRDB
+import Logging
+import PostgresNIO
+
+let data = Data(#"{"orderID":"order-000017","total":4200,"currency":"EUR"}"#.utf8)
+let quiet = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
+let scale = Double(ProcessInfo.processInfo.environment["AVIARY_BENCH_SCALE"] ?? "1") ?? 1
+
+func count(_ base: Int) -> Int { max(1, Int(Double(base) * scale)) }
+
+/// Operations per second of `body`, which does `operations` operations.
+func rate(_ operations: Int, _ body: () async throws -> Void) async rethrows -> Double {
+    let clock = ContinuousClock()
+    let start = clock.now
+    try await body()
+    let elapsed = clock.now - start
+    return Double(operations) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+}
+
+struct Row: Sendable {
+    var name: String
+    var raw: Double?
+    var store: Double
+    var unit: String
+}
+
+/// Counts events per type: one upsert per event, as a small read model does.
+struct Counter: Projection {
+    let name = "counter"
+    let version = 1
+    let tables = ["counted"]
+    func setUp(_ context: ProjectionContext) throws {
+        try context.db.execute(sql: "CREATE TABLE \(context.table("counted")) (type TEXT PRIMARY KEY, n INTEGER)")
+    }
+    func apply(_ event: RecordedEvent, _ context: ProjectionContext) throws {
+        try context.db.cachedStatement(
+            sql: "INSERT INTO \(context.table("counted")) VALUES (?, 1) ON CONFLICT (type) DO UPDATE SET n = n + 1"
+        ).execute(arguments: [event.type])
+    }
+}
+
+struct PostgresCounter: PostgresProjection {
+    let name = "counter"
+    let version = 1
+    let tables = ["counted"]
+    func setUp(_ context: PostgresProjectionContext) async throws {
+        try await context.connection.query(
+            PostgresQuery(unsafeSQL: "CREATE TABLE \(context.table("counted")) (type TEXT PRIMARY KEY, n BIGINT)"),
+            logger: context.logger)
+    }
+    func apply(_ events: [RecordedEvent], _ context: PostgresProjectionContext) async throws {
+        // Batched: one statement per batch, counts summed in Swift first.
+        var counts: [String: Int64] = [:]
+        for event in events { counts[event.type, default: 0] += 1 }
+        try await context.connection.query(
+            """
+            INSERT INTO \(unescaped: context.table("counted")) SELECT * FROM unnest(\(Array(counts.keys)), \(Array(counts.values)))
+            ON CONFLICT (type) DO UPDATE SET n = \(unescaped: context.table("counted")).n + excluded.n
+            """, logger: context.logger)
+    }
+}
+
+func sqliteRows(directory: String) async throws -> [Row] {
+    var migrations = Migrations()
+    migrations.addEventStore()
+    migrations.add("raw") { db in
+        try db.execute(
+            sql: """
+                CREATE TABLE raw (id INTEGER PRIMARY KEY, stream TEXT, version INTEGER, event_id BLOB, type TEXT,
+                    schema_version INTEGER, data BLOB, occurred_at INTEGER, recorded_at INTEGER)
+                """)
+    }
+    let store = try SQLiteStore(url: StoreURL(.sqlite(path: directory + "/bench.db")), migrations: migrations)
+    let events = try SQLiteEventStore(store: store)
+    let insertSQL = """
+        INSERT INTO raw (stream, version, event_id, type, schema_version, data, occurred_at, recorded_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        """
+    var rows: [Row] = []
+    let singles = count(20_000)
+    let rawSingle = try await rate(singles) {
+        for index in 0..<singles {
+            try await store.write { db in
+                try db.cachedStatement(sql: insertSQL).execute(arguments: [
+                    "order-\(index % 100)", index, UUID(), "order.placed", 1, data, index, index,
+                ])
+            }
+        }
+    }
+    var versions = [Int64](repeating: 0, count: 100)
+    let esSingle = try await rate(singles) {
+        for index in 0..<singles {
+            let stream = index % 100
+            try await events.append(
+                [NewEvent(type: "order.placed", data: data)], to: "order-\(stream)",
+                expectedVersion: versions[stream] == 0 ? .noStream : .exact(versions[stream]))
+            versions[stream] += 1
+        }
+    }
+    rows.append(Row(name: "append, 1 event", raw: rawSingle, store: esSingle, unit: "events/s"))
+    for batch in [10, 100] {
+        let rounds = count(200_000) / batch
+        let raw = try await rate(rounds * batch) {
+            for round in 0..<rounds {
+                try await store.write { db in
+                    let insert = try db.cachedStatement(sql: insertSQL)
+                    for index in 0..<batch {
+                        try insert.execute(arguments: [
+                            "batch-\(round)", index, UUID(), "order.placed", 1, data, index, index,
+                        ])
+                    }
+                }
+            }
+        }
+        let es = try await rate(rounds * batch) {
+            for round in 0..<rounds {
+                try await events.append(
+                    (0..<batch).map { _ in NewEvent(type: "order.placed", data: data) }, to: "batch\(batch)-\(round)",
+                    expectedVersion: .noStream)
+            }
+        }
+        rows.append(Row(name: "append, \(batch) events", raw: raw, store: es, unit: "events/s"))
+    }
+    try await events.append(
+        (0..<1000).map { _ in NewEvent(type: "order.placed", data: data) }, to: "long", expectedVersion: .noStream)
+    let reads = count(2000)
+    let rawRead = try await rate(reads * 1000) {
+        for _ in 0..<reads {
+            _ = try await store.read { db in
+                var decoded = 0
+                let cursor = try GRDB.Row.fetchCursor(
+                    db.cachedStatement(
+                        sql:
+                            "SELECT stream, version, id, event_id, type, schema_version, data, occurred_at, recorded_at FROM raw WHERE stream = 'batch100-0' OR id <= 1000 ORDER BY id LIMIT 1000"
+                    ))
+                // Every column decoded, as the event store decodes every column of its rows.
+                while let row = try cursor.next() {
+                    let stream: String = row[0]
+                    let version: Int64 = row[1]
+                    let id: UUID = row[3]
+                    let type: String = row[4]
+                    let schemaVersion: Int = row[5]
+                    let bytes: Data = row[6]
+                    let occurred: Int64 = row[7]
+                    let recorded: Int64 = row[8]
+                    decoded +=
+                        stream.utf8.count + type.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0)
+                        + Int(version + occurred + recorded) % 2 + schemaVersion
+                }
+                return decoded
+            }
+        }
+    }
+    let esRead = try await rate(reads * 1000) {
+        for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
+    }
+    rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
+    let head = try await events.headPosition()
+    let runner = try ProjectionRunner(Counter(), events: events, store: store)
+    let catchUp = try await rate(Int(head)) { try await runner.catchUp() }
+    rows.append(Row(name: "projection catch-up", raw: nil, store: catchUp, unit: "events/s"))
+    return rows
+}
+
+func postgresRows(url: StoreURL) async throws -> [Row] {
+    var migrations = PostgresMigrations()
+    PostgresEventStore.addMigrations(to: &migrations)
+    PostgresProjections.addMigrations(to: &migrations)
+    migrations.add("raw") { connection, logger in
+        try await connection.query(
+            """
+            CREATE TABLE raw (id BIGSERIAL PRIMARY KEY, stream TEXT, version BIGINT, event_id UUID, type TEXT,
+                schema_version INTEGER, data BYTEA, occurred_at TIMESTAMPTZ, recorded_at TIMESTAMPTZ)
+            """, logger: logger)
+    }
+    return try await PostgresStore.withStore(url: url, migrations: migrations, logger: quiet) { store in
+        let events = PostgresEventStore(store: store)
+        var rows: [Row] = []
+        let singles = count(5000)
+        let now = Date()
+        let rawSingle = try await rate(singles) {
+            for index in 0..<singles {
+                try await store.withTransaction { connection in
+                    try await connection.query(
+                        """
+                        INSERT INTO raw (stream, version, event_id, type, schema_version, data, occurred_at, recorded_at)
+                        VALUES (\("order-\(index % 100)"), \(Int64(index)), \(UUID()), 'order.placed', 1, \(data), \(now), \(now))
+                        """, logger: quiet)
+                }
+            }
+        }
+        var versions = [Int64](repeating: 0, count: 100)
+        let esSingle = try await rate(singles) {
+            for index in 0..<singles {
+                let stream = index % 100
+                try await events.append(
+                    [NewEvent(type: "order.placed", data: data)], to: "order-\(stream)",
+                    expectedVersion: versions[stream] == 0 ? .noStream : .exact(versions[stream]))
+                versions[stream] += 1
+            }
+        }
+        rows.append(Row(name: "append, 1 event", raw: rawSingle, store: esSingle, unit: "events/s"))
+        for batch in [10, 100] {
+            let rounds = count(50_000) / batch
+            let raw = try await rate(rounds * batch) {
+                for round in 0..<rounds {
+                    try await store.withTransaction { connection in
+                        try await connection.query(
+                            """
+                            INSERT INTO raw (stream, version, event_id, type, schema_version, data, occurred_at, recorded_at)
+                            SELECT \("batch-\(round)"), v, gen_random_uuid(), 'order.placed', 1, \(data), \(now), \(now)
+                            FROM generate_series(1, \(Int64(batch))) AS v
+                            """, logger: quiet)
+                    }
+                }
+            }
+            let es = try await rate(rounds * batch) {
+                for round in 0..<rounds {
+                    try await events.append(
+                        (0..<batch).map { _ in NewEvent(type: "order.placed", data: data) },
+                        to: "batch\(batch)-\(round)", expectedVersion: .noStream)
+                }
+            }
+            rows.append(Row(name: "append, \(batch) events", raw: raw, store: es, unit: "events/s"))
+        }
+        try await events.append(
+            (0..<1000).map { _ in NewEvent(type: "order.placed", data: data) }, to: "long", expectedVersion: .noStream)
+        let reads = count(500)
+        let rawRead = try await rate(reads * 1000) {
+            for _ in 0..<reads {
+                _ = try await store.withConnection { connection in
+                    var decoded = 0
+                    let result = try await connection.query(
+                        """
+                        SELECT stream, version, event_id, type, schema_version, data, occurred_at, recorded_at
+                        FROM raw ORDER BY id LIMIT 1000
+                        """, logger: quiet)
+                    for try await (stream, _, id, _, _, bytes, _, _) in result.decode(
+                        (String, Int64, UUID, String, Int, Data, Date, Date).self)
+                    {
+                        decoded += stream.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0)
+                    }
+                    return decoded
+                }
+            }
+        }
+        let esRead = try await rate(reads * 1000) {
+            for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
+        }
+        rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
+        let head = try await events.headPosition()
+        let runner = try PostgresProjectionRunner(PostgresCounter(), events: events, logger: quiet)
+        let catchUp = try await rate(Int(head)) { try await runner.catchUp() }
+        rows.append(Row(name: "projection catch-up", raw: nil, store: catchUp, unit: "events/s"))
+        return rows
+    }
+}
+
+func printTable(_ title: String, _ rows: [Row]) {
+    print("\n\(title)")
+    let header =
+        "  " + "measure".padding(toLength: 28, withPad: " ", startingAt: 0) + "raw floor/s".leftPad(14)
+        + "event store/s".leftPad(16) + "ratio".leftPad(8)
+    print(header)
+    for row in rows {
+        let raw = row.raw.map { String(Int($0)) } ?? "-"
+        let ratio = row.raw.map { String(format: "%.2f", row.store / $0) } ?? "-"
+        print(
+            "  " + row.name.padding(toLength: 28, withPad: " ", startingAt: 0) + raw.leftPad(14)
+                + String(Int(row.store)).leftPad(16) + ratio.leftPad(8))
+    }
+}
+
+extension String {
+    func leftPad(_ width: Int) -> String { String(repeating: " ", count: max(0, width - self.count)) + self }
+}
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 2 else {
+    FileHandle.standardError.write(Data("usage: EventStoreBench SQLITE_DIRECTORY [POSTGRES_URL]\n".utf8))
+    exit(64)
+}
+printTable("SQLite (WAL, one file)", try await sqliteRows(directory: arguments[1]))
+if arguments.count >= 3 {
+    printTable(
+        "PostgreSQL (\(arguments[2].split(separator: "@").last ?? ""))",
+        try await postgresRows(url: StoreURL(parsing: arguments[2])))
+}
