@@ -210,13 +210,12 @@ public final class GatewayServer: Sendable {
                     var encoder = HTTPResponseEncoder.Configuration()
                     encoder.automaticallySetFramingHeaders = false
                     try pipeline.addHandler(HTTPResponseEncoder(configuration: encoder))
-                    var decoderLimits = NIOHTTPDecoderLimitConfiguration()
-                    decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
-                    decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
+                    // The proxy's own request parser (see HTTP1RequestDecoder.swift for why):
+                    // bytes beyond an unfinished head of max_header_bytes are refused (431).
                     try pipeline.addHandler(
                         ByteToMessageHandler(
-                            HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits),
-                            maximumBufferSize: limits.maxHeaderBytes))
+                            HTTP1RequestDecoder(maxHeadBytes: limits.maxHeaderBytes),
+                            maximumBufferSize: limits.maxHeaderBytes + 2))
                     try pipeline.addHandler(ProxyHandler(loop: gatewayLoop.value))
                 }
             }
