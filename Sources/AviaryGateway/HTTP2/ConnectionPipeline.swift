@@ -89,14 +89,13 @@ struct ConnectionPipeline {
         // The proxy sets framing headers itself (it knows HEAD and upstream framing).
         var encoder = HTTPResponseEncoder.Configuration()
         encoder.automaticallySetFramingHeaders = false
-        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
-        decoderLimits.maxHeaderFieldSize = self.limits.maxHeaderBytes
-        decoderLimits.maxHeaderListSize = self.limits.maxHeaderBytes
         let handlers: [any ChannelHandler] = [
             HTTPResponseEncoder(configuration: encoder),
+            // The proxy's own request parser (see HTTP1RequestDecoder.swift for why): bytes
+            // beyond an unfinished head of max_header_bytes are refused (431).
             ByteToMessageHandler(
-                HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: decoderLimits),
-                maximumBufferSize: self.limits.maxHeaderBytes),
+                HTTP1RequestDecoder(maxHeadBytes: self.limits.maxHeaderBytes),
+                maximumBufferSize: self.limits.maxHeaderBytes + 2),
             ProxyHandler(loop: self.loop, secure: self.tls != nil),
         ]
         try channel.pipeline.syncOperations.addHandlers(handlers, position: position)

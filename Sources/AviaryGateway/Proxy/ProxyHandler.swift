@@ -12,7 +12,7 @@ import NIOPosix
 import Synchronization
 
 // Hot path: hand-written NIO for speed. One handler per downstream connection, at the end of
-// `HTTPResponseEncoder` and `ByteToMessageHandler(HTTPRequestDecoder)`. The upstream connection
+// `HTTPResponseEncoder` and `ByteToMessageHandler(HTTP1RequestDecoder)`. The upstream connection
 // it uses lives on the same event loop, so both sides are driven without locks or hops, and
 // bodies stream part by part with back-pressure both ways:
 // - request body: downstream reads are withheld while the upstream channel is not writable (or
@@ -77,10 +77,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.isHead = downstream.method == .HEAD
             self.keepAlive = downstream.isKeepAlive
             let hasKey = downstream.headers.contains(name: "idempotency-key")
-            self.isReplayable = [.GET, .HEAD, .OPTIONS, .TRACE].contains(downstream.method) || hasKey
-            self.mayRetry =
-                route.retry != nil && !hasBody
-                && ([.GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE].contains(downstream.method) || hasKey)
+            // Switches, not array literals: an array per request is an allocation per request.
+            let safe: Bool
+            let idempotent: Bool
+            switch downstream.method {
+            case .GET, .HEAD, .OPTIONS, .TRACE: (safe, idempotent) = (true, true)
+            case .PUT, .DELETE: (safe, idempotent) = (false, true)
+            default: (safe, idempotent) = (false, false)
+            }
+            self.isReplayable = safe || hasKey
+            self.mayRetry = route.retry != nil && !hasBody && (idempotent || hasKey)
         }
     }
 
@@ -315,11 +321,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let status: Int
         let detail: String
         switch error {
-        case is ByteToMessageDecoderError.PayloadTooLargeError, HTTPParserError.headerOverflow:
+        case is ByteToMessageDecoderError.PayloadTooLargeError, HTTP1RequestError.headTooLarge:
             (status, detail) = (
                 431, "the request head is larger than \(self.core.configuration.limits.maxHeaderBytes) bytes"
             )
-        case let error as HTTPParserError:
+        case let error as HTTP1RequestError:
             (status, detail) = (400, "malformed request: \(error)")
         default:
             context.close(promise: nil)
@@ -560,12 +566,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
         var upstreamHead = HTTPRequestHead(version: .http1_1, method: head.method, uri: route.rewrite(uri: head.uri))
         upstreamHead.headers = head.headers
+        // One copy with room for what is added below, rather than a copy and then a regrowth.
+        upstreamHead.headers.reserveCapacity(head.headers.count + 6)
         if inspection.hasHopByHop {
             ProxyHeaders.removeHopByHop(&upstreamHead.headers)
         }
         if inspection.isChunked {
             upstreamHead.headers.add(name: "transfer-encoding", value: "chunked")
-        } else if inspection.contentLength == nil && [.POST, .PUT, .PATCH].contains(head.method) {
+        } else if inspection.contentLength == nil, head.method == .POST || head.method == .PUT || head.method == .PATCH
+        {
             upstreamHead.headers.add(name: "content-length", value: "0")
         }
         self.addForwardedHeaders(&upstreamHead.headers, downstream: head, earlier: inspection.hasForwardedHeaders)
@@ -686,22 +695,19 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         return (ip, ip.utf8.contains(UInt8(ascii: ":")) ? "for=\"[\(ip)]\";" : "for=\(ip);")
     }()
 
+    /// The last `Forwarded` element built and the `Host` it was built for: the requests of a
+    /// kept-alive connection almost always name the same host, so the string is built once.
+    private var lastForwarded: (host: String?, element: String)?
+
     private func addForwardedHeaders(_ headers: inout HTTPHeaders, downstream: HTTPRequestHead, earlier: Bool) {
         let client = self.client
         let host = downstream.headers.first(name: "host")
-        // RFC 7239: one element per proxy, appended to what earlier proxies wrote.
-        var element = client.forwardedFor + "proto=" + self.scheme
-        if let host {
-            if host.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-                var escaped = ""
-                for scalar in host.unicodeScalars {
-                    if scalar == "\\" || scalar == "\"" { escaped.unicodeScalars.append("\\") }
-                    escaped.unicodeScalars.append(scalar)
-                }
-                element += ";host=\"\(escaped)\""
-            } else {
-                element += ";host=\"\(host)\""
-            }
+        let element: String
+        if let last = self.lastForwarded, last.host == host {
+            element = last.element
+        } else {
+            element = Self.forwardedElement(client.forwardedFor, scheme: self.scheme, host: host)
+            self.lastForwarded = (host, element)
         }
         guard earlier else {
             if let ip = client.ip { headers.add(name: "x-forwarded-for", value: ip) }
@@ -722,6 +728,25 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let forwarded = headers["forwarded"]
         headers.replaceOrAdd(
             name: "forwarded", value: forwarded.isEmpty ? element : "\(forwarded.joined(separator: ", ")), \(element)")
+    }
+
+    /// This proxy's `Forwarded` element (RFC 7239): one per proxy, appended to what earlier
+    /// proxies wrote.
+    private static func forwardedElement(_ forwardedFor: String, scheme: String, host: String?) -> String {
+        var element = forwardedFor + "proto=" + scheme
+        if let host {
+            if host.utf8.contains(where: { $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+                var escaped = ""
+                for scalar in host.unicodeScalars {
+                    if scalar == "\\" || scalar == "\"" { escaped.unicodeScalars.append("\\") }
+                    escaped.unicodeScalars.append(scalar)
+                }
+                element += ";host=\"\(escaped)\""
+            } else {
+                element += ";host=\"\(host)\""
+            }
+        }
+        return element
     }
 
     private func connected(_ exchange: Exchange, _ result: Result<UpstreamConnection, any Error>) {

@@ -1,0 +1,506 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import NIOHTTP1
+
+// Hot path: hand-written on purpose. Every downstream byte goes through this decoder, and NIO's
+// `HTTPRequestDecoder` (llhttp behind C callbacks, with a state machine of its own on top and a
+// second pass to build the head) costs the proxy more per request than the proxying around it.
+// A proxy needs less than a general server: the request line, the header lines as sent, and
+// framing it can trust. This parser walks the head once, straight from the `ByteBuffer`, and
+// hands body bytes on as slices of the read buffer (no copy). Where leniency would help request
+// smuggling it is strict: CRLF line endings only, no obs-fold, nothing between a header name and
+// its colon, no control characters, one `Content-Length` of digits only, `Transfer-Encoding`
+// exactly `chunked` (never with `Content-Length`, never on HTTP/1.0), chunk sizes in hex that
+// fit an `Int`, CRLF after every chunk. Any of those is an `HTTP1RequestError`, and the proxy
+// answers 400 (431 for a head over the limit) and closes the connection.
+
+/// Why a request could not be decoded; the proxy answers 400 (431 for ``headTooLarge``) and
+/// closes the connection.
+enum HTTP1RequestError: Error, Equatable, CustomStringConvertible {
+    /// The request line and headers (or a chunk's size line, or trailers) are longer than
+    /// `limits.max_header_bytes`.
+    case headTooLarge(limit: Int)
+    /// A line ends with LF alone, or a CR is not followed by LF.
+    case badLineEnding
+    case badRequestLine
+    case badMethod
+    case badTarget
+    case unsupportedVersion
+    /// A header name with characters outside `token`, whitespace before the colon, or no colon.
+    case badHeaderName
+    /// A header value with control characters.
+    case badHeaderValue
+    /// A header line that starts with whitespace (obs-fold, RFC 9112 section 5.2).
+    case foldedHeader
+    case multipleContentLengths
+    case badContentLength
+    case contentLengthWithTransferEncoding
+    case unsupportedTransferEncoding
+    case badChunkSize
+    case badChunkEnd
+
+    var description: String {
+        switch self {
+        case .headTooLarge(let limit): "the request head is larger than \(limit) bytes"
+        case .badLineEnding: "a line does not end with CRLF"
+        case .badRequestLine: "the request line is not method, target and version"
+        case .badMethod: "the method is not a token"
+        case .badTarget: "the request target has invalid characters"
+        case .unsupportedVersion: "the version is not HTTP/1.0 or HTTP/1.1"
+        case .badHeaderName: "a header name is not a token followed by a colon"
+        case .badHeaderValue: "a header value has control characters"
+        case .foldedHeader: "a header line is folded (obs-fold)"
+        case .multipleContentLengths: "more than one Content-Length"
+        case .badContentLength: "Content-Length is not a number"
+        case .contentLengthWithTransferEncoding: "both Content-Length and Transfer-Encoding"
+        case .unsupportedTransferEncoding: "Transfer-Encoding other than chunked"
+        case .badChunkSize: "a chunk size is not a hexadecimal number"
+        case .badChunkEnd: "a chunk does not end with CRLF"
+        }
+    }
+}
+
+/// Decodes HTTP/1.x requests into `HTTPServerRequestPart`s for the proxy: `.head`, body slices,
+/// `.end` (with the trailers of a chunked body, if any). Pipelined requests follow one another.
+///
+/// ```swift
+/// var parser = HTTP1RequestParser(maxHeadBytes: 65_536)
+/// var buffer = ByteBuffer(string: "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+/// while let part = try parser.next(&buffer) { print(part) }  // .head, then .end(nil)
+/// ```
+struct HTTP1RequestParser {
+    private enum State {
+        case head
+        /// After a head without a body, or the last body bytes: the `.end` is due.
+        case endDue
+        case body(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+    }
+
+    private enum Framing {
+        case length(Int)
+        case chunked
+    }
+
+    private var state = State.head
+    /// Bytes of the current head or line already scanned (from the reader index), so that one
+    /// arriving in pieces is not scanned again from its start.
+    private var scanned = 0
+    /// Where the line being scanned starts (from the reader index).
+    private var lineStart = 0
+    /// The longest request head, chunk size line and trailer section accepted.
+    let maxHeadBytes: Int
+
+    init(maxHeadBytes: Int) {
+        self.maxHeadBytes = maxHeadBytes
+    }
+
+    /// The next part decoded from `buffer` (its bytes consumed), or `nil` when more bytes are
+    /// needed.
+    mutating func next(_ buffer: inout ByteBuffer) throws(HTTP1RequestError) -> HTTPServerRequestPart? {
+        switch self.state {
+        case .head:
+            if self.scanned == 0 {
+                // Empty lines before a request line are ignored (RFC 9112 section 2.2).
+                while let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+                    first == UInt8(ascii: "\r") || first == UInt8(ascii: "\n")
+                {
+                    guard let pair = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else { return nil }
+                    guard pair == 0x0D0A else { throw .badLineEnding }
+                    buffer.moveReaderIndex(forwardBy: 2)
+                }
+            }
+            guard let end = try self.scanSection(buffer) else { return nil }
+            let (head, framing) = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
+                try Self.parseHead(UnsafeRawBufferPointer(rebasing: bytes[..<end]))
+            }
+            buffer.moveReaderIndex(forwardBy: end + 2)
+            self.resetScan()
+            switch framing {
+            case .length(0): self.state = .endDue
+            case .length(let length): self.state = .body(remaining: length)
+            case .chunked: self.state = .chunkSize
+            }
+            return .head(head)
+        case .endDue:
+            self.state = .head
+            return .end(nil)
+        case .body(let remaining):
+            let count = min(remaining, buffer.readableBytes)
+            guard count > 0, let slice = buffer.readSlice(length: count) else { return nil }
+            self.state = remaining == count ? .endDue : .body(remaining: remaining - count)
+            return .body(slice)
+        case .chunkSize:
+            guard let lineEnd = try self.scanLine(buffer) else { return nil }
+            let size = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
+                try Self.parseChunkSize(UnsafeRawBufferPointer(rebasing: bytes[..<lineEnd]))
+            }
+            buffer.moveReaderIndex(forwardBy: lineEnd + 2)
+            self.resetScan()
+            self.state = size == 0 ? .trailers : .chunkData(remaining: size)
+            return try self.next(&buffer)
+        case .chunkData(let remaining):
+            let count = min(remaining, buffer.readableBytes)
+            guard count > 0, let slice = buffer.readSlice(length: count) else { return nil }
+            self.state = remaining == count ? .chunkDataEnd : .chunkData(remaining: remaining - count)
+            return .body(slice)
+        case .chunkDataEnd:
+            guard let pair = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else {
+                if buffer.readableBytes == 1 && buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x0D {
+                    throw .badChunkEnd
+                }
+                return nil
+            }
+            guard pair == 0x0D0A else { throw .badChunkEnd }
+            buffer.moveReaderIndex(forwardBy: 2)
+            self.state = .chunkSize
+            return try self.next(&buffer)
+        case .trailers:
+            guard let end = try self.scanSection(buffer) else { return nil }
+            var trailers: [(String, String)] = []
+            if end > 0 {
+                try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
+                    var framing = FramingHeaders()
+                    try Self.parseFields(
+                        UnsafeRawBufferPointer(rebasing: bytes[..<end]), from: 0, into: &trailers, framing: &framing)
+                }
+            }
+            buffer.moveReaderIndex(forwardBy: end + 2)
+            self.resetScan()
+            self.state = .head
+            return .end(trailers.isEmpty ? nil : HTTPHeaders(trailers))
+        }
+    }
+
+    /// Whether the next part is an `.end` that needs no more bytes (after a head without a
+    /// body, or the last bytes of a body framed by length).
+    var endIsDue: Bool {
+        if case .endDue = self.state { return true }
+        return false
+    }
+
+    private mutating func resetScan() {
+        self.scanned = 0
+        self.lineStart = 0
+    }
+
+    /// Scans for the empty line that ends a head or a trailer section: returns the offset of its
+    /// CR (the length of the section before it), or `nil` when it has not arrived yet.
+    private mutating func scanSection(_ buffer: ByteBuffer) throws(HTTP1RequestError) -> Int? {
+        let limit = self.maxHeadBytes
+        let end = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) -> Int? in
+            var index = self.scanned
+            // Bytes past the limit are never looked at, however they arrive.
+            let scanEnd = min(bytes.count, limit + 2)
+            // A trailer section may be empty: its first line is the empty one.
+            while index < scanEnd {
+                if bytes[index] == UInt8(ascii: "\n") {
+                    guard index > self.lineStart, bytes[index - 1] == UInt8(ascii: "\r") else { throw .badLineEnding }
+                    if index - 1 == self.lineStart {
+                        return self.lineStart
+                    }
+                    self.lineStart = index + 1
+                }
+                index += 1
+            }
+            self.scanned = index
+            return nil
+        }
+        guard let end else {
+            // The limit counts the lines, not the CRLF of the empty line that ends them.
+            if buffer.readableBytes > limit + 2 { throw .headTooLarge(limit: limit) }
+            return nil
+        }
+        if end > limit { throw .headTooLarge(limit: limit) }
+        return end
+    }
+
+    /// Scans for the end of one line: returns the offset of its CR, or `nil`.
+    private mutating func scanLine(_ buffer: ByteBuffer) throws(HTTP1RequestError) -> Int? {
+        let limit = self.maxHeadBytes
+        let end = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) -> Int? in
+            var index = self.scanned
+            let scanEnd = min(bytes.count, limit + 2)
+            while index < scanEnd {
+                if bytes[index] == UInt8(ascii: "\n") {
+                    guard index > 0, bytes[index - 1] == UInt8(ascii: "\r") else { throw .badLineEnding }
+                    return index - 1
+                }
+                index += 1
+            }
+            self.scanned = index
+            return nil
+        }
+        guard let end else {
+            if buffer.readableBytes > limit + 2 { throw .headTooLarge(limit: limit) }
+            return nil
+        }
+        if end > limit { throw .headTooLarge(limit: limit) }
+        return end
+    }
+
+    // MARK: Parsing a complete head
+
+    /// What the framing headers of a head said.
+    private struct FramingHeaders {
+        var contentLengths = 0
+        var contentLength: Int?
+        var badContentLength = false
+        var transferEncodings = 0
+        var chunked = false
+    }
+
+    /// Parses a head (request line and header lines, each ending with CRLF, without the empty
+    /// line).
+    private static func parseHead(
+        _ bytes: UnsafeRawBufferPointer
+    ) throws(HTTP1RequestError) -> (
+        HTTPRequestHead, Framing
+    ) {
+        // Method: a token up to one space.
+        var index = 0
+        while index < bytes.count && isTokenByte(bytes[index]) { index += 1 }
+        guard index > 0 else { throw .badMethod }
+        guard index < bytes.count else { throw .badRequestLine }
+        guard bytes[index] == UInt8(ascii: " ") else {
+            throw bytes[index] == UInt8(ascii: "\r") ? .badRequestLine : .badMethod
+        }
+        let method = Self.method(UnsafeRawBufferPointer(rebasing: bytes[..<index]))
+        index += 1
+        // Target: visible characters up to one space.
+        let targetStart = index
+        while index < bytes.count && bytes[index] > 0x20 && bytes[index] != 0x7F { index += 1 }
+        guard index > targetStart, index < bytes.count else { throw .badTarget }
+        guard bytes[index] == UInt8(ascii: " ") else {
+            throw bytes[index] == UInt8(ascii: "\r") ? .badRequestLine : .badTarget
+        }
+        let uri = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[targetStart..<index]), as: UTF8.self)
+        index += 1
+        // Version: exactly HTTP/1.0 or HTTP/1.1, then CRLF.
+        guard index + 10 <= bytes.count else { throw .badRequestLine }
+        let version: HTTPVersion
+        switch Self.load8(bytes, at: index) {
+        case Self.http11: version = .http1_1
+        case Self.http10: version = .http1_0
+        default: throw .unsupportedVersion
+        }
+        index += 8
+        guard bytes[index] == UInt8(ascii: "\r"), bytes[index + 1] == UInt8(ascii: "\n") else {
+            throw .badRequestLine
+        }
+        index += 2
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(8)
+        var framing = FramingHeaders()
+        try Self.parseFields(bytes, from: index, into: &fields, framing: &framing)
+        let headers = HTTPHeaders(fields)
+        // Request smuggling defences (RFC 9112 section 6.3).
+        if framing.transferEncodings > 0 {
+            guard framing.transferEncodings == 1, framing.chunked else { throw .unsupportedTransferEncoding }
+            guard framing.contentLengths == 0 else { throw .contentLengthWithTransferEncoding }
+            guard version == .http1_1 else { throw .unsupportedTransferEncoding }
+            return (HTTPRequestHead(version: version, method: method, uri: uri, headers: headers), .chunked)
+        }
+        if framing.contentLengths > 1 { throw .multipleContentLengths }
+        if framing.badContentLength { throw .badContentLength }
+        return (
+            HTTPRequestHead(version: version, method: method, uri: uri, headers: headers),
+            .length(framing.contentLength ?? 0)
+        )
+    }
+
+    /// Parses header lines from `start` to the end of `bytes`, each ending with CRLF.
+    private static func parseFields(
+        _ bytes: UnsafeRawBufferPointer, from start: Int, into headers: inout [(String, String)],
+        framing: inout FramingHeaders
+    ) throws(HTTP1RequestError) {
+        var index = start
+        while index < bytes.count {
+            let nameStart = index
+            while index < bytes.count && isTokenByte(bytes[index]) { index += 1 }
+            guard index > nameStart else {
+                throw bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: "\t")
+                    ? .foldedHeader : .badHeaderName
+            }
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw .badHeaderName }
+            let name = UnsafeRawBufferPointer(rebasing: bytes[nameStart..<index])
+            index += 1
+            while index < bytes.count && (bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: "\t")) {
+                index += 1
+            }
+            let valueStart = index
+            var valueEnd = index
+            // The scan stopped at a CR followed by LF: the section's lines all end that way.
+            while bytes[index] != UInt8(ascii: "\r") {
+                let byte = bytes[index]
+                if byte < 0x20 && byte != UInt8(ascii: "\t") || byte == 0x7F { throw .badHeaderValue }
+                index += 1
+                if byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") { valueEnd = index }
+            }
+            guard bytes[index + 1] == UInt8(ascii: "\n") else { throw .badLineEnding }
+            let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd])
+            index += 2
+            switch name.count {
+            case 14 where Self.equalsLowercase(name, "content-length"):
+                framing.contentLengths += 1
+                if let length = Self.decimal(value) {
+                    framing.contentLength = length
+                } else {
+                    framing.badContentLength = true
+                }
+            case 17 where Self.equalsLowercase(name, "transfer-encoding"):
+                framing.transferEncodings += 1
+                framing.chunked = Self.equalsLowercase(value, "chunked")
+            default:
+                break
+            }
+            // Appended to a plain array: `HTTPHeaders.add` checks each name for non-ASCII bytes,
+            // which a token cannot have.
+            headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
+    }
+
+    /// Parses a chunk size line (without its CRLF): hex digits, then optional extensions, which
+    /// are ignored.
+    private static func parseChunkSize(_ bytes: UnsafeRawBufferPointer) throws(HTTP1RequestError) -> Int {
+        var size = 0
+        var index = 0
+        while index < bytes.count, let digit = hexValue(bytes[index]) {
+            // 15 hex digits always fit an Int; more must be leading zeros to be accepted.
+            guard size <= (Int.max >> 4) else { throw .badChunkSize }
+            size = size << 4 | digit
+            index += 1
+        }
+        guard index > 0 else { throw .badChunkSize }
+        while index < bytes.count && (bytes[index] == UInt8(ascii: " ") || bytes[index] == UInt8(ascii: "\t")) {
+            index += 1
+        }
+        if index < bytes.count {
+            guard bytes[index] == UInt8(ascii: ";") else { throw .badChunkSize }
+            for byte in bytes[index...] where byte < 0x20 && byte != UInt8(ascii: "\t") || byte == 0x7F {
+                throw .badChunkSize
+            }
+        }
+        return size
+    }
+
+    // MARK: Bytes
+
+    /// `HTTP/1.1` and `HTTP/1.0` as little-endian 64-bit loads.
+    private static let http11 = UInt64(littleEndian: 0x312E_312F_5054_5448)
+    private static let http10 = UInt64(littleEndian: 0x302E_312F_5054_5448)
+
+    private static func load8(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
+        UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+
+    private static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod {
+        switch bytes.count {
+        case 3 where bytes[0] == UInt8(ascii: "G") && bytes[1] == UInt8(ascii: "E") && bytes[2] == UInt8(ascii: "T"):
+            return .GET
+        case 4 where Self.equals(bytes, "POST"): return .POST
+        case 4 where Self.equals(bytes, "HEAD"): return .HEAD
+        case 3 where Self.equals(bytes, "PUT"): return .PUT
+        case 6 where Self.equals(bytes, "DELETE"): return .DELETE
+        case 5 where Self.equals(bytes, "PATCH"): return .PATCH
+        case 7 where Self.equals(bytes, "OPTIONS"): return .OPTIONS
+        default: return HTTPMethod(rawValue: String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
+    private static func equals(_ bytes: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
+        let other = UnsafeRawBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount)
+        return bytes.elementsEqual(other)
+    }
+
+    /// ASCII case-insensitive equality with a lower-case literal.
+    private static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
+        guard bytes.count == literal.utf8CodeUnitCount else { return false }
+        let other = literal.utf8Start
+        for index in 0..<bytes.count {
+            let byte = bytes[index]
+            let lowered = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            guard lowered == other[index] else { return false }
+        }
+        return true
+    }
+
+    /// Digits only, at least one, fitting an `Int`; otherwise `nil`.
+    private static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard !bytes.isEmpty else { return nil }
+        var value = 0
+        for byte in bytes {
+            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+            let (times, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times.addingReportingOverflow(Int(byte &- UInt8(ascii: "0")))
+            if overflow1 || overflow2 { return nil }
+            value = sum
+        }
+        return value
+    }
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): Int(byte &- UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): Int(byte &- UInt8(ascii: "a") &+ 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): Int(byte &- UInt8(ascii: "A") &+ 10)
+        default: nil
+        }
+    }
+
+    /// `tchar` of RFC 9110 section 5.6.2.
+    @inline(__always)
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        tokenTable[Int(byte)]
+    }
+
+    private static let tokenTable: [Bool] = (0..<256).map { value in
+        switch UInt8(value) {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        default:
+            "!#$%&'*+-.^_`|~".utf8.contains(UInt8(value))
+        }
+    }
+}
+
+/// The downstream request decoder of the proxy's pipeline, over ``HTTP1RequestParser``.
+struct HTTP1RequestDecoder: ByteToMessageDecoder {
+    typealias InboundOut = HTTPServerRequestPart
+
+    private var parser: HTTP1RequestParser
+
+    init(maxHeadBytes: Int) {
+        self.parser = HTTP1RequestParser(maxHeadBytes: maxHeadBytes)
+    }
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let part = try self.parser.next(&buffer) else { return .needMoreData }
+        context.fireChannelRead(self.wrapInboundOut(part))
+        // The end of a request goes with its last bytes: `ByteToMessageHandler` does not call
+        // `decode` again for an empty buffer, and the proxy must not wait for the next read.
+        if self.parser.endIsDue, let end = try self.parser.next(&buffer) {
+            context.fireChannelRead(self.wrapInboundOut(end))
+        }
+        return .continue
+    }
+
+    mutating func decodeLast(
+        context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
+    ) throws -> DecodingState {
+        // What a closing client left unfinished is dropped; the proxy sees the channel go inactive.
+        while let part = try self.parser.next(&buffer) {
+            context.fireChannelRead(self.wrapInboundOut(part))
+        }
+        buffer.moveReaderIndex(to: buffer.writerIndex)
+        return .needMoreData
+    }
+}
