@@ -349,12 +349,20 @@ public final class PostgresTestServer: Sendable {
             """
         let watchdog = Process()
         watchdog.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        watchdog.arguments = ["sh", "-c", script]
+        watchdog.arguments = ["--wait", "sh", "-c", script]
         watchdog.standardInput = FileHandle.nullDevice
         watchdog.standardOutput = FileHandle.nullDevice
         watchdog.standardError = FileHandle.nullDevice
+        // `setsid` forks when it starts as a process-group leader (Foundation makes it one), and
+        // without `--wait` its first process exits at once; that zombie was never reaped and made
+        // swift-testing's exit monitor spin on `waitid` for the rest of the run. With `--wait` it
+        // lives as long as the watchdog; it is kept and watched so that its end is reaped too.
+        watchdog.terminationHandler = { _ in }
+        Self.watchdogs.withLock { $0.append(watchdog) }
         try? watchdog.run()
     }
+
+    private static let watchdogs = Mutex<[Process]>([])
 
     // MARK: Processes and ports
 
