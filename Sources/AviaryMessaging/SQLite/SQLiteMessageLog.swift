@@ -320,18 +320,31 @@ public final class SQLiteMessageLog: MessageLog {
             }
             var positions: [MessagePosition] = []
             positions.reserveCapacity(encoded.count)
-            for message in encoded {
+            // Immediate messages by partition, in the order given: each partition's offsets are
+            // taken with one counter update for all its messages of the batch.
+            var byPartition: [PartitionKey: [Int]] = [:]
+            var partitionOrder: [PartitionKey] = []
+            for (index, message) in encoded.enumerated() {
                 let partitions = partitionCounts[message.topic] ?? 1
+                let partition = Partitioner.partition(forKey: message.key, partitions: partitions)
+                positions.append(MessagePosition(topic: message.topic, partition: partition, offset: 0))
                 if let deliverAt = message.deliverAt, deliverAt > now {
                     try db.cachedStatement(
                         sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
                     ).execute(arguments: [message.topic, message.key, message.event, message.headers, deliverAt])
-                    positions.append(
-                        MessagePosition(
-                            topic: message.topic,
-                            partition: Partitioner.partition(forKey: message.key, partitions: partitions), offset: 0))
                 } else {
-                    positions.append(try Self.append(db, message, partitions: partitions, now: now))
+                    let key = PartitionKey(topic: message.topic, partition: partition)
+                    if byPartition[key] == nil { partitionOrder.append(key) }
+                    byPartition[key, default: []].append(index)
+                }
+            }
+            for key in partitionOrder {
+                let indices = byPartition[key] ?? []
+                var offset = try Self.takeOffsets(db, topic: key.topic, partition: key.partition, count: indices.count)
+                for index in indices {
+                    try Self.insert(db, encoded[index], partition: key.partition, offset: offset, now: now)
+                    positions[index].offset = offset
+                    offset += 1
                 }
             }
             return positions
@@ -343,18 +356,37 @@ public final class SQLiteMessageLog: MessageLog {
         return positions
     }
 
+    /// A partition of a topic, as a dictionary key.
+    struct PartitionKey: Hashable {
+        var topic: String
+        var partition: Int
+    }
+
+    /// Takes the next `count` offsets of a partition (inside a write transaction) and returns the
+    /// first of them.
+    static func takeOffsets(_ db: Database, topic: String, partition: Int, count: Int) throws -> Int64 {
+        guard
+            let last = try Int64.fetchOne(
+                db.cachedStatement(
+                    sql:
+                        "UPDATE partitions SET last_offset = last_offset + ? WHERE topic = ? AND partition = ? RETURNING last_offset"
+                ), arguments: [count, topic, partition])
+        else {
+            throw MessagingError(.notFound, "no partition \(partition) in topic \(topic)")
+        }
+        return last - Int64(count) + 1
+    }
+
     /// Appends one message at the next offset of its partition (inside a write transaction).
     static func append(_ db: Database, _ message: Encoded, partitions: Int, now: Int64) throws -> MessagePosition {
         let partition = Partitioner.partition(forKey: message.key, partitions: partitions)
-        guard
-            let offset = try Int64.fetchOne(
-                db.cachedStatement(
-                    sql:
-                        "UPDATE partitions SET last_offset = last_offset + 1 WHERE topic = ? AND partition = ? RETURNING last_offset"
-                ), arguments: [message.topic, partition])
-        else {
-            throw MessagingError(.notFound, "no partition \(partition) in topic \(message.topic)")
-        }
+        let offset = try Self.takeOffsets(db, topic: message.topic, partition: partition, count: 1)
+        try Self.insert(db, message, partition: partition, offset: offset, now: now)
+        return MessagePosition(topic: message.topic, partition: partition, offset: offset)
+    }
+
+    /// Inserts one message at `offset` of `partition` (taken by ``takeOffsets(_:topic:partition:count:)``).
+    static func insert(_ db: Database, _ message: Encoded, partition: Int, offset: Int64, now: Int64) throws {
         try db.cachedStatement(
             sql: """
                 INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes)
@@ -364,7 +396,6 @@ public final class SQLiteMessageLog: MessageLog {
             arguments: [
                 message.topic, partition, offset, message.key, message.event, message.headers, now, message.bytes,
             ])
-        return MessagePosition(topic: message.topic, partition: partition, offset: offset)
     }
 
     /// Appends the topic's scheduled messages that are due, in the order they are due.

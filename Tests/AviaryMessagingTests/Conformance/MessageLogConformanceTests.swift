@@ -40,6 +40,43 @@ struct MessageLogConformanceTests {
         }
     }
 
+    @Test(
+        "a batch across partitions: each message is delivered where publish said, offsets consecutive per partition",
+        arguments: MessageLogBackends.all)
+    func batchPositions(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic("orders", TopicOptions(partitions: 3))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            try await log.publish([OutgoingMessage(topic: "orders", key: "key-0", event: try numbered(0))])
+            var batch = (1...12).map { n in
+                OutgoingMessage(topic: "orders", key: "key-\(n % 4)", event: try! numbered(n))
+            }
+            batch[5].deliverAt = clock.now.addingTimeInterval(3600)  // delayed: no offset yet
+            let positions = try await log.publish(batch)
+            #expect(positions[5].offset == 0)
+            var delivered: [Int: MessagePosition] = [:]
+            while true {
+                let received = try await log.receive(
+                    ReceiveRequest(group: "g", topic: "orders", consumer: "c", maxMessages: 50, maxPartitions: 3))
+                if received.deliveries.isEmpty { break }
+                for delivery in received.deliveries {
+                    delivered[delivery.n] = delivery.message.position
+                    try await log.ack(delivery)
+                }
+            }
+            #expect(delivered.count == 12)
+            for (index, message) in batch.enumerated() where index != 5 {
+                #expect(delivered[index + 1] == positions[index], "message \(index + 1) (key \(message.key))")
+            }
+            for partition in 0..<3 {
+                let offsets = positions.enumerated().filter { $0.offset != 5 && $0.element.partition == partition }
+                    .map(\.element.offset)
+                let start = offsets.first ?? 0
+                #expect(offsets == Array(start..<(start + Int64(offsets.count))), "partition \(partition)")
+            }
+        }
+    }
+
     @Test("messages round-trip: event, key and headers as published", arguments: MessageLogBackends.all)
     func roundTrip(backend: MessageLogBackend) async throws {
         try await backend.withLog { log, clock in
