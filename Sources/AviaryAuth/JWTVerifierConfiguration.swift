@@ -36,7 +36,8 @@ public struct JWTVerifierConfiguration: Sendable {
         /// names an unknown `kid` or the cache is older than
         /// ``JWTVerifierConfiguration/JWKSRefresh/maximumAge``, never more often than
         /// ``JWTVerifierConfiguration/JWKSRefresh/minimumInterval``. A failed fetch keeps the
-        /// cached keys.
+        /// cached keys; while none were ever loaded, failed fetches are retried after 1 s, 2 s,
+        /// 4 s, ... up to the minimum interval.
         public static func jwksURL(_ url: String) -> KeySource { KeySource(wrapped: .url(url)) }
 
         /// A JWKS read from a file when the authenticator is created.

@@ -144,14 +144,22 @@ struct JWKSRefreshTests {
             #expect(logs.all.contains { $0.contains("JWKS fetch failed") })
             #expect(!logs.all.contains { $0.contains(token) })
 
+            // Nothing ever loaded: failed fetches are retried after 1 s, 2 s, 4 s, ... (not 30 s).
             let cold = try await authenticator(url, clock: clock)
             await AuthFixtures.expectFailure(.keysUnavailable) { _ = try await cold.authenticate(token) }
             await AuthFixtures.expectFailure(.keysUnavailable) { _ = try await cold.authenticate(token) }
-            #expect(server.fetches == 3, "the second request waits for the minimum interval")
+            #expect(server.fetches == 3, "the second request waits for the first backoff")
+            clock.advance(by: .seconds(1))
+            await AuthFixtures.expectFailure(.keysUnavailable) { _ = try await cold.authenticate(token) }
+            #expect(server.fetches == 4, "retried after 1 s")
+            clock.advance(by: .seconds(1))
+            await AuthFixtures.expectFailure(.keysUnavailable) { _ = try await cold.authenticate(token) }
+            #expect(server.fetches == 4, "the next backoff is 2 s")
             server.serve(keys.jwks([keys.es256]))
             server.fail(with: .ok)
-            clock.advance(by: .seconds(30))
+            clock.advance(by: .seconds(1))
             #expect(try await cold.authenticate(token).subject == "alice")
+            #expect(server.fetches == 5)
         }
     }
 }

@@ -14,12 +14,23 @@ import Synchronization
 /// The keys of one JWKS URL: fetched on first use, refetched when stale or when a token names a
 /// `kid` they lack, but never more often than the minimum interval, and one fetch at a time
 /// (concurrent requests wait for the fetch in flight). A failed fetch keeps the keys it had.
+/// While no keys were ever loaded (a service that started before its identity provider), a
+/// failed fetch is retried sooner: after 1 s, then 2 s, 4 s, ... up to the minimum interval, so
+/// that tokens are accepted soon after the provider answers instead of up to 30 s later.
 final class JWKSCache: Sendable {
     private struct State {
         var keys = KeySet()
         var loadedAt: MonotonicInstant?
         var lastAttempt: MonotonicInstant?
         var inFlight: Task<Void, Never>?
+        /// Failed fetches in a row.
+        var failures = 0
+    }
+
+    /// How long after an attempt the next may start.
+    private func interval(_ state: State) -> Duration {
+        guard state.loadedAt == nil, state.failures > 0 else { return self.settings.minimumInterval }
+        return min(Duration.seconds(1) * (1 << min(state.failures - 1, 16)), self.settings.minimumInterval)
     }
 
     let url: String
@@ -75,7 +86,7 @@ final class JWKSCache: Sendable {
         let now = self.clock.now
         return self.state.withLock { state in
             guard state.inFlight == nil, let last = state.lastAttempt else { return true }
-            return last.duration(to: now) >= self.settings.minimumInterval
+            return last.duration(to: now) >= self.interval(state)
         }
     }
 
@@ -86,7 +97,7 @@ final class JWKSCache: Sendable {
         let now = self.clock.now
         let task = self.state.withLock { state -> Task<Void, Never>? in
             if let inFlight = state.inFlight { return inFlight }
-            if let last = state.lastAttempt, last.duration(to: now) < self.settings.minimumInterval {
+            if let last = state.lastAttempt, last.duration(to: now) < self.interval(state) {
                 return nil
             }
             state.lastAttempt = now
@@ -121,6 +132,9 @@ final class JWKSCache: Sendable {
             if let loaded {
                 state.keys = loaded
                 state.loadedAt = now
+                state.failures = 0
+            } else {
+                state.failures += 1
             }
             state.inFlight = nil
         }
