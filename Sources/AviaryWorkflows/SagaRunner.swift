@@ -331,7 +331,15 @@ public final class SagaRunner: Service, Sendable {
         first: (@Sendable () async throws -> SagaInstance)? = nil
     ) async throws -> SagaInstance {
         guard let leases = self.leases else {
-            let instance = try await first?() ?? start
+            // Read again: the list `start` came from may predate a drive of this saga that ended
+            // (and released its claim) since; a stale copy would fail its version check and log
+            // "saga could not be driven". Leased stores return fresh rows from their claim.
+            let instance: SagaInstance
+            if let first {
+                instance = try await first()
+            } else {
+                instance = try await self.store.instance(start.id) ?? start
+            }
             return try await self.drive(instance, saga)
         }
         let id = start.id
