@@ -20,6 +20,7 @@ final class GatewayProcess: Sendable {
     }
 
     init(arguments: [String], environment: [String: String] = [:]) throws {
+        SpawnSafety.ensure()
         let process = Process()
         process.executableURL = CommandLineTests.executable
         process.arguments = arguments

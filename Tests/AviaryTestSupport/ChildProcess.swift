@@ -54,6 +54,7 @@ public enum ChildProcess {
             try? error.close()
         }
 
+        SpawnSafety.ensure()
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments

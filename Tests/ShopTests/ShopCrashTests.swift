@@ -6,6 +6,7 @@
 import AviaryEventSourcing
 import AviaryMessaging
 import AviaryStorage
+import AviaryTestSupport
 import AviaryWorkflows
 import Foundation
 import GRDB
@@ -103,6 +104,7 @@ struct ShopCrashTests {
         }
 
         func launch() throws {
+            SpawnSafety.ensure()
             let process = Process()
             process.executableURL = ShopCrashTests.executable
             var arguments = self.arguments

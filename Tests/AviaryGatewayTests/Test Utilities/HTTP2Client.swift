@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryTestSupport
 import Foundation
 import NIOCore
 import NIOHPACK
@@ -262,6 +263,7 @@ struct TestCertificate {
             "aviary-h2-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let certificate = TestCertificate(directory: directory)
+        SpawnSafety.ensure()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [

@@ -6,6 +6,7 @@
 import AviaryCore
 import AviaryMessaging
 import AviaryStorage
+import AviaryTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -68,6 +69,7 @@ struct OutboxInboxFaultTests {
         }
 
         func start() throws {
+            SpawnSafety.ensure()
             let process = Process()
             process.executableURL = OutboxInboxFaultTests.executable
             process.arguments = [self.role] + self.arguments
