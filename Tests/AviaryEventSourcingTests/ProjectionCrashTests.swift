@@ -6,7 +6,6 @@
 import AviaryCore
 import AviaryEventSourcing
 import AviaryStorage
-import AviaryTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -69,7 +68,6 @@ struct ProjectionCrashTests {
         while kills < 6 {
             let before = try await Self.applied(readModel).count
             if before == total { break }
-            SpawnSafety.ensure()
             let child = Process()
             child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
             child.arguments = ["--testing-library", "swift-testing", "--filter", "ProjectionCrashChild"]

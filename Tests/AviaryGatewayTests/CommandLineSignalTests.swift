@@ -20,7 +20,6 @@ final class GatewayProcess: Sendable {
     }
 
     init(arguments: [String], environment: [String: String] = [:]) throws {
-        SpawnSafety.ensure()
         let process = Process()
         process.executableURL = CommandLineTests.executable
         process.arguments = arguments

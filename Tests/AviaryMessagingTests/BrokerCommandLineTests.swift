@@ -167,7 +167,6 @@ struct BrokerCommandLineTests {
             return await iterator.next() != nil
         }
         let status = await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
-            SpawnSafety.ensure()
             let process = Process()
             process.executableURL = Self.executable
             process.arguments = [

@@ -138,7 +138,6 @@ public final class PostgresTestServer: Sendable {
                 chown(logURL.path, user.pointee.pw_uid, user.pointee.pw_gid)
             }
             let log = try FileHandle(forWritingTo: logURL)
-            SpawnSafety.ensure()
             let server = Process()
             let postgres = binDirectory.appendingPathComponent("postgres").path
             let arguments = [
@@ -348,7 +347,6 @@ public final class PostgresTestServer: Sendable {
             tail --pid=\(pid) -f /dev/null
             rm -rf '\(directory.path)'
             """
-        SpawnSafety.ensure()
         let watchdog = Process()
         watchdog.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
         watchdog.arguments = ["--wait", "sh", "-c", script]
@@ -395,7 +393,6 @@ public final class PostgresTestServer: Sendable {
             .appendingPathComponent("aviary-postgres-output-\(UUID().uuidString)")
         try Data().write(to: output)
         defer { try? FileManager.default.removeItem(at: output) }
-        SpawnSafety.ensure()
         let process = Process()
         if Self.isRoot {
             process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")

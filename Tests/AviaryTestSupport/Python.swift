@@ -42,7 +42,6 @@ public enum Python {
         try Data().write(to: outputURL)
         try Data().write(to: errorURL)
 
-        SpawnSafety.ensure()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", "-c", script]

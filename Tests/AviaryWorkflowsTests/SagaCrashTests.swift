@@ -4,7 +4,6 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryStorage
-import AviaryTestSupport
 import AviaryWorkflows
 import Foundation
 import GRDB
@@ -67,7 +66,6 @@ struct SagaCrashTests {
             String(((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").suffix(2000))
         }
         func launch() throws -> Process {
-            SpawnSafety.ensure()
             let process = Process()
             process.executableURL = Self.executable
             process.arguments = [

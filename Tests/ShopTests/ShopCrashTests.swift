@@ -6,7 +6,6 @@
 import AviaryEventSourcing
 import AviaryMessaging
 import AviaryStorage
-import AviaryTestSupport
 import AviaryWorkflows
 import Foundation
 import GRDB
@@ -104,7 +103,6 @@ struct ShopCrashTests {
         }
 
         func launch() throws {
-            SpawnSafety.ensure()
             let process = Process()
             process.executableURL = ShopCrashTests.executable
             var arguments = self.arguments

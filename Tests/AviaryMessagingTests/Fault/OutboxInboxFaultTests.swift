@@ -6,7 +6,6 @@
 import AviaryCore
 import AviaryMessaging
 import AviaryStorage
-import AviaryTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -69,7 +68,6 @@ struct OutboxInboxFaultTests {
         }
 
         func start() throws {
-            SpawnSafety.ensure()
             let process = Process()
             process.executableURL = OutboxInboxFaultTests.executable
             process.arguments = [self.role] + self.arguments
