@@ -10,8 +10,8 @@ public import Foundation
 /// Tests that ran a child with `readDataToEndOfFile` and `waitUntilExit` held one of the two
 /// cooperative threads of this machine for the child's whole life (and could deadlock when the
 /// child filled its other pipe); with several such tests at once the whole test process stalled.
-/// Here outputs go to temporary files, so no pipe can fill up, and the exit is awaited through
-/// `terminationHandler`.
+/// Here outputs go to temporary files, so no pipe can fill up, and the exit is awaited on a
+/// thread of its own (``Spawn``, which also avoids a crash of Foundation's `Process.run`).
 ///
 /// ```swift
 /// let outcome = try await ChildProcess.run(ChildProcess.aviary, ["broker", "topics", "--url", url])
@@ -54,22 +54,17 @@ public enum ChildProcess {
             try? error.close()
         }
 
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        if let environment { process.environment = environment }
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = output
-        process.standardError = error
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: error)
-            }
+        let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/null"))
+        defer { try? input.close() }
+        var command = executable.path
+        var commandArguments = arguments
+        if let environment {
+            command = "/usr/bin/env"
+            commandArguments = ["-i"] + environment.map { "\($0)=\($1)" } + [executable.path] + arguments
         }
+        let status = try await Spawn.run(
+            command, commandArguments, stdin: input.fileDescriptor, stdout: output.fileDescriptor,
+            stderr: error.fileDescriptor)
         return Outcome(
             status: status,
             standardOutput: String(decoding: try Data(contentsOf: outputURL), as: UTF8.self),

@@ -23,7 +23,7 @@ public enum Python {
     /// Runs `python3 -c script` with `stdin` as its standard input and returns its standard output.
     ///
     /// Input and outputs go through temporary files, so no pipe can fill up, and the exit is
-    /// awaited through `terminationHandler`, so no thread of the test pool blocks.
+    /// awaited on a thread of its own (``Spawn``), so no thread of the test pool blocks.
     ///
     /// ```swift
     /// let out = try await Python.run("import sys; print(sys.stdin.read().upper())", stdin: Data("hi".utf8), what: "upper")
@@ -42,21 +42,17 @@ public enum Python {
         try Data().write(to: outputURL)
         try Data().write(to: errorURL)
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script]
-        process.standardInput = try FileHandle(forReadingFrom: inputURL)
-        process.standardOutput = try FileHandle(forWritingTo: outputURL)
-        process.standardError = try FileHandle(forWritingTo: errorURL)
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: error)
-            }
+        let input = try FileHandle(forReadingFrom: inputURL)
+        let output = try FileHandle(forWritingTo: outputURL)
+        let error = try FileHandle(forWritingTo: errorURL)
+        defer {
+            try? input.close()
+            try? output.close()
+            try? error.close()
         }
+        let status = try await Spawn.run(
+            "/usr/bin/env", ["python3", "-c", script], stdin: input.fileDescriptor, stdout: output.fileDescriptor,
+            stderr: error.fileDescriptor)
         guard status == 0 else {
             throw Failure(
                 what: what, status: status, stderr: String(decoding: try Data(contentsOf: errorURL), as: UTF8.self))
