@@ -32,9 +32,15 @@ struct ShopSagaTests {
             let problem = try reply.json()
             #expect(problem["type"] as? String == "urn:aviary:problem:payment-declined")
             #expect((problem["detail"] as? String)?.contains("above the limit of 100.00") == true, "\(problem)")
-            #expect(problem["order_status"] as? String == "cancelled")
+            // Cancelled, or still compensating when a compensation call of a loaded machine has to
+            // wait for its retry; either way the runner finishes it.
+            let answered = problem["order_status"] as? String
+            #expect(answered == "cancelled" || answered == "pending", "\(problem)")
             let id = try #require(problem["order_id"] as? String)
             #expect(reply.headers.first(name: "location") == "/orders/\(id)")
+            try await ShopMessagingTests.eventually(timeout: .seconds(60), "saga \(id) is compensated") {
+                try await shop.shop.orders.sagas.instance(id)?.status == .compensated
+            }
 
             let order = try JSONDecoder().decode(
                 Order.self, from: try await shop.send(.GET, "orders", "/orders/\(id)").body)
