@@ -48,8 +48,9 @@ struct MessageLogConformanceTests {
             try await log.createTopic("orders", TopicOptions(partitions: 3))
             try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
             try await log.publish([OutgoingMessage(topic: "orders", key: "key-0", event: try numbered(0))])
-            var batch = (1...12).map { n in
-                OutgoingMessage(topic: "orders", key: "key-\(n % 4)", event: try! numbered(n))
+            var batch: [OutgoingMessage] = []
+            for n in 1...12 {
+                batch.append(OutgoingMessage(topic: "orders", key: "key-\(n % 4)", event: try numbered(n)))
             }
             batch[5].deliverAt = clock.now.addingTimeInterval(3600)  // delayed: no offset yet
             let positions = try await log.publish(batch)
