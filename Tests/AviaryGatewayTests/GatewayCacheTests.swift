@@ -143,9 +143,12 @@ struct GatewayCacheTests {
                 #expect([503, 504].contains(uncached.status))
                 #expect(uncached.header("x-aviary-cache") == nil)
 
-                // Past freshness plus the window, the error shows too.
+                // Past freshness plus the window, the error shows too (the 503, or the 1 s timeout
+                // on a loaded machine), never the stale entry.
                 clock.advance(by: .seconds(41))
-                #expect(try await gateway.get("/c/s").status == 503)
+                let expired = try await gateway.get("/c/s")
+                #expect([503, 504].contains(expired.status), "got \(expired.status)")
+                #expect(expired.header("x-aviary-cache") == nil)
             }
         }
     }
