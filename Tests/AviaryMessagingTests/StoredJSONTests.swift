@@ -72,8 +72,11 @@ struct StoredJSONTests {
     @Test("times are written as CloudEvent writes them, to the millisecond")
     func times() throws {
         var generator = SystemRandomNumberGenerator()
-        for _ in 0..<200 {
-            let time = Date(timeIntervalSince1970: Double.random(in: 0..<4_000_000_000, using: &generator))
+        // Times a random run found where scaling by 1000 before splitting off the seconds rounded up.
+        let found: [Double] = [3_107_981_069.64, 1_941_437_106.534, 3_879_999_750.766]
+        let random = (0..<200).map { _ in Double.random(in: 0..<4_000_000_000, using: &generator) }
+        for interval in found + random {
+            let time = Date(timeIntervalSince1970: interval)
             let event = CloudEvent(source: "/s", type: "t", time: time)
             #expect(try Self.decode(StoredJSON.event(event)).time == Self.decode(StoredJSON.slow(event)).time)
         }

@@ -118,9 +118,13 @@ enum StoredJSON {
 
     /// RFC 3339 in UTC with milliseconds, as `CloudEvent` writes `time` (`2026-03-01T12:00:00.250Z`).
     static func time(_ date: Date) -> String {
-        let milliseconds = (date.timeIntervalSince1970 * 1000).rounded(.down)
-        var seconds = time_t((milliseconds / 1000).rounded(.down))
-        let millis = Int(milliseconds - Double(seconds) * 1000)
+        // Whole seconds first, then the fraction, as Foundation's ISO 8601 style does: scaling the
+        // whole interval by 1000 first rounds up now and then (3107981069.64 → …640 where
+        // Foundation writes …639; a property test found it).
+        let interval = date.timeIntervalSince1970
+        let whole = interval.rounded(.down)
+        var seconds = time_t(whole)
+        let millis = min(999, Int(((interval - whole) * 1000).rounded(.down)))
         var parts = tm()
         gmtime_r(&seconds, &parts)
         func pad(_ value: Int32, _ width: Int) -> String {
