@@ -278,12 +278,18 @@ public enum Partitioner {
     /// ```
     public static func partition(forKey key: String, partitions: Int) -> Int {
         precondition(partitions > 0, "a topic has at least one partition")
+        return Int(Self.hash(key) % UInt64(partitions))
+    }
+
+    /// FNV-1a (64 bit) of `key`'s UTF-8 bytes: what ``partition(forKey:partitions:)`` takes modulo
+    /// the partition count (PostgreSQL's `aviary_publish` takes it from its two 32-bit halves).
+    static func hash(_ key: String) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in key.utf8 {
             hash ^= UInt64(byte)
             hash &*= 0x0000_0100_0000_01b3
         }
-        return Int(hash % UInt64(partitions))
+        return hash
     }
 
     /// Whether `name` is an acceptable topic or group name: 1–200 characters of letters, digits,

@@ -287,6 +287,11 @@ public final class PostgresMessageLog: MessageLog {
         guard !messages.isEmpty else { return [] }
         let encoded = try messages.map(Self.encode)
         let now = self.nowMillis
+        if encoded.allSatisfy({ ($0.deliverAt ?? now) <= now }),
+            let positions = try await self.publishNow(encoded, now: now)
+        {
+            return positions
+        }
         return try await self.write { connection, logger in
             let topics = Set(encoded.map(\.topic)).sorted()
             var partitionCounts: [String: Int] = [:]
@@ -324,6 +329,45 @@ public final class PostgresMessageLog: MessageLog {
             }
             for topic in topics { try await self.notify(connection, topic: topic, logger) }
             return positions.compactMap { $0 }
+        }
+    }
+
+    /// Publishes messages that are all for now with one statement (`aviary_publish`, its own
+    /// transaction); `nil` when a topic has due scheduled messages, which the multi-statement path
+    /// appends first.
+    private func publishNow(_ encoded: [Encoded], now: Int64) async throws -> [MessagePosition]? {
+        let hashes = encoded.map { Partitioner.hash($0.key) }
+        let query: PostgresQuery = """
+            SELECT n, partition, msg_offset FROM aviary_publish(\(encoded.map(\.topic)),
+                \(hashes.map { Int64($0 >> 32) }), \(hashes.map { Int64($0 & 0xffff_ffff) }), \(encoded.map(\.key)),
+                \(encoded.map(\.event)), \(encoded.map(\.headers)), \(encoded.map { Int64($0.bytes) }), \(now),
+                \(self.configuration.channel))
+            """
+        let logger = self.logger
+        let rows: [(Int32, Int32, Int64)]
+        do {
+            rows = try await self.store.withConnection { connection in
+                var rows: [(Int32, Int32, Int64)] = []
+                rows.reserveCapacity(encoded.count)
+                for try await row in try await connection.query(query, logger: logger).decode(
+                    (Int32, Int32, Int64).self)
+                {
+                    rows.append(row)
+                }
+                return rows
+            }
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.noTopicState {
+            throw MessagingError(.notFound, error.serverInfo?[.message] ?? "no topic")
+        } catch {
+            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+        }
+        guard !rows.isEmpty else { return nil }
+        guard rows.count == encoded.count else {
+            throw MessagingError(
+                .unavailable, "aviary_publish returned \(rows.count) positions for \(encoded.count) messages")
+        }
+        return rows.map { row in
+            MessagePosition(topic: encoded[Int(row.0) - 1].topic, partition: Int(row.1), offset: row.2)
         }
     }
 

@@ -78,6 +78,73 @@ struct MessageLogConformanceTests {
         }
     }
 
+    @Test(
+        "a batch for now across two topics lands in each key's partition, in order; due scheduled messages go first",
+        arguments: MessageLogBackends.all)
+    func batchAcrossTopics(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            let topics = ["orders": 3, "payments": 5]
+            for (topic, partitions) in topics {
+                try await log.createTopic(topic, TopicOptions(partitions: partitions))
+                try await log.subscribe(group: "g", topic: topic, options: GroupOptions())
+            }
+            // A message scheduled for later, then due: the next publish appends it before its own.
+            let early = try await log.publish([
+                OutgoingMessage(
+                    topic: "payments", key: "key-0", event: try numbered(100),
+                    deliverAt: clock.now.addingTimeInterval(5))
+            ])
+            #expect(early.map(\.offset) == [0])
+            clock.advance(by: .seconds(10))
+
+            var batch: [OutgoingMessage] = []
+            for n in 1...40 {
+                batch.append(
+                    OutgoingMessage(
+                        topic: n % 3 == 0 ? "payments" : "orders", key: "key-\(n % 7)", event: try numbered(n)))
+            }
+            let positions = try await log.publish(batch)
+            #expect(positions.count == batch.count)
+            for (message, position) in zip(batch, positions) {
+                #expect(position.topic == message.topic)
+                let partitions = topics[message.topic] ?? 0
+                #expect(position.partition == Partitioner.partition(forKey: message.key, partitions: partitions))
+            }
+            for (topic, partitions) in topics {
+                for partition in 0..<partitions {
+                    let offsets = positions.filter { $0.topic == topic && $0.partition == partition }.map(\.offset)
+                    let start = offsets.first ?? 0
+                    #expect(offsets == Array(start..<(start + Int64(offsets.count))), "\(topic) partition \(partition)")
+                }
+            }
+
+            // Every message is delivered where publish said, in publish order per key, the due one first.
+            var delivered: [Int: MessagePosition] = [:]
+            var orderPerKey: [String: [Int]] = [:]
+            for topic in topics.keys.sorted() {
+                while true {
+                    let received = try await log.receive(
+                        ReceiveRequest(group: "g", topic: topic, consumer: "c", maxMessages: 100, maxPartitions: 5))
+                    if received.deliveries.isEmpty { break }
+                    for delivery in received.deliveries {
+                        delivered[delivery.n] = delivery.message.position
+                        orderPerKey["\(topic)/\(delivery.message.key)", default: []].append(delivery.n)
+                        try await log.ack(delivery)
+                    }
+                }
+            }
+            #expect(delivered.count == batch.count + 1)
+            for (index, position) in positions.enumerated() {
+                #expect(delivered[index + 1] == position, "message \(index + 1)")
+            }
+            #expect(orderPerKey["payments/key-0"]?.first == 100)
+            for (key, order) in orderPerKey {
+                let published = order.filter { $0 != 100 }
+                #expect(published == published.sorted(), "\(key)")
+            }
+        }
+    }
+
     @Test("messages round-trip: event, key and headers as published", arguments: MessageLogBackends.all)
     func roundTrip(backend: MessageLogBackend) async throws {
         try await backend.withLog { log, clock in
