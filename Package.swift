@@ -504,5 +504,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The helpers of AviaryTestSupport themselves (starting and reaping child processes).
+        .testTarget(
+            name: "AviaryTestSupportTests",
+            dependencies: ["AviaryTestSupport"],
+            swiftSettings: swiftSettings
+        ),
     ]
 )

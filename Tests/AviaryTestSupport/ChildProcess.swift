@@ -5,13 +5,18 @@
 
 public import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Runs a program to its end without blocking a thread of the test pool.
 ///
 /// Tests that ran a child with `readDataToEndOfFile` and `waitUntilExit` held one of the two
 /// cooperative threads of this machine for the child's whole life (and could deadlock when the
 /// child filled its other pipe); with several such tests at once the whole test process stalled.
 /// Here outputs go to temporary files, so no pipe can fill up, and the exit is awaited on a
-/// thread of its own (``Spawn``, which also avoids a crash of Foundation's `Process.run`).
+/// thread of its own (``Spawn``, which also avoids a crash of Foundation's `Process.run`). For a
+/// child that runs alongside the test (a server, a process to kill), use ``Spawn/start(_:_:environment:workingDirectory:stdin:stdout:stderr:)``.
 ///
 /// ```swift
 /// let outcome = try await ChildProcess.run(ChildProcess.aviary, ["broker", "topics", "--url", url])
@@ -30,8 +35,16 @@ public enum ChildProcess {
     }
 
     /// The `aviary` executable that `swift build --build-tests` puts next to the test bundle.
-    public static var aviary: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("aviary")
+    public static var aviary: URL { Self.builtExecutable("aviary") }
+
+    /// An executable of this package that `swift build --build-tests` puts next to the test
+    /// bundle (`aviary`, the fault-test children such as `aviary-shop-fault`).
+    ///
+    /// ```swift
+    /// let child = try Spawn.start(ChildProcess.builtExecutable("aviary-workflows-fault").path, ["run"])
+    /// ```
+    public static func builtExecutable(_ name: String) -> URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name)
     }
 
     /// Runs `executable` with `arguments` (and `environment`, the test's own by default), standard
@@ -45,26 +58,17 @@ public enum ChildProcess {
         defer { try? FileManager.default.removeItem(at: directory) }
         let outputURL = directory.appendingPathComponent("stdout")
         let errorURL = directory.appendingPathComponent("stderr")
-        try Data().write(to: outputURL)
-        try Data().write(to: errorURL)
-        let output = try FileHandle(forWritingTo: outputURL)
-        let error = try FileHandle(forWritingTo: errorURL)
-        defer {
-            try? output.close()
-            try? error.close()
+        let child = try Spawn.start(
+            executable.path, arguments, environment: environment, stdout: .appending(to: outputURL.path),
+            stderr: .appending(to: errorURL.path))
+        let status: Int32
+        do {
+            status = try await child.exit.status
+        } catch {
+            // Cancelled: no child outlives its test.
+            child.kill(SIGKILL)
+            throw error
         }
-
-        let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/null"))
-        defer { try? input.close() }
-        var command = executable.path
-        var commandArguments = arguments
-        if let environment {
-            command = "/usr/bin/env"
-            commandArguments = ["-i"] + environment.map { "\($0)=\($1)" } + [executable.path] + arguments
-        }
-        let status = try await Spawn.run(
-            command, commandArguments, stdin: input.fileDescriptor, stdout: output.fileDescriptor,
-            stderr: error.fileDescriptor)
         return Outcome(
             status: status,
             standardOutput: String(decoding: try Data(contentsOf: outputURL), as: UTF8.self),
