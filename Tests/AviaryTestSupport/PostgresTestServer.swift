@@ -131,39 +131,24 @@ public final class PostgresTestServer: Sendable {
         let logURL = directory.appendingPathComponent("server.log")
         for _ in 0..<3 {
             let port = try Self.freePort()
-            // The server runs as a child of this process (pg_ctl would daemonize it, and Foundation's
-            // Process then never reports pg_ctl's exit), its log in the folder.
+            // The server runs as a child of this process (pg_ctl would daemonize it, and its exit
+            // could not be watched), its log in the folder.
             try Data().write(to: logURL)
             if Self.isRoot, let user = getpwnam("postgres") {
                 chown(logURL.path, user.pointee.pw_uid, user.pointee.pw_gid)
             }
-            let log = try FileHandle(forWritingTo: logURL)
-            let server = Process()
             let postgres = binDirectory.appendingPathComponent("postgres").path
             let arguments = [
                 "-D", data.path, "-p", "\(port)", "-c", "listen_addresses=127.0.0.1",
                 "-c", "unix_socket_directories=\(directory.path)", "-c", "fsync=on", "-c", "synchronous_commit=on",
                 "-c", "max_connections=300", "-c", "shared_buffers=64MB",
             ]
-            if Self.isRoot {
-                server.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
-                server.arguments = ["-u", "postgres", "--", postgres] + arguments
-            } else {
-                server.executableURL = URL(fileURLWithPath: postgres)
-                server.arguments = arguments
-            }
-            server.currentDirectoryURL = URL(fileURLWithPath: "/")
-            server.standardInput = FileHandle.nullDevice
-            server.standardOutput = log
-            server.standardError = log
-            let exited = Atomic<Bool>(false)
-            server.terminationHandler = { _ in exited.store(true, ordering: .releasing) }
+            let server: Spawn.Child
             do {
-                try server.run()
+                server = try Self.spawn(postgres, arguments, output: logURL.path)
             } catch {
                 throw Failure(description: "cannot run \(postgres): \(error)")
             }
-            try? log.close()
             let address = PostgresAddress(
                 host: "127.0.0.1", port: port, username: "postgres", password: password, database: "postgres",
                 tls: .disable)
@@ -171,7 +156,7 @@ public final class PostgresTestServer: Sendable {
             // once when the server exits.
             let deadline = ContinuousClock.now + .seconds(120)
             var lastError = ""
-            while ContinuousClock.now < deadline, !exited.load(ordering: .acquiring) {
+            while ContinuousClock.now < deadline, server.isRunning {
                 do {
                     try await Self.probe(address)
                     guard
@@ -193,8 +178,8 @@ public final class PostgresTestServer: Sendable {
                 }
             }
             let text = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
-            if !exited.load(ordering: .acquiring) {
-                server.interrupt()
+            if server.isRunning {
+                server.kill(SIGINT)
                 throw Failure(
                     description:
                         "PostgreSQL in \(data.path) did not accept a login within 120 s (\(lastError)); log:\n\(text.suffix(4000))"
@@ -347,22 +332,13 @@ public final class PostgresTestServer: Sendable {
             tail --pid=\(pid) -f /dev/null
             rm -rf '\(directory.path)'
             """
-        let watchdog = Process()
-        watchdog.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-        watchdog.arguments = ["--wait", "sh", "-c", script]
-        watchdog.standardInput = FileHandle.nullDevice
-        watchdog.standardOutput = FileHandle.nullDevice
-        watchdog.standardError = FileHandle.nullDevice
-        // `setsid` forks when it starts as a process-group leader (Foundation makes it one), and
-        // without `--wait` its first process exits at once; that zombie was never reaped and made
-        // swift-testing's exit monitor spin on `waitid` for the rest of the run. With `--wait` it
-        // lives as long as the watchdog; it is kept and watched so that its end is reaped too.
-        watchdog.terminationHandler = { _ in }
-        Self.watchdogs.withLock { $0.append(watchdog) }
-        try? watchdog.run()
+        // `setsid` gives the watchdog a session of its own. Started by ``Spawn`` it is no
+        // process-group leader, so it calls setsid() and becomes `sh` itself; `--wait` matters only
+        // when it has to fork first (as a group leader, which Foundation's `Process` made it).
+        // ``Spawn``'s waiter thread reaps it when it ends: an unreaped zombie made swift-testing's
+        // exit monitor spin on `waitid` for the rest of the run.
+        _ = try? Spawn.start("/usr/bin/setsid", ["--wait", "sh", "-c", script])
     }
-
-    private static let watchdogs = Mutex<[Process]>([])
 
     // MARK: Processes and ports
 
@@ -393,31 +369,23 @@ public final class PostgresTestServer: Sendable {
             .appendingPathComponent("aviary-postgres-output-\(UUID().uuidString)")
         try Data().write(to: output)
         defer { try? FileManager.default.removeItem(at: output) }
-        let process = Process()
-        if Self.isRoot {
-            process.executableURL = URL(fileURLWithPath: "/usr/sbin/runuser")
-            process.arguments = ["-u", "postgres", "--", program] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: program)
-            process.arguments = arguments
+        let status: Int32
+        do {
+            status = try await Self.spawn(program, arguments, output: output.path).exit.status
+        } catch let error as Spawn.Failure {
+            throw Failure(description: "cannot run \(program): \(error)")
         }
-        // Run from a folder the postgres user may read, so its programs do not complain about the cwd.
-        process.currentDirectoryURL = URL(fileURLWithPath: "/")
-        let handle = try FileHandle(forWritingTo: output)
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = handle
-        process.standardError = handle
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { finished in continuation.resume(returning: finished.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: Failure(description: "cannot run \(program): \(error)"))
-            }
-        }
-        try? handle.close()
         return (status, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+    }
+
+    /// Starts a PostgreSQL program (through `runuser` as the `postgres` user when root) from `/`,
+    /// a folder the postgres user may read, so that its programs do not complain about the cwd;
+    /// standard input empty, both outputs appended to `output`.
+    private static func spawn(_ program: String, _ arguments: [String], output: String) throws -> Spawn.Child {
+        let (executable, arguments) =
+            Self.isRoot ? ("/usr/sbin/runuser", ["-u", "postgres", "--", program] + arguments) : (program, arguments)
+        return try Spawn.start(
+            executable, arguments, workingDirectory: "/", stdout: .appending(to: output), stderr: .standardOutput)
     }
 
     /// A TCP port of 127.0.0.1 that is free now (the kernel picks it).
