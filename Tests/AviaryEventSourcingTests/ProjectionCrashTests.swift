@@ -6,9 +6,14 @@
 import AviaryCore
 import AviaryEventSourcing
 import AviaryStorage
+import AviaryTestSupport
 import Foundation
 import GRDB
 import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A projection in a real child process (this test bundle, re-executed with a filter that selects
 /// ``ProjectionCrashChild``), killed with SIGKILL at random moments while it catches up: after
@@ -68,25 +73,21 @@ struct ProjectionCrashTests {
         while kills < 6 {
             let before = try await Self.applied(readModel).count
             if before == total { break }
-            let child = Process()
-            child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-            child.arguments = ["--testing-library", "swift-testing", "--filter", "ProjectionCrashChild"]
             var environment = ProcessInfo.processInfo.environment
             environment[Self.directoryVariable] = directory.url.path
             environment[Self.layoutVariable] = sameDatabase ? "same" : "separate"
-            child.environment = environment
-            child.standardOutput = FileHandle.nullDevice
-            child.standardError = FileHandle.nullDevice
-            try child.run()
+            let child = try Spawn.start(
+                CommandLine.arguments[0], ["--testing-library", "swift-testing", "--filter", "ProjectionCrashChild"],
+                environment: environment)
+            defer { child.kill(SIGKILL) }
             // Kill it once it has applied a random number of further events (or at once, now and then).
             let target = before + Int.random(in: 0...600)
             let deadline = clock.now.advanced(by: .seconds(60))
             while child.isRunning, clock.now < deadline, try await Self.applied(readModel).count < target {
                 try await Task.sleep(for: .milliseconds(2))
             }
-            kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
-            #expect(child.terminationReason == .uncaughtSignal, "the child ran until it was killed")
+            let exit = try await child.stop(SIGKILL)
+            #expect(exit.signal != nil, "the child ran until it was killed (it \(exit))")
             kills += 1
             appliedAtKills.append(try await Self.applied(readModel).count)
             try await Self.expectConsistent(readModel, positions)

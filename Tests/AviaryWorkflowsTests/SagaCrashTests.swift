@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryStorage
+import AviaryTestSupport
 import AviaryWorkflows
 import Foundation
 import GRDB
@@ -27,10 +28,7 @@ import Darwin
 /// `AVIARY_FAULT_SEED=<seed> swift test --filter SagaCrashTests` replays a schedule.
 @Suite("Sagas under SIGKILL", .serialized, .timeLimit(.minutes(3)))
 struct SagaCrashTests {
-    static var executable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("aviary-workflows-fault")
-    }
+    static var executable: URL { ChildProcess.builtExecutable("aviary-workflows-fault") }
 
     /// SplitMix64, so that a failing schedule can be replayed.
     struct SeededGenerator: RandomNumberGenerator {
@@ -65,40 +63,34 @@ struct SagaCrashTests {
         func logTail() -> String {
             String(((try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "").suffix(2000))
         }
-        func launch() throws -> Process {
-            let process = Process()
-            process.executableURL = Self.executable
-            process.arguments = [
-                "run", "--sagas", sagas, "--callee", directory.path("callee.db"), "--count", "\(count)",
-                "--lease-seconds", "2",
-            ]
-            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-            output.seekToEndOfFile()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            return process
+        func launch() throws -> Spawn.Child {
+            try Spawn.start(
+                Self.executable.path,
+                [
+                    "run", "--sagas", sagas, "--callee", directory.path("callee.db"), "--count", "\(count)",
+                    "--lease-seconds", "2",
+                ],
+                stdout: .appending(to: logPath), stderr: .standardOutput)
         }
 
         var kills = 0
         var process = try launch()
-        defer { if process.isRunning { _ = kill(process.processIdentifier, SIGKILL) } }
+        defer { process.kill(SIGKILL) }
         let clock = ContinuousClock()
         let killPhase = clock.now.advanced(by: .seconds(15))
         var finished = false
         while clock.now < killPhase {
             // A fault schedule, not a wait for anything: the moment of the next SIGKILL.
             try await Task.sleep(for: .milliseconds(Int.random(in: 30...400, using: &random)))
-            if !process.isRunning {
-                guard process.terminationReason == .exit && process.terminationStatus == 0 else {
-                    Issue.record("seed \(seed): the runner failed: \(logTail())")
+            if let exit = process.exitIfFinished {
+                guard exit == .exited(0) else {
+                    Issue.record("seed \(seed): the runner failed (\(exit)): \(logTail())")
                     return
                 }
                 finished = true
                 break
             }
-            _ = kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            try await process.stop(SIGKILL)
             kills += 1
             process = try launch()
         }
@@ -111,8 +103,9 @@ struct SagaCrashTests {
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            guard process.terminationReason == .exit && process.terminationStatus == 0 else {
-                Issue.record("seed \(seed): the runner failed: \(logTail())")
+            let exit = process.exitIfFinished
+            guard exit == .exited(0) else {
+                Issue.record("seed \(seed): the runner failed (\(exit.map(\.description) ?? "running")): \(logTail())")
                 return
             }
         }

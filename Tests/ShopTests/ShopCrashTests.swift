@@ -6,6 +6,7 @@
 import AviaryEventSourcing
 import AviaryMessaging
 import AviaryStorage
+import AviaryTestSupport
 import AviaryWorkflows
 import Foundation
 import GRDB
@@ -43,10 +44,7 @@ struct ShopCrashTests {
         "payments": ["payments.charge.committed", "payments.refund.committed"],
     ]
 
-    static var executable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("aviary-shop-fault")
-    }
+    static var executable: URL { ChildProcess.builtExecutable("aviary-shop-fault") }
 
     /// SplitMix64, so that a failing schedule can be replayed.
     struct SeededGenerator: RandomNumberGenerator {
@@ -91,7 +89,7 @@ struct ShopCrashTests {
         var failpoints: [(String, Int)]
         /// The failpoint the running process dies at.
         var armed: (String, Int)?
-        var process: Process?
+        var process: Spawn.Child?
         var starts = 0
 
         init(name: String, arguments: [String], log: String, failpoints: [(String, Int)]) {
@@ -103,20 +101,13 @@ struct ShopCrashTests {
         }
 
         func launch() throws {
-            let process = Process()
-            process.executableURL = ShopCrashTests.executable
             var arguments = self.arguments
             self.armed = self.failpoints.isEmpty ? nil : self.failpoints.removeFirst()
             if let (point, after) = self.armed {
                 arguments += ["--kill-at", point, "--kill-after", "\(after)"]
             }
-            process.arguments = arguments
-            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: self.log))
-            output.seekToEndOfFile()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            self.process = process
+            self.process = try Spawn.start(
+                ShopCrashTests.executable.path, arguments, stdout: .appending(to: self.log), stderr: .standardOutput)
             self.starts += 1
         }
 
@@ -188,9 +179,7 @@ struct ShopCrashTests {
             log: "\(directory)/orders.log", failpoints: schedule(PlaceOrderFailpoints.all, rounds: 1))
         let children = [inventory, payments, orders]
         defer {
-            for child in children where child.process?.isRunning == true {
-                _ = kill(child.process!.processIdentifier, SIGKILL)
-            }
+            for child in children { child.process?.kill(SIGKILL) }
         }
         for child in children { try child.launch() }
 
@@ -206,13 +195,13 @@ struct ShopCrashTests {
             }
             var done = false
             for child in children {
-                guard let process = child.process, !process.isRunning else { continue }
-                if process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL {
+                guard let exit = child.process?.exitIfFinished else { continue }
+                if exit == .signaled(SIGKILL) {
                     try child.launch()
-                } else if child === orders && process.terminationReason == .exit && process.terminationStatus == 0 {
+                } else if child === orders && exit == .exited(0) {
                     done = true
                 } else {
-                    Issue.record("seed \(seed): \(child.name) failed\n\(child.tail)")
+                    Issue.record("seed \(seed): \(child.name) failed (\(exit))\n\(child.tail)")
                     return
                 }
             }
@@ -220,8 +209,7 @@ struct ShopCrashTests {
             if clock.now >= nextRandomKill {
                 // A fault schedule, not a wait for anything: a SIGKILL at a random moment.
                 let victim = children[Int.random(in: 0..<children.count, using: &random)]
-                if let process = victim.process, process.isRunning {
-                    _ = kill(process.processIdentifier, SIGKILL)
+                if let process = victim.process, process.kill(SIGKILL) {
                     randomKills += 1
                     // Its failpoint was not reached: the next start gets it again.
                     if let armed = victim.armed { victim.failpoints.insert(armed, at: 0) }
@@ -232,8 +220,7 @@ struct ShopCrashTests {
         }
         // Stop the callees (their data is committed; a SIGKILL is as good as any stop) and wait.
         for child in [inventory, payments] {
-            if let process = child.process, process.isRunning { _ = kill(process.processIdentifier, SIGKILL) }
-            while child.process?.isRunning == true { try await Task.sleep(for: .milliseconds(10)) }
+            try await child.process?.stop(SIGKILL)
         }
         let killedAt = Set(children.flatMap(\.killedAt))
         print(

@@ -6,6 +6,7 @@
 import AviaryCore
 import AviaryMessaging
 import AviaryStorage
+import AviaryTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -15,11 +16,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// SIGKILL: no handler, no cleanup, as a crash or an OOM kill.
-private func sigkill(_ pid: Int32) {
-    _ = kill(pid, SIGKILL)
-}
 
 /// The outbox, the log and the inbox under SIGKILL: `aviary-messaging-fault` (built next to the
 /// test bundle) runs as a producer and a consumer process; the test kills them at random moments
@@ -33,10 +29,7 @@ private func sigkill(_ pid: Int32) {
 // one after the other keeps the rest of the suite's real-time tests from starving.
 @Suite("Outbox and inbox under SIGKILL", .serialized, .timeLimit(.minutes(4)))
 struct OutboxInboxFaultTests {
-    static var executable: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("aviary-messaging-fault")
-    }
+    static var executable: URL { ChildProcess.builtExecutable("aviary-messaging-fault") }
 
     /// SplitMix64: a small seeded generator, so that a failing schedule can be replayed.
     struct SeededGenerator: RandomNumberGenerator {
@@ -55,7 +48,7 @@ struct OutboxInboxFaultTests {
         let role: String
         let arguments: [String]
         let logPath: String
-        var process: Process?
+        var process: Spawn.Child?
         var kills = 0
         var starts = 0
         var finished = false
@@ -68,36 +61,28 @@ struct OutboxInboxFaultTests {
         }
 
         func start() throws {
-            let process = Process()
-            process.executableURL = OutboxInboxFaultTests.executable
-            process.arguments = [self.role] + self.arguments
-            let output = try FileHandle(forWritingTo: URL(fileURLWithPath: self.logPath))
-            output.seekToEndOfFile()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            self.process = process
+            self.process = try Spawn.start(
+                OutboxInboxFaultTests.executable.path, [self.role] + self.arguments,
+                stdout: .appending(to: self.logPath), stderr: .standardOutput)
             self.starts += 1
         }
 
         /// Notices a finished process: fine with status 0, a failure otherwise.
         func check() throws {
-            guard let process = self.process, !process.isRunning else { return }
+            guard let process = self.process, let exit = process.exitIfFinished else { return }
             self.process = nil
-            if process.terminationReason == .exit && process.terminationStatus == 0 {
+            if exit == .exited(0) {
                 self.finished = true
                 return
             }
-            throw FaultFailure(
-                "\(self.role) exited on its own with status \(process.terminationStatus) "
-                    + "(\(process.terminationReason == .exit ? "exit" : "signal")): \(self.logTail)")
+            throw FaultFailure("\(self.role) ended on its own (\(exit)): \(self.logTail)")
         }
 
-        func kill() throws {
+        /// SIGKILL: no handler, no cleanup, as a crash or an OOM kill; returns once it is gone.
+        func kill() async throws {
             try self.check()
             guard let process = self.process else { return }
-            sigkill(process.processIdentifier)
-            process.waitUntilExit()
+            try await process.stop(SIGKILL)
             self.process = nil
             self.kills += 1
         }
@@ -141,8 +126,9 @@ struct OutboxInboxFaultTests {
             role: "consume", arguments: ["--store", "\(directory)/consumer.db", "--runtime", runtime] + common,
             logPath: "\(directory)/consumer.log")
         let children = [producer, consumer]
+        // SIGKILL whatever still runs when the test ends; their waiter threads reap them.
         defer {
-            for child in children { try? child.kill() }
+            for child in children { child.process?.kill(SIGKILL) }
         }
 
         do {
@@ -160,7 +146,7 @@ struct OutboxInboxFaultTests {
                     default: children
                     }
                 for child in victims where !child.finished {
-                    try child.kill()
+                    try await child.kill()
                     if !child.finished { try child.start() }
                 }
             }
