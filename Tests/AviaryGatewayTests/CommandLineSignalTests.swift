@@ -9,42 +9,38 @@ import NIOPosix
 import Synchronization
 import Testing
 
-/// A running `aviary gateway` child process with its output collected as it comes.
-final class GatewayProcess: Sendable {
-    let process: Process
-    private let output = CapturedOutput()
+#if canImport(Glibc)
+import Glibc
+#endif
 
-    /// What a child wrote so far, appended from the pipes' reading threads.
-    final class CapturedOutput: Sendable {
-        let text = Mutex<(out: String, err: String)>(("", ""))
-    }
+/// A running `aviary gateway` child process, its outputs going to files that are read as they grow.
+final class GatewayProcess: Sendable {
+    let process: Spawn.Child
+    private let directory: URL
 
     init(arguments: [String], environment: [String: String] = [:]) throws {
-        let process = Process()
-        process.executableURL = CommandLineTests.executable
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        self.process = process
-        out.fileHandleForReading.readabilityHandler = { [output] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            output.text.withLock { $0.out += text }
-        }
-        err.fileHandleForReading.readabilityHandler = { [output] handle in
-            let text = String(decoding: handle.availableData, as: UTF8.self)
-            output.text.withLock { $0.err += text }
-        }
-        try process.run()
+        self.directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("aviary-gateway-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
+        self.process = try Spawn.start(
+            CommandLineTests.executable.path, arguments,
+            environment: ProcessInfo.processInfo.environment.merging(environment) { _, new in new },
+            stdout: .appending(to: self.directory.appendingPathComponent("stdout").path),
+            stderr: .appending(to: self.directory.appendingPathComponent("stderr").path))
     }
 
-    var standardOutput: String { self.output.text.withLock { $0.out } }
-    var standardError: String { self.output.text.withLock { $0.err } }
+    /// What the child wrote to standard output so far.
+    var standardOutput: String { self.read("stdout") }
+    /// What the child wrote to standard error so far.
+    var standardError: String { self.read("stderr") }
+
+    private func read(_ name: String) -> String {
+        let data = (try? Data(contentsOf: self.directory.appendingPathComponent(name))) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
 
     func signal(_ number: Int32) {
-        kill(self.process.processIdentifier, number)
+        self.process.kill(number)
     }
 
     /// The proxy and admin ports from the "listening" line.
@@ -63,11 +59,10 @@ final class GatewayProcess: Sendable {
         return result
     }
 
+    /// SIGKILLs the child if it still runs (its waiter thread reaps it) and removes its output files.
     func stop() {
-        if self.process.isRunning {
-            kill(self.process.processIdentifier, SIGKILL)
-            self.process.waitUntilExit()
-        }
+        self.process.kill(SIGKILL)
+        try? FileManager.default.removeItem(at: self.directory)
     }
 }
 
@@ -142,7 +137,7 @@ struct CommandLineSignalTests {
             #expect(answer.status == 200)
             #expect(answer.text.hasPrefix("bytes=5 "))
             await eventually("the gateway exits") { !gateway.process.isRunning }
-            #expect(gateway.process.terminationStatus == 0)
+            #expect(gateway.process.exitIfFinished == .exited(0))
             #expect(gateway.standardOutput.contains("draining"))
         }
     }
@@ -174,7 +169,7 @@ struct CommandLineSignalTests {
                 #expect(response.text.contains("traceparent: 00-\(traceID)-"))
                 gateway.signal(SIGTERM)
                 await eventually("the gateway exits") { !gateway.process.isRunning }
-                #expect(gateway.process.terminationStatus == 0)
+                #expect(gateway.process.exitIfFinished == .exited(0))
                 await eventually("the span arrives") { !receiver.spans(inTrace: traceID).isEmpty }
                 let span = receiver.spans(inTrace: traceID).first
                 #expect(span?.service == "aviary-gateway")

@@ -166,18 +166,10 @@ struct BrokerCommandLineTests {
             var iterator = wakeUps.makeAsyncIterator()
             return await iterator.next() != nil
         }
-        let status = await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
-            let process = Process()
-            process.executableURL = Self.executable
-            process.arguments = [
-                "broker", "publish", "--url", "sqlite://\(path)", "--topic", "orders", "--key", "k", "--count", "1",
-            ]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-            do { try process.run() } catch { continuation.resume(returning: -1) }
-        }
-        #expect(status == 0)
+        let publish = try await ChildProcess.run(
+            Self.executable,
+            ["broker", "publish", "--url", "sqlite://\(path)", "--topic", "orders", "--key", "k", "--count", "1"])
+        #expect(publish.status == 0, "\(publish.standardError)")
         let outcome = await withTaskGroup(of: Bool?.self) { group in
             group.addTask { await woken.value }
             group.addTask {

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryTestSupport
 import Foundation
 import NIOCore
 import NIOHPACK
@@ -256,32 +257,22 @@ struct TestCertificate {
     var keyFile: String { self.directory.appendingPathComponent("key.pem").path }
 
     /// Runs `openssl req` as a child process and waits for it without blocking a thread of the
-    /// cooperative pool (its termination handler resumes the caller).
+    /// cooperative pool (``Spawn``'s waiter thread resumes the caller).
     static func make() async throws -> TestCertificate {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "aviary-h2-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let certificate = TestCertificate(directory: directory)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", certificate.keyFile, "-out", certificate.certificateFile, "-days", "1", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        let status: Int32 = try await withCheckedThrowingContinuation { continuation in
-            process.terminationHandler = { continuation.resume(returning: $0.terminationStatus) }
-            do {
-                try process.run()
-            } catch {
-                process.terminationHandler = nil
-                continuation.resume(throwing: error)
-            }
-        }
-        guard status == 0 else {
-            throw H2StreamFailed(reason: "openssl req failed with status \(status)")
+        let openssl = try Spawn.start(
+            "/usr/bin/env",
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", certificate.keyFile, "-out", certificate.certificateFile, "-days", "1", "-subj",
+                "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ])
+        let exit = try await openssl.exit
+        guard exit == .exited(0) else {
+            throw H2StreamFailed(reason: "openssl req failed: it \(exit)")
         }
         return certificate
     }
