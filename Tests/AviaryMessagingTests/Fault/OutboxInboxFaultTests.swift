@@ -133,10 +133,14 @@ struct OutboxInboxFaultTests {
 
         do {
             for child in children { try child.start() }
-            // The kill phase: strike at a random moment, one child or both, and restart them.
+            // The kill phase: strike at a random moment, one child or both, and restart them, for
+            // 20 s and at least 12 kills (a starved test process strikes less often; up to 60 s).
             let clock = ContinuousClock()
             let killPhase = clock.now.advanced(by: .seconds(20))
-            while clock.now < killPhase, !children.allSatisfy(\.finished) {
+            let killLimit = clock.now.advanced(by: .seconds(60))
+            while !children.allSatisfy(\.finished), clock.now < killLimit,
+                clock.now < killPhase || producer.kills + consumer.kills < 12
+            {
                 // A fault schedule, not a wait for anything: the moment of the next SIGKILL.
                 try await Task.sleep(for: .milliseconds(Int.random(in: 20...300, using: &random)))
                 let victims: [Child] =
