@@ -91,7 +91,7 @@ func httpGet(_ http: HTTPClient, port: Int, _ path: String) async throws -> (Int
     return (Int(response.status.code), String(buffer: body))
 }
 
-@Suite("AviaryApplication", .timeLimit(.minutes(1)))
+@Suite("AviaryApplication", .timeLimit(.minutes(3)))
 struct AviaryApplicationTests {
     @Test(
         "graceful shutdown: readiness fails, then new connections are refused, in-flight requests finish, background services stop last"

@@ -12,7 +12,7 @@ import NIOCore
 import Synchronization
 import Testing
 
-@Suite("DeadlineMiddleware", .timeLimit(.minutes(1)))
+@Suite("DeadlineMiddleware", .timeLimit(.minutes(3)))
 struct DeadlineMiddlewareTests {
     @Test("the caller's remaining budget becomes the handler's deadline; 0 is a 504 and garbage a 400")
     func budget() async throws {

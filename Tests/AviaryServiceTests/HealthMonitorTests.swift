@@ -70,7 +70,7 @@ func eventually(_ what: String, _ condition: () async -> Bool) async {
     }
 }
 
-@Suite("HealthMonitor", .timeLimit(.minutes(1)))
+@Suite("HealthMonitor", .timeLimit(.minutes(3)))
 struct HealthMonitorTests {
     @Test("readiness fails while checks are pending and startup is not done, then passes")
     func pendingAndStartup() async {

@@ -11,7 +11,7 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 
-@Suite("Probe routes", .timeLimit(.minutes(1)))
+@Suite("Probe routes", .timeLimit(.minutes(3)))
 struct HealthRoutesTests {
     func json(_ buffer: ByteBuffer) throws -> [String: Any] {
         let object = try JSONSerialization.jsonObject(with: Data(buffer.readableBytesView))

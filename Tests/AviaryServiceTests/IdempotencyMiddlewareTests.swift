@@ -20,7 +20,7 @@ final class TestWallClock: Sendable {
     func advance(seconds: Int64) { self.milliseconds.add(seconds * 1000, ordering: .relaxed) }
 }
 
-@Suite("IdempotencyMiddleware", .timeLimit(.minutes(1)))
+@Suite("IdempotencyMiddleware", .timeLimit(.minutes(3)))
 struct IdempotencyMiddlewareTests {
     /// A payments-like service: POST /charges answers 201 (or the next of `statuses`) with the
     /// number of the run and the request body.

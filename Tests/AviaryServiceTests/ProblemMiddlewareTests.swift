@@ -12,7 +12,7 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 
-@Suite("ProblemMiddleware", .timeLimit(.minutes(1)))
+@Suite("ProblemMiddleware", .timeLimit(.minutes(3)))
 struct ProblemMiddlewareTests {
     struct Secret: Error {}
     struct Order: Decodable, Sendable {

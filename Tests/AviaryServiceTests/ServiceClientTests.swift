@@ -91,7 +91,7 @@ extension ResiliencePipeline<ClientResponse> {
     }
 }
 
-@Suite("ServiceClient", .timeLimit(.minutes(1)))
+@Suite("ServiceClient", .timeLimit(.minutes(3)))
 struct ServiceClientTests {
     @Test("power of two choices spreads calls and always avoids the busier of two replicas")
     func balancing() async throws {

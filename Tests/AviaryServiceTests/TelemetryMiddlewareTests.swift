@@ -36,7 +36,7 @@ final class LogRecords: Sendable {
     }
 }
 
-@Suite("TelemetryMiddleware", .timeLimit(.minutes(1)))
+@Suite("TelemetryMiddleware", .timeLimit(.minutes(3)))
 struct TelemetryMiddlewareTests {
     /// The value of the sample of `name` whose labels include every pair in `labels`.
     func sample(_ exposition: String, _ name: String, _ labels: [String: String]) -> Double? {

@@ -15,7 +15,7 @@ import Logging
 import NIOCore
 import Testing
 
-@Suite("JWTAuthMiddleware", .timeLimit(.minutes(1)))
+@Suite("JWTAuthMiddleware", .timeLimit(.minutes(3)))
 struct JWTAuthMiddlewareTests {
     struct Problem: Decodable {
         var type: String

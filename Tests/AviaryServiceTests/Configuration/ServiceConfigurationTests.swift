@@ -53,7 +53,7 @@ func loadingProblems(
     }
 }
 
-@Suite("ServiceConfiguration", .timeLimit(.minutes(1)))
+@Suite("ServiceConfiguration", .timeLimit(.minutes(3)))
 struct ServiceConfigurationTests {
     // MARK: Precedence
 
@@ -435,7 +435,7 @@ struct ServiceConfigurationTests {
     }
 }
 
-@Suite("ServiceConfiguration.loadOrExit", .timeLimit(.minutes(1)))
+@Suite("ServiceConfiguration.loadOrExit", .timeLimit(.minutes(3)))
 struct LoadOrExitTests {
     @Test("--print-config prints the configuration and exits 0")
     func printConfigExits() async throws {

@@ -81,7 +81,7 @@ func withApplications<Context>(
     try await running.value
 }
 
-@Suite("Tracing", .timeLimit(.minutes(1)))
+@Suite("Tracing", .timeLimit(.minutes(3)))
 struct TracingTests {
     static let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
     static let callerSpanID = "00f067aa0ba902b7"
@@ -247,7 +247,7 @@ struct TracingTests {
     }
 }
 
-@Suite("TracingConfiguration", .timeLimit(.minutes(1)))
+@Suite("TracingConfiguration", .timeLimit(.minutes(3)))
 struct TracingConfigurationTests {
     @Test("off without an endpoint, when the SDK is disabled, or with the none exporter")
     func offCases() throws {
