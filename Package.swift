@@ -91,6 +91,8 @@ let package = Package(
                 "AviaryResilience",
                 "AviaryStorage",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                // SQLite's C API, for the one statement a batched publish runs per message.
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -39,6 +39,20 @@ struct StoredJSONTests {
         #expect(fast.contains(#""data":"#), "JSON data is embedded, not base64: \(fast)")
     }
 
+    @Test("the stored form is one compact object, members in name order, extensions among the attributes")
+    func storedForm() throws {
+        let event = CloudEvent(
+            id: "id \"1\"\n", source: "/s", type: "t", subject: "é", time: Date(timeIntervalSince1970: 1.25),
+            data: Data(#"{"b":1, "a":2}"#.utf8),
+            extensions: ["traceparent": "00-1-2-01", "aaa": "x", "zeta": "\u{1}\t\\", "datax": "d"])
+        #expect(
+            try StoredJSON.event(event)
+                == #"{"aaa":"x","data":{"b":1, "a":2},"datax":"d","id":"id \"1\"\n","source":"/s","specversion":"1.0","#
+                + #""subject":"é","time":"1970-01-01T00:00:01.250Z","traceparent":"00-1-2-01","type":"t","#
+                + #""zeta":"\u0001\t\\"}"#)
+        #expect(StoredJSON.headers(["b": "2", "a": "\""]) == #"{"a":"\"","b":"2"}"#)
+    }
+
     static let unacceptable: [String] = [
         "", "{", #"{"a":}"#, #"{"a":1,}"#, "[1,]", "01", "1.", ".5", "-", "1e", "+1", "1e400", "-1e400",
         #""\ud800""#, #""\udc00x""#, #""\x""#, "\"tab\tinside\"", "nul", "true false", #"{"a" 1}"#, "[1 2]",

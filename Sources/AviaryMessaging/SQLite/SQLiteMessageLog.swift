@@ -353,11 +353,12 @@ public final class SQLiteMessageLog: MessageLog {
                     byPartition[key, default: []].append(index)
                 }
             }
+            let inserter = try MessageInserter(db)
             for key in partitionOrder {
                 let indices = byPartition[key] ?? []
                 var offset = try Self.takeOffsets(db, topic: key.topic, partition: key.partition, count: indices.count)
                 for index in indices {
-                    try Self.insert(db, encoded[index], partition: key.partition, offset: offset, now: now)
+                    try inserter.insert(encoded[index], partition: key.partition, offset: offset, now: now)
                     positions[index].offset = offset
                     offset += 1
                 }
