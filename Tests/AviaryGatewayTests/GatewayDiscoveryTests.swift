@@ -137,6 +137,34 @@ struct GatewayDiscoveryTests {
         }
     }
 
+    @Test("an endpoint that stays keeps its idle connections when another appears")
+    func keepsConnections() async throws {
+        try await withOrigins(["one", "two"]) { origins in
+            let orders = EndpointSet(local([origins[0].port]))
+            try await withGateway(Self.yaml, directory: TestDirectory(sets: ["orders": orders])) { gateway in
+                let statistics = gateway.server.statistics
+                #expect(try await gateway.get("/x").header("x-origin") == "one")
+                #expect(try await gateway.get("/x").header("x-origin") == "one")
+                let opened = statistics.upstreamConnectionsOpened.load(ordering: .relaxed)
+                #expect(opened == 1)
+                let updates = statistics.discoveryUpdates.load(ordering: .relaxed)
+
+                orders.set(local([origins[0].port, origins[1].port]))
+                await eventually("the change is installed") {
+                    statistics.discoveryUpdates.load(ordering: .relaxed) == updates + 1
+                }
+                var seen: [String] = []
+                for _ in 0..<4 {
+                    seen.append(try await gateway.get("/x").header("x-origin") ?? "?")
+                }
+                #expect(Set(seen) == ["one", "two"])
+                // One new connection, to "two"; "one" is served on the connection it had.
+                #expect(statistics.upstreamConnectionsOpened.load(ordering: .relaxed) == opened + 1)
+                #expect(origins[0].state.connections.load(ordering: .relaxed) == 1)
+            }
+        }
+    }
+
     @Test("a discovery file is re-read on the gateway's clock; a broken one keeps the last good endpoints")
     func file() async throws {
         try await withOrigins(["one", "two"]) { origins in

@@ -116,10 +116,12 @@ final class LoopUpstreams {
         self.core = core
         let reusable = Dictionary(
             (previous?.clusters ?? []).map { (ObjectIdentifier($0.state), $0) }, uniquingKeysWith: { a, _ in a })
+        let byName = Dictionary(
+            (previous?.clusters ?? []).map { ($0.cluster.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.clusters = core.clusters.map { state in
             if let kept = reusable[ObjectIdentifier(state)] { return kept }
             let cluster = state.cluster
-            return ClusterPools(
+            let pools = ClusterPools(
                 state: state, metrics: metrics.cluster(cluster.name),
                 pools: state.endpoints.map {
                     UpstreamPool(
@@ -127,6 +129,19 @@ final class LoopUpstreams {
                         state: $0, clusterState: state,
                         metrics: metrics.endpoint(cluster: cluster.name, endpoint: $0.endpoint.description))
                 })
+            // A discovered cluster whose endpoints changed, and nothing else: endpoints that stay
+            // keep their idle connections.
+            if let before = byName[cluster.name], cluster.discovery != nil, before.cluster.discovery != nil {
+                var unchanged = before.cluster
+                unchanged.endpoints = cluster.endpoints
+                if unchanged == cluster {
+                    let old = Dictionary(before.pools.map { ($0.endpoint, $0) }, uniquingKeysWith: { a, _ in a })
+                    for pool in pools.pools {
+                        if let previousPool = old[pool.endpoint] { pool.adoptIdle(from: previousPool) }
+                    }
+                }
+            }
+            return pools
         }
         self.routeCounters = core.routeLabels.map { metrics.route($0) }
     }

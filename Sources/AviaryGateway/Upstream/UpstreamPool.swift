@@ -111,22 +111,57 @@ final class UpstreamPool {
             case .success(let channel):
                 shared.connections.add(1, ordering: .relaxed)
                 self.openConnections += 1
-                channel.closeFuture.assumeIsolated().whenComplete { _ in
-                    shared.connections.subtract(1, ordering: .relaxed)
-                    self.openConnections -= 1
+                guard let handler = try? channel.pipeline.syncOperations.handler(type: UpstreamHandler.self) else {
+                    channel.closeFuture.assumeIsolated().whenComplete { _ in self.connectionClosed() }
+                    channel.close(promise: nil)
+                    return
                 }
+                let connection = UpstreamConnection(channel: channel, handler: handler, pool: self)
+                connection.exchanges = 1
+                handler.connection = connection
+                // Counted against the pool that has the connection when it closes: a discovery
+                // change can hand an idle connection to the next generation's pool.
+                channel.closeFuture.assumeIsolated().whenComplete { _ in connection.pool.connectionClosed() }
             case .failure:
                 self.metrics.connectErrors += 1
                 self.state.connectErrors.add(1, ordering: .relaxed)
             }
         }
         return connecting.flatMapThrowing { channel in
-            let handler = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self)
-            let connection = UpstreamConnection(channel: channel, handler: handler, pool: self)
-            connection.exchanges = 1
-            handler.connection = connection
+            guard let connection = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self).connection
+            else { throw ChannelError.ioOnClosedChannel }
             return connection
         }.nonisolated()
+    }
+
+    /// One of this pool's connections closed.
+    private func connectionClosed() {
+        self.clusterState.connections.subtract(1, ordering: .relaxed)
+        self.openConnections -= 1
+    }
+
+    /// Takes over the idle connections of `previous`, the pool of the same endpoint in the
+    /// generation of a discovered cluster that a change of its endpoints replaced, so that
+    /// endpoints that stay keep their warm connections (as Envoy keeps a host's pool across EDS
+    /// updates). What `previous` cannot hand over (none for HTTP/2, whose one session per pool
+    /// is not moved, and none past this pool's idle limit) it closes.
+    func adoptIdle(from previous: UpstreamPool) {
+        self.eventLoop.assertInEventLoop()
+        let moving = previous.idle
+        previous.idle.removeAll()
+        for connection in moving {
+            guard connection.channel.isActive, self.cluster.upstreamProtocol == .http1,
+                previous.cluster.upstreamProtocol == .http1, self.idle.count < self.cluster.maxIdleConnections
+            else {
+                connection.close()
+                continue
+            }
+            previous.connectionClosed()
+            connection.pool = self
+            self.clusterState.connections.add(1, ordering: .relaxed)
+            self.openConnections += 1
+            self.idle.append(connection)
+        }
     }
 
     /// Takes back a connection whose exchange finished cleanly, or closes it.
@@ -171,7 +206,9 @@ struct UpstreamOverflow: Error, Sendable {
 final class UpstreamConnection {
     let channel: any Channel
     let handler: UpstreamHandler
-    unowned let pool: UpstreamPool
+    /// The pool the connection belongs to (it moves to the next generation's pool when a
+    /// discovery change keeps its endpoint); kept alive by the connection until it closes.
+    var pool: UpstreamPool
     var isIdle = false
     /// Exchanges this connection was used for, the current one included.
     var exchanges = 0
