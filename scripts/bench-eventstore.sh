@@ -3,7 +3,10 @@
 # run (issue 6): appends per second with 1, 10 and 100 events per append, reads of a 1,000-event
 # stream, and projection catch-up. The raw floor is plain inserts of rows of the same size through
 # the same store and transaction call (SQLiteStore.write / PostgresStore.withTransaction), and a
-# plain select of 1,000 such rows; the ratio is event store / raw floor.
+# plain select of 1,000 such rows; the ratio is event store / raw floor. Catch-up builds a read
+# model counting events per stream from the first event, three times (AVIARY_BENCH_CATCHUP_RUNS),
+# and shows the median, next to a paged read of the same events that applies nothing; each run's
+# rate and the benchmark process's CPU time per event are printed under the table.
 #
 # SQLite: a file in a temporary folder, the SQLiteStore defaults (WAL). PostgreSQL: a throwaway
 # server started here (initdb as the postgres user, fsync and synchronous_commit on, port 55432 or

@@ -105,15 +105,18 @@ public struct PostgresProjectionContext: Sendable {
 /// counterpart of ``ProjectionRunner``, with the same guarantees.
 ///
 /// ## Exactly once, in order
-/// One batch is one transaction: it locks the projection generation's row (`FOR UPDATE`, so two
-/// replicas running the same projection take turns instead of applying a batch twice), reads
-/// the events after the checkpoint, applies them and moves the checkpoint to the last one, so
-/// the read model and the checkpoint commit together or not at all. When the projection throws,
-/// the batch rolls back; the runner applies it again event by event and commits the events
-/// before the failing one, then ``catchUp()`` throws ``ProjectionError/Kind/handlerFailed``. The
-/// checkpoint never moves past an event that was not applied. (The event store's order guarantee
-/// — no position becomes visible after a greater one — is what makes "after the checkpoint"
-/// complete; see ``PostgresEventStore``.)
+/// One batch is one transaction. Its first statement locks the projection generation's row (so
+/// two replicas running the same projection take turns instead of applying a batch twice),
+/// checks that the checkpoint is still the position the batch's events were read after, and
+/// moves it to the last of them; then the projection applies the batch, and the read model and
+/// the checkpoint commit together or not at all. The events are read on another pooled
+/// connection while the previous batch is applied, so reading, decoding and applying overlap;
+/// when another replica moved the checkpoint meanwhile, the runner drops what it read and goes on
+/// from there. When the projection throws, the batch rolls back; the runner applies it again
+/// event by event and commits the events before the failing one, then ``catchUp()`` throws
+/// ``ProjectionError/Kind/handlerFailed``. The checkpoint never moves past an event that was not
+/// applied. (The event store's order guarantee — no position becomes visible after a greater
+/// one — is what makes "after the checkpoint" complete; see ``PostgresEventStore``.)
 ///
 /// ## Side-by-side rebuilds
 /// As ``ProjectionRunner``: generations of tables, views with the logical names, a rebuild lock
@@ -147,14 +150,16 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
     ///   - projection: the projection.
     ///   - events: the event store to follow; the read model lives in its database, which needs
     ///     the migrations of ``PostgresProjections/addMigrations(to:)``.
-    ///   - options: batch size, lock expiry, polling (as ``ProjectionRunner``'s).
+    ///   - options: batch size, lock expiry, polling (as ``ProjectionRunner``'s). Batches are
+    ///     5,000 events by default: each batch's transaction costs a few round trips and a commit
+    ///     flush, which larger batches spread over more events.
     ///   - owner: this runner's name in the rebuild lock (host, process id and a random suffix by default).
     ///   - now: wall-clock time for lock expiry (tests pass a manual clock's `now`).
     /// - Throws: ``ProjectionError`` (`invalidName`) for a projection or table name that is not
     ///   letters, digits and single underscores, starting with a letter.
     public init(
         _ projection: P, events: PostgresEventStore,
-        options: ProjectionRunnerOptions = .init(batchSize: 2000), owner: String? = nil,
+        options: ProjectionRunnerOptions = .init(batchSize: 5000), owner: String? = nil,
         logger: Logger = Logger(label: "aviary.eventsourcing"), now: @escaping @Sendable () -> Date = { Date() }
     ) throws {
         for name in [projection.name] + projection.tables where !ProjectionTables.isValidName(name) {
@@ -344,13 +349,50 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
         }
     }
 
+    /// Applies pages of events until a read finds nothing new. The next page is read on another
+    /// pooled connection while the current one is applied, so the server reads page n+1 and this
+    /// process decodes it while page n is applied and committed; each page's transaction checks
+    /// that the checkpoint is still the position the page was read after.
     private func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
         var total = 0
         while true {
-            let applied = try await self.applyBatch(generation, rebuilding: rebuilding)
-            if applied == 0 { return total }
-            total += applied
+            let checkpoint = try await self.checkpoint(generation, rebuilding: rebuilding)
+            let events = self.events
+            let limit = self.options.batchSize
+            var moved = false
+            try await ProjectionPages.forEach(
+                after: checkpoint, read: { after in try await events.readAll(after: after, limit: limit) }
+            ) { page, after in
+                guard try await self.apply(page, after: after, generation, rebuilding: rebuilding) else {
+                    moved = true
+                    return false
+                }
+                total += page.count
+                return true
+            }
+            // Another replica moved the checkpoint: go on from where it is now.
+            if !moved { return total }
         }
+    }
+
+    /// The generation's checkpoint, read outside any transaction (where a drain starts reading).
+    private func checkpoint(_ generation: Int64, rebuilding: Bool) async throws -> Int64 {
+        let name = self.projection.name
+        let logger = self.logger
+        let row = try await self.store.withConnection { connection -> (String, Int64)? in
+            for try await row in try await connection.query(
+                "SELECT state, checkpoint FROM es_projections WHERE name = \(name) AND generation = \(generation)",
+                logger: logger
+            ).decode((String, Int64).self) {
+                return row
+            }
+            return nil
+        }
+        guard let row, row.0 == (rebuilding ? "building" : "live") else {
+            throw ProjectionError(
+                .superseded, "projection \(name): generation \(generation) was replaced by another process")
+        }
+        return row.1
     }
 
     /// The batch's projection failed: the caller re-applies event by event.
@@ -363,23 +405,20 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
         var error: any Error
     }
 
-    private func applyBatch(_ generation: Int64, rebuilding: Bool) async throws -> Int {
+    /// Applies a page read after `after` in one transaction that moves the checkpoint past its
+    /// last event; false (and nothing written) when the checkpoint is no longer `after`. When the
+    /// projection throws, the page is applied again event by event to find the failing event,
+    /// the events before it are kept, and the failure is recorded and thrown.
+    private func apply(
+        _ page: [RecordedEvent], after: Int64, _ generation: Int64, rebuilding: Bool
+    ) async throws -> Bool {
         do {
-            return try await self.transaction(generation, rebuilding: rebuilding, limit: self.options.batchSize) {
-                events, context in
-                do {
-                    try await self.projection.apply(events, context)
-                } catch {
-                    throw BatchFailed()
-                }
-                return events.count
-            }
+            return try await self.batchTransaction(generation, rebuilding: rebuilding, after: after, page: page)
         } catch is BatchFailed {
             // Find the failing event: apply one by one; the transaction keeps those before it.
             let found = Mutex<HandlerFailure?>(nil)
-            let applied = try await self.transaction(
-                generation, rebuilding: rebuilding, limit: self.options.batchSize
-            ) { events, context in
+            let applied = try await self.transaction(generation, rebuilding: rebuilding, after: after, page: page) {
+                events, context in
                 for (index, event) in events.enumerated() {
                     // A savepoint per event keeps a failed statement from aborting the transaction.
                     _ = try await context.connection.complete("SAVEPOINT aviary_event", logger: context.logger)
@@ -397,7 +436,8 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
                 }
                 return events.count
             }
-            guard let failure = found.withLock({ $0 }) else { return applied }
+            guard applied != nil else { return false }
+            guard let failure = found.withLock({ $0 }) else { return true }
             let error = ProjectionError(
                 .handlerFailed,
                 "projection \(self.projection.name) failed on the event at position \(failure.event.position) "
@@ -408,19 +448,79 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
         }
     }
 
-    /// One transaction: locks the generation's row, reads up to `limit` events after its
-    /// checkpoint, lets `body` apply the first `n` of them (its result) and moves the checkpoint
-    /// past the last applied. Returns `n`.
+    /// The whole page in one transaction of four round trips: `BEGIN`; one `UPDATE` that locks
+    /// the generation's row (replicas take turns), checks that it is still in the expected state
+    /// with its checkpoint at `after`, and moves the checkpoint to the page's last event; the
+    /// projection's batch `apply`; `COMMIT`. Moving the checkpoint before applying is safe: both
+    /// commit together or not at all. False (nothing written) when the checkpoint had moved;
+    /// throws `BatchFailed` when the projection threw.
+    private func batchTransaction(
+        _ generation: Int64, rebuilding: Bool, after: Int64, page: [RecordedEvent]
+    ) async throws -> Bool {
+        guard let last = page.last else { return true }
+        let name = self.projection.name
+        let logger = self.logger
+        let state = rebuilding ? "building" : "live"
+        let expiry = Microseconds.of(self.now().addingTimeInterval(self.options.lockTTL.aviarySeconds))
+        let now = Microseconds.of(self.now())
+        let owner = self.owner
+        let projection = self.projection
+        return try await self.store.withTransaction("projection batch") { connection -> Bool in
+            let moved = try await connection.complete(
+                """
+                UPDATE es_projections SET checkpoint = \(last.position), last_error = NULL, updated_at = \(now)
+                WHERE name = \(name) AND generation = \(generation) AND state = \(state) AND checkpoint = \(after)
+                """, logger: logger)
+            guard moved.metadata.rows == 1 else {
+                // Superseded (an error), or another replica applied these events meanwhile.
+                var current: String?
+                for try await value in try await connection.query(
+                    "SELECT state FROM es_projections WHERE name = \(name) AND generation = \(generation)",
+                    logger: logger
+                ).decode(String.self) {
+                    current = value
+                }
+                guard current == state else {
+                    throw ProjectionError(
+                        .superseded, "projection \(name): generation \(generation) was replaced by another process")
+                }
+                return false
+            }
+            if rebuilding {
+                let renewed = try await connection.complete(
+                    "UPDATE es_projection_locks SET expires_at = \(expiry) WHERE name = \(name) AND owner = \(owner)",
+                    logger: logger)
+                guard renewed.metadata.rows == 1 else {
+                    throw ProjectionError(
+                        .lockLost, "projection \(name): the rebuild lock of \(owner) expired and was taken over")
+                }
+            }
+            do {
+                try await projection.apply(
+                    page,
+                    PostgresProjectionContext(
+                        connection: connection, generation: generation, logger: logger))
+            } catch {
+                throw BatchFailed()
+            }
+            return true
+        }
+    }
+
+    /// One transaction: locks the generation's row (`FOR UPDATE`: replicas take turns) and checks
+    /// that its checkpoint is still `after`, lets `body` apply the first `n` events of `page` (its
+    /// result) and moves the checkpoint past the last applied. Returns `n`; nil when the
+    /// checkpoint had moved (nothing is written).
     private func transaction(
-        _ generation: Int64, rebuilding: Bool, limit: Int,
+        _ generation: Int64, rebuilding: Bool, after: Int64, page: [RecordedEvent],
         _ body: @escaping @Sendable ([RecordedEvent], PostgresProjectionContext) async throws -> Int
-    ) async throws -> Int {
+    ) async throws -> Int? {
         let name = self.projection.name
         let logger = self.logger
         let expiry = Microseconds.of(self.now().addingTimeInterval(self.options.lockTTL.aviarySeconds))
         let now = Microseconds.of(self.now())
         let owner = self.owner
-        return try await self.store.withTransaction("projection batch") { connection -> Int in
+        return try await self.store.withTransaction("projection batch") { connection -> Int? in
             var row: (String, Int64)?
             for try await value in try await connection.query(
                 "SELECT state, checkpoint FROM es_projections WHERE name = \(name) AND generation = \(generation) FOR UPDATE",
@@ -432,6 +532,8 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
                 throw ProjectionError(
                     .superseded, "projection \(name): generation \(generation) was replaced by another process")
             }
+            // Another replica applied these events meanwhile.
+            guard row.1 == after else { return nil }
             if rebuilding {
                 let renewed = try await connection.complete(
                     "UPDATE es_projection_locks SET expires_at = \(expiry) WHERE name = \(name) AND owner = \(owner)",
@@ -441,15 +543,13 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
                         .lockLost, "projection \(name): the rebuild lock of \(owner) expired and was taken over")
                 }
             }
-            let events = try await PostgresEventStore.readAll(
-                after: row.1, limit: limit, on: connection, logger: logger)
-            guard !events.isEmpty else { return 0 }
+            guard !page.isEmpty else { return 0 }
             let context = PostgresProjectionContext(connection: connection, generation: generation, logger: logger)
-            let applied = try await body(events, context)
+            let applied = try await body(page, context)
             guard applied > 0 else { return 0 }
             _ = try await connection.complete(
                 """
-                UPDATE es_projections SET checkpoint = \(events[applied - 1].position), last_error = NULL, updated_at = \(now)
+                UPDATE es_projections SET checkpoint = \(page[applied - 1].position), last_error = NULL, updated_at = \(now)
                 WHERE name = \(name) AND generation = \(generation)
                 """, logger: logger)
             return applied

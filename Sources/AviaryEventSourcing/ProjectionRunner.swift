@@ -19,10 +19,12 @@ public import Logging
 /// back. When a handler throws on an event, the batch is rolled back and the events before it
 /// are applied again in a transaction of their own (so the checkpoint ends just before the failed
 /// event), then ``catchUp()`` throws ``ProjectionError/Kind/handlerFailed`` naming the position.
-/// The checkpoint never moves past an event that was not applied. When the event store lives in
-/// the same SQLite database as the read model, the events are read inside that transaction too;
-/// otherwise the transaction checks that the checkpoint did not move since the events were read
-/// (another replica running the same projection), so no event is applied twice.
+/// The checkpoint never moves past an event that was not applied. A batch's events are read
+/// before its transaction (in a read transaction of their own, while the previous batch is being
+/// applied, so that reading and applying overlap), and the transaction checks that the checkpoint
+/// is still the position they were read after; when another replica running the same projection
+/// moved it, the runner drops what it read and goes on from there, so no event is applied twice.
+/// (That no event is skipped rests on the event store's order guarantee: see ``EventStore``.)
 ///
 /// ## Generations and side-by-side rebuilds
 /// The read model's tables are per generation (`order_history__g1`) and readers query views
@@ -60,8 +62,8 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     public let owner: String
     let logger: Logger
     let now: @Sendable () -> Date
-    /// The event store when it lives in the read model's database: then a batch reads and
-    /// applies in one transaction.
+    /// The event store when it lives in the read model's database: then the switch to a rebuilt
+    /// generation reads the head in its own transaction.
     let local: SQLiteEventStore?
 
     /// Creates a runner and the bookkeeping tables (`es_projections`, `es_projection_locks`) in
@@ -264,13 +266,31 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         }
     }
 
-    /// Applies batches until a batch finds nothing new.
+    /// Applies pages of events until a read finds nothing new. The next page is read (on a
+    /// reader connection, in a read transaction of its own) while the current one is applied in
+    /// the write transaction, so reading and decoding overlap with applying; each page's
+    /// transaction checks that the checkpoint is still the position the page was read after.
     private func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
         var total = 0
         while true {
-            let applied = try await self.applyBatch(generation, rebuilding: rebuilding)
-            if applied == 0 { return total }
-            total += applied
+            let checkpoint = try await self.store.read { db in
+                try self.checkpoint(generation, rebuilding: rebuilding, renewingLock: false, in: db)
+            }
+            let events = self.events
+            let limit = self.options.batchSize
+            var moved = false
+            try await ProjectionPages.forEach(
+                after: checkpoint, read: { after in try await events.readAll(after: after, limit: limit) }
+            ) { page, after in
+                guard try await self.apply(page, after: after, to: generation, rebuilding: rebuilding) else {
+                    moved = true
+                    return false
+                }
+                total += page.count
+                return true
+            }
+            // Another replica moved the checkpoint: go on from where it is now.
+            if !moved { return total }
         }
     }
 
@@ -281,35 +301,25 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         var error: any Error
     }
 
-    /// One batch; returns how many events it applied (0: nothing new).
-    private func applyBatch(_ generation: Int64, rebuilding: Bool) async throws -> Int {
-        var limit = self.options.batchSize
+    /// Applies a page read after `after` in one write transaction that moves the checkpoint past
+    /// its last event; false (and nothing written) when the checkpoint is no longer `after`
+    /// (another replica applied these events). When a handler throws, the transaction rolls back,
+    /// the events before the failed one are applied in a transaction of their own, and the
+    /// failure is recorded and thrown.
+    private func apply(
+        _ page: [RecordedEvent], after: Int64, to generation: Int64, rebuilding: Bool
+    ) async throws -> Bool {
+        var events = page[...]
         var failure: ProjectionError?
         while true {
-            let batchLimit = limit
             do {
-                let applied: Int
-                if self.local != nil {
-                    applied = try await self.store.write("projection batch") { db -> Int in
-                        let checkpoint = try self.checkpoint(generation, rebuilding: rebuilding, in: db)
-                        let events = try SQLiteEventStore.readAll(after: checkpoint, limit: batchLimit, in: db)
-                        return try self.apply(events, to: generation, in: db)
-                    }
-                } else {
-                    let checkpoint = try await self.store.read { db in
-                        try self.checkpoint(generation, rebuilding: rebuilding, renewingLock: false, in: db)
-                    }
-                    let events = try await self.events.readAll(after: checkpoint, limit: batchLimit)
-                    applied = try await self.store.write("projection batch") { db -> Int in
-                        // Another replica may have applied these meanwhile: then do nothing and read again.
-                        guard try self.checkpoint(generation, rebuilding: rebuilding, in: db) == checkpoint else {
-                            return -1
-                        }
-                        return try self.apply(events, to: generation, in: db)
-                    }
-                    if applied < 0 { continue }
+                let batch = events
+                let applied = try await self.store.write("projection batch") { db -> Bool in
+                    guard try self.checkpoint(generation, rebuilding: rebuilding, in: db) == after else { return false }
+                    try self.apply(batch, to: generation, in: db)
+                    return true
                 }
-                if let failure {
+                if let failure, applied {
                     try? await self.recordFailure(failure, generation: generation)
                     throw failure
                 }
@@ -320,13 +330,13 @@ public final class ProjectionRunner<P: Projection>: Sendable {
                     "projection \(self.projection.name) failed on the event at position \(handler.event.position) "
                         + "(\(handler.event.type), \(handler.event.stream)@\(handler.event.streamVersion))",
                     position: handler.event.position, cause: handler.error)
-                failure = error
                 if handler.index == 0 {
                     try? await self.recordFailure(error, generation: generation)
                     throw error
                 }
                 // Apply the events before the failed one on their own, then report the failure.
-                limit = handler.index
+                failure = error
+                events = events.prefix(handler.index)
             }
         }
     }
@@ -359,8 +369,8 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     }
 
     /// Applies events and moves the checkpoint past the last, in the caller's transaction.
-    private func apply(_ events: [RecordedEvent], to generation: Int64, in db: Database) throws -> Int {
-        guard let last = events.last else { return 0 }
+    private func apply(_ events: ArraySlice<RecordedEvent>, to generation: Int64, in db: Database) throws {
+        guard let last = events.last else { return }
         let context = ProjectionContext(db: db, generation: generation)
         for (index, event) in events.enumerated() {
             do {
@@ -375,7 +385,6 @@ public final class ProjectionRunner<P: Projection>: Sendable {
                 WHERE name = ? AND generation = ?
                 """
         ).execute(arguments: [last.position, Microseconds.of(self.now()), self.projection.name, generation])
-        return events.count
     }
 
     private func recordFailure(_ error: ProjectionError, generation: Int64) async throws {
@@ -458,7 +467,9 @@ public final class ProjectionRunner<P: Projection>: Sendable {
 /// let options = ProjectionRunnerOptions(batchSize: 2000, pollInterval: .milliseconds(100))
 /// ```
 public struct ProjectionRunnerOptions: Sendable {
-    /// Events per transaction.
+    /// Events per transaction (at most). Larger batches spread each transaction's fixed cost over
+    /// more events; smaller ones hold the read model's write lock for less time (on SQLite, the
+    /// database's only writer, appends wait for it).
     public var batchSize: Int
     /// How long a rebuild lock lasts without renewal (each batch renews it).
     public var lockTTL: Duration
@@ -466,7 +477,7 @@ public struct ProjectionRunnerOptions: Sendable {
     public var pollInterval: Duration
 
     /// Creates options.
-    public init(batchSize: Int = 500, lockTTL: Duration = .seconds(60), pollInterval: Duration = .milliseconds(200)) {
+    public init(batchSize: Int = 1000, lockTTL: Duration = .seconds(60), pollInterval: Duration = .milliseconds(200)) {
         self.batchSize = batchSize
         self.lockTTL = lockTTL
         self.pollInterval = pollInterval
@@ -560,6 +571,36 @@ public enum Projections {
         }
         guard changed > 0 else {
             throw AviaryError(.notFound, "no live projection named \(name) in \(store.url)")
+        }
+    }
+}
+
+/// Pages of the global order for a projection runner, read one page ahead of the one being
+/// applied: a producer child task with a buffer of one page, so that the store reads and decodes
+/// page n+1 while the runner applies page n (on another connection, another core).
+enum ProjectionPages {
+    /// Reads pages with `read` (the events after a position, in order) starting after
+    /// `checkpoint`, and calls `body` with each non-empty page and the position it was read
+    /// after, in order, until a page is empty or `body` returns false. While `body` runs, the
+    /// page after it is being read; a page read ahead is dropped when `body` returns false or
+    /// throws.
+    static func forEach(
+        after checkpoint: Int64,
+        read: @escaping @Sendable (_ after: Int64) async throws -> [RecordedEvent],
+        _ body: (_ page: [RecordedEvent], _ after: Int64) async throws -> Bool
+    ) async throws {
+        try await withThrowingTaskGroup(of: [RecordedEvent].self) { group in
+            group.addTask { try await read(checkpoint) }
+            var after = checkpoint
+            while let page = try await group.next() {
+                guard let last = page.last else { return }
+                group.addTask { [position = last.position] in try await read(position) }
+                guard try await body(page, after) else {
+                    group.cancelAll()
+                    return
+                }
+                after = last.position
+            }
         }
     }
 }

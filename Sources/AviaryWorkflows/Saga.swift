@@ -62,6 +62,38 @@ public struct StepRetryPolicy: Sendable {
     }
 }
 
+/// An error that a step's action (or a request step's `onReply`) throws to say that trying again
+/// cannot help — a payment declined, an item out of stock. The runner records the failed
+/// attempt, skips the rest of the step's ``StepRetryPolicy`` and starts compensating at once
+/// (with the step's own compensation when ``SagaStep/compensatesItsOwnFailure`` is on). The
+/// timeline and ``SagaInstance/lastError`` show the cause. Any other error is retried per the
+/// policy. Compensations do not look at it: a failing compensation is always retried.
+///
+/// ```swift
+/// SagaStep<Order>("charge", retry: StepRetryPolicy(maxAttempts: 4)) { order, context in
+///     do {
+///         var order = order
+///         order.paymentID = try await payments.charge(order.total, key: context.idempotencyKey)
+///         return order
+///     } catch let declined as PaymentDeclined {
+///         throw SagaStepError.final(declined)     // compensate now; other errors are retried
+///     }
+/// }
+/// ```
+public enum SagaStepError: Error, CustomStringConvertible {
+    /// A failure that no retry can fix: compensate now. `cause` is what the timeline records.
+    case final(any Error)
+
+    /// The error the step failed with.
+    public var cause: any Error {
+        switch self {
+        case .final(let cause): cause
+        }
+    }
+
+    public var description: String { "\(self.cause)" }
+}
+
 /// One step of a saga: an action and its compensation, or a durable timer.
 ///
 /// ```swift

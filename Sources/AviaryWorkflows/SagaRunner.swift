@@ -18,9 +18,11 @@ import Synchronization
 ///   new state (in the same transaction as the next step's `started`). A step interrupted by a
 ///   crash is run again with the same ``StepContext/idempotencyKey``.
 /// - A failed action is retried after its policy's backoff (the retry time is stored, so it
-///   survives restarts). When the policy is spent, the completed steps are compensated in reverse
-///   order; a failed compensation is retried after backoff up to ``Saga/compensationRetry``'s
-///   limit, then the saga is parked as ``SagaStatus/needsAttention`` with its history.
+///   survives restarts). When the policy is spent, or the action threw
+///   ``SagaStepError/final(_:)`` (no retry can help), the completed steps are compensated in
+///   reverse order; a failed compensation is retried after backoff up to
+///   ``Saga/compensationRetry``'s limit, then the saga is parked as ``SagaStatus/needsAttention``
+///   with its history.
 /// - Timer steps store their wake-up time; ``run()`` sleeps until the earliest one.
 ///
 /// Over a plain ``SagaStore`` (SQLite) run one runner per store: two runners driving the same
@@ -588,20 +590,21 @@ public final class SagaRunner: Service, Sendable {
     }
 
     /// Records a failed attempt of step `index`: a retry (after backoff) or, when the policy is
-    /// spent, the start of compensation.
+    /// spent or the error is ``SagaStepError`` (final), the start of compensation.
     private func failed(
         _ instance: inout SagaInstance, _ saga: ErasedSaga, _ index: Int, _ error: any Error
     ) -> [SagaEvent] {
         let step = saga.steps[index]
         let done = self.wallClock.now
         let message = "\(error)"
+        let isFinal = error is SagaStepError
         var events = [
             SagaEvent(
                 step: index, stepName: step.name, kind: .failed, attempt: instance.attempt, error: message, at: done)
         ]
         instance.lastError = "\(step.name): \(message)"
         instance.awaitingReply = false
-        if instance.attempt + 1 < step.retry.maxAttempts {
+        if !isFinal && instance.attempt + 1 < step.retry.maxAttempts {
             instance.attempt += 1
             let delay = step.retry.delay(beforeRetry: instance.attempt)
             instance.wakeAt = delay > .zero ? done.addingTimeInterval(delay.aviaryTimeInterval) : nil
@@ -611,7 +614,9 @@ public final class SagaRunner: Service, Sendable {
         }
         self.logger.info(
             "saga step failed for good; compensating",
-            metadata: ["saga": "\(instance.id)", "step": "\(step.name)", "error": "\(message)"])
+            metadata: [
+                "saga": "\(instance.id)", "step": "\(step.name)", "error": "\(message)", "final": "\(isFinal)",
+            ])
         instance.status = .compensating
         let from = step.compensatesItsOwnFailure ? index : index - 1
         events += saga.enterCompensation(from: from, &instance, now: done)

@@ -3,6 +3,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
+import AviaryMessaging
+import AviaryResilience
 import AviaryWorkflows
 import Foundation
 import Testing
@@ -182,6 +185,63 @@ struct SagaStoreConformanceTests {
             #expect(error?.kind == .invalidState)
             let missing = await #expect(throws: SagaError.self) { try await store.retryParked("nope") }
             #expect(missing?.kind == .notFound)
+        }
+    }
+
+    @Test(
+        "a step that throws SagaStepError.final compensates at once, skipping its retries; any other error waits for a retry",
+        arguments: SagaStoreBackend.all)
+    func finalStepFailure(backend: SagaStoreBackend) async throws {
+        try await Self.with(backend) { store, _ in
+            struct Order: Codable, Sendable {}
+            let wall = ManualWallClock(start: Self.t0)
+            let runner = SagaRunner(store: store, wallClock: wall, clock: ManualClock())
+            let calls = Locked<[String]>([])
+            // Four retries, each after 10 s: a retried step waits on the manual clocks.
+            let patient = StepRetryPolicy(maxAttempts: 5, backoff: .constant(.seconds(10)))
+            func placeOrder(final: Bool) -> Saga<Order> {
+                Saga(
+                    "place-order-\(final ? "final" : "transient")",
+                    steps: [
+                        SagaStep("reserve") { order, _ in
+                            calls.withLock { $0.append("reserve") }
+                            return order
+                        } compensate: { _, _ in
+                            calls.withLock { $0.append("release") }
+                        },
+                        SagaStep("charge", retry: patient) { _, _ in
+                            calls.withLock { $0.append("charge") }
+                            let declined = TestFailure("payment declined")
+                            if final { throw SagaStepError.final(declined) }
+                            throw declined
+                        },
+                    ])
+            }
+
+            let compensated = try await runner.start(placeOrder(final: true), id: "final", state: Order())
+            #expect(compensated.status == .compensated)
+            #expect(compensated.wakeAt == nil)
+            #expect(compensated.lastError == "charge: payment declined")
+            #expect(calls.value == ["reserve", "charge", "release"])
+            let history = try await store.history("final")
+            #expect(history.filter { $0.kind == .failed }.map(\.attempt) == [0])
+            #expect(history.first { $0.kind == .failed }?.error == "payment declined")
+            #expect(history.filter { $0.kind == .compensated }.map(\.stepName) == ["reserve"])
+            // Nothing is left to run, however far the clock moves.
+            wall.advance(by: .seconds(60))
+            #expect(try await runner.runDue() == 0)
+            #expect(calls.value == ["reserve", "charge", "release"])
+
+            // The same failure without the wrapper: the step waits 10 s for its next attempt.
+            calls.withLock { $0 = [] }
+            let waiting = try await runner.start(placeOrder(final: false), id: "transient", state: Order())
+            #expect(waiting.status == .running && waiting.step == 1 && waiting.attempt == 1)
+            #expect(waiting.wakeAt.map { abs($0.timeIntervalSince(wall.now.addingTimeInterval(10))) < 0.001 } == true)
+            #expect(calls.value == ["reserve", "charge"])
+            wall.advance(by: .seconds(10))
+            #expect(try await runner.runDue() == 1)
+            #expect(calls.value == ["reserve", "charge", "charge"])
+            #expect(try await store.instance("transient")?.attempt == 2)
         }
     }
 }

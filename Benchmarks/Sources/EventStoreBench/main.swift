@@ -6,8 +6,10 @@
 // scripts/bench-eventstore.sh: the event stores next to the raw floor of the same engine, in the
 // same run, on the same database: plain inserts of rows of the same size (stream, version, id,
 // type, schema version, 57-byte JSON data, two timestamps) through the same store and the same
-// transaction call, and a plain select of 1,000 such rows.
-//   EventStoreBench SQLITE_DIRECTORY [POSTGRES_URL]
+// transaction call, and a plain select of 1,000 such rows. Catch-up: a read model counting events
+// per stream built from the first event (three times, the median shown), next to reading the
+// same events page by page with every column decoded and nothing applied.
+//   EventStoreBench SQLITE_DIRECTORY [POSTGRES_URL]      (SQLITE_DIRECTORY "-": PostgreSQL only)
 
 import AviaryEventSourcing
 import AviaryStorage
@@ -21,6 +23,23 @@ let quiet = Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
 let scale = Double(ProcessInfo.processInfo.environment["AVIARY_BENCH_SCALE"] ?? "1") ?? 1
 
 func count(_ base: Int) -> Int { max(1, Int(Double(base) * scale)) }
+
+/// CPU time of this process so far (every thread, user and system), in microseconds.
+func cpuMicroseconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1e6
+        + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
+}
+
+/// Operations per second of `body`, which does `operations` operations, and this process's CPU
+/// time per operation in microseconds (every thread; on a shared machine the rate moves with the
+/// other load more than the CPU time does).
+func rateAndCPU(_ operations: Int, _ body: () async throws -> Void) async rethrows -> (rate: Double, cpu: Double) {
+    let before = cpuMicroseconds()
+    let rate = try await rate(operations, body)
+    return (rate, (cpuMicroseconds() - before) / Double(operations))
+}
 
 /// Operations per second of `body`, which does `operations` operations.
 func rate(_ operations: Int, _ body: () async throws -> Void) async rethrows -> Double {
@@ -36,42 +55,65 @@ struct Row: Sendable {
     var raw: Double?
     var store: Double
     var unit: String
+    /// Printed under the table.
+    var note: String? = nil
 }
 
-/// Counts events per type: one upsert per event, as a small read model does.
-struct Counter: Projection {
-    let name = "counter"
+/// Counts events per stream, as a small read model does: one upsert per event into a table with
+/// a row per stream (tens of thousands of rows here). Each catch-up builds a projection of its
+/// own (`run` tells them apart) from the first event.
+struct StreamCounter: Projection {
+    let run: Int
+    var name: String { "counter\(self.run)" }
     let version = 1
-    let tables = ["counted"]
+    var tables: [String] { ["counted\(self.run)"] }
     func setUp(_ context: ProjectionContext) throws {
-        try context.db.execute(sql: "CREATE TABLE \(context.table("counted")) (type TEXT PRIMARY KEY, n INTEGER)")
+        try context.db.execute(
+            sql: "CREATE TABLE \(context.table(self.tables[0])) (stream TEXT PRIMARY KEY, n INTEGER NOT NULL)")
     }
     func apply(_ event: RecordedEvent, _ context: ProjectionContext) throws {
         try context.db.cachedStatement(
-            sql: "INSERT INTO \(context.table("counted")) VALUES (?, 1) ON CONFLICT (type) DO UPDATE SET n = n + 1"
-        ).execute(arguments: [event.type])
+            sql:
+                "INSERT INTO \(context.table(self.tables[0])) VALUES (?, 1) ON CONFLICT (stream) DO UPDATE SET n = n + 1"
+        ).execute(arguments: [event.stream])
     }
 }
 
-struct PostgresCounter: PostgresProjection {
-    let name = "counter"
+/// The same read model on PostgreSQL, batched: the counts of a batch summed per stream in Swift,
+/// then one upsert statement for the batch.
+struct PostgresStreamCounter: PostgresProjection {
+    let run: Int
+    var name: String { "counter\(self.run)" }
     let version = 1
-    let tables = ["counted"]
+    var tables: [String] { ["counted\(self.run)"] }
     func setUp(_ context: PostgresProjectionContext) async throws {
-        try await context.connection.query(
-            PostgresQuery(unsafeSQL: "CREATE TABLE \(context.table("counted")) (type TEXT PRIMARY KEY, n BIGINT)"),
-            logger: context.logger)
+        try await context.execute(
+            "CREATE TABLE \(context.table(self.tables[0])) (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)")
     }
     func apply(_ events: [RecordedEvent], _ context: PostgresProjectionContext) async throws {
-        // Batched: one statement per batch, counts summed in Swift first.
         var counts: [String: Int64] = [:]
-        for event in events { counts[event.type, default: 0] += 1 }
+        for event in events { counts[event.stream, default: 0] += 1 }
+        let table = context.table(self.tables[0])
         try await context.connection.query(
             """
-            INSERT INTO \(unescaped: context.table("counted")) SELECT * FROM unnest(\(Array(counts.keys)), \(Array(counts.values)))
-            ON CONFLICT (type) DO UPDATE SET n = \(unescaped: context.table("counted")).n + excluded.n
+            INSERT INTO \(unescaped: table) SELECT * FROM unnest(\(Array(counts.keys)), \(Array(counts.values)))
+            ON CONFLICT (stream) DO UPDATE SET n = \(unescaped: table).n + excluded.n
             """, logger: context.logger)
     }
+}
+
+/// Catch-ups run per backend (`AVIARY_BENCH_CATCHUP_RUNS`, 3 by default); the table shows the
+/// median, and every run is printed under it.
+let catchUpRuns = max(1, Int(ProcessInfo.processInfo.environment["AVIARY_BENCH_CATCHUP_RUNS"] ?? "3") ?? 3)
+
+/// The median rate of `runs`, with every run's rate and CPU time noted.
+func catchUpRow(raw: Double, _ runs: [(rate: Double, cpu: Double)]) -> Row {
+    let sorted = runs.map(\.rate).sorted()
+    let rates = runs.map { String(Int($0.rate)) }.joined(separator: ", ")
+    let cpu = runs.map { String(format: "%.2f", $0.cpu) }.joined(separator: ", ")
+    return Row(
+        name: "projection catch-up", raw: raw, store: sorted[sorted.count / 2], unit: "events/s",
+        note: "runs \(rates) events/s (median above); this process's CPU time \(cpu) µs/event")
 }
 
 func sqliteRows(directory: String) async throws -> [Row] {
@@ -169,10 +211,53 @@ func sqliteRows(directory: String) async throws -> [Row] {
         for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
     }
     rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
+    // Catch-up: every event so far, from the first, into a fresh read model. The raw floor reads
+    // the same rows page by page (the runner's batch size) with every column decoded, and applies
+    // nothing.
     let head = try await events.headPosition()
-    let runner = try ProjectionRunner(Counter(), events: events, store: store)
-    let catchUp = try await rate(Int(head)) { try await runner.catchUp() }
-    rows.append(Row(name: "projection catch-up", raw: nil, store: catchUp, unit: "events/s"))
+    let batch = ProjectionRunnerOptions().batchSize
+    let rawCatchUp = try await rate(Int(head)) {
+        var after: Int64 = 0
+        while true {
+            let last = try await store.read { [after] db -> Int64? in
+                var last: Int64?
+                let cursor = try GRDB.Row.fetchCursor(
+                    db.cachedStatement(
+                        sql: """
+                            SELECT stream_id, stream_version, position, event_id, type, schema_version, data, causation_id,
+                                correlation_id, trace_parent, trace_state, headers, occurred_at, recorded_at
+                            FROM es_events WHERE position > ? ORDER BY position LIMIT ?
+                            """), arguments: [after, batch])
+                var decoded = 0
+                while let row = try cursor.next() {
+                    let stream: String = row[0]
+                    let version: Int64 = row[1]
+                    let position: Int64 = row[2]
+                    let id: UUID = row[3]
+                    let type: String = row[4]
+                    let schemaVersion: Int = row[5]
+                    let bytes: Data = row[6]
+                    var metadata = 0
+                    for index in 7...11 { metadata += (row[index] as String?)?.utf8.count ?? 0 }
+                    let occurred: Int64 = row[12]
+                    let recorded: Int64 = row[13]
+                    decoded +=
+                        stream.utf8.count + type.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0)
+                        + Int(version + occurred + recorded) % 2 + schemaVersion + metadata
+                    last = position
+                }
+                return decoded >= 0 ? last : nil
+            }
+            guard let last else { break }
+            after = last
+        }
+    }
+    var catchUps: [(rate: Double, cpu: Double)] = []
+    for run in 1...catchUpRuns {
+        let runner = try ProjectionRunner(StreamCounter(run: run), events: events, store: store)
+        catchUps.append(try await rateAndCPU(Int(head)) { try await runner.catchUp() })
+    }
+    rows.append(catchUpRow(raw: rawCatchUp, catchUps))
     return rows
 }
 
@@ -262,10 +347,53 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
             for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
         }
         rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
+        // Catch-up, as on SQLite: the raw floor reads the same rows page by page, every column
+        // decoded, and applies nothing.
         let head = try await events.headPosition()
-        let runner = try PostgresProjectionRunner(PostgresCounter(), events: events, logger: quiet)
-        let catchUp = try await rate(Int(head)) { try await runner.catchUp() }
-        rows.append(Row(name: "projection catch-up", raw: nil, store: catchUp, unit: "events/s"))
+        let batch: Int64 = 5000  // PostgresProjectionRunner's default batch size
+        let rawCatchUp = try await rate(Int(head)) {
+            var after: Int64 = 0
+            while true {
+                let last = try await store.withConnection { [after] connection -> Int64? in
+                    let result = try await connection.query(
+                        """
+                        SELECT stream_id, stream_version, position, event_id, type, schema_version, data, causation_id,
+                            correlation_id, trace_parent, trace_state, headers, occurred_at, recorded_at
+                        FROM es_events WHERE position > \(after) ORDER BY position LIMIT \(batch)
+                        """, logger: quiet)
+                    var last: Int64?
+                    var decoded = 0
+                    for try await row in result {
+                        // Cell by cell (specialised decoders; the variadic tuple decode is not).
+                        let cells = row.makeRandomAccess()
+                        let stream = try cells[0].decode(String.self)
+                        let version = try cells[1].decode(Int64.self)
+                        let position = try cells[2].decode(Int64.self)
+                        let id = try cells[3].decode(UUID.self)
+                        let type = try cells[4].decode(String.self)
+                        let schemaVersion = try cells[5].decode(Int.self)
+                        let bytes = try cells[6].decode(Data.self)
+                        var metadata = 0
+                        for index in 7...11 { metadata += try cells[index].decode(String?.self)?.utf8.count ?? 0 }
+                        let occurred = try cells[12].decode(Date.self)
+                        let recorded = try cells[13].decode(Date.self)
+                        decoded +=
+                            stream.utf8.count + type.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0) + metadata
+                            + Int(version) % 2 + schemaVersion + (occurred < recorded ? 1 : 0)
+                        last = position
+                    }
+                    return decoded >= 0 ? last : nil
+                }
+                guard let last else { break }
+                after = last
+            }
+        }
+        var catchUps: [(rate: Double, cpu: Double)] = []
+        for run in 1...catchUpRuns {
+            let runner = try PostgresProjectionRunner(PostgresStreamCounter(run: run), events: events, logger: quiet)
+            catchUps.append(try await rateAndCPU(Int(head)) { try await runner.catchUp() })
+        }
+        rows.append(catchUpRow(raw: rawCatchUp, catchUps))
         return rows
     }
 }
@@ -283,6 +411,7 @@ func printTable(_ title: String, _ rows: [Row]) {
             "  " + row.name.padding(toLength: 28, withPad: " ", startingAt: 0) + raw.leftPad(14)
                 + String(Int(row.store)).leftPad(16) + ratio.leftPad(8))
     }
+    for row in rows { if let note = row.note { print("  \(row.name): \(note)") } }
 }
 
 extension String {
@@ -294,7 +423,9 @@ guard arguments.count >= 2 else {
     FileHandle.standardError.write(Data("usage: EventStoreBench SQLITE_DIRECTORY [POSTGRES_URL]\n".utf8))
     exit(64)
 }
-printTable("SQLite (WAL, one file)", try await sqliteRows(directory: arguments[1]))
+if arguments[1] != "-" {
+    printTable("SQLite (WAL, one file)", try await sqliteRows(directory: arguments[1]))
+}
 if arguments.count >= 3 {
     printTable(
         "PostgreSQL (\(arguments[2].split(separator: "@").last ?? ""))",

@@ -84,6 +84,13 @@ extension OrdersService {
     /// failure: an attempt that failed may still have applied on the callee (the answer was lost),
     /// and their compensations are no-ops for an action that never applied (and make a late one
     /// fail: inventory and payments remember a release or refund that came first).
+    ///
+    /// An answer that no retry can change fails its step with `SagaStepError.final`, so the saga
+    /// compensates at once instead of spending the step's retries: out of stock or an unknown SKU
+    /// (reserve), a declined payment (charge), a reservation that is gone (commit), a saga that
+    /// reached confirmation without a payment. Dependencies that are down fail reserve and charge
+    /// at once too (their policy is one attempt, so that `POST /orders` answers at once), and are
+    /// retried by commit and confirm, which come after the customer was charged.
     func makeSaga() -> Saga<PlaceOrderState> {
         let book = self.book
         let failpoint = self.failpoint
@@ -140,7 +147,8 @@ extension OrdersService {
         let confirm = SagaStep<PlaceOrderState>("confirm order", retry: patient) { state, _ in
             failpoint("saga.confirm.before")
             guard let paymentID = state.paymentId else {
-                throw AviaryError(.internal, "order \(state.orderId) reached confirmation without a payment")
+                throw SagaStepError.final(
+                    AviaryError(.internal, "order \(state.orderId) reached confirmation without a payment"))
             }
             try await book.execute(.confirm(paymentID: paymentID), on: state.orderId)
             failpoint("saga.confirm.after")
@@ -197,11 +205,12 @@ extension OrdersService {
             422 where response.problem?.type.hasSuffix(":unknown-sku") == true:
             let detail = response.problem?.detail ?? "out of stock"
             try await self.book.execute(.markStockUnavailable(reason: detail), on: state.orderId)
-            throw self.fail(
-                state.orderId,
-                HTTPProblem(
-                    status: 409, slug: "out-of-stock", detail: "the stock cannot be reserved: \(detail)",
-                    extensions: ["order_id": state.orderId]))
+            throw SagaStepError.final(
+                self.fail(
+                    state.orderId,
+                    HTTPProblem(
+                        status: 409, slug: "out-of-stock", detail: "the stock cannot be reserved: \(detail)",
+                        extensions: ["order_id": state.orderId])))
         default:
             throw self.unexpected(self.inventory, response, sagaID: state.orderId)
         }
@@ -218,7 +227,15 @@ extension OrdersService {
         let response = try await self.send(
             self.inventory, "/reservations/\(state.orderId)/commit", route: "/reservations/{order}/commit",
             key: context.idempotencyKey, json: [String: String](), sagaID: state.orderId)
-        guard response.status == 200 else { throw self.unexpected(self.inventory, response, sagaID: state.orderId) }
+        switch response.status {
+        case 200:
+            return
+        case 404, 409:
+            // No reservation, or a released one: committing it again cannot succeed.
+            throw SagaStepError.final(self.unexpected(self.inventory, response, sagaID: state.orderId))
+        default:
+            throw self.unexpected(self.inventory, response, sagaID: state.orderId)
+        }
     }
 
     private func charge(_ state: PlaceOrderState, _ context: StepContext) async throws -> String {
@@ -235,11 +252,12 @@ extension OrdersService {
         case 402:
             let detail = response.problem?.detail ?? "declined"
             try await self.book.execute(.declinePayment(reason: detail), on: state.orderId)
-            throw self.fail(
-                state.orderId,
-                HTTPProblem(
-                    status: 402, slug: "payment-declined", detail: "payments refused the charge: \(detail)",
-                    extensions: ["dependency": "payments", "order_id": state.orderId]))
+            throw SagaStepError.final(
+                self.fail(
+                    state.orderId,
+                    HTTPProblem(
+                        status: 402, slug: "payment-declined", detail: "payments refused the charge: \(detail)",
+                        extensions: ["dependency": "payments", "order_id": state.orderId])))
         default:
             throw self.unexpected(self.payments, response, sagaID: state.orderId)
         }
