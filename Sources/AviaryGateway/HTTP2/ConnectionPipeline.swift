@@ -129,7 +129,7 @@ struct ConnectionPipeline {
                 // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
                 let handlers: [any ChannelHandler] = [
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(loop: loop.value, secure: secure),
+                    ProxyHandler(loop: loop.value, secure: secure, stream: true),
                 ]
                 try streamChannel.pipeline.syncOperations.addHandlers(handlers)
             }
