@@ -6,6 +6,7 @@
 import Crypto
 import Foundation
 import NIOCore
+import NIOEmbedded
 import NIOHTTP2
 import NIOPosix
 import Synchronization
@@ -190,6 +191,37 @@ struct GatewayHTTP2Tests {
         }
     }
 
+    @Test("the flushes of one event loop iteration leave as one flush, after the iteration's I/O")
+    func flushCoalescing() throws {
+        let channel = EmbeddedChannel()
+        var flushes = 0
+        try channel.pipeline.syncOperations.addHandler(FlushCounter { flushes += 1 })
+        try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
+        for byte: UInt8 in 1...3 {
+            channel.write(ByteBuffer(bytes: [byte]), promise: nil)
+            channel.flush()
+        }
+        // Nothing left yet: the flush waits for the loop's tasks.
+        #expect(flushes == 0)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        channel.embeddedEventLoop.run()
+        #expect(flushes == 1)
+        for byte: UInt8 in 1...3 {
+            #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [byte]))
+        }
+        // The next iteration flushes again.
+        channel.writeAndFlush(ByteBuffer(bytes: [4]), promise: nil)
+        channel.embeddedEventLoop.run()
+        #expect(flushes == 2)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [4]))
+        // A close does not wait: what was flushed before it is written first.
+        channel.writeAndFlush(ByteBuffer(bytes: [5]), promise: nil)
+        channel.close(promise: nil)
+        #expect(flushes == 3)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [5]))
+        channel.embeddedEventLoop.run()
+    }
+
     @Test("listen.tls, http2 and max_concurrent_streams are validated with their place")
     func configurationErrors() throws {
         #expect(throws: GatewayConfigurationError.self) {
@@ -338,5 +370,20 @@ struct GatewayGRPCTests {
             #expect(text.contains("clusters.a.protocol: expected http1 or h2, got \"h3\""))
             #expect(text.contains("clusters.b.health_check: not yet supported with protocol: h2"))
         }
+    }
+}
+
+/// Counts the flushes that reach it (it sits nearest the channel's head).
+final class FlushCounter: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+    let counted: () -> Void
+
+    init(_ counted: @escaping () -> Void) {
+        self.counted = counted
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        self.counted()
+        context.flush()
     }
 }

@@ -118,6 +118,9 @@ struct ConnectionPipeline {
         // Stream channels live on their connection's event loop.
         let loop = NIOLoopBound(self.loop, eventLoop: channel.eventLoop)
         let secure = self.tls != nil
+        // In front of `NIOHTTP2Handler` (between it and the socket or TLS): the streams' flushes
+        // of one event loop iteration leave as one write.
+        try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream
         ) { streamChannel in
@@ -126,7 +129,7 @@ struct ConnectionPipeline {
                 // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
                 let handlers: [any ChannelHandler] = [
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(loop: loop.value, secure: secure),
+                    ProxyHandler(loop: loop.value, secure: secure, stream: true),
                 ]
                 try streamChannel.pipeline.syncOperations.addHandlers(handlers)
             }
@@ -194,6 +197,47 @@ final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(self.wrapInboundOut(buffered))
         context.fireChannelReadComplete()
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+}
+
+/// Turns the flushes of one event loop iteration into one, made once the iteration's I/O has
+/// been handled.
+///
+/// An HTTP/2 connection's responses are finished by reads of many upstream connections: each
+/// stream ends with a flush, and NIOHTTP2 coalesces flushes only within a read of the HTTP/2
+/// connection itself. Passed straight on, that is a `writev` per response (and a wake-up of the
+/// client per response); HAProxy writes what an iteration produced at once. Nothing in NIO or
+/// NIOHTTP2 defers a flush to the end of the iteration, hence this handler. The delay is the rest
+/// of the current iteration (tasks run right after its I/O), so no write waits for more input.
+final class FlushCoalescer: ChannelOutboundHandler {
+    typealias OutboundIn = NIOAny
+
+    private var flushScheduled = false
+    private var removed = false
+
+    func flush(context: ChannelHandlerContext) {
+        guard !self.flushScheduled else { return }
+        self.flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            guard !self.removed else { return }
+            context.flush()
+        }
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        // What was flushed before a close (a GOAWAY, the end of a response) is written before it:
+        // the flush the handlers behind this one asked for is not lost to the delay.
+        if self.flushScheduled { context.flush() }
+        context.close(mode: mode, promise: promise)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // A flush still scheduled goes out now: the handler's context is gone once it runs.
+        if self.flushScheduled {
+            self.removed = true
+            context.flush()
+        }
     }
 }
 

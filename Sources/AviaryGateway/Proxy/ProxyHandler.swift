@@ -121,10 +121,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// `https` behind a TLS listener, `http` otherwise: what `X-Forwarded-Proto` and
     /// `Forwarded: proto=` say.
     let scheme: String
+    /// Whether this handler serves one HTTP/2 stream: its request head comes with the stream, so
+    /// it has no idle period to time (the connection's streams come and go, the connection stays).
+    let isStream: Bool
 
-    init(loop: GatewayLoop, secure: Bool = false) {
+    init(loop: GatewayLoop, secure: Bool = false, stream: Bool = false) {
         self.loop = loop
         self.scheme = secure ? "https" : "http"
+        self.isStream = stream
         self.upstreams = loop.current
         self.core = loop.current.core
     }
@@ -195,7 +199,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        self.startIdleTimer(context: context)
+        // A stream's idle timer would be scheduled and cancelled per request for nothing.
+        if !self.isStream { self.startIdleTimer(context: context) }
         context.fireChannelActive()
     }
 
@@ -824,17 +829,24 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             let bodyless =
                 exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
                 || upstream.status.code < 200
-            if !bodyless && !head.headers.contains(name: "content-length") {
-                if exchange.downstreamVersion.minor >= 1 {
-                    head.headers.add(name: "transfer-encoding", value: "chunked")
-                } else {
-                    exchange.keepAlive = false
+            if self.isStream {
+                // An HTTP/2 stream has neither chunking nor `Connection` (its frames delimit the
+                // body, and the stream ends with the response): nothing is added for the codec to
+                // take out again.
+                exchange.keepAlive = false
+            } else {
+                if !bodyless && !head.headers.contains(name: "content-length") {
+                    if exchange.downstreamVersion.minor >= 1 {
+                        head.headers.add(name: "transfer-encoding", value: "chunked")
+                    } else {
+                        exchange.keepAlive = false
+                    }
                 }
-            }
-            if !exchange.keepAlive {
-                head.headers.add(name: "connection", value: "close")
-            } else if exchange.downstreamVersion.minor == 0 {
-                head.headers.add(name: "connection", value: "keep-alive")
+                if !exchange.keepAlive {
+                    head.headers.add(name: "connection", value: "close")
+                } else if exchange.downstreamVersion.minor == 0 {
+                    head.headers.add(name: "connection", value: "keep-alive")
+                }
             }
             exchange.responseHeadSent = true
             context.write(self.wrapOutboundOut(.head(head)), promise: nil)
