@@ -31,6 +31,30 @@ struct GatewayHTTP2Tests {
         SHA256.hash(data: bytes).map { String($0, radix: 16).leftPadded(2) }.joined()
     }
 
+    @Test("an HTTP/2 connection without open streams for idle_timeout gets GOAWAY and is closed")
+    func idleTimeout() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, limits: ", idle_timeout: 1s")) { gateway in
+                let silent = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                await eventually("the silent connection is closed") { !silent.channel.isActive }
+                #expect(silent.goAwayErrorCode == .noError)
+
+                // A connection that had an answer is closed too once it has no stream left; one
+                // whose stream is still open is not. (Should a stalled machine let the timer strike
+                // before the request goes out, a fresh connection is tried, a few times at most.)
+                var answered = false
+                for _ in 0..<5 where !answered {
+                    let used = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                    guard let response = try? await used.request("GET", "/one"), response.status == 200 else { continue }
+                    answered = true
+                    await eventually("the used connection is closed") { !used.channel.isActive }
+                    #expect(used.goAwayErrorCode == .noError)
+                }
+                #expect(answered)
+            }
+        }
+    }
+
     @Test("h2c by prior knowledge: 200 concurrent streams on one connection each get their own answer")
     func concurrentStreams() async throws {
         try await withOrigins(["a"]) { origins in

@@ -134,7 +134,8 @@ struct ConnectionPipeline {
                 try streamChannel.pipeline.syncOperations.addHandlers(handlers)
             }
         }
-        try channel.pipeline.syncOperations.addHandler(HTTP2ConnectionDrainer(loop: self.loop))
+        try channel.pipeline.syncOperations.addHandler(
+            HTTP2ConnectionDrainer(loop: self.loop, idleTimeout: self.limits.idleTimeout))
     }
 }
 
@@ -263,28 +264,47 @@ final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
     private var draining = false
     /// Set by an error in the connection pipeline: the connection closes after this read.
     private var failed = false
+    /// `limits.idle_timeout`: a connection without open streams for that long is closed with
+    /// GOAWAY, as an idle HTTP/1.1 connection is closed.
+    private let idleTimeout: Duration
+    private var idleTimer: Scheduled<Void>?
 
-    init(loop: GatewayLoop) {
+    init(loop: GatewayLoop, idleTimeout: Duration) {
         self.loop = loop
+        self.idleTimeout = idleTimeout
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.loop.registerConnection(self)
+        self.armIdleTimer(context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
         self.loop.unregisterConnection(self)
         self.context = nil
+    }
+
+    private func armIdleTimer(_ context: ChannelHandlerContext) {
+        self.idleTimer?.cancel()
+        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(self.idleTimeout)) {
+            [weak self] in
+            self?.drain()
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let created = event as? NIOHTTP2StreamCreatedEvent {
             self.openStreams += 1
             if created.streamID > self.lastStreamID { self.lastStreamID = created.streamID }
+            self.idleTimer?.cancel()
+            self.idleTimer = nil
         } else if event is StreamClosedEvent {
             self.openStreams -= 1
             if self.draining && self.openStreams == 0 { context.close(promise: nil) }
+            if self.openStreams == 0 && !self.draining { self.armIdleTimer(context) }
         }
         context.fireUserInboundEventTriggered(event)
     }
