@@ -45,7 +45,9 @@ struct GatewayHTTP2Tests {
                 var answered = false
                 for _ in 0..<5 where !answered {
                     let used = try await H2Client.connect(port: gateway.port, group: gateway.clients)
-                    guard let response = try? await used.request("GET", "/one"), response.status == 200 else { continue }
+                    guard let response = try? await used.request("GET", "/one"), response.status == 200 else {
+                        continue
+                    }
                     answered = true
                     await eventually("the used connection is closed") { !used.channel.isActive }
                     #expect(used.goAwayErrorCode == .noError)
