@@ -223,7 +223,10 @@ struct PostgresStoreTests {
             }
         }
         #expect(names == ["after 0", "after 1"])
-        #expect(attempts.count == 3)  // two first attempts, one retry
+        // Two first attempts and at least one retry. A retry can meet the other transaction
+        // again when that one has not committed by the end of the retry's pause (a loaded CI
+        // machine made four attempts once); the names above show the outcome is serial anyway.
+        #expect(attempts.count >= 3)
     }
 
     @Test("without retries left, a serialization failure is a conflict that says so")
