@@ -44,46 +44,33 @@ enum StoredJSON {
                 next += 1
             }
         }
+        // A string attribute (when present), after the extensions that sort before it.
+        func attribute(_ name: String, _ value: String?) {
+            guard let value else { return }
+            writeExtensions(before: name)
+            out.key(name)
+            out.string(value)
+        }
         // The CloudEvents attributes in name order: data, datacontenttype, dataschema, id, source,
-        // specversion, subject, time.
+        // specversion, subject, time, type.
         out.open()
         if let data = event.data {
             writeExtensions(before: "data")
             out.key("data")
             out.raw(data)
         }
-        if let contentType = event.dataContentType {
-            writeExtensions(before: "datacontenttype")
-            out.key("datacontenttype")
-            out.string(contentType)
-        }
-        if let schema = event.dataSchema {
-            writeExtensions(before: "dataschema")
-            out.key("dataschema")
-            out.string(schema)
-        }
-        writeExtensions(before: "id")
-        out.key("id")
-        out.string(event.id)
-        writeExtensions(before: "source")
-        out.key("source")
-        out.string(event.source)
-        writeExtensions(before: "specversion")
-        out.key("specversion")
-        out.string(CloudEvent.specVersion)
-        if let subject = event.subject {
-            writeExtensions(before: "subject")
-            out.key("subject")
-            out.string(subject)
-        }
+        attribute("datacontenttype", event.dataContentType)
+        attribute("dataschema", event.dataSchema)
+        attribute("id", event.id)
+        attribute("source", event.source)
+        attribute("specversion", CloudEvent.specVersion)
+        attribute("subject", event.subject)
         if let time = event.time {
             writeExtensions(before: "time")
             out.key("time")
             out.time(time)
         }
-        writeExtensions(before: "type")
-        out.key("type")
-        out.string(event.type)
+        attribute("type", event.type)
         writeExtensions(before: nil)
         out.close()
         return out.text
