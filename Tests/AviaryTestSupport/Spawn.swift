@@ -135,7 +135,7 @@ public enum Spawn {
     /// ```swift
     /// let child = try Spawn.start(server, ["--port", "8080"], stdout: .appending(to: log), stderr: .standardOutput)
     /// defer { child.kill(SIGKILL) }
-    /// while child.isRunning, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+    /// let exit = try await child.exit   // resumed by the waiter thread; no polling
     /// ```
     public final class Child: Sendable {
         /// The child's process ID (for messages and `/proc`; signal it with ``kill(_:)``, which
@@ -163,7 +163,7 @@ public enum Spawn {
         /// has ended. Never blocks.
         ///
         /// ```swift
-        /// while child.isRunning { try await Task.sleep(for: .milliseconds(20)) }
+        /// if child.isRunning { child.kill(SIGTERM) }
         /// ```
         public var isRunning: Bool { self.state.withLock { $0.exit == nil } }
 

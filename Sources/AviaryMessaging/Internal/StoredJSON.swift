@@ -123,6 +123,7 @@ enum StoredJSON {
 struct JSONWriter {
     private var bytes: [UInt8] = []
     private var fields = 0
+    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
 
     init(capacity: Int) {
         self.bytes.reserveCapacity(capacity)
@@ -171,7 +172,7 @@ struct JSONWriter {
                 case 0x0d: self.bytes.append(UInt8(ascii: "r"))
                 case 0x09: self.bytes.append(UInt8(ascii: "t"))
                 default:
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                    let hex = Self.hexDigits
                     self.bytes.append(contentsOf: [
                         UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)],
                         hex[Int(byte & 0xf)],
