@@ -130,7 +130,7 @@ public final class PostgresTestServer: Sendable {
         var lastFailure = ""
         let logURL = directory.appendingPathComponent("server.log")
         for _ in 0..<3 {
-            let port = try Self.freePort()
+            let port = try FreePort.next()
             // The server runs as a child of this process (pg_ctl would daemonize it, and its exit
             // could not be watched), its log in the folder.
             try Data().write(to: logURL)
@@ -386,32 +386,5 @@ public final class PostgresTestServer: Sendable {
             Self.isRoot ? ("/usr/sbin/runuser", ["-u", "postgres", "--", program] + arguments) : (program, arguments)
         return try Spawn.start(
             executable, arguments, workingDirectory: "/", stdout: .appending(to: output), stderr: .standardOutput)
-    }
-
-    /// A TCP port of 127.0.0.1 that is free now (the kernel picks it).
-    private static func freePort() throws -> Int {
-        #if canImport(Glibc)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #else
-        let fd = socket(AF_INET, SOCK_STREAM, 0)
-        #endif
-        guard fd >= 0 else { throw Failure(description: "socket(): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard bound == 0 else { throw Failure(description: "bind(127.0.0.1:0): \(String(cString: strerror(errno)))") }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard named == 0 else { throw Failure(description: "getsockname(): \(String(cString: strerror(errno)))") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

@@ -220,6 +220,29 @@ public enum Spawn {
             }
         }
 
+        /// How the child ended, or nil when it still runs after `limit` (a deadline for a child
+        /// that should finish by itself; it keeps running).
+        ///
+        /// ```swift
+        /// guard let exit = try await child.exit(within: .seconds(90)) else {
+        ///     Issue.record("the runner did not finish")
+        ///     return
+        /// }
+        /// ```
+        ///
+        /// - Throws: `CancellationError` when the awaiting task is cancelled.
+        public func exit(within limit: Duration) async throws -> Exit? {
+            try await withThrowingTaskGroup(of: Exit?.self) { group in
+                group.addTask { try await self.exit }
+                group.addTask {
+                    try await Task.sleep(for: limit)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                return try await group.next() ?? nil
+            }
+        }
+
         /// Sends `signal` (unless the child has already ended) and returns how the child ended.
         ///
         /// ```swift

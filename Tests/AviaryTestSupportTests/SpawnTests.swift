@@ -66,6 +66,18 @@ struct SpawnTests {
         #expect(try await finished.stop() == .exited(0))
     }
 
+    @Test("exit(within:) returns nil for a child still running at the deadline, and its exit when it ends in time")
+    func exitWithin() async throws {
+        let sleeper = try Spawn.start("/usr/bin/sleep", ["60"])
+        defer { sleeper.kill(SIGKILL) }
+        #expect(try await sleeper.exit(within: .milliseconds(50)) == nil)
+        #expect(sleeper.isRunning, "the deadline leaves the child running")
+        let quick = try Spawn.start("/bin/sh", ["-c", "exit 4"])
+        #expect(try await quick.exit(within: .seconds(50)) == .exited(4))
+        sleeper.kill(SIGTERM)
+        #expect(try await sleeper.exit(within: .seconds(50)) == .signaled(SIGTERM))
+    }
+
     @Test("every task awaiting the same child is resumed, more of them than the pool has threads")
     func manyAwaiters() async throws {
         // Children that block reading a pipe until its write end closes. Spawn closes every

@@ -30,18 +30,6 @@ import Darwin
 struct SagaCrashTests {
     static var executable: URL { ChildProcess.builtExecutable("aviary-workflows-fault") }
 
-    /// SplitMix64, so that a failing schedule can be replayed.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            self.state &+= 0x9E37_79B9_7F4A_7C15
-            var z = self.state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     @Test(
         "killed runners leave every saga completed or compensated, and the effects balance exactly",
         arguments: ["sqlite", "postgres"])
@@ -49,11 +37,8 @@ struct SagaCrashTests {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path),
             "build the aviary-workflows-fault target first (swift build --build-tests)")
-        let seed =
-            ProcessInfo.processInfo.environment["AVIARY_FAULT_SEED"].flatMap(UInt64.init)
-            ?? UInt64.random(in: 1...UInt64.max)
-        print("SagaCrashTests seed \(seed) (replay with AVIARY_FAULT_SEED=\(seed))")
-        var random = SeededGenerator(state: seed)
+        var random = FaultSchedule("SagaCrashTests (\(backend))")
+        let seed = random.seed
         let count = 4000
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
@@ -95,17 +80,12 @@ struct SagaCrashTests {
             process = try launch()
         }
         if !finished {
-            let deadline = clock.now.advanced(by: .seconds(90))
-            while process.isRunning {
-                guard clock.now < deadline else {
-                    Issue.record("seed \(seed): the runner did not finish: \(logTail())")
-                    return
-                }
-                try await Task.sleep(for: .milliseconds(20))
+            guard let exit = try await process.exit(within: .seconds(90)) else {
+                Issue.record("seed \(seed): the runner did not finish: \(logTail())")
+                return
             }
-            let exit = process.exitIfFinished
             guard exit == .exited(0) else {
-                Issue.record("seed \(seed): the runner failed (\(exit.map(\.description) ?? "running")): \(logTail())")
+                Issue.record("seed \(seed): the runner failed (\(exit)): \(logTail())")
                 return
             }
         }

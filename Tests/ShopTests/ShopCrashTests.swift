@@ -46,41 +46,6 @@ struct ShopCrashTests {
 
     static var executable: URL { ChildProcess.builtExecutable("aviary-shop-fault") }
 
-    /// SplitMix64, so that a failing schedule can be replayed.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            self.state &+= 0x9E37_79B9_7F4A_7C15
-            var z = self.state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
-    /// A port that was free a moment ago (the child binds it with SO_REUSEADDR, also after a restart).
-    static func freePort() throws -> Int {
-        #if canImport(Glibc)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #else
-        let fd = socket(AF_INET, SOCK_STREAM, 0)
-        #endif
-        try #require(fd >= 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                bind(fd, socketAddress, length) == 0 && getsockname(fd, socketAddress, &length) == 0
-            }
-        }
-        try #require(bound)
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     /// One child process: how to start it, its queue of failpoints, its log.
     final class Child {
         let name: String
@@ -131,11 +96,8 @@ struct ShopCrashTests {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path),
             "build the aviary-shop-fault target first (swift build --build-tests)")
-        let seed =
-            ProcessInfo.processInfo.environment["AVIARY_FAULT_SEED"].flatMap(UInt64.init)
-            ?? UInt64.random(in: 1...UInt64.max)
-        print("ShopCrashTests seed \(seed) (replay with AVIARY_FAULT_SEED=\(seed))")
-        var random = SeededGenerator(state: seed)
+        var random = FaultSchedule("ShopCrashTests")
+        let seed = random.seed
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "aviary-shop-crash-\(UUID().uuidString.prefix(8))"
         ).path
@@ -145,8 +107,8 @@ struct ShopCrashTests {
         }
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let ports = (
-            users: try Self.freePort(), orders: try Self.freePort(), inventory: try Self.freePort(),
-            payments: try Self.freePort()
+            users: try FreePort.next(), orders: try FreePort.next(), inventory: try FreePort.next(),
+            payments: try FreePort.next()
         )
 
         // Every failpoint at least once, a few passes in (1...6) so that each is reached early.

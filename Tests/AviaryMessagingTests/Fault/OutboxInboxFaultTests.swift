@@ -31,18 +31,6 @@ import Darwin
 struct OutboxInboxFaultTests {
     static var executable: URL { ChildProcess.builtExecutable("aviary-messaging-fault") }
 
-    /// SplitMix64: a small seeded generator, so that a failing schedule can be replayed.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            self.state &+= 0x9E37_79B9_7F4A_7C15
-            var z = self.state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// One role's child process, restarted after each kill.
     final class Child {
         let role: String
@@ -108,11 +96,8 @@ struct OutboxInboxFaultTests {
         try #require(
             FileManager.default.isExecutableFile(atPath: Self.executable.path),
             "build the aviary-messaging-fault target first (swift build --build-tests)")
-        let seed =
-            ProcessInfo.processInfo.environment["AVIARY_FAULT_SEED"].flatMap(UInt64.init)
-            ?? UInt64.random(in: 1...UInt64.max)
-        print("OutboxInboxFaultTests (\(runtime)) seed \(seed) (replay with AVIARY_FAULT_SEED=\(seed))")
-        var random = SeededGenerator(state: seed)
+        var random = FaultSchedule("OutboxInboxFaultTests (\(runtime))")
+        let seed = random.seed
         let count = 5000
         let directory = FileManager.default.temporaryDirectory
             .appendingPathComponent("aviary-fault-\(runtime)-\(UUID().uuidString)").path
