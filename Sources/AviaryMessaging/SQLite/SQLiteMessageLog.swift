@@ -181,11 +181,15 @@ public final class SQLiteMessageLog: MessageLog {
     /// Runs `body` in one `BEGIN IMMEDIATE` transaction, retrying while the database is busy or
     /// locked (another process holds the write lock longer than the busy timeout).
     ///
-    /// - Parameter acknowledgement: the transaction only moves a group's cursor and leases; it
-    ///   commits with ``Configuration/acknowledgementSynchronous`` (SQLite allows the setting to
-    ///   change between transactions only, so it is set before and restored after).
+    /// - Parameters:
+    ///   - acknowledgement: the transaction only moves a group's cursor and leases; it commits
+    ///     with ``Configuration/acknowledgementSynchronous`` (SQLite allows the setting to change
+    ///     between transactions only, so it is set before and restored after).
+    ///   - shortcut: runs first on the same connection, outside a transaction (a read, no write
+    ///     lock); an answer it returns is the result, and `body` does not run.
     func write<T: Sendable>(
-        acknowledgement: Bool = false, _ body: @escaping @Sendable (Database) throws -> T
+        acknowledgement: Bool = false,
+        shortcut: (@Sendable (Database) throws -> T?)? = nil, _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
         var attempt = 0
@@ -196,6 +200,7 @@ public final class SQLiteMessageLog: MessageLog {
         while true {
             do {
                 return try await self.pool.writeWithoutTransaction { db in
+                    if let shortcut, let answer = try shortcut(db) { return answer }
                     if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
                     let outcome = Result<T, any Error> {
                         var result: T?
@@ -622,7 +627,12 @@ public final class SQLiteMessageLog: MessageLog {
         }
         let now = self.nowMillis
         let leaseMillis = Self.millis(request.lease)
-        return try await self.write(acknowledgement: true) { db in
+        return try await self.write(
+            acknowledgement: true,
+            shortcut: { db in
+                try Self.mayHaveWork(db, request, now: now) ? nil : ReceivedBatch(deliveries: [], gaps: [])
+            }
+        ) { db in
             try Self.promoteDue(db, topic: request.topic, now: now)
             let group = try GroupRow.fetch(db, group: request.group, topic: request.topic)
             var bounds: [Int: (start: Int64, last: Int64)] = [:]
@@ -646,6 +656,41 @@ public final class SQLiteMessageLog: MessageLog {
             }
             return ReceivedBatch(deliveries: deliveries, gaps: gaps)
         }
+    }
+
+    /// Whether a ``receive(_:)`` at `now` may find anything to do, read on the writer connection
+    /// before its transaction, without SQLite's write lock: a free and due partition of the
+    /// group with messages, an expired lease, messages lost to retention, or due scheduled
+    /// messages. Most receives of a consumer find nothing (it asks again after every partition it
+    /// finished, on every wake-up and every poll); as `BEGIN IMMEDIATE` transactions they queued
+    /// for the write lock behind the producers' fsyncs and made the producers wait in turn: at
+    /// 1,000 messages/s with the consumer in another process, four receives in five were empty.
+    ///
+    /// A shortcut only: `false` is the answer the transaction would have given at that moment
+    /// (the read sees every commit before it), and a publish after it rings the topic's wake-up
+    /// as before. Being on the writer's queue, a receive with work costs no extra hop. A group
+    /// that is not subscribed answers `true`, so that the transaction reports it.
+    static func mayHaveWork(_ db: Database, _ request: ReceiveRequest, now: Int64) throws -> Bool {
+        let row = try Row.fetchOne(
+            db.cachedStatement(
+                sql: """
+                    SELECT
+                        EXISTS (SELECT 1 FROM groups WHERE name = ?1 AND topic = ?2) AS subscribed,
+                        EXISTS (
+                            SELECT 1 FROM group_partitions g
+                            JOIN partitions p ON p.topic = g.topic AND p.partition = g.partition
+                            WHERE g.group_name = ?1 AND g.topic = ?2 AND g.stopped = 0 AND (
+                                (g.lease_id IS NULL AND g.available_at <= ?3 AND g.next_offset <= p.last_offset)
+                                OR (g.lease_id IS NOT NULL AND g.lease_expires_at <= ?3)
+                                OR g.next_offset < p.start_offset)
+                        ) AS ready,
+                        EXISTS (SELECT 1 FROM schedule WHERE topic = ?2 AND deliver_at <= ?3) AS due
+                    """), arguments: [request.group, request.topic, now])
+        guard let row else { return true }
+        let subscribed: Bool = row["subscribed"]
+        let ready: Bool = row["ready"]
+        let due: Bool = row["due"]
+        return !subscribed || ready || due
     }
 
     /// One partition during ``receive(_:)``: ends an expired lease, reports a retention gap, and
