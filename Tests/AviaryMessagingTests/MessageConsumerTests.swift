@@ -161,6 +161,30 @@ struct MessageConsumerTests {
         }
     }
 
+    @Test("the handled messages of one lease are acknowledged together, after the last of them")
+    func acknowledgesRuns() async throws {
+        try await Self.withLog { log in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.publish((1...5).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            // The group's lag while each message is handled: acks before the lease's last
+            // message would shrink it.
+            let lags = Locked<[Int: Int64]>([:])
+            let consumer = MessageConsumer(
+                log: log, configuration: .init(group: "g", topic: "orders", concurrency: 1, batchSize: 5),
+                logger: Self.logger
+            ) { delivery in
+                let lag = try await log.topics().first { $0.name == "orders" }?.groups.first?.lag ?? -1
+                lags.withLock { $0[delivery.n] = lag }
+            }
+            try await Self.running(consumer) {
+                try await Self.eventually {
+                    try await log.topics().first { $0.name == "orders" }?.groups.first?.lag == 0
+                }
+            }
+            #expect(lags.withLock { $0 } == [1: 5, 2: 5, 3: 5, 4: 5, 5: 5])
+        }
+    }
+
     @Test("nack delays grow exponentially up to the maximum")
     func backoff() {
         let backoff = MessageConsumer.Backoff(initial: .milliseconds(100), multiplier: 2, maximum: .seconds(1))

@@ -125,6 +125,39 @@ struct SQLiteMessageLogTests {
         try await log.close()
     }
 
+    @Test("a receive with nothing to lease does not wait for the write lock; one with work does")
+    func emptyReceiveSkipsWriteLock() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        // Retries give up after 300 ms, so a receive that needs the lock fails while it is held.
+        let log = try SQLiteMessageLog(
+            path: path, configuration: .init(busyTimeout: .milliseconds(1), busyRetryLimit: .milliseconds(300)))
+        try await log.createTopic("t", TopicOptions(partitions: 2))
+        try await log.subscribe(group: "g", topic: "t", options: GroupOptions())
+        let request = ReceiveRequest(group: "g", topic: "t", consumer: "c")
+        // Another connection (as another process would) holds SQLite's write lock across calls.
+        var holder = GRDB.Configuration()
+        holder.allowsUnsafeTransactions = true
+        let other = try DatabaseQueue(path: path, configuration: holder)
+        try await other.writeWithoutTransaction { db in try db.execute(sql: "BEGIN IMMEDIATE") }
+        let empty = try await log.receive(request)
+        #expect(empty.deliveries.isEmpty && empty.gaps.isEmpty)
+        try await other.writeWithoutTransaction { db in try db.execute(sql: "COMMIT") }
+
+        // With a message to lease, receive needs the lock: held, it is retried until the limit.
+        try await log.publish([OutgoingMessage(topic: "t", key: "k", event: CloudEvent(source: "/t", type: "t"))])
+        try await other.writeWithoutTransaction { db in try db.execute(sql: "BEGIN IMMEDIATE") }
+        await #expect(throws: MessagingError.self) { try await log.receive(request) }
+        try await other.writeWithoutTransaction { db in try db.execute(sql: "COMMIT") }
+        #expect(try await log.receive(request).deliveries.count == 1)
+        // A group that does not exist still gets the transaction's error, not an empty batch.
+        await #expect(throws: MessagingError.self) {
+            try await log.receive(ReceiveRequest(group: "nobody", topic: "t", consumer: "c"))
+        }
+        try other.close()
+        try await log.close()
+    }
+
     @Test("a publish in this process wakes consumers at once, without waiting for the poll timer")
     func wakeUpOnPublish() async throws {
         let path = Self.temporaryPath()
