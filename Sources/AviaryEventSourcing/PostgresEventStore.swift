@@ -9,6 +9,7 @@ public import Foundation
 public import Logging
 import NIOCore
 public import PostgresNIO
+import Synchronization
 
 /// The ``EventStore`` on PostgreSQL: tables `es_events` and `es_snapshots` in a service's own
 /// ``AviaryStorage/PostgresStore`` (next to its other tables), created by the migrations that
@@ -603,7 +604,7 @@ public final class PostgresEventStore: EventStore {
                 """
             }
         return try await self.store.withConnection { connection in
-            try await Self.events(connection.query(query, logger: logger))
+            try await Self.events(query, on: connection, logger: logger, capacity: min(limit, 1000))
         }
     }
 
@@ -637,11 +638,10 @@ public final class PostgresEventStore: EventStore {
         after position: Int64, limit: Int, on connection: PostgresConnection, logger: Logger
     ) async throws -> [RecordedEvent] {
         try await Self.events(
-            connection.query(
-                """
-                SELECT \(unescaped: Self.columns) FROM es_events WHERE position > \(position)
-                ORDER BY position LIMIT \(Int64(limit))
-                """, logger: logger))
+            """
+            SELECT \(unescaped: Self.columns) FROM es_events WHERE position > \(position)
+            ORDER BY position LIMIT \(Int64(limit))
+            """, on: connection, logger: logger, capacity: min(limit, 10000))
     }
 
     public func streamVersion(_ stream: String) async throws -> Int64? {
@@ -720,30 +720,85 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Rows
 
-    /// Decodes rows of `columns` cell by cell, by position, with decoders specialised for each
-    /// column's type (PostgresNIO's variadic `row.decode((A, B, ...).self)` is not specialised: it
-    /// looks up generic metadata for every cell, which cost more than the rest of the decoding).
-    /// The headers' JSON is decoded only when an event has headers.
-    private static func events(_ rows: PostgresRowSequence) async throws -> [RecordedEvent] {
+    /// Runs a query of `columns` and decodes its rows into events as they arrive, on the
+    /// connection's event loop (PostgresNIO's `onRow` interface), instead of through the async
+    /// row sequence. The sequence hands every row from the event loop to the reading task
+    /// through a locked buffer with back-pressure, waking the task for each burst; for reads of
+    /// thousands of small rows (a projection's page) that hand-over costs as much as decoding.
+    /// No package offers a cheaper path from PostgreSQL rows to our own type, so this is written
+    /// here. Every read returns all its rows as one array anyway, so the missing back-pressure
+    /// holds nothing in memory that the result would not.
+    private static func events(
+        _ query: PostgresQuery, on connection: PostgresConnection, logger: Logger, capacity: Int = 0
+    ) async throws -> [RecordedEvent] {
+        let rows = DecodedEvents(capacity: capacity)
+        _ = try await connection.query(query, logger: logger) { row in
+            let event = try RecordedEvent(row)
+            rows.events.withLock { $0.append(event) }
+        }.get()
+        return rows.take()
+    }
+}
+
+/// The events decoded by an `onRow` callback (which must be `Sendable`), collected under a lock
+/// that is never contended: the callback runs on one event loop, and the events are taken after
+/// the query has completed.
+private final class DecodedEvents: Sendable {
+    let events: Mutex<[RecordedEvent]>
+
+    init(capacity: Int) {
         var events: [RecordedEvent] = []
-        for try await row in rows {
-            let cells = row.makeRandomAccess()
-            var metadata = EventMetadata(
-                causationID: try cells[7].decode(String?.self), correlationID: try cells[8].decode(String?.self),
-                traceParent: try cells[9].decode(String?.self), traceState: try cells[10].decode(String?.self))
-            if let headers = try cells[11].decode(String?.self) {
-                metadata.headers = try EventJSON.decode([String: String].self, from: Data(headers.utf8))
-            }
-            events.append(
-                RecordedEvent(
-                    stream: try cells[0].decode(String.self), streamVersion: try cells[1].decode(Int64.self),
-                    position: try cells[2].decode(Int64.self), id: try cells[3].decode(UUID.self),
-                    type: try cells[4].decode(String.self), schemaVersion: try cells[5].decode(Int.self),
-                    data: try cells[6].decode(Data.self), metadata: metadata,
-                    occurredAt: Microseconds.date(try cells[12].decode(EpochMicroseconds.self).value),
-                    recordedAt: Microseconds.date(try cells[13].decode(EpochMicroseconds.self).value)))
+        events.reserveCapacity(capacity)
+        self.events = Mutex(events)
+    }
+
+    func take() -> [RecordedEvent] {
+        self.events.withLock { events in
+            defer { events = [] }
+            return events
         }
-        return events
+    }
+}
+
+extension RecordedEvent {
+    /// Decodes a row of ``PostgresEventStore``'s `columns`, cell by cell in column order, with
+    /// decoders specialised for each column's type (PostgresNIO's variadic
+    /// `row.decode((A, B, ...).self)` is not specialised: it looks up generic metadata for every
+    /// cell, which cost more than the rest of the decoding; `makeRandomAccess()` allocates an
+    /// array of cells per row). The headers' JSON is decoded only when an event has headers.
+    init(_ row: PostgresRow) throws {
+        var cells = PostgresCells(row)
+        let stream = try cells.next(String.self)
+        let streamVersion = try cells.next(Int64.self)
+        let position = try cells.next(Int64.self)
+        let id = try cells.next(UUID.self)
+        let type = try cells.next(String.self)
+        let schemaVersion = try cells.next(Int.self)
+        let data = try cells.next(Data.self)
+        var metadata = EventMetadata(
+            causationID: try cells.next(String?.self), correlationID: try cells.next(String?.self),
+            traceParent: try cells.next(String?.self), traceState: try cells.next(String?.self))
+        if let headers = try cells.next(String?.self) {
+            metadata.headers = try EventJSON.decode([String: String].self, from: Data(headers.utf8))
+        }
+        let occurredAt = try cells.next(EpochMicroseconds.self).value
+        let recordedAt = try cells.next(EpochMicroseconds.self).value
+        self.init(
+            stream: stream, streamVersion: streamVersion, position: position, id: id, type: type,
+            schemaVersion: schemaVersion, data: data, metadata: metadata, occurredAt: Microseconds.date(occurredAt),
+            recordedAt: Microseconds.date(recordedAt))
+    }
+}
+
+/// A row's cells in column order.
+private struct PostgresCells {
+    var iterator: PostgresRow.Iterator
+
+    init(_ row: PostgresRow) { self.iterator = row.makeIterator() }
+
+    mutating func next<Value: PostgresDecodable>(_ type: Value.Type) throws -> Value {
+        guard let cell = self.iterator.next() else { throw PostgresDecodingError.Code.missingData }
+        return try cell.decode(Value.self)
     }
 }
 

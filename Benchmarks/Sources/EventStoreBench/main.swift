@@ -83,9 +83,11 @@ struct StreamCounter: Projection {
 /// then one upsert statement for the batch.
 struct PostgresStreamCounter: PostgresProjection {
     let run: Int
-    var name: String { "counter\(self.run)" }
+    /// Tells apart the projections of catch-up-only runs against the same database.
+    var prefix = ""
+    var name: String { "\(self.prefix)counter\(self.run)" }
     let version = 1
-    var tables: [String] { ["counted\(self.run)"] }
+    var tables: [String] { ["\(self.prefix)counted\(self.run)"] }
     func setUp(_ context: PostgresProjectionContext) async throws {
         try await context.execute(
             "CREATE TABLE \(context.table(self.tables[0])) (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)")
@@ -105,6 +107,11 @@ struct PostgresStreamCounter: PostgresProjection {
 /// Catch-ups run per backend (`AVIARY_BENCH_CATCHUP_RUNS`, 3 by default); the table shows the
 /// median, and every run is printed under it.
 let catchUpRuns = max(1, Int(ProcessInfo.processInfo.environment["AVIARY_BENCH_CATCHUP_RUNS"] ?? "3") ?? 3)
+
+/// `AVIARY_BENCH_CATCHUP_ONLY=1`: on PostgreSQL, when the database already holds events, measure
+/// only the catch-up (projections named apart by a prefix per process).
+let catchUpOnly = ProcessInfo.processInfo.environment["AVIARY_BENCH_CATCHUP_ONLY"] == "1"
+let catchUpPrefix = catchUpOnly ? "p\(ProcessInfo.processInfo.processIdentifier)x" : ""
 
 /// The median rate of `runs`, with every run's rate and CPU time noted.
 func catchUpRow(raw: Double, _ runs: [(rate: Double, cpu: Double)]) -> Row {
@@ -275,6 +282,11 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
     return try await PostgresStore.withStore(url: url, migrations: migrations, logger: quiet) { store in
         let events = PostgresEventStore(store: store)
         var rows: [Row] = []
+        // AVIARY_BENCH_CATCHUP_ONLY=1 against a database that holds the events of an earlier run:
+        // only the catch-up rows (quick same-run comparisons of runner changes).
+        if catchUpOnly, try await events.headPosition() > 0 {
+            return try await postgresCatchUpRows(store: store, events: events)
+        }
         let singles = count(5000)
         let now = Date()
         let rawSingle = try await rate(singles) {
@@ -347,55 +359,60 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
             for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
         }
         rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
-        // Catch-up, as on SQLite: the raw floor reads the same rows page by page, every column
-        // decoded, and applies nothing.
-        let head = try await events.headPosition()
-        let batch: Int64 = 5000  // PostgresProjectionRunner's default batch size
-        let rawCatchUp = try await rate(Int(head)) {
-            var after: Int64 = 0
-            while true {
-                let last = try await store.withConnection { [after] connection -> Int64? in
-                    let result = try await connection.query(
-                        """
-                        SELECT stream_id, stream_version, position, event_id, type, schema_version, data, causation_id,
-                            correlation_id, trace_parent, trace_state, headers, occurred_at, recorded_at
-                        FROM es_events WHERE position > \(after) ORDER BY position LIMIT \(batch)
-                        """, logger: quiet)
-                    var last: Int64?
-                    var decoded = 0
-                    for try await row in result {
-                        // Cell by cell (specialised decoders; the variadic tuple decode is not).
-                        let cells = row.makeRandomAccess()
-                        let stream = try cells[0].decode(String.self)
-                        let version = try cells[1].decode(Int64.self)
-                        let position = try cells[2].decode(Int64.self)
-                        let id = try cells[3].decode(UUID.self)
-                        let type = try cells[4].decode(String.self)
-                        let schemaVersion = try cells[5].decode(Int.self)
-                        let bytes = try cells[6].decode(Data.self)
-                        var metadata = 0
-                        for index in 7...11 { metadata += try cells[index].decode(String?.self)?.utf8.count ?? 0 }
-                        let occurred = try cells[12].decode(Date.self)
-                        let recorded = try cells[13].decode(Date.self)
-                        decoded +=
-                            stream.utf8.count + type.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0) + metadata
-                            + Int(version) % 2 + schemaVersion + (occurred < recorded ? 1 : 0)
-                        last = position
-                    }
-                    return decoded >= 0 ? last : nil
-                }
-                guard let last else { break }
-                after = last
-            }
-        }
-        var catchUps: [(rate: Double, cpu: Double)] = []
-        for run in 1...catchUpRuns {
-            let runner = try PostgresProjectionRunner(PostgresStreamCounter(run: run), events: events, logger: quiet)
-            catchUps.append(try await rateAndCPU(Int(head)) { try await runner.catchUp() })
-        }
-        rows.append(catchUpRow(raw: rawCatchUp, catchUps))
+        rows += try await postgresCatchUpRows(store: store, events: events)
         return rows
     }
+}
+
+func postgresCatchUpRows(store: PostgresStore, events: PostgresEventStore) async throws -> [Row] {
+    // Catch-up, as on SQLite: the raw floor reads the same rows page by page, every column
+    // decoded, and applies nothing.
+    let head = try await events.headPosition()
+    let batch: Int64 = 5000  // PostgresProjectionRunner's default batch size
+    let rawCatchUp = try await rate(Int(head)) {
+        var after: Int64 = 0
+        while true {
+            let last = try await store.withConnection { [after] connection -> Int64? in
+                let result = try await connection.query(
+                    """
+                    SELECT stream_id, stream_version, position, event_id, type, schema_version, data, causation_id,
+                        correlation_id, trace_parent, trace_state, headers, occurred_at, recorded_at
+                    FROM es_events WHERE position > \(after) ORDER BY position LIMIT \(batch)
+                    """, logger: quiet)
+                var last: Int64?
+                var decoded = 0
+                for try await row in result {
+                    // Cell by cell (specialised decoders; the variadic tuple decode is not).
+                    let cells = row.makeRandomAccess()
+                    let stream = try cells[0].decode(String.self)
+                    let version = try cells[1].decode(Int64.self)
+                    let position = try cells[2].decode(Int64.self)
+                    let id = try cells[3].decode(UUID.self)
+                    let type = try cells[4].decode(String.self)
+                    let schemaVersion = try cells[5].decode(Int.self)
+                    let bytes = try cells[6].decode(Data.self)
+                    var metadata = 0
+                    for index in 7...11 { metadata += try cells[index].decode(String?.self)?.utf8.count ?? 0 }
+                    let occurred = try cells[12].decode(Date.self)
+                    let recorded = try cells[13].decode(Date.self)
+                    decoded +=
+                        stream.utf8.count + type.utf8.count + bytes.count + (id.uuid.0 == 0 ? 1 : 0) + metadata
+                        + Int(version) % 2 + schemaVersion + (occurred < recorded ? 1 : 0)
+                    last = position
+                }
+                return decoded >= 0 ? last : nil
+            }
+            guard let last else { break }
+            after = last
+        }
+    }
+    var catchUps: [(rate: Double, cpu: Double)] = []
+    for run in 1...catchUpRuns {
+        let runner = try PostgresProjectionRunner(
+            PostgresStreamCounter(run: run, prefix: catchUpPrefix), events: events, logger: quiet)
+        catchUps.append(try await rateAndCPU(Int(head)) { try await runner.catchUp() })
+    }
+    return [catchUpRow(raw: rawCatchUp, catchUps)]
 }
 
 func printTable(_ title: String, _ rows: [Row]) {
