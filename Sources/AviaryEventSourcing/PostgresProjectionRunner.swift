@@ -162,19 +162,12 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
         options: ProjectionRunnerOptions = .init(batchSize: 5000), owner: String? = nil,
         logger: Logger = Logger(label: "aviary.eventsourcing"), now: @escaping @Sendable () -> Date = { Date() }
     ) throws {
-        for name in [projection.name] + projection.tables where !ProjectionTables.isValidName(name) {
-            throw ProjectionError(
-                .invalidName,
-                "projection \(projection.name): \"\(name)\" is not a valid name (letters, digits and single "
-                    + "underscores, starting with a letter)")
-        }
+        try ProjectionRunnerSetup.validate(name: projection.name, tables: projection.tables)
         precondition(options.batchSize > 0, "batchSize must be positive")
         self.projection = projection
         self.events = events
         self.options = options
-        self.owner =
-            owner
-            ?? "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(UUID().uuidString.prefix(8).lowercased())"
+        self.owner = owner ?? ProjectionRunnerSetup.defaultOwner()
         self.logger = logger
         self.now = now
     }
@@ -191,38 +184,13 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
     ///   `rebuildLocked`, `newerVersionLive`, `superseded`, `lockLost`; the store's errors.
     @discardableResult
     public func catchUp() async throws -> ProjectionRunnerReport {
-        switch try await self.plan() {
-        case .live(let generation):
-            let applied = try await self.drain(generation, rebuilding: false)
-            return .init(applied: applied, generation: generation, switched: false)
-        case .rebuild:
-            let generation = try await self.prepareRebuild()
-            var applied = try await self.drain(generation, rebuilding: true)
-            while try await !self.switchOver(generation) {
-                applied += try await self.drain(generation, rebuilding: true)
-            }
-            self.logger.info(
-                "projection rebuilt and switched",
-                metadata: ["aviary.projection": "\(self.projection.name)", "aviary.generation": "\(generation)"])
-            applied += try await self.drain(generation, rebuilding: false)
-            return .init(applied: applied, generation: generation, switched: true)
-        }
+        try await self.catchUpGenerations()
     }
 
     /// Catches up every ``ProjectionRunner/Options/pollInterval`` until the task is cancelled;
     /// handler failures and a rebuild held elsewhere are logged and retried.
     public func run(clock: any MonotonicClock = SystemClock()) async throws {
-        while true {
-            try Task.checkCancellation()
-            do {
-                try await self.catchUp()
-            } catch let error as ProjectionError where error.kind != .newerVersionLive && error.kind != .invalidName {
-                self.logger.warning(
-                    "projection paused",
-                    metadata: ["aviary.projection": "\(self.projection.name)", "error.message": "\(error)"])
-            }
-            try await clock.sleep(until: clock.now.advanced(by: self.options.pollInterval), tolerance: nil)
-        }
+        try await self.runPolling(clock: clock)
     }
 
     /// The head position minus the live generation's checkpoint.
@@ -247,13 +215,11 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
 
     // MARK: Steps
 
-    private enum Plan { case live(Int64), rebuild }
-
-    private func plan() async throws -> Plan {
+    func plan() async throws -> ProjectionPlan {
         let projection = self.projection
         let now = Microseconds.of(self.now())
         let logger = self.logger
-        return try await self.store.withTransaction("projection plan") { connection -> Plan in
+        return try await self.store.withTransaction("projection plan") { connection -> ProjectionPlan in
             // One planner at a time per projection, so two replicas starting together create one generation.
             _ = try await connection.complete(
                 "SELECT pg_advisory_xact_lock(\(PostgresProjections.planLockClass), hashtext(\(projection.name)))",
@@ -290,7 +256,7 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
         }
     }
 
-    private func prepareRebuild() async throws -> Int64 {
+    func prepareRebuild() async throws -> Int64 {
         let projection = self.projection
         let owner = self.owner
         let now = self.now()
@@ -353,7 +319,7 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
     /// pooled connection while the current one is applied, so the server reads page n+1 and this
     /// process decodes it while page n is applied and committed; each page's transaction checks
     /// that the checkpoint is still the position the page was read after.
-    private func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
+    func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
         var total = 0
         while true {
             let checkpoint = try await self.checkpoint(generation, rebuilding: rebuilding)
@@ -571,7 +537,7 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
     }
 
     /// Makes a caught-up rebuilt generation live; false when it is not caught up yet.
-    private func switchOver(_ generation: Int64) async throws -> Bool {
+    func switchOver(_ generation: Int64) async throws -> Bool {
         let projection = self.projection
         let owner = self.owner
         let now = Microseconds.of(self.now())
@@ -752,4 +718,9 @@ public enum PostgresProjections {
             throw AviaryError(.notFound, "no live projection named \(name) in \(store.address)")
         }
     }
+}
+
+extension PostgresProjectionRunner: GenerationalProjectionRunner {
+    var projectionName: String { self.projection.name }
+    var pollInterval: Duration { self.options.pollInterval }
 }

@@ -83,20 +83,13 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         owner: String? = nil, logger: Logger = Logger(label: "aviary.eventsourcing"),
         now: @escaping @Sendable () -> Date = { Date() }
     ) throws {
-        for name in [projection.name] + projection.tables where !ProjectionTables.isValidName(name) {
-            throw ProjectionError(
-                .invalidName,
-                "projection \(projection.name): \"\(name)\" is not a valid name (letters, digits and single "
-                    + "underscores, starting with a letter)")
-        }
+        try ProjectionRunnerSetup.validate(name: projection.name, tables: projection.tables)
         precondition(options.batchSize > 0, "batchSize must be positive")
         self.projection = projection
         self.events = events
         self.store = store
         self.options = options
-        self.owner =
-            owner
-            ?? "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier):\(UUID().uuidString.prefix(8).lowercased())"
+        self.owner = owner ?? ProjectionRunnerSetup.defaultOwner()
         self.logger = logger
         self.now = now
         if let sqlite = events as? SQLiteEventStore, sqlite.store === store {
@@ -118,22 +111,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     ///   `newerVersionLive`, `superseded`, `lockLost`; the stores' errors.
     @discardableResult
     public func catchUp() async throws -> Report {
-        switch try await self.plan() {
-        case .live(let generation):
-            let applied = try await self.drain(generation, rebuilding: false)
-            return Report(applied: applied, generation: generation, switched: false)
-        case .rebuild:
-            let generation = try await self.prepareRebuild()
-            var applied = try await self.drain(generation, rebuilding: true)
-            while try await !self.switchOver(generation) {
-                applied += try await self.drain(generation, rebuilding: true)
-            }
-            self.logger.info(
-                "projection rebuilt and switched",
-                metadata: ["aviary.projection": "\(self.projection.name)", "aviary.generation": "\(generation)"])
-            applied += try await self.drain(generation, rebuilding: false)
-            return Report(applied: applied, generation: generation, switched: true)
-        }
+        try await self.catchUpGenerations()
     }
 
     /// Catches up, then waits ``Options/pollInterval`` and catches up again, until the task is
@@ -143,17 +121,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     /// - Throws: ``ProjectionError`` (`newerVersionLive`): this code must not write the read model;
     ///   `CancellationError` when cancelled.
     public func run(clock: any MonotonicClock = SystemClock()) async throws {
-        while true {
-            try Task.checkCancellation()
-            do {
-                try await self.catchUp()
-            } catch let error as ProjectionError where error.kind != .newerVersionLive && error.kind != .invalidName {
-                self.logger.warning(
-                    "projection paused",
-                    metadata: ["aviary.projection": "\(self.projection.name)", "error.message": "\(error)"])
-            }
-            try await clock.sleep(until: clock.now.advanced(by: self.options.pollInterval), tolerance: nil)
-        }
+        try await self.runPolling(clock: clock)
     }
 
     /// The head position minus the live generation's checkpoint: how many positions the read
@@ -177,13 +145,11 @@ public final class ProjectionRunner<P: Projection>: Sendable {
 
     // MARK: Steps
 
-    private enum Plan { case live(Int64), rebuild }
-
     /// Finds the live generation (creating the first one), or decides to rebuild.
-    private func plan() async throws -> Plan {
+    func plan() async throws -> ProjectionPlan {
         let projection = self.projection
         let now = Microseconds.of(self.now())
-        return try await self.store.write("projection plan") { db -> Plan in
+        return try await self.store.write("projection plan") { db -> ProjectionPlan in
             let rows = try Row.fetchAll(
                 db,
                 sql: "SELECT generation, version, state, rebuild_requested FROM es_projections WHERE name = ?",
@@ -218,7 +184,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
 
     /// Takes the rebuild lock and returns the generation to build: a rebuild of this version
     /// that stopped earlier resumes; any other unfinished one is dropped.
-    private func prepareRebuild() async throws -> Int64 {
+    func prepareRebuild() async throws -> Int64 {
         let projection = self.projection
         let owner = self.owner
         let now = self.now()
@@ -270,7 +236,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     /// reader connection, in a read transaction of its own) while the current one is applied in
     /// the write transaction, so reading and decoding overlap with applying; each page's
     /// transaction checks that the checkpoint is still the position the page was read after.
-    private func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
+    func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
         var total = 0
         while true {
             let checkpoint = try await self.store.read { db in
@@ -400,7 +366,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
 
     /// Makes a caught-up rebuilt generation live: views, old generation dropped, lock released,
     /// in one transaction. False when it is not caught up with the head yet.
-    private func switchOver(_ generation: Int64) async throws -> Bool {
+    func switchOver(_ generation: Int64) async throws -> Bool {
         var head: Int64?
         if self.local == nil { head = try await self.events.headPosition() }
         let knownHead = head
@@ -603,4 +569,9 @@ enum ProjectionPages {
             }
         }
     }
+}
+
+extension ProjectionRunner: GenerationalProjectionRunner {
+    var projectionName: String { self.projection.name }
+    var pollInterval: Duration { self.options.pollInterval }
 }
