@@ -94,6 +94,8 @@ public final class GatewayServer: Sendable {
     /// Extra metrics appended to the admin `/metrics` (and its `process_*` families).
     let metricsRegistry: MetricsRegistry
     let clock: any MonotonicClock
+    /// The proxy's timers (the event loops' schedulers; a manual source in tests).
+    let timers: any GatewayTimers
     let tracer: (any Tracer)?
     private let group: any EventLoopGroup
     let logger: Logger
@@ -147,7 +149,7 @@ public final class GatewayServer: Sendable {
     ///   - metrics: a registry whose exposition the admin `/metrics` appends (with `process_*`).
     ///   - directory: where clusters with `discovery: {service: NAME}` find their endpoints;
     ///     `nil` reads the configuration's `discovery: {file: …}`.
-    public init(
+    public convenience init(
         configuration: GatewayConfiguration,
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "aviary.gateway"),
@@ -158,6 +160,28 @@ public final class GatewayServer: Sendable {
         metrics: MetricsRegistry = MetricsRegistry(),
         directory: (any ServiceDirectory)? = nil
     ) {
+        self.init(
+            configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger, random: random, clock: clock,
+            timers: EventLoopTimers(), tracer: tracer, configurationFile: configurationFile, metrics: metrics,
+            directory: directory)
+    }
+
+    /// Creates a gateway whose proxy timers come from `timers` (a manual source in tests, so
+    /// that timeouts fire when the test advances time rather than when a loaded machine lets
+    /// them); the other parameters are those of the public initialiser.
+    init(
+        configuration: GatewayConfiguration,
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "aviary.gateway"),
+        random: GatewayRandom = .system,
+        clock: any MonotonicClock = SystemClock(),
+        timers: any GatewayTimers,
+        tracer: (any Tracer)? = nil,
+        configurationFile: String? = nil,
+        metrics: MetricsRegistry = MetricsRegistry(),
+        directory: (any ServiceDirectory)? = nil
+    ) {
+        self.timers = timers
         self.statistics = GatewayStatistics()
         self.group = eventLoopGroup
         self.logger = logger
@@ -198,10 +222,13 @@ public final class GatewayServer: Sendable {
             previous: initial)
         self.state.withLock { $0.core = core }
         var loops: [NIOLoopBound<GatewayLoop>] = []
+        let timers = self.timers
         for loop in self.group.makeIterator() {
             loops.append(
-                try await loop.submit { NIOLoopBound(GatewayLoop(eventLoop: loop, core: core), eventLoop: loop) }
-                    .get())
+                try await loop.submit {
+                    NIOLoopBound(GatewayLoop(eventLoop: loop, core: core, timers: timers), eventLoop: loop)
+                }
+                .get())
         }
         let byLoop = Dictionary(loops.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { a, _ in a })
         let statistics = self.statistics

@@ -95,7 +95,8 @@ struct GatewayCORSFaultTests {
                     cluster: a
                     fault: {abort: {percent: 50%, status: 418}, delay: {percent: 50%, duration: 300ms}}
                 """
-            try await withGateway(yaml, random: random) { gateway async throws in
+            let timers = ManualGatewayTimers()
+            try await withGateway(yaml, random: random, timers: timers) { gateway async throws in
                 let aborted = try await gateway.get("/x")
                 #expect(aborted.status == 418)
                 #expect(aborted.text.contains("fault-injected"))
@@ -104,14 +105,16 @@ struct GatewayCORSFaultTests {
                 #expect(passed.status == 200)
                 #expect(requests() == 1)
                 // The delayed request still arrives, with its body.
-                let started = ContinuousClock.now
                 let body = String(repeating: "b", count: 5000)
-                let delayed = try await gateway.request(
+                async let answer = gateway.request(
                     "POST /echo HTTP/1.1\r\nHost: g\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
                 )
+                try await timers.waitUntilArmed(.milliseconds(300))
+                #expect(requests() == 1)  // held until the delay ends
+                await timers.advance(by: .milliseconds(300))
+                let delayed = try await answer
                 #expect(delayed.status == 200)
                 #expect(delayed.text == body)
-                #expect(ContinuousClock.now - started >= .milliseconds(300))
                 #expect(requests() == 2)
             }
         }

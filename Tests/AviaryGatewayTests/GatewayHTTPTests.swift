@@ -107,16 +107,19 @@ struct GatewayHTTPTests {
     @Test("a request head that does not arrive within header_timeout is a 408, and the connection closes")
     func headerTimeout() async throws {
         try await withOrigins(["a"]) { origins in
-            try await withGateway(Self.yaml(port: origins[0].port, limits: "header_timeout: 200ms")) { gateway in
+            let timers = ManualGatewayTimers()
+            let yaml = Self.yaml(port: origins[0].port, limits: "header_timeout: 200ms")
+            try await withGateway(yaml, timers: timers) { gateway in
                 let connection = try await gateway.connect()
-                let start = ContinuousClock.now
                 try await connection.send("GET /slow HTTP/1.1\r\nHost: t\r\nX-Slow:")
+                try await timers.waitUntilArmed(.milliseconds(200))
+                await timers.advance(by: .milliseconds(200))
                 let response = try await connection.readResponse()
-                #expect(ContinuousClock.now - start >= .milliseconds(200))
                 #expect(response.status == 408)
                 #expect(response.problem?.type == "urn:aviary:problem:request-timeout")
                 #expect(await connection.waitUntilClosed())
                 #expect(origins[0].state.requests.load(ordering: .relaxed) == 0)
+                #expect(gateway.server.statistics.headerTimeouts.load(ordering: .relaxed) == 1)
             }
         }
     }
@@ -124,27 +127,28 @@ struct GatewayHTTPTests {
     @Test("a connection idle for idle_timeout is closed, before and between requests")
     func idleTimeout() async throws {
         try await withOrigins(["a"]) { origins in
-            try await withGateway(Self.yaml(port: origins[0].port, limits: "idle_timeout: 1s")) { gateway in
-                let start = ContinuousClock.now
+            // Manual timers: a stalled machine cannot let the idle timer strike before a request.
+            let timers = ManualGatewayTimers()
+            let yaml = Self.yaml(port: origins[0].port, limits: "idle_timeout: 1s")
+            try await withGateway(yaml, timers: timers) { gateway in
                 let silent = try await gateway.connect()
+                try await timers.waitUntilArmed(.seconds(1))
+                await timers.advance(by: .seconds(1))
                 #expect(await silent.waitUntilClosed())
-                #expect(ContinuousClock.now - start >= .milliseconds(200))
+                #expect(gateway.server.statistics.idleTimeouts.load(ordering: .relaxed) == 1)
 
-                // Between requests: a connection that had an answer is closed once idle. (Should a
-                // stalled machine let the idle timer strike before the request is even sent, that
-                // connection proves nothing about this; a fresh one is tried, a few times at most.)
-                var answered = false
-                for _ in 0..<5 where !answered {
-                    let used = try await gateway.connect()
-                    guard (try? await used.send("GET /one HTTP/1.1\r\nHost: t\r\n\r\n")) != nil,
-                        let response = try? await used.readResponse()
-                    else { continue }
-                    #expect(response.status == 200)
-                    #expect(await used.waitUntilClosed())
-                    answered = true
-                }
-                #expect(answered)
-                #expect(gateway.server.statistics.idleTimeouts.load(ordering: .relaxed) >= 2)
+                // Between requests: the idle period starts again with each answer.
+                let used = try await gateway.connect()
+                try await timers.waitUntilArmed(.seconds(1))
+                await timers.advance(by: .milliseconds(600))
+                try await used.send("GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+                #expect(try await used.readResponse().status == 200)
+                // 1.2 s after the connection opened but 0.6 s after its answer: still open.
+                await timers.advance(by: .milliseconds(600))
+                #expect(gateway.server.statistics.idleTimeouts.load(ordering: .relaxed) == 1)
+                await timers.advance(by: .milliseconds(400))
+                #expect(await used.waitUntilClosed())
+                #expect(gateway.server.statistics.idleTimeouts.load(ordering: .relaxed) == 2)
             }
         }
     }

@@ -71,7 +71,7 @@ extension ProxyHandler {
             let cluster = self.upstreams.clusters[part.cluster]
             let call = ComposeCall(
                 name: part.name, clusterName: cluster.cluster.name, pool: cluster.pick(self.core.random),
-                head: partHead, timeout: compose.partTimeout
+                head: partHead, timeout: compose.partTimeout, timers: self.loop.timers
             ) { outcome in
                 gathering.outcomes[index] = outcome
                 gathering.remaining -= 1
@@ -198,9 +198,10 @@ final class ComposeCall: UpstreamExchange {
     let pool: UpstreamPool?
     let head: HTTPRequestHead
     let timeout: TimeAmount
+    let timers: any GatewayTimers
     let completion: (Outcome) -> Void
     private var connection: UpstreamConnection?
-    private var timer: Scheduled<Void>?
+    private var timer: GatewayTimer?
     private var status: HTTPResponseStatus?
     private var body = ByteBuffer()
     private var reusable = false
@@ -208,8 +209,9 @@ final class ComposeCall: UpstreamExchange {
 
     init(
         name: String, clusterName: String, pool: UpstreamPool?, head: HTTPRequestHead, timeout: TimeAmount,
-        completion: @escaping (Outcome) -> Void
+        timers: any GatewayTimers, completion: @escaping (Outcome) -> Void
     ) {
+        self.timers = timers
         self.name = name
         self.clusterName = clusterName
         self.pool = pool
@@ -224,7 +226,7 @@ final class ComposeCall: UpstreamExchange {
             return
         }
         pool.inFlight += 1
-        self.timer = pool.eventLoop.assumeIsolated().scheduleTask(in: self.timeout) {
+        self.timer = self.timers.schedule(in: self.timeout, on: pool.eventLoop) {
             let limit = "\(self.timeout.nanoseconds / 1_000_000)ms"
             self.finish(
                 .failure(

@@ -28,7 +28,7 @@ extension ProxyHandler {
         var head = upstreamHead
         head.headers.replaceOrAdd(name: shadowHeaderName, value: "true")
         self.core.statistics.mirroredRequests.add(1, ordering: .relaxed)
-        MirrorExchange(pool: pool, head: head).start()
+        MirrorExchange(pool: pool, head: head, timers: self.loop.timers).start()
     }
 }
 
@@ -40,17 +40,19 @@ final class MirrorExchange: UpstreamExchange {
     let head: HTTPRequestHead
     private var connection: UpstreamConnection?
     private var reusable = false
-    private var timer: Scheduled<Void>?
+    private let timers: any GatewayTimers
+    private var timer: GatewayTimer?
     private var done = false
 
-    init(pool: UpstreamPool, head: HTTPRequestHead) {
+    init(pool: UpstreamPool, head: HTTPRequestHead, timers: any GatewayTimers) {
         self.pool = pool
         self.head = head
+        self.timers = timers
     }
 
     func start() {
         self.pool.inFlight += 1
-        self.timer = self.pool.eventLoop.assumeIsolated().scheduleTask(in: mirrorTimeout) {
+        self.timer = self.timers.schedule(in: mirrorTimeout, on: self.pool.eventLoop) {
             self.end(reuse: false)
         }
         if let connection = self.pool.takeIdle() {

@@ -45,7 +45,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var responseHeadSent = false
         var upstreamReusable = false
         var bodyBytes = 0
-        var timeout: Scheduled<Void>?
+        var timeout: GatewayTimer?
         /// Whether the request was sent again after a kept-alive connection turned out closed.
         var retried = false
         /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
@@ -54,7 +54,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let mayRetry: Bool
         /// The current attempt, from 1.
         var attempt = 1
-        var perTryTimeout: Scheduled<Void>?
+        var perTryTimeout: GatewayTimer?
         /// Headers the route's policies add to the response (`RateLimit-*`).
         var responseHeaders: [(String, String)] = []
         /// A request the route may answer from its cache: the key, a stale entry for failures,
@@ -108,12 +108,12 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     var discarding = false
     private(set) var closed = false
     /// Closes a connection that sends no request within `limits.idle_timeout`.
-    private var idleTimer: Scheduled<Void>?
+    private var idleTimer: GatewayTimer?
     private var idleDeadline = NIODeadline.distantFuture
     /// Whether the request being answered is a HEAD (local answers then carry no body).
     var answeringHead = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
-    private var headerTimer: Scheduled<Void>?
+    private var headerTimer: GatewayTimer?
     /// Whether a request head waits for its token's verification off the event loop: reads
     /// stop and what was read meanwhile waits in `queued`.
     var admitting = false
@@ -213,7 +213,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.idleTimer?.cancel()
             self.idleTimer = nil
             let limit = self.core.configuration.limits.headerTimeout
-            self.headerTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+            self.headerTimer = self.loop.timers.schedule(in: TimeAmount(limit), on: context.eventLoop) {
                 self.headerTimedOut()
             }
         }
@@ -231,9 +231,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return
         }
         let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
-        self.idleDeadline = .now() + limit
+        self.idleDeadline = self.loop.timers.now + limit
         if self.idleTimer == nil {
-            self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
+            self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) {
                 self.idleTimedOut()
             }
         }
@@ -251,8 +251,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         // Busy now: the end of this exchange arms the timer again.
         guard self.exchange == nil, self.headerTimer == nil, !self.closed, !self.admitting, let context = self.context
         else { return }
-        if NIODeadline.now() < self.idleDeadline {
-            self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(deadline: self.idleDeadline) {
+        if self.loop.timers.now < self.idleDeadline {
+            self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) {
                 self.idleTimedOut()
             }
             return
@@ -458,7 +458,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             if fault.shouldDelay(self.core.random) {
                 // Held like a request waiting for its token: reads stop, parts wait in `queued`.
                 self.admitting = true
-                _ = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(fault.delay)) {
+                _ = self.loop.timers.schedule(in: TimeAmount(fault.delay), on: context.eventLoop) {
                     self.admitting = false
                     guard !self.closed, !self.discarding, let context = self.context else { return }
                     self.forward(
@@ -610,7 +610,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         exchange.headerVariables = variables
         pool.inFlight += 1
         if let timeout = route.route.timeout {
-            exchange.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+            exchange.timeout = self.loop.timers.schedule(in: TimeAmount(timeout), on: context.eventLoop) {
                 self.timedOut(exchange)
             }
         }
@@ -622,7 +622,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Sends the exchange to its current endpoint: an idle connection at once, or a new one.
     private func startAttempt(_ exchange: Exchange, context: ChannelHandlerContext) {
         if exchange.mayRetry, let limit = exchange.route.retry?.perTryTimeout {
-            exchange.perTryTimeout = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(limit)) {
+            exchange.perTryTimeout = self.loop.timers.schedule(in: TimeAmount(limit), on: context.eventLoop) {
                 self.perTryTimedOut(exchange)
             }
         }

@@ -26,9 +26,12 @@ final class GatewayLoop {
     var logBuffer: [UInt8] = []
     var logTarget: AccessLog?
     var logFlushScheduled = false
+    /// The source of the proxy's timers on this loop (the loop's scheduler outside tests).
+    let timers: any GatewayTimers
 
-    init(eventLoop: any EventLoop, core: GatewayCore) {
+    init(eventLoop: any EventLoop, core: GatewayCore, timers: any GatewayTimers = EventLoopTimers()) {
         self.eventLoop = eventLoop
+        self.timers = timers
         let metrics = LoopMetrics()
         self.metrics = metrics
         self.current = LoopUpstreams(eventLoop: eventLoop, core: core, metrics: metrics, previous: nil)

@@ -69,13 +69,13 @@ let quietLogger = Logger(label: "aviary.gateway.tests", factory: { _ in SwiftLog
 func withGateway<T>(
     _ yaml: String, random: GatewayRandom = .system, clock: any MonotonicClock = SystemClock(), loops: Int = 1,
     tracer: (any Tracer)? = nil, configurationFile: String? = nil, directory: (any ServiceDirectory)? = nil,
-    _ body: (GatewayHarness) async throws -> T
+    timers: any GatewayTimers = EventLoopTimers(), _ body: (GatewayHarness) async throws -> T
 ) async throws -> T {
     let configuration = try GatewayConfiguration(yaml: yaml)
     let group = MultiThreadedEventLoopGroup(numberOfThreads: loops)
     let server = GatewayServer(
         configuration: configuration, eventLoopGroup: group, logger: quietLogger, random: random, clock: clock,
-        tracer: tracer, configurationFile: configurationFile, directory: directory)
+        timers: timers, tracer: tracer, configurationFile: configurationFile, directory: directory)
     let address = try await server.start()
     let harness = GatewayHarness(server: server, port: address.port ?? 0, group: group)
     do {
