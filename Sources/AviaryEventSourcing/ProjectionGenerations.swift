@@ -37,6 +37,7 @@ protocol GenerationalProjectionRunner: Sendable {
 extension GenerationalProjectionRunner {
     /// Drains the live generation, or rebuilds side by side, drains until the switch succeeds,
     /// switches, and drains what arrived meanwhile.
+    @discardableResult
     func catchUpGenerations() async throws -> ProjectionRunnerReport {
         switch try await self.plan() {
         case .live(let generation):

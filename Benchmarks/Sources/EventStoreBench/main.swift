@@ -123,6 +123,48 @@ func catchUpRow(raw: Double, _ runs: [(rate: Double, cpu: Double)]) -> Row {
         note: "runs \(rates) events/s (median above); this process's CPU time \(cpu) µs/event")
 }
 
+/// The event store's side of the append and read rows: the same calls on both engines.
+enum StoreWorkload {
+    /// Appends `count` single events round-robin over 100 streams, each with its exact expected
+    /// version; returns events/s.
+    static func appendSingles(_ events: any EventStore, count: Int, data: Data) async throws -> Double {
+        var versions = [Int64](repeating: 0, count: 100)
+        return try await rate(count) {
+            for index in 0..<count {
+                let stream = index % 100
+                try await events.append(
+                    [NewEvent(type: "order.placed", data: data)], to: "order-\(stream)",
+                    expectedVersion: versions[stream] == 0 ? .noStream : .exact(versions[stream]))
+                versions[stream] += 1
+            }
+        }
+    }
+
+    /// Appends `rounds` batches of `batch` events, each to a new stream; returns events/s.
+    static func appendBatches(_ events: any EventStore, rounds: Int, batch: Int, data: Data) async throws -> Double {
+        try await rate(rounds * batch) {
+            for round in 0..<rounds {
+                try await events.append(
+                    (0..<batch).map { _ in NewEvent(type: "order.placed", data: data) },
+                    to: "batch\(batch)-\(round)", expectedVersion: .noStream)
+            }
+        }
+    }
+
+    /// The 1,000-event stream that ``readLongStream(_:reads:)`` reads.
+    static func appendLongStream(_ events: any EventStore, data: Data) async throws {
+        try await events.append(
+            (0..<1000).map { _ in NewEvent(type: "order.placed", data: data) }, to: "long", expectedVersion: .noStream)
+    }
+
+    /// Reads the 1,000-event stream `reads` times; returns events/s.
+    static func readLongStream(_ events: any EventStore, reads: Int) async throws -> Double {
+        try await rate(reads * 1000) {
+            for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
+        }
+    }
+}
+
 func sqliteRows(directory: String) async throws -> [Row] {
     var migrations = Migrations()
     migrations.addEventStore()
@@ -150,16 +192,7 @@ func sqliteRows(directory: String) async throws -> [Row] {
             }
         }
     }
-    var versions = [Int64](repeating: 0, count: 100)
-    let esSingle = try await rate(singles) {
-        for index in 0..<singles {
-            let stream = index % 100
-            try await events.append(
-                [NewEvent(type: "order.placed", data: data)], to: "order-\(stream)",
-                expectedVersion: versions[stream] == 0 ? .noStream : .exact(versions[stream]))
-            versions[stream] += 1
-        }
-    }
+    let esSingle = try await StoreWorkload.appendSingles(events, count: singles, data: data)
     rows.append(Row(name: "append, 1 event", raw: rawSingle, store: esSingle, unit: "events/s"))
     for batch in [10, 100] {
         let rounds = count(200_000) / batch
@@ -175,17 +208,10 @@ func sqliteRows(directory: String) async throws -> [Row] {
                 }
             }
         }
-        let es = try await rate(rounds * batch) {
-            for round in 0..<rounds {
-                try await events.append(
-                    (0..<batch).map { _ in NewEvent(type: "order.placed", data: data) }, to: "batch\(batch)-\(round)",
-                    expectedVersion: .noStream)
-            }
-        }
+        let es = try await StoreWorkload.appendBatches(events, rounds: rounds, batch: batch, data: data)
         rows.append(Row(name: "append, \(batch) events", raw: raw, store: es, unit: "events/s"))
     }
-    try await events.append(
-        (0..<1000).map { _ in NewEvent(type: "order.placed", data: data) }, to: "long", expectedVersion: .noStream)
+    try await StoreWorkload.appendLongStream(events, data: data)
     let reads = count(2000)
     let rawRead = try await rate(reads * 1000) {
         for _ in 0..<reads {
@@ -214,9 +240,7 @@ func sqliteRows(directory: String) async throws -> [Row] {
             }
         }
     }
-    let esRead = try await rate(reads * 1000) {
-        for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
-    }
+    let esRead = try await StoreWorkload.readLongStream(events, reads: reads)
     rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
     // Catch-up: every event so far, from the first, into a fresh read model. The raw floor reads
     // the same rows page by page (the runner's batch size) with every column decoded, and applies
@@ -300,16 +324,7 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
                 }
             }
         }
-        var versions = [Int64](repeating: 0, count: 100)
-        let esSingle = try await rate(singles) {
-            for index in 0..<singles {
-                let stream = index % 100
-                try await events.append(
-                    [NewEvent(type: "order.placed", data: data)], to: "order-\(stream)",
-                    expectedVersion: versions[stream] == 0 ? .noStream : .exact(versions[stream]))
-                versions[stream] += 1
-            }
-        }
+        let esSingle = try await StoreWorkload.appendSingles(events, count: singles, data: data)
         rows.append(Row(name: "append, 1 event", raw: rawSingle, store: esSingle, unit: "events/s"))
         for batch in [10, 100] {
             let rounds = count(50_000) / batch
@@ -325,17 +340,10 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
                     }
                 }
             }
-            let es = try await rate(rounds * batch) {
-                for round in 0..<rounds {
-                    try await events.append(
-                        (0..<batch).map { _ in NewEvent(type: "order.placed", data: data) },
-                        to: "batch\(batch)-\(round)", expectedVersion: .noStream)
-                }
-            }
+            let es = try await StoreWorkload.appendBatches(events, rounds: rounds, batch: batch, data: data)
             rows.append(Row(name: "append, \(batch) events", raw: raw, store: es, unit: "events/s"))
         }
-        try await events.append(
-            (0..<1000).map { _ in NewEvent(type: "order.placed", data: data) }, to: "long", expectedVersion: .noStream)
+        try await StoreWorkload.appendLongStream(events, data: data)
         let reads = count(500)
         let rawRead = try await rate(reads * 1000) {
             for _ in 0..<reads {
@@ -355,9 +363,7 @@ func postgresRows(url: StoreURL) async throws -> [Row] {
                 }
             }
         }
-        let esRead = try await rate(reads * 1000) {
-            for _ in 0..<reads { _ = try await events.readStream("long", from: 1, direction: .forwards, limit: 1000) }
-        }
+        let esRead = try await StoreWorkload.readLongStream(events, reads: reads)
         rows.append(Row(name: "read a 1,000-event stream", raw: rawRead, store: esRead, unit: "events/s"))
         rows += try await postgresCatchUpRows(store: store, events: events)
         return rows
