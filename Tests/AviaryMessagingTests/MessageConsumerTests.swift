@@ -83,6 +83,7 @@ struct MessageConsumerTests {
             let seen = Locked<[String: [Int]]>([:])
             let inFlight = Locked<Int>(0)
             let maxInFlight = Locked<Int>(0)
+            let firstTaken = Locked<Bool>(false)
             let consumer = MessageConsumer(
                 log: log, configuration: .init(group: "g", topic: "orders", concurrency: 3, batchSize: 5),
                 logger: Self.logger
@@ -91,6 +92,16 @@ struct MessageConsumerTests {
                     $0 += 1; return $0
                 }
                 maxInFlight.withLock { $0 = max($0, now) }
+                // The first handler waits (up to 30 s) for another partition's handler to run
+                // alongside it: handlers this short would otherwise rarely overlap.
+                let first = firstTaken.withLock { taken in
+                    defer { taken = true }
+                    return !taken
+                }
+                let deadline = ContinuousClock.now + .seconds(30)
+                while first, maxInFlight.value < 2, ContinuousClock.now < deadline {
+                    try? await Task.sleep(for: .milliseconds(1))
+                }
                 await Task.yield()
                 seen.withLock { $0[delivery.message.key, default: []].append(delivery.n) }
                 inFlight.withLock { $0 -= 1 }
@@ -206,7 +217,11 @@ struct MessageConsumerTests {
                 logger: Self.logger
             ) { _ in
                 started.withLock { $0 += 1 }
-                while !mayFinish.value { try await Task.sleep(for: .milliseconds(5)) }
+                // Until the consumer has been told to shut down (ServiceLifecycle runs its
+                // graceful-shutdown handler before this reads true) and the test lets it finish.
+                while !mayFinish.value || !Task.isShuttingDownGracefully {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
                 finished.withLock { $0 += 1 }
             }
             let group = ServiceGroup(

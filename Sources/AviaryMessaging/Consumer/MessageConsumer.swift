@@ -245,6 +245,9 @@ public final class MessageConsumer: Service {
                 await workers.waitForAll()
             }
         } onGracefulShutdown: {
+            // At once, not when the loop above reads the signal: a worker that finishes its
+            // message meanwhile must not start the next one.
+            stop.set()
             signal.yield(.shutdown)
         }
         signal.finish()
