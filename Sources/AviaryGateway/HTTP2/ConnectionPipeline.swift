@@ -78,8 +78,8 @@ struct ConnectionPipeline {
     }
 
     /// A client that never finishes its TLS handshake is closed after `limits.header_timeout`.
-    private func closeUnlessNegotiated(_ channel: any Channel) -> Scheduled<Void> {
-        channel.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(self.limits.headerTimeout)) {
+    private func closeUnlessNegotiated(_ channel: any Channel) -> GatewayTimer {
+        self.loop.timers.schedule(in: TimeAmount(self.limits.headerTimeout), on: channel.eventLoop) {
             channel.close(promise: nil)
         }
     }
@@ -152,7 +152,7 @@ final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
     private let builder: ConnectionPipeline
     private var buffered: ByteBuffer?
     /// Closes a connection that sends nothing within `limits.idle_timeout`.
-    private var idleTimer: Scheduled<Void>?
+    private var idleTimer: GatewayTimer?
 
     init(builder: ConnectionPipeline) {
         self.builder = builder
@@ -160,8 +160,8 @@ final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         let channel = context.channel
-        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(
-            in: TimeAmount(self.builder.limits.idleTimeout)
+        self.idleTimer = self.builder.loop.timers.schedule(
+            in: TimeAmount(self.builder.limits.idleTimeout), on: context.eventLoop
         ) { channel.close(promise: nil) }
     }
 
@@ -267,7 +267,7 @@ final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
     /// `limits.idle_timeout`: a connection without open streams for that long is closed with
     /// GOAWAY, as an idle HTTP/1.1 connection is closed.
     private let idleTimeout: Duration
-    private var idleTimer: Scheduled<Void>?
+    private var idleTimer: GatewayTimer?
 
     init(loop: GatewayLoop, idleTimeout: Duration) {
         self.loop = loop
@@ -289,7 +289,7 @@ final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
 
     private func armIdleTimer(_ context: ChannelHandlerContext) {
         self.idleTimer?.cancel()
-        self.idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(self.idleTimeout)) {
+        self.idleTimer = self.loop.timers.schedule(in: TimeAmount(self.idleTimeout), on: context.eventLoop) {
             [weak self] in
             self?.drain()
         }
