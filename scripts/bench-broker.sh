@@ -4,7 +4,7 @@
 # the ratios the issue sets goals for.
 #
 #   scripts/bench-broker.sh [seconds per measurement, default 4]
-#   scripts/bench-broker.sh --latency [seconds, default 4] [BrokerBench options, e.g. --checkpoints inline]
+#   scripts/bench-broker.sh --latency [seconds, default 4] [BrokerBench run options, e.g. --rate 500]
 #       only publish-to-consume latency at 1,000 messages/s (SQLite and PostgreSQL, consumer in the
 #       producer's process and in another one): p50, p99 and max; no Redis, NATS or floors (~30 s)
 #
