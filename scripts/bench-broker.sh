@@ -4,6 +4,9 @@
 # the ratios the issue sets goals for.
 #
 #   scripts/bench-broker.sh [seconds per measurement, default 4]
+#   scripts/bench-broker.sh --latency [seconds, default 4] [BrokerBench run options, e.g. --rate 500]
+#       only publish-to-consume latency at 1,000 messages/s (SQLite and PostgreSQL, consumer in the
+#       producer's process and in another one): p50, p99 and max; no Redis, NATS or floors (~30 s)
 #
 # - AviaryMessaging (Benchmarks/Sources/BrokerBench, release build): publish one message per
 #   durable transaction and batches of 100 and 1000, consume-and-ack through MessageConsumer (one
@@ -23,13 +26,22 @@
 # temporary folder, and stops them on exit. Not part of .ci/run. Takes about 4 minutes after the build.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+latency_only=""
+if [ "${1:-}" = --latency ]; then
+  latency_only=1
+  shift
+fi
 seconds=${1:-4}
+[ $# -gt 0 ] && shift
+extra=("$@") # passed to BrokerBench run (--latency only)
 
 # MARK: Tools
 missing=()
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v redis-benchmark >/dev/null || missing+=(redis-tools)
-command -v nats-server >/dev/null || missing+=(nats-server)
+if [ -z "$latency_only" ]; then
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+  command -v nats-server >/dev/null || missing+=(nats-server)
+fi
 command -v pgbench >/dev/null || missing+=(postgresql-contrib)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
@@ -40,7 +52,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q nats-py >&2
+[ -n "$latency_only" ] || python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q nats-py >&2
 pgbin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 
 echo "building BrokerBench (release)" >&2
@@ -93,6 +105,27 @@ pg_started=1
 export PGPASSWORD=$password PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres
 psql -q -d postgres -c 'CREATE DATABASE aviary' -c 'CREATE DATABASE raw' >/dev/null
 pg_url="postgres://postgres:$password@127.0.0.1:$pg_port/aviary"
+sqlite_url="sqlite://$tmp/broker.db"
+
+if [ -n "$latency_only" ]; then
+  echo "publish-to-consume latency at 1,000 messages/s (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+  for url in "$sqlite_url" "$pg_url"; do
+    "$bench" run --url "$url" --seconds "$seconds" --only latency_in_process,latency_cross_process "${extra[@]}" \
+      | grep '"latency_' | tee -a "$results" >&2
+  done
+  python3 - "$results" "$seconds" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print(f"\n{sys.argv[2]} s at 1,000 messages/s per measurement\n")
+print("| backend | consumer | p50 | p99 | max | messages |")
+print("| --- | --- | ---: | ---: | ---: | ---: |")
+for r in rows:
+    where = "same process" if r["scenario"] == "latency_in_process" else "another process"
+    print(f"| {r['backend']} | {where} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['max_ms']:.1f} ms | {r['messages']} |")
+print("\ngoal: SQLite p99 < 5 ms")
+PY
+  exit 0
+fi
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp" --appendonly yes --appendfsync everysec \
@@ -113,7 +146,6 @@ aviary() { # url scenario
 pgbench_rate() { # script-file -> transactions per second
   pgbench -n -c 1 -T "$seconds" -f "$1" raw 2>&1 | awk '/^tps = / {print $3; exit}'
 }
-sqlite_url="sqlite://$tmp/broker.db"
 aviary "$sqlite_url" row_bytes
 row_bytes=$(python3 -c 'import json, sys
 for line in open(sys.argv[1]):
