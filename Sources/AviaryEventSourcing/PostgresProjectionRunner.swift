@@ -453,13 +453,8 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
                 return false
             }
             if rebuilding {
-                let renewed = try await connection.complete(
-                    "UPDATE es_projection_locks SET expires_at = \(expiry) WHERE name = \(name) AND owner = \(owner)",
-                    logger: logger)
-                guard renewed.metadata.rows == 1 else {
-                    throw ProjectionError(
-                        .lockLost, "projection \(name): the rebuild lock of \(owner) expired and was taken over")
-                }
+                try await Self.renewRebuildLock(
+                    name: name, owner: owner, until: expiry, on: connection, logger: logger)
             }
             do {
                 try await projection.apply(
@@ -501,13 +496,8 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
             // Another replica applied these events meanwhile.
             guard row.1 == after else { return nil }
             if rebuilding {
-                let renewed = try await connection.complete(
-                    "UPDATE es_projection_locks SET expires_at = \(expiry) WHERE name = \(name) AND owner = \(owner)",
-                    logger: logger)
-                guard renewed.metadata.rows == 1 else {
-                    throw ProjectionError(
-                        .lockLost, "projection \(name): the rebuild lock of \(owner) expired and was taken over")
-                }
+                try await Self.renewRebuildLock(
+                    name: name, owner: owner, until: expiry, on: connection, logger: logger)
             }
             guard !page.isEmpty else { return 0 }
             let context = PostgresProjectionContext(connection: connection, generation: generation, logger: logger)
@@ -519,6 +509,21 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
                 WHERE name = \(name) AND generation = \(generation)
                 """, logger: logger)
             return applied
+        }
+    }
+
+    /// Moves this runner's rebuild lock to `expiry`, inside a batch's transaction.
+    ///
+    /// - Throws: ``ProjectionError`` (`lockLost`) when another process holds the lock now.
+    private static func renewRebuildLock(
+        name: String, owner: String, until expiry: Int64, on connection: PostgresConnection, logger: Logger
+    ) async throws {
+        let renewed = try await connection.complete(
+            "UPDATE es_projection_locks SET expires_at = \(expiry) WHERE name = \(name) AND owner = \(owner)",
+            logger: logger)
+        guard renewed.metadata.rows == 1 else {
+            throw ProjectionError(
+                .lockLost, "projection \(name): the rebuild lock of \(owner) expired and was taken over")
         }
     }
 

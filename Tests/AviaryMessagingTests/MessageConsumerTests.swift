@@ -84,6 +84,8 @@ struct MessageConsumerTests {
             let inFlight = Locked<Int>(0)
             let maxInFlight = Locked<Int>(0)
             let firstTaken = Locked<Bool>(false)
+            // Yielded when two handlers run at once (the buffer keeps it for a later reader).
+            let (overlaps, overlapped) = AsyncStream.makeStream(of: Void.self)
             let consumer = MessageConsumer(
                 log: log, configuration: .init(group: "g", topic: "orders", concurrency: 3, batchSize: 5),
                 logger: Self.logger
@@ -92,15 +94,16 @@ struct MessageConsumerTests {
                     $0 += 1; return $0
                 }
                 maxInFlight.withLock { $0 = max($0, now) }
-                // The first handler waits (up to 30 s) for another partition's handler to run
-                // alongside it: handlers this short would otherwise rarely overlap.
+                if now >= 2 { overlapped.yield() }
+                // The first handler waits for another partition's handler to run alongside it:
+                // handlers this short would otherwise rarely overlap. (Without concurrency it
+                // waits until the shutdown timeout cancels it, and the checks below fail.)
                 let first = firstTaken.withLock { taken in
                     defer { taken = true }
                     return !taken
                 }
-                let deadline = ContinuousClock.now + .seconds(30)
-                while first, maxInFlight.value < 2, ContinuousClock.now < deadline {
-                    try? await Task.sleep(for: .milliseconds(1))
+                if first {
+                    for await _ in overlaps { break }
                 }
                 await Task.yield()
                 seen.withLock { $0[delivery.message.key, default: []].append(delivery.n) }
@@ -209,7 +212,6 @@ struct MessageConsumerTests {
             try await log.createTopic("orders", TopicOptions(partitions: 1))
             try await log.publish((1...5).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
             let started = Locked<Int>(0)
-            let mayFinish = Locked<Bool>(false)
             let finished = Locked<Int>(0)
             let consumer = MessageConsumer(
                 log: log,
@@ -217,11 +219,9 @@ struct MessageConsumerTests {
                 logger: Self.logger
             ) { _ in
                 started.withLock { $0 += 1 }
-                // Until the consumer has been told to shut down (ServiceLifecycle runs its
-                // graceful-shutdown handler before this reads true) and the test lets it finish.
-                while !mayFinish.value || !Task.isShuttingDownGracefully {
-                    try await Task.sleep(for: .milliseconds(5))
-                }
+                // Suspended until the consumer is told to shut down (ServiceLifecycle resumes this
+                // after it has run the consumer's graceful-shutdown handler).
+                try await gracefulShutdown()
                 finished.withLock { $0 += 1 }
             }
             let group = ServiceGroup(
@@ -230,7 +230,6 @@ struct MessageConsumerTests {
                 tasks.addTask { try await group.run() }
                 try await Self.eventually { started.value == 1 }
                 await group.triggerGracefulShutdown()
-                mayFinish.set(true)
                 try await tasks.waitForAll()
             }
             #expect(started.value == 1)
