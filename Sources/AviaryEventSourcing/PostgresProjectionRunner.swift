@@ -315,34 +315,14 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
         }
     }
 
-    /// Applies pages of events until a read finds nothing new. The next page is read on another
-    /// pooled connection while the current one is applied, so the server reads page n+1 and this
-    /// process decodes it while page n is applied and committed; each page's transaction checks
-    /// that the checkpoint is still the position the page was read after.
-    func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
-        var total = 0
-        while true {
-            let checkpoint = try await self.checkpoint(generation, rebuilding: rebuilding)
-            let events = self.events
-            let limit = self.options.batchSize
-            var moved = false
-            try await ProjectionPages.forEach(
-                after: checkpoint, read: { after in try await events.readAll(after: after, limit: limit) }
-            ) { page, after in
-                guard try await self.apply(page, after: after, generation, rebuilding: rebuilding) else {
-                    moved = true
-                    return false
-                }
-                total += page.count
-                return true
-            }
-            // Another replica moved the checkpoint: go on from where it is now.
-            if !moved { return total }
-        }
+    /// The next page is read on another pooled connection while the current one is applied, so
+    /// the server reads page n+1 and this process decodes it while page n is applied and committed.
+    func readPage(after position: Int64) async throws -> [RecordedEvent] {
+        try await self.events.readAll(after: position, limit: self.options.batchSize)
     }
 
     /// The generation's checkpoint, read outside any transaction (where a drain starts reading).
-    private func checkpoint(_ generation: Int64, rebuilding: Bool) async throws -> Int64 {
+    func drainStart(_ generation: Int64, rebuilding: Bool) async throws -> Int64 {
         let name = self.projection.name
         let logger = self.logger
         let row = try await self.store.withConnection { connection -> (String, Int64)? in
@@ -375,8 +355,8 @@ public final class PostgresProjectionRunner<P: PostgresProjection>: Sendable {
     /// last event; false (and nothing written) when the checkpoint is no longer `after`. When the
     /// projection throws, the page is applied again event by event to find the failing event,
     /// the events before it are kept, and the failure is recorded and thrown.
-    private func apply(
-        _ page: [RecordedEvent], after: Int64, _ generation: Int64, rebuilding: Bool
+    func applyPage(
+        _ page: [RecordedEvent], after: Int64, generation: Int64, rebuilding: Bool
     ) async throws -> Bool {
         do {
             return try await self.batchTransaction(generation, rebuilding: rebuilding, after: after, page: page)

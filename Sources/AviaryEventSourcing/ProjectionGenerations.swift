@@ -28,8 +28,13 @@ protocol GenerationalProjectionRunner: Sendable {
     func plan() async throws -> ProjectionPlan
     /// Takes the rebuild lock and creates the new generation's tables; returns its number.
     func prepareRebuild() async throws -> Int64
-    /// Applies every event after the generation's checkpoint; returns how many.
-    func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int
+    /// The generation's checkpoint, where ``drain(_:rebuilding:)`` starts.
+    func drainStart(_ generation: Int64, rebuilding: Bool) async throws -> Int64
+    /// The next page of the global log after `position` (read while the previous page applies).
+    func readPage(after position: Int64) async throws -> [RecordedEvent]
+    /// Applies `page` in one transaction that first checks the checkpoint is still `after`;
+    /// false when another replica moved it (nothing is written).
+    func applyPage(_ page: [RecordedEvent], after: Int64, generation: Int64, rebuilding: Bool) async throws -> Bool
     /// Makes a caught-up rebuilt generation live; false when events arrived meanwhile.
     func switchOver(_ generation: Int64) async throws -> Bool
 }
@@ -54,6 +59,30 @@ extension GenerationalProjectionRunner {
                 metadata: ["aviary.projection": "\(self.projectionName)", "aviary.generation": "\(generation)"])
             applied += try await self.drain(generation, rebuilding: false)
             return ProjectionRunnerReport(applied: applied, generation: generation, switched: true)
+        }
+    }
+
+    /// Applies pages of events until a read finds nothing new; returns how many. The next page is
+    /// read while the current one is applied (``ProjectionPages``), and each page's transaction
+    /// checks that the checkpoint is still the position the page was read after.
+    func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
+        var total = 0
+        while true {
+            let checkpoint = try await self.drainStart(generation, rebuilding: rebuilding)
+            var moved = false
+            try await ProjectionPages.forEach(
+                after: checkpoint, read: { after in try await self.readPage(after: after) }
+            ) { page, after in
+                guard try await self.applyPage(page, after: after, generation: generation, rebuilding: rebuilding)
+                else {
+                    moved = true
+                    return false
+                }
+                total += page.count
+                return true
+            }
+            // Another replica moved the checkpoint: go on from where it is now.
+            if !moved { return total }
         }
     }
 

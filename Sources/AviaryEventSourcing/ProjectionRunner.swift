@@ -232,32 +232,17 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         }
     }
 
-    /// Applies pages of events until a read finds nothing new. The next page is read (on a
-    /// reader connection, in a read transaction of its own) while the current one is applied in
-    /// the write transaction, so reading and decoding overlap with applying; each page's
-    /// transaction checks that the checkpoint is still the position the page was read after.
-    func drain(_ generation: Int64, rebuilding: Bool) async throws -> Int {
-        var total = 0
-        while true {
-            let checkpoint = try await self.store.read { db in
-                try self.checkpoint(generation, rebuilding: rebuilding, renewingLock: false, in: db)
-            }
-            let events = self.events
-            let limit = self.options.batchSize
-            var moved = false
-            try await ProjectionPages.forEach(
-                after: checkpoint, read: { after in try await events.readAll(after: after, limit: limit) }
-            ) { page, after in
-                guard try await self.apply(page, after: after, to: generation, rebuilding: rebuilding) else {
-                    moved = true
-                    return false
-                }
-                total += page.count
-                return true
-            }
-            // Another replica moved the checkpoint: go on from where it is now.
-            if !moved { return total }
+    /// The generation's checkpoint, where a drain starts reading.
+    func drainStart(_ generation: Int64, rebuilding: Bool) async throws -> Int64 {
+        try await self.store.read { db in
+            try self.checkpoint(generation, rebuilding: rebuilding, renewingLock: false, in: db)
         }
+    }
+
+    /// The next page is read on a reader connection, in a read transaction of its own, while the
+    /// current one is applied in the write transaction.
+    func readPage(after position: Int64) async throws -> [RecordedEvent] {
+        try await self.events.readAll(after: position, limit: self.options.batchSize)
     }
 
     /// A handler's failure inside a batch's transaction (which it rolls back).
@@ -272,8 +257,8 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     /// (another replica applied these events). When a handler throws, the transaction rolls back,
     /// the events before the failed one are applied in a transaction of their own, and the
     /// failure is recorded and thrown.
-    private func apply(
-        _ page: [RecordedEvent], after: Int64, to generation: Int64, rebuilding: Bool
+    func applyPage(
+        _ page: [RecordedEvent], after: Int64, generation: Int64, rebuilding: Bool
     ) async throws -> Bool {
         var events = page[...]
         var failure: ProjectionError?
