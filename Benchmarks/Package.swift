@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
     ],
     targets: [
         // scripts/bench-service.sh: a bare Hummingbird application and the same route in an
@@ -32,6 +33,17 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Sources/HelloAviary",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        // scripts/bench-gateway.sh: a bare SwiftNIO byte relay, the floor of any NIO proxy.
+        .executableTarget(
+            name: "RelayFloor",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/RelayFloor",
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         // scripts/bench-broker.sh: AviaryMessaging's publish, consume-and-ack and latency figures on

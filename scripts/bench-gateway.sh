@@ -3,9 +3,13 @@
 # nginx serving a 128-byte and a 1 MiB response), each proxy with one worker/thread, with wrk on
 # 127.0.0.1: keep-alive connections, interleaved rounds, medians. Prints requests/s, p99 and the
 # p99 each proxy adds over the origin alone (issue 4 first milestone: requests/s >= 0.75x nginx,
-# added p99 <= nginx's + 1 ms; 1 MiB throughput >= 0.8x nginx).
+# added p99 <= nginx's + 1 ms; 1 MiB throughput >= 0.8x nginx). Two more rows: `relay`, a bare
+# SwiftNIO byte relay (Benchmarks/Sources/RelayFloor: each connection gets its own upstream
+# connection, bytes pass unchanged), the floor of any NIO proxy; and, with AVIARY_BASE_BIN, a
+# second gateway binary (an earlier build) for an A/B in the same run.
 #   scripts/bench-gateway.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
 #   AVIARY_BIN=path/to/aviary scripts/bench-gateway.sh   # skip the release build
+#   AVIARY_BASE_BIN=path/to/old/aviary scripts/bench-gateway.sh   # add a row for another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
@@ -21,6 +25,9 @@ else
   swift build -c release --product aviary >/dev/null
   aviary="$(swift build -c release --show-bin-path)/aviary"
 fi
+
+(cd Benchmarks && swift build -c release --product RelayFloor >/dev/null)
+relay="$(cd Benchmarks && swift build -c release --show-bin-path)/RelayFloor"
 
 work=$(mktemp -d)
 pids=()
@@ -77,7 +84,15 @@ nginx -c "$work/origin.conf" & pids+=($!)
 nginx -c "$work/nginx.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
 "$aviary" gateway --config "$work/gateway.yaml" --threads 1 2>/dev/null & pids+=($!)
-for port in 8301 8302 8303 8304; do
+"$relay" 8305 8301 1 & pids+=($!)
+names=(origin nginx haproxy aviary relay)
+ports=(8301 8302 8303 8304 8305)
+if [ -n "${AVIARY_BASE_BIN:-}" ]; then
+  sed 's/8304/8306/' "$work/gateway.yaml" >"$work/gateway-base.yaml"
+  "$AVIARY_BASE_BIN" gateway --config "$work/gateway-base.yaml" --threads 1 2>/dev/null & pids+=($!)
+  names+=(base); ports+=(8306)
+fi
+for port in "${ports[@]}"; do
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/small" >/dev/null 2>&1 && break; sleep 0.1; done
   curl -fsS "http://127.0.0.1:$port/small" >/dev/null
   [ "$(curl -fsS "http://127.0.0.1:$port/large" | wc -c)" = $((1 << 20)) ] || { echo "port $port: bad /large" >&2; exit 1; }
@@ -94,8 +109,6 @@ run() { # port path -> "requests_per_second p99_ms transfer_MB_per_s"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-names=(origin nginx haproxy aviary)
-ports=(8301 8302 8303 8304)
 for path in /small /large; do
   for port in "${ports[@]}"; do wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null; done  # warm-up
   declare -A rps=() p99=() mbs=()
@@ -118,4 +131,8 @@ for path in /small /large; do
     -v ap="${med_p99[3]}" -v np="${med_p99[1]}" -v o="$origin_p99" 'BEGIN {
     printf "aviary / nginx: requests/s %.2fx, MB/s %.2fx; aviary / haproxy requests/s %.2fx; added p99 aviary %.2f ms vs nginx %.2f ms\n",
       a / n, am / nm, a / h, ap - o, np - o }'
+  awk -v a="${med_rps[3]}" -v r="${med_rps[4]}" -v n="${med_rps[1]}" -v b="${med_rps[5]:-0}" 'BEGIN {
+    printf "relay / nginx requests/s %.2fx; aviary / relay %.2fx", r / n, a / r
+    if (b > 0) printf "; aviary / base %.2fx", a / b
+    printf "\n" }'
 done

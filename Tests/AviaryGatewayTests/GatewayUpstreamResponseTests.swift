@@ -105,4 +105,53 @@ struct GatewayUpstreamResponseTests {
             #expect(!response.truncated)
         }
     }
+
+    @Test("the upstream's end-to-end header lines reach the client as sent; its hop-by-hop ones do not")
+    func forwardedLines() async throws {
+        let answer =
+            "HTTP/1.1 200 OK\r\nServer: Odd/1\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+            + "X-Mixed-CASE: Value  With  Spaces\r\nContent-Length: 2\r\n\r\nhi"
+        try await self.withUpstream(answering: answer) { gateway in
+            let connection = try await gateway.connect()
+            try await connection.send("GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            let expected =
+                "HTTP/1.1 200 OK\r\nServer: Odd/1\r\nX-Mixed-CASE: Value  With  Spaces\r\nContent-Length: 2\r\n\r\nhi"
+            #expect(await Self.waitFor(expected.utf8.count, bytesOf: connection) == expected)
+            // An HTTP/1.0 client is told the connection stays open.
+            let old = try await gateway.request("GET /x HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+            #expect(old.header("connection") == "keep-alive")
+            #expect(old.header("keep-alive") == nil)
+            #expect(old.text == "hi")
+        }
+    }
+
+    @Test("a chunked upstream body is re-chunked with its trailers; an HTTP/1.0 client gets it until the close")
+    func chunkedWithTrailers() async throws {
+        let answer =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n"
+            + "3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n"
+        try await self.withUpstream(answering: answer) { gateway in
+            let connection = try await gateway.connect()
+            try await connection.send("GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+            let response = try await connection.readResponse()
+            #expect(response.status == 200)
+            #expect(response.header("transfer-encoding") == "chunked")
+            #expect(response.header("trailer") == nil)
+            #expect(String(decoding: response.body, as: UTF8.self) == "abcde")
+            #expect(!response.truncated)
+            let old = try await gateway.request("GET /x HTTP/1.0\r\nHost: t\r\n\r\n")
+            #expect(old.header("transfer-encoding") == nil)
+            #expect(old.header("connection") == "close")
+            #expect(old.text == "abcde")
+        }
+    }
+
+    /// What `connection` received once `count` bytes arrived (or, after a deadline, what did).
+    static func waitFor(_ count: Int, bytesOf connection: RawConnection) async -> String {
+        let deadline = ContinuousClock.now.advanced(by: .seconds(20))
+        while connection.received.snapshot().utf8.count < count && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+        return connection.received.snapshot()
+    }
 }

@@ -84,13 +84,10 @@ struct ConnectionPipeline {
         }
     }
 
-    /// The HTTP/1.1 pipeline: encoder, decoder (with `max_header_bytes`), proxy.
+    /// The HTTP/1.1 pipeline: decoder (with `max_header_bytes`), proxy. The proxy writes its
+    /// responses as bytes itself (see ProxyHandler+Output.swift).
     func addHTTP1(_ channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position) throws {
-        // The proxy sets framing headers itself (it knows HEAD and upstream framing).
-        var encoder = HTTPResponseEncoder.Configuration()
-        encoder.automaticallySetFramingHeaders = false
         let handlers: [any ChannelHandler] = [
-            HTTPResponseEncoder(configuration: encoder),
             // The proxy's own request parser (see HTTP1RequestDecoder.swift for why): bytes
             // beyond an unfinished head of max_header_bytes are refused (431).
             ByteToMessageHandler(

@@ -42,10 +42,12 @@ extension UpstreamPool {
         return session.flatMap { session in
             session.multiplexer.createStreamChannel { stream in
                 stream.eventLoop.makeCompletedFuture {
+                    let upstream = UpstreamHandler(http1: false)
                     let handlers: [any ChannelHandler] = [
                         HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http),
                         GRPCRequestHeaders(),
-                        UpstreamHandler(),
+                        HTTP2UpstreamResponseAdapter(upstream),
+                        upstream,
                     ]
                     try stream.pipeline.syncOperations.addHandlers(handlers)
                 }
@@ -144,5 +146,25 @@ final class HTTP2CloseOnError: ChannelInboundHandler {
     func channelReadComplete(context: ChannelHandlerContext) {
         context.fireChannelReadComplete()
         if self.failed { context.close(promise: nil) }
+    }
+}
+
+/// Hands the response parts of an HTTP/2 upstream stream, as NIO's codec makes them, straight to
+/// the stream's `UpstreamHandler` (which parses bytes itself on HTTP/1.x connections).
+final class HTTP2UpstreamResponseAdapter: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    private let upstream: UpstreamHandler
+
+    init(_ upstream: UpstreamHandler) {
+        self.upstream = upstream
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head): self.upstream.deliver(.head(UpstreamResponseHead(head)))
+        case .body(let buffer): self.upstream.deliver(.body(buffer))
+        case .end(let trailers): self.upstream.deliver(.end(trailers))
+        }
     }
 }

@@ -90,16 +90,12 @@ struct HTTP1RequestParser {
     }
 
     private var state = State.head
-    /// Bytes of the current head or line already scanned (from the reader index), so that one
-    /// arriving in pieces is not scanned again from its start.
-    private var scanned = 0
-    /// Where the line being scanned starts (from the reader index).
-    private var lineStart = 0
+    private var scanner: HTTP1Scanner
     /// The longest request head, chunk size line and trailer section accepted.
-    let maxHeadBytes: Int
+    var maxHeadBytes: Int { self.scanner.limit }
 
     init(maxHeadBytes: Int) {
-        self.maxHeadBytes = maxHeadBytes
+        self.scanner = HTTP1Scanner(limit: maxHeadBytes)
     }
 
     /// The next part decoded from `buffer` (its bytes consumed), or `nil` when more bytes are
@@ -107,7 +103,7 @@ struct HTTP1RequestParser {
     mutating func next(_ buffer: inout ByteBuffer) throws(HTTP1RequestError) -> HTTPServerRequestPart? {
         switch self.state {
         case .head:
-            if self.scanned == 0 {
+            if self.scanner.scanned == 0 {
                 // Empty lines before a request line are ignored (RFC 9112 section 2.2).
                 while let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
                     first == UInt8(ascii: "\r") || first == UInt8(ascii: "\n")
@@ -117,12 +113,12 @@ struct HTTP1RequestParser {
                     buffer.moveReaderIndex(forwardBy: 2)
                 }
             }
-            guard let end = try self.scanSection(buffer) else { return nil }
+            guard let end = try self.scanner.section(buffer) else { return nil }
             let (head, framing) = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
                 try Self.parseHead(UnsafeRawBufferPointer(rebasing: bytes[..<end]))
             }
             buffer.moveReaderIndex(forwardBy: end + 2)
-            self.resetScan()
+            self.scanner.reset()
             switch framing {
             case .length(0): self.state = .endDue
             case .length(let length): self.state = .body(remaining: length)
@@ -138,12 +134,12 @@ struct HTTP1RequestParser {
             self.state = remaining == count ? .endDue : .body(remaining: remaining - count)
             return .body(slice)
         case .chunkSize:
-            guard let lineEnd = try self.scanLine(buffer) else { return nil }
+            guard let lineEnd = try self.scanner.line(buffer) else { return nil }
             let size = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
                 try Self.parseChunkSize(UnsafeRawBufferPointer(rebasing: bytes[..<lineEnd]))
             }
             buffer.moveReaderIndex(forwardBy: lineEnd + 2)
-            self.resetScan()
+            self.scanner.reset()
             self.state = size == 0 ? .trailers : .chunkData(remaining: size)
             return try self.next(&buffer)
         case .chunkData(let remaining):
@@ -163,7 +159,7 @@ struct HTTP1RequestParser {
             self.state = .chunkSize
             return try self.next(&buffer)
         case .trailers:
-            guard let end = try self.scanSection(buffer) else { return nil }
+            guard let end = try self.scanner.section(buffer) else { return nil }
             var trailers: [(String, String)] = []
             if end > 0 {
                 try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
@@ -173,7 +169,7 @@ struct HTTP1RequestParser {
                 }
             }
             buffer.moveReaderIndex(forwardBy: end + 2)
-            self.resetScan()
+            self.scanner.reset()
             self.state = .head
             return .end(trailers.isEmpty ? nil : HTTPHeaders(trailers))
         }
@@ -186,70 +182,10 @@ struct HTTP1RequestParser {
         return false
     }
 
-    private mutating func resetScan() {
-        self.scanned = 0
-        self.lineStart = 0
-    }
-
-    /// Scans for the empty line that ends a head or a trailer section: returns the offset of its
-    /// CR (the length of the section before it), or `nil` when it has not arrived yet.
-    private mutating func scanSection(_ buffer: ByteBuffer) throws(HTTP1RequestError) -> Int? {
-        let limit = self.maxHeadBytes
-        let end = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) -> Int? in
-            var index = self.scanned
-            // Bytes past the limit are never looked at, however they arrive.
-            let scanEnd = min(bytes.count, limit + 2)
-            // A trailer section may be empty: its first line is the empty one.
-            while index < scanEnd {
-                if bytes[index] == UInt8(ascii: "\n") {
-                    guard index > self.lineStart, bytes[index - 1] == UInt8(ascii: "\r") else { throw .badLineEnding }
-                    if index - 1 == self.lineStart {
-                        return self.lineStart
-                    }
-                    self.lineStart = index + 1
-                }
-                index += 1
-            }
-            self.scanned = index
-            return nil
-        }
-        guard let end else {
-            // The limit counts the lines, not the CRLF of the empty line that ends them.
-            if buffer.readableBytes > limit + 2 { throw .headTooLarge(limit: limit) }
-            return nil
-        }
-        if end > limit { throw .headTooLarge(limit: limit) }
-        return end
-    }
-
-    /// Scans for the end of one line: returns the offset of its CR, or `nil`.
-    private mutating func scanLine(_ buffer: ByteBuffer) throws(HTTP1RequestError) -> Int? {
-        let limit = self.maxHeadBytes
-        let end = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) -> Int? in
-            var index = self.scanned
-            let scanEnd = min(bytes.count, limit + 2)
-            while index < scanEnd {
-                if bytes[index] == UInt8(ascii: "\n") {
-                    guard index > 0, bytes[index - 1] == UInt8(ascii: "\r") else { throw .badLineEnding }
-                    return index - 1
-                }
-                index += 1
-            }
-            self.scanned = index
-            return nil
-        }
-        guard let end else {
-            if buffer.readableBytes > limit + 2 { throw .headTooLarge(limit: limit) }
-            return nil
-        }
-        if end > limit { throw .headTooLarge(limit: limit) }
-        return end
-    }
-
     // MARK: Parsing a complete head
 
-    /// What the framing headers of a head said.
-    private struct FramingHeaders {
+    /// What the framing headers of a head said (the response parser's too).
+    struct FramingHeaders {
         var contentLengths = 0
         var contentLength: Int?
         var badContentLength = false
@@ -316,10 +252,26 @@ struct HTTP1RequestParser {
         )
     }
 
-    /// Parses header lines from `start` to the end of `bytes`, each ending with CRLF.
-    private static func parseFields(
+    /// Parses header lines from `start` to the end of `bytes`, each ending with CRLF, into
+    /// strings (shared with ``HTTP1ResponseParser`` for trailers).
+    static func parseFields(
         _ bytes: UnsafeRawBufferPointer, from start: Int, into headers: inout [(String, String)],
         framing: inout FramingHeaders
+    ) throws(HTTP1RequestError) {
+        try Self.walkFields(bytes, from: start, framing: &framing) { name, value in
+            // Appended to a plain array: `HTTPHeaders.add` checks each name for non-ASCII bytes,
+            // which a token cannot have.
+            headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
+    }
+
+    /// Checks header lines from `start` to the end of `bytes`, each ending with CRLF, notes the
+    /// framing headers and hands each field's name and value (without surrounding whitespace) to
+    /// `field`: the one walk that both parsers' strictness lives in.
+    @inline(__always)
+    static func walkFields(
+        _ bytes: UnsafeRawBufferPointer, from start: Int, framing: inout FramingHeaders,
+        _ field: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void
     ) throws(HTTP1RequestError) {
         var index = start
         while index < bytes.count {
@@ -361,15 +313,13 @@ struct HTTP1RequestParser {
             default:
                 break
             }
-            // Appended to a plain array: `HTTPHeaders.add` checks each name for non-ASCII bytes,
-            // which a token cannot have.
-            headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+            field(name, value)
         }
     }
 
     /// Parses a chunk size line (without its CRLF): hex digits, then optional extensions, which
     /// are ignored.
-    private static func parseChunkSize(_ bytes: UnsafeRawBufferPointer) throws(HTTP1RequestError) -> Int {
+    static func parseChunkSize(_ bytes: UnsafeRawBufferPointer) throws(HTTP1RequestError) -> Int {
         var size = 0
         var index = 0
         while index < bytes.count, let digit = hexValue(bytes[index]) {
@@ -394,10 +344,10 @@ struct HTTP1RequestParser {
     // MARK: Bytes
 
     /// `HTTP/1.1` and `HTTP/1.0` as little-endian 64-bit loads.
-    private static let http11 = UInt64(littleEndian: 0x312E_312F_5054_5448)
-    private static let http10 = UInt64(littleEndian: 0x302E_312F_5054_5448)
+    static let http11 = UInt64(littleEndian: 0x312E_312F_5054_5448)
+    static let http10 = UInt64(littleEndian: 0x302E_312F_5054_5448)
 
-    private static func load8(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
+    static func load8(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
         UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
@@ -421,7 +371,7 @@ struct HTTP1RequestParser {
     }
 
     /// ASCII case-insensitive equality with a lower-case literal.
-    private static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
+    static func equalsLowercase(_ bytes: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
         guard bytes.count == literal.utf8CodeUnitCount else { return false }
         let other = literal.utf8Start
         for index in 0..<bytes.count {
@@ -469,6 +419,83 @@ struct HTTP1RequestParser {
         default:
             "!#$%&'*+-.^_`|~".utf8.contains(UInt8(value))
         }
+    }
+}
+
+/// Finds the ends of lines and of header sections in a `ByteBuffer` that fills up read by read,
+/// remembering how far it looked so that a head arriving in pieces is scanned once. Shared by
+/// ``HTTP1RequestParser`` and ``HTTP1ResponseParser``.
+struct HTTP1Scanner {
+    /// The longest section or line accepted (without the CRLF that ends it).
+    let limit: Int
+    /// Bytes of the current section or line already scanned (from the reader index).
+    private(set) var scanned = 0
+    /// Where the line being scanned starts (from the reader index).
+    private var lineStart = 0
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Forgets the scan (after the section or line was consumed).
+    mutating func reset() {
+        self.scanned = 0
+        self.lineStart = 0
+    }
+
+    /// Scans for the empty line that ends a head or a trailer section: returns the offset of its
+    /// CR (the length of the section before it), or `nil` when it has not arrived yet.
+    mutating func section(_ buffer: ByteBuffer) throws(HTTP1RequestError) -> Int? {
+        let limit = self.limit
+        let end = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) -> Int? in
+            var index = self.scanned
+            // Bytes past the limit are never looked at, however they arrive.
+            let scanEnd = min(bytes.count, limit + 2)
+            // A trailer section may be empty: its first line is the empty one.
+            while index < scanEnd {
+                if bytes[index] == UInt8(ascii: "\n") {
+                    guard index > self.lineStart, bytes[index - 1] == UInt8(ascii: "\r") else { throw .badLineEnding }
+                    if index - 1 == self.lineStart {
+                        return self.lineStart
+                    }
+                    self.lineStart = index + 1
+                }
+                index += 1
+            }
+            self.scanned = index
+            return nil
+        }
+        guard let end else {
+            // The limit counts the lines, not the CRLF of the empty line that ends them.
+            if buffer.readableBytes > limit + 2 { throw .headTooLarge(limit: limit) }
+            return nil
+        }
+        if end > limit { throw .headTooLarge(limit: limit) }
+        return end
+    }
+
+    /// Scans for the end of one line: returns the offset of its CR, or `nil`.
+    mutating func line(_ buffer: ByteBuffer) throws(HTTP1RequestError) -> Int? {
+        let limit = self.limit
+        let end = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) -> Int? in
+            var index = self.scanned
+            let scanEnd = min(bytes.count, limit + 2)
+            while index < scanEnd {
+                if bytes[index] == UInt8(ascii: "\n") {
+                    guard index > 0, bytes[index - 1] == UInt8(ascii: "\r") else { throw .badLineEnding }
+                    return index - 1
+                }
+                index += 1
+            }
+            self.scanned = index
+            return nil
+        }
+        guard let end else {
+            if buffer.readableBytes > limit + 2 { throw .headTooLarge(limit: limit) }
+            return nil
+        }
+        if end > limit { throw .headTooLarge(limit: limit) }
+        return end
     }
 }
 

@@ -83,15 +83,15 @@ extension ProxyHandler {
         for (name, value) in extra { headers.replaceOrAdd(name: name, value: value) }
         headers.replaceOrAdd(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: entry.status, headers: headers)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        self.emit(.head(head), context: context)
         if !self.answeringHead {
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(entry.body))), promise: nil)
+            self.emit(.body(.byteBuffer(entry.body)), context: context)
         }
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.emit(.end(nil), context: context, flush: true)
             self.continueWithQueued(context: context)
             self.startIdleTimer(context: context)
         }
@@ -188,12 +188,12 @@ extension ProxyHandler {
         var headers = HTTPHeaders(extra)
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: .noContent, headers: headers)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        self.emit(.head(head), context: context)
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.emit(.end(nil), context: context, flush: true)
             self.continueWithQueued(context: context)
             self.startIdleTimer(context: context)
         }

@@ -127,15 +127,13 @@ extension ProxyHandler {
         headers.add(name: "content-length", value: String(body.readableBytes))
         if !degraded.isEmpty { headers.add(name: "x-aviary-degraded", value: degraded.joined(separator: ", ")) }
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
-        context.write(
-            self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))),
-            promise: nil)
-        if !self.answeringHead { context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        self.emit(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers)), context: context)
+        if !self.answeringHead { self.emit(.body(.byteBuffer(body)), context: context) }
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.emit(.end(nil), context: context, flush: true)
             self.startIdleTimer(context: context)
         }
     }
@@ -155,13 +153,13 @@ extension ProxyHandler {
         headers.add(name: "content-length", value: String(body.readableBytes))
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
-        if !self.answeringHead { context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        self.emit(.head(head), context: context)
+        if !self.answeringHead { self.emit(.body(.byteBuffer(body)), context: context) }
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.emit(.end(nil), context: context, flush: true)
             self.startIdleTimer(context: context)
         }
     }
@@ -260,15 +258,12 @@ final class ComposeCall: UpstreamExchange {
         connection.handler.flush()
     }
 
-    func upstreamReceived(_ part: HTTPClientResponsePart) {
+    func upstreamReceived(_ part: UpstreamResponsePart) {
         guard !self.done else { return }
         switch part {
         case .head(let response):
             self.status = response.status
-            let framed =
-                response.headers.contains(name: "content-length")
-                || response.headers.contains(name: "transfer-encoding")
-            self.reusable = response.isKeepAlive && framed
+            self.reusable = response.isKeepAlive && response.isFramed
         case .body(var buffer):
             guard self.body.readableBytes + buffer.readableBytes <= CompiledCompose.maxPartBytes else {
                 self.reusable = false

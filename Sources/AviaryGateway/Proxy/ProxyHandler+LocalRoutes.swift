@@ -40,15 +40,15 @@ extension ProxyHandler {
         }
         headers.replaceOrAdd(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: status, headers: headers)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        self.emit(.head(head), context: context)
         if !self.answeringHead && !bodyless && body.readableBytes > 0 {
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            self.emit(.body(.byteBuffer(body)), context: context)
         }
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.emit(.end(nil), context: context, flush: true)
             self.continueWithQueued(context: context)
             self.startIdleTimer(context: context)
         }

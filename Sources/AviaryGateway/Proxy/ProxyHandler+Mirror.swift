@@ -80,13 +80,12 @@ final class MirrorExchange: UpstreamExchange {
         connection.handler.flush()
     }
 
-    func upstreamReceived(_ part: HTTPClientResponsePart) {
+    func upstreamReceived(_ part: UpstreamResponsePart) {
         switch part {
         case .head(let response):
             let framed =
-                response.headers.contains(name: "content-length")
-                || response.headers.contains(name: "transfer-encoding")
-                || self.head.method == .HEAD || response.status == .noContent || response.status == .notModified
+                response.isFramed || self.head.method == .HEAD || response.status == .noContent
+                || response.status == .notModified
             self.reusable = response.isKeepAlive && framed
         case .body:
             break

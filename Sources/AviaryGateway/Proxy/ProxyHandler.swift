@@ -112,6 +112,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private var idleDeadline = NIODeadline.distantFuture
     /// Whether the request being answered is a HEAD (local answers then carry no body).
     var answeringHead = false
+    /// Whether the response being written to an HTTP/1.1 client is chunk-framed by the proxy.
+    var chunkedResponse = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
     private var headerTimer: GatewayTimer?
     /// Whether a request head waits for its token's verification off the event loop: reads
@@ -598,7 +600,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             // upstream gets the body without the expectation (as nginx does).
             upstreamHead.headers.remove(name: "expect")
             let proceed = HTTPResponseHead(version: head.version, status: .continue)
-            context.writeAndFlush(self.wrapOutboundOut(.head(proceed)), promise: nil)
+            self.emit(.head(proceed), context: context, flush: true)
         }
 
         let exchange = Exchange(
@@ -800,7 +802,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     // MARK: Upstream events
 
-    func upstreamReceived(_ part: HTTPClientResponsePart) {
+    func upstreamReceived(_ part: UpstreamResponsePart) {
         guard let exchange = self.exchange, let context = self.context else { return }
         switch part {
         case .head(let upstream):
@@ -809,26 +811,46 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.recordUpstream(exchange, status: upstream.status.code)
             if exchange.mayRetry, self.retry(exchange, after: .status(upstream.status.code)) { return }
             if self.drainRequested { exchange.keepAlive = false }
-            if exchange.cache != nil, self.cacheResponseHead(exchange, upstream, context: context) { return }
-            self.record.status = Int(upstream.status.code)
-            var head = HTTPResponseHead(
-                version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
-            let framed =
-                upstream.headers.contains(name: "content-length")
-                || upstream.headers.contains(name: "transfer-encoding")
-                || exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
-            exchange.upstreamReusable = upstream.isKeepAlive && framed
-            ProxyHeaders.removeHopByHop(&head.headers)
-            for (name, value) in exchange.responseHeaders {
-                head.headers.replaceOrAdd(name: name, value: value)
+            if exchange.cache != nil,
+                self.cacheResponseHead(
+                    exchange,
+                    HTTPResponseHead(version: upstream.version, status: upstream.status, headers: upstream.headers),
+                    context: context)
+            {
+                return
             }
-            exchange.route.responseHeaderRewrite?.apply(to: &head.headers, exchange.headerVariables)
-            // Framing is set here, not by the encoder: a response without a body (to HEAD, 204,
+            self.record.status = Int(upstream.status.code)
+            exchange.upstreamReusable =
+                upstream.isKeepAlive
+                && (upstream.isFramed || exchange.isHead || upstream.status == .noContent
+                    || upstream.status == .notModified)
+            // Framing is set here, not by an encoder: a response without a body (to HEAD, 204,
             // 304) keeps its Content-Length if it has one and gets nothing else; a body without a
             // length is re-chunked for HTTP/1.1 clients and ends with the connection for HTTP/1.0.
             let bodyless =
                 exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
                 || upstream.status.code < 200
+            exchange.responseHeadSent = true
+            if !self.isStream, upstream.lines != nil, !upstream.connectionNamesOthers, exchange.responseHeaders.isEmpty,
+                exchange.route.responseHeaderRewrite == nil
+            {
+                // The common case: the upstream's lines go out as they came, minus hop-by-hop ones.
+                let chunked = !bodyless && !upstream.hasContentLength && exchange.downstreamVersion.minor >= 1
+                if !bodyless && !upstream.hasContentLength && !chunked { exchange.keepAlive = false }
+                let connection: StaticString? =
+                    !exchange.keepAlive ? "close" : exchange.downstreamVersion.minor == 0 ? "keep-alive" : nil
+                self.emitForwardedHead(
+                    upstream, version: exchange.downstreamVersion, chunked: chunked, connection: connection,
+                    context: context)
+                return
+            }
+            var head = HTTPResponseHead(
+                version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
+            ProxyHeaders.removeHopByHop(&head.headers)
+            for (name, value) in exchange.responseHeaders {
+                head.headers.replaceOrAdd(name: name, value: value)
+            }
+            exchange.route.responseHeaderRewrite?.apply(to: &head.headers, exchange.headerVariables)
             if self.isStream {
                 // An HTTP/2 stream has neither chunking nor `Connection` (its frames delimit the
                 // body, and the stream ends with the response): nothing is added for the codec to
@@ -848,11 +870,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                     head.headers.add(name: "connection", value: "keep-alive")
                 }
             }
-            exchange.responseHeadSent = true
-            context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+            self.emit(.head(head), context: context)
         case .body(let buffer):
             if exchange.cache?.collecting != nil { self.cacheResponseBody(exchange, buffer) }
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            self.emitBody(buffer, context: context)
         case .end(let trailers):
             if exchange.cache?.collecting != nil { self.cacheResponseEnd(exchange) }
             let reuse = exchange.upstreamReusable && exchange.requestComplete
@@ -865,7 +886,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.finish(exchange, reuseUpstream: reuse)
             self.endRecord(status: self.record.status)
             if exchange.keepAlive {
-                context.writeAndFlush(self.wrapOutboundOut(.end(trailers)), promise: nil)
+                self.emit(.end(trailers), context: context, flush: true)
                 self.continueWithQueued(context: context)
                 self.startIdleTimer(context: context)
             } else {
@@ -890,7 +911,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             context.close(promise: nil)
             return
         }
-        if let error = error as? HTTPParserError {
+        if let error, error is HTTP1ResponseError || error is HTTPParserError {
             // Not HTTP, or not valid HTTP: never retried, the upstream is broken.
             self.abort(
                 exchange, status: 502, slug: "upstream-bad-response",
@@ -1017,15 +1038,15 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         headers.add(name: "content-length", value: String(body.readableBytes))
         headers.add(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
-        context.write(self.wrapOutboundOut(.head(head)), promise: nil)
+        self.emit(.head(head), context: context)
         if !self.answeringHead {  // a response to HEAD has the length but not the body
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            self.emit(.body(.byteBuffer(body)), context: context)
         }
         if close {
             self.discarding = true
             self.closeAfterWriting(.end(nil), context: context)
         } else {
-            context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
+            self.emit(.end(nil), context: context, flush: true)
             self.continueWithQueued(context: context)
             self.startIdleTimer(context: context)
         }
@@ -1034,7 +1055,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
         self.queued.removeAll()
         let promise = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(self.wrapOutboundOut(part), promise: promise)
+        self.emit(part, context: context, flush: true, promise: promise)
         let channel = context.channel
         promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
@@ -1054,18 +1075,6 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         default:
             return "\(error)"
         }
-    }
-}
-
-extension UpstreamHandler {
-    /// Writes a request part on this connection (no flush).
-    func send(_ part: HTTPClientRequestPart) {
-        self.context?.write(self.wrapOutboundOut(part), promise: nil)
-    }
-
-    /// Flushes the writes so far.
-    func flush() {
-        self.context?.flush()
     }
 }
 

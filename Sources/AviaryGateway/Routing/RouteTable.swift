@@ -61,7 +61,7 @@ public struct RouteTable: Sendable {
 }
 
 /// One route, ready for matching, rewriting and choosing its cluster.
-public struct CompiledRoute: Sendable {
+public final class CompiledRoute: Sendable {
     /// The route's position in the configuration (`routes[index]`).
     public let index: Int
     /// The route as configured.

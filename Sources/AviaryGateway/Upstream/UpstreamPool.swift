@@ -92,15 +92,10 @@ final class UpstreamPool {
             .channelOption(.writeBufferWaterMark, value: GatewayServer.writeBufferWaterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // The proxy sets the framing headers itself, and every header it sends came
-                    // through the request decoder or is its own, so NIO's outbound header
-                    // validation (an extra handler and scan per request) is left out.
-                    var encoder = HTTPRequestEncoder.Configuration()
-                    encoder.automaticallySetFramingHeaders = false
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .fireError, enableOutboundHeaderValidation: false,
-                        encoderConfiguration: encoder)
-                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
+                    // `UpstreamHandler` writes requests as bytes and parses responses itself (see
+                    // HTTP1ResponseParser.swift): the proxy sets the framing headers, and every
+                    // header it sends came through the request decoder or is its own.
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler(http1: true))
                 }
             }
         self.statistics.upstreamConnectionsOpened.add(1, ordering: .relaxed)
@@ -227,16 +222,18 @@ final class UpstreamConnection {
 
 /// What an upstream connection tells the exchange using it.
 protocol UpstreamExchange: AnyObject {
-    func upstreamReceived(_ part: HTTPClientResponsePart)
+    func upstreamReceived(_ part: UpstreamResponsePart)
     func upstreamReadComplete()
     func upstreamWritabilityChanged(isWritable: Bool)
     func upstreamFailed(_ error: (any Error)?)
 }
 
-/// The last handler of an upstream channel: hands response parts to the exchange and withholds
-/// reads while the client cannot take more (back-pressure from downstream to upstream).
+/// The last handler of an upstream channel: parses the responses of an HTTP/1.x connection
+/// (``HTTP1ResponseParser``; an HTTP/2 stream's parts come through
+/// `HTTP2UpstreamResponseAdapter` instead), hands them to the exchange and withholds reads while
+/// the client cannot take more (back-pressure from downstream to upstream).
 final class UpstreamHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
@@ -246,6 +243,19 @@ final class UpstreamHandler: ChannelDuplexHandler {
     private(set) var context: ChannelHandlerContext?
     private var readsPaused = false
     private var readPending = false
+    private var parser = HTTP1ResponseParser()
+    /// Bytes of a response part that has not arrived whole yet.
+    private var unparsed: ByteBuffer?
+    private var inactive = false
+    /// Whether this handler writes HTTP/1.1 requests as bytes itself; on an HTTP/2 stream it
+    /// writes parts for the stream's codec.
+    private let http1: Bool
+    /// Whether the request being written has a chunked body, which this handler frames.
+    private var chunkedRequest = false
+
+    init(http1: Bool) {
+        self.http1 = http1
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -253,6 +263,73 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+    }
+
+    /// Writes a request part on this connection (no flush).
+    func send(_ part: HTTPClientRequestPart) {
+        guard let context = self.context else { return }
+        guard self.http1 else {
+            context.write(self.wrapOutboundOut(part), promise: nil)
+            return
+        }
+        // Hot path: written as bytes here rather than by NIO's `HTTPRequestEncoder` (one
+        // pipeline hop and one boxed part fewer per part).
+        switch part {
+        case .head(let head):
+            self.parser.requestSent(isHead: head.method == .HEAD)
+            var buffer = context.channel.allocator.buffer(capacity: 256)
+            buffer.writeString(head.method.rawValue)
+            buffer.writeStaticString(" ")
+            buffer.writeString(head.uri)
+            buffer.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+            var chunked = false
+            for (name, value) in head.headers {
+                if name.utf8.count == 17 && name.equalsLowercase("transfer-encoding") {
+                    chunked = value.utf8.count == 7 && value.equalsLowercase("chunked")
+                }
+                buffer.writeString(name)
+                buffer.writeStaticString(": ")
+                buffer.writeString(value)
+                buffer.writeStaticString("\r\n")
+            }
+            buffer.writeStaticString("\r\n")
+            self.chunkedRequest = chunked
+            context.write(NIOAny(buffer), promise: nil)
+        case .body(let data):
+            guard case .byteBuffer(let body) = data else {
+                preconditionFailure("the proxy writes request bodies as byte buffers")
+            }
+            guard self.chunkedRequest else {
+                context.write(NIOAny(body), promise: nil)
+                return
+            }
+            // An empty chunk would end the body.
+            guard body.readableBytes > 0 else { return }
+            var size = context.channel.allocator.buffer(capacity: 18)
+            size.writeString(String(body.readableBytes, radix: 16))
+            size.writeStaticString("\r\n")
+            context.write(NIOAny(size), promise: nil)
+            context.write(NIOAny(body), promise: nil)
+            context.write(NIOAny(ByteBuffer(staticString: "\r\n")), promise: nil)
+        case .end(let trailers):
+            guard self.chunkedRequest else { return }
+            self.chunkedRequest = false
+            var buffer = context.channel.allocator.buffer(capacity: 5)
+            buffer.writeStaticString("0\r\n")
+            for (name, value) in trailers ?? HTTPHeaders() {
+                buffer.writeString(name)
+                buffer.writeStaticString(": ")
+                buffer.writeString(value)
+                buffer.writeStaticString("\r\n")
+            }
+            buffer.writeStaticString("\r\n")
+            context.write(NIOAny(buffer), promise: nil)
+        }
+    }
+
+    /// Flushes the writes so far.
+    func flush() {
+        self.context?.flush()
     }
 
     /// Stops or resumes reading from the upstream socket.
@@ -274,13 +351,33 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = self.unwrapInboundIn(data)
-        guard let exchange = self.exchange else {
-            // An idle connection must not speak; drop it.
-            context.close(promise: nil)
+        var bytes = self.unwrapInboundIn(data)
+        if var unparsed = self.unparsed {
+            self.unparsed = nil
+            unparsed.writeBuffer(&bytes)
+            bytes = unparsed
+        }
+        do {
+            // Delivering a part can end the exchange and close the connection: then the rest
+            // of this read is not for anyone.
+            while !self.inactive, let part = try self.parser.next(&bytes) {
+                guard let exchange = self.exchange else {
+                    // An idle connection must not speak; drop it.
+                    context.close(promise: nil)
+                    return
+                }
+                exchange.upstreamReceived(part)
+            }
+        } catch {
+            self.failed(error, context: context)
             return
         }
-        exchange.upstreamReceived(part)
+        if bytes.readableBytes > 0 && !self.inactive { self.unparsed = bytes }
+    }
+
+    /// Hands a part that came as NIO's HTTP/2 codec made it to the exchange.
+    func deliver(_ part: UpstreamResponsePart) {
+        self.exchange?.upstreamReceived(part)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -293,8 +390,27 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.inactive = true
         if let connection = self.connection {
             connection.pool.remove(connection)
+        }
+        // The close ends a body that has no length; inside any other response it is an error.
+        if self.exchange != nil {
+            var rest = self.unparsed ?? ByteBuffer()
+            self.unparsed = nil
+            do {
+                while let part = try self.parser.next(&rest), let exchange = self.exchange {
+                    exchange.upstreamReceived(part)
+                }
+                if let end = try self.parser.finish(rest), let exchange = self.exchange {
+                    exchange.upstreamReceived(end)
+                }
+            } catch {
+                let exchange = self.exchange
+                self.exchange = nil
+                exchange?.upstreamFailed(error)
+                return
+            }
         }
         let exchange = self.exchange
         self.exchange = nil
@@ -302,6 +418,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.failed(error, context: context)
+    }
+
+    private func failed(_ error: any Error, context: ChannelHandlerContext) {
+        self.unparsed = nil
         let exchange = self.exchange
         self.exchange = nil
         exchange?.upstreamFailed(error)

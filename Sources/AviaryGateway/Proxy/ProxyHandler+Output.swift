@@ -1,0 +1,165 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import NIOHTTP1
+
+// Hot path: the proxy writes HTTP/1.x responses as bytes itself. NIO's `HTTPResponseEncoder`
+// would take each part boxed in a `NIOAny` and write an `HTTPHeaders` out field by field; here a
+// forwarded head is the upstream's header lines copied into one buffer with the status line in
+// front, and body bytes go to the socket as they came (chunk-framed when the response is
+// re-chunked). An HTTP/2 stream still takes parts: its codec makes frames of them.
+
+extension ProxyHandler {
+    /// Writes a response part to the client: as bytes on an HTTP/1.x connection, as a part on an
+    /// HTTP/2 stream (whose codec frames it).
+    ///
+    /// ```swift
+    /// self.emit(.head(head), context: context)
+    /// self.emit(.body(.byteBuffer(body)), context: context)
+    /// self.emit(.end(nil), context: context, flush: true)
+    /// ```
+    func emit(
+        _ part: HTTPServerResponsePart, context: ChannelHandlerContext, flush: Bool = false,
+        promise: EventLoopPromise<Void>? = nil
+    ) {
+        if self.isStream {
+            if flush {
+                context.writeAndFlush(self.wrapOutboundOut(part), promise: promise)
+            } else {
+                context.write(self.wrapOutboundOut(part), promise: promise)
+            }
+            return
+        }
+        switch part {
+        case .head(let head):
+            var buffer = context.channel.allocator.buffer(capacity: 256)
+            Self.writeStatusLine(version: head.version, status: head.status, into: &buffer)
+            var chunked = false
+            for (name, value) in head.headers {
+                if name.utf8.count == 17 && name.equalsLowercase("transfer-encoding") {
+                    chunked = value.utf8.count == 7 && value.equalsLowercase("chunked")
+                }
+                buffer.writeString(name)
+                buffer.writeStaticString(": ")
+                buffer.writeString(value)
+                buffer.writeStaticString("\r\n")
+            }
+            buffer.writeStaticString("\r\n")
+            // An interim response (`100 Continue`) does not frame the final one's body.
+            if head.status.code >= 200 { self.chunkedResponse = chunked }
+            self.write(buffer, context: context, flush: flush, promise: promise)
+        case .body(let data):
+            guard case .byteBuffer(let body) = data else {
+                // The proxy only ever writes buffers; a file region would be a bug.
+                preconditionFailure("the proxy writes response bodies as byte buffers")
+            }
+            self.emitBody(body, context: context, flush: flush, promise: promise)
+        case .end(let trailers):
+            guard self.chunkedResponse else {
+                if promise != nil {
+                    // Nothing to write, but the promise marks when the response has gone out.
+                    self.write(
+                        context.channel.allocator.buffer(capacity: 0), context: context, flush: flush, promise: promise)
+                } else if flush {
+                    context.flush()
+                }
+                return
+            }
+            self.chunkedResponse = false
+            var buffer = context.channel.allocator.buffer(capacity: 5)
+            buffer.writeStaticString("0\r\n")
+            if let trailers {
+                for (name, value) in trailers {
+                    buffer.writeString(name)
+                    buffer.writeStaticString(": ")
+                    buffer.writeString(value)
+                    buffer.writeStaticString("\r\n")
+                }
+            }
+            buffer.writeStaticString("\r\n")
+            self.write(buffer, context: context, flush: flush, promise: promise)
+        }
+    }
+
+    /// Writes body bytes of the current response: unchanged, or as one chunk of a re-chunked body.
+    func emitBody(
+        _ body: ByteBuffer, context: ChannelHandlerContext, flush: Bool = false, promise: EventLoopPromise<Void>? = nil
+    ) {
+        if self.isStream {
+            self.emit(.body(.byteBuffer(body)), context: context, flush: flush, promise: promise)
+            return
+        }
+        guard self.chunkedResponse else {
+            self.write(body, context: context, flush: flush, promise: promise)
+            return
+        }
+        // An empty chunk would end the body.
+        guard body.readableBytes > 0 else {
+            if let promise { promise.succeed() }
+            return
+        }
+        var size = context.channel.allocator.buffer(capacity: 18)
+        size.writeString(String(body.readableBytes, radix: 16))
+        size.writeStaticString("\r\n")
+        context.write(NIOAny(size), promise: nil)
+        context.write(NIOAny(body), promise: nil)
+        var end = context.channel.allocator.buffer(capacity: 2)
+        end.writeStaticString("\r\n")
+        self.write(end, context: context, flush: flush, promise: promise)
+    }
+
+    /// Writes the head of an upstream's response with its header lines as received, minus the
+    /// hop-by-hop ones, plus what the proxy adds for the client's hop (`transfer-encoding` when
+    /// it re-chunks a body without length, `connection`). Only for HTTP/1.x clients and heads
+    /// with ``UpstreamResponseHead/lines``.
+    func emitForwardedHead(
+        _ upstream: UpstreamResponseHead, version: HTTPVersion, chunked: Bool, connection: StaticString?,
+        context: ChannelHandlerContext
+    ) {
+        var buffer = context.channel.allocator.buffer(capacity: (upstream.lines?.readableBytes ?? 0) + 96)
+        Self.writeStatusLine(version: version, status: upstream.status, into: &buffer)
+        upstream.writeEndToEndLines(into: &buffer)
+        if chunked { buffer.writeStaticString("transfer-encoding: chunked\r\n") }
+        if let connection {
+            buffer.writeStaticString("connection: ")
+            buffer.writeStaticString(connection)
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString("\r\n")
+        self.chunkedResponse = chunked
+        self.write(buffer, context: context, flush: false, promise: nil)
+    }
+
+    private func write(
+        _ buffer: ByteBuffer, context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>?
+    ) {
+        if flush {
+            context.writeAndFlush(NIOAny(buffer), promise: promise)
+        } else {
+            context.write(NIOAny(buffer), promise: promise)
+        }
+    }
+
+    /// `HTTP/1.1 200 OK` CRLF.
+    static func writeStatusLine(version: HTTPVersion, status: HTTPResponseStatus, into buffer: inout ByteBuffer) {
+        if version.major == 1 && version.minor == 0 {
+            buffer.writeStaticString("HTTP/1.0 ")
+        } else {
+            buffer.writeStaticString("HTTP/1.1 ")
+        }
+        let code = status.code
+        if code == 200 && status == .ok {
+            buffer.writeStaticString("200 OK\r\n")
+            return
+        }
+        buffer.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code / 100 % 10))
+        buffer.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code / 10 % 10))
+        buffer.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code % 10))
+        buffer.writeStaticString(" ")
+        buffer.writeString(status.reasonPhrase)
+        buffer.writeStaticString("\r\n")
+    }
+}
