@@ -84,16 +84,13 @@ struct ConnectionPipeline {
         }
     }
 
-    /// The HTTP/1.1 pipeline: decoder (with `max_header_bytes`), proxy. The proxy writes its
-    /// responses as bytes itself (see ProxyHandler+Output.swift).
+    /// The HTTP/1.1 pipeline: the proxy alone, which parses requests (heads limited to
+    /// `max_header_bytes`) and writes responses as bytes itself.
     func addHTTP1(_ channel: any Channel, position: ChannelPipeline.SynchronousOperations.Position) throws {
         let handlers: [any ChannelHandler] = [
-            // The proxy's own request parser (see HTTP1RequestDecoder.swift for why): bytes
-            // beyond an unfinished head of max_header_bytes are refused (431).
-            ByteToMessageHandler(
-                HTTP1RequestDecoder(maxHeadBytes: self.limits.maxHeaderBytes),
-                maximumBufferSize: self.limits.maxHeaderBytes + 2),
-            ProxyHandler(loop: self.loop, secure: self.tls != nil),
+            // The proxy parses requests itself (see HTTP1RequestParser.swift for why): an
+            // unfinished head over max_header_bytes is refused (431).
+            ProxyHandler(loop: self.loop, secure: self.tls != nil)
         ]
         try channel.pipeline.syncOperations.addHandlers(handlers, position: position)
     }
@@ -124,9 +121,11 @@ struct ConnectionPipeline {
             streamChannel.eventLoop.makeCompletedFuture {
                 // The codec gives a request head whose HEADERS frame did not end the stream, and
                 // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
+                let proxy = ProxyHandler(loop: loop.value, secure: secure, stream: true)
                 let handlers: [any ChannelHandler] = [
                     HTTP2FramePayloadToHTTP1ServerCodec(),
-                    ProxyHandler(loop: loop.value, secure: secure, stream: true),
+                    HTTP2StreamRequestAdapter(proxy),
+                    proxy,
                 ]
                 try streamChannel.pipeline.syncOperations.addHandlers(handlers)
             }
@@ -332,5 +331,22 @@ final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
 
     func closeNow() {
         self.context?.close(promise: nil)
+    }
+}
+
+/// Hands the request parts of an HTTP/2 stream, as NIO's codec makes them, straight to the
+/// stream's `ProxyHandler` (which parses bytes itself on HTTP/1.x connections).
+final class HTTP2StreamRequestAdapter: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+
+    private let proxy: ProxyHandler
+
+    init(_ proxy: ProxyHandler) {
+        self.proxy = proxy
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let proxyContext = self.proxy.context else { return }
+        self.proxy.received(self.unwrapInboundIn(data), context: proxyContext)
     }
 }

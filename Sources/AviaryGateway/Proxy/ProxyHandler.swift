@@ -11,8 +11,10 @@ import NIOHTTP1
 import NIOPosix
 import Synchronization
 
-// Hot path: hand-written NIO for speed. One handler per downstream connection, at the end of
-// `HTTPResponseEncoder` and `ByteToMessageHandler(HTTP1RequestDecoder)`. The upstream connection
+// Hot path: hand-written NIO for speed. One handler per downstream connection, alone in its
+// pipeline: it parses requests (`HTTP1RequestParser`) and writes responses as bytes itself
+// (ProxyHandler+Output.swift); on an HTTP/2 stream, `HTTP2StreamRequestAdapter` hands it the
+// codec's request parts and it writes response parts. The upstream connection
 // it uses lives on the same event loop, so both sides are driven without locks or hops, and
 // bodies stream part by part with back-pressure both ways:
 // - request body: downstream reads are withheld while the upstream channel is not writable (or
@@ -22,7 +24,7 @@ import Synchronization
 
 /// Proxies the requests of one downstream connection, one at a time (pipelined requests wait).
 final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
@@ -114,6 +116,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     var answeringHead = false
     /// Whether the response being written to an HTTP/1.1 client is chunk-framed by the proxy.
     var chunkedResponse = false
+    /// The request parser of an HTTP/1.x connection, and the bytes of a part not complete yet.
+    private var parser: HTTP1RequestParser
+    private var unparsed: ByteBuffer?
+    /// Set once a request could not be parsed: what follows on the connection is not read.
+    private var unparseable = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
     private var headerTimer: GatewayTimer?
     /// Whether a request head waits for its token's verification off the event loop: reads
@@ -128,6 +135,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     let isStream: Bool
 
     init(loop: GatewayLoop, secure: Bool = false, stream: Bool = false) {
+        self.parser = HTTP1RequestParser(maxHeadBytes: loop.current.core.configuration.limits.maxHeaderBytes)
         self.loop = loop
         self.scheme = secure ? "https" : "http"
         self.isStream = stream
@@ -167,7 +175,29 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     // MARK: Downstream events
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = self.unwrapInboundIn(data)
+        guard !self.unparseable else { return }
+        var bytes = self.unwrapInboundIn(data)
+        if var unparsed = self.unparsed {
+            self.unparsed = nil
+            unparsed.writeBuffer(&bytes)
+            bytes = unparsed
+        }
+        do {
+            // Parsed here rather than by a decoder in front: a handler and a boxed part fewer
+            // per part. A body part is a slice of the read buffer.
+            while !self.closed, let part = try self.parser.next(&bytes) {
+                self.received(part, context: context)
+            }
+        } catch {
+            self.unparseable = true
+            self.errorCaught(context: context, error: error)
+            return
+        }
+        if bytes.readableBytes > 0 && !self.closed { self.unparsed = bytes }
+    }
+
+    /// A request part: parsed from the connection's bytes, or from an HTTP/2 stream's codec.
+    func received(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         if self.discarding || self.closed { return }
         if self.admitting || self.exchange?.requestComplete == true {
             // A pipelined request: it waits until this response is done.
@@ -328,7 +358,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         let status: Int
         let detail: String
         switch error {
-        case is ByteToMessageDecoderError.PayloadTooLargeError, HTTP1RequestError.headTooLarge:
+        case HTTP1RequestError.headTooLarge:
             (status, detail) = (
                 431, "the request head is larger than \(self.core.configuration.limits.maxHeaderBytes) bytes"
             )

@@ -498,36 +498,3 @@ struct HTTP1Scanner {
         return end
     }
 }
-
-/// The downstream request decoder of the proxy's pipeline, over ``HTTP1RequestParser``.
-struct HTTP1RequestDecoder: ByteToMessageDecoder {
-    typealias InboundOut = HTTPServerRequestPart
-
-    private var parser: HTTP1RequestParser
-
-    init(maxHeadBytes: Int) {
-        self.parser = HTTP1RequestParser(maxHeadBytes: maxHeadBytes)
-    }
-
-    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let part = try self.parser.next(&buffer) else { return .needMoreData }
-        context.fireChannelRead(self.wrapInboundOut(part))
-        // The end of a request goes with its last bytes: `ByteToMessageHandler` does not call
-        // `decode` again for an empty buffer, and the proxy must not wait for the next read.
-        if self.parser.endIsDue, let end = try self.parser.next(&buffer) {
-            context.fireChannelRead(self.wrapInboundOut(end))
-        }
-        return .continue
-    }
-
-    mutating func decodeLast(
-        context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool
-    ) throws -> DecodingState {
-        // What a closing client left unfinished is dropped; the proxy sees the channel go inactive.
-        while let part = try self.parser.next(&buffer) {
-            context.fireChannelRead(self.wrapInboundOut(part))
-        }
-        buffer.moveReaderIndex(to: buffer.writerIndex)
-        return .needMoreData
-    }
-}
