@@ -358,16 +358,18 @@ public final class SQLiteMessageLog: MessageLog {
                     byPartition[key, default: []].append(index)
                 }
             }
-            let inserter = try MessageInserter(db)
+            var rows: [MessageInserter.Row] = []
+            rows.reserveCapacity(encoded.count)
             for key in partitionOrder {
                 let indices = byPartition[key] ?? []
                 var offset = try Self.takeOffsets(db, topic: key.topic, partition: key.partition, count: indices.count)
                 for index in indices {
-                    try inserter.insert(encoded[index], partition: key.partition, offset: offset, now: now)
+                    rows.append(MessageInserter.Row(message: index, partition: key.partition, offset: offset))
                     positions[index].offset = offset
                     offset += 1
                 }
             }
+            try MessageInserter.insert(db, encoded, rows, now: now)
             return positions
         }
         for topic in Set(encoded.map(\.topic)) {
@@ -408,15 +410,8 @@ public final class SQLiteMessageLog: MessageLog {
 
     /// Inserts one message at `offset` of `partition` (taken by ``takeOffsets(_:topic:partition:count:)``).
     static func insert(_ db: Database, _ message: Encoded, partition: Int, offset: Int64, now: Int64) throws {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """
-        ).execute(
-            arguments: [
-                message.topic, partition, offset, message.key, message.event, message.headers, now, message.bytes,
-            ])
+        try MessageInserter.insert(
+            db, [message], [MessageInserter.Row(message: 0, partition: partition, offset: offset)], now: now)
     }
 
     /// Appends the topic's scheduled messages that are due, in the order they are due.
