@@ -18,7 +18,8 @@ import GRDBSQLite
 ///
 /// The statements are GRDB's cached statements of the connection (prepared once per connection
 /// and size, not per publish); only this type runs them, and it leaves them reset with no
-/// bindings. Use it only inside a write transaction of `db`.
+/// bindings. Text is bound with `SQLITE_STATIC` from a buffer that outlives the step (see
+/// `TextBuffer`). Use it only inside a write transaction of `db`.
 enum MessageInserter {
     /// A message of the batch and the position it goes to.
     struct Row {
@@ -51,23 +52,35 @@ enum MessageInserter {
         guard let connection = db.sqliteConnection else {
             throw DatabaseError(resultCode: .SQLITE_MISUSE, message: "the database connection is closed")
         }
+        // The text of one statement's rows, copied into one buffer that SQLite reads in place
+        // (`SQLITE_STATIC`, where `SQLITE_TRANSIENT` made SQLite allocate a copy of each value):
+        // the buffer is neither reused nor freed before the statement's bindings are cleared.
+        var text = TextBuffer(capacity: 16 * 1024)
+        defer { text.deallocate() }
         var next = 0
         while next < rows.count {
             let left = rows.count - next
             let size = Self.sizes.first { $0 <= left } ?? 1
             guard let sql = Self.sql[size] else { preconditionFailure("no statement for \(size) rows") }
             let statement = try db.cachedStatement(sql: sql).sqliteStatement
+            var needed = 0
+            for slot in 0..<size {
+                let message = messages[rows[next + slot].message]
+                needed += message.topic.utf8.count + message.key.utf8.count + message.event.utf8.count
+                needed += message.headers.utf8.count
+            }
+            text.clear(reserving: needed)
             var code = SQLITE_OK
             for slot in 0..<size where code == SQLITE_OK {
                 let row = rows[next + slot]
                 let message = messages[row.message]
                 let base = Int32(slot * 8)
-                code = Self.bind(statement, message.topic, at: base + 1)
+                code = text.bind(message.topic, to: statement, at: base + 1)
                 if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 2, Int64(row.partition)) }
                 if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 3, row.offset) }
-                if code == SQLITE_OK { code = Self.bind(statement, message.key, at: base + 4) }
-                if code == SQLITE_OK { code = Self.bind(statement, message.event, at: base + 5) }
-                if code == SQLITE_OK { code = Self.bind(statement, message.headers, at: base + 6) }
+                if code == SQLITE_OK { code = text.bind(message.key, to: statement, at: base + 4) }
+                if code == SQLITE_OK { code = text.bind(message.event, to: statement, at: base + 5) }
+                if code == SQLITE_OK { code = text.bind(message.headers, to: statement, at: base + 6) }
                 if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 7, now) }
                 if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 8, Int64(message.bytes)) }
             }
@@ -77,28 +90,55 @@ enum MessageInserter {
             }
             let error = code == SQLITE_OK ? nil : Self.error(code, connection)
             sqlite3_reset(statement)
+            // Before `text` is written again or freed: no binding may point into it.
             sqlite3_clear_bindings(statement)
             if let error { throw error }
             next += size
         }
     }
 
-    /// Binds `text` at `index` (SQLite copies the bytes).
-    private static func bind(_ statement: OpaquePointer, _ text: String, at index: Int32) -> Int32 {
-        var text = text
-        return text.withUTF8 { utf8 in
-            // An empty buffer may have no address, and a null pointer would bind NULL, not "".
-            guard let address = utf8.baseAddress, !utf8.isEmpty else {
-                return sqlite3_bind_text(statement, index, "", 0, Self.transient)
-            }
-            return address.withMemoryRebound(to: CChar.self, capacity: utf8.count) {
-                sqlite3_bind_text(statement, index, $0, Int32(utf8.count), Self.transient)
+    /// Bytes of text bound with `SQLITE_STATIC`: each value is copied in after the previous one,
+    /// and the buffer grows only in ``clear(reserving:)``, so that an address handed to SQLite
+    /// stays valid until the next `clear` or `deallocate`.
+    private struct TextBuffer {
+        private var start: UnsafeMutablePointer<CChar>
+        private var capacity: Int
+        private var used = 0
+
+        init(capacity: Int) {
+            self.capacity = max(1, capacity)
+            self.start = .allocate(capacity: self.capacity)
+        }
+
+        /// Forgets the bytes written and makes room for `count` more (the caller's bindings into
+        /// the buffer must have been cleared).
+        mutating func clear(reserving count: Int) {
+            self.used = 0
+            guard count > self.capacity else { return }
+            self.start.deallocate()
+            self.capacity = max(count, 2 * self.capacity)
+            self.start = .allocate(capacity: self.capacity)
+        }
+
+        /// Copies `value` in and binds it (room for it was reserved by ``clear(reserving:)``).
+        mutating func bind(_ value: String, to statement: OpaquePointer, at index: Int32) -> Int32 {
+            var value = value
+            return value.withUTF8 { utf8 in
+                precondition(self.used + utf8.count <= self.capacity, "text beyond the room reserved")
+                let address = self.start + self.used
+                if let source = utf8.baseAddress, !utf8.isEmpty {
+                    UnsafeMutableRawPointer(address).copyMemory(from: source, byteCount: utf8.count)
+                }
+                self.used += utf8.count
+                // A non-null address with a length of 0 binds "", not NULL.
+                return sqlite3_bind_text(statement, index, address, Int32(utf8.count), nil)
             }
         }
-    }
 
-    /// SQLite's `SQLITE_TRANSIENT`: copy the bytes before `sqlite3_bind_text` returns.
-    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        func deallocate() {
+            self.start.deallocate()
+        }
+    }
 
     private static func error(_ code: Int32, _ connection: OpaquePointer) -> DatabaseError {
         DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(connection)))
