@@ -103,4 +103,52 @@ struct StoredJSONTests {
         #expect(decoded == headers)
         #expect(StoredJSON.headers([:]) == "{}")
     }
+
+    @Test("the calendar date of a day number is gmtime's, leap days and days before 1970 included")
+    func civilDates() {
+        // Every day from 1600 to 2400 (step 1), and a coarse walk far beyond in both directions.
+        let days = Array(Int64(-135_140)...Int64(157_000)) + stride(from: Int64(-3_000_000), to: 3_000_000, by: 997)
+        for day in days {
+            var seconds = time_t(day * 86_400)
+            var parts = tm()
+            gmtime_r(&seconds, &parts)
+            let civil = JSONWriter.civil(days: day)
+            guard civil.year == Int64(parts.tm_year) + 1900, civil.month == Int64(parts.tm_mon) + 1,
+                civil.day == Int64(parts.tm_mday)
+            else {
+                Issue.record(
+                    "day \(day): \(civil), gmtime \(parts.tm_year + 1900)-\(parts.tm_mon + 1)-\(parts.tm_mday)")
+                return
+            }
+        }
+    }
+
+    @Test("JSON strings are accepted exactly when their bytes are well-formed UTF-8")
+    func utf8InStrings() {
+        // Lead bytes at the edges of each row of the Unicode standard's table 3-7, each followed by
+        // continuation bytes at the edges of the allowed ranges and just outside them.
+        let leads: [UInt8] = [
+            0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5,
+            0xFF,
+        ]
+        let followers: [UInt8] = [0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0]
+        var cases: [[UInt8]] = []
+        for lead in leads {
+            cases.append([lead])
+            for a in followers {
+                cases.append([lead, a])
+                for b in followers {
+                    cases.append([lead, a, b])
+                    for c in [UInt8(0x80), 0xBF, 0xC0, 0x41] { cases.append([lead, a, b, c]) }
+                }
+            }
+        }
+        for bytes in cases {
+            let json = [UInt8(ascii: "\"")] + bytes + [UInt8(ascii: "\"")]
+            let wellFormed = String(validating: json, as: UTF8.self) != nil
+            #expect(JSONCheck.isAcceptable(Data(json)) == wellFormed, "bytes \(bytes)")
+        }
+        // Outside strings, any byte above 0x7F is not JSON.
+        #expect(!JSONCheck.isAcceptable(Data([0x5B, 0xC3, 0xA9, 0x5D])))
+    }
 }

@@ -8,79 +8,137 @@ import GRDBSQLite
 
 /// The `INSERT INTO messages` of a publish, bound and stepped through SQLite's C API.
 ///
-/// A batched publish runs this statement once per message. Through GRDB, each run built a
-/// `StatementArguments` of eight boxed values and bound them through its generic binding layer,
-/// which a profile of batches of 1,000 showed taking about a sixth of the publish; here the
-/// values are bound directly (strings copied by SQLite, `SQLITE_TRANSIENT`). The statement is
-/// prepared on the transaction's connection and finalized when the inserter goes away; GRDB's
-/// own statement cache is left alone.
+/// Through GRDB, each row built a `StatementArguments` of eight boxed values and bound them
+/// through its generic binding layer, which a profile of batches of 1,000 showed taking about a
+/// sixth of the publish; here the values are bound directly. A batch is inserted up to
+/// ``rowsPerStatement`` rows per statement (`VALUES (…), (…), …`): SQLite then starts one
+/// statement, opens the table's and the index's cursors once, and is stepped once for them all,
+/// which took the insert's CPU time per row of batches of 1,000 from about 2.7 to 2.1 µs in a C
+/// program with this schema (the plain insert of scripts/bench-broker.sh's floor takes 1.3).
 ///
-/// Use it only inside the write transaction whose `Database` made it.
-final class MessageInserter {
-    private let connection: OpaquePointer
-    private let statement: OpaquePointer
+/// The statements are GRDB's cached statements of the connection (prepared once per connection
+/// and size, not per publish); only this type runs them, and it leaves them reset with no
+/// bindings. Text is bound with `SQLITE_STATIC` from a buffer that outlives the step (see
+/// `TextBuffer`). Use it only inside a write transaction of `db`.
+enum MessageInserter {
+    /// A message of the batch and the position it goes to.
+    struct Row {
+        /// Its index in the batch's messages.
+        var message: Int
+        var partition: Int
+        var offset: Int64
+    }
 
-    /// Prepares the insert on `db`'s connection.
-    init(_ db: Database) throws {
+    /// The most rows one statement inserts (8 parameters each, far below SQLite's limit of 32,766).
+    static let rowsPerStatement = 32
+
+    /// The statement sizes a batch is cut into, largest first: 1,000 rows are 31 statements of 32
+    /// and one of 8; one message is one statement of one row.
+    private static let sizes = [Self.rowsPerStatement, 8, 1]
+
+    private static let sql: [Int: String] = Dictionary(
+        uniqueKeysWithValues: Self.sizes.map { size in
+            let rows = repeatElement("(?, ?, ?, ?, ?, ?, ?, ?)", count: size).joined(separator: ", ")
+            return (
+                size,
+                "INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes) VALUES \(rows)"
+            )
+        })
+
+    /// Inserts `rows` (messages of `messages` at the positions taken for them), in their order.
+    static func insert(
+        _ db: Database, _ messages: [SQLiteMessageLog.Encoded], _ rows: [Row], now: Int64
+    ) throws {
         guard let connection = db.sqliteConnection else {
             throw DatabaseError(resultCode: .SQLITE_MISUSE, message: "the database connection is closed")
         }
-        var statement: OpaquePointer?
-        let sql = """
-            INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            """
-        let code = sqlite3_prepare_v2(connection, sql, -1, &statement, nil)
-        guard code == SQLITE_OK, let statement else {
-            sqlite3_finalize(statement)
-            throw Self.error(code, connection)
-        }
-        self.connection = connection
-        self.statement = statement
-    }
-
-    deinit {
-        sqlite3_finalize(self.statement)
-    }
-
-    /// Inserts `message` at `offset` of `partition`.
-    func insert(
-        _ message: SQLiteMessageLog.Encoded, partition: Int, offset: Int64, now: Int64
-    ) throws {
-        let statement = self.statement
-        sqlite3_reset(statement)
-        var code = self.bind(message.topic, at: 1)
-        if code == SQLITE_OK { code = sqlite3_bind_int64(statement, 2, Int64(partition)) }
-        if code == SQLITE_OK { code = sqlite3_bind_int64(statement, 3, offset) }
-        if code == SQLITE_OK { code = self.bind(message.key, at: 4) }
-        if code == SQLITE_OK { code = self.bind(message.event, at: 5) }
-        if code == SQLITE_OK { code = self.bind(message.headers, at: 6) }
-        if code == SQLITE_OK { code = sqlite3_bind_int64(statement, 7, now) }
-        if code == SQLITE_OK { code = sqlite3_bind_int64(statement, 8, Int64(message.bytes)) }
-        guard code == SQLITE_OK else { throw Self.error(code, self.connection) }
-        code = sqlite3_step(statement)
-        guard code == SQLITE_DONE else {
-            let error = Self.error(code, self.connection)
+        // The text of one statement's rows, copied into one buffer that SQLite reads in place
+        // (`SQLITE_STATIC`, where `SQLITE_TRANSIENT` made SQLite allocate a copy of each value):
+        // the buffer is neither reused nor freed before the statement's bindings are cleared.
+        var text = TextBuffer(capacity: 16 * 1024)
+        defer { text.deallocate() }
+        var next = 0
+        while next < rows.count {
+            let left = rows.count - next
+            let size = Self.sizes.first { $0 <= left } ?? 1
+            guard let sql = Self.sql[size] else { preconditionFailure("no statement for \(size) rows") }
+            let statement = try db.cachedStatement(sql: sql).sqliteStatement
+            var needed = 0
+            for slot in 0..<size {
+                let message = messages[rows[next + slot].message]
+                needed += message.topic.utf8.count + message.key.utf8.count + message.event.utf8.count
+                needed += message.headers.utf8.count
+            }
+            text.clear(reserving: needed)
+            var code = SQLITE_OK
+            for slot in 0..<size where code == SQLITE_OK {
+                let row = rows[next + slot]
+                let message = messages[row.message]
+                let base = Int32(slot * 8)
+                code = text.bind(message.topic, to: statement, at: base + 1)
+                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 2, Int64(row.partition)) }
+                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 3, row.offset) }
+                if code == SQLITE_OK { code = text.bind(message.key, to: statement, at: base + 4) }
+                if code == SQLITE_OK { code = text.bind(message.event, to: statement, at: base + 5) }
+                if code == SQLITE_OK { code = text.bind(message.headers, to: statement, at: base + 6) }
+                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 7, now) }
+                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 8, Int64(message.bytes)) }
+            }
+            if code == SQLITE_OK {
+                code = sqlite3_step(statement)
+                if code == SQLITE_DONE { code = SQLITE_OK }
+            }
+            let error = code == SQLITE_OK ? nil : Self.error(code, connection)
             sqlite3_reset(statement)
-            throw error
+            // Before `text` is written again or freed: no binding may point into it.
+            sqlite3_clear_bindings(statement)
+            if let error { throw error }
+            next += size
         }
     }
 
-    private func bind(_ text: String, at index: Int32) -> Int32 {
-        var text = text
-        return text.withUTF8 { utf8 in
-            // An empty buffer may have no address, and a null pointer would bind NULL, not "".
-            guard let address = utf8.baseAddress, !utf8.isEmpty else {
-                return sqlite3_bind_text(self.statement, index, "", 0, Self.transient)
-            }
-            return address.withMemoryRebound(to: CChar.self, capacity: utf8.count) {
-                sqlite3_bind_text(self.statement, index, $0, Int32(utf8.count), Self.transient)
+    /// Bytes of text bound with `SQLITE_STATIC`: each value is copied in after the previous one,
+    /// and the buffer grows only in ``clear(reserving:)``, so that an address handed to SQLite
+    /// stays valid until the next `clear` or `deallocate`.
+    private struct TextBuffer {
+        private var start: UnsafeMutablePointer<CChar>
+        private var capacity: Int
+        private var used = 0
+
+        init(capacity: Int) {
+            self.capacity = max(1, capacity)
+            self.start = .allocate(capacity: self.capacity)
+        }
+
+        /// Forgets the bytes written and makes room for `count` more (the caller's bindings into
+        /// the buffer must have been cleared).
+        mutating func clear(reserving count: Int) {
+            self.used = 0
+            guard count > self.capacity else { return }
+            self.start.deallocate()
+            self.capacity = max(count, 2 * self.capacity)
+            self.start = .allocate(capacity: self.capacity)
+        }
+
+        /// Copies `value` in and binds it (room for it was reserved by ``clear(reserving:)``).
+        mutating func bind(_ value: String, to statement: OpaquePointer, at index: Int32) -> Int32 {
+            var value = value
+            return value.withUTF8 { utf8 in
+                precondition(self.used + utf8.count <= self.capacity, "text beyond the room reserved")
+                let address = self.start + self.used
+                if let source = utf8.baseAddress, !utf8.isEmpty {
+                    UnsafeMutableRawPointer(address).copyMemory(from: source, byteCount: utf8.count)
+                }
+                self.used += utf8.count
+                // A non-null address with a length of 0 binds "", not NULL.
+                return sqlite3_bind_text(statement, index, address, Int32(utf8.count), nil)
             }
         }
-    }
 
-    /// SQLite's `SQLITE_TRANSIENT`: copy the bytes before `sqlite3_bind_text` returns.
-    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        func deallocate() {
+            self.start.deallocate()
+        }
+    }
 
     private static func error(_ code: Int32, _ connection: OpaquePointer) -> DatabaseError {
         DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(connection)))

@@ -331,56 +331,70 @@ public final class SQLiteMessageLog: MessageLog {
     public func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
         guard !messages.isEmpty else { return [] }
         let encoded = try messages.map(Self.encode)
+        let topics = Set(encoded.map(\.topic))
         let now = self.nowMillis
         let positions = try await self.write { db in
-            var partitionCounts: [String: Int] = [:]
-            for topic in Set(encoded.map(\.topic)) {
-                partitionCounts[topic] = try Self.partitionCount(db, topic)
+            // Per topic: its partition count and, per partition, the indices of the batch's
+            // immediate messages in the order given.
+            var slots: [String: Int] = [:]
+            var batches: [TopicBatch] = []
+            for topic in topics {
+                slots[topic] = batches.count
+                let partitions = try Self.partitionCount(db, topic)
+                batches.append(TopicBatch(topic: topic, partitions: Array(repeating: [], count: partitions)))
                 try Self.promoteDue(db, topic: topic, now: now)
             }
             var positions: [MessagePosition] = []
             positions.reserveCapacity(encoded.count)
-            // Immediate messages by partition, in the order given: each partition's offsets are
-            // taken with one counter update for all its messages of the batch.
-            var byPartition: [PartitionKey: [Int]] = [:]
-            var partitionOrder: [PartitionKey] = []
+            // Each partition's offsets are taken with one counter update for all its messages
+            // of the batch, partitions in the order their first message came.
+            var partitionOrder: [(slot: Int, partition: Int)] = []
+            // Batches are mostly of one topic: look it up only when it changes.
+            var slot = -1
+            var slotTopic = ""
             for (index, message) in encoded.enumerated() {
-                let partitions = partitionCounts[message.topic] ?? 1
-                let partition = Partitioner.partition(forKey: message.key, partitions: partitions)
+                if slot < 0 || message.topic != slotTopic {
+                    slotTopic = message.topic
+                    slot = slots[slotTopic] ?? 0
+                }
+                let partition = Partitioner.partition(
+                    forKey: message.key, partitions: batches[slot].partitions.count)
                 positions.append(MessagePosition(topic: message.topic, partition: partition, offset: 0))
                 if let deliverAt = message.deliverAt, deliverAt > now {
                     try db.cachedStatement(
                         sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
                     ).execute(arguments: [message.topic, message.key, message.event, message.headers, deliverAt])
                 } else {
-                    let key = PartitionKey(topic: message.topic, partition: partition)
-                    if byPartition[key] == nil { partitionOrder.append(key) }
-                    byPartition[key, default: []].append(index)
+                    if batches[slot].partitions[partition].isEmpty { partitionOrder.append((slot, partition)) }
+                    batches[slot].partitions[partition].append(index)
                 }
             }
-            let inserter = try MessageInserter(db)
-            for key in partitionOrder {
-                let indices = byPartition[key] ?? []
-                var offset = try Self.takeOffsets(db, topic: key.topic, partition: key.partition, count: indices.count)
+            var rows: [MessageInserter.Row] = []
+            rows.reserveCapacity(encoded.count)
+            for (slot, partition) in partitionOrder {
+                let indices = batches[slot].partitions[partition]
+                var offset = try Self.takeOffsets(
+                    db, topic: batches[slot].topic, partition: partition, count: indices.count)
                 for index in indices {
-                    try inserter.insert(encoded[index], partition: key.partition, offset: offset, now: now)
+                    rows.append(MessageInserter.Row(message: index, partition: partition, offset: offset))
                     positions[index].offset = offset
                     offset += 1
                 }
             }
+            try MessageInserter.insert(db, encoded, rows, now: now)
             return positions
         }
-        for topic in Set(encoded.map(\.topic)) {
+        for topic in topics {
             WakeUpHub.shared.notify(store: self.path, topic: topic)
             SQLiteDoorbell.ring(store: self.path, topic: topic)
         }
         return positions
     }
 
-    /// A partition of a topic, as a dictionary key.
-    struct PartitionKey: Hashable {
+    /// A topic's immediate messages in a batched publish: their indices, by partition.
+    struct TopicBatch {
         var topic: String
-        var partition: Int
+        var partitions: [[Int]]
     }
 
     /// Takes the next `count` offsets of a partition (inside a write transaction) and returns the
@@ -408,15 +422,8 @@ public final class SQLiteMessageLog: MessageLog {
 
     /// Inserts one message at `offset` of `partition` (taken by ``takeOffsets(_:topic:partition:count:)``).
     static func insert(_ db: Database, _ message: Encoded, partition: Int, offset: Int64, now: Int64) throws {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """
-        ).execute(
-            arguments: [
-                message.topic, partition, offset, message.key, message.event, message.headers, now, message.bytes,
-            ])
+        try MessageInserter.insert(
+            db, [message], [MessageInserter.Row(message: 0, partition: partition, offset: offset)], now: now)
     }
 
     /// Appends the topic's scheduled messages that are due, in the order they are due.
