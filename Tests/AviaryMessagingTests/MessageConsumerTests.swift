@@ -280,7 +280,8 @@ struct MessageConsumerTests {
             try await log.createTopic("orders", TopicOptions(partitions: 1))
             try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])
             let started = Locked<Bool>(false)
-            let mayFinish = Locked<Bool>(false)
+            // Finished when the handler may return; the handler waits on it without polling.
+            let (finishing, mayFinish) = AsyncStream.makeStream(of: Void.self)
             let calls = Locked<Int>(0)
             let lease = Duration.milliseconds(900)
             let consumer = MessageConsumer(
@@ -288,7 +289,7 @@ struct MessageConsumerTests {
             ) { _ in
                 calls.withLock { $0 += 1 }
                 started.set(true)
-                while !mayFinish.value { try await Task.sleep(for: .milliseconds(5)) }
+                for await _ in finishing {}
             }
             let reader = try DatabaseQueue(path: log.path)
             func expiry() throws -> Int64 {
@@ -307,7 +308,7 @@ struct MessageConsumerTests {
                     let stolen = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "thief"))
                     #expect(stolen.deliveries.isEmpty)
                 }
-                mayFinish.set(true)
+                mayFinish.finish()
                 try await Self.eventually {
                     try await log.topics().first { $0.name == "orders" }?.groups.first?.lag == 0
                 }
