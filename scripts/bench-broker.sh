@@ -13,6 +13,7 @@
 #       old, ...); with OLD_BROKERBENCH=path (a BrokerBench built from another commit, e.g. main)
 #       that binary too, in a database of its own on the same server. Prints every round, the
 #       medians and the ratios of medians (new/floor, old/floor, new/old); ~50 s a round with 4 s.
+#   BROKERBENCH=path runs that BrokerBench binary instead of building one (any mode).
 #
 # - AviaryMessaging (Benchmarks/Sources/BrokerBench, release build): publish one message per
 #   durable transaction and batches of 100 and 1000, consume-and-ack through MessageConsumer (one
@@ -71,9 +72,13 @@ fi
 [ -n "$latency_only" ] || python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q nats-py >&2
 pgbin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 
-echo "building BrokerBench (release)" >&2
-(cd "$root/Benchmarks" && swift build -c release --product BrokerBench >/dev/null)
-bench="$(cd "$root/Benchmarks" && swift build -c release --show-bin-path)/BrokerBench"
+if [ -n "${BROKERBENCH:-}" ]; then
+  bench=$BROKERBENCH # a BrokerBench built beforehand (no build)
+else
+  echo "building BrokerBench (release)" >&2
+  (cd "$root/Benchmarks" && swift build -c release --product BrokerBench >/dev/null)
+  bench="$(cd "$root/Benchmarks" && swift build -c release --show-bin-path)/BrokerBench"
+fi
 
 # MARK: Servers, stopped on exit
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/aviary-bench-broker.XXXXXX")
