@@ -7,6 +7,13 @@
 #   scripts/bench-broker.sh --latency [seconds, default 4] [BrokerBench run options, e.g. --rate 500]
 #       only publish-to-consume latency at 1,000 messages/s (SQLite and PostgreSQL, consumer in the
 #       producer's process and in another one): p50, p99 and max; no Redis, NATS or floors (~30 s)
+#   scripts/bench-broker.sh --pg-publish [seconds, default 4] [rounds, default 5]
+#       only PostgreSQL publish (one message per transaction, batches of 100 and 1000), each
+#       measurement interleaved with its pgbench floor in every round (new, floor, old, new, floor,
+#       old, ...); with OLD_BROKERBENCH=path (a BrokerBench built from another commit, e.g. main)
+#       that binary too, in a database of its own on the same server. Prints every round, the
+#       medians and the ratios of medians (new/floor, old/floor, new/old); ~50 s a round with 4 s.
+#   BROKERBENCH=path runs that BrokerBench binary instead of building one (any mode).
 #
 # - AviaryMessaging (Benchmarks/Sources/BrokerBench, release build): publish one message per
 #   durable transaction and batches of 100 and 1000, consume-and-ack through MessageConsumer (one
@@ -27,12 +34,22 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 latency_only=""
+pg_publish=""
 if [ "${1:-}" = --latency ]; then
   latency_only=1
+  shift
+elif [ "${1:-}" = --pg-publish ]; then
+  pg_publish=1
+  latency_only=1 # no Redis or NATS either
   shift
 fi
 seconds=${1:-4}
 [ $# -gt 0 ] && shift
+rounds=5
+if [ -n "$pg_publish" ]; then
+  rounds=${1:-5}
+  [ $# -gt 0 ] && shift
+fi
 extra=("$@") # passed to BrokerBench run (--latency only)
 
 # MARK: Tools
@@ -55,9 +72,13 @@ fi
 [ -n "$latency_only" ] || python3 -c 'import nats' 2>/dev/null || python3 -m pip install -q nats-py >&2
 pgbin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 
-echo "building BrokerBench (release)" >&2
-(cd "$root/Benchmarks" && swift build -c release --product BrokerBench >/dev/null)
-bench="$(cd "$root/Benchmarks" && swift build -c release --show-bin-path)/BrokerBench"
+if [ -n "${BROKERBENCH:-}" ]; then
+  bench=$BROKERBENCH # a BrokerBench built beforehand (no build)
+else
+  echo "building BrokerBench (release)" >&2
+  (cd "$root/Benchmarks" && swift build -c release --product BrokerBench >/dev/null)
+  bench="$(cd "$root/Benchmarks" && swift build -c release --show-bin-path)/BrokerBench"
+fi
 
 # MARK: Servers, stopped on exit
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/aviary-bench-broker.XXXXXX")
@@ -106,6 +127,56 @@ export PGPASSWORD=$password PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres
 psql -q -d postgres -c 'CREATE DATABASE aviary' -c 'CREATE DATABASE raw' >/dev/null
 pg_url="postgres://postgres:$password@127.0.0.1:$pg_port/aviary"
 sqlite_url="sqlite://$tmp/broker.db"
+
+if [ -n "$pg_publish" ]; then
+  old=${OLD_BROKERBENCH:-}
+  psql -q -d postgres -c 'CREATE DATABASE aviary_old' >/dev/null
+  old_url="postgres://postgres:$password@127.0.0.1:$pg_port/aviary_old"
+  row_bytes=$("$bench" run --url "$pg_url" --only none | python3 -c 'import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    if r.get("scenario") == "row_bytes": print(r["bytes"]); break')
+  psql -q -d raw -c 'CREATE TABLE raw_messages (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL, appended_at BIGINT NOT NULL)' >/dev/null
+  echo "INSERT INTO raw_messages (payload, appended_at) VALUES (repeat('x', $row_bytes), 0);" >"$tmp/insert-1.sql"
+  for batch in 100 1000; do
+    echo "INSERT INTO raw_messages (payload, appended_at) SELECT repeat('x', $row_bytes), g FROM generate_series(1, $batch) g;" \
+      >"$tmp/insert-$batch.sql"
+  done
+  echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
+  for round in $(seq 1 "$rounds"); do
+    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    for batch in 1 100 1000; do
+      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
+      rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "$scenario" \
+        | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
+      record new "$scenario" "$rate"
+      tps=$(pgbench -n -c 1 -T "$seconds" -f "$tmp/insert-$batch.sql" raw 2>&1 | awk '/^tps = / {print $3; exit}')
+      record floor "$scenario" "$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')"
+      line="  $scenario: new $rate/s, floor $(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')/s"
+      if [ -n "$old" ]; then
+        rate=$("$old" run --url "$old_url" --seconds "$seconds" --only "$scenario" \
+          | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
+        record old "$scenario" "$rate"
+        line="$line, old $rate/s"
+      fi
+      echo "$line" >&2
+    done
+  done
+  python3 - "$results" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+def values(engine, scenario): return [r["per_second"] for r in rows if r["engine"] == engine and r["scenario"] == scenario]
+print(f"\nmedians of the rounds; load at the end {sys.argv[2]}\n")
+print("| publish | new | old | pgbench floor | new / floor | old / floor | new / old |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for scenario in ("publish_single", "publish_batch_100", "publish_batch_1000"):
+    med = {e: (statistics.median(values(e, scenario)) if values(e, scenario) else None) for e in ("new", "old", "floor")}
+    def r(a, b): return "–" if not med[a] or not med[b] else f"{med[a] / med[b]:.2f}×"
+    def v(e): return "–" if med[e] is None else f"{med[e]:,.0f}/s"
+    print(f"| {scenario} | {v('new')} | {v('old')} | {v('floor')} | {r('new', 'floor')} | {r('old', 'floor')} | {r('new', 'old')} |")
+PY
+  exit 0
+fi
 
 if [ -n "$latency_only" ]; then
   echo "publish-to-consume latency at 1,000 messages/s (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2

@@ -8,6 +8,8 @@ import AviaryMessaging
 import AviaryStorage
 import AviaryTestSupport
 import Foundation
+import Logging
+import PostgresNIO
 import Synchronization
 import Testing
 
@@ -41,6 +43,150 @@ struct PostgresMessageLogTests {
         #expect(batch.deliveries.map(\.message.event.id) == [event.id])
         try await producer.close()
         try await consumer.close()
+    }
+
+    @Test("a topic's listening sessions are registered while a log listens and removed when it closes")
+    func listenersAreRegistered() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let quiet = PostgresMessageLog.Configuration(pollInterval: .seconds(3600))
+        let producer = try await PostgresMessageLog(url: url, configuration: quiet)
+        let consumer = try await PostgresMessageLog(url: url, configuration: quiet)
+        try await producer.createTopic("orders", TopicOptions(partitions: 2))
+        try await producer.createTopic("refunds", TopicOptions(partitions: 1))
+        #expect(try await Self.listeners(producer) == [])
+        var orders = consumer.wakeUps(topic: "orders").makeAsyncIterator()
+        // The first wake-up of a topic's stream comes once its registration has committed.
+        _ = await orders.next()
+        #expect(try await Self.listeners(producer) == ["orders"])
+        var refunds = consumer.wakeUps(topic: "refunds").makeAsyncIterator()
+        _ = await refunds.next()
+        #expect(try await Self.listeners(producer) == ["orders", "refunds"])
+        try await consumer.close()
+        #expect(try await Self.listeners(producer) == [])
+        try await producer.close()
+    }
+
+    @Test("a publish notifies a topic only while some log's listening session has registered for it")
+    func notifiesOnlyRegisteredTopics() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let quiet = PostgresMessageLog.Configuration(pollInterval: .seconds(3600))
+        let producer = try await PostgresMessageLog(url: url, configuration: quiet)
+        let consumer = try await PostgresMessageLog(url: url, configuration: quiet)
+        try await producer.createTopic("orders", TopicOptions(partitions: 2))
+        let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+        let logger = Logger(label: "aviary.test")
+        // A session of its own listens on the channel (without registering). Notifications arrive
+        // in commit order, so what came before a sentinel notified after a publish is all that
+        // publish sent.
+        let (before, after) = try await producer.store.withDedicatedConnection { connection in
+            try await connection.listen(on: quiet.channel) { notifications in
+                var iterator = notifications.makeAsyncIterator()
+                func heardUntil(_ sentinel: String) async throws -> [String] {
+                    try await producer.store.withConnection { other in
+                        _ = try await other.complete("SELECT pg_notify(\(quiet.channel), \(sentinel))", logger: logger)
+                    }
+                    var payloads: [String] = []
+                    while let notification = try await iterator.next(), notification.payload != sentinel {
+                        payloads.append(notification.payload)
+                    }
+                    return payloads
+                }
+                try await producer.publish([OutgoingMessage(topic: "orders", event: event)])
+                let before = try await heardUntil("sentinel-1")
+                var wakeUps = consumer.wakeUps(topic: "orders").makeAsyncIterator()
+                _ = await wakeUps.next()
+                try await producer.publish([OutgoingMessage(topic: "orders", event: event)])
+                let after = try await heardUntil("sentinel-2")
+                return (before, after)
+            }
+        }
+        #expect(before == [])
+        #expect(after == ["orders"])
+        try await producer.close()
+        try await consumer.close()
+    }
+
+    @Test(
+        "a consumer registering while a publish is in flight waits for its commit, so its next look finds the message")
+    func registrationWaitsForAPublishInFlight() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        // No poll: a consumer that slept through the message would never wake.
+        let quiet = PostgresMessageLog.Configuration(pollInterval: .seconds(3600))
+        let producer = try await PostgresMessageLog(url: url, configuration: quiet)
+        let consumer = try await PostgresMessageLog(url: url, configuration: quiet)
+        try await producer.createTopic("orders", TopicOptions(partitions: 1))
+        let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+        try await producer.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
+        try await consumer.subscribe(group: "mail", topic: "orders", options: GroupOptions(start: .latest))
+
+        // A publish of a copy of that message, held open after aviary_publish_now returned: it
+        // holds the partition row and found no listener.
+        let (commit, commitNow) = AsyncStream.makeStream(of: Void.self)
+        let logger = Logger(label: "aviary.test")
+        let inFlight = Task {
+            try await producer.store.withTransaction { connection in
+                _ = try await connection.complete(
+                    """
+                    SELECT aviary_publish_now(ARRAY['orders'], ARRAY[1], ARRAY['orders'], ARRAY[0], ARRAY[1],
+                        ARRAY[1], ARRAY[1], ARRAY[key], ARRAY[event], ARRAY[headers], ARRAY[bytes::INTEGER],
+                        appended_at, 'aviary_message_log')
+                    FROM aviary_messages WHERE topic = 'orders'
+                    """, logger: logger)
+                for await _ in commit { break }
+            }
+        }
+        try await Self.poll(producer, "the publish holding its transaction open") {
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+        }
+        var wakeUps = consumer.wakeUps(topic: "orders").makeAsyncIterator()
+        // The registration must wait for the publish's partition row.
+        try await Self.poll(producer, "the registration waiting for the publish") {
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        }
+        commitNow.yield()
+        commitNow.finish()
+        try await inFlight.value
+        _ = await wakeUps.next()
+        let batch = try await consumer.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
+        #expect(batch.deliveries.map(\.message.event.id) == [event.id])
+        try await producer.close()
+        try await consumer.close()
+    }
+
+    /// The topics in `aviary_listeners`, in order (one entry per topic).
+    static func listeners(_ log: PostgresMessageLog) async throws -> [String] {
+        try await log.store.withConnection { connection in
+            var topics: [String] = []
+            for try await topic in try await connection.query(
+                "SELECT DISTINCT topic FROM aviary_listeners ORDER BY topic", logger: Logger(label: "aviary.test")
+            ).decode(String.self) {
+                topics.append(topic)
+            }
+            return topics
+        }
+    }
+
+    /// Polls until `query` (one row, a count `n`) counts at least one, for up to 30 s.
+    static func poll(_ log: PostgresMessageLog, _ what: String, _ query: () -> PostgresQuery) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        let query = query()
+        while true {
+            let count = try await log.store.withConnection { connection in
+                var count: Int64 = 0
+                for try await n in try await connection.query(query, logger: Logger(label: "aviary.test")).decode(
+                    Int64.self)
+                {
+                    count = n
+                }
+                return count
+            }
+            if count > 0 { return }
+            guard ContinuousClock.now < deadline else {
+                Issue.record("gave up waiting for \(what)")
+                throw MessagingError(.unavailable, "gave up waiting for \(what)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
     }
 
     @Test("concurrent receivers on several instances lease disjoint partitions: every message once, in key order")

@@ -102,11 +102,106 @@ extension PostgresMessageLog {
         migrations.add("aviary messaging v2: one-statement publish") { connection, logger in
             try await connection.query(PostgresQuery(unsafeSQL: Self.publishFunction), logger: logger)
         }
+        // `aviary_publish` stays as it was, for processes of older versions during an upgrade.
+        migrations.add("aviary messaging v3: listeners, compact publish") { connection, logger in
+            for statement in [Self.listenersTable, Self.publishNowFunction] {
+                try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+            }
+        }
         return migrations
     }
 
-    /// The SQLSTATE `aviary_publish` raises for a topic that does not exist.
+    /// The SQLSTATE `aviary_publish` and `aviary_publish_now` raise for a topic that does not exist.
     static let noTopicState = "AV101"
+    /// The SQLSTATE `aviary_publish_now` raises when the caller's partition count of a topic is not
+    /// the stored one.
+    static let partitionCountState = "AV102"
+
+    /// `aviary_listeners`: the sessions that `LISTEN` for a topic's notifications (one row per topic
+    /// and listening session, written by ``PostgresWakeUps``). `aviary_publish_now` notifies only
+    /// topics that have a row here. Rows of sessions that ended without removing them (a crashed
+    /// process) only cost notifications nobody hears; the next registration deletes them.
+    static let listenersTable = """
+        CREATE TABLE aviary_listeners (
+            topic TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started TIMESTAMPTZ,
+            PRIMARY KEY (topic, pid)
+        )
+        """
+
+    /// `aviary_publish_now(...)`: a publish of messages for now in one statement and its own
+    /// transaction, with the work split between client and server so that the server does as
+    /// little as a plain insert: the caller computes each message's partition (from the partition
+    /// counts it read once; the function checks them), groups the messages into slots (topic,
+    /// partition; sorted) and gives each message its slot and its rank in the slot. The function
+    /// checks the topics (and returns NULL when one has scheduled messages that are due: those must
+    /// be appended first, which the multi-statement path does), takes each slot's offsets with one
+    /// update of its partition row (in slot order, so concurrent publishes never deadlock),
+    /// inserts every row with one statement and returns each slot's base offset: message offset =
+    /// base of its slot + its rank.
+    ///
+    /// It notifies a topic only when some session listens for it (`aviary_listeners`). The check
+    /// runs after the partition rows are locked, with a snapshot taken then (READ COMMITTED gives
+    /// each statement of the function its own); a listener registers by inserting its row and
+    /// locking the topic's partition rows `FOR SHARE` in one transaction. So either the
+    /// registration committed before this publish locked a partition row, and the check sees it,
+    /// or it waits for this publish to commit, and the consumer's next look for messages (after
+    /// its registration) sees the messages. Under another isolation level (a database default),
+    /// where the snapshot is older, it notifies every topic.
+    static let publishNowFunction = """
+        CREATE FUNCTION aviary_publish_now(p_topics TEXT[], p_partition_counts INTEGER[],
+            p_slot_topics TEXT[], p_slot_partitions INTEGER[], p_slot_sizes INTEGER[],
+            p_slots INTEGER[], p_ranks INTEGER[], p_keys TEXT[], p_events TEXT[], p_headers TEXT[],
+            p_bytes INTEGER[], p_now BIGINT, p_channel TEXT)
+        RETURNS BIGINT[]
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_partitions INTEGER;
+            v_due BOOLEAN;
+            v_last BIGINT;
+            v_bases BIGINT[] := '{}';
+        BEGIN
+            FOR i IN 1 .. cardinality(p_topics) LOOP
+                SELECT t.partitions,
+                    EXISTS (SELECT 1 FROM aviary_schedule s WHERE s.topic = t.name AND s.deliver_at <= p_now)
+                INTO v_partitions, v_due
+                FROM aviary_topics t WHERE t.name = p_topics[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'no topic %', p_topics[i] USING ERRCODE = '\(PostgresMessageLog.noTopicState)';
+                END IF;
+                IF v_partitions <> p_partition_counts[i] THEN
+                    RAISE EXCEPTION 'topic % has % partitions, not %', p_topics[i], v_partitions, p_partition_counts[i]
+                        USING ERRCODE = '\(PostgresMessageLog.partitionCountState)';
+                END IF;
+                IF v_due THEN
+                    RETURN NULL;
+                END IF;
+            END LOOP;
+            FOR i IN 1 .. cardinality(p_slot_sizes) LOOP
+                UPDATE aviary_partitions p SET last_offset = p.last_offset + p_slot_sizes[i]
+                WHERE p.topic = p_slot_topics[i] AND p.partition = p_slot_partitions[i]
+                RETURNING p.last_offset INTO v_last;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'no partition % in topic %', p_slot_partitions[i], p_slot_topics[i]
+                        USING ERRCODE = '\(PostgresMessageLog.noTopicState)';
+                END IF;
+                v_bases := v_bases || (v_last - p_slot_sizes[i]);
+            END LOOP;
+            INSERT INTO aviary_messages (topic, partition, msg_offset, key, event, headers, appended_at, bytes)
+            SELECT p_slot_topics[m.slot], p_slot_partitions[m.slot], v_bases[m.slot] + m.rank, m.key, m.event,
+                m.headers, p_now, m.bytes
+            FROM unnest(p_slots, p_ranks, p_keys, p_events, p_headers, p_bytes) AS m (slot, rank, key, event, headers, bytes);
+            IF current_setting('transaction_isolation') = 'read committed' THEN
+                PERFORM pg_notify(p_channel, l.topic)
+                FROM (SELECT DISTINCT topic FROM aviary_listeners WHERE topic = ANY (p_topics)) AS l;
+            ELSE
+                PERFORM pg_notify(p_channel, t) FROM unnest(p_topics) AS t;
+            END IF;
+            RETURN v_bases;
+        END
+        $$
+        """
 
     /// `aviary_publish(...)`: a publish of messages for now in one statement, so that a standalone
     /// publish is one round trip and its own transaction (what a plain `INSERT` costs), instead of

@@ -21,7 +21,9 @@ import Synchronization
 ///
 /// Idle consumers wait on ``wakeUps(topic:)``, fed by `LISTEN/NOTIFY`: a publish (or a release,
 /// replay or resume) by any process notifies in its transaction, so waiting consumers wake when it
-/// commits. Time-based changes (a nack delay or a delivery time passing, a lease running out)
+/// commits. A publish of messages for now notifies only topics that some log's listening session
+/// has registered for (`aviary_listeners`, written by the first ``wakeUps(topic:)`` stream of a
+/// topic), so publishing to a topic nobody listens for costs no notification. Time-based changes (a nack delay or a delivery time passing, a lease running out)
 /// have no notification; for those the stream also yields every ``Configuration/pollInterval``
 /// (one second by default: slow, not a hot poll).
 ///
@@ -74,6 +76,8 @@ public final class PostgresMessageLog: MessageLog {
     let logger: Logger
     let running: Task<Void, Never>
     let wakeUpHub: PostgresWakeUps
+    /// Topics' partition counts as read from the database (a topic's count never changes).
+    let knownPartitionCounts = Mutex<[String: Int]>([:])
 
     /// Opens the log at a `postgres://` URL: starts its store and applies the log's schema.
     ///
@@ -332,42 +336,116 @@ public final class PostgresMessageLog: MessageLog {
         }
     }
 
-    /// Publishes messages that are all for now with one statement (`aviary_publish`, its own
+    /// Publishes messages that are all for now with one statement (`aviary_publish_now`, its own
     /// transaction); `nil` when a topic has due scheduled messages, which the multi-statement path
     /// appends first.
+    ///
+    /// The partitions are computed here, from the topics' partition counts (read once per topic
+    /// and kept: a topic's count never changes; the function checks it and a mismatch reads it
+    /// again), so that the server only takes offsets and inserts rows.
     private func publishNow(_ encoded: [Encoded], now: Int64) async throws -> [MessagePosition]? {
-        let hashes = encoded.map { Partitioner.hash($0.key) }
+        var retried = false
+        while true {
+            let counts = try await self.partitionCounts(Set(encoded.map(\.topic)))
+            do {
+                return try await self.publishNow(encoded, counts: counts, now: now)
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.partitionCountState && !retried {
+                retried = true
+                self.knownPartitionCounts.withLock { known in
+                    for topic in counts.keys { known.removeValue(forKey: topic) }
+                }
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.noTopicState {
+                throw MessagingError(.notFound, error.serverInfo?[.message] ?? "no topic")
+            } catch let error as MessagingError {
+                throw error
+            } catch {
+                throw MessagingError(
+                    .unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+            }
+        }
+    }
+
+    /// The partition counts of `topics`, from memory or read once; `.notFound` for a topic that
+    /// does not exist.
+    private func partitionCounts(_ topics: Set<String>) async throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        let missing = self.knownPartitionCounts.withLock { known in
+            topics.filter { topic in
+                guard let count = known[topic] else { return true }
+                counts[topic] = count
+                return false
+            }
+        }
+        guard !missing.isEmpty else { return counts }
+        let logger = self.logger
+        let names = Array(missing)
+        let rows = try await self.store.withConnection { connection in
+            var rows: [(String, Int32)] = []
+            for try await row in try await connection.query(
+                "SELECT name, partitions FROM aviary_topics WHERE name = ANY (\(names))", logger: logger
+            ).decode((String, Int32).self) {
+                rows.append(row)
+            }
+            return rows
+        }
+        for (name, count) in rows { counts[name] = Int(count) }
+        if let absent = names.sorted().first(where: { counts[$0] == nil }) {
+            throw MessagingError(.notFound, "no topic \(absent)")
+        }
+        self.knownPartitionCounts.withLock { known in
+            for (name, count) in rows { known[name] = Int(count) }
+        }
+        return counts
+    }
+
+    private func publishNow(_ encoded: [Encoded], counts: [String: Int], now: Int64) async throws -> [MessagePosition]?
+    {
+        struct Slot: Hashable, Comparable {
+            var topic: String
+            var partition: Int
+            static func < (lhs: Slot, rhs: Slot) -> Bool { (lhs.topic, lhs.partition) < (rhs.topic, rhs.partition) }
+        }
+        let topics = counts.keys.sorted()
+        var sizes: [Slot: Int32] = [:]
+        var messageSlots: [Slot] = []
+        var ranks: [Int32] = []
+        messageSlots.reserveCapacity(encoded.count)
+        ranks.reserveCapacity(encoded.count)
+        for message in encoded {
+            let slot = Slot(
+                topic: message.topic,
+                partition: Partitioner.partition(forKey: message.key, partitions: counts[message.topic] ?? 1))
+            let rank = (sizes[slot] ?? 0) + 1
+            sizes[slot] = rank
+            messageSlots.append(slot)
+            ranks.append(rank)
+        }
+        let slots = sizes.keys.sorted()
+        var slotIndexes: [Slot: Int32] = [:]
+        for (index, slot) in slots.enumerated() { slotIndexes[slot] = Int32(index + 1) }
         let query: PostgresQuery = """
-            SELECT n, partition, msg_offset FROM aviary_publish(\(encoded.map(\.topic)),
-                \(hashes.map { Int64($0 >> 32) }), \(hashes.map { Int64($0 & 0xffff_ffff) }), \(encoded.map(\.key)),
-                \(encoded.map(\.event)), \(encoded.map(\.headers)), \(encoded.map { Int64($0.bytes) }), \(now),
-                \(self.configuration.channel))
+            SELECT aviary_publish_now(\(topics), \(topics.map { Int32(counts[$0] ?? 0) }),
+                \(slots.map(\.topic)), \(slots.map { Int32($0.partition) }), \(slots.map { sizes[$0] ?? 0 }),
+                \(messageSlots.map { slotIndexes[$0] ?? 0 }), \(ranks), \(encoded.map(\.key)),
+                \(encoded.map(\.event)), \(encoded.map(\.headers)), \(encoded.map { Int32($0.bytes) }), \(now),
+                \(self.configuration.channel)) AS bases
             """
         let logger = self.logger
-        let rows: [(Int32, Int32, Int64)]
-        do {
-            rows = try await self.store.withConnection { connection in
-                var rows: [(Int32, Int32, Int64)] = []
-                rows.reserveCapacity(encoded.count)
-                for try await row in try await connection.query(query, logger: logger).decode(
-                    (Int32, Int32, Int64).self)
-                {
-                    rows.append(row)
-                }
-                return rows
+        let bases = try await self.store.withConnection { connection in
+            var bases: [Int64]?
+            for try await row in try await connection.query(query, logger: logger).decode([Int64]?.self) {
+                bases = row
             }
-        } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.noTopicState {
-            throw MessagingError(.notFound, error.serverInfo?[.message] ?? "no topic")
-        } catch {
-            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+            return bases
         }
-        guard !rows.isEmpty else { return nil }
-        guard rows.count == encoded.count else {
+        guard let bases else { return nil }
+        guard bases.count == slots.count else {
             throw MessagingError(
-                .unavailable, "aviary_publish returned \(rows.count) positions for \(encoded.count) messages")
+                .unavailable, "aviary_publish_now returned \(bases.count) offsets for \(slots.count) partitions")
         }
-        return rows.map { row in
-            MessagePosition(topic: encoded[Int(row.0) - 1].topic, partition: Int(row.1), offset: row.2)
+        return zip(messageSlots, ranks).map { slot, rank in
+            let base = bases[Int(slotIndexes[slot] ?? 1) - 1]
+            return MessagePosition(topic: slot.topic, partition: slot.partition, offset: base + Int64(rank))
         }
     }
 
