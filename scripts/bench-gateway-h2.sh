@@ -5,6 +5,8 @@
 #   scripts/bench-gateway-h2.sh [requests per run, default 200000] [connections, default 20]
 #                               [streams per connection, default 10] [rounds, default 3]
 #   AVIARY_BIN=path/to/aviary scripts/bench-gateway-h2.sh   # skip the release build
+#   AVIARY_OLD_BIN=path/to/older/aviary ...   # A/B: that binary runs as a third proxy in the same
+#                                             # interleaved rounds (new/old from one run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-200000}
@@ -58,19 +60,28 @@ backend origin
   http-reuse always
   server origin 127.0.0.1:8311
 CONF
-cat >"$work/gateway.yaml" <<CONF
-listen: {address: 127.0.0.1:8314, http2: true, max_concurrent_streams: 100}
+for port in 8314 8315; do
+  cat >"$work/gateway-$port.yaml" <<CONF
+listen: {address: 127.0.0.1:$port, http2: true, max_concurrent_streams: 100}
 clusters: {origin: {endpoints: [127.0.0.1:8311]}}
 routes: [{match: {path_prefix: /}, cluster: origin}]
 CONF
+done
 
 nginx -c "$work/origin.conf" & pids+=($!)
 haproxy -f "$work/haproxy.cfg" -db & pids+=($!)
-"$aviary" gateway --config "$work/gateway.yaml" --threads 1 2>/dev/null & pids+=($!)
-for port in 8311 8313 8314; do
+"$aviary" gateway --config "$work/gateway-8314.yaml" --threads 1 2>/dev/null & pids+=($!)
+names=(haproxy aviary)
+ports=(8313 8314)
+if [ -n "${AVIARY_OLD_BIN:-}" ]; then
+  "$AVIARY_OLD_BIN" gateway --config "$work/gateway-8315.yaml" --threads 1 2>/dev/null & pids+=($!)
+  names+=(old)
+  ports+=(8315)
+fi
+for port in 8311 "${ports[@]}"; do
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/small" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-for port in 8313 8314; do
+for port in "${ports[@]}"; do
   curl -fsS --http2-prior-knowledge "http://127.0.0.1:$port/small" >/dev/null
 done
 
@@ -80,8 +91,6 @@ run() { # port -> requests_per_second
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
-names=(haproxy aviary)
-ports=(8313 8314)
 for port in "${ports[@]}"; do h2load -n20000 -c"$connections" -m"$streams" -t1 "http://127.0.0.1:$port/small" >/dev/null; done
 declare -A rps=()
 for round in $(seq 1 "$rounds"); do
@@ -89,8 +98,14 @@ for round in $(seq 1 "$rounds"); do
     rps[$i]+="$(run "${ports[$i]}") "
   done
 done
-echo "== h2c /small: $connections connections x $streams streams, $rounds x $requests requests, medians"
+echo "== h2c /small: $connections connections x $streams streams, $rounds x $requests requests, medians" \
+  "(load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 for i in "${!names[@]}"; do
   printf '%-8s %12.0f requests/s\n' "${names[$i]}" "$(median ${rps[$i]})"
 done
+for i in "${!names[@]}"; do echo "${names[$i]} rounds: ${rps[$i]}"; done
 awk -v a="$(median ${rps[1]})" -v h="$(median ${rps[0]})" 'BEGIN {printf "aviary / haproxy: %.2fx\n", a / h}'
+if [ -n "${AVIARY_OLD_BIN:-}" ]; then
+  awk -v a="$(median ${rps[1]})" -v o="$(median ${rps[2]})" -v h="$(median ${rps[0]})" \
+    'BEGIN {printf "old / haproxy: %.2fx\naviary / old: %.2fx\n", o / h, a / o}'
+fi

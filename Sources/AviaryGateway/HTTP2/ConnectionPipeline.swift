@@ -11,7 +11,7 @@ import NIOTLS
 
 // How a downstream connection's pipeline is built. HTTP/1.1 is the decoder, the encoder and one
 // `ProxyHandler`. HTTP/2 is `NIOHTTP2Handler` with a child channel per stream, each with
-// `HTTP2FramePayloadToHTTP1ServerCodec` in front of its own `ProxyHandler`: streams share the
+// `HTTP2StreamCodec` in front of its own `ProxyHandler`: streams share the
 // loop's routes, policies and upstream pools exactly as HTTP/1.1 connections do, and each stream
 // keeps the proxy's back-pressure (a stream whose upstream is slow stops reading, so its HTTP/2
 // flow-control window is not reopened; a stream whose client is slow is not writable, so its
@@ -109,8 +109,10 @@ struct ConnectionPipeline {
         // The same bounds as an HTTP/1.1 connection's write buffer.
         stream.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
         stream.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
-        // Stream channels live on their connection's event loop.
+        // Stream channels live on their connection's event loop; the client's address is
+        // described once for all of them.
         let loop = NIOLoopBound(self.loop, eventLoop: channel.eventLoop)
+        let peer = NIOLoopBound(DownstreamPeer(), eventLoop: channel.eventLoop)
         let secure = self.tls != nil
         // In front of `NIOHTTP2Handler` (between it and the socket or TLS): the streams' flushes
         // of one event loop iteration leave as one write.
@@ -118,17 +120,20 @@ struct ConnectionPipeline {
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: stream
         ) { streamChannel in
-            streamChannel.eventLoop.makeCompletedFuture {
-                // The codec gives a request head whose HEADERS frame did not end the stream, and
-                // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
-                let proxy = ProxyHandler(loop: loop.value, secure: secure, stream: true)
-                let handlers: [any ChannelHandler] = [
-                    HTTP2FramePayloadToHTTP1ServerCodec(),
-                    HTTP2StreamRequestAdapter(proxy),
-                    proxy,
-                ]
-                try streamChannel.pipeline.syncOperations.addHandlers(handlers)
+            // The codec gives a request head whose HEADERS frame did not end the stream, and
+            // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
+            let pipeline = streamChannel.pipeline.syncOperations
+            do {
+                let proxy = ProxyHandler(loop: loop.value, secure: secure, stream: true, peer: peer.value)
+                try pipeline.addHandler(HTTP2StreamCodec())
+                try pipeline.addHandler(HTTP2StreamRequestAdapter(proxy))
+                try pipeline.addHandler(proxy)
+            } catch {
+                return streamChannel.eventLoop.makeFailedFuture(error)
             }
+            // An event loop's succeeded void future is made once and shared: nothing allocated
+            // per stream here.
+            return streamChannel.eventLoop.makeSucceededVoidFuture()
         }
         try channel.pipeline.syncOperations.addHandler(
             HTTP2ConnectionDrainer(loop: self.loop, idleTimeout: self.limits.idleTimeout))

@@ -133,23 +133,33 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Whether this handler serves one HTTP/2 stream: its request head comes with the stream, so
     /// it has no idle period to time (the connection's streams come and go, the connection stays).
     let isStream: Bool
+    /// Whether the stream's request has ended (its END_STREAM arrived): a stream answered after
+    /// that closes by itself once the response's END_STREAM is written, with no close (and no
+    /// RST_STREAM) from the proxy.
+    private var streamRequestEnded = false
+    /// Who the client is, shared by the streams of one HTTP/2 connection.
+    let peer: DownstreamPeer
 
-    init(loop: GatewayLoop, secure: Bool = false, stream: Bool = false) {
+    init(loop: GatewayLoop, secure: Bool = false, stream: Bool = false, peer: DownstreamPeer = DownstreamPeer()) {
         self.parser = HTTP1RequestParser(maxHeadBytes: loop.current.core.configuration.limits.maxHeaderBytes)
         self.loop = loop
         self.scheme = secure ? "https" : "http"
         self.isStream = stream
+        self.peer = peer
         self.upstreams = loop.current
         self.core = loop.current.core
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.loop.register(self)
+        // A stream is drained with its connection (`HTTP2ConnectionDrainer`: GOAWAY, then the
+        // close once no stream is open), so only connections are registered for draining; a
+        // dictionary insert and removal per stream would buy nothing.
+        if !self.isStream { self.loop.register(self) }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.loop.unregister(self)
+        if !self.isStream { self.loop.unregister(self) }
         self.context = nil
     }
 
@@ -198,6 +208,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// A request part: parsed from the connection's bytes, or from an HTTP/2 stream's codec.
     func received(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        if self.isStream, case .end = part { self.streamRequestEnded = true }
         if self.discarding || self.closed { return }
         if self.admitting || self.exchange?.requestComplete == true {
             // A pipelined request: it waits until this response is done.
@@ -726,25 +737,24 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             reason: "per-try-timeout", context: context)
     }
 
-    /// The client's address as `X-Forwarded-For` and `Forwarded` write it, looked up once per connection.
-    private lazy var client: (ip: String?, forwardedFor: String) = {
-        guard let ip = self.context?.channel.remoteAddress?.ipAddress else { return (nil, "") }
-        return (ip, ip.utf8.contains(UInt8(ascii: ":")) ? "for=\"[\(ip)]\";" : "for=\(ip);")
-    }()
-
-    /// The last `Forwarded` element built and the `Host` it was built for: the requests of a
-    /// kept-alive connection almost always name the same host, so the string is built once.
-    private var lastForwarded: (host: String?, element: String)?
+    /// The client's address as `X-Forwarded-For` and `Forwarded` write it, looked up once per
+    /// connection (once per HTTP/2 connection, not per stream).
+    private var client: (ip: String?, forwardedFor: String) {
+        if let client = self.peer.client { return client }
+        let client = DownstreamPeer.describe(self.context?.channel.remoteAddress)
+        self.peer.client = client
+        return client
+    }
 
     private func addForwardedHeaders(_ headers: inout HTTPHeaders, downstream: HTTPRequestHead, earlier: Bool) {
         let client = self.client
         let host = downstream.headers.first(name: "host")
         let element: String
-        if let last = self.lastForwarded, last.host == host {
+        if let last = self.peer.lastForwarded, last.host == host {
             element = last.element
         } else {
             element = Self.forwardedElement(client.forwardedFor, scheme: self.scheme, host: host)
-            self.lastForwarded = (host, element)
+            self.peer.lastForwarded = (host, element)
         }
         guard earlier else {
             if let ip = client.ip { headers.add(name: "x-forwarded-for", value: ip) }
@@ -1084,6 +1094,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
         self.queued.removeAll()
+        if self.isStream && self.streamRequestEnded {
+            // Both ends of the stream are (about to be) closed: NIOHTTP2 closes its channel when
+            // the END_STREAM of this part is written. Closing it here as well would cost a
+            // promise and a callback per request for nothing.
+            self.emit(part, context: context, flush: true)
+            return
+        }
         let promise = context.eventLoop.makePromise(of: Void.self)
         self.emit(part, context: context, flush: true, promise: promise)
         let channel = context.channel
@@ -1105,6 +1122,23 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         default:
             return "\(error)"
         }
+    }
+}
+
+/// What the proxy derives from a downstream connection's peer, once per connection: an HTTP/1.1
+/// connection's `ProxyHandler` has its own, the streams of an HTTP/2 connection share one.
+///
+/// Not thread-safe by design: used on the connection's event loop only.
+final class DownstreamPeer {
+    /// The client's IP address and its `Forwarded` `for=` element; `nil` until first asked.
+    var client: (ip: String?, forwardedFor: String)?
+    /// The last `Forwarded` element built and the `Host` it was built for: the requests of a
+    /// connection almost always name the same host, so the string is built once.
+    var lastForwarded: (host: String?, element: String)?
+
+    static func describe(_ address: SocketAddress?) -> (ip: String?, forwardedFor: String) {
+        guard let ip = address?.ipAddress else { return (nil, "") }
+        return (ip, ip.utf8.contains(UInt8(ascii: ":")) ? "for=\"[\(ip)]\";" : "for=\(ip);")
     }
 }
 

@@ -18,7 +18,7 @@ final class GatewayLoop {
     let metrics: LoopMetrics
     /// The proxy handlers of open downstream connections.
     private var handlers: [ObjectIdentifier: ProxyHandler] = [:]
-    /// HTTP/2 connections (their streams are in `handlers`), for draining.
+    /// HTTP/2 connections (their streams are drained with them, not registered), for draining.
     private var connections: [ObjectIdentifier: any DrainableConnection] = [:]
     /// Set by a drain: connections close after their current response.
     private(set) var draining = false

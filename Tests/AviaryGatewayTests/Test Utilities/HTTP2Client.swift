@@ -148,7 +148,38 @@ final class H2Client: Sendable {
         }
     }
 
+    /// Sends a GET whose response the client does not read until `resume` is called on the
+    /// returned stream: the stream's frames stay unread in NIOHTTP2's buffer, so the client sends
+    /// no WINDOW_UPDATE for it and the server's stream window runs out (HTTP/2 back-pressure).
+    func pausedRequest(_ path: String) async throws -> (stream: PausedStream, response: EventLoopFuture<H2Response>) {
+        let promise = self.channel.eventLoop.makePromise(of: H2Response.self)
+        let stream = try await self.multiplexer.createStreamChannel { stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+                try stream.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+            }
+        }.get()
+        try await Self.send(
+            on: stream, method: "GET", path: path, headers: [], body: nil, chunkSize: 0, scheme: "http")
+        return (PausedStream(channel: stream), promise.futureResult)
+    }
+
     func close() async {
+        try? await self.channel.close()
+    }
+}
+
+/// A client stream whose reads are off until ``resume()``.
+struct PausedStream: Sendable {
+    let channel: any Channel
+
+    /// Reads on: the buffered frames are delivered and the stream's window reopens.
+    func resume() {
+        self.channel.setOption(ChannelOptions.autoRead, value: true).whenSuccess { self.channel.read() }
+    }
+
+    /// Resets the stream (RST_STREAM with CANCEL), as a client giving up on a response does.
+    func reset() async {
         try? await self.channel.close()
     }
 }

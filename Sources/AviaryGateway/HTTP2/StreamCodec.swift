@@ -1,0 +1,246 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+
+// Hot path: one per HTTP/2 stream, between the stream channel and its `ProxyHandler`. It does
+// what NIOHTTP2's `HTTP2FramePayloadToHTTP1ServerCodec` does for the proxy, with two
+// differences that matter per request:
+// - the response's last frame carries END_STREAM: the HEADERS or DATA frame written last is
+//   held until the next part, a flush or a close, so that `.end` marks it instead of adding an
+//   empty DATA frame (a 128-byte response is HEADERS + DATA, as HAProxy and nginx send it, not
+//   HEADERS + DATA + an empty DATA);
+// - the response head becomes an HPACK block in one pass: names are lower-cased only when they
+//   have capitals, and connection-specific fields are dropped by comparing bytes, without the
+//   intermediate `HTTPHeaders` and lower-cased copies of every name.
+// Header *validation* (pseudo-header rules, forbidden bytes in names and values) stays where it
+// is, in `NIOHTTP2Handler`, before any frame reaches a stream.
+
+/// Translates one HTTP/2 stream's frames to the proxy's HTTP/1 parts and back (server side).
+final class HTTP2StreamCodec: ChannelDuplexHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    /// A request HEADERS frame the codec cannot turn into a request head.
+    struct MalformedRequest: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    private var sawHead = false
+    private var sawTrailers = false
+    /// The response frame written last, not yet passed on: `.end` may still mark it END_STREAM.
+    private var held: (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)?
+
+    // MARK: Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .headers(let headers):
+            if !self.sawHead {
+                self.sawHead = true
+                do {
+                    let head = try Self.requestHead(headers.headers, endStream: headers.endStream)
+                    context.fireChannelRead(self.wrapInboundOut(.head(head)))
+                } catch {
+                    context.fireErrorCaught(error)
+                    return
+                }
+                if headers.endStream { context.fireChannelRead(self.wrapInboundOut(.end(nil))) }
+            } else if !self.sawTrailers {
+                // Trailers (NIOHTTP2's stream state machine has checked that they end the stream).
+                self.sawTrailers = true
+                context.fireChannelRead(self.wrapInboundOut(.end(Self.regularHeaders(headers.headers))))
+            } else {
+                context.fireErrorCaught(MalformedRequest(description: "HEADERS after the trailers"))
+            }
+        case .data(let data):
+            guard case .byteBuffer(let buffer) = data.data else { return }
+            if buffer.readableBytes > 0 || !data.endStream {
+                context.fireChannelRead(self.wrapInboundOut(.body(buffer)))
+            }
+            if data.endStream { context.fireChannelRead(self.wrapInboundOut(.end(nil))) }
+        default:
+            break  // Nothing else (RST_STREAM, WINDOW_UPDATE, PRIORITY) is a part of the request.
+        }
+    }
+
+    /// The request head of a HEADERS block, as the proxy wants it: version 2.0, `host` from
+    /// `:authority` (unless a `host` came too), and for a method that may have a body but came
+    /// without `content-length`, `content-length: 0` when the HEADERS frame ended the stream and
+    /// `transfer-encoding: chunked` when a body follows (so the proxy streams it upstream).
+    static func requestHead(_ block: HPACKHeaders, endStream: Bool) throws -> HTTPRequestHead {
+        var method: String?
+        var path: String?
+        var scheme: String?
+        var authority: String?
+        var hasHost = false
+        var hasLength = false
+        var regular = 0
+        for (name, value, _) in block {
+            let utf8 = name.utf8
+            if utf8.first == UInt8(ascii: ":") {
+                switch name {
+                case ":method": method = value
+                case ":path": path = value
+                case ":scheme": scheme = value
+                case ":authority": authority = value
+                default: break
+                }
+                continue
+            }
+            regular += 1
+            if utf8.count == 4 && name == "host" { hasHost = true }
+            if utf8.count == 14 && name == "content-length" { hasLength = true }
+        }
+        guard let method, let path, scheme != nil, authority != nil || hasHost else {
+            throw MalformedRequest(description: "a request needs :method, :path, :scheme and :authority")
+        }
+        let httpMethod = HTTPMethod(rawValue: method)
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(regular + 2)
+        if !hasHost, let authority { fields.append(("host", authority)) }
+        switch httpMethod {
+        case .GET, .HEAD, .DELETE, .CONNECT, .TRACE:
+            break
+        default:
+            if !hasLength { fields.append(endStream ? ("content-length", "0") : ("transfer-encoding", "chunked")) }
+        }
+        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") {
+            fields.append((name, value))
+        }
+        return HTTPRequestHead(
+            version: HTTPVersion(major: 2, minor: 0), method: httpMethod, uri: path, headers: HTTPHeaders(fields))
+    }
+
+    static func regularHeaders(_ block: HPACKHeaders) -> HTTPHeaders {
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(block.count)
+        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") {
+            fields.append((name, value))
+        }
+        return HTTPHeaders(fields)
+    }
+
+    // MARK: Outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch self.unwrapOutboundIn(data) {
+        case .head(let head):
+            let payload = HTTP2Frame.FramePayload.headers(.init(headers: Self.block(head.status, head.headers)))
+            if head.status.code < 200 {
+                // An informational head (100 Continue) never ends the stream: no need to hold it.
+                self.passHeld(context)
+                context.write(self.wrapOutboundOut(payload), promise: promise)
+            } else {
+                self.hold(payload, promise, context)
+            }
+        case .body(let body):
+            if body.readableBytes == 0 {
+                // An empty DATA frame without END_STREAM says nothing.
+                promise?.succeed()
+                return
+            }
+            self.hold(.data(.init(data: body)), promise, context)
+        case .end(let trailers):
+            if let trailers {
+                self.passHeld(context)
+                let payload = HTTP2Frame.FramePayload.headers(
+                    .init(headers: Self.block(nil, trailers), endStream: true))
+                context.write(self.wrapOutboundOut(payload), promise: promise)
+            } else if let held = self.held {
+                self.held = nil
+                var payload = held.payload
+                switch payload {
+                case .headers(var headers):
+                    headers.endStream = true
+                    payload = .headers(headers)
+                case .data(var data):
+                    data.endStream = true
+                    payload = .data(data)
+                default:
+                    break
+                }
+                if let heldPromise = held.promise, let promise {
+                    heldPromise.futureResult.cascade(to: promise)
+                }
+                context.write(self.wrapOutboundOut(payload), promise: held.promise ?? promise)
+            } else {
+                let empty = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+                context.write(self.wrapOutboundOut(empty), promise: promise)
+            }
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        self.passHeld(context)
+        context.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        self.passHeld(context)
+        context.close(mode: mode, promise: promise)
+    }
+
+    private func hold(
+        _ payload: HTTP2Frame.FramePayload, _ promise: EventLoopPromise<Void>?, _ context: ChannelHandlerContext
+    ) {
+        self.passHeld(context)
+        self.held = (payload, promise)
+    }
+
+    private func passHeld(_ context: ChannelHandlerContext) {
+        guard let (payload, promise) = self.held else { return }
+        self.held = nil
+        context.write(self.wrapOutboundOut(payload), promise: promise)
+    }
+
+    /// An HPACK block of a response head (with `status`) or of trailers (`nil`): names in lower
+    /// case, without the fields HTTP/2 forbids (RFC 9113, section 8.2.2). The proxy has already
+    /// removed the fields an upstream's `Connection` named.
+    static func block(_ status: HTTPResponseStatus?, _ headers: HTTPHeaders) -> HPACKHeaders {
+        var block = HPACKHeaders()
+        block.reserveCapacity(headers.count + 1)
+        if let status { block.add(name: ":status", value: String(status.code)) }
+        for (name, value) in headers {
+            if Self.isConnectionSpecific(name) { continue }
+            block.add(name: Self.lowercased(name), value: value)
+        }
+        return block
+    }
+
+    static func isConnectionSpecific(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 7: return name.equalsLowercase("upgrade")
+        case 10: return name.equalsLowercase("connection") || name.equalsLowercase("keep-alive")
+        case 16: return name.equalsLowercase("proxy-connection")
+        case 17: return name.equalsLowercase("transfer-encoding")
+        default: return false
+        }
+    }
+
+    /// `name` in ASCII lower case; the same string when it has no capitals (the usual case for
+    /// the proxy's own fields, and for upstreams that write lower-case names).
+    static func lowercased(_ name: String) -> String {
+        guard name.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) else {
+            return name
+        }
+        return String(
+            unsafeUninitializedCapacity: name.utf8.count,
+            initializingUTF8With: { buffer in
+                var index = 0
+                for byte in name.utf8 {
+                    buffer[index] =
+                        byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+                    index += 1
+                }
+                return index
+            })
+    }
+}

@@ -1,0 +1,305 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import NIOEmbedded
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+import NIOPosix
+import Synchronization
+import Testing
+
+@testable import AviaryGateway
+
+/// One HTTP/2 stream through the gateway: the stream codec's framing, a stream whose client
+/// stops reading, a stream the client resets, a local answer on a stream.
+@Suite("Gateway HTTP/2 streams", .timeLimit(.minutes(3)))
+struct GatewayHTTP2StreamTests {
+    // MARK: The codec
+
+    /// The frame payloads `channel` wrote so far.
+    static func written(_ channel: EmbeddedChannel) throws -> [HTTP2Frame.FramePayload] {
+        var frames: [HTTP2Frame.FramePayload] = []
+        while let frame = try channel.readOutbound(as: HTTP2Frame.FramePayload.self) { frames.append(frame) }
+        return frames
+    }
+
+    static func describe(_ frames: [HTTP2Frame.FramePayload]) -> [String] {
+        frames.map { frame in
+            switch frame {
+            case .headers(let headers): return headers.endStream ? "HEADERS+END" : "HEADERS"
+            case .data(let data):
+                let count: Int
+                if case .byteBuffer(let buffer) = data.data { count = buffer.readableBytes } else { count = -1 }
+                return data.endStream ? "DATA(\(count))+END" : "DATA(\(count))"
+            default: return "\(frame)"
+            }
+        }
+    }
+
+    static func head(_ status: HTTPResponseStatus = .ok, _ headers: [(String, String)] = []) -> HTTPServerResponsePart {
+        .head(HTTPResponseHead(version: .http2, status: status, headers: HTTPHeaders(headers)))
+    }
+
+    @Test("the response's last frame carries END_STREAM: no empty DATA frame is added")
+    func endStreamOnLastFrame() throws {
+        let channel = EmbeddedChannel(handler: HTTP2StreamCodec())
+        defer { _ = try? channel.finish() }
+        // Head, body and end written before a flush: HEADERS, then DATA with END_STREAM.
+        channel.write(Self.head(.ok, [("content-length", "5")]), promise: nil)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "hello"))), promise: nil)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        #expect(Self.describe(try Self.written(channel)) == ["HEADERS", "DATA(5)+END"])
+
+        // A bodyless answer (HEAD, 204): HEADERS alone ends the stream.
+        channel.write(Self.head(.noContent), promise: nil)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        #expect(Self.describe(try Self.written(channel)) == ["HEADERS+END"])
+
+        // A streamed body: what a flush finds goes out as it is, and the end comes with the last part.
+        channel.write(Self.head(), promise: nil)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "ab"))), promise: nil)
+        channel.flush()
+        #expect(Self.describe(try Self.written(channel)) == ["HEADERS", "DATA(2)"])
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "cde"))), promise: nil)
+        channel.flush()
+        #expect(Self.describe(try Self.written(channel)) == ["DATA(3)"])
+        // Nothing held when the end comes: an empty DATA frame ends the stream.
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        #expect(Self.describe(try Self.written(channel)) == ["DATA(0)+END"])
+
+        // Trailers (gRPC): a HEADERS frame of their own ends the stream.
+        channel.write(Self.head(), promise: nil)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "m"))), promise: nil)
+        channel.writeAndFlush(HTTPServerResponsePart.end(HTTPHeaders([("grpc-status", "0")])), promise: nil)
+        let frames = try Self.written(channel)
+        #expect(Self.describe(frames) == ["HEADERS", "DATA(1)", "HEADERS+END"])
+        if case .headers(let trailers) = frames.last {
+            #expect(trailers.headers.first(name: "grpc-status") == "0")
+            #expect(!trailers.headers.contains(name: ":status"))
+        }
+    }
+
+    @Test("write promises complete, also when the end is merged into the frame held before it")
+    func promisesComplete() throws {
+        let channel = EmbeddedChannel(handler: HTTP2StreamCodec())
+        defer { _ = try? channel.finish() }
+        let body = channel.eventLoop.makePromise(of: Void.self)
+        let end = channel.eventLoop.makePromise(of: Void.self)
+        channel.write(Self.head(), promise: nil)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "x"))), promise: body)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: end)
+        try body.futureResult.wait()
+        try end.futureResult.wait()
+        #expect(Self.describe(try Self.written(channel)) == ["HEADERS", "DATA(1)+END"])
+    }
+
+    @Test("response names are lower-cased, connection-specific fields dropped, :status first")
+    func responseBlock() throws {
+        let block = HTTP2StreamCodec.block(
+            .notFound,
+            HTTPHeaders([
+                ("Content-Type", "text/plain"), ("connection", "close"), ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"), ("upgrade", "h2c"), ("Proxy-Connection", "x"),
+                ("x-lower", "1"), ("X-Mixed-Case", "2"),
+            ]))
+        let fields = block.map { "\($0.name)=\($0.value)" }
+        #expect(fields == [":status=404", "content-type=text/plain", "x-lower=1", "x-mixed-case=2"])
+    }
+
+    @Test("request heads: host from :authority, chunked for a body without length, content-length 0 without body")
+    func requestHeads() throws {
+        let get = try HTTP2StreamCodec.requestHead(
+            HPACKHeaders([
+                (":method", "GET"), (":path", "/a?b"), (":scheme", "http"), (":authority", "h.test"), ("x", "1"),
+            ]),
+            endStream: true)
+        #expect(get.method == .GET && get.uri == "/a?b" && get.version == HTTPVersion(major: 2, minor: 0))
+        #expect(get.headers.map { "\($0.name)=\($0.value)" } == ["host=h.test", "x=1"])
+
+        let streamed = try HTTP2StreamCodec.requestHead(
+            HPACKHeaders([(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "h.test")]),
+            endStream: false)
+        #expect(streamed.headers["transfer-encoding"] == ["chunked"])
+        let empty = try HTTP2StreamCodec.requestHead(
+            HPACKHeaders([(":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "h.test")]),
+            endStream: true)
+        #expect(empty.headers["content-length"] == ["0"])
+        let sized = try HTTP2StreamCodec.requestHead(
+            HPACKHeaders([
+                (":method", "PUT"), (":path", "/"), (":scheme", "http"), (":authority", "h.test"),
+                ("content-length", "3"), ("host", "other.test"),
+            ]),
+            endStream: false)
+        // A host field of the client's own is kept and not doubled.
+        #expect(sized.headers.map { "\($0.name)=\($0.value)" } == ["content-length=3", "host=other.test"])
+
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) {
+            _ = try HTTP2StreamCodec.requestHead(
+                HPACKHeaders([(":method", "GET"), (":scheme", "http"), (":authority", "h.test")]), endStream: true)
+        }
+    }
+
+    @Test("inbound frames become the request's parts; trailers end the request")
+    func inboundParts() throws {
+        let channel = EmbeddedChannel(handler: HTTP2StreamCodec())
+        defer { _ = try? channel.finish() }
+        let headers = HPACKHeaders([(":method", "POST"), (":path", "/u"), (":scheme", "http"), (":authority", "h")])
+        try channel.writeInbound(HTTP2Frame.FramePayload.headers(.init(headers: headers)))
+        try channel.writeInbound(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(string: "abc")))))
+        try channel.writeInbound(
+            HTTP2Frame.FramePayload.headers(.init(headers: HPACKHeaders([("x-sum", "1")]), endStream: true)))
+        var parts: [String] = []
+        while let part = try channel.readInbound(as: HTTPServerRequestPart.self) {
+            switch part {
+            case .head(let head): parts.append("head \(head.method.rawValue) \(head.uri)")
+            case .body(let body): parts.append("body \(body.readableBytes)")
+            case .end(let trailers): parts.append("end \(trailers?.first(name: "x-sum") ?? "-")")
+            }
+        }
+        #expect(parts == ["head POST /u", "body 3", "end 1"])
+    }
+
+    // MARK: Through the gateway
+
+    static func yaml(port: Int, listen extra: String = "") -> String {
+        """
+        listen: {address: 127.0.0.1:0, http2: true\(extra)}
+        limits: {max_body_bytes: 256MiB}
+        clusters: {backend: {endpoints: [127.0.0.1:\(port)]}}
+        routes: [{match: {path_prefix: /api/}, cluster: backend}, {match: {path: /download}, cluster: backend}]
+        """
+    }
+
+    @Test("a local answer on a stream ends that stream only; the connection serves the next one")
+    func localAnswer() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                let missing = try await client.request("GET", "/nowhere")
+                #expect(missing.status == 404)
+                #expect(missing.header("content-type") == "application/problem+json")
+                #expect(missing.header("connection") == nil)
+                #expect(missing.text.contains("no-route"))
+                let found = try await client.request("GET", "/api/one")
+                #expect(found.status == 200)
+                #expect(found.text.hasPrefix("GET /api/one\n"))
+                #expect(client.channel.isActive)
+            }
+        }
+    }
+
+    @Test("a stream whose client stops reading holds the origin back; it completes once read")
+    func backPressure() async throws {
+        let size = 64 << 20
+        try await withOrigins(["a"]) { origins in
+            let origin = origins[0]
+            try await withGateway(Self.yaml(port: origin.port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                let (stream, response) = try await client.pausedRequest("/download?bytes=\(size)")
+                await eventually("the gateway pushes back on the origin") {
+                    gateway.server.statistics.responseBodyPauses.load(ordering: .relaxed) > 0
+                }
+                var stable = 0
+                var last = -1
+                await eventually("the origin is stalled", timeout: .seconds(90)) {
+                    let now = origin.state.downloadBytesWritten.load(ordering: .relaxed)
+                    stable = now == last ? stable + 1 : 0
+                    last = now
+                    return stable >= 50
+                }
+                let sent = origin.state.downloadBytesWritten.load(ordering: .relaxed)
+                // Socket buffers between the origin and the gateway, the stream's window and its
+                // write buffer: far from the whole body.
+                #expect(sent < 32 << 20, "the origin got \(sent) bytes out while the client was not reading")
+                // Other streams of the connection go on meanwhile.
+                let other = try await client.request("GET", "/api/other")
+                #expect(other.status == 200)
+                stream.resume()
+                let result = try await response.get()
+                #expect(result.status == 200)
+                #expect(result.body.count == size)
+                #expect(GatewayHTTP2Tests.hex(result.body) == Pattern.sha256(count: size))
+            }
+        }
+    }
+
+    @Test("a stream the client resets mid-response stops the origin; its upstream connection is not reused")
+    func resetMidResponse() async throws {
+        let size = 64 << 20
+        try await withOrigins(["a"]) { origins in
+            let origin = origins[0]
+            try await withGateway(Self.yaml(port: origin.port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                let (stream, response) = try await client.pausedRequest("/download?bytes=\(size)")
+                await eventually("the origin has started") {
+                    origin.state.downloadBytesWritten.load(ordering: .relaxed) > 0
+                }
+                await stream.reset()
+                await #expect(throws: (any Error).self) { _ = try await response.get() }
+                var stable = 0
+                var last = -1
+                await eventually("the origin stopped", timeout: .seconds(90)) {
+                    let now = origin.state.downloadBytesWritten.load(ordering: .relaxed)
+                    stable = now == last ? stable + 1 : 0
+                    last = now
+                    return stable >= 50
+                }
+                #expect(origin.state.downloadBytesWritten.load(ordering: .relaxed) < size)
+                // The half-read upstream connection was closed, not pooled: the next request on
+                // the same HTTP/2 connection needs a new one, and gets a whole answer.
+                let next = try await client.request("GET", "/api/next")
+                #expect(next.status == 200)
+                #expect(next.text.hasPrefix("GET /api/next\n"))
+                #expect(gateway.server.statistics.upstreamConnectionsOpened.load(ordering: .relaxed) == 2)
+                #expect(gateway.server.statistics.upstreamConnectionsReused.load(ordering: .relaxed) == 0)
+                #expect(client.channel.isActive)
+            }
+        }
+    }
+
+    @Test("many concurrent streams of several connections each get their own answer, with pooled upstreams")
+    func manyStreams() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, listen: ", max_concurrent_streams: 20")) { gateway in
+                var clients: [H2Client] = []
+                for _ in 0..<4 {
+                    clients.append(try await H2Client.connect(port: gateway.port, group: gateway.clients))
+                }
+                let all = clients
+                defer { Task { for client in all { await client.close() } } }
+                // One request per connection first: the server's SETTINGS (20 streams) are in
+                // force once it has answered (before, NIOHTTP2 lets a client open more).
+                for client in all { #expect(try await client.request("GET", "/api/warm").status == 200) }
+                let statistics = gateway.server.statistics
+                let openedBefore = statistics.upstreamConnectionsOpened.load(ordering: .relaxed)
+                let reusedBefore = statistics.upstreamConnectionsReused.load(ordering: .relaxed)
+                let count = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for index in 0..<800 {
+                        let client = all[index % all.count]
+                        group.addTask {
+                            let response = try await client.request("GET", "/api/item/\(index)")
+                            return response.status == 200 && response.text.hasPrefix("GET /api/item/\(index)\n")
+                        }
+                    }
+                    var good = 0
+                    for try await ok in group where ok { good += 1 }
+                    return good
+                }
+                #expect(count == 800)
+                let opened = statistics.upstreamConnectionsOpened.load(ordering: .relaxed) - openedBefore
+                let reused = statistics.upstreamConnectionsReused.load(ordering: .relaxed) - reusedBefore
+                #expect(opened + reused == 800)
+                // Upstream connections outlive their streams: at most one per stream that can be
+                // open at once (4 connections x 20), every other request takes a pooled one.
+                #expect(opened <= 80, "\(opened) opened, \(reused) reused")
+            }
+        }
+    }
+}
