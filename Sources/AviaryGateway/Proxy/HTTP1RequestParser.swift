@@ -78,10 +78,7 @@ struct HTTP1RequestParser {
         /// After a head without a body, or the last body bytes: the `.end` is due.
         case endDue
         case body(remaining: Int)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
+        case chunked(HTTP1ChunkedBody)
     }
 
     private enum Framing {
@@ -122,7 +119,7 @@ struct HTTP1RequestParser {
             switch framing {
             case .length(0): self.state = .endDue
             case .length(let length): self.state = .body(remaining: length)
-            case .chunked: self.state = .chunkSize
+            case .chunked: self.state = .chunked(HTTP1ChunkedBody())
             }
             return .head(head)
         case .endDue:
@@ -133,45 +130,19 @@ struct HTTP1RequestParser {
             guard count > 0, let slice = buffer.readSlice(length: count) else { return nil }
             self.state = remaining == count ? .endDue : .body(remaining: remaining - count)
             return .body(slice)
-        case .chunkSize:
-            guard let lineEnd = try self.scanner.line(buffer) else { return nil }
-            let size = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
-                try Self.parseChunkSize(UnsafeRawBufferPointer(rebasing: bytes[..<lineEnd]))
-            }
-            buffer.moveReaderIndex(forwardBy: lineEnd + 2)
-            self.scanner.reset()
-            self.state = size == 0 ? .trailers : .chunkData(remaining: size)
-            return try self.next(&buffer)
-        case .chunkData(let remaining):
-            let count = min(remaining, buffer.readableBytes)
-            guard count > 0, let slice = buffer.readSlice(length: count) else { return nil }
-            self.state = remaining == count ? .chunkDataEnd : .chunkData(remaining: remaining - count)
-            return .body(slice)
-        case .chunkDataEnd:
-            guard let pair = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else {
-                if buffer.readableBytes == 1 && buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x0D {
-                    throw .badChunkEnd
-                }
+        case .chunked(var body):
+            let step = try body.next(&buffer, scanner: &self.scanner)
+            switch step {
+            case .body(let slice)?:
+                self.state = .chunked(body)
+                return .body(slice)
+            case .end(let trailers)?:
+                self.state = .head
+                return .end(trailers)
+            case nil:
+                self.state = .chunked(body)
                 return nil
             }
-            guard pair == 0x0D0A else { throw .badChunkEnd }
-            buffer.moveReaderIndex(forwardBy: 2)
-            self.state = .chunkSize
-            return try self.next(&buffer)
-        case .trailers:
-            guard let end = try self.scanner.section(buffer) else { return nil }
-            var trailers: [(String, String)] = []
-            if end > 0 {
-                try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
-                    var framing = FramingHeaders()
-                    try Self.parseFields(
-                        UnsafeRawBufferPointer(rebasing: bytes[..<end]), from: 0, into: &trailers, framing: &framing)
-                }
-            }
-            buffer.moveReaderIndex(forwardBy: end + 2)
-            self.scanner.reset()
-            self.state = .head
-            return .end(trailers.isEmpty ? nil : HTTPHeaders(trailers))
         }
     }
 
@@ -418,6 +389,83 @@ struct HTTP1RequestParser {
             true
         default:
             "!#$%&'*+-.^_`|~".utf8.contains(UInt8(value))
+        }
+    }
+}
+
+/// A chunked body (RFC 9112 section 7.1): size lines, data, the CRLF after each chunk and the
+/// trailer section, decoded the same way for requests (``HTTP1RequestParser``) and upstream
+/// responses (``HTTP1ResponseParser``), with the parser's scanner and limits.
+///
+/// ```swift
+/// var body = HTTP1ChunkedBody()
+/// var scanner = HTTP1Scanner(limit: 1024)
+/// var bytes = ByteBuffer(string: "2\r\nhi\r\n0\r\n\r\n")
+/// while let step = try body.next(&bytes, scanner: &scanner) { print(step) }  // .body("hi"), .end(nil)
+/// ```
+struct HTTP1ChunkedBody {
+    enum Step {
+        /// Chunk data (a slice of the read buffer).
+        case body(ByteBuffer)
+        /// The last chunk and its trailers, if any: the body is over.
+        case end(HTTPHeaders?)
+    }
+
+    private enum State {
+        case size
+        case data(remaining: Int)
+        case dataEnd
+        case trailers
+    }
+
+    private var state = State.size
+
+    /// The next step decoded from `buffer` (its bytes consumed), or `nil` when more bytes are
+    /// needed.
+    mutating func next(
+        _ buffer: inout ByteBuffer, scanner: inout HTTP1Scanner
+    ) throws(HTTP1RequestError) -> Step? {
+        while true {
+            switch self.state {
+            case .size:
+                guard let lineEnd = try scanner.line(buffer) else { return nil }
+                let size = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
+                    try HTTP1RequestParser.parseChunkSize(UnsafeRawBufferPointer(rebasing: bytes[..<lineEnd]))
+                }
+                buffer.moveReaderIndex(forwardBy: lineEnd + 2)
+                scanner.reset()
+                self.state = size == 0 ? .trailers : .data(remaining: size)
+            case .data(let remaining):
+                let count = min(remaining, buffer.readableBytes)
+                guard count > 0, let slice = buffer.readSlice(length: count) else { return nil }
+                self.state = remaining == count ? .dataEnd : .data(remaining: remaining - count)
+                return .body(slice)
+            case .dataEnd:
+                guard let pair = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else {
+                    if buffer.readableBytes == 1 && buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x0D {
+                        throw .badChunkEnd
+                    }
+                    return nil
+                }
+                guard pair == 0x0D0A else { throw .badChunkEnd }
+                buffer.moveReaderIndex(forwardBy: 2)
+                self.state = .size
+            case .trailers:
+                guard let end = try scanner.section(buffer) else { return nil }
+                var trailers: [(String, String)] = []
+                if end > 0 {
+                    try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
+                        var framing = HTTP1RequestParser.FramingHeaders()
+                        try HTTP1RequestParser.parseFields(
+                            UnsafeRawBufferPointer(rebasing: bytes[..<end]), from: 0, into: &trailers,
+                            framing: &framing)
+                    }
+                }
+                buffer.moveReaderIndex(forwardBy: end + 2)
+                scanner.reset()
+                self.state = .size
+                return .end(trailers.isEmpty ? nil : HTTPHeaders(trailers))
+            }
         }
     }
 }

@@ -91,10 +91,7 @@ struct HTTP1ResponseParser {
         case body(remaining: Int)
         /// A body that ends with the connection.
         case untilClose
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
+        case chunked(HTTP1ChunkedBody)
     }
 
     /// The default limit of a response head: llhttp's, which the proxy used before.
@@ -155,7 +152,7 @@ struct HTTP1ResponseParser {
                 case _ where bodyless: self.state = .endDue
                 case .length(0): self.state = .endDue
                 case .length(let length): self.state = .body(remaining: length)
-                case .chunked: self.state = .chunkSize
+                case .chunked: self.state = .chunked(HTTP1ChunkedBody())
                 case .close: self.state = .untilClose
                 }
                 return .head(head)
@@ -173,55 +170,24 @@ struct HTTP1ResponseParser {
                 return nil
             }
             return .body(slice)
-        case .chunkSize:
-            guard let lineEnd = try self.scan(buffer, section: false) else { return nil }
-            let size: Int
+        case .chunked(var body):
+            let step: HTTP1ChunkedBody.Step?
             do {
-                size = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
-                    try HTTP1RequestParser.parseChunkSize(UnsafeRawBufferPointer(rebasing: bytes[..<lineEnd]))
-                }
+                step = try body.next(&buffer, scanner: &self.scanner)
             } catch {
                 throw HTTP1ResponseError(error, limit: self.scanner.limit)
             }
-            buffer.moveReaderIndex(forwardBy: lineEnd + 2)
-            self.scanner.reset()
-            self.state = size == 0 ? .trailers : .chunkData(remaining: size)
-            return try self.next(&buffer)
-        case .chunkData(let remaining):
-            let count = min(remaining, buffer.readableBytes)
-            guard count > 0, let slice = buffer.readSlice(length: count) else { return nil }
-            self.state = remaining == count ? .chunkDataEnd : .chunkData(remaining: remaining - count)
-            return .body(slice)
-        case .chunkDataEnd:
-            guard let pair = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) else {
-                if buffer.readableBytes == 1 && buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x0D {
-                    throw .badChunkEnd
-                }
+            switch step {
+            case .body(let slice)?:
+                self.state = .chunked(body)
+                return .body(slice)
+            case .end(let trailers)?:
+                self.state = .head
+                return .end(trailers)
+            case nil:
+                self.state = .chunked(body)
                 return nil
             }
-            guard pair == 0x0D0A else { throw .badChunkEnd }
-            buffer.moveReaderIndex(forwardBy: 2)
-            self.state = .chunkSize
-            return try self.next(&buffer)
-        case .trailers:
-            guard let end = try self.scan(buffer, section: true) else { return nil }
-            var trailers: [(String, String)] = []
-            if end > 0 {
-                do {
-                    try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
-                        var framing = HTTP1RequestParser.FramingHeaders()
-                        try HTTP1RequestParser.parseFields(
-                            UnsafeRawBufferPointer(rebasing: bytes[..<end]), from: 0, into: &trailers,
-                            framing: &framing)
-                    }
-                } catch {
-                    throw HTTP1ResponseError(error, limit: self.scanner.limit)
-                }
-            }
-            buffer.moveReaderIndex(forwardBy: end + 2)
-            self.scanner.reset()
-            self.state = .head
-            return .end(trailers.isEmpty ? nil : HTTPHeaders(trailers))
         }
     }
 

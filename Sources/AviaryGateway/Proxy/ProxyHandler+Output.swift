@@ -37,16 +37,7 @@ extension ProxyHandler {
         case .head(let head):
             var buffer = context.channel.allocator.buffer(capacity: 256)
             Self.writeStatusLine(version: head.version, status: head.status, into: &buffer)
-            var chunked = false
-            for (name, value) in head.headers {
-                if name.utf8.count == 17 && name.equalsLowercase("transfer-encoding") {
-                    chunked = value.utf8.count == 7 && value.equalsLowercase("chunked")
-                }
-                buffer.writeString(name)
-                buffer.writeStaticString(": ")
-                buffer.writeString(value)
-                buffer.writeStaticString("\r\n")
-            }
+            let chunked = buffer.writeHTTPFields(head.headers)
             buffer.writeStaticString("\r\n")
             // An interim response (`100 Continue`) does not frame the final one's body.
             if head.status.code >= 200 { self.chunkedResponse = chunked }
@@ -69,17 +60,7 @@ extension ProxyHandler {
                 return
             }
             self.chunkedResponse = false
-            var buffer = context.channel.allocator.buffer(capacity: 5)
-            buffer.writeStaticString("0\r\n")
-            if let trailers {
-                for (name, value) in trailers {
-                    buffer.writeString(name)
-                    buffer.writeStaticString(": ")
-                    buffer.writeString(value)
-                    buffer.writeStaticString("\r\n")
-                }
-            }
-            buffer.writeStaticString("\r\n")
+            let buffer = HTTP1Chunks.last(trailers: trailers, allocator: context.channel.allocator)
             self.write(buffer, context: context, flush: flush, promise: promise)
         }
     }
@@ -96,19 +77,8 @@ extension ProxyHandler {
             self.write(body, context: context, flush: flush, promise: promise)
             return
         }
-        // An empty chunk would end the body.
-        guard body.readableBytes > 0 else {
-            if let promise { promise.succeed() }
-            return
-        }
-        var size = context.channel.allocator.buffer(capacity: 18)
-        size.writeString(String(body.readableBytes, radix: 16))
-        size.writeStaticString("\r\n")
-        context.write(NIOAny(size), promise: nil)
-        context.write(NIOAny(body), promise: nil)
-        var end = context.channel.allocator.buffer(capacity: 2)
-        end.writeStaticString("\r\n")
-        self.write(end, context: context, flush: flush, promise: promise)
+        HTTP1Chunks.write(body, context: context, promise: promise)
+        if flush { context.flush() }
     }
 
     /// Writes the head of an upstream's response with its header lines as received, minus the

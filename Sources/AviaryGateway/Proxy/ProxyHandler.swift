@@ -187,11 +187,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.unparseable else { return }
         var bytes = self.unwrapInboundIn(data)
-        if var unparsed = self.unparsed {
-            self.unparsed = nil
-            unparsed.writeBuffer(&bytes)
-            bytes = unparsed
-        }
+        bytes.resume(after: &self.unparsed)
         do {
             // Parsed here rather than by a decoder in front: a handler and a boxed part fewer
             // per part. A body part is a slice of the read buffer.

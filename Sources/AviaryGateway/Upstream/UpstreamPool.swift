@@ -282,16 +282,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
             buffer.writeStaticString(" ")
             buffer.writeString(head.uri)
             buffer.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
-            var chunked = false
-            for (name, value) in head.headers {
-                if name.utf8.count == 17 && name.equalsLowercase("transfer-encoding") {
-                    chunked = value.utf8.count == 7 && value.equalsLowercase("chunked")
-                }
-                buffer.writeString(name)
-                buffer.writeStaticString(": ")
-                buffer.writeString(value)
-                buffer.writeStaticString("\r\n")
-            }
+            let chunked = buffer.writeHTTPFields(head.headers)
             buffer.writeStaticString("\r\n")
             self.chunkedRequest = chunked
             context.write(NIOAny(buffer), promise: nil)
@@ -299,31 +290,16 @@ final class UpstreamHandler: ChannelDuplexHandler {
             guard case .byteBuffer(let body) = data else {
                 preconditionFailure("the proxy writes request bodies as byte buffers")
             }
-            guard self.chunkedRequest else {
+            if self.chunkedRequest {
+                HTTP1Chunks.write(body, context: context)
+            } else {
                 context.write(NIOAny(body), promise: nil)
-                return
             }
-            // An empty chunk would end the body.
-            guard body.readableBytes > 0 else { return }
-            var size = context.channel.allocator.buffer(capacity: 18)
-            size.writeString(String(body.readableBytes, radix: 16))
-            size.writeStaticString("\r\n")
-            context.write(NIOAny(size), promise: nil)
-            context.write(NIOAny(body), promise: nil)
-            context.write(NIOAny(ByteBuffer(staticString: "\r\n")), promise: nil)
         case .end(let trailers):
             guard self.chunkedRequest else { return }
             self.chunkedRequest = false
-            var buffer = context.channel.allocator.buffer(capacity: 5)
-            buffer.writeStaticString("0\r\n")
-            for (name, value) in trailers ?? HTTPHeaders() {
-                buffer.writeString(name)
-                buffer.writeStaticString(": ")
-                buffer.writeString(value)
-                buffer.writeStaticString("\r\n")
-            }
-            buffer.writeStaticString("\r\n")
-            context.write(NIOAny(buffer), promise: nil)
+            context.write(
+                NIOAny(HTTP1Chunks.last(trailers: trailers, allocator: context.channel.allocator)), promise: nil)
         }
     }
 
@@ -352,11 +328,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
-        if var unparsed = self.unparsed {
-            self.unparsed = nil
-            unparsed.writeBuffer(&bytes)
-            bytes = unparsed
-        }
+        bytes.resume(after: &self.unparsed)
         do {
             // Delivering a part can end the exchange and close the connection: then the rest
             // of this read is not for anyone.
