@@ -46,6 +46,42 @@ struct GatewayRoutingTests {
         }
     }
 
+    @Test("a request with nothing to edit reaches the origin with its fields as sent and the gateway's added")
+    func plainRequestFields() async throws {
+        try await withOrigins(["users"]) { origins in
+            let yaml = """
+                listen: {address: 127.0.0.1:0}
+                clusters:
+                  users: {endpoints: [127.0.0.1:\(origins[0].port)]}
+                routes:
+                  - match: {path_prefix: /api/users/}
+                    rewrite: {path_prefix: /users/}
+                    cluster: users
+                """
+            try await withGateway(yaml) { gateway in
+                let connection = try await gateway.connect()
+                for method in ["GET", "POST"] {
+                    try await connection.send(
+                        "\(method) /api/users/7?x=1 HTTP/1.1\r\nHost: shop.test\r\nAccept: text/plain\r\n"
+                            + "X-Mixed-Case: Kept As Is\r\n\r\n")
+                    let response = try await connection.readResponse()
+                    #expect(response.status == 200)
+                    let seen = String(decoding: response.body, as: UTF8.self)
+                    #expect(seen.hasPrefix("\(method) /users/7?x=1\n"))
+                    for field in [
+                        "host: shop.test\n", "accept: text/plain\n", "x-mixed-case: Kept As Is\n",
+                        "x-forwarded-for: 127.0.0.1\n", "x-forwarded-proto: http\n", "x-forwarded-host: shop.test\n",
+                        "forwarded: for=127.0.0.1;proto=http;host=\"shop.test\"\n",
+                    ] {
+                        #expect(seen.contains(field), "\(method): \(field) missing")
+                    }
+                    // A bodyless POST is given a length, so the origin does not wait for a body.
+                    #expect(seen.contains("content-length: 0\n") == (method == "POST"))
+                }
+            }
+        }
+    }
+
     @Test("hop-by-hop headers of the response stay on the upstream hop")
     func responseHopByHop() async throws {
         try await withOrigins(["a"]) { origins in

@@ -25,12 +25,17 @@ extension ByteBuffer {
             if name.utf8.count == 17 && name.equalsLowercase("transfer-encoding") {
                 chunked = value.utf8.count == 7 && value.equalsLowercase("chunked")
             }
-            self.writeString(name)
-            self.writeStaticString(": ")
-            self.writeString(value)
-            self.writeStaticString("\r\n")
+            self.writeHTTPField(name, value)
         }
         return chunked
+    }
+
+    /// Writes one `name: value` CRLF line.
+    mutating func writeHTTPField(_ name: String, _ value: String) {
+        self.writeString(name)
+        self.writeStaticString(": ")
+        self.writeString(value)
+        self.writeStaticString("\r\n")
     }
 
     /// Prepends `unparsed` (bytes a parser left for the next read, if any) to these bytes.

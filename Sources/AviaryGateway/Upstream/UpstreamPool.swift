@@ -303,6 +303,15 @@ final class UpstreamHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Writes a request head already written as HTTP/1.1 bytes (whose body is not chunked; no flush).
+    func sendHead(_ bytes: ByteBuffer, isHead: Bool) {
+        guard let context = self.context else { return }
+        precondition(self.http1, "a request head as bytes on an HTTP/2 stream")
+        self.parser.requestSent(isHead: isHead)
+        self.chunkedRequest = false
+        context.write(NIOAny(bytes), promise: nil)
+    }
+
     /// Flushes the writes so far.
     func flush() {
         self.context?.flush()
