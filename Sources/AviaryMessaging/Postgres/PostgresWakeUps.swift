@@ -209,7 +209,7 @@ final class PostgresWakeUps: Sendable {
             }
             try await connection.query("COMMIT", logger: self.logger)
         } catch {
-            try? await connection.query("ROLLBACK", logger: self.logger)
+            _ = try? await connection.query("ROLLBACK", logger: self.logger)
             throw error
         }
         self.state.withLock { $0.registered.formUnion(topics) }
