@@ -147,6 +147,8 @@ private final class CollectingHandler: ChannelInboundHandler {
 struct RawResponse: Sendable {
     var status: Int
     var headers: [(name: String, value: String)]
+    /// The status line and header lines as received (each ending with CRLF, names in their case).
+    var head = ""
     var body: [UInt8]
     /// Whether the body ended because the connection closed before its announced end.
     var truncated: Bool
@@ -182,7 +184,8 @@ struct RawResponse: Sendable {
             )
         }
         var response = RawResponse(
-            status: status, headers: headers, body: [], truncated: false, consumed: headEnd.upperBound)
+            status: status, headers: headers, head: headText + "\r\n", body: [], truncated: false,
+            consumed: headEnd.upperBound)
         let rest = bytes[headEnd.upperBound...]
         if isHead || status == 204 || status == 304 || (100..<200).contains(status) { return response }
         if response.header("transfer-encoding")?.lowercased() == "chunked" {
