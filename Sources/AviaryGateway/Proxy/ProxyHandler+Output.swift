@@ -31,16 +31,19 @@ extension ProxyHandler {
             } else {
                 context.write(self.wrapOutboundOut(part), promise: promise)
             }
+            self.outputUnflushed = !flush
             return
         }
+        self.releaseHeldHead(context: context)
         switch part {
         case .head(let head):
-            var buffer = context.channel.allocator.buffer(capacity: 256)
+            var buffer = self.outputBuffers.takeResponse(capacity: 256, allocator: context.channel.allocator)
             Self.writeStatusLine(version: head.version, status: head.status, into: &buffer)
             let chunked = buffer.writeHTTPFields(head.headers)
             buffer.writeStaticString("\r\n")
             // An interim response (`100 Continue`) does not frame the final one's body.
             if head.status.code >= 200 { self.chunkedResponse = chunked }
+            self.outputBuffers.keepResponse(buffer)
             self.write(buffer, context: context, flush: flush, promise: promise)
         case .body(let data):
             guard case .byteBuffer(let body) = data else {
@@ -56,6 +59,7 @@ extension ProxyHandler {
                         context.channel.allocator.buffer(capacity: 0), context: context, flush: flush, promise: promise)
                 } else if flush {
                     context.flush()
+                    self.outputUnflushed = false
                 }
                 return
             }
@@ -73,12 +77,43 @@ extension ProxyHandler {
             self.emit(.body(.byteBuffer(body)), context: context, flush: flush, promise: promise)
             return
         }
+        if var head = self.heldHead.take() {
+            if !self.chunkedResponse && body.readableBytes <= Self.coalescedBodyBytes {
+                // A small body goes out in one write with its head.
+                head.writeImmutableBuffer(body)
+                self.outputBuffers.keepResponse(head)
+                self.write(head, context: context, flush: flush, promise: promise)
+                return
+            }
+            self.outputBuffers.keepResponse(head)
+            self.write(head, context: context, flush: false, promise: nil)
+        }
         guard self.chunkedResponse else {
             self.write(body, context: context, flush: flush, promise: promise)
             return
         }
         HTTP1Chunks.write(body, context: context, promise: promise)
         if flush { context.flush() }
+        self.outputUnflushed = !flush
+    }
+
+    /// The largest body written in one buffer with its response head (see ``heldHead``).
+    static let coalescedBodyBytes = 2048
+
+    /// Writes the forwarded response head held back for its body, if one is.
+    func releaseHeldHead(context: ChannelHandlerContext) {
+        guard let head = self.heldHead.take() else { return }
+        self.outputBuffers.keepResponse(head)
+        self.write(head, context: context, flush: false, promise: nil)
+    }
+
+    /// Flushes what the response wrote since its last flush, if anything: after the reads of an
+    /// upstream connection, which mostly come after the response's end was written and flushed.
+    func flushOutput(context: ChannelHandlerContext) {
+        self.releaseHeldHead(context: context)
+        guard self.outputUnflushed else { return }
+        self.outputUnflushed = false
+        context.flush()
     }
 
     /// Writes the head of an upstream's response with its header lines as received, minus the
@@ -89,7 +124,8 @@ extension ProxyHandler {
         _ upstream: UpstreamResponseHead, version: HTTPVersion, chunked: Bool, connection: StaticString?,
         context: ChannelHandlerContext
     ) {
-        var buffer = context.channel.allocator.buffer(capacity: (upstream.lines?.readableBytes ?? 0) + 96)
+        var buffer = self.outputBuffers.takeResponse(
+            capacity: (upstream.lines?.readableBytes ?? 0) + 96, allocator: context.channel.allocator)
         Self.writeStatusLine(version: version, status: upstream.status, into: &buffer)
         upstream.writeEndToEndLines(into: &buffer)
         if chunked { buffer.writeStaticString("transfer-encoding: chunked\r\n") }
@@ -100,7 +136,8 @@ extension ProxyHandler {
         }
         buffer.writeStaticString("\r\n")
         self.chunkedResponse = chunked
-        self.write(buffer, context: context, flush: false, promise: nil)
+        // Held until the next output: a small body that follows at once joins it in one write.
+        self.heldHead = buffer
     }
 
     private func write(
@@ -111,6 +148,7 @@ extension ProxyHandler {
         } else {
             context.write(NIOAny(buffer), promise: promise)
         }
+        self.outputUnflushed = !flush
     }
 
     /// `HTTP/1.1 200 OK` CRLF.
@@ -131,5 +169,58 @@ extension ProxyHandler {
         buffer.writeStaticString(" ")
         buffer.writeString(status.reasonPhrase)
         buffer.writeStaticString("\r\n")
+    }
+}
+
+/// The storage of the last response head and upstream request head a connection's proxy wrote,
+/// kept to write the next ones into.
+///
+/// Hot path: a head written as bytes costs two allocations (the buffer's object and its bytes),
+/// two of the seven a proxied request made. A kept buffer is shared with the socket's pending
+/// writes (and with the exchange, for a request head a retry may send again) until they let go,
+/// normally when the response's flush has written it; the next head then finds the storage
+/// uniquely referenced and `ByteBuffer.clear(minimumCapacity:)` reuses it. If something still
+/// holds it, `clear` allocates fresh storage instead (copy on write), so reuse never changes
+/// bytes another holder sees. Buffers that grew past ``keptCapacity`` are let go, so an idle
+/// connection holds at most that much per kind.
+///
+/// ```swift
+/// var buffer = self.outputBuffers.takeResponse(capacity: 256, allocator: context.channel.allocator)
+/// buffer.writeStaticString("HTTP/1.1 204 No Content\r\n\r\n")
+/// self.outputBuffers.keepResponse(buffer)
+/// context.write(NIOAny(buffer), promise: nil)
+/// ```
+struct OutputBuffers {
+    /// The largest buffer kept between requests.
+    static let keptCapacity = 4096
+
+    private var response: ByteBuffer?
+    private var request: ByteBuffer?
+
+    /// An empty buffer of at least `capacity` bytes for a response head: the kept one's storage
+    /// when nothing else holds it any more, otherwise a new one.
+    mutating func takeResponse(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        Self.take(&self.response, capacity: capacity, allocator: allocator)
+    }
+
+    /// Keeps a written response head's buffer for the next one.
+    mutating func keepResponse(_ buffer: ByteBuffer) {
+        self.response = buffer.capacity <= Self.keptCapacity ? buffer : nil
+    }
+
+    /// An empty buffer of at least `capacity` bytes for an upstream request head.
+    mutating func takeRequest(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        Self.take(&self.request, capacity: capacity, allocator: allocator)
+    }
+
+    /// Keeps a written upstream request head's buffer for the next one.
+    mutating func keepRequest(_ buffer: ByteBuffer) {
+        self.request = buffer.capacity <= Self.keptCapacity ? buffer : nil
+    }
+
+    private static func take(_ slot: inout ByteBuffer?, capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard var buffer = slot.take() else { return allocator.buffer(capacity: capacity) }
+        buffer.clear(minimumCapacity: capacity)
+        return buffer
     }
 }

@@ -118,6 +118,17 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     var answeringHead = false
     /// Whether the response being written to an HTTP/1.1 client is chunk-framed by the proxy.
     var chunkedResponse = false
+    /// The storage of the last response head and upstream request head written, reused for the
+    /// next ones once the socket has let go of them (see ``OutputBuffers``).
+    var outputBuffers = OutputBuffers()
+    /// A forwarded response head not written yet: the next output writes it first, and a small
+    /// body that comes right after it is appended to it, so that head and body take one write
+    /// (one trip through the pipeline and the socket's pending writes) instead of two.
+    /// Everything that writes or flushes goes through `ProxyHandler+Output.swift`, which writes
+    /// a held head before anything else; a close drops it with whatever else was unwritten.
+    var heldHead: ByteBuffer?
+    /// Whether something was written to the client since the last flush.
+    var outputUnflushed = false
     /// The request parser of an HTTP/1.x connection, and the bytes of a part not complete yet.
     private var parser: HTTP1RequestParser
     private var unparsed: ByteBuffer?
@@ -696,7 +707,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         _ head: HTTPRequestHead, uri: String, _ inspection: ProxyHeaders.RequestInspection, _ policy: PolicyOutcome?,
         _ context: ChannelHandlerContext
     ) -> ByteBuffer {
-        var buffer = context.channel.allocator.buffer(capacity: 512)
+        var buffer = self.outputBuffers.takeRequest(capacity: 512, allocator: context.channel.allocator)
         buffer.writeString(head.method.rawValue)
         buffer.writeStaticString(" ")
         buffer.writeString(uri)
@@ -712,6 +723,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         buffer.writeHTTPField("forwarded", element)
         if let subject = policy?.subject { buffer.writeHTTPField(subjectHeaderName, subject) }
         buffer.writeStaticString("\r\n")
+        self.outputBuffers.keepRequest(buffer)
         return buffer
     }
 
@@ -996,7 +1008,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     func upstreamReadComplete() {
-        self.context?.flush()
+        guard let context = self.context else { return }
+        self.flushOutput(context: context)
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {

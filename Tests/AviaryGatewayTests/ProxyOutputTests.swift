@@ -1,0 +1,113 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import NIOCore
+import Testing
+
+@testable import AviaryGateway
+
+/// How the proxy writes responses: heads into reused buffers, a forwarded head held back so that
+/// a small body joins it in one write.
+@Suite("Proxy output")
+struct ProxyOutputTests {
+    static let allocator = ByteBufferAllocator()
+
+    static func address(_ buffer: ByteBuffer) -> UInt {
+        buffer.withVeryUnsafeBytes { UInt(bitPattern: $0.baseAddress) }
+    }
+
+    @Test("a kept head buffer's storage is reused once nothing else holds it")
+    func reusedWhenUnique() {
+        var buffers = OutputBuffers()
+        var first = buffers.takeResponse(capacity: 128, allocator: Self.allocator)
+        first.writeString("HTTP/1.1 200 OK\r\n\r\n")
+        buffers.keepResponse(first)
+        let storage = Self.address(first)
+        first = ByteBuffer()  // the socket has written it and let go
+
+        let second = buffers.takeResponse(capacity: 128, allocator: Self.allocator)
+        #expect(Self.address(second) == storage)
+        #expect(second.readableBytes == 0)
+        #expect(second.capacity >= 128)
+    }
+
+    @Test("a kept buffer still held elsewhere is not written over: the next head gets new storage")
+    func freshWhenShared() {
+        var buffers = OutputBuffers()
+        var first = buffers.takeRequest(capacity: 64, allocator: Self.allocator)
+        first.writeString("GET /a HTTP/1.1\r\n\r\n")
+        buffers.keepRequest(first)
+        let pending = first  // still queued on the socket, or kept by the exchange for a retry
+
+        var second = buffers.takeRequest(capacity: 64, allocator: Self.allocator)
+        second.writeString("GET /b HTTP/1.1\r\n\r\n")
+        #expect(Self.address(second) != Self.address(pending))
+        #expect(String(buffer: pending) == "GET /a HTTP/1.1\r\n\r\n")
+        #expect(String(buffer: second) == "GET /b HTTP/1.1\r\n\r\n")
+    }
+
+    @Test("a buffer that grew past the kept capacity is let go")
+    func largeNotKept() {
+        var buffers = OutputBuffers()
+        var big = buffers.takeResponse(capacity: OutputBuffers.keptCapacity * 2, allocator: Self.allocator)
+        big.writeString("x")
+        buffers.keepResponse(big)
+        let storage = Self.address(big)
+        big = ByteBuffer()
+        let next = buffers.takeResponse(capacity: 16, allocator: Self.allocator)
+        #expect(Self.address(next) != storage)
+        #expect(next.capacity < OutputBuffers.keptCapacity * 2)
+    }
+
+    @Test(
+        "pipelined responses around the coalescing limit, bodyless ones and a large one arrive whole and in order",
+        .timeLimit(.minutes(3)))
+    func coalescingBoundaries() async throws {
+        let limit = ProxyHandler.coalescedBodyBytes
+        let sizes = [0, 1, 128, limit - 1, limit, limit + 1, 70_000, 3]
+        try await withOrigins(["a"]) { origins in
+            let yaml = """
+                listen: {address: 127.0.0.1:0}
+                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes: [{match: {path_prefix: /}, cluster: a}]
+                """
+            try await withGateway(yaml) { gateway in
+                let connection = try await gateway.connect()
+                var requests = ""
+                for size in sizes { requests += "GET /download?bytes=\(size) HTTP/1.1\r\nHost: t\r\n\r\n" }
+                requests += "HEAD /download?bytes=10 HTTP/1.1\r\nHost: t\r\n\r\n"
+                requests += "GET /download?bytes=5 HTTP/1.1\r\nHost: t\r\n\r\n"
+                // Last: the test origin writes a body even after a 204, which would spoil its connection.
+                requests += "GET /status/204 HTTP/1.1\r\nHost: t\r\n\r\n"
+                try await connection.send(requests)
+                for size in sizes {
+                    let response = try await connection.readResponse()
+                    #expect(response.status == 200)
+                    #expect(response.header("content-length") == String(size))
+                    #expect(response.body == Self.pattern(size), "body of \(size) bytes")
+                }
+                let head = try await connection.readResponse(isHead: true)
+                #expect(head.status == 200 && head.body.isEmpty && head.header("content-length") == "10")
+                let last = try await connection.readResponse()
+                #expect(last.body == Self.pattern(5))
+                let noContent = try await connection.readResponse()
+                #expect(noContent.status == 204 && noContent.body.isEmpty)
+                await connection.close()
+            }
+        }
+    }
+
+    /// The first `count` bytes of the origin's download stream.
+    static func pattern(_ count: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        var index = 0
+        while bytes.count < count {
+            let chunk = Pattern.chunk(index)
+            bytes += chunk.readableBytesView.prefix(count - bytes.count)
+            index += 1
+        }
+        return bytes
+    }
+}
