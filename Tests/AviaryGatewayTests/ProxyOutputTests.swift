@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import NIOCore
+import NIOHTTP1
 import Testing
 
 @testable import AviaryGateway
@@ -59,6 +60,21 @@ struct ProxyOutputTests {
         let next = buffers.takeResponse(capacity: 16, allocator: Self.allocator)
         #expect(Self.address(next) != storage)
         #expect(next.capacity < OutputBuffers.keptCapacity * 2)
+    }
+
+    @Test("header fields are written as name, colon, space, value, CRLF, one after another")
+    func fieldLines() {
+        var buffer = ByteBuffer(string: "GET / HTTP/1.1\r\n")
+        buffer.writeHTTPField("host", "example.com")
+        buffer.writeHTTPField("x-empty", "")
+        let long = String(repeating: "é", count: 40)
+        buffer.writeHTTPField("x-forwarded-host-with-a-long-name", long)
+        let chunked = buffer.writeHTTPFields(["Transfer-Encoding": "Chunked", "a": "b"])
+        #expect(chunked)
+        #expect(
+            String(buffer: buffer)
+                == "GET / HTTP/1.1\r\nhost: example.com\r\nx-empty: \r\nx-forwarded-host-with-a-long-name: \(long)\r\n"
+                + "Transfer-Encoding: Chunked\r\na: b\r\n")
     }
 
     @Test(

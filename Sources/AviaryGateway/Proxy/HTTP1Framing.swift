@@ -31,11 +31,28 @@ extension ByteBuffer {
     }
 
     /// Writes one `name: value` CRLF line.
+    ///
+    /// One write into the buffer's storage rather than four (`writeString` and `writeStaticString`
+    /// each check capacity, uniqueness and exclusive access to the storage): a proxied request
+    /// writes a field per client field and four or five of its own.
     mutating func writeHTTPField(_ name: String, _ value: String) {
-        self.writeString(name)
-        self.writeStaticString(": ")
-        self.writeString(value)
-        self.writeStaticString("\r\n")
+        var name = name
+        var value = value
+        name.withUTF8 { name in
+            value.withUTF8 { value in
+                let count = name.count + value.count + 4
+                self.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { out in
+                    out.copyMemory(from: UnsafeRawBufferPointer(name))
+                    out[name.count] = UInt8(ascii: ":")
+                    out[name.count + 1] = UInt8(ascii: " ")
+                    UnsafeMutableRawBufferPointer(rebasing: out[(name.count + 2)...])
+                        .copyMemory(from: UnsafeRawBufferPointer(value))
+                    out[count - 2] = UInt8(ascii: "\r")
+                    out[count - 1] = UInt8(ascii: "\n")
+                    return count
+                }
+            }
+        }
     }
 
     /// Prepends `unparsed` (bytes a parser left for the next read, if any) to these bytes.
