@@ -130,7 +130,7 @@ struct PostgresMessageLogTests {
                     SELECT aviary_publish_now(ARRAY['orders'], ARRAY[1], ARRAY['orders'], ARRAY[0], ARRAY[1],
                         ARRAY[1], ARRAY[1], ARRAY[key], ARRAY[event], ARRAY[headers], ARRAY[bytes::INTEGER],
                         appended_at, 'aviary_message_log')
-                    FROM aviary_messages WHERE topic = 'orders'
+                    FROM aviary_messages WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = 'orders')
                     """, logger: logger)
                 for await _ in commit { break }
             }

@@ -57,4 +57,138 @@ struct PostgresMessageLogUpgradeTests {
         #expect(batch.deliveries.map(\.message.position.offset) == [1, 2, 3])
         try await log.close()
     }
+
+    @Test(
+        "a database of the v3 layout (messages keyed by topic name) upgrades to topic ids in place, keeping messages, offsets, positions, leases, the schedule and dead letters"
+    )
+    func upgradeFromV3() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        var v3 = PostgresMigrations()
+        for migration in PostgresMessageLog.migrations.list.prefix(3) { v3.add(migration.name, migration.migrate) }
+        #expect(v3.list.map(\.name).last == "aviary messaging v3: listeners, compact publish")
+        let store = try PostgresStore(url: url, migrations: v3)
+        let running = Task { try await store.run() }
+        try await store.ready()
+        let logger = Logger(label: "aviary.test")
+        let clock = ManualWallClock()
+        let now = PostgresMessageLog.millis(clock.now)
+        let events = try (1...6).map { n in
+            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
+        }
+        let stored = try events.map(StoredJSON.event)
+        let keys = try [0, 1].map { partition in
+            try #require(
+                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
+            )
+        }
+        let letterHeaders = try PostgresMessageLog.json([
+            DeadLetterHeader.topic: "orders", DeadLetterHeader.partition: "1", DeadLetterHeader.offset: "1",
+            DeadLetterHeader.group: "mail", DeadLetterHeader.reason: "max-deliveries", DeadLetterHeader.deliveries: "5",
+        ])
+        var counts = DeliveryCounts()
+        counts.add(1, from: 2, through: 3)
+        let leased = counts.text
+        // What processes of that version left: partition 0 of orders lost offset 1 to retention and
+        // has offsets 2-3 leased by a consumer (delivered once); partition 1's offset 1 was
+        // dead-lettered and its group cursor is at 2; a message is scheduled for partition 1.
+        try await store.withTransaction { connection in
+            for statement: PostgresQuery in [
+                """
+                INSERT INTO aviary_topics (name, partitions, max_age_ms, created_at)
+                VALUES ('orders', 2, 604800000, 0), ('orders.mail.dlq', 1, NULL, 0)
+                """,
+                """
+                INSERT INTO aviary_partitions (topic, partition, last_offset, start_offset)
+                VALUES ('orders', 0, 3, 2), ('orders', 1, 2, 1), ('orders.mail.dlq', 0, 1, 1)
+                """,
+                """
+                INSERT INTO aviary_messages (topic, partition, msg_offset, key, event, headers, appended_at, bytes)
+                VALUES ('orders', 0, 2, \(keys[0]), \(stored[0]), '{}', \(now), 10),
+                    ('orders', 0, 3, \(keys[0]), \(stored[1]), '{}', \(now), 10),
+                    ('orders', 1, 1, \(keys[1]), \(stored[2]), '{}', \(now), 10),
+                    ('orders', 1, 2, \(keys[1]), \(stored[3]), '{}', \(now), 10),
+                    ('orders.mail.dlq', 0, 1, \(keys[1]), \(stored[2]), \(letterHeaders), \(now), 10)
+                """,
+                """
+                INSERT INTO aviary_groups (name, topic, max_deliveries, on_poison, dead_letter_topic, created_at)
+                VALUES ('mail', 'orders', 5, 'dead-letter', 'orders.mail.dlq', 0)
+                """,
+                """
+                INSERT INTO aviary_group_partitions (group_name, topic, partition, next_offset, lease_owner, lease_id,
+                    lease_expires_at, lease_through, leased_at, deliveries, dead_lettered)
+                VALUES ('mail', 'orders', 0, 2, 'old', 'old-lease', \(now + 60_000), 3, \(now), \(leased), 0),
+                    ('mail', 'orders', 1, 2, NULL, NULL, NULL, NULL, \(now), '', 1)
+                """,
+                """
+                INSERT INTO aviary_schedule (topic, key, event, headers, deliver_at)
+                VALUES ('orders', \(keys[1]), \(stored[5]), '{}', \(now + 30_000))
+                """,
+            ] {
+                try await connection.query(statement, logger: logger)
+            }
+        }
+        running.cancel()
+        _ = try? await running.value
+
+        let log = try await PostgresMessageLog(url: url, clock: clock)
+        let before = try await log.topics()
+        #expect(
+            before.first { $0.name == "orders" }?.partitions == [
+                PartitionInfo(partition: 0, firstOffset: 2, lastOffset: 3, depth: 2, bytes: 20),
+                PartitionInfo(partition: 1, firstOffset: 1, lastOffset: 2, depth: 2, bytes: 20),
+            ])
+        #expect(before.first { $0.name == "orders" }?.groups.map(\.lag) == [3])
+        #expect(before.first { $0.name == "orders" }?.groups.map(\.deadLettered) == [1])
+        #expect(before.first { $0.name == "orders" }?.scheduled == 1)
+        let letters = try await log.deadLetters(topic: "orders.mail.dlq", limit: 10)
+        #expect(letters.map(\.message.position) == [MessagePosition(topic: "orders.mail.dlq", partition: 0, offset: 1)])
+        #expect(letters.map(\.origin) == [MessagePosition(topic: "orders", partition: 1, offset: 1)])
+        #expect(letters.map(\.message.event.id) == [events[2].id])
+
+        // Partition 0 is still leased: only partition 1 delivers, from the group's cursor.
+        let first = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "new"))
+        #expect(first.deliveries.map(\.message.position) == [MessagePosition(topic: "orders", partition: 1, offset: 2)])
+        #expect(first.deliveries.map(\.message.event.id) == [events[3].id])
+        for delivery in first.deliveries { try await log.ack(delivery) }
+        // Offsets go on from where they were.
+        let published = try await log.publish([OutgoingMessage(topic: "orders", key: keys[0], event: events[4])])
+        #expect(published == [MessagePosition(topic: "orders", partition: 0, offset: 4)])
+
+        // The old lease runs out: partition 0 is delivered again, counting the earlier delivery; the
+        // scheduled message comes due and is appended after partition 1's messages.
+        clock.advance(by: .seconds(61))
+        let second = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "new"))
+        let delivered = second.deliveries.sorted { $0.message.position.partition < $1.message.position.partition }
+        #expect(
+            delivered.map(\.message.position) == [
+                MessagePosition(topic: "orders", partition: 0, offset: 2),
+                MessagePosition(topic: "orders", partition: 0, offset: 3),
+                MessagePosition(topic: "orders", partition: 0, offset: 4),
+                MessagePosition(topic: "orders", partition: 1, offset: 3),
+            ])
+        #expect(delivered.map(\.message.event.id) == [events[0], events[1], events[4], events[5]].map(\.id))
+        #expect(delivered.map(\.deliveryCount) == [2, 1, 1, 1])
+
+        // A topic created after the upgrade gets an id of its own.
+        try await log.createTopic("refunds", TopicOptions(partitions: 1))
+        let refund = try await log.publish([OutgoingMessage(topic: "refunds", key: "r-1", event: events[5])])
+        #expect(refund == [MessagePosition(topic: "refunds", partition: 0, offset: 1)])
+        // A producer of a version before v3 still publishes, through aviary_publish.
+        try await log.store.withConnection { connection in
+            _ = try await connection.complete(
+                """
+                SELECT * FROM aviary_publish(ARRAY['refunds'], ARRAY[0]::BIGINT[], ARRAY[0]::BIGINT[], ARRAY['r-2'],
+                    ARRAY[\(stored[0])], ARRAY['{}'], ARRAY[10]::BIGINT[], \(now), 'aviary_message_log')
+                """, logger: logger)
+        }
+        let after = try await log.topics()
+        #expect(after.first { $0.name == "refunds" }?.partitions.map(\.lastOffset) == [2])
+        #expect(after.first { $0.name == "refunds" }?.partitions.map(\.depth) == [2])
+        #expect(after.first { $0.name == "orders" }?.partitions.map(\.depth) == [3, 3])
+        try await log.replayDeadLetter(MessagePosition(topic: "orders.mail.dlq", partition: 0, offset: 1))
+        #expect(try await log.deadLetters(topic: "orders.mail.dlq", limit: 10).isEmpty)
+        let replayed = try await log.topics().first { $0.name == "orders" }?.partitions
+        #expect(replayed?.map(\.lastOffset) == [4, 4])
+        try await log.close()
+    }
 }

@@ -193,7 +193,8 @@ extension PostgresMessageLog {
             connection,
             """
             SELECT msg_offset, key, event, headers, appended_at FROM aviary_messages
-            WHERE topic = \(request.topic) AND partition = \(state.partition) AND msg_offset >= \(state.nextOffset)
+            WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(request.topic))
+                AND partition = \(state.partition) AND msg_offset >= \(state.nextOffset)
             ORDER BY msg_offset LIMIT \(room)
             """, logger)
         guard let first = rows.first, let lastRow = rows.last else { return [] }
@@ -278,7 +279,8 @@ extension PostgresMessageLog {
             connection,
             """
             SELECT key, event, headers FROM aviary_messages
-            WHERE topic = \(group.topic) AND partition = \(state.partition) AND msg_offset = \(head)
+            WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(group.topic))
+                AND partition = \(state.partition) AND msg_offset = \(head)
             """, logger)
         if let row = rows.first {
             var headers =

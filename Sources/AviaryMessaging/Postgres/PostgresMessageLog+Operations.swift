@@ -17,10 +17,11 @@ extension PostgresMessageLog {
             let topics = try await Self.rows(
                 connection,
                 """
-                SELECT name, max_age_ms, max_bytes FROM aviary_topics
+                SELECT id, name, max_age_ms, max_bytes FROM aviary_topics
                 WHERE max_age_ms IS NOT NULL OR max_bytes IS NOT NULL ORDER BY name
                 """, logger)
             for topic in topics {
+                let id = try topic["id"].decode(Int32.self)
                 let name = try topic["name"].decode(String.self)
                 let maxAge = try topic["max_age_ms"].decode(Int64?.self)
                 let maxBytes = try topic["max_bytes"].decode(Int64?.self)
@@ -37,7 +38,7 @@ extension PostgresMessageLog {
                             connection,
                             """
                             SELECT max(msg_offset) AS cut FROM aviary_messages
-                            WHERE topic = \(name) AND partition = \(partition) AND appended_at < \(now - maxAge)
+                            WHERE topic_id = \(id) AND partition = \(partition) AND appended_at < \(now - maxAge)
                             """, logger)
                         cut = max(cut, try rows.first?["cut"].decode(Int64?.self) ?? 0)
                     }
@@ -49,7 +50,7 @@ extension PostgresMessageLog {
                             """
                             SELECT max(msg_offset) AS cut FROM (
                                 SELECT msg_offset, sum(bytes) OVER (ORDER BY msg_offset DESC) AS newer
-                                FROM aviary_messages WHERE topic = \(name) AND partition = \(partition)
+                                FROM aviary_messages WHERE topic_id = \(id) AND partition = \(partition)
                             ) AS sized WHERE newer > \(maxBytes)
                             """, logger)
                         cut = max(cut, try rows.first?["cut"].decode(Int64?.self) ?? 0)
@@ -61,13 +62,13 @@ extension PostgresMessageLog {
                         """
                         UPDATE aviary_group_partitions g SET lost_to_retention = lost_to_retention + (
                             SELECT count(*) FROM aviary_messages m
-                            WHERE m.topic = g.topic AND m.partition = g.partition
+                            WHERE m.topic_id = \(id) AND m.partition = g.partition
                                 AND m.msg_offset >= g.next_offset AND m.msg_offset <= \(cut))
                         WHERE g.topic = \(name) AND g.partition = \(partition)
                         """, logger: logger)
                     deleted += try await Self.execute(
                         connection,
-                        "DELETE FROM aviary_messages WHERE topic = \(name) AND partition = \(partition) AND msg_offset <= \(cut)",
+                        "DELETE FROM aviary_messages WHERE topic_id = \(id) AND partition = \(partition) AND msg_offset <= \(cut)",
                         logger)
                     try await connection.query(
                         """
@@ -84,16 +85,18 @@ extension PostgresMessageLog {
         let now = self.nowMillis
         return try await self.read { connection, logger in
             var result: [TopicInfo] = []
-            for topicRow in try await Self.rows(connection, "SELECT name FROM aviary_topics ORDER BY name", logger) {
+            for topicRow in try await Self.rows(connection, "SELECT id, name FROM aviary_topics ORDER BY name", logger)
+            {
+                let id = try topicRow["id"].decode(Int32.self)
                 let name = try topicRow["name"].decode(String.self)
                 var partitions: [PartitionInfo] = []
                 for row in try await Self.rows(
                     connection,
                     """
                     SELECT p.partition, p.last_offset,
-                        (SELECT min(msg_offset) FROM aviary_messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS first,
-                        (SELECT count(*) FROM aviary_messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS depth,
-                        (SELECT coalesce(sum(bytes), 0)::BIGINT FROM aviary_messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS bytes
+                        (SELECT min(msg_offset) FROM aviary_messages m WHERE m.topic_id = \(id) AND m.partition = p.partition) AS first,
+                        (SELECT count(*) FROM aviary_messages m WHERE m.topic_id = \(id) AND m.partition = p.partition) AS depth,
+                        (SELECT coalesce(sum(bytes), 0)::BIGINT FROM aviary_messages m WHERE m.topic_id = \(id) AND m.partition = p.partition) AS bytes
                     FROM aviary_partitions p WHERE p.topic = \(name) ORDER BY p.partition
                     """, logger)
                 {
@@ -117,9 +120,9 @@ extension PostgresMessageLog {
                         connection,
                         """
                         SELECT g.partition, g.stopped, g.lost_to_retention, g.dead_lettered,
-                            (SELECT count(*) FROM aviary_messages m WHERE m.topic = g.topic AND m.partition = g.partition
+                            (SELECT count(*) FROM aviary_messages m WHERE m.topic_id = \(id) AND m.partition = g.partition
                                 AND m.msg_offset >= g.next_offset) AS lag,
-                            (SELECT min(appended_at) FROM aviary_messages m WHERE m.topic = g.topic
+                            (SELECT min(appended_at) FROM aviary_messages m WHERE m.topic_id = \(id)
                                 AND m.partition = g.partition AND m.msg_offset >= g.next_offset) AS oldest
                         FROM aviary_group_partitions g WHERE g.group_name = \(group) AND g.topic = \(name)
                         ORDER BY g.partition
@@ -173,7 +176,8 @@ extension PostgresMessageLog {
                 connection,
                 """
                 SELECT partition, msg_offset, key, event, headers, appended_at FROM aviary_messages
-                WHERE topic = \(topic) ORDER BY appended_at, partition, msg_offset LIMIT \(max(0, limit))
+                WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(topic))
+                ORDER BY appended_at, partition, msg_offset LIMIT \(max(0, limit))
                 """, logger)
             return try rows.map { row in
                 let message = try Self.decodeMessage(
@@ -194,7 +198,8 @@ extension PostgresMessageLog {
                 connection,
                 """
                 DELETE FROM aviary_messages
-                WHERE topic = \(position.topic) AND partition = \(position.partition) AND msg_offset = \(position.offset)
+                WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(position.topic))
+                    AND partition = \(position.partition) AND msg_offset = \(position.offset)
                 RETURNING key, event, headers, appended_at
                 """, logger)
             guard let row = rows.first else {
@@ -221,7 +226,10 @@ extension PostgresMessageLog {
         try await self.write { connection, logger in
             try await Self.requireDeadLetterTopic(connection, topic, logger)
             guard let positions else {
-                return try await Self.execute(connection, "DELETE FROM aviary_messages WHERE topic = \(topic)", logger)
+                return try await Self.execute(
+                    connection,
+                    "DELETE FROM aviary_messages WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(topic))",
+                    logger)
             }
             var purged = 0
             for position in positions {
@@ -232,7 +240,8 @@ extension PostgresMessageLog {
                     connection,
                     """
                     DELETE FROM aviary_messages
-                    WHERE topic = \(topic) AND partition = \(position.partition) AND msg_offset = \(position.offset)
+                    WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(topic))
+                        AND partition = \(position.partition) AND msg_offset = \(position.offset)
                     """, logger)
             }
             return purged

@@ -495,11 +495,12 @@ public final class PostgresMessageLog: MessageLog {
         }
         try await connection.query(
             """
-            INSERT INTO aviary_messages (topic, partition, msg_offset, key, event, headers, appended_at, bytes)
-            SELECT topic, partition, msg_offset, key, event, headers, \(now), bytes FROM unnest(
-                \(messages.map(\.topic)), \(slots.map { Int64($0.partition) }), \(offsets), \(messages.map(\.key)),
-                \(messages.map(\.event)), \(messages.map(\.headers)), \(messages.map { Int64($0.bytes) })
+            INSERT INTO aviary_messages (topic_id, partition, msg_offset, appended_at, bytes, key, event, headers)
+            SELECT t.id, m.partition, m.msg_offset, \(now), m.bytes, m.key, m.event, m.headers FROM unnest(
+                \(messages.map(\.topic)), \(slots.map { Int32($0.partition) }), \(offsets), \(messages.map(\.key)),
+                \(messages.map(\.event)), \(messages.map(\.headers)), \(messages.map { Int32($0.bytes) })
             ) AS m (topic, partition, msg_offset, key, event, headers, bytes)
+            JOIN aviary_topics t ON t.name = m.topic
             """, logger: logger)
         return zip(slots, offsets).map { MessagePosition(topic: $0.topic, partition: $0.partition, offset: $1) }
     }
