@@ -20,10 +20,18 @@ import Testing
 struct GatewayHTTP2StreamTests {
     // MARK: The codec
 
-    /// The frame payloads `channel` wrote so far.
-    static func written(_ channel: EmbeddedChannel) throws -> [HTTP2Frame.FramePayload] {
+    /// Writes `parts` through `codec`, then takes what it holds (as a flush does): the frames
+    /// that go out, in order.
+    static func frames(
+        _ codec: inout HTTP2StreamCodec, _ parts: [HTTPServerResponsePart], flush: Bool = true
+    ) -> [HTTP2Frame.FramePayload] {
         var frames: [HTTP2Frame.FramePayload] = []
-        while let frame = try channel.readOutbound(as: HTTP2Frame.FramePayload.self) { frames.append(frame) }
+        for part in parts {
+            let (first, second) = codec.write(part, promise: nil)
+            if let first { frames.append(first.payload) }
+            if let second { frames.append(second.payload) }
+        }
+        if flush, let held = codec.takeHeld() { frames.append(held.payload) }
         return frames
     }
 
@@ -46,36 +54,27 @@ struct GatewayHTTP2StreamTests {
 
     @Test("the response's last frame carries END_STREAM: no empty DATA frame is added")
     func endStreamOnLastFrame() throws {
-        let channel = EmbeddedChannel(handler: HTTP2StreamCodec())
-        defer { _ = try? channel.finish() }
+        var codec = HTTP2StreamCodec()
         // Head, body and end written before a flush: HEADERS, then DATA with END_STREAM.
-        channel.write(Self.head(.ok, [("content-length", "5")]), promise: nil)
-        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "hello"))), promise: nil)
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
-        #expect(Self.describe(try Self.written(channel)) == ["HEADERS", "DATA(5)+END"])
+        let hello = HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "hello")))
+        #expect(
+            Self.describe(Self.frames(&codec, [Self.head(.ok, [("content-length", "5")]), hello, .end(nil)]))
+                == ["HEADERS", "DATA(5)+END"])
 
         // A bodyless answer (HEAD, 204): HEADERS alone ends the stream.
-        channel.write(Self.head(.noContent), promise: nil)
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
-        #expect(Self.describe(try Self.written(channel)) == ["HEADERS+END"])
+        #expect(Self.describe(Self.frames(&codec, [Self.head(.noContent), .end(nil)])) == ["HEADERS+END"])
 
         // A streamed body: what a flush finds goes out as it is, and the end comes with the last part.
-        channel.write(Self.head(), promise: nil)
-        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "ab"))), promise: nil)
-        channel.flush()
-        #expect(Self.describe(try Self.written(channel)) == ["HEADERS", "DATA(2)"])
-        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "cde"))), promise: nil)
-        channel.flush()
-        #expect(Self.describe(try Self.written(channel)) == ["DATA(3)"])
+        let ab = HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "ab")))
+        #expect(Self.describe(Self.frames(&codec, [Self.head(), ab])) == ["HEADERS", "DATA(2)"])
+        let cde = HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "cde")))
+        #expect(Self.describe(Self.frames(&codec, [cde])) == ["DATA(3)"])
         // Nothing held when the end comes: an empty DATA frame ends the stream.
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
-        #expect(Self.describe(try Self.written(channel)) == ["DATA(0)+END"])
+        #expect(Self.describe(Self.frames(&codec, [.end(nil)])) == ["DATA(0)+END"])
 
         // Trailers (gRPC): a HEADERS frame of their own ends the stream.
-        channel.write(Self.head(), promise: nil)
-        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "m"))), promise: nil)
-        channel.writeAndFlush(HTTPServerResponsePart.end(HTTPHeaders([("grpc-status", "0")])), promise: nil)
-        let frames = try Self.written(channel)
+        let message = HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "m")))
+        let frames = Self.frames(&codec, [Self.head(), message, .end(HTTPHeaders([("grpc-status", "0")]))])
         #expect(Self.describe(frames) == ["HEADERS", "DATA(1)", "HEADERS+END"])
         if case .headers(let trailers) = frames.last {
             #expect(trailers.headers.first(name: "grpc-status") == "0")
@@ -85,16 +84,24 @@ struct GatewayHTTP2StreamTests {
 
     @Test("write promises complete, also when the end is merged into the frame held before it")
     func promisesComplete() throws {
-        let channel = EmbeddedChannel(handler: HTTP2StreamCodec())
-        defer { _ = try? channel.finish() }
-        let body = channel.eventLoop.makePromise(of: Void.self)
-        let end = channel.eventLoop.makePromise(of: Void.self)
-        channel.write(Self.head(), promise: nil)
-        channel.write(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: "x"))), promise: body)
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: end)
+        let loop = EmbeddedEventLoop()
+        var codec = HTTP2StreamCodec()
+        let body = loop.makePromise(of: Void.self)
+        let end = loop.makePromise(of: Void.self)
+        var out: [HTTP2StreamCodec.Outbound] = []
+        for (part, promise) in [
+            (Self.head(), nil), (.body(.byteBuffer(ByteBuffer(string: "x"))), body),
+            (HTTPServerResponsePart.end(nil), end),
+        ] as [(HTTPServerResponsePart, EventLoopPromise<Void>?)] {
+            let (first, second) = codec.write(part, promise: promise)
+            if let first { out.append(first) }
+            if let second { out.append(second) }
+        }
+        #expect(Self.describe(out.map(\.payload)) == ["HEADERS", "DATA(1)+END"])
+        // What the connection does once the frames are written: the end's promise follows.
+        for frame in out { frame.promise?.succeed() }
         try body.futureResult.wait()
         try end.futureResult.wait()
-        #expect(Self.describe(try Self.written(channel)) == ["HEADERS", "DATA(1)+END"])
     }
 
     @Test("response names are lower-cased, connection-specific fields dropped, :status first")
@@ -145,22 +152,28 @@ struct GatewayHTTP2StreamTests {
 
     @Test("inbound frames become the request's parts; trailers end the request")
     func inboundParts() throws {
-        let channel = EmbeddedChannel(handler: HTTP2StreamCodec())
-        defer { _ = try? channel.finish() }
+        var codec = HTTP2StreamCodec()
         let headers = HPACKHeaders([(":method", "POST"), (":path", "/u"), (":scheme", "http"), (":authority", "h")])
-        try channel.writeInbound(HTTP2Frame.FramePayload.headers(.init(headers: headers)))
-        try channel.writeInbound(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(string: "abc")))))
-        try channel.writeInbound(
-            HTTP2Frame.FramePayload.headers(.init(headers: HPACKHeaders([("x-sum", "1")]), endStream: true)))
         var parts: [String] = []
-        while let part = try channel.readInbound(as: HTTPServerRequestPart.self) {
-            switch part {
-            case .head(let head): parts.append("head \(head.method.rawValue) \(head.uri)")
-            case .body(let body): parts.append("body \(body.readableBytes)")
-            case .end(let trailers): parts.append("end \(trailers?.first(name: "x-sum") ?? "-")")
+        for payload in [
+            HTTP2Frame.FramePayload.headers(.init(headers: headers)),
+            .data(.init(data: .byteBuffer(ByteBuffer(string: "abc")))),
+            .headers(.init(headers: HPACKHeaders([("x-sum", "1")]), endStream: true)),
+        ] {
+            let (first, second) = try codec.received(payload)
+            for part in [first, second].compactMap({ $0 }) {
+                switch part {
+                case .head(let head): parts.append("head \(head.method.rawValue) \(head.uri)")
+                case .body(let body): parts.append("body \(body.readableBytes)")
+                case .end(let trailers): parts.append("end \(trailers?.first(name: "x-sum") ?? "-")")
+                }
             }
         }
         #expect(parts == ["head POST /u", "body 3", "end 1"])
+        // A HEADERS frame after the trailers is not a request's.
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) {
+            _ = try codec.received(.headers(.init(headers: HPACKHeaders([("x", "1")]), endStream: true)))
+        }
     }
 
     // MARK: Through the gateway
@@ -260,6 +273,81 @@ struct GatewayHTTP2StreamTests {
                 #expect(gateway.server.statistics.upstreamConnectionsOpened.load(ordering: .relaxed) == 2)
                 #expect(gateway.server.statistics.upstreamConnectionsReused.load(ordering: .relaxed) == 0)
                 #expect(client.channel.isActive)
+            }
+        }
+    }
+
+    @Test("an upload whose upstream does not read holds the client back by the stream's window; it completes once read")
+    func uploadFlowControl() async throws {
+        let size = 64 << 20
+        try await withOrigins(["a"]) { origins in
+            let origin = origins[0]
+            try await withGateway(GatewayHTTP2Tests.yaml(port: origin.port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                var body: [UInt8] = []
+                body.reserveCapacity(size)
+                var index = 0
+                while body.count < size {
+                    body += Pattern.chunk(index).readableBytesView
+                    index += 1
+                }
+                body.removeLast(body.count - size)
+                let progress = StreamProgress()
+                let upload = Task { [body] in
+                    try await client.request("POST", "/upload?pause", body: body, progress: progress)
+                }
+                await eventually("the origin paused") { origin.state.pausedCount.load(ordering: .relaxed) == 1 }
+                await eventually("the gateway pushes back on the client") {
+                    gateway.server.statistics.requestBodyPauses.load(ordering: .relaxed) > 0
+                }
+                var stable = 0
+                var last = -1
+                await eventually("the client is stalled", timeout: .seconds(90)) {
+                    let now = progress.bytesWritten.load(ordering: .relaxed)
+                    stable = now == last ? stable + 1 : 0
+                    last = now
+                    return stable >= 50
+                }
+                let accepted = progress.bytesWritten.load(ordering: .relaxed)
+                // Socket buffers between the gateway and the origin, the upstream channel's write
+                // buffer and the stream's window: far from the whole body.
+                #expect(accepted < 32 << 20, "the gateway took \(accepted) bytes while its upstream was not reading")
+                // Other streams of the connection go on meanwhile.
+                let other = try await client.request("GET", "/api/other")
+                #expect(other.status == 200)
+                origin.release()
+                let result = try await upload.value
+                #expect(result.status == 200)
+                #expect(result.text == "bytes=\(size) sha256=\(Pattern.sha256(count: size))")
+            }
+        }
+    }
+
+    @Test("a drain sends GOAWAY, lets the stream in flight finish, then closes the connection")
+    func drainWithStreamInFlight() async throws {
+        try await withOrigins(["a"]) { origins in
+            let origin = origins[0]
+            try await withGateway(GatewayHTTP2Tests.yaml(port: origin.port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                // More than socket buffers and windows hold: the origin has paused before the end.
+                let size = 16 << 20
+                let body = [UInt8](repeating: 0x61, count: size)
+                let upload = Task { try await client.request("POST", "/upload?pause", body: body) }
+                await eventually("the origin holds the request") {
+                    origin.state.pausedCount.load(ordering: .relaxed) == 1
+                }
+                let draining = Task { await gateway.server.drain(timeout: .seconds(60)) }
+                await eventually("the client got GOAWAY") { client.goAwayErrorCode == .noError }
+                #expect(client.channel.isActive)
+                origin.release()
+                let result = try await upload.value
+                #expect(result.status == 200)
+                #expect(result.text.hasPrefix("bytes=\(size) "))
+                await eventually("the connection is closed once its stream is done") { !client.channel.isActive }
+                await draining.value
+                #expect(gateway.server.connections.load(ordering: .relaxed) == 0)
             }
         }
     }

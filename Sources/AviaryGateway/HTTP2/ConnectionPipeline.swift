@@ -9,13 +9,12 @@ import NIOHTTP2
 import NIOSSL
 import NIOTLS
 
-// How a downstream connection's pipeline is built. HTTP/1.1 is the decoder, the encoder and one
-// `ProxyHandler`. HTTP/2 is `NIOHTTP2Handler` with a child channel per stream, each with
-// `HTTP2StreamCodec` in front of its own `ProxyHandler`: streams share the
-// loop's routes, policies and upstream pools exactly as HTTP/1.1 connections do, and each stream
-// keeps the proxy's back-pressure (a stream whose upstream is slow stops reading, so its HTTP/2
-// flow-control window is not reopened; a stream whose client is slow is not writable, so its
-// upstream stops being read).
+// How a downstream connection's pipeline is built. HTTP/1.1 is one `ProxyHandler`. HTTP/2 is
+// `NIOHTTP2Handler` and `HTTP2StreamServer`, which gives each stream its own `ProxyHandler`
+// without a channel per stream: streams share the loop's routes, policies and upstream pools
+// exactly as HTTP/1.1 connections do, and each stream keeps the proxy's back-pressure (a stream
+// whose upstream is slow stops reading, so its HTTP/2 flow-control window is not reopened; a
+// stream whose client is slow is not writable, so its upstream stops being read).
 //
 // Which one a connection gets: with TLS, ALPN (`h2` or `http/1.1`); in plaintext with
 // `listen.http2`, the first bytes (the HTTP/2 connection preface means h2c by prior knowledge).
@@ -96,47 +95,25 @@ struct ConnectionPipeline {
     }
 
     /// The HTTP/2 pipeline: `NIOHTTP2Handler` announcing `max_concurrent_streams` and a header
-    /// list size of `max_header_bytes`, a child channel per stream, and a drainer that sends
-    /// GOAWAY when the gateway drains.
+    /// list size of `max_header_bytes`, without a multiplexer, and `HTTP2StreamServer`, which
+    /// serves the streams (StreamServer.swift) and sends GOAWAY when the gateway drains.
     func addHTTP2(_ channel: any Channel) throws {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: self.maxConcurrentStreams),
             HTTP2Setting(parameter: .maxHeaderListSize, value: self.limits.maxHeaderBytes),
-            HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
+            HTTP2Setting(parameter: .initialWindowSize, value: HTTP2StreamServer.targetWindow),
         ]
-        var stream = NIOHTTP2Handler.StreamConfiguration()
-        // The same bounds as an HTTP/1.1 connection's write buffer.
-        stream.outboundBufferSizeHighWatermark = GatewayServer.writeBufferWaterMark.high
-        stream.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
-        // Stream channels live on their connection's event loop; the client's address is
-        // described once for all of them.
-        let loop = NIOLoopBound(self.loop, eventLoop: channel.eventLoop)
-        let peer = NIOLoopBound(DownstreamPeer(), eventLoop: channel.eventLoop)
-        let secure = self.tls != nil
+        let server = HTTP2StreamServer(
+            loop: self.loop, secure: self.tls != nil, idleTimeout: self.limits.idleTimeout)
+        let pipeline = channel.pipeline.syncOperations
         // In front of `NIOHTTP2Handler` (between it and the socket or TLS): the streams' flushes
         // of one event loop iteration leave as one write.
-        try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
-        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: connection, streamConfiguration: stream
-        ) { streamChannel in
-            // The codec gives a request head whose HEADERS frame did not end the stream, and
-            // has no content-length, `transfer-encoding: chunked`: the proxy streams it so.
-            let pipeline = streamChannel.pipeline.syncOperations
-            do {
-                let proxy = ProxyHandler(loop: loop.value, secure: secure, stream: true, peer: peer.value)
-                try pipeline.addHandler(HTTP2StreamCodec())
-                try pipeline.addHandler(HTTP2StreamRequestAdapter(proxy))
-                try pipeline.addHandler(proxy)
-            } catch {
-                return streamChannel.eventLoop.makeFailedFuture(error)
-            }
-            // An event loop's succeeded void future is made once and shared: nothing allocated
-            // per stream here.
-            return streamChannel.eventLoop.makeSucceededVoidFuture()
-        }
-        try channel.pipeline.syncOperations.addHandler(
-            HTTP2ConnectionDrainer(loop: self.loop, idleTimeout: self.limits.idleTimeout))
+        try pipeline.addHandler(FlushCoalescer())
+        // The server is the handler's frame delegate: it learns which DATA bytes have left.
+        try pipeline.addHandler(
+            NIOHTTP2Handler(mode: .server, frameDelegate: server, connectionConfiguration: connection))
+        try pipeline.addHandler(server)
     }
 }
 
@@ -228,9 +205,11 @@ final class FlushCoalescer: ChannelOutboundHandler {
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        // What was flushed before a close (a GOAWAY, the end of a response) is written before it:
-        // the flush the handlers behind this one asked for is not lost to the delay.
-        if self.flushScheduled { context.flush() }
+        // What was written before a close (a GOAWAY, the end of a response) goes out before it:
+        // neither the flush the handlers behind this one asked for nor writes whose flush is
+        // still to come (`NIOHTTP2Handler` reports a stream's end, on which the connection may
+        // close, before it flushes the frame that ended it) are lost.
+        context.flush()
         context.close(mode: mode, promise: promise)
     }
 
@@ -249,109 +228,4 @@ protocol DrainableConnection: AnyObject {
     func drain()
     /// Close now.
     func closeNow()
-}
-
-/// Sits after `NIOHTTP2Handler`: counts open streams, and on a drain sends GOAWAY (no new
-/// streams; those already open finish, each `ProxyHandler` closing its stream after its
-/// response) and closes the connection once no stream is left.
-final class HTTP2ConnectionDrainer: ChannelInboundHandler, DrainableConnection {
-    typealias InboundIn = HTTP2Frame
-    typealias OutboundOut = HTTP2Frame
-
-    private let loop: GatewayLoop
-    private var context: ChannelHandlerContext?
-    private var openStreams = 0
-    private var lastStreamID = HTTP2StreamID(0)
-    private var draining = false
-    /// Set by an error in the connection pipeline: the connection closes after this read.
-    private var failed = false
-    /// `limits.idle_timeout`: a connection without open streams for that long is closed with
-    /// GOAWAY, as an idle HTTP/1.1 connection is closed.
-    private let idleTimeout: Duration
-    private var idleTimer: GatewayTimer?
-
-    init(loop: GatewayLoop, idleTimeout: Duration) {
-        self.loop = loop
-        self.idleTimeout = idleTimeout
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        self.loop.registerConnection(self)
-        self.armIdleTimer(context)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.idleTimer?.cancel()
-        self.idleTimer = nil
-        self.loop.unregisterConnection(self)
-        self.context = nil
-    }
-
-    private func armIdleTimer(_ context: ChannelHandlerContext) {
-        self.idleTimer?.cancel()
-        self.idleTimer = self.loop.timers.schedule(in: TimeAmount(self.idleTimeout), on: context.eventLoop) {
-            [weak self] in
-            self?.drain()
-        }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let created = event as? NIOHTTP2StreamCreatedEvent {
-            self.openStreams += 1
-            if created.streamID > self.lastStreamID { self.lastStreamID = created.streamID }
-            self.idleTimer?.cancel()
-            self.idleTimer = nil
-        } else if event is StreamClosedEvent {
-            self.openStreams -= 1
-            if self.draining && self.openStreams == 0 { context.close(promise: nil) }
-            if self.openStreams == 0 && !self.draining { self.armIdleTimer(context) }
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    /// `NIOHTTP2Handler` reports a connection error (a header list above `max_header_bytes`, a
-    /// frame it cannot parse, a protocol violation) after writing GOAWAY, but leaves the
-    /// connection open: without a close here the client's streams would wait forever. The close
-    /// waits for the end of the read, when `NIOHTTP2Handler` has flushed its GOAWAY.
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.failed = true
-        context.fireErrorCaught(error)
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        context.fireChannelReadComplete()
-        if self.failed { context.close(promise: nil) }
-    }
-
-    func drain() {
-        guard !self.draining, let context = self.context else { return }
-        self.draining = true
-        let goAway = HTTP2Frame(
-            streamID: .rootStream,
-            payload: .goAway(lastStreamID: self.lastStreamID, errorCode: .noError, opaqueData: nil))
-        context.writeAndFlush(self.wrapOutboundOut(goAway), promise: nil)
-        if self.openStreams == 0 { context.close(promise: nil) }
-    }
-
-    func closeNow() {
-        self.context?.close(promise: nil)
-    }
-}
-
-/// Hands the request parts of an HTTP/2 stream, as NIO's codec makes them, straight to the
-/// stream's `ProxyHandler` (which parses bytes itself on HTTP/1.x connections).
-final class HTTP2StreamRequestAdapter: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
-
-    private let proxy: ProxyHandler
-
-    init(_ proxy: ProxyHandler) {
-        self.proxy = proxy
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let proxyContext = self.proxy.context else { return }
-        self.proxy.received(self.unwrapInboundIn(data), context: proxyContext)
-    }
 }

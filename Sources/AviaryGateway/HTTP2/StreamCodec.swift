@@ -8,9 +8,9 @@ import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
 
-// Hot path: one per HTTP/2 stream, between the stream channel and its `ProxyHandler`. It does
-// what NIOHTTP2's `HTTP2FramePayloadToHTTP1ServerCodec` does for the proxy, with two
-// differences that matter per request:
+// Hot path: one per HTTP/2 stream, inside its `HTTP2ServerStream` (StreamServer.swift). It turns
+// the stream's frames into the proxy's HTTP/1 parts and the proxy's response parts into frames,
+// with two things that matter per request:
 // - the response's last frame carries END_STREAM: the HEADERS or DATA frame written last is
 //   held until the next part, a flush or a close, so that `.end` marks it instead of adding an
 //   empty DATA frame (a 128-byte response is HEADERS + DATA, as HAProxy and nginx send it, not
@@ -20,54 +20,56 @@ import NIOHTTP2
 //   intermediate `HTTPHeaders` and lower-cased copies of every name.
 // Header *validation* (pseudo-header rules, forbidden bytes in names and values) stays where it
 // is, in `NIOHTTP2Handler`, before any frame reaches a stream.
+//
+// It is a value without I/O: it returns what to pass on (at most two parts or two frames per
+// call), so the stream writes them itself and no callback runs while the framing is mutated.
 
 /// Translates one HTTP/2 stream's frames to the proxy's HTTP/1 parts and back (server side).
-final class HTTP2StreamCodec: ChannelDuplexHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-    typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTP2Frame.FramePayload
-
+struct HTTP2StreamCodec {
     /// A request HEADERS frame the codec cannot turn into a request head.
     struct MalformedRequest: Error, CustomStringConvertible {
         var description: String
     }
 
+    /// A response frame to pass to `NIOHTTP2Handler`, with the promise of the part it carries.
+    typealias Outbound = (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)
+
     private var sawHead = false
     private var sawTrailers = false
     /// The response frame written last, not yet passed on: `.end` may still mark it END_STREAM.
-    private var held: (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)?
+    private var held: Outbound?
+
+    init() {}
 
     // MARK: Inbound
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch self.unwrapInboundIn(data) {
+    /// The request parts of an inbound frame: a head (and the end, when the HEADERS frame ended
+    /// the stream), a body part (and the end), trailers as the end. Frames that are no part of
+    /// the request (RST_STREAM, WINDOW_UPDATE, PRIORITY) give none.
+    mutating func received(
+        _ payload: HTTP2Frame.FramePayload
+    ) throws -> (HTTPServerRequestPart?, HTTPServerRequestPart?) {
+        switch payload {
         case .headers(let headers):
             if !self.sawHead {
                 self.sawHead = true
-                do {
-                    let head = try Self.requestHead(headers.headers, endStream: headers.endStream)
-                    context.fireChannelRead(self.wrapInboundOut(.head(head)))
-                } catch {
-                    context.fireErrorCaught(error)
-                    return
-                }
-                if headers.endStream { context.fireChannelRead(self.wrapInboundOut(.end(nil))) }
+                let head = try Self.requestHead(headers.headers, endStream: headers.endStream)
+                return (.head(head), headers.endStream ? .end(nil) : nil)
             } else if !self.sawTrailers {
                 // Trailers (NIOHTTP2's stream state machine has checked that they end the stream).
                 self.sawTrailers = true
-                context.fireChannelRead(self.wrapInboundOut(.end(Self.regularHeaders(headers.headers))))
+                return (.end(Self.regularHeaders(headers.headers)), nil)
             } else {
-                context.fireErrorCaught(MalformedRequest(description: "HEADERS after the trailers"))
+                throw MalformedRequest(description: "HEADERS after the trailers")
             }
         case .data(let data):
-            guard case .byteBuffer(let buffer) = data.data else { return }
-            if buffer.readableBytes > 0 || !data.endStream {
-                context.fireChannelRead(self.wrapInboundOut(.body(buffer)))
-            }
-            if data.endStream { context.fireChannelRead(self.wrapInboundOut(.end(nil))) }
+            guard case .byteBuffer(let buffer) = data.data else { return (nil, nil) }
+            let body: HTTPServerRequestPart? =
+                buffer.readableBytes > 0 || !data.endStream ? .body(buffer) : nil
+            let end: HTTPServerRequestPart? = data.endStream ? .end(nil) : nil
+            return body == nil ? (end, nil) : (body, end)
         default:
-            break  // Nothing else (RST_STREAM, WINDOW_UPDATE, PRIORITY) is a part of the request.
+            return (nil, nil)
         }
     }
 
@@ -130,75 +132,69 @@ final class HTTP2StreamCodec: ChannelDuplexHandler {
 
     // MARK: Outbound
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch self.unwrapOutboundIn(data) {
+    /// The frames to pass on for a response part, in order: the frame held before it when this
+    /// part does not end the response with it, then the part's own frame when it is not held.
+    mutating func write(
+        _ part: HTTPServerResponsePart, promise: EventLoopPromise<Void>?
+    ) -> (Outbound?, Outbound?) {
+        switch part {
         case .head(let head):
             let payload = HTTP2Frame.FramePayload.headers(.init(headers: Self.block(head.status, head.headers)))
             if head.status.code < 200 {
                 // An informational head (100 Continue) never ends the stream: no need to hold it.
-                self.passHeld(context)
-                context.write(self.wrapOutboundOut(payload), promise: promise)
-            } else {
-                self.hold(payload, promise, context)
+                return (self.takeHeld(), (payload, promise))
             }
+            return (self.hold(payload, promise), nil)
         case .body(let body):
-            if body.readableBytes == 0 {
+            guard case .byteBuffer(let buffer) = body else {
+                preconditionFailure("the proxy writes response bodies as byte buffers")
+            }
+            if buffer.readableBytes == 0 {
                 // An empty DATA frame without END_STREAM says nothing.
                 promise?.succeed()
-                return
+                return (nil, nil)
             }
-            self.hold(.data(.init(data: body)), promise, context)
+            return (self.hold(.data(.init(data: .byteBuffer(buffer))), promise), nil)
         case .end(let trailers):
             if let trailers {
-                self.passHeld(context)
                 let payload = HTTP2Frame.FramePayload.headers(
                     .init(headers: Self.block(nil, trailers), endStream: true))
-                context.write(self.wrapOutboundOut(payload), promise: promise)
-            } else if let held = self.held {
-                self.held = nil
-                var payload = held.payload
-                switch payload {
-                case .headers(var headers):
-                    headers.endStream = true
-                    payload = .headers(headers)
-                case .data(var data):
-                    data.endStream = true
-                    payload = .data(data)
-                default:
-                    break
-                }
-                if let heldPromise = held.promise, let promise {
-                    heldPromise.futureResult.cascade(to: promise)
-                }
-                context.write(self.wrapOutboundOut(payload), promise: held.promise ?? promise)
-            } else {
-                let empty = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
-                context.write(self.wrapOutboundOut(empty), promise: promise)
+                return (self.takeHeld(), (payload, promise))
             }
+            guard let held = self.held else {
+                let empty = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+                return ((empty, promise), nil)
+            }
+            self.held = nil
+            var payload = held.payload
+            switch payload {
+            case .headers(var headers):
+                headers.endStream = true
+                payload = .headers(headers)
+            case .data(var data):
+                data.endStream = true
+                payload = .data(data)
+            default:
+                break
+            }
+            if let heldPromise = held.promise, let promise {
+                heldPromise.futureResult.cascade(to: promise)
+            }
+            return ((payload, held.promise ?? promise), nil)
         }
     }
 
-    func flush(context: ChannelHandlerContext) {
-        self.passHeld(context)
-        context.flush()
-    }
-
-    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        self.passHeld(context)
-        context.close(mode: mode, promise: promise)
-    }
-
-    private func hold(
-        _ payload: HTTP2Frame.FramePayload, _ promise: EventLoopPromise<Void>?, _ context: ChannelHandlerContext
-    ) {
-        self.passHeld(context)
-        self.held = (payload, promise)
-    }
-
-    private func passHeld(_ context: ChannelHandlerContext) {
-        guard let (payload, promise) = self.held else { return }
+    /// The held frame, to pass on before a flush or a close.
+    mutating func takeHeld() -> Outbound? {
+        guard let held = self.held else { return nil }
         self.held = nil
-        context.write(self.wrapOutboundOut(payload), promise: promise)
+        return held
+    }
+
+    private mutating func hold(_ payload: HTTP2Frame.FramePayload, _ promise: EventLoopPromise<Void>?) -> Outbound? {
+        let previous = self.held
+        self.held = (payload, promise)
+        return previous
     }
 
     /// An HPACK block of a response head (with `status`) or of trailers (`nil`): names in lower

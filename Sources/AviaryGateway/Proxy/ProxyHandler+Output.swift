@@ -10,11 +10,11 @@ import NIOHTTP1
 // would take each part boxed in a `NIOAny` and write an `HTTPHeaders` out field by field; here a
 // forwarded head is the upstream's header lines copied into one buffer with the status line in
 // front, and body bytes go to the socket as they came (chunk-framed when the response is
-// re-chunked). An HTTP/2 stream still takes parts: its codec makes frames of them.
+// re-chunked). An HTTP/2 stream still takes parts: its `HTTP2ServerStream` makes frames of them.
 
 extension ProxyHandler {
-    /// Writes a response part to the client: as bytes on an HTTP/1.x connection, as a part on an
-    /// HTTP/2 stream (whose codec frames it).
+    /// Writes a response part to the client: as bytes on an HTTP/1.x connection, as a part to an
+    /// HTTP/2 stream (which frames it).
     ///
     /// ```swift
     /// self.emit(.head(head), context: context)
@@ -25,12 +25,8 @@ extension ProxyHandler {
         _ part: HTTPServerResponsePart, context: ChannelHandlerContext, flush: Bool = false,
         promise: EventLoopPromise<Void>? = nil
     ) {
-        if self.isStream {
-            if flush {
-                context.writeAndFlush(self.wrapOutboundOut(part), promise: promise)
-            } else {
-                context.write(self.wrapOutboundOut(part), promise: promise)
-            }
+        if let stream = self.stream {
+            stream.write(part, flush: flush, promise: promise)
             self.outputUnflushed = !flush
             return
         }
@@ -73,8 +69,9 @@ extension ProxyHandler {
     func emitBody(
         _ body: ByteBuffer, context: ChannelHandlerContext, flush: Bool = false, promise: EventLoopPromise<Void>? = nil
     ) {
-        if self.isStream {
-            self.emit(.body(.byteBuffer(body)), context: context, flush: flush, promise: promise)
+        if let stream = self.stream {
+            stream.write(.body(.byteBuffer(body)), flush: flush, promise: promise)
+            self.outputUnflushed = !flush
             return
         }
         if var head = self.heldHead.take() {

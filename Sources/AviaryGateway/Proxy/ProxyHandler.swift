@@ -8,13 +8,16 @@ import AviaryCore
 import AviaryResilience
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import Synchronization
 
 // Hot path: hand-written NIO for speed. One handler per downstream connection, alone in its
 // pipeline: it parses requests (`HTTP1RequestParser`) and writes responses as bytes itself
-// (ProxyHandler+Output.swift); on an HTTP/2 stream, `HTTP2StreamRequestAdapter` hands it the
-// codec's request parts and it writes response parts. The upstream connection
+// (ProxyHandler+Output.swift); on an HTTP/2 stream, `HTTP2ServerStream` hands it the request
+// parts of the stream's frames and takes its response parts, and the handler's downstream
+// operations (write, flush, read, close, writability) go to the stream instead of the channel
+// handler context (whose loop, allocator and peer are the connection's). The upstream connection
 // it uses lives on the same event loop, so both sides are driven without locks or hops, and
 // bodies stream part by part with back-pressure both ways:
 // - request body: downstream reads are withheld while the upstream channel is not writable (or
@@ -143,9 +146,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// `https` behind a TLS listener, `http` otherwise: what `X-Forwarded-Proto` and
     /// `Forwarded: proto=` say.
     let scheme: String
-    /// Whether this handler serves one HTTP/2 stream: its request head comes with the stream, so
-    /// it has no idle period to time (the connection's streams come and go, the connection stays).
-    let isStream: Bool
+    /// The HTTP/2 stream this handler serves, if it serves one: its request head comes with the
+    /// stream, so it has no idle period to time (the connection's streams come and go, the
+    /// connection stays), and it is not in a pipeline of its own (`context` is the connection's
+    /// `HTTP2StreamServer`'s).
+    let stream: HTTP2ServerStream?
+    /// Whether this handler serves one HTTP/2 stream.
+    var isStream: Bool { self.stream != nil }
     /// Whether the stream's request has ended (its END_STREAM arrived): a stream answered after
     /// that closes by itself once the response's END_STREAM is written, with no close (and no
     /// RST_STREAM) from the proxy.
@@ -153,11 +160,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Who the client is, shared by the streams of one HTTP/2 connection.
     let peer: DownstreamPeer
 
-    init(loop: GatewayLoop, secure: Bool = false, stream: Bool = false, peer: DownstreamPeer = DownstreamPeer()) {
+    init(
+        loop: GatewayLoop, secure: Bool = false, stream: HTTP2ServerStream? = nil,
+        peer: DownstreamPeer = DownstreamPeer()
+    ) {
         self.parser = HTTP1RequestParser(maxHeadBytes: loop.current.core.configuration.limits.maxHeaderBytes)
         self.loop = loop
         self.scheme = secure ? "https" : "http"
-        self.isStream = stream
+        self.stream = stream
         self.peer = peer
         self.upstreams = loop.current
         self.core = loop.current.core
@@ -176,6 +186,21 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.context = nil
     }
 
+    /// A stream's proxy is in no pipeline: it uses the context of its connection's
+    /// `HTTP2StreamServer` for the loop, the allocator and the peer's address.
+    func attach(_ context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    /// Closes the downstream connection, or resets the stream this handler serves.
+    func closeDownstream(_ context: ChannelHandlerContext) {
+        if let stream = self.stream {
+            stream.reset(.cancel)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
     /// Closes the connection once the current response is written; at once when idle.
     func drain() {
         self.drainRequested = true
@@ -183,13 +208,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if self.exchange == nil && self.queued.isEmpty && !self.discarding, let context = self.context {
             self.closed = true
             self.cancelConnectionTimers()
-            context.close(promise: nil)
+            self.closeDownstream(context)
         }
     }
 
     /// Closes the connection now (the end of a drain).
     func closeNow() {
-        self.context?.close(promise: nil)
+        if let context = self.context { self.closeDownstream(context) }
     }
 
     /// The client's IP address, if known.
@@ -275,7 +300,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Arms the idle timer from now. Per request this only moves a deadline; the timer itself is
     /// scheduled at most once per idle period (rescheduling a task per request costs more).
     func startIdleTimer(context: ChannelHandlerContext) {
-        guard self.exchange == nil, !self.closed, !self.discarding else { return }
+        guard self.exchange == nil, !self.closed, !self.discarding, !self.isStream else { return }
         if self.drainRequested && self.queued.isEmpty {
             self.closed = true
             self.cancelConnectionTimers()
@@ -311,7 +336,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         self.core.statistics.idleTimeouts.add(1, ordering: .relaxed)
         self.closed = true
-        context.close(promise: nil)
+        self.closeDownstream(context)
     }
 
     private func headerTimedOut() {
@@ -345,7 +370,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 return
             }
         }
-        context.read()
+        if let stream = self.stream {
+            stream.read()
+        } else {
+            context.read()
+        }
     }
 
     private func resumeReading() {
@@ -355,15 +384,26 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if let connection = self.exchange?.connection {
-            let writable = context.channel.isWritable
-            if !writable { self.core.statistics.responseBodyPauses.add(1, ordering: .relaxed) }
-            connection.handler.setReadsPaused(!writable)
-        }
+        self.downstreamWritabilityChanged(context.channel.isWritable)
         context.fireChannelWritabilityChanged()
     }
 
+    /// The client's connection (or stream) can take more of the response, or cannot.
+    func downstreamWritabilityChanged(_ writable: Bool) {
+        if let connection = self.exchange?.connection {
+            if !writable { self.core.statistics.responseBodyPauses.add(1, ordering: .relaxed) }
+            connection.handler.setReadsPaused(!writable)
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        self.downstreamClosed()
+        context.fireChannelInactive()
+    }
+
+    /// The client's connection closed (or its stream ended): what runs ends, and an upstream
+    /// connection in use is closed rather than pooled.
+    private func downstreamClosed() {
         self.closed = true
         self.cancelConnectionTimers()
         if let exchange = self.exchange {
@@ -371,7 +411,17 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         self.endRecord(status: self.record.status)
         self.queued.removeAll()
-        context.fireChannelInactive()
+    }
+
+    /// The stream this handler serves has closed (`StreamClosedEvent`).
+    func streamClosed() {
+        self.downstreamClosed()
+        self.context = nil
+    }
+
+    /// A read of the stream's DATA has been handed over: the upstream gets it now.
+    func streamReadComplete() {
+        if let connection = self.exchange?.connection { connection.handler.flush() }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -385,7 +435,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         case let error as HTTP1RequestError:
             (status, detail) = (400, "malformed request: \(error)")
         default:
-            context.close(promise: nil)
+            self.closeDownstream(context)
             return
         }
         self.queued.removeAll()
@@ -393,7 +443,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let exchange = self.exchange {
             if exchange.responseHeadSent {
                 self.finish(exchange, reuseUpstream: false)
-                context.close(promise: nil)
+                self.closeDownstream(context)
                 return
             }
             self.finish(exchange, reuseUpstream: false)
@@ -890,7 +940,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         case .success(let connection):
             exchange.connection = connection
             connection.handler.exchange = self
-            connection.handler.setReadsPaused(!context.channel.isWritable)
+            let writable = if let stream = self.stream { stream.isWritable } else { context.channel.isWritable }
+            connection.handler.setReadsPaused(!writable)
             switch exchange.upstreamHead {
             case .parts(let head): connection.handler.send(.head(head))
             case .bytes(let bytes, let isHead): connection.handler.sendHead(bytes, isHead: isHead)
@@ -1009,6 +1060,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     func upstreamReadComplete() {
         guard let context = self.context else { return }
+        if let stream = self.stream {
+            // As on HTTP/1.1: no flush when nothing was written since the last one (the end of a
+            // response is written with a flush, mostly before the upstream read completes).
+            guard self.outputUnflushed else { return }
+            self.outputUnflushed = false
+            stream.flush()
+            return
+        }
         self.flushOutput(context: context)
     }
 
@@ -1021,7 +1080,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if exchange.responseHeadSent {
             // Half a response went out already: all the client can learn is a cut connection.
             self.finish(exchange, reuseUpstream: false)
-            context.close(promise: nil)
+            self.closeDownstream(context)
             return
         }
         if let error, error is HTTP1ResponseError || error is HTTPParserError {
@@ -1065,7 +1124,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if !exchange.responseHeadSent { self.recordUpstream(exchange, failure: .timeout) }
         if exchange.responseHeadSent {
             self.finish(exchange, reuseUpstream: false)
-            context.close(promise: nil)
+            self.closeDownstream(context)
             return
         }
         self.abort(
@@ -1091,7 +1150,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var extensions = ["cluster": exchange.clusterName, "endpoint": exchange.pool.endpoint.description]
         if let reason { extensions["reason"] = reason }
         if exchange.responseHeadSent {
-            context.close(promise: nil)
+            self.closeDownstream(context)
             return
         }
         self.respondLocally(
@@ -1167,11 +1226,19 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     func closeAfterWriting(_ part: HTTPServerResponsePart, context: ChannelHandlerContext) {
         self.queued.removeAll()
-        if self.isStream && self.streamRequestEnded {
-            // Both ends of the stream are (about to be) closed: NIOHTTP2 closes its channel when
-            // the END_STREAM of this part is written. Closing it here as well would cost a
-            // promise and a callback per request for nothing.
-            self.emit(part, context: context, flush: true)
+        if let stream = self.stream {
+            if self.streamRequestEnded {
+                // Both ends of the stream are (about to be) closed: NIOHTTP2 closes it when the
+                // END_STREAM of this part is written. Resetting it as well would cost a promise
+                // and a callback per request for nothing.
+                self.emit(part, context: context, flush: true)
+                return
+            }
+            // The rest of the request is not wanted: once the response has gone out, RST_STREAM
+            // with NO_ERROR asks the client to stop sending it (RFC 9113, section 8.1).
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            self.emit(part, context: context, flush: true, promise: promise)
+            promise.futureResult.assumeIsolated().whenComplete { _ in stream.reset(.noError) }
             return
         }
         let promise = context.eventLoop.makePromise(of: Void.self)

@@ -89,14 +89,15 @@ final class H2Client: Sendable {
     }
 
     /// Sends one request and collects its response (trailers included). Without `body` the
-    /// HEADERS frame ends the stream; with it, the body goes in DATA frames of `chunkSize`.
+    /// HEADERS frame ends the stream; with it, the body goes in DATA frames of `chunkSize`, each
+    /// counted in `progress` once written to the connection (within the stream's window).
     ///
     /// The response promise is completed on every path, and cancelling the calling task (a test's
     /// time limit, say) resets the stream and fails the call: a stream that never ends fails its
     /// test instead of keeping the test process waiting.
     func request(
         _ method: String = "GET", _ path: String, headers extra: [(String, String)] = [], body: [UInt8]? = nil,
-        chunkSize: Int = 16_384, scheme: String = "http"
+        chunkSize: Int = 16_384, scheme: String = "http", progress: StreamProgress? = nil
     ) async throws -> H2Response {
         let promise = self.channel.eventLoop.makePromise(of: H2Response.self)
         let streamBox = Mutex<(any Channel)?>(nil)
@@ -111,7 +112,7 @@ final class H2Client: Sendable {
                 if Task.isCancelled { stream.close(promise: nil) }
                 try await Self.send(
                     on: stream, method: method, path: path, headers: extra, body: body, chunkSize: chunkSize,
-                    scheme: scheme)
+                    scheme: scheme, progress: progress)
             } catch {
                 promise.fail(error)  // Ignored when the collector already finished.
             }
@@ -124,7 +125,7 @@ final class H2Client: Sendable {
 
     private static func send(
         on stream: any Channel, method: String, path: String, headers extra: [(String, String)], body: [UInt8]?,
-        chunkSize: Int, scheme: String
+        chunkSize: Int, scheme: String, progress: StreamProgress?
     ) async throws {
         var headers = HPACKHeaders([
             (":method", method), (":path", path), (":scheme", scheme), (":authority", "gateway.test"),
@@ -141,6 +142,7 @@ final class H2Client: Sendable {
                     .init(data: .byteBuffer(ByteBuffer(bytes: body[offset..<end])), endStream: end == body.count))
                 // Waiting for each write keeps the client within its flow-control window.
                 try await stream.writeAndFlush(data).get()
+                progress?.bytesWritten.add(end - offset, ordering: .relaxed)
                 offset = end
             } while offset < body.count
         } else {
@@ -160,7 +162,7 @@ final class H2Client: Sendable {
             }
         }.get()
         try await Self.send(
-            on: stream, method: "GET", path: path, headers: [], body: nil, chunkSize: 0, scheme: "http")
+            on: stream, method: "GET", path: path, headers: [], body: nil, chunkSize: 0, scheme: "http", progress: nil)
         return (PausedStream(channel: stream), promise.futureResult)
     }
 
