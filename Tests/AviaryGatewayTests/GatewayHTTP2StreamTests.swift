@@ -298,7 +298,10 @@ struct GatewayHTTP2StreamTests {
                     try await client.request("POST", "/upload?pause", body: body, progress: progress)
                 }
                 await eventually("the origin paused") { origin.state.pausedCount.load(ordering: .relaxed) == 1 }
-                await eventually("the gateway pushes back on the client") {
+                // Kernel buffers take megabytes before the upstream connection is not writable, and
+                // the client writes a frame at a time: on a loaded machine that takes a while (and
+                // a client merely slowed down must not pass for a stalled one).
+                await eventually("the gateway pushes back on the client", timeout: .seconds(90)) {
                     gateway.server.statistics.requestBodyPauses.load(ordering: .relaxed) > 0
                 }
                 var stable = 0
