@@ -175,9 +175,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        // A stream is drained with its connection (`HTTP2ConnectionDrainer`: GOAWAY, then the
-        // close once no stream is open), so only connections are registered for draining; a
-        // dictionary insert and removal per stream would buy nothing.
+        // Only HTTP/1.x connections are registered for draining: a stream's proxy is in no
+        // pipeline (`HTTP2StreamServer` attaches it) and is drained with its connection (GOAWAY,
+        // then the close once no stream is open).
         if !self.isStream { self.loop.register(self) }
     }
 
