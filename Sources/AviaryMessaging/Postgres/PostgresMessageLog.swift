@@ -346,7 +346,14 @@ public final class PostgresMessageLog: MessageLog {
     private func publishNow(_ encoded: [Encoded], now: Int64) async throws -> [MessagePosition]? {
         var retried = false
         while true {
-            let counts = try await self.partitionCounts(Set(encoded.map(\.topic)))
+            // A batch's messages mostly share their topic: each run of one topic is inserted once.
+            var topics = Set<String>()
+            var lastTopic: String?
+            for message in encoded where message.topic != lastTopic {
+                topics.insert(message.topic)
+                lastTopic = message.topic
+            }
+            let counts = try await self.partitionCounts(topics)
             do {
                 return try await self.publishNow(encoded, counts: counts, now: now)
             } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.partitionCountState && !retried {
@@ -400,34 +407,70 @@ public final class PostgresMessageLog: MessageLog {
 
     private func publishNow(_ encoded: [Encoded], counts: [String: Int], now: Int64) async throws -> [MessagePosition]?
     {
-        struct Slot: Hashable, Comparable {
-            var topic: String
-            var partition: Int
-            static func < (lhs: Slot, rhs: Slot) -> Bool { (lhs.topic, lhs.partition) < (rhs.topic, rhs.partition) }
-        }
+        // Every partition of the batch's topics is a cell of one array, the topics' runs of cells
+        // in name order, so a message's (topic, partition) slot is found by position rather than by
+        // hashing, and the cells in order are the slots in (topic, partition) order, the order the
+        // function locks partition rows in.
         let topics = counts.keys.sorted()
-        var sizes: [Slot: Int32] = [:]
-        var messageSlots: [Slot] = []
-        var ranks: [Int32] = []
-        messageSlots.reserveCapacity(encoded.count)
-        ranks.reserveCapacity(encoded.count)
-        for message in encoded {
-            let slot = Slot(
-                topic: message.topic,
-                partition: Partitioner.partition(forKey: message.key, partitions: counts[message.topic] ?? 1))
-            let rank = (sizes[slot] ?? 0) + 1
-            sizes[slot] = rank
-            messageSlots.append(slot)
-            ranks.append(rank)
+        var topicIndexes: [String: Int] = [:]
+        var firstCells: [Int] = []
+        var cellCount = 0
+        for (index, topic) in topics.enumerated() {
+            topicIndexes[topic] = index
+            firstCells.append(cellCount)
+            cellCount += max(1, counts[topic] ?? 1)
         }
-        let slots = sizes.keys.sorted()
-        var slotIndexes: [Slot: Int32] = [:]
-        for (index, slot) in slots.enumerated() { slotIndexes[slot] = Int32(index + 1) }
+        var sizes = [Int32](repeating: 0, count: cellCount)
+        var cellTopics = [Int](repeating: 0, count: cellCount)
+        var usedCells: [Int] = []
+        var messageCells: [Int] = []
+        var ranks: [Int32] = []
+        var bytes: [Int32] = []
+        messageCells.reserveCapacity(encoded.count)
+        ranks.reserveCapacity(encoded.count)
+        bytes.reserveCapacity(encoded.count)
+        // Messages of a batch mostly share their topic: it is looked up when it changes.
+        var lastTopic: String?
+        var firstCell = 0
+        var partitions = 1
+        var topicIndex = 0
+        for index in encoded.indices {
+            let topic = encoded[index].topic
+            if topic != lastTopic {
+                topicIndex = topicIndexes[topic] ?? 0
+                firstCell = firstCells[topicIndex]
+                partitions = max(1, counts[topic] ?? 1)
+                lastTopic = topic
+            }
+            let cell = firstCell + Partitioner.partition(forKey: encoded[index].key, partitions: partitions)
+            if sizes[cell] == 0 {
+                usedCells.append(cell)
+                cellTopics[cell] = topicIndex
+            }
+            sizes[cell] += 1
+            messageCells.append(cell)
+            ranks.append(sizes[cell])
+            bytes.append(Int32(encoded[index].bytes))
+        }
+        usedCells.sort()
+        // Slots are numbered from 1, as the function's arrays are.
+        var cellSlots = [Int32](repeating: 0, count: cellCount)
+        var slotTopics: [String] = []
+        var slotPartitions: [Int32] = []
+        var slotSizes: [Int32] = []
+        for cell in usedCells {
+            let topicIndex = cellTopics[cell]
+            slotTopics.append(topics[topicIndex])
+            slotPartitions.append(Int32(cell - firstCells[topicIndex]))
+            slotSizes.append(sizes[cell])
+            cellSlots[cell] = Int32(slotSizes.count)
+        }
         let query: PostgresQuery = """
             SELECT aviary_publish_now(\(topics), \(topics.map { Int32(counts[$0] ?? 0) }),
-                \(slots.map(\.topic)), \(slots.map { Int32($0.partition) }), \(slots.map { sizes[$0] ?? 0 }),
-                \(messageSlots.map { slotIndexes[$0] ?? 0 }), \(ranks), \(encoded.map(\.key)),
-                \(encoded.map(\.event)), \(encoded.map(\.headers)), \(encoded.map { Int32($0.bytes) }), \(now),
+                \(slotTopics), \(slotPartitions), \(slotSizes),
+                \(PostgresArrayParameter(messageCells.map { cellSlots[$0] })), \(PostgresArrayParameter(ranks)),
+                \(PostgresArrayParameter(encoded.map(\.key))), \(PostgresArrayParameter(encoded.map(\.event))),
+                \(PostgresArrayParameter(encoded.map(\.headers))), \(PostgresArrayParameter(bytes)), \(now),
                 \(self.configuration.channel)) AS bases
             """
         let logger = self.logger
@@ -439,14 +482,19 @@ public final class PostgresMessageLog: MessageLog {
             return bases
         }
         guard let bases else { return nil }
-        guard bases.count == slots.count else {
+        guard bases.count == slotSizes.count else {
             throw MessagingError(
-                .unavailable, "aviary_publish_now returned \(bases.count) offsets for \(slots.count) partitions")
+                .unavailable, "aviary_publish_now returned \(bases.count) offsets for \(slotSizes.count) partitions")
         }
-        return zip(messageSlots, ranks).map { slot, rank in
-            let base = bases[Int(slotIndexes[slot] ?? 1) - 1]
-            return MessagePosition(topic: slot.topic, partition: slot.partition, offset: base + Int64(rank))
+        var positions: [MessagePosition] = []
+        positions.reserveCapacity(encoded.count)
+        for (cell, rank) in zip(messageCells, ranks) {
+            let slot = Int(cellSlots[cell]) - 1
+            positions.append(
+                MessagePosition(
+                    topic: slotTopics[slot], partition: Int(slotPartitions[slot]), offset: bases[slot] + Int64(rank)))
         }
+        return positions
     }
 
     /// Appends messages at the next offsets of their partitions (inside a transaction), keeping
