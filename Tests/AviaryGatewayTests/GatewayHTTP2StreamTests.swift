@@ -218,13 +218,8 @@ struct GatewayHTTP2StreamTests {
                 await eventually("the gateway pushes back on the origin") {
                     gateway.server.statistics.responseBodyPauses.load(ordering: .relaxed) > 0
                 }
-                var stable = 0
-                var last = -1
-                await eventually("the origin is stalled", timeout: .seconds(90)) {
-                    let now = origin.state.downloadBytesWritten.load(ordering: .relaxed)
-                    stable = now == last ? stable + 1 : 0
-                    last = now
-                    return stable >= 50
+                await eventuallyStalled("the origin is stalled") {
+                    origin.state.downloadBytesWritten.load(ordering: .relaxed)
                 }
                 let sent = origin.state.downloadBytesWritten.load(ordering: .relaxed)
                 // Socket buffers between the origin and the gateway, the stream's window and its
@@ -256,13 +251,8 @@ struct GatewayHTTP2StreamTests {
                 }
                 await stream.reset()
                 await #expect(throws: (any Error).self) { _ = try await response.get() }
-                var stable = 0
-                var last = -1
-                await eventually("the origin stopped", timeout: .seconds(90)) {
-                    let now = origin.state.downloadBytesWritten.load(ordering: .relaxed)
-                    stable = now == last ? stable + 1 : 0
-                    last = now
-                    return stable >= 50
+                await eventuallyStalled("the origin stopped") {
+                    origin.state.downloadBytesWritten.load(ordering: .relaxed)
                 }
                 #expect(origin.state.downloadBytesWritten.load(ordering: .relaxed) < size)
                 // The half-read upstream connection was closed, not pooled: the next request on
@@ -304,14 +294,7 @@ struct GatewayHTTP2StreamTests {
                 await eventually("the gateway pushes back on the client", timeout: .seconds(90)) {
                     gateway.server.statistics.requestBodyPauses.load(ordering: .relaxed) > 0
                 }
-                var stable = 0
-                var last = -1
-                await eventually("the client is stalled", timeout: .seconds(90)) {
-                    let now = progress.bytesWritten.load(ordering: .relaxed)
-                    stable = now == last ? stable + 1 : 0
-                    last = now
-                    return stable >= 50
-                }
+                await eventuallyStalled("the client is stalled") { progress.bytesWritten.load(ordering: .relaxed) }
                 let accepted = progress.bytesWritten.load(ordering: .relaxed)
                 // Socket buffers between the gateway and the origin, the upstream channel's write
                 // buffer and the stream's window: far from the whole body.

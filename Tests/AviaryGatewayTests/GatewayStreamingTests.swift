@@ -40,14 +40,7 @@ struct GatewayStreamingTests {
                 await eventually("the gateway pushes back on the client") {
                     gateway.server.statistics.requestBodyPauses.load(ordering: .relaxed) > 0
                 }
-                var stable = 0
-                var last = -1
-                await eventually("the client is stalled", timeout: .seconds(90)) {
-                    let now = progress.bytesWritten.load(ordering: .relaxed)
-                    stable = now == last ? stable + 1 : 0
-                    last = now
-                    return stable >= 50
-                }
+                await eventuallyStalled("the client is stalled") { progress.bytesWritten.load(ordering: .relaxed) }
                 let accepted = progress.bytesWritten.load(ordering: .relaxed)
                 #expect(
                     accepted < Self.inFlightBound,
@@ -73,13 +66,8 @@ struct GatewayStreamingTests {
                 await eventually("the gateway pushes back on the origin") {
                     gateway.server.statistics.responseBodyPauses.load(ordering: .relaxed) > 0
                 }
-                var stable = 0
-                var last = -1
-                await eventually("the origin is stalled", timeout: .seconds(90)) {
-                    let now = origin.state.downloadBytesWritten.load(ordering: .relaxed)
-                    stable = now == last ? stable + 1 : 0
-                    last = now
-                    return stable >= 50
+                await eventuallyStalled("the origin is stalled") {
+                    origin.state.downloadBytesWritten.load(ordering: .relaxed)
                 }
                 let sent = origin.state.downloadBytesWritten.load(ordering: .relaxed)
                 #expect(sent < Self.inFlightBound, "the origin got \(sent) bytes out while the client was not reading")

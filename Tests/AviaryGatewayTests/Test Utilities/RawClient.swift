@@ -253,6 +253,24 @@ func eventually(
     return true
 }
 
+/// Polls `counter` until it has stopped moving (the same value 50 polls in a row: about 0.1 s
+/// without progress, which a merely slow peer does not show); records an issue after `timeout`.
+/// For back-pressure tests: a byte count that stops short of the whole body.
+@discardableResult
+func eventuallyStalled(
+    _ what: String, timeout: Duration = .seconds(90), sourceLocation: SourceLocation = #_sourceLocation,
+    _ counter: () -> Int
+) async -> Bool {
+    var stable = 0
+    var last = -1
+    return await eventually(what, timeout: timeout, sourceLocation: sourceLocation) {
+        let now = counter()
+        stable = now == last ? stable + 1 : 0
+        last = now
+        return stable >= 50
+    }
+}
+
 /// A port on 127.0.0.1 where nothing listens: a TCP socket bound to it but never listening, so
 /// a connect is refused, and kept open for the life of the test process, so that no other test
 /// (binding port 0 in parallel) can be given the port meanwhile.
