@@ -104,13 +104,18 @@ extension ProxyHandler {
         self.write(head, context: context, flush: false, promise: nil)
     }
 
-    /// Flushes what the response wrote since its last flush, if anything: after the reads of an
-    /// upstream connection, which mostly come after the response's end was written and flushed.
+    /// Flushes what the response wrote since its last flush, if anything, to the connection or
+    /// the HTTP/2 stream: after the reads of an upstream connection, which mostly come after the
+    /// response's end was written and flushed.
     func flushOutput(context: ChannelHandlerContext) {
         self.releaseHeldHead(context: context)
         guard self.outputUnflushed else { return }
         self.outputUnflushed = false
-        context.flush()
+        if let stream = self.stream {
+            stream.flush()
+        } else {
+            context.flush()
+        }
     }
 
     /// Writes the head of an upstream's response with its header lines as received, minus the

@@ -1060,14 +1060,6 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     func upstreamReadComplete() {
         guard let context = self.context else { return }
-        if let stream = self.stream {
-            // As on HTTP/1.1: no flush when nothing was written since the last one (the end of a
-            // response is written with a flush, mostly before the upstream read completes).
-            guard self.outputUnflushed else { return }
-            self.outputUnflushed = false
-            stream.flush()
-            return
-        }
         self.flushOutput(context: context)
     }
 
