@@ -30,7 +30,13 @@ public final class SQLiteStore: Sendable {
     /// The owning service's tracer: reads and writes made inside a traced request get a child span.
     public let tracer: (any Tracer)?
 
+    /// How long opening keeps retrying a file another process holds locked (see ``SQLiteOpening``).
+    static let busyOpenLimit = Duration.seconds(60)
+
     /// Opens (creating if needed) the store at `url` and migrates it.
+    ///
+    /// Another process holding the file locked (creating or migrating it too) is waited for, up
+    /// to a minute, rather than reported.
     ///
     /// - Parameters:
     ///   - url: where the store lives.
@@ -56,7 +62,9 @@ public final class SQLiteStore: Sendable {
                     .internal, "cannot create the folder of \(path): \(error.localizedDescription)", cause: error)
             }
             do {
-                self.database = try DatabasePool(path: path, configuration: configuration)
+                self.database = try SQLiteOpening.retryingBusy(for: Self.busyOpenLimit) {
+                    try DatabasePool(path: path, configuration: configuration)
+                }
             } catch {
                 throw AviaryError(.unavailable, "cannot open SQLite database \(path): \(error)", cause: error)
             }
@@ -66,7 +74,8 @@ public final class SQLiteStore: Sendable {
             throw AviaryError(.invalidArgument, "SQLiteStore cannot open \(url); use a sqlite:// URL")
         }
         do {
-            try migrations.migrator.migrate(self.database)
+            let database = self.database
+            try SQLiteOpening.retryingBusy(for: Self.busyOpenLimit) { try migrations.migrator.migrate(database) }
         } catch {
             throw AviaryError(.internal, "migrating \(url) failed: \(error)", cause: error)
         }

@@ -15,6 +15,10 @@ extension SQLiteMessageLog {
     /// (GRDB's `DatabaseMigrator` reads the applied migrations before its transaction starts, which
     /// two processes can both do.)
     static func migrate(_ pool: DatabasePool) throws {
+        // A log already at this version needs no write lock: every process opening it at once
+        // (consumers starting together) would otherwise queue for one just to read the version.
+        let current = try pool.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0 }
+        guard current < Self.schemaVersion else { return }
         try pool.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
                 let version = try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0

@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryStorage
 import Foundation
 import GRDB
 import Synchronization
@@ -106,11 +107,18 @@ public final class SQLiteMessageLog: MessageLog {
     ///   - configuration: durability and timing.
     /// - Throws: ``MessagingError`` (`.unavailable`) naming the path when the file cannot be
     ///   created, opened or migrated.
-    public init(
+    public convenience init(
         path: String, clock: any WallClock = SystemWallClock(), configuration: Configuration = Configuration()
-    )
-        throws
-    {
+    ) throws {
+        try self.init(path: path, clock: clock, configuration: configuration, onBusyOpen: nil)
+    }
+
+    /// Opens the log like ``init(path:clock:configuration:)``, calling `onBusyOpen` with the number
+    /// of failures so far each time the file was busy or locked and opening is about to try again
+    /// (tests use it to know an open is waiting).
+    package init(
+        path: String, clock: any WallClock, configuration: Configuration, onBusyOpen: ((Int) -> Void)?
+    ) throws {
         self.path = URL(fileURLWithPath: path).standardizedFileURL.path
         self.clock = clock
         self.configuration = configuration
@@ -127,13 +135,23 @@ public final class SQLiteMessageLog: MessageLog {
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
         }
         do {
-            self.pool = try DatabasePool(path: self.path, configuration: grdb)
-            // GRDB sets synchronous=NORMAL on the pool's writer after `prepareDatabase` when it turns
-            // WAL on; the writer is the connection whose commits must be durable, so set it again.
-            try self.pool.writeWithoutTransaction { db in
-                try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            // Another process may hold the file locked for longer than one busy timeout (creating
+            // or migrating it too, or recovering the WAL of a process killed mid-write): wait for
+            // it, up to the retry limit, as writes do.
+            let path = self.path
+            self.pool = try SQLiteOpening.retryingBusy(
+                for: configuration.busyRetryLimit, onRetry: { failures, _ in onBusyOpen?(failures) }
+            ) {
+                let pool = try DatabasePool(path: path, configuration: grdb)
+                // GRDB sets synchronous=NORMAL on the pool's writer after `prepareDatabase` when it
+                // turns WAL on; the writer is the connection whose commits must be durable, so set
+                // it again.
+                try pool.writeWithoutTransaction { db in
+                    try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+                }
+                try Self.migrate(pool)
+                return pool
             }
-            try Self.migrate(self.pool)
         } catch {
             throw MessagingError(.unavailable, "cannot open the message log \(path): \(error)")
         }
