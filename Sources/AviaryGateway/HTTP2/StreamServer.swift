@@ -57,6 +57,9 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
     private var idleTimer: GatewayTimer?
     /// The connection channel's writability, as last reported to the streams.
     private(set) var connectionWritable = true
+    /// Upstream request head buffers lent to the streams' proxies: a stream's proxy lives for one
+    /// request, so the buffers it would keep for the next one are kept here instead.
+    var requestHeads = LentBuffers()
 
     init(loop: GatewayLoop, secure: Bool, idleTimeout: Duration) {
         self.loop = loop
@@ -232,7 +235,7 @@ final class HTTP2ServerStream {
 
     let id: HTTP2StreamID
     /// Strong, both ways: the server forgets a stream when it closes, and the stream its proxy.
-    private let server: HTTP2StreamServer
+    let server: HTTP2StreamServer
     var proxy: ProxyHandler?
     private var codec = HTTP2StreamCodec()
     private(set) var isClosed = false
