@@ -340,6 +340,16 @@ final class HTTP2ServerStream {
         if flush { self.flush() }
     }
 
+    /// Writes a forwarded response head from the upstream's header lines (see
+    /// ``HTTP2StreamCodec/block(_:lines:)``); like a `.head` part, it is held for what follows.
+    func writeHead(_ status: HTTPResponseStatus, lines: ByteBuffer) {
+        guard !self.isClosed, let context = self.server.context else { return }
+        let (first, second) = self.codec.writeHead(
+            HTTP2StreamCodec.block(status, lines: lines), status: status, promise: nil)
+        if let first { self.send(first, context) }
+        if let second { self.send(second, context) }
+    }
+
     /// Passes the held frame on and flushes the connection. The flush happens also when the
     /// stream has just closed: a HEADERS frame with END_STREAM closes it as it is written (it
     /// needs no flow-control window), before the flush that sends it.

@@ -1014,6 +1014,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                     context: context)
                 return
             }
+            if let stream = self.stream, let lines = upstream.lines, !upstream.connectionNamesOthers,
+                exchange.responseHeaders.isEmpty, exchange.route.responseHeaderRewrite == nil
+            {
+                // The same on an HTTP/2 stream: the HPACK block is made from the lines, and the
+                // stream ends with the response (its frames delimit the body).
+                exchange.keepAlive = false
+                stream.writeHead(upstream.status, lines: lines)
+                self.outputUnflushed = true
+                return
+            }
             var head = HTTPResponseHead(
                 version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
             ProxyHeaders.removeHopByHop(&head.headers)
