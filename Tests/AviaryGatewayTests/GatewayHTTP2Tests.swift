@@ -56,6 +56,33 @@ struct GatewayHTTP2Tests {
         }
     }
 
+    @Test("streams keep an HTTP/2 connection open; it is closed idle_timeout after its last stream ended")
+    func idleAfterLastStream() async throws {
+        let timers = ManualGatewayTimers()
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, limits: ", idle_timeout: 1s"), timers: timers) {
+                gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                try await timers.waitUntilArmed(.seconds(1))
+                // Shortly before the connection's first idle period would end, a stream comes and
+                // goes: the idle period starts again from its end.
+                await timers.advance(by: .milliseconds(900))
+                #expect(try await client.request("GET", "/one").status == 200)
+                // The first idle period's time passes: the connection stays, and takes streams.
+                await timers.advance(by: .milliseconds(200))
+                #expect(try await client.request("GET", "/two").status == 200)
+                await timers.advance(by: .milliseconds(900))
+                #expect(try await client.request("GET", "/three").status == 200)
+                #expect(client.channel.isActive)
+                await eventuallyAsync("the connection is closed once idle_timeout has passed after its last stream") {
+                    await timers.advance(by: .seconds(1))
+                    return !client.channel.isActive
+                }
+                #expect(client.goAwayErrorCode == .noError)
+            }
+        }
+    }
+
     @Test("h2c by prior knowledge: 200 concurrent streams on one connection each get their own answer")
     func concurrentStreams() async throws {
         try await withOrigins(["a"]) { origins in
