@@ -17,7 +17,8 @@ import NIOHTTP2
 //   HEADERS + DATA + an empty DATA);
 // - the response head becomes an HPACK block in one pass: names are lower-cased only when they
 //   have capitals, and connection-specific fields are dropped by comparing bytes, without the
-//   intermediate `HTTPHeaders` and lower-cased copies of every name.
+//   intermediate `HTTPHeaders` and lower-cased copies of every name; a forwarded head that needs
+//   no edit is made straight from the upstream's header lines (`block(_:lines:)`).
 // Header *validation* (pseudo-header rules, forbidden bytes in names and values) stays where it
 // is, in `NIOHTTP2Handler`, before any frame reaches a stream.
 //
