@@ -117,6 +117,35 @@ struct GatewayHTTP2StreamTests {
         #expect(fields == [":status=404", "content-type=text/plain", "x-lower=1", "x-mixed-case=2"])
     }
 
+    @Test("a forwarded head's block from the upstream's lines is the block of its fields minus hop-by-hop ones")
+    func responseBlockFromLines() throws {
+        let lines =
+            "Server: nginx\r\nContent-Type:  text/plain \r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+            + "Transfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: x\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n"
+            + "Proxy-Authenticate: Basic\r\nx-lower: 1\r\nX-Mixed-Case: 2\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n"
+            + "X-Empty:\r\nDate: Mon, 30 Nov 2026 15:39:09 GMT\r\n"
+        let block = HTTP2StreamCodec.block(.created, lines: ByteBuffer(string: lines))
+        let fields = block.map { "\($0.name)=\($0.value)" }
+        #expect(
+            fields == [
+                ":status=201", "server=nginx", "content-type=text/plain", "x-lower=1", "x-mixed-case=2",
+                "set-cookie=a=1", "set-cookie=b=2", "x-empty=", "date=Mon, 30 Nov 2026 15:39:09 GMT",
+            ])
+        // What the general path makes of the same head: the fields, hop-by-hop ones removed.
+        var head = UpstreamResponseHead(
+            version: .http1_1, status: .created, isKeepAlive: true, hasContentLength: false,
+            hasTransferEncoding: true, hasHopByHop: true, connectionNamesOthers: false)
+        head.lines = ByteBuffer(string: lines)
+        var headers = head.headers
+        ProxyHeaders.removeHopByHop(&headers)
+        #expect(HTTP2StreamCodec.block(.created, headers).map { "\($0.name)=\($0.value)" } == fields)
+        // The head is held for what follows, as a `.head` part is, and the end marks it.
+        var codec = HTTP2StreamCodec()
+        let (first, second) = codec.writeHead(block, status: .created, promise: nil)
+        #expect(first == nil && second == nil)
+        #expect(Self.describe(Self.frames(&codec, [.end(nil)])) == ["HEADERS+END"])
+    }
+
     @Test("request heads: host from :authority, chunked for a body without length, content-length 0 without body")
     func requestHeads() throws {
         let get = try HTTP2StreamCodec.requestHead(

@@ -56,6 +56,33 @@ struct GatewayHTTP2Tests {
         }
     }
 
+    @Test("streams keep an HTTP/2 connection open; it is closed idle_timeout after its last stream ended")
+    func idleAfterLastStream() async throws {
+        let timers = ManualGatewayTimers()
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port, limits: ", idle_timeout: 1s"), timers: timers) {
+                gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                try await timers.waitUntilArmed(.seconds(1))
+                // Shortly before the connection's first idle period would end, a stream comes and
+                // goes: the idle period starts again from its end.
+                await timers.advance(by: .milliseconds(900))
+                #expect(try await client.request("GET", "/one").status == 200)
+                // The first idle period's time passes: the connection stays, and takes streams.
+                await timers.advance(by: .milliseconds(200))
+                #expect(try await client.request("GET", "/two").status == 200)
+                await timers.advance(by: .milliseconds(900))
+                #expect(try await client.request("GET", "/three").status == 200)
+                #expect(client.channel.isActive)
+                await eventuallyAsync("the connection is closed once idle_timeout has passed after its last stream") {
+                    await timers.advance(by: .seconds(1))
+                    return !client.channel.isActive
+                }
+                #expect(client.goAwayErrorCode == .noError)
+            }
+        }
+    }
+
     @Test("h2c by prior knowledge: 200 concurrent streams on one connection each get their own answer")
     func concurrentStreams() async throws {
         try await withOrigins(["a"]) { origins in
@@ -231,9 +258,8 @@ struct GatewayHTTP2Tests {
         #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
         channel.embeddedEventLoop.run()
         #expect(flushes == 1)
-        for byte: UInt8 in 1...3 {
-            #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [byte]))
-        }
+        // Small writes are copied into one buffer.
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [1, 2, 3]))
         // The next iteration flushes again.
         channel.writeAndFlush(ByteBuffer(bytes: [4]), promise: nil)
         channel.embeddedEventLoop.run()
@@ -245,6 +271,64 @@ struct GatewayHTTP2Tests {
         #expect(flushes == 3)
         #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [5]))
         channel.embeddedEventLoop.run()
+    }
+
+    @Test("copied writes keep their order around large ones, complete their promises, and are never written over")
+    func writeCoalescing() throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(FlushCoalescer())
+        let large = ByteBuffer(repeating: 7, count: FlushCoalescer.copiedBytes + 1)
+        // What NIOHTTP2Handler does: one buffer, cleared and written into again for each frame.
+        var frame = ByteBuffer()
+        var promises: [EventLoopFuture<Void>] = []
+        let writes: [[UInt8]?] = [[1, 2], [3], nil, [4, 5], [6]]
+        for (index, bytes) in writes.enumerated() {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            promises.append(promise.futureResult)
+            if let bytes {
+                frame.clear()
+                frame.writeBytes(bytes)
+                channel.write(frame, promise: index == 0 ? nil : promise)
+                if index == 0 { promise.succeed() }
+            } else {
+                channel.write(large, promise: promise)
+            }
+        }
+        channel.flush()
+        channel.embeddedEventLoop.run()
+        // What came before the large write goes out before it, in one buffer; then the large one
+        // as it was; then the rest, in one buffer.
+        let first = try channel.readOutbound(as: ByteBuffer.self)
+        #expect(first == ByteBuffer(bytes: [1, 2, 3]))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == large)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [4, 5, 6]))
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil)
+        for future in promises { try future.wait() }
+
+        // The next iteration copies into the kept storage only if the socket let go of it: here
+        // `first` is still held (as a pending write would be), so its bytes stay as they were.
+        for byte: UInt8 in [8, 9, 10] { channel.write(ByteBuffer(bytes: [byte]), promise: nil) }
+        channel.flush()
+        channel.embeddedEventLoop.run()
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [8, 9, 10]))
+        #expect(first == ByteBuffer(bytes: [1, 2, 3]))
+
+        // Copied bytes beyond the buffer limit are passed on without waiting for the flush.
+        let chunk = ByteBuffer(repeating: 1, count: FlushCoalescer.copiedBytes)
+        var written = 0
+        while written < FlushCoalescer.bufferLimit {
+            channel.write(chunk, promise: nil)
+            written += chunk.readableBytes
+        }
+        channel.write(ByteBuffer(bytes: [1]), promise: nil)
+        channel.flush()
+        channel.embeddedEventLoop.run()
+        #expect(try channel.readOutbound(as: ByteBuffer.self)?.readableBytes == written)
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [1]))
+        // A close writes what was copied and flushes it first.
+        channel.write(ByteBuffer(bytes: [11]), promise: nil)
+        try channel.close().wait()
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(bytes: [11]))
     }
 
     @Test("listen.tls, http2 and max_concurrent_streams are validated with their place")

@@ -62,6 +62,40 @@ struct ProxyOutputTests {
         #expect(next.capacity < OutputBuffers.keptCapacity * 2)
     }
 
+    @Test("an HTTP/2 connection's lent head buffers are reused once given back and let go, never while held")
+    func lentBuffers() {
+        var lent = LentBuffers()
+        // Two streams borrow at once: two buffers.
+        var a = lent.take(capacity: 64, allocator: Self.allocator)
+        a.writeString("GET /a HTTP/1.1\r\n\r\n")
+        var b = lent.take(capacity: 64, allocator: Self.allocator)
+        b.writeString("GET /b HTTP/1.1\r\n\r\n")
+        #expect(Self.address(a) != Self.address(b))
+        // A's exchange ended and nothing else holds its buffer: the next stream writes into it.
+        let storageA = Self.address(a)
+        lent.giveBack(a)
+        a = ByteBuffer()
+        var c = lent.take(capacity: 64, allocator: Self.allocator)
+        #expect(Self.address(c) == storageA)
+        #expect(c.readableBytes == 0)
+        c.writeString("GET /c HTTP/1.1\r\n\r\n")
+        // B is given back while something still holds its bytes (a write not done): the next
+        // stream gets new storage and B's bytes stay as they were.
+        let heldB = b
+        lent.giveBack(b)
+        var d = lent.take(capacity: 64, allocator: Self.allocator)
+        d.writeString("GET /d HTTP/1.1\r\n\r\n")
+        #expect(Self.address(d) != Self.address(heldB))
+        #expect(String(buffer: heldB) == "GET /b HTTP/1.1\r\n\r\n")
+        #expect(String(buffer: c) == "GET /c HTTP/1.1\r\n\r\n")
+        // At most keptCount buffers are kept, and none that grew past the kept capacity.
+        for _ in 0..<(LentBuffers.keptCount + 5) { lent.giveBack(Self.allocator.buffer(capacity: 64)) }
+        #expect(lent.count == LentBuffers.keptCount)
+        var other = LentBuffers()
+        other.giveBack(Self.allocator.buffer(capacity: OutputBuffers.keptCapacity * 2))
+        #expect(other.count == 0)
+    }
+
     @Test("header fields are written as name, colon, space, value, CRLF, one after another")
     func fieldLines() {
         var buffer = ByteBuffer(string: "GET / HTTP/1.1\r\n")

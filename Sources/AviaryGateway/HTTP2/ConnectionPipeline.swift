@@ -179,8 +179,8 @@ final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// Turns the flushes of one event loop iteration into one, made once the iteration's I/O has
-/// been handled.
+/// Turns the writes and flushes of one event loop iteration into one write and one flush, made
+/// once the iteration's I/O has been handled.
 ///
 /// An HTTP/2 connection's responses are finished by reads of many upstream connections: each
 /// stream ends with a flush, and NIOHTTP2 coalesces flushes only within a read of the HTTP/2
@@ -188,11 +188,73 @@ final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
 /// client per response); HAProxy writes what an iteration produced at once. Nothing in NIO or
 /// NIOHTTP2 defers a flush to the end of the iteration, hence this handler. The delay is the rest
 /// of the current iteration (tasks run right after its I/O), so no write waits for more input.
+///
+/// Small writes are copied into one buffer of the iteration rather than passed on one by one.
+/// `NIOHTTP2Handler` encodes every frame (a DATA frame's 9-byte header, a HEADERS frame with its
+/// HPACK block) into its one write buffer, which it clears before the next frame: while the
+/// channel's pending writes still hold the previous frame, the clear has to allocate new storage
+/// (two `malloc`s per frame, four per small response). Copied here, the frame's bytes are let go
+/// of at once, the handler's buffer is reused, and a response's frames are one `iovec` of the
+/// `writev` instead of four pending writes. The iteration's buffer itself is kept and written into
+/// again once the socket has let go of it (`ByteBuffer.clear(minimumCapacity:)` allocates fresh
+/// storage while anything still holds the old one, so bytes on their way out never change).
 final class FlushCoalescer: ChannelOutboundHandler {
-    typealias OutboundIn = NIOAny
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    /// Writes of up to this many bytes are copied into the iteration's buffer; larger ones (the
+    /// DATA of bigger bodies) pass on as they are, after what was copied before them.
+    static let copiedBytes = 2048
+    /// Once the iteration's buffer holds this many bytes it is passed on (the channel's
+    /// writability then counts them), and copying starts over in a new buffer.
+    static let bufferLimit = 16384
+    /// The initial capacity of the iteration's buffer: ten small responses' frames.
+    static let bufferCapacity = 4096
 
     private var flushScheduled = false
     private var removed = false
+    /// The copied writes of this iteration, not passed on yet, and the promise that completes
+    /// when they are written (the others are cascaded from it).
+    private var copied: ByteBuffer?
+    private var copiedPromise: EventLoopPromise<Void>?
+    /// The storage of the buffer passed on last, to copy into again.
+    private var kept: ByteBuffer?
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .byteBuffer(let bytes) = self.unwrapOutboundIn(data), bytes.readableBytes <= Self.copiedBytes else {
+            self.passCopied(context)
+            context.write(data, promise: promise)
+            return
+        }
+        var buffer: ByteBuffer
+        if let copied = self.copied.take() {
+            buffer = copied
+        } else if var kept = self.kept.take() {
+            kept.clear(minimumCapacity: Self.bufferCapacity)
+            buffer = kept
+        } else {
+            buffer = context.channel.allocator.buffer(capacity: Self.bufferCapacity)
+        }
+        buffer.writeImmutableBuffer(bytes)
+        self.copied = buffer
+        if let promise {
+            if let first = self.copiedPromise {
+                first.futureResult.cascade(to: promise)
+            } else {
+                self.copiedPromise = promise
+            }
+        }
+        if buffer.readableBytes >= Self.bufferLimit { self.passCopied(context) }
+    }
+
+    /// Passes the copied writes on, as one buffer, keeping its storage for the next ones.
+    private func passCopied(_ context: ChannelHandlerContext) {
+        guard let buffer = self.copied.take() else { return }
+        let promise = self.copiedPromise
+        self.copiedPromise = nil
+        self.kept = buffer.capacity <= Self.bufferLimit * 2 ? buffer : nil
+        context.write(self.wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
+    }
 
     func flush(context: ChannelHandlerContext) {
         guard !self.flushScheduled else { return }
@@ -200,6 +262,7 @@ final class FlushCoalescer: ChannelOutboundHandler {
         context.eventLoop.assumeIsolated().execute {
             self.flushScheduled = false
             guard !self.removed else { return }
+            self.passCopied(context)
             context.flush()
         }
     }
@@ -209,14 +272,16 @@ final class FlushCoalescer: ChannelOutboundHandler {
         // neither the flush the handlers behind this one asked for nor writes whose flush is
         // still to come (`NIOHTTP2Handler` reports a stream's end, on which the connection may
         // close, before it flushes the frame that ended it) are lost.
+        self.passCopied(context)
         context.flush()
         context.close(mode: mode, promise: promise)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         // A flush still scheduled goes out now: the handler's context is gone once it runs.
-        if self.flushScheduled {
+        if self.flushScheduled || self.copied != nil {
             self.removed = true
+            self.passCopied(context)
             context.flush()
         }
     }

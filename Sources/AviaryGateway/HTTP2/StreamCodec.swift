@@ -17,7 +17,8 @@ import NIOHTTP2
 //   HEADERS + DATA + an empty DATA);
 // - the response head becomes an HPACK block in one pass: names are lower-cased only when they
 //   have capitals, and connection-specific fields are dropped by comparing bytes, without the
-//   intermediate `HTTPHeaders` and lower-cased copies of every name.
+//   intermediate `HTTPHeaders` and lower-cased copies of every name; a forwarded head that needs
+//   no edit is made straight from the upstream's header lines (`block(_:lines:)`).
 // Header *validation* (pseudo-header rules, forbidden bytes in names and values) stays where it
 // is, in `NIOHTTP2Handler`, before any frame reaches a stream.
 //
@@ -34,10 +35,25 @@ struct HTTP2StreamCodec {
     /// A response frame to pass to `NIOHTTP2Handler`, with the promise of the part it carries.
     typealias Outbound = (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)
 
+    /// What a held frame carries. The frame's payload is made when it is passed on, with or
+    /// without END_STREAM: a DATA payload boxes its fields, so setting END_STREAM on one made
+    /// before would copy the box (one allocation more per response).
+    private enum Held {
+        case headers(HPACKHeaders)
+        case data(ByteBuffer)
+
+        func payload(endStream: Bool) -> HTTP2Frame.FramePayload {
+            switch self {
+            case .headers(let block): .headers(.init(headers: block, endStream: endStream))
+            case .data(let buffer): .data(.init(data: .byteBuffer(buffer), endStream: endStream))
+            }
+        }
+    }
+
     private var sawHead = false
     private var sawTrailers = false
     /// The response frame written last, not yet passed on: `.end` may still mark it END_STREAM.
-    private var held: Outbound?
+    private var held: (frame: Held, promise: EventLoopPromise<Void>?)?
 
     init() {}
 
@@ -139,12 +155,7 @@ struct HTTP2StreamCodec {
     ) -> (Outbound?, Outbound?) {
         switch part {
         case .head(let head):
-            let payload = HTTP2Frame.FramePayload.headers(.init(headers: Self.block(head.status, head.headers)))
-            if head.status.code < 200 {
-                // An informational head (100 Continue) never ends the stream: no need to hold it.
-                return (self.takeHeld(), (payload, promise))
-            }
-            return (self.hold(payload, promise), nil)
+            return self.writeHead(Self.block(head.status, head.headers), status: head.status, promise: promise)
         case .body(let body):
             guard case .byteBuffer(let buffer) = body else {
                 preconditionFailure("the proxy writes response bodies as byte buffers")
@@ -154,7 +165,7 @@ struct HTTP2StreamCodec {
                 promise?.succeed()
                 return (nil, nil)
             }
-            return (self.hold(.data(.init(data: .byteBuffer(buffer))), promise), nil)
+            return (self.hold(.data(buffer), promise), nil)
         case .end(let trailers):
             if let trailers {
                 let payload = HTTP2Frame.FramePayload.headers(
@@ -166,34 +177,35 @@ struct HTTP2StreamCodec {
                 return ((empty, promise), nil)
             }
             self.held = nil
-            var payload = held.payload
-            switch payload {
-            case .headers(var headers):
-                headers.endStream = true
-                payload = .headers(headers)
-            case .data(var data):
-                data.endStream = true
-                payload = .data(data)
-            default:
-                break
-            }
             if let heldPromise = held.promise, let promise {
                 heldPromise.futureResult.cascade(to: promise)
             }
-            return ((payload, held.promise ?? promise), nil)
+            return ((held.frame.payload(endStream: true), held.promise ?? promise), nil)
         }
+    }
+
+    /// The frames to pass on for a response head given as its HPACK block (see
+    /// ``block(_:lines:)``), as ``write(_:promise:)`` passes them on for a `.head` part.
+    mutating func writeHead(
+        _ block: HPACKHeaders, status: HTTPResponseStatus, promise: EventLoopPromise<Void>?
+    ) -> (Outbound?, Outbound?) {
+        if status.code < 200 {
+            // An informational head (100 Continue) never ends the stream: no need to hold it.
+            return (self.takeHeld(), (.headers(.init(headers: block)), promise))
+        }
+        return (self.hold(.headers(block), promise), nil)
     }
 
     /// The held frame, to pass on before a flush or a close.
     mutating func takeHeld() -> Outbound? {
         guard let held = self.held else { return nil }
         self.held = nil
-        return held
+        return (held.frame.payload(endStream: false), held.promise)
     }
 
-    private mutating func hold(_ payload: HTTP2Frame.FramePayload, _ promise: EventLoopPromise<Void>?) -> Outbound? {
-        let previous = self.held
-        self.held = (payload, promise)
+    private mutating func hold(_ frame: Held, _ promise: EventLoopPromise<Void>?) -> Outbound? {
+        let previous = self.takeHeld()
+        self.held = (frame, promise)
         return previous
     }
 
@@ -209,6 +221,42 @@ struct HTTP2StreamCodec {
             block.add(name: Self.lowercased(name), value: value)
         }
         return block
+    }
+
+    /// The HPACK block of a forwarded response head straight from the upstream's header lines
+    /// (``UpstreamResponseHead/lines``): `:status`, then each field as received, its name in
+    /// lower case, without the hop-by-hop fields (which include those HTTP/2 forbids). The same
+    /// block as ``block(_:_:)`` makes of the head's `HTTPHeaders` minus the hop-by-hop fields,
+    /// without that array of `String` pairs, its copy without the hop-by-hop fields and
+    /// `HTTPResponseHead`'s storage in between (three allocations per response).
+    static func block(_ status: HTTPResponseStatus, lines: ByteBuffer) -> HPACKHeaders {
+        var block = HPACKHeaders()
+        lines.withUnsafeReadableBytes { bytes in
+            var count = 1
+            for byte in bytes where byte == UInt8(ascii: "\n") { count += 1 }
+            block.reserveCapacity(count)
+            block.add(name: ":status", value: String(status.code))
+            var framing = HTTP1RequestParser.FramingHeaders()
+            // The lines were checked by the upstream's parser: this walk cannot fail.
+            try? HTTP1RequestParser.walkFields(bytes, from: 0, framing: &framing) { name, value in
+                if UpstreamResponseHead.isHopByHop(name) { return }
+                block.add(name: Self.lowercased(name), value: String(decoding: value, as: UTF8.self))
+            }
+        }
+        return block
+    }
+
+    /// A field name's bytes (a token: ASCII) as a `String` in lower case.
+    static func lowercased(_ name: UnsafeRawBufferPointer) -> String {
+        String(
+            unsafeUninitializedCapacity: name.count,
+            initializingUTF8With: { buffer in
+                for index in 0..<name.count {
+                    let byte = name[index]
+                    buffer[index] = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+                }
+                return name.count
+            })
     }
 
     static func isConnectionSpecific(_ name: String) -> Bool {

@@ -53,15 +53,24 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
     private var failed = false
     /// `limits.idle_timeout`: a connection without open streams for that long is closed with
     /// GOAWAY, as an idle HTTP/1.1 connection is closed.
-    private let idleTimeout: Duration
+    private let idleTimeout: TimeAmount
+    /// When the connection has been without open streams for `idleTimeout`. Moving it is all an
+    /// idle period's start costs: the timer stays armed while streams come and go (a client with
+    /// a few streams at a time runs out of open streams after every batch, and scheduling and
+    /// cancelling a task each time cost a few allocations and the scheduler's heap each), and when
+    /// it fires early it sleeps until its deadline or, with streams open, until they end.
+    private var idleDeadline = NIODeadline.distantFuture
     private var idleTimer: GatewayTimer?
     /// The connection channel's writability, as last reported to the streams.
     private(set) var connectionWritable = true
+    /// Upstream request head buffers lent to the streams' proxies: a stream's proxy lives for one
+    /// request, so the buffers it would keep for the next one are kept here instead.
+    var requestHeads = LentBuffers()
 
     init(loop: GatewayLoop, secure: Bool, idleTimeout: Duration) {
         self.loop = loop
         self.secure = secure
-        self.idleTimeout = idleTimeout
+        self.idleTimeout = TimeAmount(idleTimeout)
     }
 
     /// The number of open streams (for tests).
@@ -82,12 +91,28 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
         self.context = nil
     }
 
+    /// The connection has no open stream from now on: it is idle once `idleTimeout` has passed.
     private func armIdleTimer(_ context: ChannelHandlerContext) {
-        self.idleTimer?.cancel()
-        self.idleTimer = self.loop.timers.schedule(in: TimeAmount(self.idleTimeout), on: context.eventLoop) {
-            [weak self] in
-            self?.drain()
+        self.idleDeadline = self.loop.timers.now + self.idleTimeout
+        guard self.idleTimer == nil else { return }
+        self.scheduleIdleTimer(context)
+    }
+
+    private func scheduleIdleTimer(_ context: ChannelHandlerContext) {
+        self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) { [weak self] in
+            self?.idleTimerFired()
         }
+    }
+
+    private func idleTimerFired() {
+        self.idleTimer = nil
+        // With streams open the timer is armed again when the last one ends.
+        guard let context = self.context, self.streams.isEmpty, !self.draining else { return }
+        if self.loop.timers.now < self.idleDeadline {
+            self.scheduleIdleTimer(context)
+            return
+        }
+        self.drain()
     }
 
     // MARK: Frames and events from NIOHTTP2Handler
@@ -117,10 +142,6 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
         proxy.attach(context)
         self.streams[id] = stream
         if id > self.lastStreamID { self.lastStreamID = id }
-        if let idleTimer = self.idleTimer {
-            idleTimer.cancel()
-            self.idleTimer = nil
-        }
         stream.received(payload)
     }
 
@@ -232,7 +253,7 @@ final class HTTP2ServerStream {
 
     let id: HTTP2StreamID
     /// Strong, both ways: the server forgets a stream when it closes, and the stream its proxy.
-    private let server: HTTP2StreamServer
+    let server: HTTP2StreamServer
     var proxy: ProxyHandler?
     private var codec = HTTP2StreamCodec()
     private(set) var isClosed = false
@@ -335,6 +356,16 @@ final class HTTP2ServerStream {
         if let first { self.send(first, context) }
         if let second { self.send(second, context) }
         if flush { self.flush() }
+    }
+
+    /// Writes a forwarded response head from the upstream's header lines (see
+    /// ``HTTP2StreamCodec/block(_:lines:)``); like a `.head` part, it is held for what follows.
+    func writeHead(_ status: HTTPResponseStatus, lines: ByteBuffer) {
+        guard !self.isClosed, let context = self.server.context else { return }
+        let (first, second) = self.codec.writeHead(
+            HTTP2StreamCodec.block(status, lines: lines), status: status, promise: nil)
+        if let first { self.send(first, context) }
+        if let second { self.send(second, context) }
     }
 
     /// Passes the held frame on and flushes the connection. The flush happens also when the

@@ -226,3 +226,46 @@ struct OutputBuffers {
         return buffer
     }
 }
+
+/// Head buffers an HTTP/2 connection lends to the proxies of its streams.
+///
+/// Hot path: a stream's `ProxyHandler` lives for one request, so the buffer its
+/// ``OutputBuffers`` would keep for the next head is gone with it, and every stream allocated its
+/// upstream request head anew (two `malloc`s). The connection keeps them instead: a proxy takes
+/// one for its upstream request head and gives it back when its exchange ends (the head went out
+/// long before the response came back). Streams run concurrently, so several buffers are kept, up
+/// to ``keptCount``. As with ``OutputBuffers``, `ByteBuffer.clear(minimumCapacity:)` on take
+/// reuses the storage only when nothing else holds it any more and allocates new storage
+/// otherwise, so a buffer given back while something still reads it (a retry in flight, a write
+/// not done) is never written over.
+///
+/// ```swift
+/// var buffer = server.requestHeads.take(capacity: 512, allocator: context.channel.allocator)
+/// buffer.writeStaticString("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+/// upstream.sendHead(buffer)
+/// // ... when the exchange has ended:
+/// server.requestHeads.giveBack(buffer)
+/// ```
+struct LentBuffers {
+    /// The most buffers kept at once.
+    static let keptCount = 32
+
+    private var free: [ByteBuffer] = []
+
+    /// The number of buffers kept (for tests).
+    var count: Int { self.free.count }
+
+    /// An empty buffer of at least `capacity` bytes: a kept one's storage when nothing else holds
+    /// it any more, otherwise a new one.
+    mutating func take(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard var buffer = self.free.popLast() else { return allocator.buffer(capacity: capacity) }
+        buffer.clear(minimumCapacity: capacity)
+        return buffer
+    }
+
+    /// Keeps a buffer whose bytes its borrower no longer needs, for the next borrower.
+    mutating func giveBack(_ buffer: ByteBuffer) {
+        guard self.free.count < Self.keptCount, buffer.capacity <= OutputBuffers.keptCapacity else { return }
+        self.free.append(buffer)
+    }
+}

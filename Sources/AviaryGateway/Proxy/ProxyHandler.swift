@@ -757,7 +757,14 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         _ head: HTTPRequestHead, uri: String, _ inspection: ProxyHeaders.RequestInspection, _ policy: PolicyOutcome?,
         _ context: ChannelHandlerContext
     ) -> ByteBuffer {
-        var buffer = self.outputBuffers.takeRequest(capacity: 512, allocator: context.channel.allocator)
+        // A stream's proxy serves one request: it borrows its connection's buffers (returned
+        // when the exchange ends) rather than keeping its own.
+        var buffer =
+            if let stream = self.stream {
+                stream.server.requestHeads.take(capacity: 512, allocator: context.channel.allocator)
+            } else {
+                self.outputBuffers.takeRequest(capacity: 512, allocator: context.channel.allocator)
+            }
         buffer.writeString(head.method.rawValue)
         buffer.writeStaticString(" ")
         buffer.writeString(uri)
@@ -773,7 +780,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         buffer.writeHTTPField("forwarded", element)
         if let subject = policy?.subject { buffer.writeHTTPField(subjectHeaderName, subject) }
         buffer.writeStaticString("\r\n")
-        self.outputBuffers.keepRequest(buffer)
+        if self.stream == nil { self.outputBuffers.keepRequest(buffer) }
         return buffer
     }
 
@@ -1007,6 +1014,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                     context: context)
                 return
             }
+            if let stream = self.stream, let lines = upstream.lines, !upstream.connectionNamesOthers,
+                exchange.responseHeaders.isEmpty, exchange.route.responseHeaderRewrite == nil
+            {
+                // The same on an HTTP/2 stream: the HPACK block is made from the lines, and the
+                // stream ends with the response (its frames delimit the body).
+                exchange.keepAlive = false
+                stream.writeHead(upstream.status, lines: lines)
+                self.outputUnflushed = true
+                return
+            }
             var head = HTTPResponseHead(
                 version: exchange.downstreamVersion, status: upstream.status, headers: upstream.headers)
             ProxyHeaders.removeHopByHop(&head.headers)
@@ -1171,6 +1188,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             }
         }
         exchange.pending.removeAll()
+        if let stream = self.stream, case .bytes(let head, _) = exchange.upstreamHead {
+            // Sent long ago; the exchange ends: the buffer goes back to the connection's streams.
+            stream.server.requestHeads.giveBack(head)
+        }
     }
 
     /// Replays pipelined parts that arrived during the last exchange, then reads on.

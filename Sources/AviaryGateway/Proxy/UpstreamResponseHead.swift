@@ -8,9 +8,9 @@ import NIOHTTP1
 
 // Hot path: an upstream's response head stays bytes. The proxy decides on the status, keep-alive
 // and framing, which the parser found in its one walk, and copies the header lines to the client
-// minus the hop-by-hop ones; `HTTPHeaders` (a `String` pair per field) is built only for the
-// features that read or change fields (caching, response header rewrites, policy headers, an
-// HTTP/2 client).
+// minus the hop-by-hop ones (an HTTP/2 stream's HPACK block is made from them as well);
+// `HTTPHeaders` (a `String` pair per field) is built only for the features that read or change
+// fields (caching, response header rewrites, policy headers).
 
 /// What an upstream connection hands the exchange using it.
 enum UpstreamResponsePart {
