@@ -10,8 +10,8 @@
 #   scripts/bench-broker.sh --pg-publish [seconds, default 4] [rounds, default 5]
 #       only PostgreSQL publish (one message per transaction, batches of 100 and 1000), each
 #       measurement interleaved with its pgbench floor in every round (new, floor, old, new, floor,
-#       old, ...); with OLD_BROKERBENCH=path (a BrokerBench built from another commit, e.g. main)
-#       that binary too, in a database of its own on the same server. Prints every round, the
+#       old, ...), each right after a CHECKPOINT; with OLD_BROKERBENCH=path (a BrokerBench built
+#       from another commit, e.g. main) that binary too, in a database of its own on the same server. Prints every round, the
 #       medians and the ratios of medians (new/floor, old/floor, new/old); ~50 s a round with 4 s.
 #   BROKERBENCH=path runs that BrokerBench binary instead of building one (any mode).
 #
@@ -142,18 +142,25 @@ for line in sys.stdin:
     echo "INSERT INTO raw_messages (payload, appended_at) SELECT repeat('x', $row_bytes), g FROM generate_series(1, $batch) g;" \
       >"$tmp/insert-$batch.sql"
   done
+  # Every measurement starts right after a checkpoint: a batch of 1000 writes about half a GB of WAL
+  # in 4 s, which starts a checkpoint that would otherwise run during whichever measurement comes
+  # next (its writes and full-page images slowed that one, always the same one of the round).
+  checkpoint() { psql -q -d postgres -c CHECKPOINT >/dev/null; }
   echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
   for round in $(seq 1 "$rounds"); do
     echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     for batch in 1 100 1000; do
       if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
+      checkpoint
       rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "$scenario" \
         | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
       record new "$scenario" "$rate"
+      checkpoint
       tps=$(pgbench -n -c 1 -T "$seconds" -f "$tmp/insert-$batch.sql" raw 2>&1 | awk '/^tps = / {print $3; exit}')
       record floor "$scenario" "$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')"
       line="  $scenario: new $rate/s, floor $(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')/s"
       if [ -n "$old" ]; then
+        checkpoint
         rate=$("$old" run --url "$old_url" --seconds "$seconds" --only "$scenario" \
           | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
         record old "$scenario" "$rate"

@@ -191,4 +191,98 @@ struct PostgresMessageLogUpgradeTests {
         #expect(replayed?.map(\.lastOffset) == [4, 4])
         try await log.close()
     }
+
+    @Test(
+        "a database of the v4 layout upgrades to v5's publish function, which streams its message arrays; offsets go on from what v4's function published"
+    )
+    func upgradeFromV4() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        var v4 = PostgresMigrations()
+        for migration in PostgresMessageLog.migrations.list.prefix(4) { v4.add(migration.name, migration.migrate) }
+        #expect(v4.list.map(\.name).last == "aviary messaging v4: integer topic ids, messages keyed by topic id")
+        let store = try PostgresStore(url: url, migrations: v4)
+        let running = Task { try await store.run() }
+        try await store.ready()
+        let logger = Logger(label: "aviary.test")
+        let events = try (1...5).map { n in
+            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
+        }
+        let stored = try events.map(StoredJSON.event)
+        let keys = try [0, 1].map { partition in
+            try #require(
+                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
+            )
+        }
+        // What a producer of that version did: three messages through v4's aviary_publish_now, two
+        // for partition 0 (slot 1) and one for partition 1 (slot 2), interleaved.
+        let bases = try await store.withConnection { connection in
+            try await connection.query(
+                "INSERT INTO aviary_topics (name, partitions, created_at) VALUES ('orders', 2, 0)", logger: logger)
+            try await connection.query(
+                "INSERT INTO aviary_partitions (topic, partition) VALUES ('orders', 0), ('orders', 1)", logger: logger)
+            var bases: [[Int64]?] = []
+            for try await row in try await connection.query(
+                """
+                SELECT aviary_publish_now(\(["orders"]), \([Int32(2)]), \(["orders", "orders"]), \([Int32(0), 1]),
+                    \([Int32(2), 1]), \([Int32(1), 2, 1]), \([Int32(1), 1, 2]), \([keys[0], keys[1], keys[0]]),
+                    \(Array(stored[0..<3])), \(["{}", "{}", "{}"]), \([Int32(10), 10, 10]), \(Int64(1)),
+                    'aviary_message_log')
+                """, logger: logger
+            ).decode([Int64]?.self) {
+                bases.append(row)
+            }
+            return bases
+        }
+        #expect(bases == [[0, 0]])
+        running.cancel()
+        _ = try? await running.value
+
+        let log = try await PostgresMessageLog(url: url)
+        let source = try await log.store.withConnection { connection in
+            var sources: [String] = []
+            for try await row in try await connection.query(
+                "SELECT prosrc FROM pg_proc WHERE proname = 'aviary_publish_now'", logger: logger
+            ).decode(String.self) {
+                sources.append(row)
+            }
+            return sources
+        }
+        #expect(source.count == 1)
+        #expect(source.first?.contains("unnest(p_slots) AS slot") == true)
+        try await log.subscribe(group: "mail", topic: "orders", options: GroupOptions())
+        let positions = try await log.publish([
+            OutgoingMessage(topic: "orders", key: keys[1], event: events[3]),
+            OutgoingMessage(topic: "orders", key: keys[0], event: events[4]),
+            OutgoingMessage(topic: "orders", key: keys[1], event: events[0]),
+        ])
+        #expect(
+            positions == [
+                MessagePosition(topic: "orders", partition: 1, offset: 2),
+                MessagePosition(topic: "orders", partition: 0, offset: 3),
+                MessagePosition(topic: "orders", partition: 1, offset: 3),
+            ])
+        var delivered: [Delivery] = []
+        for _ in 0..<4 where delivered.count < 6 {
+            let batch = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
+            for delivery in batch.deliveries { try await log.ack(delivery) }
+            delivered += batch.deliveries
+        }
+        let inOrder = delivered.sorted {
+            ($0.message.position.partition, $0.message.position.offset)
+                < ($1.message.position.partition, $1.message.position.offset)
+        }
+        #expect(
+            inOrder.map(\.message.position) == [
+                MessagePosition(topic: "orders", partition: 0, offset: 1),
+                MessagePosition(topic: "orders", partition: 0, offset: 2),
+                MessagePosition(topic: "orders", partition: 0, offset: 3),
+                MessagePosition(topic: "orders", partition: 1, offset: 1),
+                MessagePosition(topic: "orders", partition: 1, offset: 2),
+                MessagePosition(topic: "orders", partition: 1, offset: 3),
+            ])
+        #expect(
+            inOrder.map(\.message.event.id)
+                == [events[0], events[2], events[4], events[1], events[3], events[0]].map(\.id))
+        try await log.close()
+    }
 }

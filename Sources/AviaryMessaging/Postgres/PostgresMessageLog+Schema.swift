@@ -116,6 +116,10 @@ extension PostgresMessageLog {
                 try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
             }
         }
+        // Same signature and result as v4's, so producers of either version publish during an upgrade.
+        migrations.add("aviary messaging v5: publish streams its message arrays") { connection, logger in
+            try await connection.query(PostgresQuery(unsafeSQL: Self.publishNowFunctionV5), logger: logger)
+        }
         return migrations
     }
 
@@ -250,7 +254,29 @@ extension PostgresMessageLog {
     /// `aviary_publish_now(...)` since v4: as ``publishNowFunction`` (same arguments and result),
     /// but each message's row names its topic by id. The function reads each topic's id with its
     /// partition count; a slot's topic is found among `p_topics` by position.
-    static let publishNowFunctionV4 = """
+    static let publishNowFunctionV4 = publishNowFunction(
+        rows:
+            "unnest(p_slots, p_ranks, p_keys, p_events, p_headers, p_bytes) AS m (slot, rank, key, event, headers, bytes)"
+    )
+
+    /// `aviary_publish_now(...)` since v5: as ``publishNowFunctionV4`` (same arguments, result and
+    /// steps), but the rows to insert are read from the message arrays in step rather than first
+    /// copied out of them. `unnest` of several arrays in `FROM` is a function scan, which stores
+    /// every row it makes (the whole batch: about 340 kB for 1000 messages) before the insert reads
+    /// the first; set-returning functions in a select list advance together, a row at a time (a
+    /// `ProjectSet` node), and give the same rows for arrays of one length, which these are (one
+    /// element per message). On a batch of 1000 messages the backend's CPU time went from about
+    /// 4.3 to 3.7 ms (the function called in a loop in one backend, medians of four runs).
+    static let publishNowFunctionV5 = publishNowFunction(
+        rows: """
+            (SELECT unnest(p_slots) AS slot, unnest(p_ranks) AS rank, unnest(p_keys) AS key,
+                unnest(p_events) AS event, unnest(p_headers) AS headers, unnest(p_bytes) AS bytes) AS m
+            """)
+
+    /// The text of `aviary_publish_now` since v4, which inserts the rows of the messages from `rows`
+    /// (a `FROM` item of the columns slot, rank, key, event, headers and bytes).
+    private static func publishNowFunction(rows: String) -> String {
+        """
         CREATE OR REPLACE FUNCTION aviary_publish_now(p_topics TEXT[], p_partition_counts INTEGER[],
             p_slot_topics TEXT[], p_slot_partitions INTEGER[], p_slot_sizes INTEGER[],
             p_slots INTEGER[], p_ranks INTEGER[], p_keys TEXT[], p_events TEXT[], p_headers TEXT[],
@@ -302,7 +328,7 @@ extension PostgresMessageLog {
             INSERT INTO aviary_messages (topic_id, partition, msg_offset, appended_at, bytes, key, event, headers)
             SELECT v_slot_ids[m.slot], p_slot_partitions[m.slot], v_bases[m.slot] + m.rank, p_now, m.bytes, m.key,
                 m.event, m.headers
-            FROM unnest(p_slots, p_ranks, p_keys, p_events, p_headers, p_bytes) AS m (slot, rank, key, event, headers, bytes);
+            FROM \(rows);
             IF current_setting('transaction_isolation') = 'read committed' THEN
                 PERFORM pg_notify(p_channel, l.topic)
                 FROM (SELECT DISTINCT topic FROM aviary_listeners WHERE topic = ANY (p_topics)) AS l;
@@ -313,6 +339,7 @@ extension PostgresMessageLog {
         END
         $$
         """
+    }
 
     /// `aviary_publish(...)`: a publish of messages for now in one statement, so that a standalone
     /// publish is one round trip and its own transaction (what a plain `INSERT` costs), instead of
