@@ -193,6 +193,41 @@ struct GatewayHTTP2Tests {
         }
     }
 
+    @Test(
+        "header blocks HTTP/2 forbids (CR or LF in a value, connection-specific fields, upper case names) never reach the origin"
+    )
+    func malformedHeaderBlocks() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
+                // Each of these would be a request-smuggling vector once the request is HTTP/1.1
+                // to the origin: a value with CR LF adds a header line of the client's choosing.
+                let hostile: [(String, String)] = [
+                    ("x-note", "1\r\nx-injected: yes"), ("x-note", "1\nx-injected: yes"), ("x-note", "a\u{0}b"),
+                    ("transfer-encoding", "chunked"), ("connection", "keep-alive"), ("X-Upper", "1"),
+                    ("te", "gzip"),
+                ]
+                for field in hostile {
+                    let client = try await H2Client.connect(
+                        port: gateway.port, group: gateway.clients, validating: false)
+                    await #expect(throws: (any Error).self, "\(field) was accepted") {
+                        _ = try await client.request("POST", "/echo-head", headers: [field], body: Array("x".utf8))
+                    }
+                    await client.close()
+                }
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 0)
+                // The same client without the bad field gets through; what the origin saw is clean.
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients, validating: false)
+                let fine = try await client.request("GET", "/seen", headers: [("x-note", "1"), ("te", "trailers")])
+                await client.close()
+                #expect(fine.status == 200)
+                let seen = String(decoding: fine.body, as: UTF8.self)
+                #expect(seen.contains("x-note: 1"))
+                #expect(!seen.lowercased().contains("x-injected"))
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 1)
+            }
+        }
+    }
+
     @Test("TLS: ALPN h2 is served as HTTP/2, a client offering only http/1.1 gets HTTP/1.1")
     func tlsWithALPN() async throws {
         let certificate = try await TestCertificate.make()

@@ -55,7 +55,12 @@ final class H2Client: Sendable {
     /// its SETTINGS as soon as the handshake is done, and a handler added after `connect`
     /// returned could miss them (they would reach the pipeline's tail and be dropped, and the
     /// next server frame would be a connection error for the client).
-    static func connect(port: Int, group: any EventLoopGroup, tls: NIOSSLContext? = nil) async throws -> H2Client {
+    ///
+    /// With `validating: false` the client does not check the header blocks it sends, so that a
+    /// test can send what a hostile client would (a CR LF in a value, `transfer-encoding`).
+    static func connect(
+        port: Int, group: any EventLoopGroup, tls: NIOSSLContext? = nil, validating: Bool = true
+    ) async throws -> H2Client {
         let settings = SettingsWatcher()
         let multiplexerBox = Mutex<NIOHTTP2Handler.StreamMultiplexer?>(nil)
         let channel = try await ClientBootstrap(group: group)
@@ -65,7 +70,7 @@ final class H2Client: Sendable {
                         try channel.pipeline.syncOperations.addHandler(
                             NIOSSLClientHandler(context: tls, serverHostname: "localhost"))
                     }
-                    let multiplexer = try Self.configure(channel, settings: settings)
+                    let multiplexer = try Self.configure(channel, settings: settings, validating: validating)
                     multiplexerBox.withLock { $0 = multiplexer }
                 }
             }
@@ -79,10 +84,12 @@ final class H2Client: Sendable {
     /// The client's HTTP/2 pipeline; a connection error (or any other) closes the connection so
     /// that its open streams fail instead of waiting forever.
     private static func configure(
-        _ channel: any Channel, settings: SettingsWatcher
+        _ channel: any Channel, settings: SettingsWatcher, validating: Bool
     ) throws -> NIOHTTP2Handler.StreamMultiplexer {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        if !validating { connection.headerBlockValidation = .disabled }
         let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+            mode: .client, connectionConfiguration: connection, streamConfiguration: .init()
         ) { stream in stream.eventLoop.makeSucceededVoidFuture() }
         try channel.pipeline.syncOperations.addHandler(SettingsHandler(watcher: settings))
         return multiplexer
