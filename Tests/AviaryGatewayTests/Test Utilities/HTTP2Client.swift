@@ -139,8 +139,15 @@ final class H2Client: Sendable {
         ])
         for (name, value) in extra { headers.add(name: name, value: value) }
         let headFrame = HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: body == nil))
-        // A refused write (the connection closed, say) ends the stream with its error.
-        stream.write(headFrame).whenFailure { stream.pipeline.fireErrorCaught($0) }
+        // A refused write (the connection closed, say) ends the stream with its error. NIO does
+        // not let `ChannelError.eof` travel as an error (a debug assertion), and a server that
+        // refuses the request may close the stream or the connection before the head is written.
+        stream.write(headFrame).whenFailure { error in
+            let reported: any Error =
+                (error as? ChannelError) == .eof
+                ? H2StreamFailed(reason: "the stream closed before its request head was written") : error
+            stream.pipeline.fireErrorCaught(reported)
+        }
         if let body {
             var offset = 0
             repeat {
