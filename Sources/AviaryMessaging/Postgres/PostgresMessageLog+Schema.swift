@@ -355,8 +355,30 @@ extension PostgresMessageLog {
     /// When a topic has scheduled messages that are due, the function does nothing and returns
     /// no rows: those messages must be appended first, which the caller's multi-statement path
     /// does under the schedule's lock.
-    static let publishFunction = """
-        CREATE FUNCTION aviary_publish(p_topics TEXT[], p_hash_high BIGINT[], p_hash_low BIGINT[], p_keys TEXT[],
+    static let publishFunction = publishFunction(
+        create: "CREATE FUNCTION",
+        insert: """
+                INSERT INTO aviary_messages (topic, partition, msg_offset, key, event, headers, appended_at, bytes)
+                SELECT placed.topic, placed.part, placed.off, placed.key, placed.event, placed.headers, p_now,
+                    placed.bytes
+                FROM placed ORDER BY placed.i
+            """)
+
+    /// `aviary_publish(...)` since v4, for producers of versions before v3 during an upgrade: as
+    /// ``publishFunction`` (same arguments and result), inserting each message's topic id.
+    static let publishFunctionV4 = publishFunction(
+        create: "CREATE OR REPLACE FUNCTION",
+        insert: """
+                INSERT INTO aviary_messages (topic_id, partition, msg_offset, appended_at, bytes, key, event, headers)
+                SELECT t.id, placed.part, placed.off, p_now, placed.bytes, placed.key, placed.event, placed.headers
+                FROM placed JOIN aviary_topics t ON t.name = placed.topic ORDER BY placed.i
+            """)
+
+    /// The text of `aviary_publish` (``publishFunction`` and ``publishFunctionV4``), which differ
+    /// only in how the function is created and in the statement that inserts the placed messages.
+    private static func publishFunction(create: String, insert: String) -> String {
+        """
+        \(create) aviary_publish(p_topics TEXT[], p_hash_high BIGINT[], p_hash_low BIGINT[], p_keys TEXT[],
             p_events TEXT[], p_headers TEXT[], p_bytes BIGINT[], p_now BIGINT, p_channel TEXT)
         RETURNS TABLE (n INTEGER, partition INTEGER, msg_offset BIGINT)
         LANGUAGE plpgsql VOLATILE AS $$
@@ -408,79 +430,12 @@ extension PostgresMessageLog {
                 FROM m JOIN unnest(v_slot_topics, v_slot_partitions, v_slot_bases) AS s (topic, part, base)
                     ON s.topic = m.topic AND s.part = m.part
             ), inserted AS (
-                INSERT INTO aviary_messages (topic, partition, msg_offset, key, event, headers, appended_at, bytes)
-                SELECT placed.topic, placed.part, placed.off, placed.key, placed.event, placed.headers, p_now,
-                    placed.bytes
-                FROM placed ORDER BY placed.i
+        \(insert)
             )
             SELECT placed.i::INTEGER, placed.part, placed.off FROM placed ORDER BY placed.i;
             PERFORM pg_notify(p_channel, t) FROM (SELECT DISTINCT t FROM unnest(p_topics) AS t ORDER BY 1) AS topics;
         END
         $$
         """
-
-    /// `aviary_publish(...)` since v4, for producers of versions before v3 during an upgrade: as
-    /// ``publishFunction`` (same arguments and result), inserting each message's topic id.
-    static let publishFunctionV4 = """
-        CREATE OR REPLACE FUNCTION aviary_publish(p_topics TEXT[], p_hash_high BIGINT[], p_hash_low BIGINT[],
-            p_keys TEXT[], p_events TEXT[], p_headers TEXT[], p_bytes BIGINT[], p_now BIGINT, p_channel TEXT)
-        RETURNS TABLE (n INTEGER, partition INTEGER, msg_offset BIGINT)
-        LANGUAGE plpgsql VOLATILE AS $$
-        DECLARE
-            v_topic TEXT;
-            v_partitions INTEGER[];
-            v_slot RECORD;
-            v_last BIGINT;
-            v_slot_topics TEXT[] := '{}';
-            v_slot_partitions INTEGER[] := '{}';
-            v_slot_bases BIGINT[] := '{}';
-        BEGIN
-            FOR v_topic IN SELECT DISTINCT t FROM unnest(p_topics) AS t ORDER BY 1 LOOP
-                PERFORM 1 FROM aviary_topics WHERE name = v_topic;
-                IF NOT FOUND THEN
-                    RAISE EXCEPTION 'no topic %', v_topic USING ERRCODE = '\(PostgresMessageLog.noTopicState)';
-                END IF;
-                IF EXISTS (SELECT 1 FROM aviary_schedule s WHERE s.topic = v_topic AND s.deliver_at <= p_now) THEN
-                    RETURN;
-                END IF;
-            END LOOP;
-            SELECT array_agg(((((x.high % t.partitions) * (4294967296 % t.partitions)) + x.low) % t.partitions)::INTEGER
-                ORDER BY x.i)
-            INTO v_partitions
-            FROM unnest(p_topics, p_hash_high, p_hash_low) WITH ORDINALITY AS x (topic, high, low, i)
-            JOIN aviary_topics t ON t.name = x.topic;
-            FOR v_slot IN
-                SELECT x.topic, x.part, count(*) AS members
-                FROM unnest(p_topics, v_partitions) AS x (topic, part)
-                GROUP BY x.topic, x.part ORDER BY x.topic, x.part
-            LOOP
-                UPDATE aviary_partitions p SET last_offset = p.last_offset + v_slot.members
-                WHERE p.topic = v_slot.topic AND p.partition = v_slot.part
-                RETURNING p.last_offset INTO v_last;
-                IF NOT FOUND THEN
-                    RAISE EXCEPTION 'no partition % in topic %', v_slot.part, v_slot.topic
-                        USING ERRCODE = '\(PostgresMessageLog.noTopicState)';
-                END IF;
-                v_slot_topics := v_slot_topics || v_slot.topic;
-                v_slot_partitions := v_slot_partitions || v_slot.part;
-                v_slot_bases := v_slot_bases || (v_last - v_slot.members);
-            END LOOP;
-            RETURN QUERY
-            WITH m AS (
-                SELECT x.* FROM unnest(p_topics, v_partitions, p_keys, p_events, p_headers, p_bytes)
-                    WITH ORDINALITY AS x (topic, part, key, event, headers, bytes, i)
-            ), placed AS (
-                SELECT m.*, s.base + row_number() OVER (PARTITION BY m.topic, m.part ORDER BY m.i) AS off
-                FROM m JOIN unnest(v_slot_topics, v_slot_partitions, v_slot_bases) AS s (topic, part, base)
-                    ON s.topic = m.topic AND s.part = m.part
-            ), inserted AS (
-                INSERT INTO aviary_messages (topic_id, partition, msg_offset, appended_at, bytes, key, event, headers)
-                SELECT t.id, placed.part, placed.off, p_now, placed.bytes, placed.key, placed.event, placed.headers
-                FROM placed JOIN aviary_topics t ON t.name = placed.topic ORDER BY placed.i
-            )
-            SELECT placed.i::INTEGER, placed.part, placed.off FROM placed ORDER BY placed.i;
-            PERFORM pg_notify(p_channel, t) FROM (SELECT DISTINCT t FROM unnest(p_topics) AS t ORDER BY 1) AS topics;
-        END
-        $$
-        """
+    }
 }
