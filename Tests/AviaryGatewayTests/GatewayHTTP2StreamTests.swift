@@ -304,14 +304,7 @@ struct GatewayHTTP2StreamTests {
             try await withGateway(GatewayHTTP2Tests.yaml(port: origin.port)) { gateway in
                 let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
                 defer { Task { await client.close() } }
-                var body: [UInt8] = []
-                body.reserveCapacity(size)
-                var index = 0
-                while body.count < size {
-                    body += Pattern.chunk(index).readableBytesView
-                    index += 1
-                }
-                body.removeLast(body.count - size)
+                let body = Pattern.bytes(count: size)
                 let progress = StreamProgress()
                 let upload = Task { [body] in
                     try await client.request("POST", "/upload?pause", body: body, progress: progress)

@@ -140,14 +140,7 @@ struct GatewayHTTP2Tests {
                 defer { Task { await client.close() } }
                 // No content-length: the body streams to the HTTP/1.1 origin chunked.
                 let size = 8 << 20
-                var upload: [UInt8] = []
-                upload.reserveCapacity(size)
-                var index = 0
-                while upload.count < size {
-                    upload += Pattern.chunk(index).readableBytesView
-                    index += 1
-                }
-                upload.removeLast(upload.count - size)
+                let upload = Pattern.bytes(count: size)
                 let uploaded = try await client.request("POST", "/upload", body: upload)
                 #expect(uploaded.status == 200)
                 #expect(uploaded.text == "bytes=\(size) sha256=\(Pattern.sha256(count: size))")

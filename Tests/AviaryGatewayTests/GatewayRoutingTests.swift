@@ -85,11 +85,7 @@ struct GatewayRoutingTests {
     @Test("hop-by-hop headers of the response stay on the upstream hop")
     func responseHopByHop() async throws {
         try await withOrigins(["a"]) { origins in
-            let yaml = """
-                listen: {address: 127.0.0.1:0}
-                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
-                routes: [{match: {path_prefix: /}, cluster: a}]
-                """
+            let yaml = GatewayHTTPTests.yaml(port: origins[0].port)
             try await withGateway(yaml) { gateway in
                 let response = try await gateway.get("/hop")
                 #expect(response.status == 200)
@@ -230,11 +226,7 @@ struct GatewayRoutingTests {
     @Test("upstream connections are kept alive and reused")
     func keepAlivePool() async throws {
         try await withOrigins(["a"]) { origins in
-            let yaml = """
-                listen: {address: 127.0.0.1:0}
-                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
-                routes: [{match: {path_prefix: /}, cluster: a}]
-                """
+            let yaml = GatewayHTTPTests.yaml(port: origins[0].port)
             try await withGateway(yaml) { gateway in
                 for index in 0..<5 {
                     let response = try await gateway.get("/n/\(index)")
@@ -251,11 +243,7 @@ struct GatewayRoutingTests {
     @Test("pipelined requests are answered in order")
     func pipelining() async throws {
         try await withOrigins(["a"]) { origins in
-            let yaml = """
-                listen: {address: 127.0.0.1:0}
-                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
-                routes: [{match: {path_prefix: /}, cluster: a}]
-                """
+            let yaml = GatewayHTTPTests.yaml(port: origins[0].port)
             try await withGateway(yaml) { gateway in
                 let connection = try await gateway.connect()
                 try await connection.send(

@@ -118,11 +118,7 @@ struct ProxyOutputTests {
         let limit = ProxyHandler.coalescedBodyBytes
         let sizes = [0, 1, 128, limit - 1, limit, limit + 1, 70_000, 3]
         try await withOrigins(["a"]) { origins in
-            let yaml = """
-                listen: {address: 127.0.0.1:0}
-                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
-                routes: [{match: {path_prefix: /}, cluster: a}]
-                """
+            let yaml = GatewayHTTPTests.yaml(port: origins[0].port)
             try await withGateway(yaml) { gateway in
                 let connection = try await gateway.connect()
                 var requests = ""

@@ -356,6 +356,19 @@ enum Pattern {
         return ByteBuffer(bytes: bytes)
     }
 
+    /// The first `count` bytes of the stream, as one array (a request body to upload).
+    static func bytes(count: Int) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count + chunkSize)
+        var index = 0
+        while bytes.count < count {
+            bytes += Self.chunk(index).readableBytesView
+            index += 1
+        }
+        bytes.removeLast(bytes.count - count)
+        return bytes
+    }
+
     /// The SHA-256 of the first `count` bytes of the stream, in hex.
     static func sha256(count: Int) -> String {
         var hasher = SHA256()
