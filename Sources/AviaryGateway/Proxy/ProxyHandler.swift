@@ -1001,10 +1001,18 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 exchange.isHead || upstream.status == .noContent || upstream.status == .notModified
                 || upstream.status.code < 200
             exchange.responseHeadSent = true
-            if !self.isStream, upstream.lines != nil, !upstream.connectionNamesOthers, exchange.responseHeaders.isEmpty,
+            // The common case: nothing reads or edits the fields, so the upstream's lines go out
+            // as they came, minus hop-by-hop ones (as HTTP/1.1 lines, or as a stream's HPACK block).
+            if let lines = upstream.lines, !upstream.connectionNamesOthers, exchange.responseHeaders.isEmpty,
                 exchange.route.responseHeaderRewrite == nil
             {
-                // The common case: the upstream's lines go out as they came, minus hop-by-hop ones.
+                if let stream = self.stream {
+                    // The stream ends with the response (its frames delimit the body).
+                    exchange.keepAlive = false
+                    stream.writeHead(upstream.status, lines: lines)
+                    self.outputUnflushed = true
+                    return
+                }
                 let chunked = !bodyless && !upstream.hasContentLength && exchange.downstreamVersion.minor >= 1
                 if !bodyless && !upstream.hasContentLength && !chunked { exchange.keepAlive = false }
                 let connection: StaticString? =
@@ -1012,16 +1020,6 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 self.emitForwardedHead(
                     upstream, version: exchange.downstreamVersion, chunked: chunked, connection: connection,
                     context: context)
-                return
-            }
-            if let stream = self.stream, let lines = upstream.lines, !upstream.connectionNamesOthers,
-                exchange.responseHeaders.isEmpty, exchange.route.responseHeaderRewrite == nil
-            {
-                // The same on an HTTP/2 stream: the HPACK block is made from the lines, and the
-                // stream ends with the response (its frames delimit the body).
-                exchange.keepAlive = false
-                stream.writeHead(upstream.status, lines: lines)
-                self.outputUnflushed = true
                 return
             }
             var head = HTTPResponseHead(
