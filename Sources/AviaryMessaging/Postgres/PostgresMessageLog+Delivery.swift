@@ -49,32 +49,15 @@ extension PostgresMessageLog {
             self.deadLettered = try row["dead_lettered"].decode(Int64.self)
         }
 
-        /// The group's partitions that a receiver may work on now, locked for this transaction:
-        /// not stopped, not leased (or the lease ran out), and not locked by a concurrent receiver
-        /// (`SKIP LOCKED`: receivers of one group never wait for each other).
-        static func fetchFree(
-            _ connection: PostgresConnection, group: String, topic: String, now: Int64, _ logger: Logger
-        ) async throws -> [PartitionState] {
-            try await PostgresMessageLog.rows(
-                connection,
-                """
-                SELECT \(unescaped: columns) FROM aviary_group_partitions
-                WHERE group_name = \(group) AND topic = \(topic) AND NOT stopped
-                    AND (lease_id IS NULL OR lease_expires_at <= \(now))
-                ORDER BY leased_at, partition
-                FOR UPDATE SKIP LOCKED
-                """, logger
-            ).map(PartitionState.init(row:))
-        }
-
         /// One partition's state, locked for this transaction (waiting for a concurrent holder).
         static func fetch(
-            _ connection: PostgresConnection, group: String, topic: String, partition: Int, _ logger: Logger
+            _ connection: PostgresConnection, group: String, topic: String, partition: Int, relax: String = "",
+            _ logger: Logger
         ) async throws -> PartitionState {
             let rows = try await PostgresMessageLog.rows(
                 connection,
                 """
-                SELECT \(unescaped: columns) FROM aviary_group_partitions
+                SELECT \(unescaped: columns)\(unescaped: relax) FROM aviary_group_partitions
                 WHERE group_name = \(group) AND topic = \(topic) AND partition = \(partition)
                 FOR UPDATE
                 """, logger)
@@ -96,6 +79,69 @@ extension PostgresMessageLog {
                     lost_to_retention = \(self.lostToRetention), dead_lettered = \(self.deadLettered)
                 WHERE group_name = \(group) AND topic = \(topic) AND partition = \(self.partition)
                 """, logger: logger)
+        }
+
+        /// Saves the states of several partitions of one group, in one statement.
+        static func save(
+            _ states: [PartitionState], _ connection: PostgresConnection, group: String, topic: String,
+            _ logger: Logger
+        ) async throws {
+            guard states.count > 1 else {
+                try await states.first?.save(connection, group: group, topic: topic, logger)
+                return
+            }
+            let encoder = JSONEncoder()
+            encoder.keyEncodingStrategy = .convertToSnakeCase
+            let json = String(decoding: try encoder.encode(states.map(Row.init)), as: UTF8.self)
+            try await connection.query(
+                """
+                UPDATE aviary_group_partitions AS gp SET next_offset = v.next_offset, lease_owner = v.lease_owner,
+                    lease_id = v.lease_id, lease_expires_at = v.lease_expires_at, lease_through = v.lease_through,
+                    leased_at = v.leased_at, available_at = v.available_at, deliveries = v.deliveries,
+                    last_error = v.last_error, stopped = v.stopped, stop_reason = v.stop_reason,
+                    lost_to_retention = v.lost_to_retention, dead_lettered = v.dead_lettered
+                FROM jsonb_to_recordset(\(json)::jsonb) AS v(
+                    partition integer, next_offset bigint, lease_owner text, lease_id text, lease_expires_at bigint,
+                    lease_through bigint, leased_at bigint, available_at bigint, deliveries text, last_error text,
+                    stopped boolean, stop_reason text, lost_to_retention bigint, dead_lettered bigint)
+                WHERE gp.group_name = \(group) AND gp.topic = \(topic) AND gp.partition = v.partition
+                """, logger: logger)
+        }
+
+        /// A state as ``save(_:_:group:topic:_:)`` sends it: keys in snake case, as the columns;
+        /// a nil field is left out, which `jsonb_to_recordset` reads as NULL.
+        private struct Row: Encodable {
+            var partition: Int
+            var nextOffset: Int64
+            var leaseOwner: String?
+            var leaseID: String?
+            var leaseExpiresAt: Int64?
+            var leaseThrough: Int64?
+            var leasedAt: Int64
+            var availableAt: Int64
+            var deliveries: String
+            var lastError: String?
+            var stopped: Bool
+            var stopReason: String?
+            var lostToRetention: Int64
+            var deadLettered: Int64
+
+            init(_ state: PartitionState) {
+                self.partition = state.partition
+                self.nextOffset = state.nextOffset
+                self.leaseOwner = state.leaseOwner
+                self.leaseID = state.leaseID
+                self.leaseExpiresAt = state.leaseExpiresAt
+                self.leaseThrough = state.leaseThrough
+                self.leasedAt = state.leasedAt
+                self.availableAt = state.availableAt
+                self.deliveries = state.deliveries.text
+                self.lastError = state.lastError
+                self.stopped = state.stopped
+                self.stopReason = state.stopReason
+                self.lostToRetention = state.lostToRetention
+                self.deadLettered = state.deadLettered
+            }
         }
 
         /// Ends the lease on a failure of the head (a nack or an expiry): the later messages of
@@ -132,55 +178,146 @@ extension PostgresMessageLog {
         }
         let now = self.nowMillis
         let leaseMillis = Self.millis(request.lease)
-        return try await self.write(acknowledgement: true) { connection, logger in
-            try await Self.promoteDue(connection, topic: request.topic, now: now, logger)
-            let group = try await GroupRow.fetch(connection, group: request.group, topic: request.topic, logger)
-            var bounds: [Int: (start: Int64, last: Int64)] = [:]
-            for row in try await Self.rows(
-                connection,
-                "SELECT partition, start_offset, last_offset FROM aviary_partitions WHERE topic = \(request.topic)",
-                logger)
-            {
-                bounds[try row["partition"].decode(Int.self)] = (
-                    try row["start_offset"].decode(Int64.self), try row["last_offset"].decode(Int64.self)
-                )
+        return try await self.acknowledging { connection, relax, logger in
+            var free = try await FreePartitions.fetch(connection, request, now: now, relax: relax, logger)
+            if free.due {
+                try await Self.promoteDue(connection, topic: request.topic, now: now, logger)
+                free.bounds = try await Self.bounds(connection, topic: request.topic, logger)
             }
-            var deliveries: [Delivery] = []
+            guard let group = free.group else { return ReceivedBatch(deliveries: [], gaps: []) }
+            // Each free partition: an expired lease ends, a retention gap is reported, and the
+            // partitions that are due get a share of the batch, in order, as many messages as
+            // they hold (offsets are consecutive) until the batch is full.
             var gaps: [RetentionGap] = []
-            var leased = 0
-            for original in try await PartitionState.fetchFree(
-                connection, group: request.group, topic: request.topic, now: now, logger)
-            {
+            var states: [PartitionState] = []
+            var wanted: [(partition: Int, from: Int64, limit: Int)] = []
+            var room = request.maxMessages
+            for original in free.states {
                 var state = original
-                let batch = try await Self.visit(
-                    connection, group, request, &state, bounds: bounds[state.partition], now: now,
-                    leaseMillis: leaseMillis,
-                    room: leased < request.maxPartitions ? request.maxMessages - deliveries.count : 0, gaps: &gaps,
+                try await Self.prepare(
+                    connection, group, request, &state, bounds: free.bounds[state.partition], now: now, gaps: &gaps,
                     logger)
-                if state != original {
-                    try await state.save(connection, group: request.group, topic: request.topic, logger)
+                if let last = free.bounds[state.partition]?.last, !state.stopped, state.leaseID == nil,
+                    state.availableAt <= now, state.nextOffset <= last, room > 0,
+                    wanted.count < request.maxPartitions
+                {
+                    let limit = Int(min(Int64(room), last - state.nextOffset + 1))
+                    wanted.append((state.partition, state.nextOffset, limit))
+                    room -= limit
                 }
-                if !batch.isEmpty { leased += 1 }
-                deliveries += batch
+                states.append(state)
             }
+            let rows = try await Self.leasable(connection, topic: request.topic, wanted, logger)
+            var deliveries: [Delivery] = []
+            var changed: [PartitionState] = []
+            for (index, original) in free.states.enumerated() {
+                var state = states[index]
+                if let batch = rows[state.partition], !batch.isEmpty {
+                    deliveries += try Self.lease(
+                        batch, request, &state, now: now, leaseMillis: leaseMillis)
+                }
+                if state != original { changed.append(state) }
+            }
+            try await PartitionState.save(changed, connection, group: request.group, topic: request.topic, logger)
             return ReceivedBatch(deliveries: deliveries, gaps: gaps)
         }
     }
 
-    /// One partition during ``receive(_:)``: ends an expired lease, reports a retention gap, and
-    /// leases up to `room` messages when the partition is due.
-    static func visit(
-        _ connection: PostgresConnection, _ group: GroupRow, _ request: ReceiveRequest, _ state: inout PartitionState,
-        bounds: (start: Int64, last: Int64)?, now: Int64, leaseMillis: Int64, room: Int, gaps: inout [RetentionGap],
-        _ logger: Logger
-    ) async throws -> [Delivery] {
-        if state.stopped { return [] }
-        if state.leaseID != nil {
-            guard let expiresAt = state.leaseExpiresAt, expiresAt <= now else { return [] }
-            try await Self.expireLease(connection, group, &state, now: now, logger)
-            if state.stopped { return [] }
+    /// What ``receive(_:)`` reads first, in one statement: the group's settings, whether
+    /// scheduled messages are due, and the partitions a receiver may work on now with their
+    /// bounds, locked for this transaction: not stopped, not leased (or the lease ran out), and
+    /// not locked by a concurrent receiver (`SKIP LOCKED`: receivers of one group never wait for
+    /// each other).
+    struct FreePartitions: Sendable {
+        /// `nil` when no partition is free.
+        var group: GroupRow?
+        var due: Bool
+        var states: [PartitionState]
+        var bounds: [Int: (start: Int64, last: Int64)]
+
+        static func fetch(
+            _ connection: PostgresConnection, _ request: ReceiveRequest, now: Int64, relax: String, _ logger: Logger
+        ) async throws -> FreePartitions {
+            let qualified = PartitionState.columns.split(separator: ",").map {
+                "gp." + $0.trimmingCharacters(in: .whitespacesAndNewlines)
+            }.joined(separator: ", ")
+            let rows = try await PostgresMessageLog.rows(
+                connection,
+                """
+                SELECT \(unescaped: qualified), p.start_offset, p.last_offset,
+                    g.max_deliveries, g.on_poison, g.dead_letter_topic,
+                    EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = \(request.topic) AND deliver_at <= \(now)) AS due
+                    \(unescaped: relax)
+                FROM aviary_group_partitions gp
+                JOIN aviary_groups g ON g.name = gp.group_name AND g.topic = gp.topic
+                LEFT JOIN aviary_partitions p ON p.topic = gp.topic AND p.partition = gp.partition
+                WHERE gp.group_name = \(request.group) AND gp.topic = \(request.topic) AND NOT gp.stopped
+                    AND (gp.lease_id IS NULL OR gp.lease_expires_at <= \(now))
+                ORDER BY gp.leased_at, gp.partition
+                FOR UPDATE OF gp SKIP LOCKED
+                """, logger)
+            guard let first = rows.first else {
+                // Nothing free: every partition is leased, stopped or locked, or there is no such
+                // group (an error). Due scheduled messages are promoted all the same.
+                _ = try await GroupRow.fetch(connection, group: request.group, topic: request.topic, logger)
+                let due = try await PostgresMessageLog.rows(
+                    connection,
+                    """
+                    SELECT EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = \(request.topic) AND deliver_at <= \(now)) AS due
+                    """, logger)
+                return FreePartitions(
+                    group: nil, due: try due.first?["due"].decode(Bool.self) == true, states: [], bounds: [:])
+            }
+            var bounds: [Int: (start: Int64, last: Int64)] = [:]
+            var states: [PartitionState] = []
+            for row in rows {
+                let state = try PartitionState(row: row)
+                if let start = try row["start_offset"].decode(Int64?.self),
+                    let last = try row["last_offset"].decode(Int64?.self)
+                {
+                    bounds[state.partition] = (start, last)
+                }
+                states.append(state)
+            }
+            let group = GroupRow(
+                name: request.group, topic: request.topic, maxDeliveries: try first["max_deliveries"].decode(Int.self),
+                onPoison: PoisonPolicy(rawValue: try first["on_poison"].decode(String.self)) ?? .deadLetter,
+                deadLetterTopic: try first["dead_letter_topic"].decode(String.self))
+            return FreePartitions(
+                group: group, due: try first["due"].decode(Bool.self), states: states, bounds: bounds)
         }
-        guard let (start, last) = bounds else { return [] }
+
+    }
+
+    /// The first and last offset of each partition of `topic`.
+    static func bounds(
+        _ connection: PostgresConnection, topic: String, _ logger: Logger
+    ) async throws -> [Int: (start: Int64, last: Int64)] {
+        var bounds: [Int: (start: Int64, last: Int64)] = [:]
+        for row in try await Self.rows(
+            connection, "SELECT partition, start_offset, last_offset FROM aviary_partitions WHERE topic = \(topic)",
+            logger)
+        {
+            bounds[try row["partition"].decode(Int.self)] = (
+                try row["start_offset"].decode(Int64.self), try row["last_offset"].decode(Int64.self)
+            )
+        }
+        return bounds
+    }
+
+    /// One free partition during ``receive(_:)``, before leasing: ends an expired lease (a nack of
+    /// the head, which may dead-letter it or stop the partition) and reports a retention gap.
+    static func prepare(
+        _ connection: PostgresConnection, _ group: GroupRow, _ request: ReceiveRequest, _ state: inout PartitionState,
+        bounds: (start: Int64, last: Int64)?, now: Int64, gaps: inout [RetentionGap], _ logger: Logger
+    ) async throws {
+        if state.stopped { return }
+        if state.leaseID != nil {
+            guard let expiresAt = state.leaseExpiresAt, expiresAt <= now else { return }
+            try await Self.expireLease(connection, group, &state, now: now, logger)
+            if state.stopped { return }
+        }
+        guard let (start, _) = bounds else { return }
         if state.nextOffset < start {
             gaps.append(
                 RetentionGap(
@@ -188,15 +325,39 @@ extension PostgresMessageLog {
                     firstMissed: state.nextOffset, lastMissed: start - 1))
             state.moveHead(to: start)
         }
-        guard room > 0, state.availableAt <= now, state.nextOffset <= last else { return [] }
+    }
+
+    /// The messages of several partitions of `topic` in one statement: for each, up to `limit`
+    /// from offset `from` on, in offset order.
+    static func leasable(
+        _ connection: PostgresConnection, topic: String, _ wanted: [(partition: Int, from: Int64, limit: Int)],
+        _ logger: Logger
+    ) async throws -> [Int: [PostgresRandomAccessRow]] {
+        guard !wanted.isEmpty else { return [:] }
         let rows = try await Self.rows(
             connection,
             """
-            SELECT msg_offset, key, event, headers, appended_at FROM aviary_messages
-            WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(request.topic))
-                AND partition = \(state.partition) AND msg_offset >= \(state.nextOffset)
-            ORDER BY msg_offset LIMIT \(room)
+            SELECT w.partition, m.msg_offset, m.key, m.event, m.headers, m.appended_at
+            FROM unnest(\(wanted.map { Int64($0.partition) }), \(wanted.map(\.from)), \(wanted.map { Int64($0.limit) }))
+                WITH ORDINALITY AS w(partition, from_offset, row_limit, ordinal)
+            CROSS JOIN LATERAL (
+                SELECT msg_offset, key, event, headers, appended_at FROM aviary_messages
+                WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(topic))
+                    AND partition = w.partition AND msg_offset >= w.from_offset
+                ORDER BY msg_offset LIMIT w.row_limit
+            ) m
+            ORDER BY w.ordinal, m.msg_offset
             """, logger)
+        var byPartition: [Int: [PostgresRandomAccessRow]] = [:]
+        for row in rows { byPartition[try row["partition"].decode(Int.self), default: []].append(row) }
+        return byPartition
+    }
+
+    /// Leases `rows` (one partition's messages, in offset order) to the receiver.
+    static func lease(
+        _ rows: [PostgresRandomAccessRow], _ request: ReceiveRequest, _ state: inout PartitionState, now: Int64,
+        leaseMillis: Int64
+    ) throws -> [Delivery] {
         guard let first = rows.first, let lastRow = rows.last else { return [] }
         state.moveHead(to: try first["msg_offset"].decode(Int64.self))
         let through = try lastRow["msg_offset"].decode(Int64.self)
@@ -320,11 +481,12 @@ extension PostgresMessageLog {
     /// Loads and locks the state of a delivery's partition and checks that its lease is still the
     /// holder's. Returns `nil` when the group acknowledged the message already (nothing to do).
     static func leasedState(
-        _ connection: PostgresConnection, _ delivery: Delivery, _ logger: Logger
+        _ connection: PostgresConnection, _ delivery: Delivery, relax: String, _ logger: Logger
     ) async throws -> PartitionState? {
         let position = delivery.message.position
         let state = try await PartitionState.fetch(
-            connection, group: delivery.group, topic: position.topic, partition: position.partition, logger)
+            connection, group: delivery.group, topic: position.topic, partition: position.partition, relax: relax,
+            logger)
         if state.leaseID == delivery.leaseID { return state }
         if position.offset < state.nextOffset { return nil }
         throw MessagingError(
@@ -334,8 +496,8 @@ extension PostgresMessageLog {
     }
 
     public func ack(_ delivery: Delivery) async throws {
-        try await self.write(acknowledgement: true) { connection, logger in
-            guard var state = try await Self.leasedState(connection, delivery, logger) else { return }
+        try await self.acknowledging { connection, relax, logger in
+            guard var state = try await Self.leasedState(connection, delivery, relax: relax, logger) else { return }
             state.moveHead(to: delivery.message.position.offset + 1)
             if let through = state.leaseThrough, state.nextOffset > through { state.endLease() }
             try await state.save(connection, group: delivery.group, topic: delivery.message.position.topic, logger)
@@ -345,8 +507,8 @@ extension PostgresMessageLog {
     public func nack(_ delivery: Delivery, redeliverAfter: Duration, error: String) async throws {
         let now = self.nowMillis
         let delay = max(0, Self.millis(redeliverAfter))
-        try await self.write(acknowledgement: true) { connection, logger in
-            guard var state = try await Self.leasedState(connection, delivery, logger) else { return }
+        try await self.acknowledging { connection, relax, logger in
+            guard var state = try await Self.leasedState(connection, delivery, relax: relax, logger) else { return }
             let position = delivery.message.position
             // Acknowledged already by a later ack of the same lease: nothing to give back.
             guard position.offset >= state.nextOffset else { return }
@@ -369,7 +531,7 @@ extension PostgresMessageLog {
 
     public func release(_ deliveries: [Delivery]) async throws {
         guard !deliveries.isEmpty else { return }
-        try await self.write(acknowledgement: true) { connection, logger in
+        try await self.acknowledging { connection, relax, logger in
             var seen = Set<String>()
             var topics = Set<String>()
             // Locked in (topic, group, partition) order, so concurrent releases cannot deadlock.
@@ -380,7 +542,8 @@ extension PostgresMessageLog {
             for delivery in ordered where seen.insert(delivery.leaseID).inserted {
                 let position = delivery.message.position
                 let state = try await PartitionState.fetch(
-                    connection, group: delivery.group, topic: position.topic, partition: position.partition, logger)
+                    connection, group: delivery.group, topic: position.topic, partition: position.partition,
+                    relax: relax, logger)
                 // A lease lost meanwhile is someone else's now: nothing to give back.
                 guard state.leaseID == delivery.leaseID else { continue }
                 var released = state
@@ -400,14 +563,16 @@ extension PostgresMessageLog {
     public func extendLeases(_ deliveries: [Delivery], by duration: Duration) async throws {
         guard !deliveries.isEmpty else { return }
         let expiresAt = self.nowMillis + Self.millis(duration)
-        try await self.write(acknowledgement: true) { connection, logger in
+        try await self.acknowledging { connection, relax, logger in
             var seen = Set<String>()
             let ordered = deliveries.sorted {
                 ($0.message.position.topic, $0.group, $0.message.position.partition)
                     < ($1.message.position.topic, $1.group, $1.message.position.partition)
             }
             for delivery in ordered where seen.insert(delivery.leaseID).inserted {
-                guard var state = try await Self.leasedState(connection, delivery, logger) else { continue }
+                guard var state = try await Self.leasedState(connection, delivery, relax: relax, logger) else {
+                    continue
+                }
                 state.leaseExpiresAt = max(state.leaseExpiresAt ?? 0, expiresAt)
                 try await state.save(connection, group: delivery.group, topic: delivery.message.position.topic, logger)
             }

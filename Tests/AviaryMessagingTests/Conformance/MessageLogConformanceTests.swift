@@ -358,6 +358,45 @@ struct MessageLogConformanceTests {
         }
     }
 
+    @Test(
+        "a receive fills its batch from the free partitions in order, from at most maxPartitions of them; the rest stay free",
+        arguments: MessageLogBackends.all)
+    func batchSharedAcrossPartitions(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 3))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            let positions = try await log.publish(
+                (0..<18).map { OutgoingMessage(topic: "orders", key: "key-\($0)", event: try numbered($0)) })
+            var offsets = [[Int64]](repeating: [], count: 3)
+            for position in positions { offsets[position.partition].append(position.offset) }
+            let counts = offsets.map(\.count)
+            let busy = (0..<3).filter { counts[$0] > 0 }
+            try #require(busy.count >= 2, "18 keys over 3 partitions: \(counts)")
+            // The first busy partition holds fewer than 50: it is leased whole, the next one gives
+            // the rest of the batch (room for one more than the first holds).
+            let room = counts[busy[0]] + 1
+            let first = try await log.receive(
+                ReceiveRequest(group: "g", topic: "orders", consumer: "a", maxMessages: room, maxPartitions: 2))
+            #expect(first.deliveries.count == min(room, counts[busy[0]] + counts[busy[1]]))
+            let leased = Dictionary(grouping: first.deliveries, by: \.message.position.partition)
+            #expect(leased[busy[0]]?.map(\.message.position.offset) == offsets[busy[0]])
+            #expect(leased[busy[1]]?.map(\.message.position.offset) == [offsets[busy[1]][0]])
+            // A second receiver gets what is free: the partitions the first did not lease.
+            let second = try await log.receive(
+                ReceiveRequest(group: "g", topic: "orders", consumer: "b", maxMessages: 100, maxPartitions: 3))
+            let untouched = busy.dropFirst(2)
+            #expect(Set(second.deliveries.map(\.message.position.partition)) == Set(untouched))
+            #expect(second.deliveries.count == untouched.map { counts[$0] }.reduce(0, +))
+            // Once the first receiver acknowledges its lease, the partly leased partition goes on
+            // from where that lease ended.
+            for delivery in first.deliveries { try await log.ack(delivery) }
+            let third = try await log.receive(
+                ReceiveRequest(group: "g", topic: "orders", consumer: "c", maxMessages: 100, maxPartitions: 3))
+            #expect(third.deliveries.map(\.message.position.partition).allSatisfy { $0 == busy[1] })
+            #expect(third.deliveries.map(\.message.position.offset) == Array(offsets[busy[1]].dropFirst()))
+        }
+    }
+
     @Test("release gives partitions back at once without counting the delivery", arguments: MessageLogBackends.all)
     func releaseDoesNotCount(backend: MessageLogBackend) async throws {
         try await backend.withLog { log, _ in
