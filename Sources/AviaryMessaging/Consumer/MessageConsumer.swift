@@ -205,6 +205,9 @@ public final class MessageConsumer: Service {
                                     signal.yield(.workerDone)
                                 }
                             }
+                        } catch  where Task.isCancelled {
+                            // Cancelled, not shut down gracefully: the loop ends below, and what a
+                            // cut-short receive may have leased comes back when its lease runs out.
                         } catch {
                             self.logger.error(
                                 "receiving failed; retrying on the next wake-up",
