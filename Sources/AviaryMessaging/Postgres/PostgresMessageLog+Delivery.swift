@@ -496,6 +496,31 @@ extension PostgresMessageLog {
     }
 
     public func ack(_ delivery: Delivery) async throws {
+        // While the lease is the holder's (nearly always), an ack is one statement of its own:
+        // the head moves past the message, and the lease ends when that passes its last offset.
+        // Delivery counts before the head are left for the next lease to forget (they are never
+        // read). Otherwise the transaction below tells an ack of an acknowledged message (nothing
+        // to do) from a lost lease.
+        let position = delivery.message.position
+        let next = position.offset + 1
+        let ends = "lease_through < GREATEST(next_offset, \(next))"  // the head passes the lease
+        let acknowledged = try await self.acknowledging(transaction: false) { connection, relax, logger in
+            try await Self.rows(
+                connection,
+                """
+                UPDATE aviary_group_partitions SET next_offset = GREATEST(next_offset, \(next)),
+                    last_error = CASE WHEN next_offset < \(next) THEN NULL ELSE last_error END,
+                    lease_owner = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_owner END,
+                    lease_id = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_id END,
+                    lease_expires_at = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_expires_at END,
+                    lease_through = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_through END
+                WHERE group_name = \(delivery.group) AND topic = \(position.topic)
+                    AND partition = \(position.partition) AND lease_id = \(delivery.leaseID)
+                RETURNING partition\(unescaped: relax)
+                """, logger
+            ).count == 1
+        }
+        if acknowledged { return }
         try await self.acknowledging { connection, relax, logger in
             guard var state = try await Self.leasedState(connection, delivery, relax: relax, logger) else { return }
             state.moveHead(to: delivery.message.position.offset + 1)

@@ -148,11 +148,24 @@ public final class PostgresMessageLog: MessageLog {
     /// leaves the commit synchronous, which is only slower. A consumer makes about one receive
     /// and one ack per message, and every statement is a round trip through the connection's
     /// event loop, so the separate `SET LOCAL` was a fifth of an ack's statements.
+    ///
+    /// With `transaction: false`, `body` runs outside a transaction: for one statement, which
+    /// commits on its own (a `set_config` local to it lasts until that commit).
     func acknowledging<T: Sendable>(
+        transaction: Bool = true,
         _ body: @escaping @Sendable (PostgresConnection, _ relax: String, Logger) async throws -> T
     ) async throws -> T {
         let relax = self.configuration.synchronousAcknowledgements ? "" : Self.relaxedCommit
-        return try await self.transaction { connection in try await body(connection, relax, self.logger) }
+        guard !transaction else {
+            return try await self.transaction { connection in try await body(connection, relax, self.logger) }
+        }
+        do {
+            return try await self.store.withConnection { connection in try await body(connection, relax, self.logger) }
+        } catch let error as MessagingError {
+            throw error
+        } catch {
+            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+        }
     }
 
     /// A select-list item that turns `synchronous_commit` off until the end of the transaction.

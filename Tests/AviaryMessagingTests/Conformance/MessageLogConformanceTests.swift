@@ -397,6 +397,36 @@ struct MessageLogConformanceTests {
         }
     }
 
+    @Test(
+        "acknowledging part of a lease keeps the rest leased; counts after a nack, cumulative and repeated acks hold",
+        arguments: MessageLogBackends.all)
+    func partialAcknowledgements(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, _ in
+            try await log.createTopic("orders", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions(maxDeliveries: 5))
+            try await log.publish((1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let request = ReceiveRequest(group: "g", topic: "orders", consumer: "a")
+            let first = try await log.receive(request)
+            #expect(first.deliveries.map(\.n) == [1, 2, 3])
+            try await log.ack(first.deliveries[0])
+            // The rest of the lease is still the holder's.
+            #expect(try await log.receive(request).deliveries.isEmpty)
+            try await log.nack(first.deliveries[1], redeliverAfter: .zero, error: "second failed")
+            let second = try await log.receive(request)
+            #expect(second.deliveries.map(\.n) == [2, 3])
+            #expect(second.deliveries.map(\.deliveryCount) == [2, 1])
+            // The first lease is over: its holder can no longer acknowledge what it did not.
+            await #expect(throws: MessagingError.self) { try await log.ack(first.deliveries[2]) }
+            try await log.ack(second.deliveries[1])  // cumulative: 2 and 3
+            try await log.ack(second.deliveries[0])  // acknowledged already: nothing to do
+            #expect(try await log.receive(request).deliveries.isEmpty)
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(4))])
+            let third = try await log.receive(request)
+            #expect(third.deliveries.map(\.n) == [4])
+            #expect(third.deliveries.map(\.deliveryCount) == [1])
+        }
+    }
+
     @Test("release gives partitions back at once without counting the delivery", arguments: MessageLogBackends.all)
     func releaseDoesNotCount(backend: MessageLogBackend) async throws {
         try await backend.withLog { log, _ in
