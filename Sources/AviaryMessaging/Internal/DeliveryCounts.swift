@@ -14,7 +14,7 @@
 /// ``forget(before:)`` drops them); offsets after the last step were never delivered. Because a count
 /// never exceeds the group's `maxDeliveries` before the message is poison, there are at most that
 /// many steps. Backends store ``text`` (`"12:3,20:1"`) in their per-partition state.
-package struct DeliveryCounts: Sendable, Hashable {
+package struct DeliveryCounts: Sendable, Hashable, Encodable {
     /// `(upTo, count)`: offsets in `(previous upTo, upTo]` were delivered `count` times.
     package private(set) var steps: [Step]
 
@@ -77,5 +77,11 @@ package struct DeliveryCounts: Sendable, Hashable {
     /// Forgets offsets before `head` (acknowledged or skipped).
     package mutating func forget(before head: Int64) {
         self.steps.removeAll { $0.upTo < head }
+    }
+
+    /// Encodes ``text`` (as a PostgreSQL state row's `deliveries` column holds it).
+    package func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(self.text)
     }
 }

@@ -11,7 +11,8 @@ import PostgresNIO
 // Receiving, acknowledging and poison: the consumer side of the log.
 extension PostgresMessageLog {
     /// One (group, topic, partition) state row; changed in memory, then saved in one statement.
-    struct PartitionState: Sendable, Equatable {
+    /// Encoded with snake-case keys, its fields are the row's columns (a nil field is left out).
+    struct PartitionState: Sendable, Equatable, Encodable {
         var partition: Int
         var nextOffset: Int64
         var leaseOwner: String?
@@ -92,7 +93,7 @@ extension PostgresMessageLog {
             }
             let encoder = JSONEncoder()
             encoder.keyEncodingStrategy = .convertToSnakeCase
-            let json = String(decoding: try encoder.encode(states.map(Row.init)), as: UTF8.self)
+            let json = String(decoding: try encoder.encode(states), as: UTF8.self)
             try await connection.query(
                 """
                 UPDATE aviary_group_partitions AS gp SET next_offset = v.next_offset, lease_owner = v.lease_owner,
@@ -106,42 +107,6 @@ extension PostgresMessageLog {
                     stopped boolean, stop_reason text, lost_to_retention bigint, dead_lettered bigint)
                 WHERE gp.group_name = \(group) AND gp.topic = \(topic) AND gp.partition = v.partition
                 """, logger: logger)
-        }
-
-        /// A state as ``save(_:_:group:topic:_:)`` sends it: keys in snake case, as the columns;
-        /// a nil field is left out, which `jsonb_to_recordset` reads as NULL.
-        private struct Row: Encodable {
-            var partition: Int
-            var nextOffset: Int64
-            var leaseOwner: String?
-            var leaseID: String?
-            var leaseExpiresAt: Int64?
-            var leaseThrough: Int64?
-            var leasedAt: Int64
-            var availableAt: Int64
-            var deliveries: String
-            var lastError: String?
-            var stopped: Bool
-            var stopReason: String?
-            var lostToRetention: Int64
-            var deadLettered: Int64
-
-            init(_ state: PartitionState) {
-                self.partition = state.partition
-                self.nextOffset = state.nextOffset
-                self.leaseOwner = state.leaseOwner
-                self.leaseID = state.leaseID
-                self.leaseExpiresAt = state.leaseExpiresAt
-                self.leaseThrough = state.leaseThrough
-                self.leasedAt = state.leasedAt
-                self.availableAt = state.availableAt
-                self.deliveries = state.deliveries.text
-                self.lastError = state.lastError
-                self.stopped = state.stopped
-                self.stopReason = state.stopReason
-                self.lostToRetention = state.lostToRetention
-                self.deadLettered = state.deadLettered
-            }
         }
 
         /// Ends the lease on a failure of the head (a nack or an expiry): the later messages of
