@@ -307,6 +307,50 @@ public final class MessageConsumer: Service {
     /// At-least-once is kept: a crash before the ack redelivers the run, which idempotent
     /// handlers (``Inbox``) absorb; nothing is acknowledged that was not handled.
     private func work(_ deliveries: [Delivery], stop: StopFlag) async {
+        let cursor = Cursor()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.keepLeased(deliveries, at: cursor) }
+            await self.work(deliveries, stop: stop, cursor: cursor)
+            group.cancelAll()
+        }
+    }
+
+    /// The index of the delivery a worker is at, read by its lease keeper.
+    private final class Cursor: Sendable {
+        private let value = Atomic<Int>(0)
+        var index: Int { self.value.load(ordering: .relaxed) }
+        func move(to index: Int) { self.value.store(index, ordering: .relaxed) }
+    }
+
+    /// Keeps the lease of a worker's partition alive while the worker runs: every third of a
+    /// lease, extends it through the delivery the worker is at (the lease is the partition's, so
+    /// one delivery of it extends all). One side task per leased batch, not per message: a task
+    /// and a timer per message were a measurable part of consuming a message.
+    private func keepLeased(_ deliveries: [Delivery], at cursor: Cursor) async {
+        let lease = self.configuration.lease
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: lease / 3)
+            } catch {
+                return  // the worker is done
+            }
+            let delivery = deliveries[min(cursor.index, deliveries.count - 1)]
+            do {
+                try await self.log.extendLeases([delivery], by: lease)
+            } catch  where Task.isCancelled {
+                return
+            } catch {
+                self.logger.warning(
+                    "extending the lease failed",
+                    metadata: self.metadata([
+                        "aviary.offset": "\(delivery.message.position.offset)", "error.message": "\(error)",
+                    ]))
+                if let error = error as? MessagingError, error.kind == .leaseLost { return }
+            }
+        }
+    }
+
+    private func work(_ deliveries: [Delivery], stop: StopFlag, cursor: Cursor) async {
         var index = 0
         /// The last handled message not acknowledged yet.
         var unacknowledged: Delivery?
@@ -334,7 +378,8 @@ public final class MessageConsumer: Service {
         while index < deliveries.count {
             if stop.isSet || Task.isCancelled { break }
             let delivery = deliveries[index]
-            let outcome = await self.process(delivery, leased: Array(deliveries[index...]))
+            cursor.move(to: index)
+            let outcome = await self.process(delivery)
             if Task.isCancelled, case .failure = outcome {
                 break  // cancelled by the shutdown timeout: give it back unprocessed
             }
@@ -396,36 +441,13 @@ public final class MessageConsumer: Service {
         }
     }
 
-    /// Runs the handler (in a span when traced) while a side task keeps the partition's lease alive.
-    private func process(_ delivery: Delivery, leased: [Delivery]) async -> Result<Void, any Error> {
-        await withTaskGroup(of: Void.self) { group in
-            let lease = self.configuration.lease
-            group.addTask {
-                while !Task.isCancelled {
-                    do {
-                        try await Task.sleep(for: lease / 3)
-                        try await self.log.extendLeases(leased, by: lease)
-                    } catch is CancellationError {
-                        return
-                    } catch {
-                        self.logger.warning(
-                            "extending the lease failed",
-                            metadata: self.metadata([
-                                "aviary.offset": "\(delivery.message.position.offset)", "error.message": "\(error)",
-                            ]))
-                        if let error = error as? MessagingError, error.kind == .leaseLost { return }
-                    }
-                }
-            }
-            let result: Result<Void, any Error>
-            do {
-                try await self.handle(delivery)
-                result = .success(())
-            } catch {
-                result = .failure(error)
-            }
-            group.cancelAll()
-            return result
+    /// Runs the handler (in a span when traced).
+    private func process(_ delivery: Delivery) async -> Result<Void, any Error> {
+        do {
+            try await self.handle(delivery)
+            return .success(())
+        } catch {
+            return .failure(error)
         }
     }
 
