@@ -222,7 +222,7 @@ public struct CloudEvent: Sendable, Hashable, Codable {
             .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
     }
 
-    static func parseTime(_ text: String) -> Date? {
+    package static func parseTime(_ text: String) -> Date? {
         if let date = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true)) {
             return date
         }

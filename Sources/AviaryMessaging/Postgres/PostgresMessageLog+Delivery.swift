@@ -348,11 +348,9 @@ extension PostgresMessageLog {
     }
 
     static func decodeMessage(_ row: PostgresRandomAccessRow, position: MessagePosition) throws -> Message {
-        let decoder = JSONDecoder()
         do {
-            let event = try decoder.decode(CloudEvent.self, from: Data(try row["event"].decode(String.self).utf8))
-            let headers = try decoder.decode(
-                [String: String].self, from: Data(try row["headers"].decode(String.self).utf8))
+            let event = try StoredEventReader.decodeEvent(try row["event"].decode(String.self))
+            let headers = try StoredEventReader.decodeHeaders(try row["headers"].decode(String.self))
             return Message(
                 position: position, key: try row["key"].decode(String.self), event: event, headers: headers,
                 appendedAt: Self.date(try row["appended_at"].decode(Int64.self)))

@@ -769,10 +769,9 @@ public final class SQLiteMessageLog: MessageLog {
     }
 
     static func decodeMessage(_ row: Row, position: MessagePosition) throws -> Message {
-        let decoder = JSONDecoder()
         do {
-            let event = try decoder.decode(CloudEvent.self, from: Data((row["event"] as String).utf8))
-            let headers = try decoder.decode([String: String].self, from: Data((row["headers"] as String).utf8))
+            let event = try StoredEventReader.decodeEvent(row["event"])
+            let headers = try StoredEventReader.decodeHeaders(row["headers"])
             return Message(
                 position: position, key: row["key"], event: event, headers: headers,
                 appendedAt: Self.date(row["appended_at"]))
