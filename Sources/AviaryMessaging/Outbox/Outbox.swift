@@ -223,17 +223,16 @@ public struct PendingOutboxMessage: Sendable, Hashable {
     }
 }
 
-/// String dictionaries as JSON text in the outbox's columns.
+/// String dictionaries as JSON text in the outbox's columns (keys sorted), written and read as
+/// the log's headers are (``StoredJSON``, ``StoredEventReader``), without `JSONEncoder`.
 enum OutboxCoding {
     static func encode(_ dictionary: [String: String]) throws -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: try encoder.encode(dictionary), as: UTF8.self)
+        StoredJSON.headers(dictionary)
     }
 
     static func decode(_ text: String, column: String, sequence: Int64) throws -> [String: String] {
         do {
-            return try JSONDecoder().decode([String: String].self, from: Data(text.utf8))
+            return try StoredEventReader.decodeHeaders(text)
         } catch {
             throw MessagingError(
                 .invalidArgument,
