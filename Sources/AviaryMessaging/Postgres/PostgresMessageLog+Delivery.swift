@@ -200,16 +200,18 @@ extension PostgresMessageLog {
         var states: [PartitionState]
         var bounds: [Int: (start: Int64, last: Int64)]
 
+        /// ``PartitionState/columns`` of the `gp` table of ``fetch(_:_:now:relax:_:)``.
+        static let stateColumns = PartitionState.columns.split(separator: ",").map {
+            "gp." + $0.trimmingCharacters(in: .whitespacesAndNewlines)
+        }.joined(separator: ", ")
+
         static func fetch(
             _ connection: PostgresConnection, _ request: ReceiveRequest, now: Int64, relax: String, _ logger: Logger
         ) async throws -> FreePartitions {
-            let qualified = PartitionState.columns.split(separator: ",").map {
-                "gp." + $0.trimmingCharacters(in: .whitespacesAndNewlines)
-            }.joined(separator: ", ")
             let rows = try await PostgresMessageLog.rows(
                 connection,
                 """
-                SELECT \(unescaped: qualified), p.start_offset, p.last_offset,
+                SELECT \(unescaped: Self.stateColumns), p.start_offset, p.last_offset,
                     g.max_deliveries, g.on_poison, g.dead_letter_topic,
                     EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = \(request.topic) AND deliver_at <= \(now)) AS due
                     \(unescaped: relax)
@@ -224,14 +226,14 @@ extension PostgresMessageLog {
             guard let first = rows.first else {
                 // Nothing free: every partition is leased, stopped or locked, or there is no such
                 // group (an error). Due scheduled messages are promoted all the same.
-                _ = try await GroupRow.fetch(connection, group: request.group, topic: request.topic, logger)
-                let due = try await PostgresMessageLog.rows(
+                let rows = try await PostgresMessageLog.rows(
                     connection,
                     """
                     SELECT EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = \(request.topic) AND deliver_at <= \(now)) AS due
+                    FROM aviary_groups WHERE name = \(request.group) AND topic = \(request.topic)
                     """, logger)
-                return FreePartitions(
-                    group: nil, due: try due.first?["due"].decode(Bool.self) == true, states: [], bounds: [:])
+                guard let row = rows.first else { throw GroupRow.notSubscribed(request.group, request.topic) }
+                return FreePartitions(group: nil, due: try row["due"].decode(Bool.self), states: [], bounds: [:])
             }
             var bounds: [Int: (start: Int64, last: Int64)] = [:]
             var states: [PartitionState] = []

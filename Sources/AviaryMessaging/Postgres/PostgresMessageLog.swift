@@ -676,6 +676,10 @@ public final class PostgresMessageLog: MessageLog {
         var onPoison: PoisonPolicy
         var deadLetterTopic: String
 
+        static func notSubscribed(_ group: String, _ topic: String) -> MessagingError {
+            MessagingError(.notFound, "group \(group) is not subscribed to topic \(topic)")
+        }
+
         static func fetch(
             _ connection: PostgresConnection, group: String, topic: String, _ logger: Logger
         ) async throws -> GroupRow {
@@ -683,9 +687,7 @@ public final class PostgresMessageLog: MessageLog {
                 connection,
                 "SELECT max_deliveries, on_poison, dead_letter_topic FROM aviary_groups WHERE name = \(group) AND topic = \(topic)",
                 logger)
-            guard let row = rows.first else {
-                throw MessagingError(.notFound, "group \(group) is not subscribed to topic \(topic)")
-            }
+            guard let row = rows.first else { throw Self.notSubscribed(group, topic) }
             return GroupRow(
                 name: group, topic: topic, maxDeliveries: try row["max_deliveries"].decode(Int.self),
                 onPoison: PoisonPolicy(rawValue: try row["on_poison"].decode(String.self)) ?? .deadLetter,
