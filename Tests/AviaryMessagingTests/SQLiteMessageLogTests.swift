@@ -99,6 +99,83 @@ struct SQLiteMessageLogTests {
     }
 
     @Test(
+        "single publishes commit one at a time: consecutive offsets per partition in publish order, a failed publish keeps nothing and holds no lock, and another log on the file reads every message"
+    )
+    func singlePublishesCommit() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("t", TopicOptions(partitions: 3))
+        var published: [(id: String, position: MessagePosition)] = []
+        for index in 0..<30 {
+            let id = "e\(index)"
+            let position = try #require(
+                try await log.publish([
+                    OutgoingMessage(
+                        topic: "t", key: "k\(index % 7)", event: CloudEvent(id: id, source: "/t", type: "t"))
+                ]).first)
+            #expect(position.partition == Partitioner.partition(forKey: "k\(index % 7)", partitions: 3))
+            published.append((id, position))
+            if index == 14 {
+                // Fails inside the transaction (no such topic): nothing of it stays, and the
+                // transaction is over (another connection can write at once).
+                await #expect(throws: MessagingError.self) {
+                    try await log.publish([
+                        OutgoingMessage(topic: "t", key: "k0", event: CloudEvent(id: "lost", source: "/t", type: "t")),
+                        OutgoingMessage(topic: "missing", key: "k0", event: CloudEvent(source: "/t", type: "t")),
+                    ])
+                }
+                let other = try SQLiteMessageLog(
+                    path: path, configuration: SQLiteMessageLog.Configuration(busyTimeout: .milliseconds(1)))
+                try await other.createTopic("other", TopicOptions(partitions: 1))
+                try await other.close()
+            }
+        }
+        #expect(try log.currentSynchronous() == 2)
+        for partition in 0..<3 {
+            let offsets = published.filter { $0.position.partition == partition }.map(\.position.offset)
+            #expect(offsets == Array(1...Int64(offsets.count)), "partition \(partition): \(offsets)")
+        }
+        try await log.close()
+        // What a publish returned is on the file, for a log opened afterwards.
+        let reader = try SQLiteMessageLog(path: path)
+        try await reader.subscribe(group: "g", topic: "t", options: GroupOptions())
+        var read: [(id: String, position: MessagePosition)] = []
+        let deadline = ContinuousClock.now + .seconds(60)
+        while read.count < published.count && ContinuousClock.now < deadline {
+            let batch = try await reader.receive(
+                ReceiveRequest(group: "g", topic: "t", consumer: "c", maxMessages: 100))
+            for delivery in batch.deliveries {
+                read.append((delivery.message.event.id, delivery.message.position))
+                try await reader.ack(delivery)
+            }
+        }
+        #expect(read.count == published.count)
+        #expect(!read.contains { $0.id == "lost" })
+        let byPosition = Dictionary(uniqueKeysWithValues: published.map { ($0.position, $0.id) })
+        for (id, position) in read { #expect(byPosition[position] == id, "\(position)") }
+        try await reader.close()
+    }
+
+    @Test("a topic another log creates after this one found it missing is published to with its partition count")
+    func topicCreatedElsewhere() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        let message = OutgoingMessage(topic: "late", key: "k", event: CloudEvent(source: "/t", type: "t"))
+        let missing = try await #require(throws: MessagingError.self) { try await log.publish([message]) }
+        #expect(missing.kind == .notFound)
+        let other = try SQLiteMessageLog(path: path)
+        try await other.createTopic("late", TopicOptions(partitions: 5))
+        try await other.close()
+        let positions = try await log.publish([message, message])
+        #expect(
+            positions.map(\.partition) == Array(repeating: Partitioner.partition(forKey: "k", partitions: 5), count: 2))
+        #expect(positions.map(\.offset) == [1, 2])
+        try await log.close()
+    }
+
+    @Test(
         "receive, ack, nack and a failed ack leave the writer at synchronous=FULL for the next publish",
         arguments: [SQLiteMessageLog.Configuration.Synchronous.normal, .full])
     func acknowledgementsRestoreSynchronous(acknowledgements: SQLiteMessageLog.Configuration.Synchronous) async throws {

@@ -273,6 +273,64 @@ struct PostgresStoreTests {
         }
     }
 
+    @Test(
+        "a call waiting for a busy pool fails after acquireTimeout, while the call holding the connection runs past it")
+    func busyPoolDeadline() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        // Long enough for the migrations of withStore on a busy machine, short enough to wait for.
+        let options = PostgresStore.Options(maximumConnections: 1, acquireTimeout: .seconds(2))
+        try await PostgresStore.withStore(url: url, migrations: Self.items(), options: options) { store in
+            let (held, holding) = AsyncStream.makeStream(of: Void.self)
+            let (release, releasing) = AsyncStream.makeStream(of: Void.self)
+            let holder = Task {
+                try await store.withConnection { connection in
+                    holding.yield()
+                    for await _ in release { break }
+                    // Well past the deadline of the call that waited: it must not be cancelled.
+                    return try await connection.query("SELECT 7::BIGINT", logger: store.logger).decode(Int.self)
+                        .reduce(0, +)
+                }
+            }
+            for await _ in held { break }
+            let start = ContinuousClock.now
+            let error = try await #require(throws: AviaryError.self) { try await store.ping() }
+            let waited = ContinuousClock.now - start
+            #expect(error.code == .resourceExhausted, "\(error.message)")
+            #expect(error.message.contains("stayed busy"), "\(error.message)")
+            #expect(waited >= .seconds(2) && waited < .seconds(20), "\(waited)")
+            releasing.yield()
+            #expect(try await holder.value == 7)
+            // The timed-out wait gave nothing back twice and took nothing: the one connection serves again.
+            try await store.ping()
+            #expect(try await Self.count(store) == 0)
+        }
+    }
+
+    @Test("cancelling a call that waits for a connection ends it at once, and the pool serves afterwards")
+    func cancelledWait() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let options = PostgresStore.Options(maximumConnections: 1, acquireTimeout: .seconds(60))
+        try await PostgresStore.withStore(url: url, migrations: Self.items(), options: options) { store in
+            let (held, holding) = AsyncStream.makeStream(of: Void.self)
+            let (release, releasing) = AsyncStream.makeStream(of: Void.self)
+            let holder = Task {
+                try await store.withConnection { _ in
+                    holding.yield()
+                    for await _ in release { break }
+                }
+            }
+            for await _ in held { break }
+            let waiter = Task { try await store.ping() }
+            waiter.cancel()
+            let start = ContinuousClock.now
+            await #expect(throws: (any Error).self) { try await waiter.value }
+            #expect(ContinuousClock.now - start < .seconds(30))
+            releasing.yield()
+            try await holder.value
+            try await store.ping()
+        }
+    }
+
     @Test("a store that was never run says so instead of hanging")
     func notRunning() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
