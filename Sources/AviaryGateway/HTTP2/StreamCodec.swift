@@ -230,17 +230,27 @@ struct HTTP2StreamCodec {
     /// without that array of `String` pairs, its copy without the hop-by-hop fields and
     /// `HTTPResponseHead`'s storage in between (three allocations per response).
     static func block(_ status: HTTPResponseStatus, lines: ByteBuffer) -> HPACKHeaders {
-        var block = HPACKHeaders()
+        var reuse = HPACKBlockReuse()
+        return Self.block(status, lines: lines, reusing: &reuse)
+    }
+
+    /// ``block(_:lines:)`` in the storage of a block kept by `reuse`, with the long names and
+    /// values `reuse` kept where the fields' bytes are the same (see ``HPACKBlockReuse``).
+    static func block(
+        _ status: HTTPResponseStatus, lines: ByteBuffer, reusing reuse: inout HPACKBlockReuse
+    )
+        -> HPACKHeaders
+    {
+        var block = reuse.take()
+        block.add(name: ":status", value: status.code == 200 ? "200" : String(status.code))
         lines.withUnsafeReadableBytes { bytes in
-            var count = 1
-            for byte in bytes where byte == UInt8(ascii: "\n") { count += 1 }
-            block.reserveCapacity(count)
-            block.add(name: ":status", value: String(status.code))
             var framing = HTTP1RequestParser.FramingHeaders()
+            var index = 0
             // The lines were checked by the upstream's parser: this walk cannot fail.
             try? HTTP1RequestParser.walkFields(bytes, from: 0, framing: &framing) { name, value in
                 if UpstreamResponseHead.isHopByHop(name) { return }
-                block.add(name: Self.lowercased(name), value: String(decoding: value, as: UTF8.self))
+                block.add(name: reuse.name(at: index, name), value: reuse.value(at: index, value))
+                index += 1
             }
         }
         return block
@@ -286,5 +296,104 @@ struct HTTP2StreamCodec {
                 }
                 return index
             })
+    }
+}
+
+/// What an HTTP/2 connection keeps of the response head blocks its streams wrote, so that the
+/// next block costs fewer allocations.
+///
+/// Hot path: a forwarded response head became a new HPACK block per stream (its array of fields
+/// is one `malloc`) and every field value longer than a small string (15 UTF-8 bytes) one more:
+/// an origin's `date` and `server` values, say, which are the same bytes stream after stream (a
+/// `date` changes once a second). The connection keeps the block a stream wrote last and the
+/// long names and values of its fields, by position: the next block reuses the array's storage
+/// once `NIOHTTP2Handler` has let go of it (it encodes a HEADERS frame as it is written), and a
+/// field whose bytes equal the kept string at its position takes that string (one retain)
+/// instead of a new one. As with ``LentBuffers``, reuse never changes what another holder sees:
+/// `removeAll(keepingCapacity:)` allocates new storage while anything else still holds the old
+/// one (copy on write), and a kept `String` is an immutable value equal to the one it replaces.
+/// At most ``keptFields`` strings of each kind are kept, each no longer than a field of a head
+/// that passed `max_header_bytes`.
+///
+/// ```swift
+/// var block = reuse.take()
+/// block.add(name: ":status", value: "200")
+/// block.add(name: reuse.name(at: 0, bytes), value: reuse.value(at: 0, valueBytes))
+/// // ... once the HEADERS frame is written:
+/// reuse.keep(block)
+/// ```
+struct HPACKBlockReuse {
+    /// The most field positions whose long name and value are kept.
+    static let keptFields = 32
+    /// The most fields of a block kept for its storage.
+    static let keptCapacity = 64
+
+    private var kept: HPACKHeaders?
+    private var names: [String?] = []
+    private var values: [String?] = []
+
+    init() {}
+
+    /// Whether a block is kept (for tests).
+    var keepsBlock: Bool { self.kept != nil }
+
+    /// An empty block: the kept block's storage when nothing else holds it any more, otherwise
+    /// a new one.
+    mutating func take() -> HPACKHeaders {
+        guard var block = self.kept.take() else {
+            var block = HPACKHeaders()
+            block.reserveCapacity(12)
+            return block
+        }
+        block.removeAll(keepingCapacity: true)
+        return block
+    }
+
+    /// Keeps a written block, for the storage of the next one.
+    mutating func keep(_ block: HPACKHeaders) {
+        guard block.count <= Self.keptCapacity else { return }
+        self.kept = block
+    }
+
+    /// The field name `bytes` in lower case, as a `String`: the kept one at `index` when it has
+    /// the same bytes (compared in lower case).
+    mutating func name(at index: Int, _ bytes: UnsafeRawBufferPointer) -> String {
+        guard bytes.count > 15, index < Self.keptFields else { return HTTP2StreamCodec.lowercased(bytes) }
+        if index < self.names.count, let kept = self.names[index], Self.equal(kept, bytes, foldingCase: true) {
+            return kept
+        }
+        let name = HTTP2StreamCodec.lowercased(bytes)
+        Self.store(name, at: index, in: &self.names)
+        return name
+    }
+
+    /// The field value `bytes` as a `String`: the kept one at `index` when it has the same bytes.
+    mutating func value(at index: Int, _ bytes: UnsafeRawBufferPointer) -> String {
+        guard bytes.count > 15, index < Self.keptFields else { return String(decoding: bytes, as: UTF8.self) }
+        if index < self.values.count, let kept = self.values[index], Self.equal(kept, bytes, foldingCase: false) {
+            return kept
+        }
+        let value = String(decoding: bytes, as: UTF8.self)
+        Self.store(value, at: index, in: &self.values)
+        return value
+    }
+
+    private static func store(_ string: String, at index: Int, in strings: inout [String?]) {
+        while strings.count <= index { strings.append(nil) }
+        strings[index] = string
+    }
+
+    /// Whether `string`'s UTF-8 bytes are `bytes` (with `bytes` in ASCII lower case when folding).
+    private static func equal(_ string: String, _ bytes: UnsafeRawBufferPointer, foldingCase: Bool) -> Bool {
+        var string = string
+        return string.withUTF8 { utf8 in
+            guard utf8.count == bytes.count else { return false }
+            for index in 0..<utf8.count {
+                var byte = bytes[index]
+                if foldingCase && byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") { byte |= 0x20 }
+                if utf8[index] != byte { return false }
+            }
+            return true
+        }
     }
 }

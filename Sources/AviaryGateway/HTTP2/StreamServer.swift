@@ -66,6 +66,8 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
     /// Upstream request head buffers lent to the streams' proxies: a stream's proxy lives for one
     /// request, so the buffers it would keep for the next one are kept here instead.
     var requestHeads = LentBuffers()
+    /// The response head block the streams wrote last and its long strings, for the next one.
+    var responseBlocks = HPACKBlockReuse()
 
     init(loop: GatewayLoop, secure: Bool, idleTimeout: Duration) {
         self.loop = loop
@@ -99,8 +101,11 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
     }
 
     private func scheduleIdleTimer(_ context: ChannelHandlerContext) {
-        self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) { [weak self] in
-            self?.idleTimerFired()
+        // A strong capture: the timer is cancelled when the handler is removed, and until its
+        // deadline it only keeps the server alive that long. A weak one would give the server a
+        // side table, and every retain and release of it (several per stream) the slow path.
+        self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) {
+            self.idleTimerFired()
         }
     }
 
@@ -146,13 +151,11 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? NIOHTTP2WindowUpdatedEvent {
-            guard let window = event.inboundWindowSize else { return }
-            if event.streamID == .rootStream {
-                self.connectionWindowChanged(window, context: context)
-            } else {
-                self.streams[event.streamID]?.inboundWindowChanged(window)
-            }
+        // Ordered by how often they come: every stream opens and closes, and each failed cast
+        // costs a dynamic cast of the `Any`.
+        if event is NIOHTTP2StreamCreatedEvent {
+            // Streams open with their first HEADERS frame.
+            return
         } else if let event = event as? StreamClosedEvent {
             guard let stream = self.streams.removeValue(forKey: event.streamID) else { return }
             stream.closed()
@@ -163,8 +166,15 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
                     self.armIdleTimer(context)
                 }
             }
-        } else if event is NIOHTTP2StreamCreatedEvent || event is NIOHTTP2BulkStreamWindowChangeEvent {
-            // Streams open with their first HEADERS frame; the server never changes its settings.
+        } else if let event = event as? NIOHTTP2WindowUpdatedEvent {
+            guard let window = event.inboundWindowSize else { return }
+            if event.streamID == .rootStream {
+                self.connectionWindowChanged(window, context: context)
+            } else {
+                self.streams[event.streamID]?.inboundWindowChanged(window)
+            }
+        } else if event is NIOHTTP2BulkStreamWindowChangeEvent {
+            // The server never changes its settings.
             return
         } else {
             context.fireUserInboundEventTriggered(event)
@@ -362,8 +372,8 @@ final class HTTP2ServerStream {
     /// ``HTTP2StreamCodec/block(_:lines:)``); like a `.head` part, it is held for what follows.
     func writeHead(_ status: HTTPResponseStatus, lines: ByteBuffer) {
         guard !self.isClosed, let context = self.server.context else { return }
-        let (first, second) = self.codec.writeHead(
-            HTTP2StreamCodec.block(status, lines: lines), status: status, promise: nil)
+        let block = HTTP2StreamCodec.block(status, lines: lines, reusing: &self.server.responseBlocks)
+        let (first, second) = self.codec.writeHead(block, status: status, promise: nil)
         if let first { self.send(first, context) }
         if let second { self.send(second, context) }
     }
@@ -387,6 +397,8 @@ final class HTTP2ServerStream {
         }
         context.write(
             self.server.wrapOutboundOut(HTTP2Frame(streamID: self.id, payload: frame.payload)), promise: frame.promise)
+        // `NIOHTTP2Handler` has encoded the block: its storage serves the next stream's block.
+        if case .headers(let headers) = frame.payload { self.server.responseBlocks.keep(headers.headers) }
     }
 
     /// `NIOHTTP2Handler` wrote `count` bytes of this stream's DATA to the connection.

@@ -56,7 +56,8 @@ extension UpstreamPool {
             let handler = try stream.pipeline.syncOperations.handler(type: UpstreamHandler.self)
             let connection = UpstreamConnection(channel: stream, handler: handler, pool: self)
             connection.exchanges = 1
-            handler.connection = connection
+            // Only while the handler is in its pipeline: its removal ends the cycle.
+            if handler.context != nil { handler.connection = connection }
             return connection
         }.nonisolated()
     }

@@ -113,7 +113,8 @@ final class UpstreamPool {
                 }
                 let connection = UpstreamConnection(channel: channel, handler: handler, pool: self)
                 connection.exchanges = 1
-                handler.connection = connection
+                // Only while the handler is in its pipeline: its removal ends the cycle.
+                if handler.context != nil { handler.connection = connection }
                 // Counted against the pool that has the connection when it closes: a discovery
                 // change can hand an idle connection to the next generation's pool.
                 channel.closeFuture.assumeIsolated().whenComplete { _ in connection.pool.connectionClosed() }
@@ -237,7 +238,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
 
-    weak var connection: UpstreamConnection?
+    /// The connection this handler serves. Strong (the connection holds its handler too): the
+    /// cycle ends when the channel closes and removes the handler. Not `weak`, because a weakly
+    /// referenced object gets a side table and every retain and release of it the slow path,
+    /// several per request for a pooled connection.
+    var connection: UpstreamConnection?
     /// The exchange using this connection; `nil` while idle in the pool.
     var exchange: (any UpstreamExchange)?
     private(set) var context: ChannelHandlerContext?
@@ -263,6 +268,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.connection = nil
     }
 
     /// Writes a request part on this connection (no flush).
