@@ -32,9 +32,10 @@ public enum SQLiteOpening {
 
     /// Runs `open` until it returns, retrying while it fails because the file is busy or locked.
     ///
-    /// The pauses grow from 1 ms to 100 ms. Any other error, and a busy error once `limit` has
-    /// passed since the first try, is rethrown as it was. The pauses block the calling thread, as
-    /// opening the file itself does: open stores at start-up, not on a hot path.
+    /// The pauses grow from 1 ms to 100 ms. Any other error is rethrown as it was, and so is a
+    /// busy error once `limit` has passed since the first try; a busy first try is retried even
+    /// when it alone took longer than `limit` (on a loaded machine). The pauses block the calling
+    /// thread, as opening the file itself does: open stores at start-up, not on a hot path.
     ///
     /// ```swift
     /// let pool = try SQLiteOpening.retryingBusy(for: .seconds(30)) { try DatabasePool(path: path) }
@@ -52,10 +53,11 @@ public enum SQLiteOpening {
         let clock = ContinuousClock()
         let start = clock.now
         var failures = 0
+        func mayRetry() -> Bool { failures == 0 || clock.now - start < limit }
         while true {
             do {
                 return try open()
-            } catch let error as DatabaseError where Self.isBusy(error) && clock.now - start < limit {
+            } catch let error as DatabaseError where Self.isBusy(error) && mayRetry() {
                 failures += 1
                 onRetry?(failures, error)
                 let pause = min(100_000, 1000 << min(failures - 1, 7))

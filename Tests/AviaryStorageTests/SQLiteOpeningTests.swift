@@ -58,6 +58,31 @@ struct SQLiteOpeningTests {
         await SQLiteLockHolder.wait(holder.done)
     }
 
+    @Test("a busy first try is retried once even when the limit has passed; later busy tries are not")
+    func firstBusyTryIsRetried() throws {
+        let tries = Mutex(0)
+        let retries = Mutex(0)
+        // A limit of zero has passed by the time any try fails: only the first failure is retried.
+        #expect(throws: DatabaseError.self) {
+            try SQLiteOpening.retryingBusy(for: .zero, onRetry: { _, _ in retries.withLock { $0 += 1 } }) {
+                tries.withLock { $0 += 1 }
+                throw DatabaseError(resultCode: .SQLITE_BUSY, message: "database is locked")
+            }
+        }
+        #expect(tries.withLock { $0 } == 2)
+        #expect(retries.withLock { $0 } == 1)
+        // And a retry that succeeds returns its value.
+        let opened = try SQLiteOpening.retryingBusy(for: .zero) {
+            if tries.withLock({
+                $0 += 1; return $0
+            }) == 3 {
+                throw DatabaseError(resultCode: .SQLITE_LOCKED, message: "database table is locked")
+            }
+            return "opened"
+        }
+        #expect(opened == "opened")
+    }
+
     @Test("errors other than busy or locked are thrown at once, without retrying")
     func otherErrorsAreNotRetried() throws {
         let retries = Mutex(0)
