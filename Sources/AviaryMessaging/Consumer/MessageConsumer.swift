@@ -334,7 +334,7 @@ public final class MessageConsumer: Service {
             } catch {
                 return  // the worker is done
             }
-            let delivery = deliveries[min(cursor.index, deliveries.count - 1)]
+            let delivery = deliveries[cursor.index]  // moved only to indices of `deliveries`
             do {
                 try await self.log.extendLeases([delivery], by: lease)
             } catch  where Task.isCancelled {

@@ -140,29 +140,17 @@ enum StoredEventReader {
         guard content.contains(UInt8(ascii: "\\")) else { return String(decoding: content, as: UTF8.self) }
         var utf8: [UInt8] = []
         utf8.reserveCapacity(content.count)
-        var index = 0
-        func hex4() -> UInt32 {
-            var value: UInt32 = 0
-            for _ in 0..<4 {
-                let byte = content[index]
-                index += 1
-                switch byte {
-                case UInt8(ascii: "0")...UInt8(ascii: "9"): value = value * 16 + UInt32(byte - UInt8(ascii: "0"))
-                case UInt8(ascii: "a")...UInt8(ascii: "f"): value = value * 16 + UInt32(byte - UInt8(ascii: "a") + 10)
-                default: value = value * 16 + UInt32(byte - UInt8(ascii: "A") + 10)
-                }
-            }
-            return value
-        }
-        while index < content.count {
-            let byte = content[index]
-            index += 1
+        // The content again, for the checked escapes' hex digits (``JSONCheck/Scanner/hex4()``).
+        var escapes = JSONCheck.Scanner(bytes: content)
+        while escapes.index < content.count {
+            let byte = content[escapes.index]
+            escapes.index += 1
             guard byte == UInt8(ascii: "\\") else {
                 utf8.append(byte)
                 continue
             }
-            let escape = content[index]
-            index += 1
+            let escape = content[escapes.index]
+            escapes.index += 1
             switch escape {
             case UInt8(ascii: "b"): utf8.append(0x08)
             case UInt8(ascii: "f"): utf8.append(0x0C)
@@ -170,13 +158,14 @@ enum StoredEventReader {
             case UInt8(ascii: "r"): utf8.append(0x0D)
             case UInt8(ascii: "t"): utf8.append(0x09)
             case UInt8(ascii: "u"):
-                var value = hex4()
+                guard var value = escapes.hex4() else { return nil }
                 if (0xD800...0xDBFF).contains(value) {
-                    index += 2  // "\u" of the low surrogate, which the scanner checked is there
-                    value = 0x10000 + ((value - 0xD800) << 10) + (hex4() - 0xDC00)
+                    // The scanner checked that a low surrogate's "\u" follows.
+                    guard escapes.literal("\\u"), let low = escapes.hex4() else { return nil }
+                    value = 0x10000 + ((value - 0xD800) << 10) + (low - 0xDC00)
                 }
                 guard let scalar = Unicode.Scalar(value) else { return nil }
-                utf8.append(contentsOf: String(Character(scalar)).utf8)
+                UTF8.encode(scalar) { utf8.append($0) }
             default: utf8.append(escape)  // " \ /
             }
         }

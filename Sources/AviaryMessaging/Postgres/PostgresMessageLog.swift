@@ -135,7 +135,9 @@ public final class PostgresMessageLog: MessageLog {
     func write<T: Sendable>(
         _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T
     ) async throws -> T {
-        try await self.transaction { connection in try await body(connection, self.logger) }
+        try await self.storeCall {
+            try await self.store.withTransaction { connection in try await body(connection, self.logger) }
+        }
     }
 
     /// Runs `body` in a transaction that only moves a group's cursor and leases (receive, ack,
@@ -156,42 +158,33 @@ public final class PostgresMessageLog: MessageLog {
         _ body: @escaping @Sendable (PostgresConnection, _ relax: String, Logger) async throws -> T
     ) async throws -> T {
         let relax = self.configuration.synchronousAcknowledgements ? "" : Self.relaxedCommit
-        guard !transaction else {
-            return try await self.transaction { connection in try await body(connection, relax, self.logger) }
-        }
-        do {
-            return try await self.store.withConnection { connection in try await body(connection, relax, self.logger) }
-        } catch let error as MessagingError {
-            throw error
-        } catch {
-            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
+        let call: @Sendable (PostgresConnection) async throws -> T = { try await body($0, relax, self.logger) }
+        return try await self.storeCall {
+            transaction
+                ? try await self.store.withTransaction { try await call($0) }
+                : try await self.store.withConnection(call)
         }
     }
 
     /// A select-list item that turns `synchronous_commit` off until the end of the transaction.
     static let relaxedCommit = ", set_config('synchronous_commit', 'off', true) AS relaxed_commit"
 
-    private func transaction<T: Sendable>(
-        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
-    ) async throws -> T {
-        do {
-            return try await self.store.withTransaction { connection in try await body(connection) }
-        } catch let error as MessagingError {
-            throw error
-        } catch {
-            throw MessagingError(.unavailable, "message log \(self.store.address): \(PostgresStore.describe(error))")
-        }
-    }
-
     /// A consistent read (one snapshot).
     func read<T: Sendable>(
         _ body: @escaping @Sendable (PostgresConnection, Logger) async throws -> T
     ) async throws -> T {
-        let logger = self.logger
-        do {
-            return try await self.store.withTransaction(isolation: .repeatableRead) { connection in
-                try await body(connection, logger)
+        try await self.storeCall {
+            try await self.store.withTransaction(isolation: .repeatableRead) { connection in
+                try await body(connection, self.logger)
             }
+        }
+    }
+
+    /// Runs a call of the store: errors other than ``MessagingError`` become `.unavailable`, naming
+    /// the store and the cause.
+    private func storeCall<T: Sendable>(_ call: () async throws -> T) async throws -> T {
+        do {
+            return try await call()
         } catch let error as MessagingError {
             throw error
         } catch {
