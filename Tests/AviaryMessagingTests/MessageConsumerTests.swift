@@ -269,6 +269,33 @@ struct MessageConsumerTests {
         }
     }
 
+    @Test(
+        "cancelled while an acknowledgement is in flight, the consumer acknowledges anyway: the partition is not left leased"
+    )
+    func cancelledAcknowledgementIsRepeated() async throws {
+        try await Self.withLog { base in
+            try await base.createTopic("orders", TopicOptions(partitions: 1))
+            try await base.publish((1...2).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            let log = FirstAckHangsUntilCancelled(base)
+            let consumer = MessageConsumer(
+                log: log, configuration: .init(group: "g", topic: "orders", concurrency: 1), logger: Self.logger
+            ) { _ in }
+            let running = Task { try await consumer.run() }
+            var ackStarted = log.ackStarted.makeAsyncIterator()
+            _ = await ackStarted.next()
+            running.cancel()
+            try await running.value
+            #expect(log.ackCalls == 2)
+            let group = try #require(try await base.topics().first { $0.name == "orders" }?.groups.first)
+            #expect(group.lag == 0)
+            // The lease ended with the ack: another consumer gets the next message at once, not
+            // after the 30 s lease.
+            try await base.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(3))])
+            let next = try await base.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "other"))
+            #expect(next.deliveries.map(\.n) == [3])
+        }
+    }
+
     @Test("leases are extended while a long handler runs")
     func extendsLeases() async throws {
         // The log's time is a manual clock, so that a loaded machine cannot make a lease run out:
@@ -391,5 +418,37 @@ struct MessageConsumerTests {
                 try await tasks.waitForAll()
             }
         }
+    }
+}
+
+/// A real log whose first ack does not finish until its task is cancelled: a shutdown that
+/// cancels the consumer while an acknowledgement is in flight. Later acks go through.
+final class FirstAckHangsUntilCancelled: ForwardingLog {
+    let base: any MessageLog
+    /// Yields when the first ack has started.
+    let ackStarted: AsyncStream<Void>
+    private let started: AsyncStream<Void>.Continuation
+    /// Never yields: iterating it suspends until the iterating task is cancelled.
+    private let never: AsyncStream<Void>
+    private let neverYields: AsyncStream<Void>.Continuation
+    private let acks = Mutex(0)
+
+    init(_ base: any MessageLog) {
+        self.base = base
+        (self.ackStarted, self.started) = AsyncStream.makeStream()
+        (self.never, self.neverYields) = AsyncStream.makeStream()
+    }
+
+    var ackCalls: Int { self.acks.withLock { $0 } }
+
+    func ack(_ delivery: Delivery) async throws {
+        let call = self.acks.withLock { count in
+            count += 1
+            return count
+        }
+        guard call == 1 else { return try await self.base.ack(delivery) }
+        self.started.yield()
+        for await _ in self.never {}
+        throw CancellationError()
     }
 }

@@ -432,12 +432,20 @@ public final class MessageConsumer: Service {
     }
 
     /// Runs a log call outside the current task's cancellation: a shutdown that cancels handlers
-    /// must still be able to ack, nack or release.
+    /// must still be able to ack, nack or release. A call that cancellation cut short while it
+    /// ran (the shutdown timeout landing mid-ack) runs once more outside it; otherwise the
+    /// partition would stay leased until its lease expired. Repeating is safe: acknowledging an
+    /// acknowledged message does nothing, and a nack or release whose lease already ended finds
+    /// the lease gone. Only a cancelled call pays for the extra task.
     private static func shielded(_ call: @escaping @Sendable () async throws -> Void) async throws {
         if Task.isCancelled {
             try await Task { try await call() }.value
-        } else {
+            return
+        }
+        do {
             try await call()
+        } catch  where Task.isCancelled {
+            try await Task { try await call() }.value
         }
     }
 

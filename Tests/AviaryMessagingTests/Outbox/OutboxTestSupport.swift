@@ -80,31 +80,16 @@ func outboxEventually(
     throw CancellationError()
 }
 
-/// A real log whose next `failures` publishes fail as unavailable: a broker that is down for a
-/// while, in front of the real thing.
-final class FlakyLog: MessageLog {
-    let base: any MessageLog
-    private let failuresLeft: Mutex<Int>
-    private let publishes = Mutex(0)
+/// A real log in front of which a test changes one call: every requirement forwards to `base`
+/// unless the conforming type implements it.
+protocol ForwardingLog: MessageLog {
+    var base: any MessageLog { get }
+}
 
-    init(_ base: any MessageLog, failures: Int) {
-        self.base = base
-        self.failuresLeft = Mutex(failures)
-    }
-
-    var publishCalls: Int { self.publishes.withLock { $0 } }
-
+extension ForwardingLog {
     func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
-        self.publishes.withLock { $0 += 1 }
-        let fail = self.failuresLeft.withLock { left in
-            guard left > 0 else { return false }
-            left -= 1
-            return true
-        }
-        if fail { throw MessagingError(.unavailable, "the broker is down (injected)") }
-        return try await self.base.publish(messages)
+        try await self.base.publish(messages)
     }
-
     func createTopic(_ topic: String, _ options: TopicOptions) async throws {
         try await self.base.createTopic(topic, options)
     }
@@ -134,4 +119,30 @@ final class FlakyLog: MessageLog {
         try await self.base.resumePartition(group: group, topic: topic, partition: partition, skipHead: skipHead)
     }
     func close() async throws { try await self.base.close() }
+}
+
+/// A real log whose next `failures` publishes fail as unavailable: a broker that is down for a
+/// while, in front of the real thing.
+final class FlakyLog: ForwardingLog {
+    let base: any MessageLog
+    private let failuresLeft: Mutex<Int>
+    private let publishes = Mutex(0)
+
+    init(_ base: any MessageLog, failures: Int) {
+        self.base = base
+        self.failuresLeft = Mutex(failures)
+    }
+
+    var publishCalls: Int { self.publishes.withLock { $0 } }
+
+    func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
+        self.publishes.withLock { $0 += 1 }
+        let fail = self.failuresLeft.withLock { left in
+            guard left > 0 else { return false }
+            left -= 1
+            return true
+        }
+        if fail { throw MessagingError(.unavailable, "the broker is down (injected)") }
+        return try await self.base.publish(messages)
+    }
 }
