@@ -132,7 +132,11 @@ public final class GatewayServer: Sendable {
     enum Phase { case idle, running, stopped }
 
     /// The write buffer bounds of both sides; reading the other side stops above `high`.
-    static let writeBufferWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 32 * 1024, high: 64 * 1024)
+    static var writeBufferWaterMark: ChannelOptions.Types.WriteBufferWaterMark {
+        .init(low: Self.writeBufferLowWaterMark, high: Self.writeBufferHighWaterMark)
+    }
+    static let writeBufferLowWaterMark = 32 * 1024
+    static let writeBufferHighWaterMark = 64 * 1024
 
     /// Creates a gateway; nothing listens until ``start()``.
     ///

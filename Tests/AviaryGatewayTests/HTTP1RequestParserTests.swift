@@ -240,4 +240,16 @@ struct HTTP1RequestParserTests {
                 maxHeadBytes: 50)
         }
     }
+
+    @Test("field-name bytes are exactly RFC 9110's tchar: letters, digits and !#$%&'*+-.^_`|~")
+    func tokenBytes() {
+        let specials = Set("!#$%&'*+-.^_`|~".utf8)
+        for value in 0...255 {
+            let byte = UInt8(value)
+            let isLetter = (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte | 0x20)
+            let isDigit = (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+            let expected = byte < 0x80 && (isLetter || isDigit || specials.contains(byte))
+            #expect(HTTP1RequestParser.isTokenByte(byte) == expected, "byte \(value)")
+        }
+    }
 }

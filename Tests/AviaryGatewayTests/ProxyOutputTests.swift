@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import NIOCore
+import NIOEmbedded
 import NIOHTTP1
 import Testing
 
@@ -155,5 +156,38 @@ struct ProxyOutputTests {
             index += 1
         }
         return bytes
+    }
+
+    @Test("an upstream connection flushes only what was written since its last flush")
+    func upstreamFlushesOnlyWrites() throws {
+        let channel = EmbeddedChannel()
+        var flushes = 0
+        try channel.pipeline.syncOperations.addHandler(FlushCounter { flushes += 1 })
+        let handler = UpstreamHandler(http1: true)
+        try channel.pipeline.syncOperations.addHandler(handler)
+        // A GET: its head goes out with the first flush; its end writes nothing, so neither the
+        // flush after the end nor the one after the client's read reaches the channel.
+        handler.sendHead(ByteBuffer(string: "GET / HTTP/1.1\r\nhost: a\r\n\r\n"), isHead: false)
+        handler.flush()
+        #expect(flushes == 1)
+        handler.send(.end(nil))
+        handler.flush()
+        handler.flush()
+        #expect(flushes == 1)
+        #expect(
+            try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "GET / HTTP/1.1\r\nhost: a\r\n\r\n"))
+        // A chunked body: its parts and its last chunk are written, so each flush goes through.
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/")
+        head.headers.add(name: "transfer-encoding", value: "chunked")
+        handler.send(.head(head))
+        handler.send(.body(.byteBuffer(ByteBuffer(string: "hi"))))
+        handler.flush()
+        #expect(flushes == 2)
+        handler.send(.end(nil))
+        handler.flush()
+        #expect(flushes == 3)
+        handler.flush()
+        #expect(flushes == 3)
+        _ = try channel.finish()
     }
 }

@@ -258,8 +258,10 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
 final class HTTP2ServerStream {
     /// The water marks of the response bytes a stream may have waiting for flow-control window:
     /// those of an HTTP/1.1 connection's write buffer.
-    static let highWaterMark = GatewayServer.writeBufferWaterMark.high
-    static let lowWaterMark = GatewayServer.writeBufferWaterMark.low
+    /// (Plain integer constants: read per DATA frame, and a `static let` made from another
+    /// static's struct would be a lazily initialised global, checked on every access.)
+    static let highWaterMark = GatewayServer.writeBufferHighWaterMark
+    static let lowWaterMark = GatewayServer.writeBufferLowWaterMark
 
     let id: HTTP2StreamID
     /// Strong, both ways: the server forgets a stream when it closes, and the stream its proxy.

@@ -257,6 +257,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
     private let http1: Bool
     /// Whether the request being written has a chunked body, which this handler frames.
     private var chunkedRequest = false
+    /// Whether something was written since the last flush. Hot path: the proxy asks for a flush
+    /// after a request's head, after its end and after each downstream read, and for a request
+    /// without a body only the first finds anything to send; an empty flush is still a trip
+    /// through the pipeline and the channel's pending writes, skipped here.
+    private var unflushed = false
 
     init(http1: Bool) {
         self.http1 = http1
@@ -275,6 +280,7 @@ final class UpstreamHandler: ChannelDuplexHandler {
     func send(_ part: HTTPClientRequestPart) {
         guard let context = self.context else { return }
         guard self.http1 else {
+            self.unflushed = true
             context.write(self.wrapOutboundOut(part), promise: nil)
             return
         }
@@ -291,19 +297,23 @@ final class UpstreamHandler: ChannelDuplexHandler {
             let chunked = buffer.writeHTTPFields(head.headers)
             buffer.writeStaticString("\r\n")
             self.chunkedRequest = chunked
+            self.unflushed = true
             context.write(NIOAny(buffer), promise: nil)
         case .body(let data):
             guard case .byteBuffer(let body) = data else {
                 preconditionFailure("the proxy writes request bodies as byte buffers")
             }
+            self.unflushed = true
             if self.chunkedRequest {
                 HTTP1Chunks.write(body, context: context)
             } else {
                 context.write(NIOAny(body), promise: nil)
             }
         case .end(let trailers):
+            // Without chunked framing the end writes nothing (and needs no flush).
             guard self.chunkedRequest else { return }
             self.chunkedRequest = false
+            self.unflushed = true
             context.write(
                 NIOAny(HTTP1Chunks.last(trailers: trailers, allocator: context.channel.allocator)), promise: nil)
         }
@@ -315,12 +325,15 @@ final class UpstreamHandler: ChannelDuplexHandler {
         precondition(self.http1, "a request head as bytes on an HTTP/2 stream")
         self.parser.requestSent(isHead: isHead)
         self.chunkedRequest = false
+        self.unflushed = true
         context.write(NIOAny(bytes), promise: nil)
     }
 
-    /// Flushes the writes so far.
+    /// Flushes the writes so far, if there are any since the last flush.
     func flush() {
-        self.context?.flush()
+        guard self.unflushed, let context = self.context else { return }
+        self.unflushed = false
+        context.flush()
     }
 
     /// Stops or resumes reading from the upstream socket.
