@@ -53,6 +53,7 @@ let package = Package(
             dependencies: [
                 .product(name: "AviaryCore", package: "aviary"),
                 .product(name: "AviaryMessaging", package: "aviary"),
+                .product(name: "AviaryStorage", package: "aviary"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/BrokerBench",

@@ -54,12 +54,21 @@ public final class PostgresStore: Sendable, Service {
         public var maximumTransactionAttempts: Int
         /// Shown as `application_name` in `pg_stat_activity`.
         public var applicationName: String
+        /// How long a connection may stay idle in the pool before the pool checks it with a
+        /// `SELECT 1` (postgres-nio's keep-alive); `nil` turns the check off.
+        ///
+        /// The check costs per call, not per idle period: postgres-nio arms a keep-alive timer each
+        /// time a connection goes back to the pool and cancels it at the next lease (a task and a
+        /// dispatch timer each time), and, for a connection beyond ``minimumConnections``, an idle
+        /// timer as well. Without the check, a connection that a middlebox or the server dropped
+        /// while it was idle is found broken only by the next call on it, which fails.
+        public var keepAliveFrequency: Duration?
 
         /// Creates options; see each property for its meaning.
         public init(
             maximumConnections: Int = 20, minimumConnections: Int = 0, connectTimeout: Duration = .seconds(10),
             acquireTimeout: Duration = .seconds(30), maximumTransactionAttempts: Int = 5,
-            applicationName: String = "aviary"
+            applicationName: String = "aviary", keepAliveFrequency: Duration? = .seconds(30)
         ) {
             self.maximumConnections = maximumConnections
             self.minimumConnections = minimumConnections
@@ -67,6 +76,7 @@ public final class PostgresStore: Sendable, Service {
             self.acquireTimeout = acquireTimeout
             self.maximumTransactionAttempts = maximumTransactionAttempts
             self.applicationName = applicationName
+            self.keepAliveFrequency = keepAliveFrequency
         }
     }
 
@@ -143,6 +153,9 @@ public final class PostgresStore: Sendable, Service {
         configuration.options.maximumConnections = options.maximumConnections
         configuration.options.minimumConnections = options.minimumConnections
         configuration.options.connectTimeout = options.connectTimeout
+        configuration.options.keepAliveBehavior = options.keepAliveFrequency.map {
+            PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0)
+        }
         configuration.options.additionalStartupParameters = [("application_name", options.applicationName)]
         self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
     }

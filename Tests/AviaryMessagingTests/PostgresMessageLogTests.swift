@@ -106,9 +106,25 @@ struct PostgresMessageLogTests {
         try await consumer.close()
     }
 
+    /// A publish of a copy of the topic's one message, as each publish function makes it.
+    static let publishesInFlight = [
+        """
+        SELECT aviary_publish_now(ARRAY['orders'], ARRAY[1], ARRAY['orders'], ARRAY[0], ARRAY[1],
+            ARRAY[1], ARRAY[1], ARRAY[key], ARRAY[event], ARRAY[headers], ARRAY[bytes::INTEGER],
+            appended_at, 'aviary_message_log')
+        FROM aviary_messages WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = 'orders')
+        """,
+        """
+        SELECT aviary_publish_one('orders', 1, 0, key, event, headers, bytes::INTEGER, appended_at,
+            'aviary_message_log')
+        FROM aviary_messages WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = 'orders')
+        """,
+    ]
+
     @Test(
-        "a consumer registering while a publish is in flight waits for its commit, so its next look finds the message")
-    func registrationWaitsForAPublishInFlight() async throws {
+        "a consumer registering while a publish is in flight waits for its commit, so its next look finds the message",
+        arguments: publishesInFlight)
+    func registrationWaitsForAPublishInFlight(publish: String) async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
         // No poll: a consumer that slept through the message would never wake.
         let quiet = PostgresMessageLog.Configuration(pollInterval: .seconds(3600))
@@ -119,19 +135,13 @@ struct PostgresMessageLogTests {
         try await producer.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
         try await consumer.subscribe(group: "mail", topic: "orders", options: GroupOptions(start: .latest))
 
-        // A publish of a copy of that message, held open after aviary_publish_now returned: it
+        // A publish of a copy of that message, held open after the publish function returned: it
         // holds the partition row and found no listener.
         let (commit, commitNow) = AsyncStream.makeStream(of: Void.self)
         let logger = Logger(label: "aviary.test")
         let inFlight = Task {
             try await producer.store.withTransaction { connection in
-                _ = try await connection.complete(
-                    """
-                    SELECT aviary_publish_now(ARRAY['orders'], ARRAY[1], ARRAY['orders'], ARRAY[0], ARRAY[1],
-                        ARRAY[1], ARRAY[1], ARRAY[key], ARRAY[event], ARRAY[headers], ARRAY[bytes::INTEGER],
-                        appended_at, 'aviary_message_log')
-                    FROM aviary_messages WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = 'orders')
-                    """, logger: logger)
+                _ = try await connection.complete(PostgresQuery(unsafeSQL: publish), logger: logger)
                 for await _ in commit { break }
             }
         }

@@ -285,4 +285,117 @@ struct PostgresMessageLogUpgradeTests {
                 == [events[0], events[2], events[4], events[1], events[3], events[0]].map(\.id))
         try await log.close()
     }
+
+    @Test(
+        "a database of the v5 layout upgrades to v6 (aviary_publish_one) in place, keeping messages, offsets and groups; a v5 process still opens and publishes on it"
+    )
+    func upgradeFromV5() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        var v5 = PostgresMigrations()
+        for migration in PostgresMessageLog.migrations.list.prefix(5) { v5.add(migration.name, migration.migrate) }
+        #expect(v5.list.map(\.name).last == "aviary messaging v5: publish streams its message arrays")
+        let logger = Logger(label: "aviary.test")
+        let events = try (1...6).map { n in
+            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
+        }
+        let stored = try events.map(StoredJSON.event)
+        let keys = try [0, 1].map { partition in
+            try #require(
+                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
+            )
+        }
+        /// A publish as a producer of v5 makes it: aviary_publish_now with one message.
+        func publishAsV5(_ store: PostgresStore, partition: Int, event: Int) async throws -> [Int64]? {
+            try await store.withConnection { connection in
+                var bases: [[Int64]?] = []
+                for try await row in try await connection.query(
+                    """
+                    SELECT aviary_publish_now(\(["orders"]), \([Int32(2)]), \(["orders"]), \([Int32(partition)]),
+                        \([Int32(1)]), \([Int32(1)]), \([Int32(1)]), \([keys[partition]]), \([stored[event]]), \(["{}"]),
+                        \([Int32(10)]), \(Int64(1)), 'aviary_message_log')
+                    """, logger: logger
+                ).decode([Int64]?.self) {
+                    bases.append(row)
+                }
+                return bases.first ?? nil
+            }
+        }
+        let store = try PostgresStore(url: url, migrations: v5)
+        let running = Task { try await store.run() }
+        try await store.ready()
+        // What processes of v5 left: two messages in partition 0 and one in partition 1, and a
+        // group that has acknowledged partition 0's first message.
+        try await store.withTransaction { connection in
+            for statement: PostgresQuery in [
+                "INSERT INTO aviary_topics (name, partitions, created_at) VALUES ('orders', 2, 0), ('orders.mail.dlq', 1, 0)",
+                """
+                INSERT INTO aviary_partitions (topic, partition)
+                VALUES ('orders', 0), ('orders', 1), ('orders.mail.dlq', 0)
+                """,
+                """
+                INSERT INTO aviary_groups (name, topic, max_deliveries, on_poison, dead_letter_topic, created_at)
+                VALUES ('mail', 'orders', 5, 'dead-letter', 'orders.mail.dlq', 0)
+                """,
+                """
+                INSERT INTO aviary_group_partitions (group_name, topic, partition, next_offset)
+                VALUES ('mail', 'orders', 0, 2), ('mail', 'orders', 1, 1)
+                """,
+            ] {
+                try await connection.query(statement, logger: logger)
+            }
+        }
+        #expect(try await publishAsV5(store, partition: 0, event: 0) == [0])
+        #expect(try await publishAsV5(store, partition: 1, event: 1) == [0])
+        #expect(try await publishAsV5(store, partition: 0, event: 2) == [1])
+        running.cancel()
+        _ = try? await running.value
+
+        let log = try await PostgresMessageLog(url: url)
+        let functions = try await log.store.withConnection { connection in
+            var names: [String] = []
+            for try await row in try await connection.query(
+                "SELECT proname FROM pg_proc WHERE proname LIKE 'aviary_publish%' ORDER BY proname", logger: logger
+            ).decode(String.self) {
+                names.append(row)
+            }
+            return names
+        }
+        #expect(functions == ["aviary_publish", "aviary_publish_now", "aviary_publish_one"])
+        // A single message goes on at its partition's next offset.
+        let single = try await log.publish([OutgoingMessage(topic: "orders", key: keys[0], event: events[3])])
+        #expect(single == [MessagePosition(topic: "orders", partition: 0, offset: 3)])
+
+        // A process of v5 opens the upgraded database (it ignores the migration it does not know)
+        // and publishes through aviary_publish_now, which v6 left as it was.
+        let old = try PostgresStore(url: url, migrations: v5)
+        let oldRunning = Task { try await old.run() }
+        try await old.ready()
+        #expect(try await publishAsV5(old, partition: 1, event: 4) == [1])
+        oldRunning.cancel()
+        _ = try? await oldRunning.value
+        let next = try await log.publish([OutgoingMessage(topic: "orders", key: keys[1], event: events[5])])
+        #expect(next == [MessagePosition(topic: "orders", partition: 1, offset: 3)])
+
+        // The group goes on from its cursor.
+        var delivered: [Delivery] = []
+        for _ in 0..<4 where delivered.count < 5 {
+            let batch = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
+            for delivery in batch.deliveries { try await log.ack(delivery) }
+            delivered += batch.deliveries
+        }
+        let inOrder = delivered.sorted {
+            ($0.message.position.partition, $0.message.position.offset)
+                < ($1.message.position.partition, $1.message.position.offset)
+        }
+        #expect(
+            inOrder.map(\.message.position) == [
+                MessagePosition(topic: "orders", partition: 0, offset: 2),
+                MessagePosition(topic: "orders", partition: 0, offset: 3),
+                MessagePosition(topic: "orders", partition: 1, offset: 1),
+                MessagePosition(topic: "orders", partition: 1, offset: 2),
+                MessagePosition(topic: "orders", partition: 1, offset: 3),
+            ])
+        #expect(inOrder.map(\.message.event.id) == [events[2], events[3], events[1], events[4], events[5]].map(\.id))
+        try await log.close()
+    }
 }

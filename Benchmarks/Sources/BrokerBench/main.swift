@@ -18,6 +18,7 @@
 // insert rows of the same size.
 import AviaryCore
 import AviaryMessaging
+import AviaryStorage
 import Dispatch
 import Foundation
 import Logging
@@ -266,7 +267,7 @@ func latencyCrossProcess(
 func consumeLatencyChild(_ arguments: Arguments) async throws {
     guard let url = arguments.string("url"), let topic = arguments.string("topic") else { return }
     let count = arguments.int("count", 1000)
-    let log = try await MessageLogs.open(url: url)
+    let log = try await openLog(url)
     let latencies = Latencies()
     let received = Counter()
     let consumer = latencyConsumer(log, topic: topic, latencies: latencies, received: received)
@@ -285,6 +286,20 @@ func consumeLatencyChild(_ arguments: Arguments) async throws {
 
 // MARK: Main
 
+/// Opens the log at `url`. `BROKERBENCH_PG_POOL=store-defaults` in the environment gives a
+/// PostgreSQL log the store's default pool (no open connection kept, postgres-nio's keep-alive every
+/// 30 s) instead of the log's (one connection kept, no keep-alive), to measure what postgres-nio's
+/// per-lease timers cost; scripts/bench-broker.sh runs without it.
+func openLog(_ url: String) async throws -> any MessageLog {
+    guard url.hasPrefix("postgres"), ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"] == "store-defaults"
+    else {
+        return try await MessageLogs.open(url: url)
+    }
+    var configuration = PostgresMessageLog.Configuration()
+    configuration.store = PostgresStore.Options(applicationName: "aviary-message-log")
+    return try await PostgresMessageLog(url: StoreURL(parsing: url), configuration: configuration)
+}
+
 func run(_ arguments: Arguments) async throws {
     guard let url = arguments.string("url") else {
         FileHandle.standardError.write(Data("usage: BrokerBench run --url URL [--seconds S] [--rate R]\n".utf8))
@@ -295,7 +310,7 @@ func run(_ arguments: Arguments) async throws {
     let backend = url.hasPrefix("sqlite") ? "sqlite" : "postgres"
     let only = arguments.string("only").map { Set($0.split(separator: ",").map(String.init)) }
     func wanted(_ name: String) -> Bool { only?.contains(name) ?? true }
-    let log = try await MessageLogs.open(url: url)
+    let log = try await openLog(url)
 
     // What the log stores per message (key, event JSON, headers JSON), as it counts it for retention.
     try await log.createTopic("rowsize", TopicOptions(partitions: 1))

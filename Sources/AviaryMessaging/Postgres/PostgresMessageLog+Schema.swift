@@ -120,6 +120,10 @@ extension PostgresMessageLog {
         migrations.add("aviary messaging v5: publish streams its message arrays") { connection, logger in
             try await connection.query(PostgresQuery(unsafeSQL: Self.publishNowFunctionV5), logger: logger)
         }
+        // Only adds a function: producers and consumers of v5 go on working on a v6 database.
+        migrations.add("aviary messaging v6: single-message publish") { connection, logger in
+            try await connection.query(PostgresQuery(unsafeSQL: Self.publishOneFunction), logger: logger)
+        }
         return migrations
     }
 
@@ -272,6 +276,65 @@ extension PostgresMessageLog {
             (SELECT unnest(p_slots) AS slot, unnest(p_ranks) AS rank, unnest(p_keys) AS key,
                 unnest(p_events) AS event, unnest(p_headers) AS headers, unnest(p_bytes) AS bytes) AS m
             """)
+
+    /// `aviary_publish_one(...)` (v6): a publish of one message for now, in one statement and its
+    /// own transaction, with the fewest statements the server can run for it. The caller computes
+    /// the message's partition from its partition count, as for `aviary_publish_now`.
+    ///
+    /// The common case is two statements, where `aviary_publish_now` runs four: one `UPDATE` of the
+    /// partition row, joined with the topic's row, which takes the offset only when the topic
+    /// exists, has the caller's partition count and has no scheduled messages that are due; then
+    /// the `INSERT` of the row, whose statement also notifies the channel when a session listens
+    /// for the topic (`aviary_listeners`). That check is in a statement after the one that locked
+    /// the partition row, so it has a snapshot taken after the lock, which the listener
+    /// registration's argument needs (see ``publishNowFunction``); a single statement with the
+    /// update and the insert in CTEs would check with a snapshot taken before the lock. When the
+    /// update finds no row, a third statement tells why: `AV101` for a missing topic or partition,
+    /// `AV102` for another partition count, and NULL (nothing done) for due scheduled messages,
+    /// which the multi-statement path appends first. Returns the message's offset.
+    static let publishOneFunction = """
+        CREATE FUNCTION aviary_publish_one(p_topic TEXT, p_partition_count INTEGER, p_partition INTEGER,
+            p_key TEXT, p_event TEXT, p_headers TEXT, p_bytes INTEGER, p_now BIGINT, p_channel TEXT)
+        RETURNS BIGINT
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_id INTEGER;
+            v_offset BIGINT;
+            v_partitions INTEGER;
+            v_notified TEXT;
+        BEGIN
+            UPDATE aviary_partitions p SET last_offset = p.last_offset + 1
+            FROM aviary_topics t
+            WHERE p.topic = p_topic AND p.partition = p_partition AND t.name = p_topic
+                AND t.partitions = p_partition_count
+                AND NOT EXISTS (SELECT 1 FROM aviary_schedule s WHERE s.topic = p_topic AND s.deliver_at <= p_now)
+            RETURNING p.last_offset, t.id INTO v_offset, v_id;
+            IF NOT FOUND THEN
+                SELECT t.partitions INTO v_partitions FROM aviary_topics t WHERE t.name = p_topic;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'no topic %', p_topic USING ERRCODE = '\(PostgresMessageLog.noTopicState)';
+                END IF;
+                IF v_partitions <> p_partition_count THEN
+                    RAISE EXCEPTION 'topic % has % partitions, not %', p_topic, v_partitions, p_partition_count
+                        USING ERRCODE = '\(PostgresMessageLog.partitionCountState)';
+                END IF;
+                IF p_partition < 0 OR p_partition >= v_partitions THEN
+                    RAISE EXCEPTION 'no partition % in topic %', p_partition, p_topic
+                        USING ERRCODE = '\(PostgresMessageLog.noTopicState)';
+                END IF;
+                RETURN NULL;
+            END IF;
+            WITH inserted AS (
+                INSERT INTO aviary_messages (topic_id, partition, msg_offset, appended_at, bytes, key, event, headers)
+                VALUES (v_id, p_partition, v_offset, p_now, p_bytes, p_key, p_event, p_headers)
+            )
+            SELECT pg_notify(p_channel, p_topic)::TEXT INTO v_notified
+            WHERE current_setting('transaction_isolation') <> 'read committed'
+                OR EXISTS (SELECT 1 FROM aviary_listeners l WHERE l.topic = p_topic);
+            RETURN v_offset;
+        END
+        $$
+        """
 
     /// The text of `aviary_publish_now` since v4, which inserts the rows of the messages from `rows`
     /// (a `FROM` item of the columns slot, rank, key, event, headers and bytes).

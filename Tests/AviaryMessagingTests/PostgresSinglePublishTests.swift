@@ -1,0 +1,115 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryStorage
+import AviaryTestSupport
+import Foundation
+import Logging
+import PostgresNIO
+import Testing
+
+@testable import AviaryMessaging
+
+/// A publish of one message for now goes through `aviary_publish_one` (schema v6); what it must
+/// keep doing that the multi-message path does: the partition-count check, due scheduled
+/// messages first, and its errors.
+@Suite("PostgresMessageLog single-message publish", .timeLimit(.minutes(5)))
+struct PostgresSinglePublishTests {
+    let logger = Logger(label: "aviary.test")
+
+    func execute(_ log: PostgresMessageLog, _ sql: String) async throws {
+        try await log.store.withConnection { connection in
+            _ = try await connection.complete(PostgresQuery(unsafeSQL: sql), logger: self.logger)
+        }
+    }
+
+    @Test("one message is published through aviary_publish_one alone, several through aviary_publish_now")
+    func singleMessagePath() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let log = try await PostgresMessageLog(url: url)
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+        try await self.execute(log, "DROP FUNCTION aviary_publish_now")
+        let one = try await log.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
+        #expect(one == [MessagePosition(topic: "orders", partition: 0, offset: 1)])
+        await #expect(throws: MessagingError.self) {
+            try await log.publish([
+                OutgoingMessage(topic: "orders", key: "o-1", event: event),
+                OutgoingMessage(topic: "orders", key: "o-1", event: event),
+            ])
+        }
+        try await log.close()
+    }
+
+    @Test(
+        "a publish whose known partition count is not the stored one (AV102) reads it again and publishes at the partition for the stored count",
+        arguments: [1, 2])
+    func partitionCountChanged(messages: Int) async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let log = try await PostgresMessageLog(url: url)
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+        // The log now knows the topic has one partition.
+        try await log.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
+        // A key that is not in partition 0 of 4, so a publish with the stale count would land elsewhere.
+        let key = try #require(
+            (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 4) != 0 })
+        let partition = Partitioner.partition(forKey: key, partitions: 4)
+        try await self.execute(log, "UPDATE aviary_topics SET partitions = 4 WHERE name = 'orders'")
+        try await self.execute(
+            log, "INSERT INTO aviary_partitions (topic, partition) SELECT 'orders', generate_series(1, 3)")
+        let positions = try await log.publish(
+            Array(repeating: OutgoingMessage(topic: "orders", key: key, event: event), count: messages))
+        #expect(
+            positions
+                == (1...messages).map { MessagePosition(topic: "orders", partition: partition, offset: Int64($0)) })
+        try await log.close()
+    }
+
+    @Test("a single publish appends the topic's due scheduled messages first, then itself")
+    func dueScheduledFirst() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let clock = ManualWallClock()
+        let log = try await PostgresMessageLog(url: url, clock: clock)
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        try await log.subscribe(group: "mail", topic: "orders", options: GroupOptions())
+        let events = try (1...2).map { n in
+            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
+        }
+        try await log.publish([
+            OutgoingMessage(topic: "orders", key: "o-1", event: events[0], deliverAt: clock.now + 10)
+        ])
+        clock.advance(by: .seconds(11))
+        let positions = try await log.publish([OutgoingMessage(topic: "orders", key: "o-2", event: events[1])])
+        #expect(positions == [MessagePosition(topic: "orders", partition: 0, offset: 2)])
+        let batch = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
+        #expect(batch.deliveries.map(\.message.event.id) == events.map(\.id))
+        #expect(batch.deliveries.map(\.message.position.offset) == [1, 2])
+        try await log.close()
+    }
+
+    @Test("aviary_publish_one names a missing topic or partition (AV101) and a wrong partition count (AV102)")
+    func functionErrors() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        let log = try await PostgresMessageLog(url: url)
+        try await log.createTopic("orders", TopicOptions(partitions: 2))
+        let cases: [(String, String)] = [
+            ("'refunds', 2, 0", PostgresMessageLog.noTopicState),
+            ("'orders', 2, 2", PostgresMessageLog.noTopicState),
+            ("'orders', 3, 0", PostgresMessageLog.partitionCountState),
+        ]
+        for (arguments, state) in cases {
+            let error = await #expect(throws: PSQLError.self) {
+                try await self.execute(
+                    log, "SELECT aviary_publish_one(\(arguments), 'k', '{}', '{}', 2, 1, 'aviary_message_log')")
+            }
+            #expect(error?.serverInfo?[.sqlState] == state, "\(arguments)")
+        }
+        let topics = try await log.topics()
+        #expect(topics.first { $0.name == "orders" }?.partitions.map(\.lastOffset) == [0, 0])
+        try await log.close()
+    }
+}
