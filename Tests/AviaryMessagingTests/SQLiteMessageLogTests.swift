@@ -157,6 +157,98 @@ struct SQLiteMessageLogTests {
         try await reader.close()
     }
 
+    @Test(
+        "a publish writes no partition row: offsets follow the stored messages, and another log on the file continues them"
+    )
+    func offsetsFromPositionIndex() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        let first = try SQLiteMessageLog(path: path)
+        let second = try SQLiteMessageLog(path: path)
+        try await first.createTopic("t", TopicOptions(partitions: 2))
+        var offsets: [Int: [Int64]] = [:]
+        for index in 0..<20 {
+            let log = index.isMultiple(of: 2) ? first : second
+            let batch = try await log.publish(
+                (0..<(1 + index % 3)).map { n in
+                    OutgoingMessage(topic: "t", key: "k\(index + n)", event: CloudEvent(source: "/t", type: "t"))
+                })
+            for position in batch { offsets[position.partition, default: []].append(position.offset) }
+        }
+        for (partition, given) in offsets {
+            #expect(given == Array(1...Int64(given.count)), "partition \(partition): \(given)")
+        }
+        try await first.close()
+        try await second.close()
+        // The counters stayed as the topic was created: publishes did not write them.
+        let queue = try DatabaseQueue(path: path)
+        let counters = try await queue.read { db in
+            try Int64.fetchAll(db, sql: "SELECT last_offset FROM partitions WHERE topic = 't' ORDER BY partition")
+        }
+        try queue.close()
+        #expect(counters == [0, 0])
+        let reader = try SQLiteMessageLog(path: path)
+        let topic = try #require(try await reader.topics().first { $0.name == "t" })
+        #expect(topic.partitions.map(\.lastOffset) == (0..<2).map { Int64(offsets[$0]?.count ?? 0) })
+        try await reader.close()
+    }
+
+    @Test(
+        "a file whose partition counters an earlier version kept (exact, with messages deleted below and at them) goes on after them"
+    )
+    func earlierVersionCounters() async throws {
+        let path = Self.temporaryPath()
+        defer { Self.remove(path) }
+        var log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("t", TopicOptions(partitions: 1))
+        try await log.subscribe(group: "g", topic: "t", options: GroupOptions())
+        try await log.publish(
+            (1...7).map {
+                OutgoingMessage(topic: "t", key: "k", event: CloudEvent(id: "e\($0)", source: "/t", type: "t"))
+            })
+        try await log.close()
+        // As the earlier version left it: the counter at the newest offset, retention having
+        // deleted 1...4 (and recorded it in start_offset).
+        var queue = try DatabaseQueue(path: path)
+        try await queue.write { db in
+            try db.execute(sql: "UPDATE partitions SET last_offset = 7, start_offset = 5 WHERE topic = 't'")
+            try db.execute(sql: "DELETE FROM messages WHERE topic = 't' AND offset <= 4")
+        }
+        try queue.close()
+        log = try SQLiteMessageLog(path: path)
+        #expect(
+            try await log.publish([OutgoingMessage(topic: "t", key: "k", event: CloudEvent(source: "/t", type: "t"))])
+                .map(\.offset) == [8])
+        try await log.close()
+        // Every message deleted, the counter past them: the earlier version's counter is the bound.
+        queue = try DatabaseQueue(path: path)
+        try await queue.write { db in
+            try db.execute(sql: "UPDATE partitions SET last_offset = 12, start_offset = 13 WHERE topic = 't'")
+            try db.execute(sql: "DELETE FROM messages WHERE topic = 't'")
+        }
+        try queue.close()
+        log = try SQLiteMessageLog(path: path)
+        var topic = try #require(try await log.topics().first { $0.name == "t" })
+        #expect(topic.partitions.map(\.lastOffset) == [12])
+        #expect(topic.partitions.map(\.depth) == [0])
+        try await log.subscribe(group: "late", topic: "t", options: GroupOptions(start: .latest))
+        let positions = try await log.publish(
+            (1...2).map {
+                OutgoingMessage(topic: "t", key: "k", event: CloudEvent(id: "n\($0)", source: "/t", type: "t"))
+            })
+        #expect(positions.map(\.offset) == [13, 14])
+        topic = try #require(try await log.topics().first { $0.name == "t" })
+        #expect(topic.partitions.map(\.lastOffset) == [14])
+        let late = try await log.receive(ReceiveRequest(group: "late", topic: "t", consumer: "c"))
+        #expect(late.deliveries.map(\.message.event.id) == ["n1", "n2"])
+        #expect(late.gaps.isEmpty)
+        let behind = try await log.receive(ReceiveRequest(group: "g", topic: "t", consumer: "c"))
+        #expect(behind.gaps.map(\.firstMissed) == [1])
+        #expect(behind.gaps.map(\.lastMissed) == [12])
+        #expect(behind.deliveries.map(\.message.event.id) == ["n1", "n2"])
+        try await log.close()
+    }
+
     @Test("a topic another log creates after this one found it missing is published to with its partition count")
     func topicCreatedElsewhere() async throws {
         let path = Self.temporaryPath()

@@ -62,14 +62,18 @@ extension SQLiteMessageLog {
                                     AND m.offset >= group_partitions.next_offset AND m.offset <= ?)
                             WHERE topic = ? AND partition = ?
                             """, arguments: [cut, name, partition])
+                    // `cut` is a stored offset: the partition's newest offset stays at least that
+                    // when it was the newest message (newestOffset).
+                    try db.execute(
+                        sql: """
+                            UPDATE partitions SET start_offset = MAX(start_offset, ?), last_offset = MAX(last_offset, ?)
+                            WHERE topic = ? AND partition = ?
+                            """,
+                        arguments: [cut + 1, cut, name, partition])
                     try db.execute(
                         sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset <= ?",
                         arguments: [name, partition, cut])
                     deleted += db.changesCount
-                    try db.execute(
-                        sql:
-                            "UPDATE partitions SET start_offset = MAX(start_offset, ?) WHERE topic = ? AND partition = ?",
-                        arguments: [cut + 1, name, partition])
                 }
             }
             return deleted
@@ -86,7 +90,7 @@ extension SQLiteMessageLog {
                 for row in try Row.fetchAll(
                     db,
                     sql: """
-                        SELECT p.partition, p.last_offset,
+                        SELECT p.partition, \(Self.newestOffset) AS last_offset,
                             (SELECT MIN(offset) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS first,
                             (SELECT COUNT(*) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS depth,
                             (SELECT TOTAL(bytes) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS bytes
@@ -192,6 +196,8 @@ extension SQLiteMessageLog {
                 topic: letter.origin.topic, key: row["key"], event: row["event"],
                 headers: String(decoding: try encoder.encode(headers), as: UTF8.self))
             _ = try Self.append(db, message, partitions: partitions, now: now)
+            try Self.keepNewestOffset(
+                db, topic: position.topic, partition: position.partition, atLeast: position.offset)
             try db.execute(
                 sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset = ?",
                 arguments: [position.topic, position.partition, position.offset])
@@ -206,6 +212,10 @@ extension SQLiteMessageLog {
         try await self.write { db in
             try Self.requireDeadLetterTopic(db, topic)
             guard let positions else {
+                // Offsets are not given again once their messages are gone (newestOffset).
+                try db.execute(
+                    sql: "UPDATE partitions AS p SET last_offset = \(Self.newestOffset) WHERE p.topic = ?",
+                    arguments: [topic])
                 try db.execute(sql: "DELETE FROM messages WHERE topic = ?", arguments: [topic])
                 return db.changesCount
             }
@@ -217,7 +227,9 @@ extension SQLiteMessageLog {
                 try db.execute(
                     sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset = ?",
                     arguments: [topic, position.partition, position.offset])
+                guard db.changesCount > 0 else { continue }
                 purged += db.changesCount
+                try Self.keepNewestOffset(db, topic: topic, partition: position.partition, atLeast: position.offset)
             }
             return purged
         }

@@ -32,7 +32,9 @@ extension SQLiteMessageLog {
                             max_bytes INTEGER,
                             created_at INTEGER NOT NULL
                         );
-                        -- last_offset: the newest offset ever given (offsets are never reused);
+                        -- last_offset: at least the newest offset given whose message was deleted; the
+                        -- newest offset given is the larger of it and the partition's highest stored
+                        -- offset (SQLiteMessageLog.newestOffset; offsets are never reused);
                         -- start_offset: the lowest offset retention has not deleted.
                         CREATE TABLE IF NOT EXISTS partitions (
                             topic TEXT NOT NULL,

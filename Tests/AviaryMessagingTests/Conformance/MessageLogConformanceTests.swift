@@ -695,6 +695,73 @@ struct MessageLogConformanceTests {
         }
     }
 
+    @Test(
+        "offsets are never given twice: not after retention deleted every message of a partition, nor after the newest dead letters were purged or replayed",
+        arguments: MessageLogBackends.all)
+    func offsetsNeverReused(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic(
+                "orders", TopicOptions(partitions: 1, retention: Retention(maxAge: .seconds(60))))
+            try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+            let first = try await log.publish(
+                (1...3).map { OutgoingMessage(topic: "orders", key: "k", event: try numbered($0)) })
+            #expect(first.map(\.offset) == [1, 2, 3])
+            clock.advance(by: .seconds(61))
+            #expect(try await log.applyRetention() == 3)
+            var topic = try #require(try await log.topics().first { $0.name == "orders" })
+            #expect(topic.partitions.map(\.depth) == [0])
+            #expect(topic.partitions.map(\.lastOffset) == [3])
+            #expect(topic.groups.map(\.lag) == [0])
+            // A group that starts at the latest offset starts after the deleted messages.
+            try await log.subscribe(group: "late", topic: "orders", options: GroupOptions(start: .latest))
+            let next = try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(4))])
+            #expect(next.map(\.offset) == [4])
+            topic = try #require(try await log.topics().first { $0.name == "orders" })
+            #expect(topic.partitions.map(\.lastOffset) == [4])
+            #expect(topic.partitions.map(\.firstOffset) == [4])
+            let behind = try await log.receive(ReceiveRequest(group: "g", topic: "orders", consumer: "a"))
+            #expect(
+                behind.gaps == [RetentionGap(group: "g", topic: "orders", partition: 0, firstMissed: 1, lastMissed: 3)])
+            #expect(behind.deliveries.map(\.n) == [4])
+            #expect(behind.deliveries.map(\.message.position.offset) == [4])
+            let late = try await log.receive(ReceiveRequest(group: "late", topic: "orders", consumer: "a"))
+            #expect(late.gaps.isEmpty)
+            #expect(late.deliveries.map(\.n) == [4])
+
+            // Dead letters: each new letter goes after every earlier one, purged or replayed.
+            try await log.createTopic("jobs", TopicOptions(partitions: 1))
+            try await log.subscribe(group: "d", topic: "jobs", options: GroupOptions(maxDeliveries: 1))
+            let letters = "jobs.d.dlq"
+            func deadLetter(_ n: Int) async throws -> Int64 {
+                try await log.publish([OutgoingMessage(topic: "jobs", key: "k", event: try numbered(n))])
+                let batch = try await log.receive(ReceiveRequest(group: "d", topic: "jobs", consumer: "a"))
+                #expect(batch.deliveries.map(\.n) == [n])
+                try await log.nack(batch.deliveries[0], redeliverAfter: .zero, error: "failed \(n)")
+                let stored = try await log.deadLetters(topic: letters, limit: 10)
+                return try #require(stored.last?.message.position.offset)
+            }
+            let one = try await deadLetter(1)
+            #expect(
+                try await log.purgeDeadLetters(
+                    topic: letters, positions: [MessagePosition(topic: letters, partition: 0, offset: one)]) == 1)
+            let two = try await deadLetter(2)
+            #expect(two == one + 1)
+            #expect(try await log.purgeDeadLetters(topic: letters, positions: nil) == 1)
+            let three = try await deadLetter(3)
+            #expect(three == two + 1)
+            try await log.replayDeadLetter(MessagePosition(topic: letters, partition: 0, offset: three))
+            #expect(try await log.deadLetters(topic: letters, limit: 10).isEmpty)
+            let replayed = try await log.receive(ReceiveRequest(group: "d", topic: "jobs", consumer: "a"))
+            #expect(replayed.deliveries.map(\.n) == [3])
+            try await log.ack(replayed.deliveries[0])
+            let four = try await deadLetter(4)
+            #expect(four == three + 1)
+            let info = try #require(try await log.topics().first { $0.name == letters })
+            #expect(info.partitions.map(\.lastOffset) == [four])
+            #expect(info.partitions.map(\.depth) == [1])
+        }
+    }
+
     // MARK: Dead letters and inspection
 
     @Test(
