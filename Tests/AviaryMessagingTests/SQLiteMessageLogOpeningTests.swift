@@ -104,4 +104,48 @@ struct SQLiteMessageLogOpeningTests {
         #expect(failure.kind == .unavailable)
         #expect(failure.message.contains(path))
     }
+
+    @Test(
+        "a file of schema version 1 is upgraded to 2 with its messages; a file of a newer version is refused, named, untouched"
+    )
+    func schemaVersions() async throws {
+        let path = SQLiteMessageLogTests.temporaryPath()
+        defer { SQLiteMessageLogTests.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("t", TopicOptions(partitions: 1))
+        try await log.publish([
+            OutgoingMessage(topic: "t", key: "k", event: CloudEvent(id: "1", source: "/s", type: "t"))
+        ])
+        try await log.close()
+        func setVersion(_ version: Int) throws {
+            let queue = try DatabaseQueue(path: path)
+            try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA user_version = \(version)") }
+            try queue.close()
+        }
+        func version() throws -> Int? {
+            let queue = try DatabaseQueue(path: path)
+            defer { try? queue.close() }
+            return try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") }
+        }
+
+        try setVersion(1)
+        let upgraded = try SQLiteMessageLog(path: path)
+        #expect(try version() == 2)
+        let positions = try await upgraded.publish([
+            OutgoingMessage(topic: "t", key: "k", event: CloudEvent(id: "2", source: "/s", type: "t"))
+        ])
+        #expect(positions.map(\.offset) == [2])
+        try await upgraded.close()
+
+        try setVersion(3)
+        do {
+            _ = try SQLiteMessageLog(path: path)
+            Issue.record("opened a file of a newer schema version")
+        } catch let error as MessagingError {
+            #expect(error.kind == .unavailable)
+            #expect(error.message.contains(path))
+            #expect(error.message.contains("schema is version 3, newer than this build's 2"))
+        }
+        #expect(try version() == 3)
+    }
 }

@@ -286,17 +286,18 @@ func consumeLatencyChild(_ arguments: Arguments) async throws {
 
 // MARK: Main
 
-/// Opens the log at `url`. `BROKERBENCH_PG_POOL=store-defaults` in the environment gives a
-/// PostgreSQL log the store's default pool (no open connection kept, postgres-nio's keep-alive every
-/// 30 s) instead of the log's (one connection kept, no keep-alive), to measure what postgres-nio's
-/// per-lease timers cost; scripts/bench-broker.sh runs without it.
+/// Opens the log at `url`. `BROKERBENCH_PG_POOL=no-keep-alive` in the environment gives a
+/// PostgreSQL log a pool without postgres-nio's keep-alive check (one connection kept open, as the
+/// log's default pool does), to measure what that check's per-lease timer costs;
+/// scripts/bench-broker.sh runs without it.
 func openLog(_ url: String) async throws -> any MessageLog {
-    guard url.hasPrefix("postgres"), ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"] == "store-defaults"
+    guard url.hasPrefix("postgres"), ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"] == "no-keep-alive"
     else {
         return try await MessageLogs.open(url: url)
     }
     var configuration = PostgresMessageLog.Configuration()
-    configuration.store = PostgresStore.Options(applicationName: "aviary-message-log")
+    configuration.store = PostgresStore.Options(
+        minimumConnections: 1, applicationName: "aviary-message-log", keepAliveFrequency: nil)
     return try await PostgresMessageLog(url: StoreURL(parsing: url), configuration: configuration)
 }
 

@@ -7,7 +7,22 @@ import GRDB
 
 extension SQLiteMessageLog {
     /// The schema version this build writes (`PRAGMA user_version`).
-    static let schemaVersion = 1
+    ///
+    /// - 1: the tables below.
+    /// - 2: the same tables; a publish no longer writes `partitions.last_offset`, which became a
+    ///   lower bound (``newestOffset``). A build at version 1 does not check the version, so it
+    ///   must not share a file with this one (its publishes fail on the position index, its
+    ///   consumers stop at the counter); this build refuses files of a newer version than its
+    ///   own, so that the next such change is a clear error instead.
+    static let schemaVersion = 2
+
+    /// A file written by a newer build than this one.
+    struct NewerSchema: Error, CustomStringConvertible {
+        var found: Int
+        var description: String {
+            "its schema is version \(found), newer than this build's \(SQLiteMessageLog.schemaVersion): open it with the newer Aviary that wrote it"
+        }
+    }
 
     /// Creates or upgrades the schema. Times are milliseconds since 1970 (wall clock, shared by
     /// processes). The version check and the changes run in one `BEGIN IMMEDIATE` transaction, so
@@ -18,10 +33,12 @@ extension SQLiteMessageLog {
         // A log already at this version needs no write lock: every process opening it at once
         // (consumers starting together) would otherwise queue for one just to read the version.
         let current = try pool.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0 }
+        guard current <= Self.schemaVersion else { throw NewerSchema(found: current) }
         guard current < Self.schemaVersion else { return }
         try pool.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
                 let version = try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0
+                guard version <= Self.schemaVersion else { throw NewerSchema(found: version) }
                 guard version < Self.schemaVersion else { return .commit }
                 try db.execute(
                     sql: """
