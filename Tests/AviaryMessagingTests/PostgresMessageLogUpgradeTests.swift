@@ -261,16 +261,7 @@ struct PostgresMessageLogUpgradeTests {
                 MessagePosition(topic: "orders", partition: 0, offset: 3),
                 MessagePosition(topic: "orders", partition: 1, offset: 3),
             ])
-        var delivered: [Delivery] = []
-        for _ in 0..<4 where delivered.count < 6 {
-            let batch = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
-            for delivery in batch.deliveries { try await log.ack(delivery) }
-            delivered += batch.deliveries
-        }
-        let inOrder = delivered.sorted {
-            ($0.message.position.partition, $0.message.position.offset)
-                < ($1.message.position.partition, $1.message.position.offset)
-        }
+        let inOrder = try await receiveAndAcknowledge(log, atLeast: 6)
         #expect(
             inOrder.map(\.message.position) == [
                 MessagePosition(topic: "orders", partition: 0, offset: 1),
@@ -377,16 +368,7 @@ struct PostgresMessageLogUpgradeTests {
         #expect(next == [MessagePosition(topic: "orders", partition: 1, offset: 3)])
 
         // The group goes on from its cursor.
-        var delivered: [Delivery] = []
-        for _ in 0..<4 where delivered.count < 5 {
-            let batch = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
-            for delivery in batch.deliveries { try await log.ack(delivery) }
-            delivered += batch.deliveries
-        }
-        let inOrder = delivered.sorted {
-            ($0.message.position.partition, $0.message.position.offset)
-                < ($1.message.position.partition, $1.message.position.offset)
-        }
+        let inOrder = try await receiveAndAcknowledge(log, atLeast: 5)
         #expect(
             inOrder.map(\.message.position) == [
                 MessagePosition(topic: "orders", partition: 0, offset: 2),
@@ -397,5 +379,20 @@ struct PostgresMessageLogUpgradeTests {
             ])
         #expect(inOrder.map(\.message.event.id) == [events[2], events[3], events[1], events[4], events[5]].map(\.id))
         try await log.close()
+    }
+}
+
+/// Receives and acknowledges the `mail` group's messages of `orders` (at most four receives, until
+/// `count` arrived) and returns them in (partition, offset) order.
+private func receiveAndAcknowledge(_ log: any MessageLog, atLeast count: Int) async throws -> [Delivery] {
+    var delivered: [Delivery] = []
+    for _ in 0..<4 where delivered.count < count {
+        let batch = try await log.receive(ReceiveRequest(group: "mail", topic: "orders", consumer: "c"))
+        for delivery in batch.deliveries { try await log.ack(delivery) }
+        delivered += batch.deliveries
+    }
+    return delivered.sorted {
+        ($0.message.position.partition, $0.message.position.offset)
+            < ($1.message.position.partition, $1.message.position.offset)
     }
 }

@@ -378,7 +378,6 @@ struct HTTP1RequestParser {
         }
     }
 
-    /// `tchar` of RFC 9110 section 5.6.2.
     /// Whether `byte` is a `tchar` (RFC 9110 section 5.6.2): a letter, a digit or one of
     /// `!#$%&'*+-.^_`|~`.
     ///
