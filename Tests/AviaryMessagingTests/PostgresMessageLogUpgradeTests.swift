@@ -238,15 +238,8 @@ struct PostgresMessageLogUpgradeTests {
         _ = try? await running.value
 
         let log = try await PostgresMessageLog(url: url)
-        let source = try await log.store.withConnection { connection in
-            var sources: [String] = []
-            for try await row in try await connection.query(
-                "SELECT prosrc FROM pg_proc WHERE proname = 'aviary_publish_now'", logger: logger
-            ).decode(String.self) {
-                sources.append(row)
-            }
-            return sources
-        }
+        let source = try await PostgresOutboxTests.strings(
+            log.store, "SELECT prosrc FROM pg_proc WHERE proname = 'aviary_publish_now'")
         #expect(source.count == 1)
         #expect(source.first?.contains("unnest(p_slots) AS slot") == true)
         try await log.subscribe(group: "mail", topic: "orders", options: GroupOptions())
@@ -342,15 +335,8 @@ struct PostgresMessageLogUpgradeTests {
         _ = try? await running.value
 
         let log = try await PostgresMessageLog(url: url)
-        let functions = try await log.store.withConnection { connection in
-            var names: [String] = []
-            for try await row in try await connection.query(
-                "SELECT proname FROM pg_proc WHERE proname LIKE 'aviary_publish%' ORDER BY proname", logger: logger
-            ).decode(String.self) {
-                names.append(row)
-            }
-            return names
-        }
+        let functions = try await PostgresOutboxTests.strings(
+            log.store, "SELECT proname FROM pg_proc WHERE proname LIKE 'aviary_publish%' ORDER BY proname")
         #expect(functions == ["aviary_publish", "aviary_publish_now", "aviary_publish_one"])
         // A single message goes on at its partition's next offset.
         let single = try await log.publish([OutgoingMessage(topic: "orders", key: keys[0], event: events[3])])
