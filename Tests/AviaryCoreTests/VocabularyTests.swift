@@ -116,6 +116,29 @@ struct CloudEventTests {
         #expect(throws: DecodingError.self) { try JSONDecoder().decode(CloudEvent.self, from: json) }
     }
 
+    @Test("default ids are distinct lowercase version-4 UUIDs that Foundation parses back")
+    func defaultIDs() throws {
+        var seen = Set<String>()
+        var nibbleSeen = [Set<Character>](repeating: [], count: 36)
+        for _ in 0..<2000 {
+            let id = CloudEvent(source: "/x", type: "t").id
+            #expect(id.count == 36)
+            #expect(id == id.lowercased())
+            let parsed = try #require(UUID(uuidString: id), "not a UUID: \(id)")
+            #expect(parsed.uuidString.lowercased() == id)
+            let characters = Array(id)
+            #expect(characters[14] == "4", "version nibble of \(id)")
+            #expect("89ab".contains(characters[19]), "variant nibble of \(id)")
+            for (index, character) in characters.enumerated() { nibbleSeen[index].insert(character) }
+            seen.insert(id)
+        }
+        #expect(seen.count == 2000)
+        // Every random position takes many values (a stuck or mis-shifted nibble would not).
+        for index in 0..<36 where ![8, 13, 14, 18, 23].contains(index) {
+            #expect(nibbleSeen[index].count >= (index == 19 ? 4 : 12), "position \(index)")
+        }
+    }
+
     @Test("invalid attributes are reported one per line")
     func validation() {
         let event = CloudEvent(id: "", source: "", type: "t", extensions: ["Bad_Name": "x"])

@@ -328,7 +328,7 @@ extension PostgresMessageLog {
         guard let first = rows.first, let lastRow = rows.last else { return [] }
         state.moveHead(to: try first["msg_offset"].decode(Int64.self))
         let through = try lastRow["msg_offset"].decode(Int64.self)
-        let leaseID = UUID().uuidString.lowercased()
+        let leaseID = CloudEvent.makeID()
         state.leaseOwner = request.consumer
         state.leaseID = leaseID
         state.leaseExpiresAt = now + leaseMillis

@@ -804,7 +804,7 @@ public final class SQLiteMessageLog: MessageLog {
         guard let first = rows.first, let lastRow = rows.last else { return [] }
         state.moveHead(to: first["offset"])
         let through: Int64 = lastRow["offset"]
-        let leaseID = UUID().uuidString.lowercased()
+        let leaseID = CloudEvent.makeID()
         state.leaseOwner = request.consumer
         state.leaseID = leaseID
         state.leaseExpiresAt = now + leaseMillis
