@@ -153,6 +153,39 @@ struct GatewayCacheTests {
         }
     }
 
+    @Test("the route's response_headers apply to fresh and stale cached answers as to the upstream's")
+    func responseRewritesOnCachedAnswers() async throws {
+        let clock = ManualClock()
+        try await withOrigins(["a"]) { origins async throws in
+            let yaml = """
+                listen: {address: 127.0.0.1:0}
+                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes:
+                  - match: {path_prefix: /c}
+                    cluster: a
+                    cache: {ttl: 10s, stale_if_error: 1m}
+                    response_headers: {remove: [x-internal], set: {x-served: "%{method} via gateway"}}
+                """
+            try await withGateway(yaml, clock: clock) { gateway async throws in
+                let target = "/c/r?h-x-internal=secret"
+                let fresh = try await gateway.get(target)
+                #expect(fresh.header("x-aviary-cache") == nil)
+                let hit = try await gateway.get(target)
+                #expect(hit.header("x-aviary-cache") == "hit")
+                clock.advance(by: .seconds(30))
+                origins[0].state.failure.store(1, ordering: .relaxed)
+                let stale = try await gateway.get(target)
+                #expect(stale.header("x-aviary-cache") == "stale")
+                for (name, answer) in [("upstream", fresh), ("hit", hit), ("stale", stale)] {
+                    #expect(answer.status == 200, "\(name)")
+                    #expect(answer.header("x-internal") == nil, "\(name)")
+                    #expect(answer.header("x-served") == "GET via gateway", "\(name)")
+                }
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 2)
+            }
+        }
+    }
+
     @Test("a response larger than the entry limit streams through whole and is not stored; a small one is")
     func tooLarge() async throws {
         try await withOrigins(["a"]) { origins async throws in

@@ -69,9 +69,11 @@ extension ProxyHandler {
     }
 
     /// Writes a cached response, with `Age` and `x-aviary-cache: hit` (or `stale` and a `Warning`).
+    /// The route's `response_headers` apply to it as to a response from the upstream (the entry
+    /// keeps the upstream's fields as they came).
     func answerFromCache(
         _ entry: CachedResponse, at now: MonotonicInstant, stale: Bool, headers extra: [(String, String)],
-        close: Bool, context: ChannelHandlerContext
+        rewrite: CompiledHeaderRewrite?, variables: HeaderVariables?, close: Bool, context: ChannelHandlerContext
     ) {
         self.endRecord(status: Int(entry.status.code))
         let close = close || self.drainRequested
@@ -81,6 +83,7 @@ extension ProxyHandler {
         headers.replaceOrAdd(name: "x-aviary-cache", value: stale ? "stale" : "hit")
         if stale { headers.add(name: "warning", value: "110 - \"Response is Stale\"") }
         for (name, value) in extra { headers.replaceOrAdd(name: name, value: value) }
+        rewrite?.apply(to: &headers, variables)
         headers.replaceOrAdd(name: "connection", value: close ? "close" : "keep-alive")
         let head = HTTPResponseHead(version: .http1_1, status: entry.status, headers: headers)
         self.emit(.head(head), context: context)
@@ -108,7 +111,9 @@ extension ProxyHandler {
             let close = !exchange.keepAlive || !exchange.requestComplete
             self.finish(exchange, reuseUpstream: false)
             self.answerFromCache(
-                stale, at: now, stale: true, headers: exchange.responseHeaders, close: close, context: context)
+                stale, at: now, stale: true, headers: exchange.responseHeaders,
+                rewrite: exchange.route.responseHeaderRewrite, variables: exchange.headerVariables, close: close,
+                context: context)
             return true
         }
         exchange.cache = nil
@@ -175,7 +180,9 @@ extension ProxyHandler {
         let close = !exchange.keepAlive || !exchange.requestComplete
         self.finish(exchange, reuseUpstream: false)
         self.answerFromCache(
-            stale, at: now, stale: true, headers: exchange.responseHeaders, close: close, context: context)
+            stale, at: now, stale: true, headers: exchange.responseHeaders,
+            rewrite: exchange.route.responseHeaderRewrite, variables: exchange.headerVariables, close: close,
+            context: context)
         return true
     }
 }

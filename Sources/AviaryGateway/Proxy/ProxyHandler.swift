@@ -636,8 +636,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let cache = route.cache {
             switch self.cacheLookup(cache, head: head, hasBody: hasBody) {
             case .hit(let entry, let now):
+                let variables =
+                    route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head) : nil
                 self.answerFromCache(
-                    entry, at: now, stale: false, headers: policy?.responseHeaders ?? [], close: !head.isKeepAlive,
+                    entry, at: now, stale: false, headers: policy?.responseHeaders ?? [],
+                    rewrite: route.responseHeaderRewrite, variables: variables, close: !head.isKeepAlive,
                     context: context)
                 return
             case .miss(let missed):
