@@ -142,7 +142,7 @@ struct GatewayConfigurationTests {
             problems(yaml) == [
                 "listen.adress: unknown key, expected one of address, admin, tls, http2, max_concurrent_streams (gateway.yaml:1)",
                 "clusters.users.lb: unknown key, expected one of endpoints, load_balancer, health_check, "
-                    + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections, hash_on, protocol, discovery (gateway.yaml:3)",
+                    + "outlier_detection, circuit_breaker, connect_timeout, max_idle_connections, hash_on, protocol, discovery, tls (gateway.yaml:3)",
                 "routes[0].match.method: unknown key, expected one of path_prefix, path, path_template, methods, headers, "
                     + "host, query (gateway.yaml:5)",
                 "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, direct_response, redirect, "

@@ -9,6 +9,7 @@ import NIOCore
 import NIOEmbedded
 import NIOHTTP2
 import NIOPosix
+import NIOSSL
 import Synchronization
 import Testing
 
@@ -390,20 +391,25 @@ struct GatewayHTTP2Tests {
 /// gRPC pass-through: HTTP/2 end to end, trailers both ways, to a gRPC-shaped origin.
 @Suite("Gateway gRPC pass-through", .timeLimit(.minutes(3)))
 struct GatewayGRPCTests {
-    static func yaml(port: Int) -> String {
+    static func yaml(port: Int, tls: String? = nil) -> String {
         """
         listen: {address: 127.0.0.1:0, http2: true}
-        clusters: {echo: {endpoints: [127.0.0.1:\(port)], protocol: h2}}
+        clusters: {echo: {endpoints: [127.0.0.1:\(port)], protocol: h2\(tls.map { ", tls: " + $0 } ?? "")}}
         routes: [{match: {path_prefix: /test.Echo/}, cluster: echo}]
         """
     }
 
     static let grpcHeaders = [("content-type", "application/grpc"), ("te", "trailers")]
 
-    static func withGRPC(_ body: (GRPCOrigin, GatewayHarness, H2Client) async throws -> Void) async throws {
-        let origin = try await GRPCOrigin.start(group: MultiThreadedEventLoopGroup.singleton)
+    /// Runs `body` with a gRPC origin and a gateway in front of it; with `tls`, the origin speaks
+    /// TLS with that context and the cluster's `tls` is `clusterTLS`.
+    static func withGRPC(
+        tls: (origin: NIOSSLContext, clusterTLS: String)? = nil,
+        _ body: (GRPCOrigin, GatewayHarness, H2Client) async throws -> Void
+    ) async throws {
+        let origin = try await GRPCOrigin.start(group: MultiThreadedEventLoopGroup.singleton, tls: tls?.origin)
         do {
-            try await withGateway(Self.yaml(port: origin.port)) { gateway in
+            try await withGateway(Self.yaml(port: origin.port, tls: tls?.clusterTLS)) { gateway in
                 let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
                 do {
                     try await body(origin, gateway, client)
@@ -436,6 +442,33 @@ struct GatewayGRPCTests {
             let seen = origin.seen.withLock { $0 }
             #expect(seen.count == 1)
             #expect(seen.first?.te == "trailers")
+        }
+    }
+
+    @Test("over TLS to the upstream (ALPN h2): the call and its trailers pass, and the origin saw TLS")
+    func unaryOverTLS() async throws {
+        let certificate = try await TestCertificate.make()
+        defer { certificate.remove() }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(certificate.certificateFile).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: certificate.keyFile, format: .pem)))
+        configuration.applicationProtocols = ["h2"]
+        let context = try NIOSSLContext(configuration: configuration)
+        try await Self.withGRPC(tls: (context, "{ca: \(certificate.certificateFile)}")) { origin, _, client in
+            let message = Array("hello over TLS".utf8)
+            let response = try await client.request(
+                "POST", "/test.Echo/Unary", headers: Self.grpcHeaders, body: message)
+            #expect(response.status == 200)
+            #expect(response.body == message)
+            #expect(try #require(response.trailers).contains { $0 == ("grpc-status", "0") })
+            #expect(origin.seen.withLock { $0.count } == 1)
+        }
+        // Verified against the system's roots, the self-signed origin is refused: nothing reaches it.
+        try await Self.withGRPC(tls: (context, "{}")) { origin, _, client in
+            let response = try await client.request(
+                "POST", "/test.Echo/Unary", headers: Self.grpcHeaders, body: Array("x".utf8))
+            #expect(response.status == 502, "\(response.status) \(String(decoding: response.body, as: UTF8.self))")
+            #expect(origin.seen.withLock { $0.count } == 0)
         }
     }
 

@@ -65,6 +65,14 @@ enum AdminViews {
                     "unhealthy": check.unhealthyThreshold,
                 ] as [String: Any]
         }
+        if let tls = cluster.tls {
+            // Paths and names only: never the key.
+            var entry: [String: Any] = ["client_certificate": tls.certificateChainPEM != nil]
+            if let file = tls.caFile { entry["ca"] = file } else if tls.trustRootsPEM == nil { entry["ca"] = "system" }
+            if let name = tls.serverName { entry["server_name"] = name }
+            if let file = tls.certificateFile { entry["certificate"] = file }
+            result["tls"] = entry
+        }
         switch cluster.hashOn {
         case .header(let name): result["hash_on"] = ["header": name]
         case .cookie(let name): result["hash_on"] = ["cookie": name]

@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 public import AviaryCore
+import Foundation
 
 extension GatewayConfiguration {
     /// A named group of interchangeable upstream endpoints (`clusters.<name>:`).
@@ -37,6 +38,78 @@ extension GatewayConfiguration {
         /// Whether the endpoints speak HTTP/1.1 (the default) or HTTP/2 (`protocol: h2`, h2c by
         /// prior knowledge): gRPC services need `h2`.
         public var upstreamProtocol: UpstreamProtocol = .http1
+        /// TLS to the endpoints (`tls:`), with an optional client certificate (mutual TLS);
+        /// `nil` speaks plaintext.
+        public var tls: TLS?
+
+        /// TLS from the gateway to a cluster's endpoints (`clusters.<name>.tls`).
+        ///
+        /// The endpoint's certificate is always verified: against ``trustRootsPEM`` (the `ca`
+        /// file) when given, else the system's trust roots, and its name against ``serverName``,
+        /// else the endpoint's host name, else (an endpoint written as an IP address) the
+        /// certificate must name that address. With ``certificateChainPEM`` and
+        /// ``privateKeyPEM`` (the `certificate` and `key` files) the gateway presents a client
+        /// certificate, for upstreams that require mutual TLS.
+        ///
+        /// The files' contents are read when the configuration is read, so a reload (SIGHUP,
+        /// `POST /reload`) picks up rotated certificates: a cluster whose files changed gets new
+        /// connections, as any change of a cluster does.
+        ///
+        /// ```swift
+        /// var payments = GatewayConfiguration.Cluster(name: "payments", endpoints: [Endpoint(host: "10.0.0.5", port: 8443)])
+        /// payments.tls = try .files(ca: "ca.pem", serverName: "payments.internal",
+        ///                           certificate: "gateway.pem", key: "gateway-key.pem")
+        /// ```
+        public struct TLS: Sendable, Hashable {
+            /// The `ca` file's path, if any (shown by the admin API).
+            public var caFile: String?
+            /// PEM certificates trusted for the endpoints' chains; `nil` trusts the system's roots.
+            public var trustRootsPEM: String?
+            /// The name sent by SNI and verified against the endpoint's certificate.
+            public var serverName: String?
+            /// The `certificate` file's path, if any (shown by the admin API).
+            public var certificateFile: String?
+            /// The client certificate chain, PEM, leaf first; with ``privateKeyPEM``.
+            public var certificateChainPEM: String?
+            /// The client certificate's private key, PEM (never shown by the admin API).
+            public var privateKeyPEM: String?
+
+            /// TLS settings from PEM text (no files).
+            public init(
+                trustRootsPEM: String? = nil, serverName: String? = nil, certificateChainPEM: String? = nil,
+                privateKeyPEM: String? = nil
+            ) {
+                self.trustRootsPEM = trustRootsPEM
+                self.serverName = serverName
+                self.certificateChainPEM = certificateChainPEM
+                self.privateKeyPEM = privateKeyPEM
+            }
+
+            /// TLS settings whose PEM files are read now.
+            ///
+            /// - Throws: ``GatewayConfigurationError`` naming each file that cannot be read.
+            public static func files(
+                ca caFile: String? = nil, serverName: String? = nil, certificate certificateFile: String? = nil,
+                key keyFile: String? = nil
+            ) throws -> TLS {
+                var problems: [String] = []
+                func read(_ file: String?, _ key: String) -> String? {
+                    guard let file else { return nil }
+                    guard let data = FileManager.default.contents(atPath: file) else {
+                        problems.append("tls.\(key): cannot read \"\(file)\"")
+                        return nil
+                    }
+                    return String(decoding: data, as: UTF8.self)
+                }
+                var tls = TLS(
+                    trustRootsPEM: read(caFile, "ca"), serverName: serverName,
+                    certificateChainPEM: read(certificateFile, "certificate"), privateKeyPEM: read(keyFile, "key"))
+                tls.caFile = caFile
+                tls.certificateFile = certificateFile
+                guard problems.isEmpty else { throw GatewayConfigurationError(problems: problems) }
+                return tls
+            }
+        }
 
         /// How the gateway talks to a cluster's endpoints (`protocol:`).
         ///

@@ -105,7 +105,7 @@ extension ConfigurationParser {
     mutating func cluster(_ node: Node, _ path: String, name: String) -> Configuration.Cluster? {
         let keys = [
             "endpoints", "load_balancer", "health_check", "outlier_detection", "circuit_breaker", "connect_timeout",
-            "max_idle_connections", "hash_on", "protocol", "discovery",
+            "max_idle_connections", "hash_on", "protocol", "discovery", "tls",
         ]
         guard let fields = self.fields(node, path, allowed: keys) else { return nil }
         var cluster = Configuration.Cluster(name: name)
@@ -196,7 +196,50 @@ extension ConfigurationParser {
                 fields.path("hash_on"), "is missing: ring_hash needs {header: <name>} or {cookie: <name>}",
                 fields["load_balancer"])
         }
+        if let value = fields["tls"] {
+            cluster.tls = self.clusterTLS(value, fields.path("tls"), upstreamProtocol: cluster.upstreamProtocol)
+        }
         return self.problemCount == before ? cluster : nil
+    }
+
+    /// `clusters.<name>.tls`: `{ca, server_name, certificate, key}`, each optional (`{}` trusts the
+    /// system's roots); the files are read and parsed here, so that a typo or a file that is not
+    /// PEM is a configuration error at start and on reload, never a failure of live traffic.
+    mutating func clusterTLS(
+        _ node: Node, _ path: String, upstreamProtocol: Configuration.Cluster.UpstreamProtocol
+    ) -> Configuration.Cluster.TLS? {
+        guard let fields = self.fields(node, path, allowed: ["ca", "server_name", "certificate", "key"]) else {
+            return nil
+        }
+        let before = self.problemCount
+        var files: [String: String] = [:]
+        var contents: [String: String] = [:]
+        for key in ["ca", "certificate", "key"] {
+            guard let value = fields[key], let file = self.string(value, fields.path(key)) else { continue }
+            guard let data = FileManager.default.contents(atPath: file) else {
+                self.problem(fields.path(key), "cannot read \(Self.quoted(file))", value)
+                continue
+            }
+            files[key] = file
+            contents[key] = String(decoding: data, as: UTF8.self)
+        }
+        var serverName: String?
+        if let value = fields["server_name"] { serverName = self.string(value, fields.path("server_name")) }
+        guard self.problemCount == before else { return nil }
+        var tls = Configuration.Cluster.TLS(
+            trustRootsPEM: contents["ca"], serverName: serverName, certificateChainPEM: contents["certificate"],
+            privateKeyPEM: contents["key"])
+        tls.caFile = files["ca"]
+        tls.certificateFile = files["certificate"]
+        // What the gateway would make of them: each problem names its setting.
+        if case .failure(let unavailable) = UpstreamTLS.make(tls, upstreamProtocol: upstreamProtocol) {
+            for problem in unavailable.problems {
+                self.problem(
+                    problem.key.isEmpty ? path : fields.path(problem.key), problem.message, fields[problem.key] ?? node)
+            }
+            return nil
+        }
+        return tls
     }
 
     mutating func healthCheck(_ node: Node, _ path: String) -> Configuration.HealthCheck? {

@@ -76,11 +76,31 @@ extension UpstreamPool {
             streams.outboundBufferSizeLowWatermark = GatewayServer.writeBufferWaterMark.low
             return streams
         }()
-        let bootstrap = ClientBootstrap(group: self.eventLoop)
+        let tls: UpstreamTLS?
+        switch shared.tls {
+        case nil: tls = nil
+        case .success(let context): tls = context
+        case .failure(let unavailable):
+            self.metrics.connectErrors += 1
+            self.state.connectErrors.add(1, ordering: .relaxed)
+            return self.eventLoop.makeFailedFuture(unavailable)
+        }
+        let endpoint = self.endpoint
+        var bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(self.cluster.connectTimeout))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+        if let tls {
+            bootstrap = bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try tls.configure(channel.pipeline.syncOperations, endpoint: endpoint)
+                }
+            }
+        }
         self.statistics.upstreamConnectionsOpened.add(1, ordering: .relaxed)
-        let opening = bootstrap.connect(host: self.endpoint.host, port: self.endpoint.port).flatMapThrowing {
+        let connected = bootstrap.connect(host: self.endpoint.host, port: self.endpoint.port)
+        // Over TLS, HTTP/2 starts once the handshake (ALPN `h2`) completed.
+        let ready = tls == nil ? connected : connected.flatMap { UpstreamTLS.handshake($0) }
+        let opening = ready.flatMapThrowing {
             channel in
             let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                 mode: .client, connectionConfiguration: .init(), streamConfiguration: streams

@@ -27,6 +27,10 @@ final class ClusterState: Sendable {
     /// Requests refused by each threshold, for metrics.
     let overflows = Atomic<Int>(0)
     private let ejection = Mutex<EjectionBook>(EjectionBook())
+    /// The client TLS context of `clusters.<name>.tls`, made once; a failure (settings given
+    /// through the Swift API that the YAML reader would have refused) fails each connect with
+    /// its reason.
+    let tls: Result<UpstreamTLS, UpstreamTLSUnavailable>?
 
     /// The state of `cluster`. When `previous` is the state of the cluster of the same name before
     /// a change of its endpoints (discovery) and its checks are configured alike, endpoints that
@@ -35,6 +39,13 @@ final class ClusterState: Sendable {
     init(cluster: GatewayConfiguration.Cluster, clock: any MonotonicClock, previous: ClusterState? = nil) {
         self.cluster = cluster
         self.clock = clock
+        if let previous, previous.cluster.tls == cluster.tls,
+            previous.cluster.upstreamProtocol == cluster.upstreamProtocol
+        {
+            self.tls = previous.tls  // a discovered endpoint change: the same settings, the same context
+        } else {
+            self.tls = cluster.tls.map { UpstreamTLS.make($0, upstreamProtocol: cluster.upstreamProtocol) }
+        }
         self.endpoints = cluster.endpoints.enumerated().map { EndpointState(endpoint: $1, index: $0) }
         guard let previous, previous.cluster.healthCheck == cluster.healthCheck,
             previous.cluster.outlierDetection == cluster.outlierDetection

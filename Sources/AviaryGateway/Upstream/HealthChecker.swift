@@ -112,10 +112,19 @@ final class HealthChecker: Sendable {
         let timeout = TimeAmount(self.check.timeout)
         let path = self.check.path
         let host = endpoint.description
+        let tls: UpstreamTLS?
+        switch self.state.tls {
+        case nil: tls = nil
+        case .success(let context): tls = context
+        case .failure: return false
+        }
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(timeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Over TLS the probe's request waits in the TLS handler for the handshake; a
+                    // failed handshake closes the connection, a failed probe.
+                    try tls?.configure(channel.pipeline.syncOperations, endpoint: endpoint)
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(HealthProbeHandler(promise: promise))
                 }

@@ -85,6 +85,17 @@ final class UpstreamPool {
             return self.eventLoop.makeFailedFuture(
                 UpstreamOverflow(threshold: "max_pending", limit: thresholds.maxPending))
         }
+        let tls: UpstreamTLS?
+        switch shared.tls {
+        case nil: tls = nil
+        case .success(let context): tls = context
+        case .failure(let unavailable):
+            shared.pending.subtract(1, ordering: .relaxed)
+            self.metrics.connectErrors += 1
+            self.state.connectErrors.add(1, ordering: .relaxed)
+            return self.eventLoop.makeFailedFuture(unavailable)
+        }
+        let endpoint = self.endpoint
         let timeout = self.cluster.connectTimeout
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(TimeAmount(timeout))
@@ -92,6 +103,7 @@ final class UpstreamPool {
             .channelOption(.writeBufferWaterMark, value: GatewayServer.writeBufferWaterMark)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try tls?.configure(channel.pipeline.syncOperations, endpoint: endpoint)
                     // `UpstreamHandler` writes requests as bytes and parses responses itself (see
                     // HTTP1ResponseParser.swift): the proxy sets the framing headers, and every
                     // header it sends came through the request decoder or is its own.
@@ -118,12 +130,22 @@ final class UpstreamPool {
                 // Counted against the pool that has the connection when it closes: a discovery
                 // change can hand an idle connection to the next generation's pool.
                 channel.closeFuture.assumeIsolated().whenComplete { _ in connection.pool.connectionClosed() }
+                if tls != nil {
+                    UpstreamTLS.handshake(channel).assumeIsolated().whenFailure { _ in
+                        self.metrics.connectErrors += 1
+                        self.state.connectErrors.add(1, ordering: .relaxed)
+                    }
+                }
             case .failure:
                 self.metrics.connectErrors += 1
                 self.state.connectErrors.add(1, ordering: .relaxed)
             }
         }
-        return connecting.flatMapThrowing { channel in
+        // Over TLS the connection is handed over once its handshake completed: a failed handshake
+        // is a failure to connect (retried as one, counted as a connect error), not a reset of a
+        // request already sent.
+        let ready = tls == nil ? connecting : connecting.flatMap { UpstreamTLS.handshake($0) }
+        return ready.flatMapThrowing { channel in
             guard let connection = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self).connection
             else { throw ChannelError.ioOnClosedChannel }
             return connection

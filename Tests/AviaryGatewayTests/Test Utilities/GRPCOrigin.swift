@@ -7,6 +7,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// A tiny gRPC-shaped HTTP/2 origin (h2c, prior knowledge), written with swift-nio-http2 so that
@@ -28,12 +29,14 @@ final class GRPCOrigin: Sendable {
         self.port = channel.localAddress?.port ?? 0
     }
 
-    static func start(group: any EventLoopGroup) async throws -> GRPCOrigin {
+    /// Starts the origin; with `tls` (whose ALPN should offer `h2`), over TLS.
+    static func start(group: any EventLoopGroup, tls: NIOSSLContext? = nil) async throws -> GRPCOrigin {
         let box = Mutex<GRPCOrigin?>(nil)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                         mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()
                     ) { stream in

@@ -297,7 +297,8 @@ private final class ResponseCollector: ChannelInboundHandler {
     }
 }
 
-/// A throwaway self-signed certificate for `localhost`, made with the openssl CLI.
+/// A throwaway self-signed certificate for `localhost` (and, by default, `127.0.0.1`), made with
+/// the openssl CLI.
 struct TestCertificate {
     let directory: URL
     var certificateFile: String { self.directory.appendingPathComponent("cert.pem").path }
@@ -305,7 +306,7 @@ struct TestCertificate {
 
     /// Runs `openssl req` as a child process and waits for it without blocking a thread of the
     /// cooperative pool (``Spawn``'s waiter thread resumes the caller).
-    static func make() async throws -> TestCertificate {
+    static func make(subjectAltName: String = "DNS:localhost,IP:127.0.0.1") async throws -> TestCertificate {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
             "aviary-h2-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -315,7 +316,7 @@ struct TestCertificate {
             [
                 "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                 "-keyout", certificate.keyFile, "-out", certificate.certificateFile, "-days", "1", "-subj",
-                "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "/CN=localhost", "-addext", "subjectAltName=\(subjectAltName)",
             ])
         let exit = try await openssl.exit
         guard exit == .exited(0) else {

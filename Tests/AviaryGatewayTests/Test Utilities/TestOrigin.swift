@@ -7,6 +7,7 @@ import Crypto
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// A real HTTP/1.1 origin on 127.0.0.1 with scripted behaviours, chosen by path:
@@ -43,13 +44,16 @@ final class TestOrigin: Sendable {
         self.state = state
     }
 
-    static func start(name: String, group: any EventLoopGroup) async throws -> TestOrigin {
+    /// Starts an origin; with `tls`, it speaks HTTPS (and counts a connection once accepted,
+    /// whether or not its handshake succeeds).
+    static func start(name: String, group: any EventLoopGroup, tls: NIOSSLContext? = nil) async throws -> TestOrigin {
         let state = OriginState()
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 let number = state.connections.add(1, ordering: .relaxed).newValue
                 return channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(
                         OriginHandler(name: name, connection: number, state: state))
