@@ -151,6 +151,34 @@ struct GatewayUpstreamTLSTests {
         }
     }
 
+    @Test(
+        "a reload reads the tls files again: a rotated ca file is used; a broken one is refused and the running one kept"
+    )
+    func reloadRereadsFiles() async throws {
+        let certificates = try await Certificates.make()
+        defer { certificates.remove() }
+        let ca = certificates.server.directory.appendingPathComponent("rotating-ca.pem").path
+        // At first the file holds a CA that does not sign the origin's certificate.
+        try FileManager.default.copyItem(atPath: certificates.client.certificateFile, toPath: ca)
+        try await withTLSOrigin(try certificates.origin(certificates.server)) { origin in
+            let yaml = Self.yaml(port: origin.port, tls: "{ca: \(ca)}")
+            try await withGateway(yaml) { gateway in
+                #expect(try await gateway.get("/x").status == 502)
+                // The same configuration text, the file rotated: the cluster gets the new trust.
+                try FileManager.default.removeItem(atPath: ca)
+                try FileManager.default.copyItem(atPath: certificates.server.certificateFile, toPath: ca)
+                #expect(try await gateway.admin("POST", "/reload", body: yaml).status == 200)
+                #expect(try await gateway.get("/x").status == 200)
+                try Data("not a certificate".utf8).write(to: URL(fileURLWithPath: ca))
+                let refused = try await gateway.admin("POST", "/reload", body: yaml)
+                #expect(refused.status == 400)
+                #expect(refused.text.contains("clusters.secure.tls.ca: no PEM certificate"), "\(refused.text)")
+                #expect(try await gateway.get("/x").status == 200)
+                #expect(origin.state.requests.load(ordering: .relaxed) == 2)
+            }
+        }
+    }
+
     @Test("health probes of a TLS cluster speak TLS and verify the endpoint as requests do")
     func healthProbes() async throws {
         let certificates = try await Certificates.make()
