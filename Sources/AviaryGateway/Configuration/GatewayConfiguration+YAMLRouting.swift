@@ -92,7 +92,7 @@ extension ConfigurationParser {
         if CompiledHeaderRewrite.forbiddenNames.contains(lower) {
             self.problem(
                 path,
-                "\(Self.quoted(lower)) cannot be rewritten: hop-by-hop, framing, host and x-aviary-subject headers are the gateway's",
+                "\(Self.quoted(lower)) cannot be rewritten: hop-by-hop, framing, host, x-aviary-subject and x-forwarded-client-cert headers are the gateway's",
                 node)
             return false
         }

@@ -35,14 +35,17 @@ extension ConfigurationParser {
         return listen
     }
 
-    /// `listen.tls`: two readable PEM files (checked here, so that a typo is a configuration
-    /// error rather than a failed start).
+    /// `listen.tls`: two readable PEM files, and for mutual TLS a third with the clients' CAs
+    /// (checked here, so that a typo is a configuration error rather than a failed start).
     mutating func listenTLS(_ node: Node, _ path: String) -> Configuration.Listen.TLS? {
-        guard let fields = self.fields(node, path, allowed: ["certificate", "key"]) else { return nil }
+        guard
+            let fields = self.fields(
+                node, path, allowed: ["certificate", "key", "client_ca", "client_certificate"])
+        else { return nil }
         var files: [String: String] = [:]
-        for key in ["certificate", "key"] {
+        for key in ["certificate", "key", "client_ca"] {
             guard let value = fields[key] else {
-                self.problem(fields.path(key), "is missing: expected a PEM file", node)
+                if key != "client_ca" { self.problem(fields.path(key), "is missing: expected a PEM file", node) }
                 continue
             }
             guard let file = self.string(value, fields.path(key)) else { continue }
@@ -52,8 +55,25 @@ extension ConfigurationParser {
             }
             files[key] = file
         }
+        var mode: Configuration.Listen.TLS.ClientCertificate?
+        if let value = fields["client_certificate"],
+            let text = self.scalar(value, fields.path("client_certificate"), expected: "require or optional")
+        {
+            switch text {
+            case "require": mode = .require
+            case "optional": mode = .optional
+            default:
+                self.problem(
+                    fields.path("client_certificate"), "expected require or optional, got \(Self.quoted(text))", value)
+            }
+            if fields["client_ca"] == nil {
+                self.problem(
+                    fields.path("client_ca"), "is missing: client_certificate needs the CAs that sign them", value)
+            }
+        }
         guard let certificate = files["certificate"], let key = files["key"] else { return nil }
-        return Configuration.Listen.TLS(certificateFile: certificate, keyFile: key)
+        return Configuration.Listen.TLS(
+            certificateFile: certificate, keyFile: key, clientCAFile: files["client_ca"], clientCertificate: mode)
     }
 
     /// `true` or `false`.

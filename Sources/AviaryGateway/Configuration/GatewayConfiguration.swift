@@ -102,11 +102,42 @@ extension GatewayConfiguration {
             public var certificateFile: String
             /// A PEM file with the private key (`key`).
             public var keyFile: String
+            /// A PEM file with the CAs that sign clients' certificates (`client_ca`); with it the
+            /// listener asks clients for a certificate (mutual TLS).
+            public var clientCAFile: String?
+            /// Whether a client must present a certificate (`client_certificate`).
+            public var clientCertificate: ClientCertificate
 
-            /// Creates TLS settings from two PEM files.
-            public init(certificateFile: String, keyFile: String) {
+            /// Whether the listener asks clients for certificates, and what it does without one.
+            ///
+            /// A presented certificate is always verified against ``clientCAFile``: a client with
+            /// an invalid one fails the handshake. The gateway forwards a verified client's
+            /// certificate to upstreams in `X-Forwarded-Client-Cert` (`Hash`, `Subject`, `URI`,
+            /// `DNS`, as Envoy writes it), and removes that header from every client's request.
+            public enum ClientCertificate: String, Sendable, Hashable, CaseIterable {
+                /// No client certificates are asked for (without `client_ca`).
+                case none
+                /// Clients without a certificate are refused in the handshake (the default with
+                /// `client_ca`).
+                case require
+                /// A client may present one; without one it connects as without mutual TLS.
+                case optional
+            }
+
+            /// Creates TLS settings from two PEM files, and a third for mutual TLS.
+            ///
+            /// ```swift
+            /// let tls = GatewayConfiguration.Listen.TLS(
+            ///     certificateFile: "gateway.crt", keyFile: "gateway.key", clientCAFile: "clients-ca.pem")
+            /// ```
+            public init(
+                certificateFile: String, keyFile: String, clientCAFile: String? = nil,
+                clientCertificate: ClientCertificate? = nil
+            ) {
                 self.certificateFile = certificateFile
                 self.keyFile = keyFile
+                self.clientCAFile = clientCAFile
+                self.clientCertificate = clientCertificate ?? (clientCAFile == nil ? .none : .require)
             }
         }
     }

@@ -27,7 +27,8 @@ struct ConnectionPipeline {
     let maxConcurrentStreams: Int
     let tls: NIOSSLContext?
 
-    /// Makes the TLS context of `listen.tls`: ALPN offers `h2` (with `listen.http2`) and `http/1.1`.
+    /// Makes the TLS context of `listen.tls`: ALPN offers `h2` (with `listen.http2`) and `http/1.1`;
+    /// with `client_ca`, clients' certificates are asked for and verified against it.
     ///
     /// - Throws: ``GatewayServerError/tlsUnavailable(_:)`` when a file cannot be loaded.
     static func makeTLSContext(_ settings: GatewayConfiguration.Listen.TLS, http2: Bool) throws -> NIOSSLContext {
@@ -42,6 +43,16 @@ struct ConnectionPipeline {
                 certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
             configuration.minimumTLSVersion = .tlsv12
             configuration.applicationProtocols = http2 ? ["h2", "http/1.1"] : ["http/1.1"]
+            if let file = settings.clientCAFile, settings.clientCertificate != .none {
+                let roots = try NIOSSLCertificate.fromPEMFile(file)
+                guard !roots.isEmpty else {
+                    throw GatewayServerError.tlsUnavailable("listen.tls.client_ca: no certificate in \(file)")
+                }
+                // Only these CAs sign clients' certificates (not the system's roots).
+                configuration.trustRoots = .certificates(roots)
+                configuration.certificateVerification =
+                    settings.clientCertificate == .require ? .noHostnameVerification : .optionalVerification
+            }
             return try NIOSSLContext(configuration: configuration)
         } catch let error as GatewayServerError {
             throw error

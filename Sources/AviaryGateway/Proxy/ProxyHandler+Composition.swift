@@ -59,6 +59,9 @@ extension ProxyHandler {
         upstreamHeaders.add(name: "host", value: head.headers.first(name: "host") ?? "")
         upstreamHeaders.add(name: "accept", value: "application/json")
         if let subject = policy?.subject { upstreamHeaders.add(name: subjectHeaderName, value: subject) }
+        if let field = self.clientCertificateField {
+            upstreamHeaders.add(name: clientCertificateHeaderName, value: field)
+        }
         if let id = head.headers.first(name: "x-request-id") { upstreamHeaders.add(name: "x-request-id", value: id) }
         self.injectTrace(into: &upstreamHeaders)
         let gathering = ComposeGathering(count: compose.parts.count)

@@ -676,7 +676,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
         let variables = route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head) : nil
         let upstreamHead: UpstreamRequestHead
-        if !inspection.hasHopByHop, !inspection.hasForwardedHeaders, !inspection.hasSubjectHeader, !expectsContinue,
+        if !inspection.hasHopByHop, !inspection.hasForwardedHeaders, !inspection.hasSubjectHeader,
+            !inspection.hasClientCertificateHeader, !expectsContinue,
             route.requestHeaderRewrite == nil, route.mirror == nil, self.record.span == nil,
             cluster.cluster.upstreamProtocol == .http1
         {
@@ -746,6 +747,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let subject = policy?.subject {
             upstreamHead.headers.add(name: subjectHeaderName, value: subject)
         }
+        if inspection.hasClientCertificateHeader {
+            // Only the gateway says which certificate the client presented.
+            upstreamHead.headers.remove(name: clientCertificateHeaderName)
+        }
+        if let field = self.clientCertificateField {
+            upstreamHead.headers.add(name: clientCertificateHeaderName, value: field)
+        }
         route.requestHeaderRewrite?.apply(to: &upstreamHead.headers, variables)
         self.injectTrace(into: &upstreamHead.headers)
         if expectsContinue { upstreamHead.headers.remove(name: "expect") }
@@ -782,6 +790,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if let host { buffer.writeHTTPField("x-forwarded-host", host) }
         buffer.writeHTTPField("forwarded", element)
         if let subject = policy?.subject { buffer.writeHTTPField(subjectHeaderName, subject) }
+        if let field = self.clientCertificateField { buffer.writeHTTPField(clientCertificateHeaderName, field) }
         buffer.writeStaticString("\r\n")
         if self.stream == nil { self.outputBuffers.keepRequest(buffer) }
         return buffer
@@ -1289,6 +1298,8 @@ final class DownstreamPeer {
     /// The last `Forwarded` element built and the `Host` it was built for: the requests of a
     /// connection almost always name the same host, so the string is built once.
     var lastForwarded: (host: String?, element: String)?
+    /// The connection's `X-Forwarded-Client-Cert` value (`.some(nil)`: none); `nil` until first asked.
+    var clientCertificate: String??
 
     static func describe(_ address: SocketAddress?) -> (ip: String?, forwardedFor: String) {
         guard let ip = address?.ipAddress else { return (nil, "") }

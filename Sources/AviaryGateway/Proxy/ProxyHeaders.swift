@@ -26,6 +26,8 @@ enum ProxyHeaders {
         var hasForwardedHeaders = false
         /// Whether the client sent `x-aviary-subject`, which only the gateway may set.
         var hasSubjectHeader = false
+        /// An `X-Forwarded-Client-Cert` from the client, which the gateway removes.
+        var hasClientCertificateHeader = false
     }
 
     static func inspect(_ head: HTTPRequestHead) -> RequestInspection {
@@ -65,6 +67,8 @@ enum ProxyHeaders {
                 result.hasSubjectHeader = true
             case 17 where name.equalsLowercase("x-forwarded-proto"):
                 result.hasForwardedHeaders = true
+            case 23 where name.equalsLowercase("x-forwarded-client-cert"):
+                result.hasClientCertificateHeader = true
             default:
                 if Self.isHopByHop(name) { result.hasHopByHop = true }
             }

@@ -163,10 +163,12 @@ struct CompiledHeaderRewrite: Sendable {
     static let variableNames = ["client_ip", "request_id", "host", "method"]
 
     /// Headers no rewrite may touch: hop-by-hop and framing headers, whose values the proxy
-    /// decides, `host`, and the subject header only authentication writes.
+    /// decides, `host`, the subject header only authentication writes and the client
+    /// certificate header only the TLS handshake gives.
     static let forbiddenNames: Set<String> = [
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
         "content-length", "proxy-authenticate", "proxy-authorization", "host", subjectHeaderName,
+        clientCertificateHeaderName,
     ]
 
     init(_ rewrite: GatewayConfiguration.HeaderRewrite) {

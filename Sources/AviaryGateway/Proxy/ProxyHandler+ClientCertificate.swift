@@ -1,0 +1,75 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import Crypto
+import NIOCore
+import NIOSSL
+import SwiftASN1
+import X509
+
+/// The name of the header that carries a verified client certificate to upstreams. Only the
+/// gateway writes it: it is removed from every client's request.
+let clientCertificateHeaderName = "x-forwarded-client-cert"
+
+extension ProxyHandler {
+    /// `X-Forwarded-Client-Cert` for this connection's client certificate, when the listener asks
+    /// for them (`listen.tls.client_ca`) and the client presented one (which the handshake
+    /// verified); worked out once per connection (once per HTTP/2 connection, not per stream).
+    var clientCertificateField: String? {
+        if let known = self.peer.clientCertificate { return known }
+        var field: String?
+        if let tls = self.core.configuration.listen.tls, tls.clientCertificate != .none, let context = self.context,
+            let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
+            let certificate = handler.peerCertificate
+        {
+            field = ClientCertificateField.value(of: certificate)
+        }
+        self.peer.clientCertificate = .some(field)
+        return field
+    }
+}
+
+/// Envoy's `X-Forwarded-Client-Cert` element for one certificate: `Hash` (SHA-256 of its DER,
+/// hex), `Subject` (quoted), and its `URI` and `DNS` subject alternative names, e.g.
+/// `Hash=4f1c…;Subject="CN=orders,O=Shop";URI=spiffe://shop/orders;DNS=orders.internal`.
+enum ClientCertificateField {
+    static func value(of certificate: NIOSSLCertificate) -> String? {
+        guard let der = try? certificate.toDERBytes() else { return nil }
+        var parts = ["Hash=" + SHA256.hash(data: der).map { Self.hex($0) }.joined()]
+        guard let parsed = try? Certificate(derEncoded: der) else { return parts[0] }
+        parts.append("Subject=" + Self.quoted(parsed.subject.description))
+        if let names = try? parsed.extensions.subjectAlternativeNames {
+            for name in names {
+                switch name {
+                case .uniformResourceIdentifier(let uri): parts.append("URI=" + Self.quotedIfNeeded(uri))
+                case .dnsName(let dns): parts.append("DNS=" + Self.quotedIfNeeded(dns))
+                default: continue
+                }
+            }
+        }
+        return parts.joined(separator: ";")
+    }
+
+    private static func hex(_ byte: UInt8) -> String {
+        let digits = Array("0123456789abcdef")
+        return String([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
+    }
+
+    /// A value in double quotes, with `"` and `\` escaped (RFC 7230 quoted-string).
+    private static func quoted(_ value: String) -> String {
+        var result = "\""
+        for character in value {
+            if character == "\"" || character == "\\" { result.append("\\") }
+            // Header values cannot carry line breaks.
+            result.append(character == "\r" || character == "\n" ? " " : character)
+        }
+        return result + "\""
+    }
+
+    /// Quoted when it holds a character that separates XFCC's elements or pairs.
+    private static func quotedIfNeeded(_ value: String) -> String {
+        value.contains(where: { ",;=\" \r\n\\".contains($0) }) ? Self.quoted(value) : value
+    }
+}
