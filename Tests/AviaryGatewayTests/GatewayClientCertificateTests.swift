@@ -133,6 +133,69 @@ struct GatewayClientCertificateTests {
         }
     }
 
+    @Test("routes authorize on the certificate's names: none is 403 required, another name is 403 forbidden")
+    func routeAuthorization() async throws {
+        let certificates = try await Certificates.make()
+        defer { certificates.remove() }
+        try await withOrigins(["a"]) { origins in
+            let yaml = """
+                listen:
+                  address: 127.0.0.1:0
+                  tls: {certificate: \(certificates.gateway.certificateFile), key: \(certificates.gateway.keyFile),
+                        client_ca: \(certificates.client.certificateFile), client_certificate: optional}
+                limits: {header_timeout: 60s}
+                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes:
+                  - {match: {path_prefix: /orders}, cluster: a,
+                     auth: {require: client_certificate, principals: [spiffe://shop/orders]}}
+                  - {match: {path_prefix: /dns}, cluster: a,
+                     auth: {require: client_certificate, principals: [orders.internal]}}
+                  - {match: {path_prefix: /payments}, cluster: a,
+                     auth: {require: client_certificate, principals: [spiffe://shop/payments]}}
+                  - {match: {path_prefix: /any}, cluster: a, auth: {require: client_certificate}}
+                """
+            try await withGateway(yaml) { gateway in
+                func get(_ path: String, as certificate: TestCertificate?) async throws -> String {
+                    let (_, text) = try await TLSRawClient.exchange(
+                        "GET \(path) HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n", port: gateway.port,
+                        group: gateway.clients, context: try certificates.clientContext(certificate))
+                    return text
+                }
+                for path in ["/orders", "/any"] {
+                    let anonymous = try await get(path, as: nil)
+                    #expect(anonymous.hasPrefix("HTTP/1.1 403"), "\(anonymous)")
+                    #expect(anonymous.contains("client-certificate-required"), "\(anonymous)")
+                }
+                for path in ["/orders", "/dns", "/any"] {
+                    #expect(try await get(path, as: certificates.client).hasPrefix("HTTP/1.1 200"), "\(path)")
+                }
+                let other = try await get("/payments", as: certificates.client)
+                #expect(other.hasPrefix("HTTP/1.1 403"), "\(other)")
+                #expect(other.contains("client-certificate-forbidden"))
+                #expect(other.contains("spiffe://shop/payments"))
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 3)
+            }
+        }
+        let base = "listen: {address: 127.0.0.1:0}\nclusters: {a: {endpoints: [127.0.0.1:1]}}\nroutes:\n"
+        func routeProblems(_ auth: String) -> [String] {
+            problems(base + "  - {match: {path_prefix: /}, cluster: a, auth: \(auth)}").map {
+                $0.replacing(#/\s\(gateway\.yaml:\d+\)$/#, with: "")
+            }
+        }
+        #expect(
+            routeProblems("{require: client_certificate}")
+                == ["routes[0].auth.require: requires listen.tls.client_ca (clients' certificates) to be configured"])
+        #expect(
+            routeProblems("{require: client_certificate, scopes: [a]}").contains(
+                "routes[0].auth.scopes: only applies with require: jwt"))
+        #expect(
+            routeProblems("{require: jwt, principals: [a]}").contains(
+                "routes[0].auth.principals: only applies with require: client_certificate"))
+        #expect(
+            routeProblems("{require: mtls}").contains(
+                "routes[0].auth.require: expected jwt or client_certificate, got \"mtls\""))
+    }
+
     @Test("without TLS a client's X-Forwarded-Client-Cert is removed too, and rewrites cannot set it")
     func plaintextRemovesForgery() async throws {
         try await withOrigins(["a"]) { origins in

@@ -138,7 +138,12 @@ enum AdminViews {
                     "remove": rewrite.remove,
                 ] as [String: Any]
         }
-        if let auth = route.auth { result["auth"] = ["require": auth.require, "scopes": auth.scopes] as [String: Any] }
+        if let auth = route.auth {
+            result["auth"] =
+                auth.require == "jwt"
+                ? ["require": auth.require, "scopes": auth.scopes] as [String: Any]
+                : ["require": auth.require, "principals": auth.principals]
+        }
         if let timeout = route.timeout { result["timeout"] = GatewayUnits.render(timeout) }
         if let retry = route.retry {
             var object: [String: Any] = [

@@ -160,21 +160,34 @@ extension GatewayConfiguration {
     }
 
     /// What a route requires of the caller (`auth:`): a valid JWT (verified with `auth.jwt`)
-    /// carrying every scope in ``scopes`` and every claim in ``claims``.
+    /// carrying every scope in ``scopes`` and every claim in ``claims``; or a verified client
+    /// certificate (mutual TLS on the listener, `listen.tls.client_ca`) naming one of
+    /// ``principals``.
+    ///
+    /// ```yaml
+    /// auth: {require: jwt, scopes: [orders]}
+    /// auth: {require: client_certificate, principals: [spiffe://shop/orders, payments.internal]}
+    /// ```
     public struct RouteAuth: Sendable, Hashable {
-        /// The required credential kind; only `jwt` exists.
+        /// The required credential kind: `jwt` or `client_certificate`.
         public var require: String
         /// Scopes the token must carry, all of them (`scope` or `scp` claims).
         public var scopes: [String]
         /// Claims the token must carry with these values: a string claim equal to the value, or
         /// an array claim containing it.
         public var claims: [String: String]
+        /// With `client_certificate`: the certificate must carry one of these as a URI or DNS
+        /// subject alternative name (exact match); empty accepts any verified certificate.
+        public var principals: [String]
 
         /// Creates the requirement.
-        public init(require: String = "jwt", scopes: [String] = [], claims: [String: String] = [:]) {
+        public init(
+            require: String = "jwt", scopes: [String] = [], claims: [String: String] = [:], principals: [String] = []
+        ) {
             self.require = require
             self.scopes = scopes
             self.claims = claims
+            self.principals = principals
         }
     }
 

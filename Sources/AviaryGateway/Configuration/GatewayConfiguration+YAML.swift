@@ -319,7 +319,8 @@ struct ConfigurationParser {
             for (index, item) in items.enumerated() {
                 let route = self.route(
                     item, "routes[\(index)]", clusters: clusterNames, writtenClusters: allClusters,
-                    jwtConfigured: configuration.auth.jwt != nil)
+                    jwtConfigured: configuration.auth.jwt != nil,
+                    clientCertificatesConfigured: (configuration.listen.tls?.clientCertificate ?? .none) != .none)
                 if let route { configuration.routes.append(route) }
             }
         } else if top["routes"] == nil {

@@ -15,7 +15,8 @@ extension ConfigurationParser {
     ]
 
     mutating func route(
-        _ node: Node, _ path: String, clusters: Set<String>, writtenClusters: Set<String>, jwtConfigured: Bool
+        _ node: Node, _ path: String, clusters: Set<String>, writtenClusters: Set<String>, jwtConfigured: Bool,
+        clientCertificatesConfigured: Bool
     ) -> Configuration.Route? {
         guard let fields = self.fields(node, path, allowed: Self.routeKeys) else { return nil }
         let before = self.problemCount
@@ -38,7 +39,9 @@ extension ConfigurationParser {
         }
         var auth: Configuration.RouteAuth?
         if let value = fields["auth"] {
-            auth = self.routeAuth(value, fields.path("auth"), jwtConfigured: jwtConfigured)
+            auth = self.routeAuth(
+                value, fields.path("auth"), jwtConfigured: jwtConfigured,
+                clientCertificatesConfigured: clientCertificatesConfigured)
         }
         var timeout: Duration?
         if let value = fields["timeout"] { timeout = self.positiveDuration(value, fields.path("timeout")) }
@@ -47,7 +50,7 @@ extension ConfigurationParser {
         var rateLimit: Configuration.RateLimit?
         if let value = fields["rate_limit"] {
             rateLimit = self.rateLimit(value, fields.path("rate_limit"))
-            if let key = rateLimit?.key, key.hasPrefix("jwt."), fields["auth"] == nil {
+            if let key = rateLimit?.key, key.hasPrefix("jwt."), fields["auth"] == nil || auth?.require != "jwt" {
                 self.problem(
                     ConfigurationParser.join(fields.path("rate_limit"), "key"),
                     "\(Self.quoted(key)) needs a verified token: add auth: {require: jwt} to the route", value)
@@ -263,26 +266,49 @@ extension ConfigurationParser {
         return name
     }
 
-    mutating func routeAuth(_ node: Node, _ path: String, jwtConfigured: Bool) -> Configuration.RouteAuth? {
-        guard let fields = self.fields(node, path, allowed: ["require", "scopes", "claims"]) else { return nil }
+    mutating func routeAuth(
+        _ node: Node, _ path: String, jwtConfigured: Bool, clientCertificatesConfigured: Bool
+    ) -> Configuration.RouteAuth? {
+        guard let fields = self.fields(node, path, allowed: ["require", "scopes", "claims", "principals"]) else {
+            return nil
+        }
         var auth = Configuration.RouteAuth()
         if let value = fields["require"], let text = self.string(value, fields.path("require")) {
-            if text == "jwt" {
+            switch text {
+            case "jwt":
                 if !jwtConfigured {
                     self.problem(fields.path("require"), "requires auth.jwt to be configured", value)
                 }
-            } else {
-                self.problem(fields.path("require"), "expected jwt, got \(Self.quoted(text))", value)
+            case "client_certificate":
+                auth.require = text
+                if !clientCertificatesConfigured {
+                    self.problem(
+                        fields.path("require"),
+                        "requires listen.tls.client_ca (clients' certificates) to be configured",
+                        value)
+                }
+            default:
+                self.problem(
+                    fields.path("require"), "expected jwt or client_certificate, got \(Self.quoted(text))", value)
             }
         }
+        let byCertificate = auth.require == "client_certificate"
         if let value = fields["scopes"], let scopes = self.stringList(value, fields.path("scopes")) {
             auth.scopes = scopes
+            if byCertificate { self.problem(fields.path("scopes"), "only applies with require: jwt", value) }
         }
         if let value = fields["claims"] {
+            if byCertificate { self.problem(fields.path("claims"), "only applies with require: jwt", value) }
             for entry in self.namedEntries(value, fields.path("claims"), what: "claim names to values") {
                 if let text = self.scalar(entry.value, "\(fields.path("claims")).\(entry.name)", expected: "a string") {
                     auth.claims[entry.name] = text
                 }
+            }
+        }
+        if let value = fields["principals"], let principals = self.stringList(value, fields.path("principals")) {
+            auth.principals = principals
+            if !byCertificate {
+                self.problem(fields.path("principals"), "only applies with require: client_certificate", value)
             }
         }
         return auth

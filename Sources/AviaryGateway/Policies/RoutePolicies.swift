@@ -67,8 +67,15 @@ final class RoutePolicies: Sendable {
     }
 
     let routeIndex: Int
+    /// A JWT requirement (`require: jwt`).
     let auth: Auth?
+    /// A client certificate requirement (`require: client_certificate`): the names one of which
+    /// it must carry; empty for any verified certificate.
+    let certificatePrincipals: Set<String>?
     let limit: Limit?
+
+    /// Whether ``admit(_:clientIP:clientCertificate:)`` reads the client certificate.
+    var needsClientCertificate: Bool { self.certificatePrincipals != nil }
 
     /// The policies of `route`, or nil when it has none.
     ///
@@ -77,7 +84,11 @@ final class RoutePolicies: Sendable {
     init?(route: GatewayConfiguration.Route, index: Int, authenticator: JWTAuthenticator?, clock: any MonotonicClock) {
         guard route.auth != nil || route.rateLimit != nil else { return nil }
         self.routeIndex = index
-        if let auth = route.auth {
+        if let auth = route.auth, auth.require == "client_certificate" {
+            self.certificatePrincipals = Set(auth.principals)
+            self.auth = nil
+        } else if let auth = route.auth {
+            self.certificatePrincipals = nil
             guard let authenticator else {
                 preconditionFailure("routes[\(index)] requires a JWT but auth.jwt is not set")
             }
@@ -86,6 +97,7 @@ final class RoutePolicies: Sendable {
                 claims: auth.claims.map { (name: $0.key, value: $0.value) }.sorted { $0.name < $1.name })
         } else {
             self.auth = nil
+            self.certificatePrincipals = nil
         }
         if let rate = route.rateLimit {
             let key: RateKey
@@ -105,8 +117,11 @@ final class RoutePolicies: Sendable {
         }
     }
 
-    /// Checks a request head.
-    func admit(_ head: HTTPRequestHead, clientIP: String?) -> PolicyDecision {
+    /// Checks a request head; `clientCertificate` is the connection's verified certificate, read
+    /// only for routes that require one.
+    func admit(
+        _ head: HTTPRequestHead, clientIP: String?, clientCertificate: ClientCertificateIdentity? = nil
+    ) -> PolicyDecision {
         var outcome = PolicyOutcome()
         if let limit, !limit.key.isClaim {
             let key: String? =
@@ -116,6 +131,30 @@ final class RoutePolicies: Sendable {
                 case .claim: nil
                 }
             if let rejection = self.take(limit, key: key, outcome: &outcome) { return .reject(rejection) }
+        }
+        if let principals = self.certificatePrincipals {
+            // Mutual TLS has no challenge to send back, so both refusals are 403 (as Envoy's RBAC).
+            guard let certificate = clientCertificate else {
+                return .reject(
+                    PolicyRejection(
+                        problem: ProblemDetails(
+                            status: 403,
+                            detail:
+                                "routes[\(self.routeIndex)] requires a client certificate, and this connection has none",
+                            slug: "client-certificate-required", extensions: ["reason": "client-certificate"]),
+                        headers: outcome.responseHeaders))
+            }
+            if !principals.isEmpty, !certificate.names.contains(where: principals.contains) {
+                return .reject(
+                    PolicyRejection(
+                        problem: ProblemDetails(
+                            status: 403,
+                            detail:
+                                "routes[\(self.routeIndex)] requires a client certificate naming one of \(principals.sorted().joined(separator: ", "))",
+                            slug: "client-certificate-forbidden", extensions: ["reason": "client-certificate"]),
+                        headers: outcome.responseHeaders))
+            }
+            return .forward(outcome)
         }
         guard let auth else { return .forward(outcome) }
         let token: String
@@ -138,7 +177,7 @@ final class RoutePolicies: Sendable {
         }
     }
 
-    /// Continues ``admit(_:clientIP:)`` once a token verified (or not) off the event loop.
+    /// Continues ``admit(_:clientIP:clientCertificate:)`` once a token verified (or not) off the event loop.
     func resume(
         _ result: Result<Principal, AuthenticationError>, _ head: HTTPRequestHead, outcome: PolicyOutcome,
         clientIP: String?

@@ -13,43 +13,59 @@ import X509
 /// gateway writes it: it is removed from every client's request.
 let clientCertificateHeaderName = "x-forwarded-client-cert"
 
+/// A connection's verified client certificate: its `X-Forwarded-Client-Cert` value, and the
+/// names routes authorize on (its URI and DNS subject alternative names).
+struct ClientCertificateIdentity: Sendable {
+    let field: String
+    let names: [String]
+}
+
 extension ProxyHandler {
-    /// `X-Forwarded-Client-Cert` for this connection's client certificate, when the listener asks
-    /// for them (`listen.tls.client_ca`) and the client presented one (which the handshake
-    /// verified); worked out once per connection (once per HTTP/2 connection, not per stream).
-    var clientCertificateField: String? {
+    /// This connection's client certificate, when the listener asks for them
+    /// (`listen.tls.client_ca`) and the client presented one (which the handshake verified);
+    /// worked out once per connection (once per HTTP/2 connection, not per stream).
+    var clientCertificate: ClientCertificateIdentity? {
         if let known = self.peer.clientCertificate { return known }
-        var field: String?
+        var identity: ClientCertificateIdentity?
         if let tls = self.core.configuration.listen.tls, tls.clientCertificate != .none, let context = self.context,
             let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self),
             let certificate = handler.peerCertificate
         {
-            field = ClientCertificateField.value(of: certificate)
+            identity = ClientCertificateField.identity(of: certificate)
         }
-        self.peer.clientCertificate = .some(field)
-        return field
+        self.peer.clientCertificate = .some(identity)
+        return identity
     }
+
+    /// `X-Forwarded-Client-Cert` for this connection's client certificate, if any.
+    var clientCertificateField: String? { self.clientCertificate?.field }
 }
 
 /// Envoy's `X-Forwarded-Client-Cert` element for one certificate: `Hash` (SHA-256 of its DER,
 /// hex), `Subject` (quoted), and its `URI` and `DNS` subject alternative names, e.g.
 /// `Hash=4f1c…;Subject="CN=orders,O=Shop";URI=spiffe://shop/orders;DNS=orders.internal`.
 enum ClientCertificateField {
-    static func value(of certificate: NIOSSLCertificate) -> String? {
+    static func identity(of certificate: NIOSSLCertificate) -> ClientCertificateIdentity? {
         guard let der = try? certificate.toDERBytes() else { return nil }
         var parts = ["Hash=" + SHA256.hash(data: der).map { Self.hex($0) }.joined()]
-        guard let parsed = try? Certificate(derEncoded: der) else { return parts[0] }
-        parts.append("Subject=" + Self.quoted(parsed.subject.description))
-        if let names = try? parsed.extensions.subjectAlternativeNames {
-            for name in names {
-                switch name {
-                case .uniformResourceIdentifier(let uri): parts.append("URI=" + Self.quotedIfNeeded(uri))
-                case .dnsName(let dns): parts.append("DNS=" + Self.quotedIfNeeded(dns))
-                default: continue
+        var names: [String] = []
+        if let parsed = try? Certificate(derEncoded: der) {
+            parts.append("Subject=" + Self.quoted(parsed.subject.description))
+            if let alternatives = try? parsed.extensions.subjectAlternativeNames {
+                for name in alternatives {
+                    switch name {
+                    case .uniformResourceIdentifier(let uri):
+                        parts.append("URI=" + Self.quotedIfNeeded(uri))
+                        names.append(uri)
+                    case .dnsName(let dns):
+                        parts.append("DNS=" + Self.quotedIfNeeded(dns))
+                        names.append(dns)
+                    default: continue
+                    }
                 }
             }
         }
-        return parts.joined(separator: ";")
+        return ClientCertificateIdentity(field: parts.joined(separator: ";"), names: names)
     }
 
     private static func hex(_ byte: UInt8) -> String {

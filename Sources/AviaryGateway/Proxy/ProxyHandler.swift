@@ -521,7 +521,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         var outcome: PolicyOutcome?
         if let policies = route.policies {
-            switch policies.admit(head, clientIP: self.client.ip) {
+            switch policies.admit(
+                head, clientIP: self.client.ip,
+                clientCertificate: policies.needsClientCertificate ? self.clientCertificate : nil)
+            {
             case .forward(let passed):
                 outcome = passed
             case .reject(var rejection):
@@ -1298,8 +1301,8 @@ final class DownstreamPeer {
     /// The last `Forwarded` element built and the `Host` it was built for: the requests of a
     /// connection almost always name the same host, so the string is built once.
     var lastForwarded: (host: String?, element: String)?
-    /// The connection's `X-Forwarded-Client-Cert` value (`.some(nil)`: none); `nil` until first asked.
-    var clientCertificate: String??
+    /// The connection's verified client certificate (`.some(nil)`: none); `nil` until first asked.
+    var clientCertificate: ClientCertificateIdentity??
 
     static func describe(_ address: SocketAddress?) -> (ip: String?, forwardedFor: String) {
         guard let ip = address?.ipAddress else { return (nil, "") }

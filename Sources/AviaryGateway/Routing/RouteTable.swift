@@ -160,7 +160,7 @@ public final class CompiledRoute: Sendable {
         self.cache = route.cache.map { RouteCache($0, clock: clock) }
         self.cors = route.cors.map(RouteCORS.init)
         self.fault = route.fault.map(RouteFault.init)
-        self.authUnavailable = route.auth != nil && authenticator == nil
+        self.authUnavailable = route.auth?.require == "jwt" && authenticator == nil
         self.policies =
             self.authUnavailable
             ? nil : RoutePolicies(route: route, index: index, authenticator: authenticator, clock: clock)
