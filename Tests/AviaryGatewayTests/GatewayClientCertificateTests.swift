@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
 import Crypto
 import Foundation
 import NIOCore
@@ -194,6 +195,47 @@ struct GatewayClientCertificateTests {
         #expect(
             routeProblems("{require: mtls}").contains(
                 "routes[0].auth.require: expected jwt or client_certificate, got \"mtls\""))
+    }
+
+    @Test("rate_limit keyed by client_certificate keeps one quota per certificate identity")
+    func rateLimitPerCertificate() async throws {
+        let certificates = try await Certificates.make()
+        defer { certificates.remove() }
+        // Both client certificates are trusted: the CA file holds the two.
+        let both = certificates.gateway.directory.appendingPathComponent("clients.pem").path
+        let pem =
+            try String(contentsOfFile: certificates.client.certificateFile, encoding: .utf8)
+            + String(contentsOfFile: certificates.stranger.certificateFile, encoding: .utf8)
+        try pem.write(toFile: both, atomically: true, encoding: .utf8)
+        let clock = ManualClock()
+        try await withOrigins(["a"]) { origins in
+            let yaml = """
+                listen:
+                  address: 127.0.0.1:0
+                  tls: {certificate: \(certificates.gateway.certificateFile), key: \(certificates.gateway.keyFile),
+                        client_ca: \(both)}
+                limits: {header_timeout: 60s}
+                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes:
+                  - {match: {path_prefix: /}, cluster: a, rate_limit: {key: client_certificate, rate: 1/s, burst: 1}}
+                """
+            try await withGateway(yaml, clock: clock) { gateway in
+                func status(as certificate: TestCertificate) async throws -> Substring {
+                    let (_, text) = try await TLSRawClient.exchange(
+                        "GET /r HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n", port: gateway.port,
+                        group: gateway.clients, context: try certificates.clientContext(certificate))
+                    return text.prefix(12)
+                }
+                var seen = [try await status(as: certificates.client)]
+                // Another connection with the same certificate shares its quota; another
+                // certificate has its own.
+                seen.append(try await status(as: certificates.client))
+                seen.append(try await status(as: certificates.stranger))
+                clock.advance(by: .seconds(1))
+                seen.append(try await status(as: certificates.client))
+                #expect(seen == ["HTTP/1.1 200", "HTTP/1.1 429", "HTTP/1.1 200", "HTTP/1.1 200"])
+            }
+        }
     }
 
     @Test("without TLS a client's X-Forwarded-Client-Cert is removed too, and rewrites cannot set it")

@@ -199,7 +199,7 @@ struct GatewayConfigurationTests {
                 "routes[1].split: give one of cluster, split, direct_response, redirect or compose, not cluster and split (gateway.yaml:8)",
                 #"routes[2].match: expected a mapping with keys path_prefix, path, path_template, methods, headers, host, query, got a list (gateway.yaml:9)"#,
                 "routes[2].auth.require: requires auth.jwt to be configured (gateway.yaml:11)",
-                #"routes[2].rate_limit.key: expected client_address, client_ip, jwt.<claim> or header.<name>, got "cookie.x" (gateway.yaml:12)"#,
+                #"routes[2].rate_limit.key: expected client_address, client_ip, client_certificate, jwt.<claim> or header.<name>, got "cookie.x" (gateway.yaml:12)"#,
                 #"routes[2].rate_limit.rate: expected a rate such as 10/s, 600/m or 5/500ms, got "fast" (gateway.yaml:12)"#,
                 #"routes[2].retry.attempts: expected a positive integer, got "0" (gateway.yaml:13)"#,
                 #"routes[2].retry.on[0]: expected connect-failure, reset or a status in 500...599, 408 or 429, got "teapot" (gateway.yaml:13)"#,

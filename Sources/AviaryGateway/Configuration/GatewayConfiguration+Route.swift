@@ -223,8 +223,10 @@ extension GatewayConfiguration {
 
     /// Local rate limiting (`rate_limit:`).
     public struct RateLimit: Sendable, Hashable {
-        /// What the limit is kept per: `client_address` (alias `client_ip`), `jwt.<claim>` (the
-        /// route must require a JWT) or `header.<name>`; requests without the key share one quota.
+        /// What the limit is kept per: `client_address` (alias `client_ip`), `client_certificate`
+        /// (the connection's verified client certificate: its first URI name, else its first DNS
+        /// name, else its hash), `jwt.<claim>` (the route must require a JWT) or `header.<name>`;
+        /// requests without the key share one quota.
         public var key: String
         /// Requests admitted per `period` on average.
         public var requests: Int

@@ -354,14 +354,14 @@ extension ConfigurationParser {
         var key = "client_address"
         if let value = fields["key"], let text = self.string(value, fields.path("key")) {
             let valid =
-                text == "client_address" || text == "client_ip" || (text.hasPrefix("jwt.") && text.count > 4)
-                || (text.hasPrefix("header.") && text.count > 7)
+                text == "client_address" || text == "client_ip" || text == "client_certificate"
+                || (text.hasPrefix("jwt.") && text.count > 4) || (text.hasPrefix("header.") && text.count > 7)
             if valid {
                 key = text == "client_ip" ? "client_address" : text
             } else {
                 self.problem(
                     fields.path("key"),
-                    "expected client_address, client_ip, jwt.<claim> or header.<name>, got \(Self.quoted(text))",
+                    "expected client_address, client_ip, client_certificate, jwt.<claim> or header.<name>, got \(Self.quoted(text))",
                     value)
             }
         }

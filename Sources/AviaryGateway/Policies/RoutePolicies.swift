@@ -56,6 +56,7 @@ final class RoutePolicies: Sendable {
     /// What a rate limit is kept per.
     enum RateKey: Sendable {
         case clientAddress
+        case clientCertificate
         case header(String)
         case claim(String)
     }
@@ -75,7 +76,11 @@ final class RoutePolicies: Sendable {
     let limit: Limit?
 
     /// Whether ``admit(_:clientIP:clientCertificate:)`` reads the client certificate.
-    var needsClientCertificate: Bool { self.certificatePrincipals != nil }
+    var needsClientCertificate: Bool {
+        if self.certificatePrincipals != nil { return true }
+        if case .clientCertificate = self.limit?.key { return true }
+        return false
+    }
 
     /// The policies of `route`, or nil when it has none.
     ///
@@ -103,6 +108,8 @@ final class RoutePolicies: Sendable {
             let key: RateKey
             if rate.key.hasPrefix("jwt.") {
                 key = .claim(String(rate.key.dropFirst(4)))
+            } else if rate.key == "client_certificate" {
+                key = .clientCertificate
             } else if rate.key.hasPrefix("header.") {
                 key = .header(String(rate.key.dropFirst(7)).lowercased())
             } else {
@@ -127,6 +134,7 @@ final class RoutePolicies: Sendable {
             let key: String? =
                 switch limit.key {
                 case .clientAddress: clientIP
+                case .clientCertificate: clientCertificate?.rateKey
                 case .header(let name): head.headers.first(name: name)
                 case .claim: nil
                 }

@@ -18,6 +18,9 @@ let clientCertificateHeaderName = "x-forwarded-client-cert"
 struct ClientCertificateIdentity: Sendable {
     let field: String
     let names: [String]
+    /// What `rate_limit: {key: client_certificate}` keeps a quota per: the first URI name (a
+    /// service identity, shared by its replicas), else the first DNS name, else the hash.
+    let rateKey: String
 }
 
 extension ProxyHandler {
@@ -47,8 +50,10 @@ extension ProxyHandler {
 enum ClientCertificateField {
     static func identity(of certificate: NIOSSLCertificate) -> ClientCertificateIdentity? {
         guard let der = try? certificate.toDERBytes() else { return nil }
-        var parts = ["Hash=" + SHA256.hash(data: der).map { Self.hex($0) }.joined()]
+        let hash = SHA256.hash(data: der).map { Self.hex($0) }.joined()
+        var parts = ["Hash=" + hash]
         var names: [String] = []
+        var uris: [String] = []
         if let parsed = try? Certificate(derEncoded: der) {
             parts.append("Subject=" + Self.quoted(parsed.subject.description))
             if let alternatives = try? parsed.extensions.subjectAlternativeNames {
@@ -57,6 +62,7 @@ enum ClientCertificateField {
                     case .uniformResourceIdentifier(let uri):
                         parts.append("URI=" + Self.quotedIfNeeded(uri))
                         names.append(uri)
+                        uris.append(uri)
                     case .dnsName(let dns):
                         parts.append("DNS=" + Self.quotedIfNeeded(dns))
                         names.append(dns)
@@ -65,7 +71,8 @@ enum ClientCertificateField {
                 }
             }
         }
-        return ClientCertificateIdentity(field: parts.joined(separator: ";"), names: names)
+        return ClientCertificateIdentity(
+            field: parts.joined(separator: ";"), names: names, rateKey: uris.first ?? names.first ?? hash)
     }
 
     private static func hex(_ byte: UInt8) -> String {
