@@ -38,10 +38,7 @@ struct GatewayClientCertificateTests {
             configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(self.gateway.certificateFile))
             configuration.applicationProtocols = protocols
             if let certificate {
-                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate.certificateFile).map {
-                    .certificate($0)
-                }
-                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: certificate.keyFile, format: .pem))
+                (configuration.certificateChain, configuration.privateKey) = try certificate.identity()
             }
             return try NIOSSLContext(configuration: configuration)
         }

@@ -449,9 +449,7 @@ struct GatewayGRPCTests {
     func unaryOverTLS() async throws {
         let certificate = try await TestCertificate.make()
         defer { certificate.remove() }
-        var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: try NIOSSLCertificate.fromPEMFile(certificate.certificateFile).map { .certificate($0) },
-            privateKey: .privateKey(try NIOSSLPrivateKey(file: certificate.keyFile, format: .pem)))
+        var configuration = try certificate.serverConfiguration()
         configuration.applicationProtocols = ["h2"]
         let context = try NIOSSLContext(configuration: configuration)
         try await Self.withGRPC(tls: (context, "{ca: \(certificate.certificateFile)}")) { origin, _, client in

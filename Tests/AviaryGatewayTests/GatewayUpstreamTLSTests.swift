@@ -35,11 +35,7 @@ struct GatewayUpstreamTLSTests {
         /// An origin's context presenting `certificate`; with `requireClient`, it requires a
         /// client certificate signed by (here: equal to) `client`.
         func origin(_ certificate: TestCertificate, requireClient: Bool = false) throws -> NIOSSLContext {
-            var configuration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: try NIOSSLCertificate.fromPEMFile(certificate.certificateFile).map {
-                    .certificate($0)
-                },
-                privateKey: .privateKey(try NIOSSLPrivateKey(file: certificate.keyFile, format: .pem)))
+            var configuration = try certificate.serverConfiguration()
             if requireClient {
                 configuration.certificateVerification = .noHostnameVerification
                 configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(self.client.certificateFile))

@@ -325,6 +325,20 @@ struct TestCertificate {
         return certificate
     }
 
+    /// The certificate chain and key as NIOSSL takes them.
+    func identity() throws -> (chain: [NIOSSLCertificateSource], key: NIOSSLPrivateKeySource) {
+        (
+            try NIOSSLCertificate.fromPEMFile(self.certificateFile).map { .certificate($0) },
+            .privateKey(try NIOSSLPrivateKey(file: self.keyFile, format: .pem))
+        )
+    }
+
+    /// A server configuration presenting this certificate.
+    func serverConfiguration() throws -> TLSConfiguration {
+        let (chain, key) = try self.identity()
+        return TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
+    }
+
     /// A client context trusting only this certificate, offering `protocols` by ALPN.
     func clientContext(protocols: [String]) throws -> NIOSSLContext {
         var configuration = TLSConfiguration.makeClientConfiguration()
