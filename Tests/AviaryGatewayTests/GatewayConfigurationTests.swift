@@ -148,7 +148,7 @@ struct GatewayConfigurationTests {
                 "routes[0].retries: unknown key, expected one of match, rewrite, cluster, split, direct_response, redirect, "
                     + "compose, auth, timeout, retry, rate_limit, cache, cors, fault, request_headers, response_headers, "
                     + "mirror (gateway.yaml:7)",
-                "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log, discovery (gateway.yaml:8)",
+                "extra: unknown key, expected one of listen, limits, clusters, auth, routes, access_log, discovery, request_headers, response_headers (gateway.yaml:8)",
             ])
     }
 

@@ -42,7 +42,17 @@ enum AdminViews {
             result["auth"] = ["jwt": entry]
         }
         if let log = configuration.accessLog { result["access_log"] = ["path": log.path] }
+        if let rewrite = configuration.requestHeaders { result["request_headers"] = Self.headerRewrite(rewrite) }
+        if let rewrite = configuration.responseHeaders { result["response_headers"] = Self.headerRewrite(rewrite) }
         return result
+    }
+
+    static func headerRewrite(_ rewrite: GatewayConfiguration.HeaderRewrite) -> [String: Any] {
+        [
+            "add": Dictionary(rewrite.add.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
+            "set": Dictionary(rewrite.set.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
+            "remove": rewrite.remove,
+        ]
     }
 
     static func cluster(_ cluster: GatewayConfiguration.Cluster) -> [String: Any] {
@@ -130,13 +140,7 @@ enum AdminViews {
                 as [String: Any]
         }
         for (key, rewrite) in [("request_headers", route.requestHeaders), ("response_headers", route.responseHeaders)] {
-            guard let rewrite else { continue }
-            result[key] =
-                [
-                    "add": Dictionary(rewrite.add.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
-                    "set": Dictionary(rewrite.set.map { ($0.name, $0.value) }, uniquingKeysWith: { a, _ in a }),
-                    "remove": rewrite.remove,
-                ] as [String: Any]
+            if let rewrite { result[key] = Self.headerRewrite(rewrite) }
         }
         if let auth = route.auth {
             result["auth"] =

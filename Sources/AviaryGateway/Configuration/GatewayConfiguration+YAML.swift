@@ -296,7 +296,11 @@ struct ConfigurationParser {
         }
         guard
             let top = self.fields(
-                root, "", allowed: ["listen", "limits", "clusters", "auth", "routes", "access_log", "discovery"])
+                root, "",
+                allowed: [
+                    "listen", "limits", "clusters", "auth", "routes", "access_log", "discovery", "request_headers",
+                    "response_headers",
+                ])
         else {
             return nil
         }
@@ -313,6 +317,12 @@ struct ConfigurationParser {
         if let node = top["auth"] { configuration.auth = self.auth(node, "auth") }
         if let node = top["access_log"] { configuration.accessLog = self.accessLog(node, "access_log") }
         if let node = top["discovery"] { configuration.discovery = self.discovery(node, "discovery") }
+        if let node = top["request_headers"] {
+            configuration.requestHeaders = self.headerRewrite(node, "request_headers")
+        }
+        if let node = top["response_headers"] {
+            configuration.responseHeaders = self.headerRewrite(node, "response_headers")
+        }
         if let node = top["routes"], let items = self.list(node, "routes") {
             let clusterNames = Set(configuration.clusters.map(\.name))
             let allClusters = top["clusters"].map { self.writtenClusterNames($0) } ?? []

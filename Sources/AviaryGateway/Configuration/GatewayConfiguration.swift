@@ -34,6 +34,17 @@ public struct GatewayConfiguration: Sendable, Hashable {
     /// Where clusters with `discovery:` find their endpoints (`discovery: {file: …}`), unless the
     /// embedding application hands ``GatewayServer`` a directory of its own.
     public var discovery: DiscoverySettings?
+    /// Request header rewrites of every route (top-level `request_headers:`), applied before the
+    /// route's own, so a route can override them.
+    ///
+    /// ```yaml
+    /// request_headers: {set: {x-env: prod}, remove: [cookie]}
+    /// response_headers: {set: {strict-transport-security: max-age=31536000}, remove: [server]}
+    /// ```
+    public var requestHeaders: HeaderRewrite?
+    /// Response header rewrites of every route (top-level `response_headers:`), applied before
+    /// the route's own.
+    public var responseHeaders: HeaderRewrite?
 
     /// Creates a configuration.
     public init(

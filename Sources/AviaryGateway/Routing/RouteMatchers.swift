@@ -153,9 +153,15 @@ struct CompiledHeaderRewrite: Sendable {
         let constant: String?
     }
 
-    let remove: [String]
-    let set: [Value]
-    let add: [Value]
+    /// One rewrite's steps, applied in the order remove, set, add.
+    struct Stage: Sendable {
+        let remove: [String]
+        let set: [Value]
+        let add: [Value]
+    }
+
+    /// The top-level rewrite's stage, if any, then the route's.
+    let stages: [Stage]
     /// Whether any value uses a variable (then ``HeaderVariables`` are gathered per request).
     let usesVariables: Bool
 
@@ -172,10 +178,21 @@ struct CompiledHeaderRewrite: Sendable {
     ]
 
     init(_ rewrite: GatewayConfiguration.HeaderRewrite) {
-        self.remove = rewrite.remove
-        self.set = rewrite.set.map { Self.compile($0) }
-        self.add = rewrite.add.map { Self.compile($0) }
-        self.usesVariables = (self.set + self.add).contains { $0.constant == nil }
+        self.init(stages: [rewrite])
+    }
+
+    /// The rewrites given, applied in order; nil when there is none.
+    init?(_ rewrites: [GatewayConfiguration.HeaderRewrite?]) {
+        let present = rewrites.compactMap { $0 }
+        guard !present.isEmpty else { return nil }
+        self.init(stages: present)
+    }
+
+    private init(stages rewrites: [GatewayConfiguration.HeaderRewrite]) {
+        self.stages = rewrites.map {
+            Stage(remove: $0.remove, set: $0.set.map { Self.compile($0) }, add: $0.add.map { Self.compile($0) })
+        }
+        self.usesVariables = self.stages.contains { ($0.set + $0.add).contains { $0.constant == nil } }
     }
 
     private static func compile(_ header: GatewayConfiguration.HeaderValue) -> Value {
@@ -245,8 +262,10 @@ struct CompiledHeaderRewrite: Sendable {
 
     /// Applies the rewrite: removes, then sets, then adds.
     func apply(to headers: inout HTTPHeaders, _ variables: HeaderVariables?) {
-        for name in self.remove { headers.remove(name: name) }
-        for value in self.set { headers.replaceOrAdd(name: value.name, value: self.render(value, variables)) }
-        for value in self.add { headers.add(name: value.name, value: self.render(value, variables)) }
+        for stage in self.stages {
+            for name in stage.remove { headers.remove(name: name) }
+            for value in stage.set { headers.replaceOrAdd(name: value.name, value: self.render(value, variables)) }
+            for value in stage.add { headers.add(name: value.name, value: self.render(value, variables)) }
+        }
     }
 }

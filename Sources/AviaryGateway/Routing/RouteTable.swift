@@ -37,7 +37,8 @@ public struct RouteTable: Sendable {
             configuration.clusters.enumerated().map { ($0.element.name, $0.offset) }, uniquingKeysWith: { a, _ in a })
         self.routes = configuration.routes.enumerated().map { index, route in
             CompiledRoute(
-                index: index, route: route, clusterIndexes: indexes, authenticator: authenticator, clock: clock)
+                index: index, route: route, clusterIndexes: indexes, authenticator: authenticator, clock: clock,
+                defaultHeaders: (configuration.requestHeaders, configuration.responseHeaders))
         }
     }
 
@@ -106,7 +107,9 @@ public final class CompiledRoute: Sendable {
 
     init(
         index: Int, route: GatewayConfiguration.Route, clusterIndexes: [String: Int],
-        authenticator: JWTAuthenticator? = nil, clock: any MonotonicClock = SystemClock()
+        authenticator: JWTAuthenticator? = nil, clock: any MonotonicClock = SystemClock(),
+        defaultHeaders: (request: GatewayConfiguration.HeaderRewrite?, response: GatewayConfiguration.HeaderRewrite?) =
+            (nil, nil)
     ) {
         self.index = index
         self.route = route
@@ -150,8 +153,9 @@ public final class CompiledRoute: Sendable {
         }
         self.host = route.match.host.map(HostMatcher.init)
         self.query = route.match.query.isEmpty ? nil : QueryMatcher(route.match.query)
-        self.requestHeaderRewrite = route.requestHeaders.map(CompiledHeaderRewrite.init)
-        self.responseHeaderRewrite = route.responseHeaders.map(CompiledHeaderRewrite.init)
+        // The top-level rewrites first, then the route's.
+        self.requestHeaderRewrite = CompiledHeaderRewrite([defaultHeaders.request, route.requestHeaders])
+        self.responseHeaderRewrite = CompiledHeaderRewrite([defaultHeaders.response, route.responseHeaders])
         self.usesHeaderVariables =
             (self.requestHeaderRewrite?.usesVariables ?? false) || (self.responseHeaderRewrite?.usesVariables ?? false)
         self.targets = targets

@@ -93,6 +93,58 @@ struct GatewayRouteKindsTests {
         }
     }
 
+    @Test("top-level header rewrites apply to every route first; a route's own override them")
+    func defaultHeaderRewriting() async throws {
+        try await withOrigins(["a"]) { origins in
+            let yaml = """
+                listen: {address: 127.0.0.1:0, admin: 127.0.0.1:0}
+                request_headers: {set: {x-env: prod, x-tier: edge}, remove: [cookie]}
+                response_headers: {set: {x-frame-options: DENY}, remove: [x-origin-connection]}
+                clusters: {a: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes:
+                  - match: {path_prefix: /staging}
+                    cluster: a
+                    request_headers: {set: {x-env: staging}}
+                    response_headers: {set: {x-frame-options: SAMEORIGIN}}
+                  - match: {path: /robots.txt}
+                    direct_response: {status: 200, body: "User-agent: *"}
+                  - {match: {path_prefix: /}, cluster: a}
+                """
+            try await withGateway(yaml) { gateway in
+                let plain = try await gateway.get("/p", headers: "Cookie: session=1\r\nX-Env: dev\r\n")
+                #expect(plain.text.contains("x-env: prod\n"))
+                #expect(plain.text.contains("x-tier: edge\n"))
+                #expect(!plain.text.contains("cookie:"))
+                #expect(plain.header("x-frame-options") == "DENY")
+                #expect(plain.header("x-origin-connection") == nil)
+
+                let staging = try await gateway.get("/staging/p", headers: "Cookie: session=1\r\n")
+                #expect(staging.text.contains("x-env: staging\n"))
+                #expect(!staging.text.contains("x-env: prod"))
+                #expect(staging.text.contains("x-tier: edge\n"))
+                #expect(!staging.text.contains("cookie:"))
+                #expect(staging.header("x-frame-options") == "SAMEORIGIN")
+
+                let direct = try await gateway.get("/robots.txt")
+                #expect(direct.text == "User-agent: *")
+                #expect(direct.header("x-frame-options") == "DENY")
+
+                let config = try await gateway.adminJSON("/config")
+                let shown = config["response_headers"] as? [String: Any]
+                #expect((shown?["set"] as? [String: String])?["x-frame-options"] == "DENY")
+            }
+        }
+        let refused = problems(
+            """
+            listen: {address: 127.0.0.1:0}
+            request_headers: {set: {host: evil.example}}
+            clusters: {a: {endpoints: [127.0.0.1:1]}}
+            routes: [{match: {path_prefix: /}, cluster: a}]
+            """)
+        #expect(refused.count == 1)
+        #expect(refused.first?.hasPrefix("request_headers.set.host: \"host\" cannot be rewritten") == true)
+    }
+
     @Test("direct responses and redirects are answered by the gateway, with no cluster and the connection kept")
     func directAndRedirect() async throws {
         try await withOrigins(["a"]) { origins in
