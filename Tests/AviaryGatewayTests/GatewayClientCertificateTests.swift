@@ -189,6 +189,20 @@ struct GatewayClientCertificateTests {
         #expect(
             routeProblems("{require: jwt, principals: [a]}").contains(
                 "routes[0].auth.principals: only applies with require: client_certificate"))
+        // A client certificate is not a token: a composition cannot use {jwt.sub} with it.
+        let composed = problems(
+            """
+            listen: {address: 127.0.0.1:0}
+            clusters: {a: {endpoints: [127.0.0.1:1]}}
+            routes:
+              - match: {path_prefix: /}
+                auth: {require: client_certificate}
+                compose: {parts: [{name: me, cluster: a, path: "/users/{jwt.sub}"}]}
+            """)
+        #expect(
+            composed.contains {
+                $0.hasPrefix("routes[0].compose.parts[0].path:") && $0.contains("needs auth: {require: jwt}")
+            })
         #expect(
             routeProblems("{require: mtls}").contains(
                 "routes[0].auth.require: expected jwt or client_certificate, got \"mtls\""))

@@ -30,18 +30,20 @@ extension ConfigurationParser {
         if let value = fields["rewrite"] {
             rewrite = self.rewrite(value, fields.path("rewrite"), match: match)
         }
-        var destination = self.destination(fields, node, clusters: clusters, writtenClusters: writtenClusters)
-        if let value = fields["compose"] {
-            destination = self.compose(
-                value, fields.path("compose"), match: match, hasAuth: fields["auth"] != nil, clusters: clusters,
-                writtenClusters: writtenClusters
-            ).map { .compose($0) }
-        }
         var auth: Configuration.RouteAuth?
         if let value = fields["auth"] {
             auth = self.routeAuth(
                 value, fields.path("auth"), jwtConfigured: jwtConfigured,
                 clientCertificatesConfigured: clientCertificatesConfigured)
+        }
+        var destination = self.destination(fields, node, clusters: clusters, writtenClusters: writtenClusters)
+        if let value = fields["compose"] {
+            // `{jwt.sub}` needs a verified token, not a client certificate.
+            destination = self.compose(
+                value, fields.path("compose"), match: match,
+                hasAuth: fields["auth"] != nil && auth?.require != "client_certificate",
+                clusters: clusters, writtenClusters: writtenClusters
+            ).map { .compose($0) }
         }
         var timeout: Duration?
         if let value = fields["timeout"] { timeout = self.positiveDuration(value, fields.path("timeout")) }
