@@ -201,7 +201,7 @@ struct GatewayClientCertificateTests {
             """)
         #expect(
             composed.contains {
-                $0.hasPrefix("routes[0].compose.parts[0].path:") && $0.contains("needs auth: {require: jwt}")
+                $0.hasPrefix("routes[0].compose.parts[0].path:") && $0.contains("need auth: {require: jwt}")
             })
         #expect(
             routeProblems("{require: mtls}").contains(

@@ -208,10 +208,11 @@ extension ConfigurationParser {
                 var target: String?
                 if let node = part["path"], let text = self.path(node, part.path("path")) {
                     do {
-                        _ = try RewriteTemplate(parsing: text, variables: variables)
+                        let claims = hasAuth ? CompiledCompose.claimNames(in: text).map { "jwt." + $0 } : []
+                        _ = try RewriteTemplate(parsing: text, variables: variables + claims)
                         target = text
                     } catch {
-                        let hint = hasAuth ? "" : " ({jwt.sub} needs auth: {require: jwt})"
+                        let hint = hasAuth ? "" : " ({jwt.sub} and {jwt.<claim>} need auth: {require: jwt})"
                         self.problem(part.path("path"), "\(error)\(hint), got \(Self.quoted(text))", node)
                     }
                 } else if part["path"] == nil {

@@ -29,6 +29,8 @@ struct PolicyRejection {
 struct PolicyOutcome {
     /// The verified subject, forwarded in `x-aviary-subject`.
     var subject: String?
+    /// The verified token's claims (a composition's `{jwt.<claim>}`).
+    var claims: [String: ClaimValue] = [:]
     /// Headers added to the response (`RateLimit-*`).
     var responseHeaders: [(String, String)] = []
 }
@@ -220,6 +222,7 @@ final class RoutePolicies: Sendable {
             }
         }
         outcome.subject = principal.subject
+        outcome.claims = principal.claims
         if let limit, case .claim(let name) = limit.key {
             let key = principal.claims[name].flatMap(Self.keyText)
             if let rejection = self.take(limit, key: key, outcome: &outcome) { return .reject(rejection) }
@@ -263,7 +266,7 @@ final class RoutePolicies: Sendable {
     }
 
     /// A scalar claim as text (strings as they are, numbers and booleans as JSON writes them).
-    private static func keyText(_ claim: ClaimValue) -> String? {
+    static func keyText(_ claim: ClaimValue) -> String? {
         switch claim {
         case .string(let text): text
         case .number(let number): number == number.rounded() && abs(number) < 1e15 ? String(Int64(number)) : "\(number)"

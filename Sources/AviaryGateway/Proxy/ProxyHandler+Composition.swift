@@ -25,14 +25,17 @@ struct CompiledCompose: Sendable {
     let parts: [Part]
     let partTimeout: TimeAmount
     let omitFailed: Bool
-    /// Whether a target uses `{jwt.sub}` (the last value passed to the templates).
+    /// Whether a target uses `{jwt.sub}` (the value after the template's).
     let usesSubject: Bool
+    /// The other claims the targets use (`{jwt.<claim>}`), whose values follow the subject's.
+    let claims: [String]
 
     /// A part's body may be at most this long (the whole object is held to be merged).
     static let maxPartBytes = 1 << 20
 
     init(_ compose: GatewayConfiguration.Compose, variables: [String], clusterIndexes: [String: Int]) {
-        let all = variables + ["jwt.sub"]
+        self.claims = Array(Set(compose.parts.flatMap { Self.claimNames(in: $0.path) })).sorted()
+        let all = variables + ["jwt.sub"] + self.claims.map { "jwt." + $0 }
         self.parts = compose.parts.compactMap { part in
             guard let cluster = clusterIndexes[part.cluster],
                 let target = try? RewriteTemplate(parsing: part.path, variables: all)
@@ -42,6 +45,41 @@ struct CompiledCompose: Sendable {
         self.partTimeout = TimeAmount(compose.partTimeout)
         self.omitFailed = compose.omitFailed
         self.usesSubject = compose.parts.contains { $0.path.contains("{jwt.sub}") }
+    }
+
+    /// The claims other than `sub` that `{jwt.<claim>}` names in `path`.
+    static func claimNames(in path: String) -> [String] {
+        var names: [String] = []
+        var rest = Substring(path)
+        while let open = rest.range(of: "{jwt.") {
+            guard let close = rest[open.upperBound...].firstIndex(of: "}") else { break }
+            let name = String(rest[open.upperBound..<close])
+            if name != "sub", !name.isEmpty { names.append(name) }
+            rest = rest[close...]
+        }
+        return names
+    }
+
+    /// A token's value as a path segment or query value: anything but unreserved characters
+    /// percent-encoded, so that a claim such as `../admin` or `a?b` cannot change the path.
+    static func encoded(_ value: String) -> Substring {
+        let unreserved = { (byte: UInt8) in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_")
+                || byte == UInt8(ascii: "~")
+        }
+        guard !value.utf8.allSatisfy(unreserved) || value == "." || value == ".." else { return Substring(value) }
+        if value == "." || value == ".." { return Substring(value.utf8.map { _ in "%2E" }.joined()) }
+        let hex = Array("0123456789ABCDEF".utf8)
+        var bytes: [UInt8] = []
+        for byte in value.utf8 {
+            if unreserved(byte) {
+                bytes.append(byte)
+            } else {
+                bytes += [UInt8(ascii: "%"), hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            }
+        }
+        return Substring(String(decoding: bytes, as: UTF8.self))
     }
 }
 
@@ -54,7 +92,10 @@ extension ProxyHandler {
     ) {
         let path = RouteTable.path(of: head.uri)
         var values = route.template?.values(path) ?? []
-        values.append(Substring(policy?.subject ?? ""))
+        values.append(CompiledCompose.encoded(policy?.subject ?? ""))
+        for claim in compose.claims {
+            values.append(CompiledCompose.encoded(policy?.claims[claim].flatMap(RoutePolicies.keyText) ?? ""))
+        }
         var upstreamHeaders = HTTPHeaders()
         upstreamHeaders.add(name: "host", value: head.headers.first(name: "host") ?? "")
         upstreamHeaders.add(name: "accept", value: "application/json")

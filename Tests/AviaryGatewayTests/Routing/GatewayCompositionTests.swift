@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryAuth
 import AviaryCore
 import Foundation
 import Synchronization
@@ -57,6 +58,42 @@ struct GatewayCompositionTests {
                     #expect(object["_degraded"] == nil)
                 }
                 await connection.close()
+            }
+        }
+    }
+
+    @Test("parts take {jwt.sub} and {jwt.<claim>} from the verified token, percent-encoded into the path")
+    func tokenClaims() async throws {
+        let issuer = try await JWTIssuer(keyID: "users-1", issuer: "shop-users", audience: "shop")
+        let token = try await issuer.issue(
+            subject: "alice", claims: ["tenant": .string("acme/west"), "level": .number(3)])
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "aviary-compose-\(UUID().uuidString).json"
+        )
+        .path
+        try issuer.jwks.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try await withOrigins(["users"]) { origins in
+            let yaml = """
+                listen: {address: 127.0.0.1:0}
+                auth: {jwt: {issuer: shop-users, jwks_file: "\(path)"}}
+                clusters: {users: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+                routes:
+                  - match: {path: /api/me}
+                    auth: {require: jwt}
+                    compose:
+                      parts:
+                        - {name: me, cluster: users, path: "/json/tenants/{jwt.tenant}/users/{jwt.sub}?level={jwt.level}"}
+                        - {name: missing, cluster: users, path: "/json/x/{jwt.nothing}"}
+                """
+            try await withGateway(yaml) { gateway in
+                let response = try await gateway.get("/api/me", headers: "Authorization: Bearer \(token)\r\n")
+                #expect(response.status == 200, "\(response.text)")
+                let object = try Self.object(response.text)
+                let me = object["me"] as? [String: Any]
+                #expect(me?["target"] as? String == "/json/tenants/acme%2Fwest/users/alice?level=3")
+                // A claim the token lacks is empty.
+                #expect((object["missing"] as? [String: Any])?["target"] as? String == "/json/x/")
             }
         }
     }
@@ -129,10 +166,10 @@ struct GatewayCompositionTests {
             """
         #expect(
             problems(yaml) == [
-                #"routes[0].compose.parts[0].path: {jwt.sub} is not a variable of match.path_template (it has {id}) ({jwt.sub} needs auth: {require: jwt}), got "/users/{jwt.sub}" (gateway.yaml:6)"#,
+                #"routes[0].compose.parts[0].path: {jwt.sub} is not a variable of match.path_template (it has {id}) ({jwt.sub} and {jwt.<claim>} need auth: {require: jwt}), got "/users/{jwt.sub}" (gateway.yaml:6)"#,
                 #"routes[0].compose.parts[1].name: "user" names two parts (gateway.yaml:7)"#,
                 #"routes[0].compose.parts[1].cluster: unknown cluster "nobody", expected one of users (gateway.yaml:7)"#,
-                #"routes[0].compose.parts[1].path: {other} is not a variable of match.path_template (it has {id}) ({jwt.sub} needs auth: {require: jwt}), got "/x/{other}" (gateway.yaml:7)"#,
+                #"routes[0].compose.parts[1].path: {other} is not a variable of match.path_template (it has {id}) ({jwt.sub} and {jwt.<claim>} need auth: {require: jwt}), got "/x/{other}" (gateway.yaml:7)"#,
                 #"routes[0].compose.on_failure: expected fail or omit, got "ignore" (gateway.yaml:8)"#,
                 #"routes[0].timeout: needs a cluster: not allowed with direct_response, redirect or compose (gateway.yaml:9)"#,
             ])
