@@ -132,6 +132,27 @@ struct GatewayBodyRetryTests {
         }
     }
 
+    @Test("Expect: 100-continue is answered once by the gateway, and the retry gets the body sent after it")
+    func expectContinue() async throws {
+        try await withOrigins(["bad", "good"]) { origins in
+            try await withGateway(Self.yaml(endpoints: origins.map(\.port))) { gateway in
+                let (head, body) = Self.request(
+                    "/upload?fail=early-503", count: 20_000, chunked: false, split: 0,
+                    headers: "Expect: 100-continue\r\n")
+                let connection = try await gateway.connect()
+                defer { Task { await connection.close() } }
+                try await connection.send(head)
+                let proceed = try await connection.readResponse()
+                #expect(proceed.status == 100)
+                try await connection.send(body)
+                let response = try await connection.readResponse()
+                #expect(response.status == 200)
+                #expect(response.text == Self.uploaded(20_000))
+                #expect(gateway.server.statistics.retries.load(ordering: .relaxed) == 1)
+            }
+        }
+    }
+
     @Test(
         "a body larger than request_buffer_bytes is not retried, and still streams through in full",
         arguments: [false, true])
