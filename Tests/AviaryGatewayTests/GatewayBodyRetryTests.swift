@@ -219,7 +219,10 @@ struct GatewayBodyRetryTests {
                 // The upload is not finished: no try is being timed yet.
                 #expect(!timers.armed.contains(.seconds(7)))
                 try await connection.send(rest)
-                try await timers.waitUntilArmed(.seconds(7))
+                // Polled rather than `waitUntilArmed`: without the timer the test fails, not hangs.
+                await eventually("the try is timed once the body is complete") {
+                    timers.armed.contains(.seconds(7))
+                }
                 await timers.advance(by: .seconds(7))
                 let response = try await connection.readResponse()
                 #expect(response.status == 200)
