@@ -34,6 +34,9 @@ public final class GatewayStatistics: Sendable {
     public let retries = Atomic<Int>(0)
     /// Requests copied to a route's `mirror` cluster (shadow traffic).
     public let mirroredRequests = Atomic<Int>(0)
+    /// Requests whose body was larger than `limits.request_buffer_bytes` when it had to be kept
+    /// (for a retry or a mirror copy): streamed on without a copy, so neither retried nor mirrored.
+    public let requestBufferOverflows = Atomic<Int>(0)
     /// Retries not made because the route's retry budget was spent.
     public let retryBudgetExhausted = Atomic<Int>(0)
     /// Requests refused with `503` because their cluster had `circuit_breaker.max_requests` in flight.

@@ -30,6 +30,7 @@ enum AdminViews {
                 "max_body_bytes": limits.maxBodyBytes, "header_timeout": GatewayUnits.render(limits.headerTimeout),
                 "idle_timeout": GatewayUnits.render(limits.idleTimeout),
                 "drain_timeout": GatewayUnits.render(limits.drainTimeout),
+                "request_buffer_bytes": limits.requestBufferBytes,
             ] as [String: Any],
             "clusters": Dictionary(
                 configuration.clusters.map { ($0.name, Self.cluster($0)) }, uniquingKeysWith: { a, _ in a }),

@@ -192,10 +192,20 @@ extension GatewayConfiguration {
     }
 
     /// When and how often a route retries (`retry:`).
+    ///
+    /// Only idempotent requests are retried (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and those
+    /// with an `Idempotency-Key`. A request with a body is retried with a copy of the body kept
+    /// as it streams through, if the body is at most
+    /// ``GatewayConfiguration/Limits/requestBufferBytes``; a larger body is sent once.
+    ///
+    /// ```yaml
+    /// retry: {attempts: 3, per_try_timeout: 500ms, on: [connect-failure, reset, 503], budget: 20%}
+    /// ```
     public struct Retry: Sendable, Hashable {
         /// Tries in all, the first included, at least 1.
         public var attempts: Int
-        /// Time limit of one try, if any.
+        /// Time limit of one try, if any, counted from the end of the request (or from the
+        /// try's start when it starts after that) to the try's response head.
         public var perTryTimeout: Duration?
         /// The failures that are retried.
         public var on: [RetryCondition]

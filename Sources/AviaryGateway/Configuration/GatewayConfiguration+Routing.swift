@@ -110,9 +110,11 @@ extension GatewayConfiguration {
 }
 
 extension GatewayConfiguration {
-    /// Request mirroring (`mirror:`): a copy of a share of a route's requests without a body goes
-    /// to another cluster with `x-aviary-shadow: true`; its response is read and discarded, and
-    /// it never delays or fails the request itself.
+    /// Request mirroring (`mirror:`): a copy of a share of a route's requests goes to another
+    /// cluster with `x-aviary-shadow: true`; its response is read and discarded, and it never
+    /// delays or fails the request itself. A request with a body is copied once the body is
+    /// complete, with all of it, if it is at most
+    /// ``GatewayConfiguration/Limits/requestBufferBytes``; a larger one is not copied.
     ///
     /// ```yaml
     /// mirror: {cluster: orders-v2, percent: 10%}

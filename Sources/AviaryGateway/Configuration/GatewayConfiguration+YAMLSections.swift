@@ -92,6 +92,7 @@ extension ConfigurationParser {
         var limits = Configuration.Limits()
         let keys = [
             "max_connections", "max_header_bytes", "max_body_bytes", "header_timeout", "idle_timeout", "drain_timeout",
+            "request_buffer_bytes",
         ]
         guard let fields = self.fields(node, path, allowed: keys) else { return limits }
         if let value = fields["max_connections"], let number = self.positiveInt(value, fields.path("max_connections")) {
@@ -118,6 +119,10 @@ extension ConfigurationParser {
         }
         if let value = fields["drain_timeout"], let duration = self.duration(value, fields.path("drain_timeout")) {
             limits.drainTimeout = duration
+        }
+        if let value = fields["request_buffer_bytes"], let size = self.size(value, fields.path("request_buffer_bytes"))
+        {
+            limits.requestBufferBytes = size
         }
         return limits
     }

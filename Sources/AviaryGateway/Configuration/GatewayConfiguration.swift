@@ -167,6 +167,19 @@ extension GatewayConfiguration {
         public var idleTimeout: Duration
         /// How long a graceful drain (SIGTERM) lets requests in flight finish before closing.
         public var drainTimeout: Duration
+        /// Bytes of a request body the gateway keeps a copy of, so that a retry can send the body
+        /// again and a mirror copy can carry it (Envoy's `per_request_buffer_limit_bytes`).
+        ///
+        /// The body still streams to the upstream as it arrives; the copy is taken on the way.
+        /// A body larger than this is proxied all the same, without a copy: it is neither retried
+        /// nor mirrored (counted in ``GatewayStatistics/requestBufferOverflows``). `0` keeps no
+        /// body (only requests without one are retried or mirrored); YAML takes a positive size.
+        /// Default 64 KiB.
+        ///
+        /// ```yaml
+        /// limits: {request_buffer_bytes: 256KiB}
+        /// ```
+        public var requestBufferBytes: Int
 
         /// Creates limits; every field has a default.
         public init(
@@ -175,7 +188,8 @@ extension GatewayConfiguration {
             maxBodyBytes: Int = 10 << 20,
             headerTimeout: Duration = .seconds(10),
             idleTimeout: Duration = .seconds(60),
-            drainTimeout: Duration = .seconds(30)
+            drainTimeout: Duration = .seconds(30),
+            requestBufferBytes: Int = 64 << 10
         ) {
             self.maxConnections = maxConnections
             self.maxHeaderBytes = maxHeaderBytes
@@ -183,6 +197,7 @@ extension GatewayConfiguration {
             self.headerTimeout = headerTimeout
             self.idleTimeout = idleTimeout
             self.drainTimeout = drainTimeout
+            self.requestBufferBytes = requestBufferBytes
         }
     }
 

@@ -15,38 +15,59 @@ let shadowHeaderName = "x-aviary-shadow"
 /// hold connections forever when the shadow cluster hangs.
 let mirrorTimeout = TimeAmount.seconds(10)
 
+/// A mirror copy drawn for a request: the shadow endpoint's pool and the head it gets. A request
+/// with a body keeps it until the body is complete (see `ProxyHandler.Exchange.mirrorCopy`).
+struct MirrorCopy {
+    let pool: UpstreamPool
+    let head: HTTPRequestHead
+}
+
 extension ProxyHandler {
-    /// Copies a request without a body to the route's mirror cluster, if the draw says so. The
-    /// copy runs on its own connection from the loop's pool and nothing about it reaches the
-    /// client: not its status, not its failure, not its time.
-    func mirrorIfDrawn(_ route: CompiledRoute, head upstreamHead: HTTPRequestHead, hasBody: Bool) {
-        guard let mirror = route.mirror, !hasBody,
+    /// Draws whether a request is copied to the route's mirror cluster, and picks the endpoint.
+    func drawMirror(_ route: CompiledRoute, head upstreamHead: HTTPRequestHead) -> MirrorCopy? {
+        guard let mirror = route.mirror,
             mirror.threshold >= 1_000_000 || self.core.random.next(below: 1_000_000) < mirror.threshold
-        else { return }
+        else { return nil }
         let cluster = self.upstreams.clusters[mirror.cluster]
-        guard let pool = cluster.pick(self.core.random, request: upstreamHead.headers) else { return }
+        guard let pool = cluster.pick(self.core.random, request: upstreamHead.headers) else { return nil }
         var head = upstreamHead
         head.headers.replaceOrAdd(name: shadowHeaderName, value: "true")
+        return MirrorCopy(pool: pool, head: head)
+    }
+
+    /// Sends a drawn copy, with the request's whole body if it has one. The copy runs on its own
+    /// connection from the loop's pool and nothing about it reaches the client: not its status,
+    /// not its failure, not its time (its body, at most `limits.request_buffer_bytes`, is written
+    /// at once and waits in the copy's socket buffers, never in the client's path).
+    func startMirror(_ copy: MirrorCopy, body: ByteBuffer?, trailers: HTTPHeaders?) {
         self.core.statistics.mirroredRequests.add(1, ordering: .relaxed)
-        MirrorExchange(pool: pool, head: head, timers: self.loop.timers).start()
+        MirrorExchange(pool: copy.pool, head: copy.head, body: body, trailers: trailers, timers: self.loop.timers)
+            .start()
     }
 }
 
-/// One mirrored request: sends the head, reads the response to its end and discards it, then
+/// One mirrored request: sends the head (and the body), reads the response to its end and discards it, then
 /// gives the connection back to the pool (or closes it). Lives on the pool's event loop; the
 /// upstream handler's reference keeps it alive while the connection is busy.
 final class MirrorExchange: UpstreamExchange {
     let pool: UpstreamPool
     let head: HTTPRequestHead
+    let body: ByteBuffer?
+    let trailers: HTTPHeaders?
     private var connection: UpstreamConnection?
     private var reusable = false
     private let timers: any GatewayTimers
     private var timer: GatewayTimer?
     private var done = false
 
-    init(pool: UpstreamPool, head: HTTPRequestHead, timers: any GatewayTimers) {
+    init(
+        pool: UpstreamPool, head: HTTPRequestHead, body: ByteBuffer? = nil, trailers: HTTPHeaders? = nil,
+        timers: any GatewayTimers
+    ) {
         self.pool = pool
         self.head = head
+        self.body = body
+        self.trailers = trailers
         self.timers = timers
     }
 
@@ -76,7 +97,8 @@ final class MirrorExchange: UpstreamExchange {
         connection.handler.exchange = self
         connection.handler.setReadsPaused(false)
         connection.handler.send(.head(self.head))
-        connection.handler.send(.end(nil))
+        if let body = self.body, body.readableBytes > 0 { connection.handler.send(.body(.byteBuffer(body))) }
+        connection.handler.send(.end(self.trailers))
         connection.handler.flush()
     }
 

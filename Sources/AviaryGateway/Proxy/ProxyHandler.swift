@@ -23,7 +23,9 @@ import Synchronization
 // - request body: downstream reads are withheld while the upstream channel is not writable (or
 //   not connected yet); they resume on its writability change;
 // - response body: upstream reads are withheld while the downstream channel is not writable.
-// At most one read's worth of parts is ever held in the gateway itself.
+// At most one read's worth of parts is ever held in the gateway itself, plus, for a request that
+// a retry or a mirror may send again, a copy of its body up to `limits.request_buffer_bytes`
+// (taken as the body streams through; see `keep(_:_:)`).
 
 /// Proxies the requests of one downstream connection, one at a time (pipelined requests wait).
 final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
@@ -56,11 +58,23 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var retried = false
         /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
         let isReplayable: Bool
-        /// Whether the route's retry policy applies: an idempotent request without a body.
-        let mayRetry: Bool
+        /// Whether the route's retry policy applies: an idempotent request (or one with an
+        /// `Idempotency-Key`) without a body, or whose body is kept whole in `kept`. Turns false
+        /// when the body outgrows `limits.request_buffer_bytes`.
+        var mayRetry: Bool
+        /// A copy of the request body received so far, for a retry or a mirror copy to send
+        /// again; `nil` when nothing needs it or once the body outgrew `limits.request_buffer_bytes`.
+        var kept: ByteBuffer?
+        /// The trailers that ended a kept body.
+        var keptTrailers: HTTPHeaders?
+        /// A mirror copy drawn for a request with a body: sent once the body is complete (and
+        /// dropped if the body outgrows the copy).
+        var mirrorCopy: MirrorCopy?
         /// The current attempt, from 1.
         var attempt = 1
         var perTryTimeout: GatewayTimer?
+        /// Whether the current attempt's response head arrived (its per-try time is over).
+        var attemptAnswered = false
         /// Headers the route's policies add to the response (`RateLimit-*`).
         var responseHeaders: [(String, String)] = []
         /// A request the route may answer from its cache: the key, a stale entry for failures,
@@ -72,7 +86,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         init(
             route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
             head: UpstreamRequestHead,
-            downstream: HTTPRequestHead, hasBody: Bool
+            downstream: HTTPRequestHead
         ) {
             self.route = route
             self.clusterIndex = clusterIndex
@@ -93,7 +107,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             default: (safe, idempotent) = (false, false)
             }
             self.isReplayable = safe || hasKey
-            self.mayRetry = route.retry != nil && !hasBody && (idempotent || hasKey)
+            // A body is kept (or the request is not retried): see `ProxyHandler.forward`.
+            self.mayRetry = route.retry != nil && (idempotent || hasKey)
         }
     }
 
@@ -266,12 +281,28 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                     reason: nil, context: context)
                 return
             }
+            if exchange.kept != nil { self.keep(buffer, exchange) }
             self.sendUpstream(.body(.byteBuffer(buffer)), exchange)
         case .end(let trailers):
             guard let exchange = self.exchange else { return }
             exchange.requestComplete = true
             self.sendUpstream(.end(trailers), exchange)
             if let connection = exchange.connection { connection.handler.flush() }
+            // A write that failed at once may have ended the exchange.
+            guard self.exchange === exchange else { return }
+            if exchange.kept != nil {
+                exchange.keptTrailers = trailers
+                if let copy = exchange.mirrorCopy {
+                    // The body is complete: the copy goes now, with all of it.
+                    exchange.mirrorCopy = nil
+                    self.startMirror(copy, body: exchange.kept, trailers: trailers)
+                }
+                // Kept for a mirror copy only: no longer needed.
+                if !exchange.mayRetry { exchange.kept = nil }
+            }
+            // The per-try time counts from the end of the request (as in Envoy): a slow upload
+            // is not a slow upstream.
+            if !exchange.attemptAnswered { self.armPerTryTimeout(exchange, context: context) }
         }
     }
 
@@ -704,8 +735,25 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
         let exchange = Exchange(
             route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: upstreamHead,
-            downstream: head, hasBody: hasBody)
+            downstream: head)
         self.exchange = exchange
+        var mirrorCopy: MirrorCopy?
+        if route.mirror != nil, case .parts(let parts) = upstreamHead {
+            mirrorCopy = self.drawMirror(route, head: parts)
+        }
+        if hasBody && (exchange.mayRetry || mirrorCopy != nil) {
+            // A retry or a mirror copy needs the body again: a copy is kept as it streams through,
+            // up to `request_buffer_bytes`. A declared length over it is not kept at all.
+            let limit = self.core.configuration.limits.requestBufferBytes
+            if let length = inspection.contentLength, length > limit {
+                self.core.statistics.requestBufferOverflows.add(1, ordering: .relaxed)
+                exchange.mayRetry = false
+            } else {
+                exchange.kept = context.channel.allocator.buffer(capacity: inspection.contentLength ?? 0)
+                exchange.mirrorCopy = mirrorCopy
+            }
+            mirrorCopy = nil
+        }
         if let policy { exchange.responseHeaders = policy.responseHeaders }
         exchange.cache = capture
         exchange.headerVariables = variables
@@ -717,9 +765,26 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         route.retry?.budget?.deposit()
         self.startAttempt(exchange, context: context)
-        if route.mirror != nil, case .parts(let parts) = upstreamHead {
-            self.mirrorIfDrawn(route, head: parts, hasBody: hasBody)
+        // A request without a body is copied at once, after the primary request started.
+        if let mirrorCopy { self.startMirror(mirrorCopy, body: nil, trailers: nil) }
+    }
+
+    /// Adds a part of the request body to the exchange's copy, or drops the copy (and with it
+    /// the retries and the mirror copy) when the body outgrows `limits.request_buffer_bytes`.
+    private func keep(_ buffer: ByteBuffer, _ exchange: Exchange) {
+        let limit = self.core.configuration.limits.requestBufferBytes
+        if (exchange.kept?.readableBytes ?? 0) + buffer.readableBytes <= limit {
+            // In place: the copy is not shared, except once with a retry's pending parts.
+            exchange.kept?.writeImmutableBuffer(buffer)
+            return
         }
+        exchange.kept = nil
+        exchange.mirrorCopy = nil
+        exchange.mayRetry = false
+        // Not retryable any more: no per-try limit either (the route's `timeout` still holds).
+        exchange.perTryTimeout?.cancel()
+        exchange.perTryTimeout = nil
+        self.core.statistics.requestBufferOverflows.add(1, ordering: .relaxed)
     }
 
     /// The upstream request head as NIO's type, for whatever edits the client's fields: hop-by-hop
@@ -801,17 +866,26 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// Sends the exchange to its current endpoint: an idle connection at once, or a new one.
     private func startAttempt(_ exchange: Exchange, context: ChannelHandlerContext) {
-        if exchange.mayRetry, let limit = exchange.route.retry?.perTryTimeout {
-            exchange.perTryTimeout = self.loop.timers.schedule(in: TimeAmount(limit), on: context.eventLoop) {
-                self.perTryTimedOut(exchange)
-            }
-        }
+        exchange.attemptAnswered = false
+        // Otherwise armed when the request ends.
+        if exchange.requestComplete { self.armPerTryTimeout(exchange, context: context) }
         if let connection = exchange.pool.takeIdle() {
             self.connected(exchange, .success(connection))
         } else {
             exchange.pool.connect().assumeIsolated().whenComplete { result in
                 self.connected(exchange, result)
             }
+        }
+    }
+
+    /// Starts the current attempt's `per_try_timeout`, if the route has one and the request may
+    /// be retried: from the end of the request (or from the attempt's start when it begins after
+    /// that), until the attempt's response head.
+    private func armPerTryTimeout(_ exchange: Exchange, context: ChannelHandlerContext) {
+        guard exchange.mayRetry, exchange.perTryTimeout == nil, let limit = exchange.route.retry?.perTryTimeout
+        else { return }
+        exchange.perTryTimeout = self.loop.timers.schedule(in: TimeAmount(limit), on: context.eventLoop) {
+            self.perTryTimedOut(exchange)
         }
     }
 
@@ -832,8 +906,10 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Starts the next attempt if the route's policy, the attempts left and the retry budget
     /// allow it; the failed attempt's connection is closed (never reused).
     private func retry(_ exchange: Exchange, after failure: AttemptFailure) -> Bool {
+        // A request whose body was received in part or in whole goes again only with all of it.
         guard exchange.mayRetry, !exchange.responseHeadSent, let policy = exchange.route.retry,
-            exchange.attempt < policy.attempts, let context = self.context
+            exchange.attempt < policy.attempts, exchange.kept != nil || exchange.bodyBytes == 0,
+            let context = self.context
         else { return false }
         switch failure {
         case .connectFailure: guard policy.onConnectFailure else { return false }
@@ -856,7 +932,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         exchange.pool.inFlight -= 1
         exchange.pool = exchange.cluster.pick(self.core.random) ?? exchange.pool
         exchange.pool.inFlight += 1
-        exchange.pending = exchange.requestComplete ? [.end(nil)] : []
+        // The next try gets the head, then the body kept so far, then the rest as it arrives
+        // (downstream reads wait until its connection is up, and then on its writability).
+        exchange.pending.removeAll()
+        if let kept = exchange.kept, kept.readableBytes > 0 { exchange.pending.append(.body(.byteBuffer(kept))) }
+        if exchange.requestComplete { exchange.pending.append(.end(exchange.keptTrailers)) }
         self.startAttempt(exchange, context: context)
         return true
     }
@@ -991,6 +1071,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         guard let exchange = self.exchange, let context = self.context else { return }
         switch part {
         case .head(let upstream):
+            exchange.attemptAnswered = true
             exchange.perTryTimeout?.cancel()
             exchange.perTryTimeout = nil
             self.recordUpstream(exchange, status: upstream.status.code)

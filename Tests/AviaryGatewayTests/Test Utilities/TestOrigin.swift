@@ -14,7 +14,7 @@ import Synchronization
 ///
 /// | path | behaviour |
 /// | --- | --- |
-/// | `/upload` | reads the body, answers `bytes=N sha256=HEX`; `?pause` withholds reads until ``release()`` |
+/// | `/upload` | reads the body, answers `bytes=N sha256=HEX` (also kept in ``OriginState/uploads``); `?pause` withholds reads until ``release()``; on origins named `bad*`, `?fail=early-503` answers 503 as soon as the head arrives, `?fail=reset` closes then, `?fail=503` answers 503 after the body, `?fail=hang` reads the body and never answers |
 /// | `/download?bytes=N` | streams N pattern bytes with a Content-Length, honouring writability |
 /// | `/chunked?bytes=N` | answers N bytes of `x` without a Content-Length (chunked), in 1000-byte parts |
 /// | `/echo` | streams the request body back, chunked |
@@ -89,6 +89,8 @@ final class OriginState: Sendable {
     let downloadBytesWritten = Atomic<Int>(0)
     /// Bytes of `/upload` bodies read so far.
     let uploadBytesRead = Atomic<Int>(0)
+    /// The answers to the `/upload` bodies read to their end, in order: `bytes=N sha256=HEX`.
+    let uploads = Mutex<[String]>([])
     let paused = Mutex<[NIOLoopBound<OriginHandler>]>([])
     let pausedCount = Atomic<Int>(0)
     /// 0: behave; 1: answer every request 503; 2: answer none.
@@ -112,6 +114,9 @@ final class OriginHandler: ChannelDuplexHandler {
     private var downloadRemaining = 0
     private var downloadChunk = 0
     private var closeOnNextRequest = false
+    /// An `/upload?fail=503` or `?fail=hang` on a `bad*` origin: the body is read, then answered
+    /// 503 or never.
+    private var uploadFailure: String?
     /// Response headers asked for with `h-<name>=<value>` query items.
     private var extraHeaders: [(String, String)] = []
 
@@ -172,6 +177,21 @@ final class OriginHandler: ChannelDuplexHandler {
             }
             switch path {
             case "/upload":
+                let fail =
+                    self.name.hasPrefix("bad")
+                    ? query.split(separator: "&").first { $0.hasPrefix("fail=") }.map { String($0.dropFirst(5)) } : nil
+                switch fail {
+                case "early-503":
+                    self.respond(context, .serviceUnavailable, "status 503")
+                    self.mode = .never
+                    return
+                case "reset":
+                    context.close(promise: nil)
+                    self.mode = .never
+                    return
+                default:
+                    self.uploadFailure = fail
+                }
                 self.mode = .upload
                 self.hasher = SHA256()
                 self.uploaded = 0
@@ -248,7 +268,14 @@ final class OriginHandler: ChannelDuplexHandler {
             switch self.mode {
             case .upload:
                 let digest = self.hasher.finalize().map { String($0, radix: 16).leftPadded(2) }.joined()
-                self.respond(context, .ok, "bytes=\(self.uploaded) sha256=\(digest)")
+                let answer = "bytes=\(self.uploaded) sha256=\(digest)"
+                self.state.uploads.withLock { $0.append(answer) }
+                switch self.uploadFailure {
+                case "503": self.respond(context, .serviceUnavailable, "status 503")
+                case "hang": break
+                default: self.respond(context, .ok, answer)
+                }
+                self.uploadFailure = nil
                 self.mode = .idle
             case .echo:
                 context.writeAndFlush(self.wrapOutboundOut(.end(nil)), promise: nil)
