@@ -90,6 +90,8 @@ public final class SQLiteMessageLog: MessageLog {
     /// The file.
     public let path: String
     let pool: DatabasePool
+    /// Runs the write transactions (see ``write(acknowledgement:shortcut:afterCommit:_:)``).
+    let writer: SQLiteWriterThread
     let clock: any WallClock
     let configuration: Configuration
     /// The wake-up streams this instance handed out (finished on ``close()``).
@@ -125,6 +127,7 @@ public final class SQLiteMessageLog: MessageLog {
         self.path = URL(fileURLWithPath: path).standardizedFileURL.path
         self.clock = clock
         self.configuration = configuration
+        self.writer = SQLiteWriterThread(name: "aviary.sqlwrite")
         let directory = URL(fileURLWithPath: self.path).deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -202,15 +205,24 @@ public final class SQLiteMessageLog: MessageLog {
     /// Runs `body` in one `BEGIN IMMEDIATE` transaction, retrying while the database is busy or
     /// locked (another process holds the write lock longer than the busy timeout).
     ///
+    /// The transaction runs on the log's ``SQLiteWriterThread`` (never on the concurrency pool: a
+    /// commit waits for its `fdatasync`), which resumes the caller after the commit. A task
+    /// cancelled before its transaction starts gets an error; once started, a transaction is not
+    /// interrupted (it is short, and a commit is never reported as failed).
+    ///
     /// - Parameters:
     ///   - acknowledgement: the transaction only moves a group's cursor and leases; it commits
     ///     with ``Configuration/acknowledgementSynchronous`` (SQLite allows the setting to change
     ///     between transactions only, so it is set before and restored after).
     ///   - shortcut: runs first on the same connection, outside a transaction (a read, no write
     ///     lock); an answer it returns is the result, and `body` does not run.
+    ///   - afterCommit: runs on the writer thread after `body`'s transaction committed, right
+    ///     after the caller resumed and before the writer's next transaction (wake-ups of
+    ///     consumers: they then find what was committed; ``close()`` waits for it).
     func write<T: Sendable>(
         acknowledgement: Bool = false,
-        shortcut: (@Sendable (Database) throws -> T?)? = nil, _ body: @escaping @Sendable (Database) throws -> T
+        shortcut: (@Sendable (Database) throws -> T?)? = nil, afterCommit: (@Sendable () -> Void)? = nil,
+        _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
         var attempt = 0
@@ -220,13 +232,17 @@ public final class SQLiteMessageLog: MessageLog {
         let synchronous = self.configuration.synchronous.rawValue
         while true {
             do {
-                return try await self.pool.writeWithoutTransaction { db in
-                    if let shortcut, let answer = try shortcut(db) { return answer }
-                    if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
-                    let outcome = Result<T, any Error> { try Self.immediateTransaction(db) { try body(db) } }
-                    // Publishes that follow on this connection must be durable again.
-                    if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
-                    return try outcome.get()
+                try Task.checkCancellation()
+                return try await self.writer.runFollowingUp { [pool = self.pool] in
+                    let result = try pool.writeWithoutTransaction { db -> (T, committed: Bool) in
+                        if let shortcut, let answer = try shortcut(db) { return (answer, false) }
+                        if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
+                        let outcome = Result<T, any Error> { try Self.immediateTransaction(db) { try body(db) } }
+                        // Publishes that follow on this connection must be durable again.
+                        if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
+                        return (try outcome.get(), true)
+                    }
+                    return (result.0, followUp: result.committed ? afterCommit : nil)
                 }
             } catch let error as DatabaseError
                 where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
@@ -372,7 +388,14 @@ public final class SQLiteMessageLog: MessageLog {
         let encoded = try messages.map(Self.encode)
         let topics = Set(encoded.map(\.topic))
         let now = self.nowMillis
-        let positions = try await self.write { db in
+        let path = self.path
+        let afterCommit: @Sendable () -> Void = {
+            for topic in topics {
+                WakeUpHub.shared.notify(store: path, topic: topic)
+                SQLiteDoorbell.ring(store: path, topic: topic)
+            }
+        }
+        return try await self.write(afterCommit: afterCommit) { db in
             // Per topic: its partition count and, per partition, the indices of the batch's
             // immediate messages in the order given.
             var slots: [String: Int] = [:]
@@ -423,11 +446,6 @@ public final class SQLiteMessageLog: MessageLog {
             try MessageInserter.insert(db, encoded, rows, now: now)
             return positions
         }
-        for topic in topics {
-            WakeUpHub.shared.notify(store: self.path, topic: topic)
-            SQLiteDoorbell.ring(store: self.path, topic: topic)
-        }
-        return positions
     }
 
     /// A topic's immediate messages in a batched publish: their indices, by partition.
@@ -494,6 +512,7 @@ public final class SQLiteMessageLog: MessageLog {
 
     /// Appends the topic's scheduled messages that are due, in the order they are due.
     static func promoteDue(_ db: Database, topic: String, now: Int64) throws {
+        guard try MessageInserter.hasDue(db, topic: topic, now: now) else { return }
         let due = try Row.fetchAll(
             db.cachedStatement(
                 sql:
@@ -1005,6 +1024,9 @@ public final class SQLiteMessageLog: MessageLog {
             return ids
         }
         WakeUpHub.shared.finish(ids)
+        // The wake-ups of publishes that returned (they ring after their caller resumed): a
+        // process that closes its log before it exits has rung its bells.
+        _ = try? await self.writer.run {}
         try self.pool.close()
     }
 }
