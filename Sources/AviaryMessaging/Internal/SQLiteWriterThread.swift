@@ -16,9 +16,11 @@ import Synchronization
 /// the commit, back to the pool. Here the caller's task suspends on a continuation, this thread
 /// (woken through a semaphore if it sleeps) runs the write with GRDB's synchronous call, which
 /// runs on the calling thread when the writer queue is idle, and resumes the continuation. The
-/// two hand-offs remain (the pool must not wait for the disk); what goes is the actor, the
-/// cancellation handler and the libdispatch queue between them, and work that need not delay the
-/// caller runs after it resumed (see ``runFollowingUp(_:)``).
+/// two hand-offs remain (the pool must not wait for the disk), but while jobs come one right
+/// after another the thread waits for the next without sleeping (see ``spinLimit``), so that
+/// only the caller's resumption wakes a thread; the actor, the cancellation handler and the
+/// libdispatch queue between them are gone, and work that need not delay the caller runs after
+/// it resumed (see ``runFollowingUp(_:)``).
 ///
 /// The thread starts with the first write and ends after ``idleLifetime`` without one (the next
 /// write starts another), so a log that is not closed leaves no thread behind.
@@ -36,6 +38,14 @@ final class SQLiteWriterThread: Sendable {
 
     /// The writer thread's nice value on Linux (see ``takeJobs()``).
     static let niceValue: Int32 = -2
+
+    /// How long, in nanoseconds, the thread waits for the next job without sleeping, when the
+    /// last job came within that time of the one before it ended (a caller publishing one
+    /// message after another): a thread that sleeps between them must be woken for each job, a
+    /// measurable part of a single publish (scripts/bench-broker.sh) on a small virtual machine.
+    /// Spinning costs up to this much CPU time after a job; a thread whose jobs come further
+    /// apart stops spinning after one wait that found nothing.
+    static let spinLimit: UInt64 = 200_000
 
     private let state = Mutex(State())
     private let wakeUp = DispatchSemaphore(value: 0)
@@ -101,8 +111,8 @@ final class SQLiteWriterThread: Sendable {
         }
     }
 
-    /// The thread: runs the jobs in order; sleeps when there are none, and ends after
-    /// ``idleLifetime`` of sleep.
+    /// The thread: runs the jobs in order; when there are none, waits for one (spinning first if
+    /// jobs came in quick succession, see ``spinLimit``), and ends after ``idleLifetime`` of sleep.
     private func takeJobs() {
         #if os(Linux)
         // The nice value libdispatch gives the worker of GRDB's writer queue (default QoS), which
@@ -113,12 +123,11 @@ final class SQLiteWriterThread: Sendable {
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceValue)
         #endif
         var batch: [@Sendable () -> Void] = []
+        // Whether the last job came within ``spinLimit`` of the one before it ended.
+        var spins = false
         while true {
             let found = self.state.withLock { state -> Bool in
-                if state.jobs.isEmpty {
-                    state.sleeping = true
-                    return false
-                }
+                guard !state.jobs.isEmpty else { return false }
                 swap(&batch, &state.jobs)
                 return true
             }
@@ -127,7 +136,18 @@ final class SQLiteWriterThread: Sendable {
                 batch.removeAll(keepingCapacity: true)
                 continue
             }
-            guard self.wakeUp.wait(timeout: .now() + self.idleLifetime) == .timedOut else { continue }
+            let idleSince = DispatchTime.now().uptimeNanoseconds
+            if spins, self.spinForJob(since: idleSince) { continue }
+            let sleeps = self.state.withLock { state -> Bool in
+                guard state.jobs.isEmpty else { return false }
+                state.sleeping = true
+                return true
+            }
+            guard sleeps else { continue }
+            if self.wakeUp.wait(timeout: .now() + self.idleLifetime) == .success {
+                spins = DispatchTime.now().uptimeNanoseconds - idleSince < Self.spinLimit
+                continue
+            }
             // A job added since the wait timed out has cleared `sleeping` and signalled (the
             // next wait takes that signal at once); only a thread nobody signalled may end.
             let ends = self.state.withLock { state -> Bool in
@@ -138,5 +158,15 @@ final class SQLiteWriterThread: Sendable {
             }
             if ends { return }
         }
+    }
+
+    /// Waits for a job without sleeping until ``spinLimit`` after `idleSince`, yielding the CPU
+    /// between looks; returns whether one came.
+    private func spinForJob(since idleSince: UInt64) -> Bool {
+        while DispatchTime.now().uptimeNanoseconds - idleSince < Self.spinLimit {
+            if self.state.withLock({ !$0.jobs.isEmpty }) { return true }
+            sched_yield()
+        }
+        return false
     }
 }
