@@ -51,23 +51,6 @@ struct SQLiteWriterThreadTests {
         #expect(values.sorted() == Array(0..<250))
     }
 
-    @Test("a follow-up runs after its caller resumed and before the next job")
-    func followUpBeforeNextJob() async throws {
-        let writer = SQLiteWriterThread(name: "test-writer")
-        let log = Mutex<[String]>([])
-        let value = try await writer.runFollowingUp {
-            log.withLock { $0.append("job") }
-            return (7, followUp: { log.withLock { $0.append("follow-up") } })
-        }
-        #expect(value == 7)
-        try await writer.run { log.withLock { $0.append("next") } }
-        #expect(log.withLock { $0 } == ["job", "follow-up", "next"])
-        // A job that throws has no follow-up.
-        await #expect(throws: Failure.self) {
-            try await writer.runFollowingUp { () throws -> (Int, followUp: (@Sendable () -> Void)?) in throw Failure() }
-        }
-    }
-
     @Test("an idle thread ends, and the next job starts another")
     func idleThreadEnds() async throws {
         let writer = SQLiteWriterThread(name: "test-writer", idleLifetime: .milliseconds(1))

@@ -19,8 +19,7 @@ import Synchronization
 /// two hand-offs remain (the pool must not wait for the disk), but while jobs come one right
 /// after another the thread waits for the next without sleeping (see ``spinLimit``), so that
 /// only the caller's resumption wakes a thread; the actor, the cancellation handler and the
-/// libdispatch queue between them are gone, and work that need not delay the caller runs after
-/// it resumed (see ``runFollowingUp(_:)``).
+/// libdispatch queue between them are gone.
 ///
 /// The thread starts with the first write and ends after ``idleLifetime`` without one (the next
 /// write starts another), so a log that is not closed leaves no thread behind.
@@ -67,23 +66,9 @@ final class SQLiteWriterThread: Sendable {
     ///
     /// The caller's task is suspended (not blocked) while `body` runs; `body` may block.
     func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await self.runFollowingUp { (try body(), followUp: nil) }
-    }
-
-    /// Runs `body` like ``run(_:)``, then, after resuming the caller with its result, the
-    /// follow-up `body` returned, if any, before the next job: work the caller need not wait for
-    /// but that must happen soon, such as waking consumers (it overlaps with the caller's own
-    /// wake-up). A job submitted after the caller resumed runs after the follow-up.
-    func runFollowingUp<T: Sendable>(
-        _ body: @escaping @Sendable () throws -> (T, followUp: (@Sendable () -> Void)?)
-    ) async throws -> T {
         // Unsafe continuation: the job resumes it exactly once, and nothing else touches it.
         try await withUnsafeThrowingContinuation { continuation in
-            self.submit {
-                let outcome = Result { try body() }
-                continuation.resume(with: outcome.map(\.0))
-                if case .success((_, let followUp?)) = outcome { followUp() }
-            }
+            self.submit { continuation.resume(with: Result { try body() }) }
         }
     }
 

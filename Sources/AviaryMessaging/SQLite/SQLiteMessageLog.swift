@@ -90,7 +90,7 @@ public final class SQLiteMessageLog: MessageLog {
     /// The file.
     public let path: String
     let pool: DatabasePool
-    /// Runs the write transactions (see ``write(acknowledgement:shortcut:afterCommit:_:)``).
+    /// Runs the write transactions (see ``write(acknowledgement:shortcut:_:)``).
     let writer: SQLiteWriterThread
     let clock: any WallClock
     let configuration: Configuration
@@ -216,13 +216,9 @@ public final class SQLiteMessageLog: MessageLog {
     ///     between transactions only, so it is set before and restored after).
     ///   - shortcut: runs first on the same connection, outside a transaction (a read, no write
     ///     lock); an answer it returns is the result, and `body` does not run.
-    ///   - afterCommit: runs on the writer thread after `body`'s transaction committed, right
-    ///     after the caller resumed and before the writer's next transaction (wake-ups of
-    ///     consumers: they then find what was committed; ``close()`` waits for it).
     func write<T: Sendable>(
         acknowledgement: Bool = false,
-        shortcut: (@Sendable (Database) throws -> T?)? = nil, afterCommit: (@Sendable () -> Void)? = nil,
-        _ body: @escaping @Sendable (Database) throws -> T
+        shortcut: (@Sendable (Database) throws -> T?)? = nil, _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
         var attempt = 0
@@ -233,16 +229,15 @@ public final class SQLiteMessageLog: MessageLog {
         while true {
             do {
                 try Task.checkCancellation()
-                return try await self.writer.runFollowingUp { [pool = self.pool] in
-                    let result = try pool.writeWithoutTransaction { db -> (T, committed: Bool) in
-                        if let shortcut, let answer = try shortcut(db) { return (answer, false) }
+                return try await self.writer.run { [pool = self.pool] in
+                    try pool.writeWithoutTransaction { db in
+                        if let shortcut, let answer = try shortcut(db) { return answer }
                         if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
                         let outcome = Result<T, any Error> { try Self.immediateTransaction(db) { try body(db) } }
                         // Publishes that follow on this connection must be durable again.
                         if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
-                        return (try outcome.get(), true)
+                        return try outcome.get()
                     }
-                    return (result.0, followUp: result.committed ? afterCommit : nil)
                 }
             } catch let error as DatabaseError
                 where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
@@ -388,14 +383,7 @@ public final class SQLiteMessageLog: MessageLog {
         let encoded = try messages.map(Self.encode)
         let topics = Set(encoded.map(\.topic))
         let now = self.nowMillis
-        let path = self.path
-        let afterCommit: @Sendable () -> Void = {
-            for topic in topics {
-                WakeUpHub.shared.notify(store: path, topic: topic)
-                SQLiteDoorbell.ring(store: path, topic: topic)
-            }
-        }
-        return try await self.write(afterCommit: afterCommit) { db in
+        let positions = try await self.write { db in
             // Per topic: its partition count and, per partition, the indices of the batch's
             // immediate messages in the order given.
             var slots: [String: Int] = [:]
@@ -446,6 +434,11 @@ public final class SQLiteMessageLog: MessageLog {
             try MessageInserter.insert(db, encoded, rows, now: now)
             return positions
         }
+        for topic in topics {
+            WakeUpHub.shared.notify(store: self.path, topic: topic)
+            SQLiteDoorbell.ring(store: self.path, topic: topic)
+        }
+        return positions
     }
 
     /// A topic's immediate messages in a batched publish: their indices, by partition.
@@ -1024,9 +1017,6 @@ public final class SQLiteMessageLog: MessageLog {
             return ids
         }
         WakeUpHub.shared.finish(ids)
-        // The wake-ups of publishes that returned (they ring after their caller resumed): a
-        // process that closes its log before it exits has rung its bells.
-        _ = try? await self.writer.run {}
         try self.pool.close()
     }
 }
