@@ -171,8 +171,8 @@ public final class SQLiteMessageLog: MessageLog {
     /// millisecond takes it again as soon as it lets go, and a waiter that sleeps 2 ms between
     /// tries rarely sees it free, so waits start with short, even sleeps (this halved the
     /// cross-process p50 at 1,000 messages/s); the doubling afterwards keeps a waiter behind a
-    /// long transaction from spinning. The callback runs on GRDB's writer thread, never on the
-    /// concurrency pool.
+    /// long transaction from spinning. The callback runs on the thread that writes (the log's
+    /// ``SQLiteWriterThread``, or the opener's while the file opens), never on the concurrency pool.
     static func busyWait(limit: Duration) -> Database.BusyCallback {
         let limitMicros = max(0, Self.millis(limit) * 1000)
         let evenTries = 200
@@ -773,8 +773,9 @@ public final class SQLiteMessageLog: MessageLog {
     ///
     /// A shortcut only: `false` is the answer the transaction would have given at that moment
     /// (the read sees every commit before it), and a publish after it rings the topic's wake-up
-    /// as before. Being on the writer's queue, a receive with work costs no extra hop. A group
-    /// that is not subscribed answers `true`, so that the transaction reports it.
+    /// as before. Running in the same job of the writer thread, a receive with work costs no
+    /// extra hop. A group that is not subscribed answers `true`, so that the transaction reports
+    /// it.
     static func mayHaveWork(_ db: Database, _ request: ReceiveRequest, now: Int64) throws -> Bool {
         let row = try Row.fetchOne(
             db.cachedStatement(sql: Self.mayHaveWorkSQL), arguments: [request.group, request.topic, now])
