@@ -9,7 +9,9 @@
 //   BrokerBench run --url URL [--seconds S] [--rate R]
 //       publish (one message per call, batches of 100 and 1000), consume-and-ack through
 //       MessageConsumer, and publish-to-consume latency at R messages/s (consumer in this process
-//       and in a child process), each for about S seconds
+//       and in a child process), each for about S seconds; `--only a,b` runs only the scenarios
+//       named, and `--only publish_single_8` (never run by default) publishes one message per call
+//       from 8 tasks at once
 //   BrokerBench consume-latency --url URL --topic T --count N
 //       the child: consumes N messages of T and prints their latencies' percentiles
 //
@@ -126,6 +128,35 @@ func publishThroughput(_ log: any MessageLog, topic: String, batch: Int, seconds
         try await log.publish(prepared[calls % prepared.count])
         calls += 1
         sent += batch
+    }
+    let elapsed = Double(nowNanos() - start) / 1e9
+    return (sent, Double(sent) / elapsed)
+}
+
+/// Publishes one message per call from `tasks` tasks at once for `seconds` (each task its own
+/// messages, built beforehand); returns messages per second over all of them.
+func publishConcurrently(
+    _ log: any MessageLog, topic: String, tasks: Int, seconds: Double
+) async throws -> (Int, Double) {
+    var prepared: [[OutgoingMessage]] = []
+    for task in 0..<tasks {
+        prepared.append(
+            try (0..<max(1, 20_000 / tasks)).map { try makeMessage(topic: topic, index: task * 100_000 + $0) })
+    }
+    let start = nowNanos()
+    let deadline = start + UInt64(seconds * 1e9)
+    let sent = try await withThrowingTaskGroup(of: Int.self) { group in
+        for messages in prepared {
+            group.addTask {
+                var calls = 0
+                while nowNanos() < deadline {
+                    try await log.publish([messages[calls % messages.count]])
+                    calls += 1
+                }
+                return calls
+            }
+        }
+        return try await group.reduce(0, +)
     }
     let elapsed = Double(nowNanos() - start) / 1e9
     return (sent, Double(sent) / elapsed)
@@ -321,7 +352,9 @@ func run(_ arguments: Arguments) async throws {
     emit(["backend": backend, "scenario": "row_bytes", "bytes": rowBytes])
 
     try await log.createTopic("publish", TopicOptions(partitions: 8))
-    if wanted("publish_single") || wanted("publish_batch_100") || wanted("publish_batch_1000") {
+    if wanted("publish_single") || wanted("publish_batch_100") || wanted("publish_batch_1000")
+        || wanted("publish_single_8")
+    {
         // Warm-up, past SQLite's first checkpoint (as sqlite-floor does) and PostgreSQL's first
         // pages: the measured commits see a log that has been running, not a new file.
         try await log.createTopic("warmup", TopicOptions(partitions: 8))
@@ -331,6 +364,11 @@ func run(_ arguments: Arguments) async throws {
     where wanted(scenario) {
         let (messages, perSecond) = try await publishThroughput(log, topic: "publish", batch: batch, seconds: seconds)
         emit(["backend": backend, "scenario": scenario, "messages": messages, "per_second": perSecond])
+    }
+    // Not part of the default run (scripts/bench-broker.sh): only with --only publish_single_8.
+    if only?.contains("publish_single_8") == true {
+        let (messages, perSecond) = try await publishConcurrently(log, topic: "publish", tasks: 8, seconds: seconds)
+        emit(["backend": backend, "scenario": "publish_single_8", "messages": messages, "per_second": perSecond])
     }
     if wanted("consume_ack") {
         let (messages, perSecond) = try await consumeThroughput(

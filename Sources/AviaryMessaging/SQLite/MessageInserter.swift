@@ -140,6 +140,35 @@ enum MessageInserter {
         }
     }
 
+    /// Whether `topic` has scheduled messages due at `now`: the check every publish makes before
+    /// it promotes them, which mostly finds none. Bound and stepped through the C API like the
+    /// insert (through GRDB, a `Row.fetchAll` of the due rows built a cursor and boxed its
+    /// arguments for an empty answer).
+    static func hasDue(_ db: Database, topic: String, now: Int64) throws -> Bool {
+        guard let connection = db.sqliteConnection else {
+            throw DatabaseError(resultCode: .SQLITE_MISUSE, message: "the database connection is closed")
+        }
+        let statement = try db.cachedStatement(
+            sql: "SELECT 1 FROM schedule WHERE topic = ? AND deliver_at <= ? LIMIT 1"
+        ).sqliteStatement
+        var topic = topic
+        let code = topic.withUTF8 { utf8 -> Int32 in
+            // Topics are never empty; an empty name has nothing due.
+            guard let base = utf8.baseAddress else { return SQLITE_DONE }
+            // SQLITE_STATIC: the bytes are read by the step, before this closure returns.
+            let text = UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self)
+            var code = sqlite3_bind_text(statement, 1, text, Int32(utf8.count), nil)
+            if code == SQLITE_OK { code = sqlite3_bind_int64(statement, 2, now) }
+            if code == SQLITE_OK { code = sqlite3_step(statement) }
+            return code
+        }
+        let error = code == SQLITE_ROW || code == SQLITE_DONE ? nil : Self.error(code, connection)
+        sqlite3_reset(statement)
+        sqlite3_clear_bindings(statement)
+        if let error { throw error }
+        return code == SQLITE_ROW
+    }
+
     private static func error(_ code: Int32, _ connection: OpaquePointer) -> DatabaseError {
         DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(connection)))
     }

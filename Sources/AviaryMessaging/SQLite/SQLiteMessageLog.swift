@@ -90,6 +90,8 @@ public final class SQLiteMessageLog: MessageLog {
     /// The file.
     public let path: String
     let pool: DatabasePool
+    /// Runs the write transactions (see ``write(acknowledgement:shortcut:_:)``).
+    let writer: SQLiteWriterThread
     let clock: any WallClock
     let configuration: Configuration
     /// The wake-up streams this instance handed out (finished on ``close()``).
@@ -125,6 +127,7 @@ public final class SQLiteMessageLog: MessageLog {
         self.path = URL(fileURLWithPath: path).standardizedFileURL.path
         self.clock = clock
         self.configuration = configuration
+        self.writer = SQLiteWriterThread(name: "aviary.sqlwrite")
         let directory = URL(fileURLWithPath: self.path).deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -168,8 +171,8 @@ public final class SQLiteMessageLog: MessageLog {
     /// millisecond takes it again as soon as it lets go, and a waiter that sleeps 2 ms between
     /// tries rarely sees it free, so waits start with short, even sleeps (this halved the
     /// cross-process p50 at 1,000 messages/s); the doubling afterwards keeps a waiter behind a
-    /// long transaction from spinning. The callback runs on GRDB's writer thread, never on the
-    /// concurrency pool.
+    /// long transaction from spinning. The callback runs on the thread that writes (the log's
+    /// ``SQLiteWriterThread``, or the opener's while the file opens), never on the concurrency pool.
     static func busyWait(limit: Duration) -> Database.BusyCallback {
         let limitMicros = max(0, Self.millis(limit) * 1000)
         let evenTries = 200
@@ -202,6 +205,11 @@ public final class SQLiteMessageLog: MessageLog {
     /// Runs `body` in one `BEGIN IMMEDIATE` transaction, retrying while the database is busy or
     /// locked (another process holds the write lock longer than the busy timeout).
     ///
+    /// The transaction runs on the log's ``SQLiteWriterThread`` (never on the concurrency pool: a
+    /// commit waits for its `fdatasync`), which resumes the caller after the commit. A task
+    /// cancelled before its transaction starts gets an error; once started, a transaction is not
+    /// interrupted (it is short, and a commit is never reported as failed).
+    ///
     /// - Parameters:
     ///   - acknowledgement: the transaction only moves a group's cursor and leases; it commits
     ///     with ``Configuration/acknowledgementSynchronous`` (SQLite allows the setting to change
@@ -220,13 +228,16 @@ public final class SQLiteMessageLog: MessageLog {
         let synchronous = self.configuration.synchronous.rawValue
         while true {
             do {
-                return try await self.pool.writeWithoutTransaction { db in
-                    if let shortcut, let answer = try shortcut(db) { return answer }
-                    if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
-                    let outcome = Result<T, any Error> { try Self.immediateTransaction(db) { try body(db) } }
-                    // Publishes that follow on this connection must be durable again.
-                    if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
-                    return try outcome.get()
+                try Task.checkCancellation()
+                return try await self.writer.run { [pool = self.pool] in
+                    try pool.writeWithoutTransaction { db in
+                        if let shortcut, let answer = try shortcut(db) { return answer }
+                        if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
+                        let outcome = Result<T, any Error> { try Self.immediateTransaction(db) { try body(db) } }
+                        // Publishes that follow on this connection must be durable again.
+                        if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
+                        return try outcome.get()
+                    }
                 }
             } catch let error as DatabaseError
                 where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
@@ -494,6 +505,7 @@ public final class SQLiteMessageLog: MessageLog {
 
     /// Appends the topic's scheduled messages that are due, in the order they are due.
     static func promoteDue(_ db: Database, topic: String, now: Int64) throws {
+        guard try MessageInserter.hasDue(db, topic: topic, now: now) else { return }
         let due = try Row.fetchAll(
             db.cachedStatement(
                 sql:
@@ -761,8 +773,9 @@ public final class SQLiteMessageLog: MessageLog {
     ///
     /// A shortcut only: `false` is the answer the transaction would have given at that moment
     /// (the read sees every commit before it), and a publish after it rings the topic's wake-up
-    /// as before. Being on the writer's queue, a receive with work costs no extra hop. A group
-    /// that is not subscribed answers `true`, so that the transaction reports it.
+    /// as before. Running in the same job of the writer thread, a receive with work costs no
+    /// extra hop. A group that is not subscribed answers `true`, so that the transaction reports
+    /// it.
     static func mayHaveWork(_ db: Database, _ request: ReceiveRequest, now: Int64) throws -> Bool {
         let row = try Row.fetchOne(
             db.cachedStatement(sql: Self.mayHaveWorkSQL), arguments: [request.group, request.topic, now])
