@@ -36,7 +36,8 @@ final class ManualGatewayTimers: GatewayTimers {
         var nextID = 0
         var timers: [Int: Timer] = [:]
         /// Tests waiting in ``waitUntilArmed(_:)`` for a timer of that delay.
-        var waiters: [(delay: TimeAmount, continuation: CheckedContinuation<Void, Never>)] = []
+        var waiters: [(id: Int, delay: TimeAmount, continuation: CheckedContinuation<Void, any Error>)] = []
+        var nextWaiter = 0
     }
 
     private let state = Mutex(State())
@@ -66,17 +67,38 @@ final class ManualGatewayTimers: GatewayTimers {
 
     /// Returns once a timer set `delay` ahead is armed (at once if one is): woken by
     /// ``schedule(at:on:_:)``, not by polling. A timer that never comes leaves the test to its
-    /// time limit.
+    /// time limit, whose cancellation ends the wait with `CancellationError` (the test fails
+    /// rather than hangs).
     func waitUntilArmed(_ delay: Duration) async throws {
         let amount = TimeAmount.nanoseconds(
             delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let armed = self.state.withLock { state in
-                if state.timers.values.contains(where: { !$0.dispatched && $0.delay == amount }) { return true }
-                state.waiters.append((amount, continuation))
-                return false
+        let id = self.state.withLock { state in
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        // Cancellable, so that the test's time limit (which cancels it) ends the wait with an
+        // error instead of leaving it suspended forever.
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                enum Outcome { case armed, cancelled, waiting }
+                let outcome = self.state.withLock { state -> Outcome in
+                    if state.timers.values.contains(where: { !$0.dispatched && $0.delay == amount }) { return .armed }
+                    if Task.isCancelled { return .cancelled }
+                    state.waiters.append((id, amount, continuation))
+                    return .waiting
+                }
+                switch outcome {
+                case .armed: continuation.resume()
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                case .waiting: break
+                }
             }
-            if armed { continuation.resume() }
+        } onCancel: {
+            let waiter = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index).continuation
+            }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 
