@@ -15,21 +15,43 @@ import Testing
 
 @Suite("PostgresMessageLog schema upgrades", .timeLimit(.minutes(5)))
 struct PostgresMessageLogUpgradeTests {
+    /// The log's migrations up to and including the `count`-th: the schema an older version made.
+    static func migrations(through count: Int) -> PostgresMigrations {
+        var migrations = PostgresMigrations()
+        for migration in PostgresMessageLog.migrations.list.prefix(count) {
+            migrations.add(migration.name, migration.migrate)
+        }
+        return migrations
+    }
+
+    /// `count` events with subjects `o-1`, `o-2`, ...
+    static func events(_ count: Int) throws -> [CloudEvent] {
+        try (1...count).map { n in
+            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
+        }
+    }
+
+    /// A key that lands in partition 0 and one that lands in partition 1 of a two-partition topic.
+    static func keysOfTwoPartitions() throws -> [String] {
+        try [0, 1].map { partition in
+            try #require(
+                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
+            )
+        }
+    }
+
     @Test(
         "a database of the v2 layout (before aviary_listeners and aviary_publish_now) upgrades, keeping messages and offsets"
     )
     func upgradeFromV2() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        var v2 = PostgresMigrations()
-        for migration in PostgresMessageLog.migrations.list.prefix(2) { v2.add(migration.name, migration.migrate) }
+        let v2 = Self.migrations(through: 2)
         #expect(v2.list.map(\.name).last == "aviary messaging v2: one-statement publish")
         let store = try PostgresStore(url: url, migrations: v2)
         let running = Task { try await store.run() }
         try await store.ready()
         let logger = Logger(label: "aviary.test")
-        let events = try (1...2).map { n in
-            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
-        }
+        let events = try Self.events(2)
         let stored = try events.map(StoredJSON.event)
         // What a process of that version did: a topic, then a publish through aviary_publish.
         try await store.withTransaction { connection in
@@ -63,8 +85,7 @@ struct PostgresMessageLogUpgradeTests {
     )
     func upgradeFromV3() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        var v3 = PostgresMigrations()
-        for migration in PostgresMessageLog.migrations.list.prefix(3) { v3.add(migration.name, migration.migrate) }
+        let v3 = Self.migrations(through: 3)
         #expect(v3.list.map(\.name).last == "aviary messaging v3: listeners, compact publish")
         let store = try PostgresStore(url: url, migrations: v3)
         let running = Task { try await store.run() }
@@ -72,15 +93,9 @@ struct PostgresMessageLogUpgradeTests {
         let logger = Logger(label: "aviary.test")
         let clock = ManualWallClock()
         let now = PostgresMessageLog.millis(clock.now)
-        let events = try (1...6).map { n in
-            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
-        }
+        let events = try Self.events(6)
         let stored = try events.map(StoredJSON.event)
-        let keys = try [0, 1].map { partition in
-            try #require(
-                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
-            )
-        }
+        let keys = try Self.keysOfTwoPartitions()
         let letterHeaders = try PostgresMessageLog.json([
             DeadLetterHeader.topic: "orders", DeadLetterHeader.partition: "1", DeadLetterHeader.offset: "1",
             DeadLetterHeader.group: "mail", DeadLetterHeader.reason: "max-deliveries", DeadLetterHeader.deliveries: "5",
@@ -197,22 +212,15 @@ struct PostgresMessageLogUpgradeTests {
     )
     func upgradeFromV4() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        var v4 = PostgresMigrations()
-        for migration in PostgresMessageLog.migrations.list.prefix(4) { v4.add(migration.name, migration.migrate) }
+        let v4 = Self.migrations(through: 4)
         #expect(v4.list.map(\.name).last == "aviary messaging v4: integer topic ids, messages keyed by topic id")
         let store = try PostgresStore(url: url, migrations: v4)
         let running = Task { try await store.run() }
         try await store.ready()
         let logger = Logger(label: "aviary.test")
-        let events = try (1...5).map { n in
-            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
-        }
+        let events = try Self.events(5)
         let stored = try events.map(StoredJSON.event)
-        let keys = try [0, 1].map { partition in
-            try #require(
-                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
-            )
-        }
+        let keys = try Self.keysOfTwoPartitions()
         // What a producer of that version did: three messages through v4's aviary_publish_now, two
         // for partition 0 (slot 1) and one for partition 1 (slot 2), interleaved.
         let bases = try await store.withConnection { connection in
@@ -275,19 +283,12 @@ struct PostgresMessageLogUpgradeTests {
     )
     func upgradeFromV5() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        var v5 = PostgresMigrations()
-        for migration in PostgresMessageLog.migrations.list.prefix(5) { v5.add(migration.name, migration.migrate) }
+        let v5 = Self.migrations(through: 5)
         #expect(v5.list.map(\.name).last == "aviary messaging v5: publish streams its message arrays")
         let logger = Logger(label: "aviary.test")
-        let events = try (1...6).map { n in
-            try CloudEvent(source: "/test", type: "test.placed", subject: "o-\(n)", json: ["n": n])
-        }
+        let events = try Self.events(6)
         let stored = try events.map(StoredJSON.event)
-        let keys = try [0, 1].map { partition in
-            try #require(
-                (1...100).lazy.map { "k-\($0)" }.first { Partitioner.partition(forKey: $0, partitions: 2) == partition }
-            )
-        }
+        let keys = try Self.keysOfTwoPartitions()
         /// A publish as a producer of v5 makes it: aviary_publish_now with one message.
         func publishAsV5(_ store: PostgresStore, partition: Int, event: Int) async throws -> [Int64]? {
             try await store.withConnection { connection in

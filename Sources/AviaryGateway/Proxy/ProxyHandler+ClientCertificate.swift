@@ -50,7 +50,9 @@ extension ProxyHandler {
 enum ClientCertificateField {
     static func identity(of certificate: NIOSSLCertificate) -> ClientCertificateIdentity? {
         guard let der = try? certificate.toDERBytes() else { return nil }
-        let hash = SHA256.hash(data: der).map { Self.hex($0) }.joined()
+        let digits = Array("0123456789abcdef".utf8)
+        let hash = String(
+            decoding: SHA256.hash(data: der).flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 0xF)]] }, as: UTF8.self)
         var parts = ["Hash=" + hash]
         var names: [String] = []
         var uris: [String] = []
@@ -73,11 +75,6 @@ enum ClientCertificateField {
         }
         return ClientCertificateIdentity(
             field: parts.joined(separator: ";"), names: names, rateKey: uris.first ?? names.first ?? hash)
-    }
-
-    private static func hex(_ byte: UInt8) -> String {
-        let digits = Array("0123456789abcdef")
-        return String([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
     }
 
     /// A value in double quotes, with `"` and `\` escaped (RFC 7230 quoted-string).

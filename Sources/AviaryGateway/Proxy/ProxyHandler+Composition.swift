@@ -68,8 +68,9 @@ struct CompiledCompose: Sendable {
                 || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_")
                 || byte == UInt8(ascii: "~")
         }
-        guard !value.utf8.allSatisfy(unreserved) || value == "." || value == ".." else { return Substring(value) }
-        if value == "." || value == ".." { return Substring(value.utf8.map { _ in "%2E" }.joined()) }
+        // `.` and `..` are unreserved but mean something in a path.
+        if value == "." || value == ".." { return Substring(String(repeating: "%2E", count: value.count)) }
+        if value.utf8.allSatisfy(unreserved) { return Substring(value) }
         let hex = Array("0123456789ABCDEF".utf8)
         var bytes: [UInt8] = []
         for byte in value.utf8 {

@@ -130,12 +130,6 @@ final class UpstreamPool {
                 // Counted against the pool that has the connection when it closes: a discovery
                 // change can hand an idle connection to the next generation's pool.
                 channel.closeFuture.assumeIsolated().whenComplete { _ in connection.pool.connectionClosed() }
-                if tls != nil {
-                    UpstreamTLS.handshake(channel).assumeIsolated().whenFailure { _ in
-                        self.metrics.connectErrors += 1
-                        self.state.connectErrors.add(1, ordering: .relaxed)
-                    }
-                }
             case .failure:
                 self.metrics.connectErrors += 1
                 self.state.connectErrors.add(1, ordering: .relaxed)
@@ -144,7 +138,17 @@ final class UpstreamPool {
         // Over TLS the connection is handed over once its handshake completed: a failed handshake
         // is a failure to connect (retried as one, counted as a connect error), not a reset of a
         // request already sent.
-        let ready = tls == nil ? connecting : connecting.flatMap { UpstreamTLS.handshake($0) }
+        let ready =
+            tls == nil
+            ? connecting
+            : connecting.flatMap { channel in
+                let handshake = UpstreamTLS.handshake(channel)
+                handshake.assumeIsolated().whenFailure { _ in
+                    self.metrics.connectErrors += 1
+                    self.state.connectErrors.add(1, ordering: .relaxed)
+                }
+                return handshake
+            }
         return ready.flatMapThrowing { channel in
             guard let connection = try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self).connection
             else { throw ChannelError.ioOnClosedChannel }
