@@ -216,7 +216,8 @@ public final class ShopSystem: Sendable {
     /// records its address when it listens. `orders` and `payments` serve their routes behind
     /// `authenticator`: a valid token from `users`, with the service's scope.
     func application(
-        _ service: String, port: Int, authenticator: JWTAuthenticator?, issuer: JWTIssuer?
+        _ service: String, port: Int, authenticator: JWTAuthenticator?, issuer: JWTIssuer?,
+        metrics: MetricsRegistry
     ) -> AviaryApplication<AviaryRequestContext> {
         var app = AviaryApplication(
             ServiceOptions(
@@ -224,7 +225,7 @@ public final class ShopSystem: Sendable {
                 drainDelay: self.options.drainDelay, gracePeriod: self.options.drainDelay + .seconds(30)),
             context: AviaryRequestContext.self,
             logger: self.options.logger,
-            metrics: self.options.metrics ?? MetricsRegistry(),
+            metrics: metrics,
             tracing: self.tracing[service]
         )
         func secured(_ scope: String) -> RouterGroup<AviaryRequestContext> {
@@ -290,13 +291,18 @@ public final class ShopSystem: Sendable {
 
     /// What runs for one service: its server and health monitor (see
     /// ``AviaryService/AviaryApplication/makeServices()``), with its checks already run once;
-    /// for `orders` also its outbox relay, for `notifications` its consumer of `orders`.
+    /// for `orders` also its outbox relay, for `notifications` its consumer of `orders` and the
+    /// message log's metrics (``AviaryMessaging/MessageLogMetrics``).
     func services(_ service: String, port: Int) async throws -> [any Service] {
         let isUsers = service == "users"
         let authenticator = isUsers || !self.options.requireTokens ? nil : try await self.authenticator()
         let issuer = isUsers ? try await self.users.makeIssuer() : nil
-        var services = await self.application(service, port: port, authenticator: authenticator, issuer: issuer)
-            .makeServices().services
+        // One registry for the service's HTTP metrics and its messaging metrics.
+        let metrics = self.options.metrics ?? MetricsRegistry()
+        var services = await self.application(
+            service, port: port, authenticator: authenticator, issuer: issuer, metrics: metrics
+        )
+        .makeServices().services
         var logger = self.options.logger
         logger[metadataKey: "service"] = "\(service)"
         switch service {
@@ -323,7 +329,10 @@ public final class ShopSystem: Sendable {
             services.append(
                 MessageConsumer(
                     log: broker, configuration: .init(group: NotificationsService.group, topic: OrderPlaced.topic),
-                    logger: logger, tracer: self.tracing["notifications"]?.tracer, handler: apply))
+                    logger: logger, tracer: self.tracing["notifications"]?.tracer, metricsFactory: metrics.factory,
+                    handler: apply))
+            // The log's topics and groups (lag above all) at notifications' /metrics.
+            services.append(MessageLogMetrics(log: broker, logger: logger, metricsFactory: metrics.factory))
         default:
             break
         }

@@ -83,6 +83,14 @@ struct ShopMessagingTests {
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM aviary_inbox") ?? 0
             }
             #expect(inboxed == 2)
+
+            // notifications' /metrics: three messages handled (the duplicate too: the inbox
+            // skipped its effect), and the log's topic.
+            let metrics = try await shop.send(.GET, "notifications", "/metrics").text
+            let labels = #"topic="\#(OrderPlaced.topic)",group="\#(NotificationsService.group)""#
+            #expect(
+                metrics.contains(#"aviary_messaging_processed_total{\#(labels),outcome="success"} 3"#), "\(metrics)")
+            #expect(metrics.contains(#"aviary_messaging_topic_messages{topic="\#(OrderPlaced.topic)"}"#))
         }
     }
 

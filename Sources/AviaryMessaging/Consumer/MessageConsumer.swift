@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+public import CoreMetrics
 import Foundation
 public import Logging
 public import ServiceLifecycle
@@ -26,6 +27,9 @@ public import Tracing
 ///
 /// With a tracer, each handler runs in a `consumer` span whose parent is the producer's span
 /// (the trace context in the message headers, see ``OutgoingMessage/injectTraceContext(using:context:)``).
+/// It reports to swift-metrics (the process's `MetricsSystem`): messages processed by outcome,
+/// the handlers' durations, failed log calls and messages lost to retention, each labelled with
+/// the topic and the group (see `MessagingMetrics`; ``MessageLogMetrics`` adds the group's lag).
 ///
 /// ```swift
 /// let consumer = MessageConsumer(
@@ -127,6 +131,7 @@ public final class MessageConsumer: Service {
     let tracer: (any Tracer)?
     let onGap: (@Sendable (RetentionGap) -> Void)?
     let handler: Handler
+    let metrics: MessagingMetrics.Consumer
 
     /// Creates a consumer; it starts when run (by a `ServiceGroup`).
     ///
@@ -136,11 +141,14 @@ public final class MessageConsumer: Service {
     ///   - logger: for failures, lost leases and retention gaps (label it `aviary.messaging`).
     ///   - tracer: when given, each handler runs in a span continuing the producer's trace.
     ///   - onGap: called for every retention gap (after it is logged at `error`).
+    ///   - metricsFactory: where its metrics go: the process's `MetricsSystem` unless a service
+    ///     keeps a registry of its own (an `AviaryTelemetry` `MetricsRegistry`'s `factory`).
     ///   - handler: processes one message; throwing nacks it.
     /// - Precondition: `concurrency` and `batchSize` are at least 1 and `lease` is positive.
     public init(
         log: any MessageLog, configuration: Configuration, logger: Logger, tracer: (any Tracer)? = nil,
-        onGap: (@Sendable (RetentionGap) -> Void)? = nil, handler: @escaping Handler
+        onGap: (@Sendable (RetentionGap) -> Void)? = nil, metricsFactory: any MetricsFactory = MetricsSystem.factory,
+        handler: @escaping Handler
     ) {
         precondition(configuration.concurrency >= 1, "concurrency must be at least 1")
         precondition(configuration.batchSize >= 1, "batchSize must be at least 1")
@@ -151,6 +159,8 @@ public final class MessageConsumer: Service {
         self.tracer = tracer
         self.onGap = onGap
         self.handler = handler
+        self.metrics = MessagingMetrics.Consumer(
+            topic: configuration.topic, group: configuration.group, factory: metricsFactory)
     }
 
     private enum Signal: Sendable {
@@ -209,6 +219,7 @@ public final class MessageConsumer: Service {
                             // Cancelled, not shut down gracefully: the loop ends below, and what a
                             // cut-short receive may have leased comes back when its lease runs out.
                         } catch {
+                            self.metrics.failed(.receive)
                             self.logger.error(
                                 "receiving failed; retrying on the next wake-up",
                                 metadata: self.metadata([
@@ -270,6 +281,7 @@ public final class MessageConsumer: Service {
 
     private func report(_ gaps: [RetentionGap]) {
         for gap in gaps {
+            self.metrics.missed.increment(by: gap.lastMissed - gap.firstMissed + 1)
             self.logger.error(
                 "messages were deleted by retention before this group consumed them",
                 metadata: self.metadata([
@@ -340,6 +352,7 @@ public final class MessageConsumer: Service {
             } catch  where Task.isCancelled {
                 return
             } catch {
+                self.metrics.failed(.extendLease)
                 self.logger.warning(
                     "extending the lease failed",
                     metadata: self.metadata([
@@ -365,6 +378,7 @@ public final class MessageConsumer: Service {
                 try await Self.shielded { try await self.log.ack(delivery) }
                 return true
             } catch {
+                self.metrics.failed(.ack)
                 self.logger.warning(
                     "acknowledging failed; the partition will be redelivered",
                     metadata: self.metadata([
@@ -408,6 +422,7 @@ public final class MessageConsumer: Service {
                         try await self.log.nack(delivery, redeliverAfter: delay, error: "\(error)")
                     }
                 } catch {
+                    self.metrics.failed(.nack)
                     self.logger.warning(
                         "nacking failed; the partition will be redelivered",
                         metadata: self.metadata([
@@ -425,6 +440,7 @@ public final class MessageConsumer: Service {
         do {
             try await Self.shielded { try await self.log.release(rest) }
         } catch {
+            self.metrics.failed(.release)
             self.logger.warning(
                 "releasing leased messages failed; they are redelivered when the lease expires",
                 metadata: self.metadata(["error.message": "\(error)"]))
@@ -449,14 +465,23 @@ public final class MessageConsumer: Service {
         }
     }
 
-    /// Runs the handler (in a span when traced).
+    /// Runs the handler (in a span when traced), timed and counted.
     private func process(_ delivery: Delivery) async -> Result<Void, any Error> {
+        let clock = SystemClock()
+        let start = clock.now
+        let result: Result<Void, any Error>
         do {
             try await self.handle(delivery)
-            return .success(())
+            result = .success(())
         } catch {
-            return .failure(error)
+            result = .failure(error)
         }
+        self.metrics.duration.recordNanoseconds(start.duration(to: clock.now).aviaryNanoseconds)
+        switch result {
+        case .success: self.metrics.succeeded.increment()
+        case .failure: self.metrics.failed.increment()
+        }
+        return result
     }
 
     private func handle(_ delivery: Delivery) async throws {
