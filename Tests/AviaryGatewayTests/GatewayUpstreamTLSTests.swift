@@ -6,8 +6,10 @@
 import AviaryCore
 import Foundation
 import NIOCore
+import NIOEmbedded
 import NIOPosix
 import NIOSSL
+import NIOTLS
 import Synchronization
 import Testing
 
@@ -233,5 +235,28 @@ struct GatewayUpstreamTLSTests {
             ])
         #expect(clusterProblems("{ca: \(cert), server_name: localhost}").isEmpty)
         #expect(clusterProblems("{}").isEmpty)
+    }
+
+    @Test(
+        "the handshake waiter completes when the handshake does and then leaves the pipeline; a close before it fails it"
+    )
+    func handshakeWaiterLeaves() throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(TLSHandshakeWaiter())
+        let waiter = try channel.pipeline.syncOperations.handler(type: TLSHandshakeWaiter.self)
+        let done = try #require(waiter.done)
+        channel.pipeline.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: "http/1.1"))
+        try done.wait()
+        #expect(throws: ChannelPipelineError.notFound) {
+            try channel.pipeline.syncOperations.handler(type: TLSHandshakeWaiter.self)
+        }
+        _ = try channel.finish()
+
+        let closing = EmbeddedChannel()
+        try closing.pipeline.syncOperations.addHandler(TLSHandshakeWaiter())
+        let pending = try #require(try closing.pipeline.syncOperations.handler(type: TLSHandshakeWaiter.self).done)
+        closing.pipeline.fireChannelInactive()
+        #expect(throws: UpstreamTLSHandshakeFailed.self) { try pending.wait() }
+        _ = try? closing.finish()
     }
 }

@@ -121,8 +121,9 @@ struct UpstreamTLSHandshakeFailed: Error, Sendable, CustomStringConvertible {
 }
 
 /// Completes ``done`` when the TLS handshake in front of it completes, or fails it when the
-/// connection errs or closes first. Stays in the pipeline afterwards, passing everything on.
-final class TLSHandshakeWaiter: ChannelInboundHandler {
+/// connection errs or closes first. Removes itself once the handshake completed, so that the
+/// connection's reads and events do not pass through it for the rest of its life.
+final class TLSHandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
 
     private var promise: EventLoopPromise<Void>?
@@ -143,6 +144,9 @@ final class TLSHandshakeWaiter: ChannelInboundHandler {
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             self.promise?.succeed()
             self.promise = nil
+            context.fireUserInboundEventTriggered(event)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }
