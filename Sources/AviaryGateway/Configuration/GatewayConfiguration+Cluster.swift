@@ -191,9 +191,18 @@ extension GatewayConfiguration {
     }
 
     /// Active health checking of a cluster's endpoints (`health_check:`).
+    ///
+    /// ```yaml
+    /// health_check: {path: /readyz, interval: 5s, timeout: 1s, healthy: 2, unhealthy: 3}
+    /// health_check: {grpc: {service: shop.Orders}}     # protocol: h2 clusters: gRPC's health protocol
+    /// ```
     public struct HealthCheck: Sendable, Hashable {
-        /// The path probed with `GET`.
+        /// The path probed with `GET` (over HTTP/2 on a `protocol: h2` cluster).
         public var path: String
+        /// With a value, each probe is a call of the gRPC Health Checking Protocol
+        /// (`grpc.health.v1.Health/Check`) for this service name (empty: the server as a whole)
+        /// instead of `GET path`; it succeeds when the answer is `SERVING`. `protocol: h2` only.
+        public var grpcService: String?
         /// Time between probes.
         public var interval: Duration
         /// How long a probe may take.
@@ -209,9 +218,11 @@ extension GatewayConfiguration {
             interval: Duration = .seconds(5),
             timeout: Duration = .seconds(1),
             healthyThreshold: Int = 2,
-            unhealthyThreshold: Int = 3
+            unhealthyThreshold: Int = 3,
+            grpcService: String? = nil
         ) {
             self.path = path
+            self.grpcService = grpcService
             self.interval = interval
             self.timeout = timeout
             self.healthyThreshold = healthyThreshold

@@ -143,11 +143,6 @@ extension ConfigurationParser {
             } else {
                 self.problem(fields.path("protocol"), "expected http1 or h2, got \(Self.quoted(text))", value)
             }
-            if cluster.upstreamProtocol == .h2, fields["health_check"] != nil {
-                self.problem(
-                    fields.path("health_check"), "not yet supported with protocol: h2 (health checks speak HTTP/1.1)",
-                    fields["health_check"])
-            }
         }
         if let value = fields["endpoints"], let items = self.list(value, fields.path("endpoints")) {
             for (index, item) in items.enumerated() {
@@ -193,6 +188,11 @@ extension ConfigurationParser {
         }
         if let value = fields["health_check"] {
             cluster.healthCheck = self.healthCheck(value, fields.path("health_check"))
+            if cluster.healthCheck?.grpcService != nil, cluster.upstreamProtocol != .h2 {
+                self.problem(
+                    "\(fields.path("health_check")).grpc",
+                    "needs protocol: h2 (gRPC health checks are HTTP/2 calls)", value)
+            }
         }
         if let value = fields["outlier_detection"] {
             cluster.outlierDetection = self.outlierDetection(value, fields.path("outlier_detection"))
@@ -268,10 +268,21 @@ extension ConfigurationParser {
     }
 
     mutating func healthCheck(_ node: Node, _ path: String) -> Configuration.HealthCheck? {
-        let keys = ["path", "interval", "timeout", "healthy", "unhealthy"]
+        let keys = ["path", "grpc", "interval", "timeout", "healthy", "unhealthy"]
         guard let fields = self.fields(node, path, allowed: keys) else { return nil }
         var check = Configuration.HealthCheck()
         if let value = fields["path"], let text = self.path(value, fields.path("path")) { check.path = text }
+        if let value = fields["grpc"] {
+            if fields["path"] != nil {
+                self.problem(fields.path("grpc"), "cannot be used with path: choose one", value)
+            }
+            if let grpc = self.fields(value, fields.path("grpc"), allowed: ["service"]) {
+                check.grpcService = ""
+                if let service = grpc["service"], let name = self.string(service, grpc.path("service")) {
+                    check.grpcService = name
+                }
+            }
+        }
         if let value = fields["interval"], let duration = self.positiveDuration(value, fields.path("interval")) {
             check.interval = duration
         }

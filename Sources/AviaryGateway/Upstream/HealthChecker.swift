@@ -7,6 +7,7 @@ import AviaryCore
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import Synchronization
 
@@ -55,7 +56,9 @@ struct HealthCheckCounter: Sendable {
 /// which every loop reads with one atomic load per request.
 ///
 /// A probe succeeds on a `2xx` answer within `timeout`; anything else (refused, reset, late,
-/// another status) is a failure.
+/// another status) is a failure. On a `protocol: h2` cluster the probe is a stream of a new
+/// HTTP/2 connection: `GET <path>`, or with `grpc` a call of the gRPC Health Checking Protocol,
+/// which succeeds on `grpc-status: 0` with the status `SERVING`.
 final class HealthChecker: Sendable {
     let state: ClusterState
     let check: GatewayConfiguration.HealthCheck
@@ -118,6 +121,10 @@ final class HealthChecker: Sendable {
         case .success(let context): tls = context
         case .failure: return false
         }
+        if self.state.cluster.upstreamProtocol == .h2 {
+            self.probeHTTP2(endpoint, tls: tls, timeout: timeout, promise: promise)
+            return (try? await promise.promise.futureResult.get()) ?? false
+        }
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(timeout)
             .channelInitializer { channel in
@@ -151,6 +158,197 @@ final class HealthChecker: Sendable {
             }
         }
         return (try? await promise.promise.futureResult.get()) ?? false
+    }
+}
+
+extension HealthChecker {
+    /// One probe of an HTTP/2 endpoint: a connection of its own (TLS with ALPN `h2` when the
+    /// cluster has `tls`), one stream, then the connection is closed.
+    private func probeHTTP2(_ endpoint: Endpoint, tls: UpstreamTLS?, timeout: TimeAmount, promise: ProbeResult) {
+        let check = self.check
+        var bootstrap = ClientBootstrap(group: self.eventLoop).connectTimeout(timeout)
+        if let tls {
+            bootstrap = bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try tls.configure(channel.pipeline.syncOperations, endpoint: endpoint)
+                }
+            }
+        }
+        bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
+            guard case .success(let channel) = result else {
+                promise.complete(false)
+                return
+            }
+            let deadline = channel.eventLoop.scheduleTask(in: timeout) {
+                promise.complete(false)
+                channel.close(promise: nil)
+            }
+            promise.promise.futureResult.whenComplete { _ in
+                deadline.cancel()
+                channel.close(promise: nil)
+            }
+            let ready = tls == nil ? channel.eventLoop.makeSucceededFuture(channel) : UpstreamTLS.handshake(channel)
+            ready.flatMapThrowing { channel in
+                try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
+                ) { stream in stream.eventLoop.makeSucceededVoidFuture() }  // The upstream opens no streams.
+            }.flatMap { multiplexer in
+                multiplexer.createStreamChannel { stream in
+                    stream.eventLoop.makeCompletedFuture {
+                        try stream.pipeline.syncOperations.addHandlers([
+                            HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: tls == nil ? .http : .https),
+                            HTTP2HealthProbeHandler(promise: promise, grpc: check.grpcService != nil),
+                        ])
+                    }
+                }
+            }.whenComplete { result in
+                switch result {
+                case .failure:
+                    promise.complete(false)
+                case .success(let stream):
+                    for part in HTTP2HealthProbeHandler.request(check, authority: endpoint.description) {
+                        stream.write(part, promise: nil)
+                    }
+                    stream.flush()
+                }
+            }
+        }
+    }
+}
+
+/// Sends an HTTP/2 probe's request and judges its answer: for `GET path` a `2xx` head; for a
+/// gRPC health call `200`, `grpc-status: 0` (in the trailers, or in the head of a trailers-only
+/// answer) and a `HealthCheckResponse` whose status is `SERVING` (1).
+final class HTTP2HealthProbeHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+
+    /// The gRPC health service's method.
+    static let grpcPath = "/grpc.health.v1.Health/Check"
+
+    let promise: ProbeResult
+    let grpc: Bool
+    private var status: HTTPResponseStatus?
+    private var headStatus: String?
+    private var body = ByteBuffer()
+
+    init(promise: ProbeResult, grpc: Bool) {
+        self.promise = promise
+        self.grpc = grpc
+    }
+
+    /// The request parts of a probe: `GET path`, or the gRPC call with its one message
+    /// (`HealthCheckRequest`: field 1, the service name; an empty message for the empty name).
+    static func request(_ check: GatewayConfiguration.HealthCheck, authority: String) -> [HTTPClientRequestPart] {
+        var headers = HTTPHeaders()
+        headers.add(name: "host", value: authority)
+        headers.add(name: "user-agent", value: "aviary-gateway-health-check")
+        guard let service = check.grpcService else {
+            return [
+                .head(HTTPRequestHead(version: .http2, method: .GET, uri: check.path, headers: headers)), .end(nil),
+            ]
+        }
+        headers.add(name: "content-type", value: "application/grpc")
+        headers.add(name: "te", value: "trailers")
+        var message = ByteBuffer()
+        if !service.isEmpty {
+            message.writeInteger(UInt8(0x0A))  // field 1, length-delimited
+            Self.writeVarint(UInt64(service.utf8.count), to: &message)
+            message.writeString(service)
+        }
+        var frame = ByteBuffer()
+        frame.writeInteger(UInt8(0))  // not compressed
+        frame.writeInteger(UInt32(message.readableBytes))
+        frame.writeImmutableBuffer(message)
+        return [
+            .head(HTTPRequestHead(version: .http2, method: .POST, uri: Self.grpcPath, headers: headers)),
+            .body(.byteBuffer(frame)), .end(nil),
+        ]
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            guard self.grpc else {
+                self.promise.complete(head.status.code >= 200 && head.status.code < 300)
+                return
+            }
+            self.status = head.status
+            self.headStatus = head.headers.first(name: "grpc-status")
+            if head.status != .ok { self.promise.complete(false) }
+        case .body(var buffer):
+            // A health answer is a few bytes; anything long is not one.
+            guard self.body.readableBytes + buffer.readableBytes <= 4096 else {
+                self.promise.complete(false)
+                return
+            }
+            self.body.writeBuffer(&buffer)
+        case .end(let trailers):
+            guard self.grpc else { return }
+            let grpcStatus = trailers?.first(name: "grpc-status") ?? self.headStatus
+            self.promise.complete(
+                self.status == .ok && grpcStatus == "0" && Self.servingStatus(of: self.body) == 1)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.promise.complete(false)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.promise.complete(false)
+        context.close(promise: nil)
+    }
+
+    /// The `status` (field 1) of the one `HealthCheckResponse` message in a gRPC body; 0
+    /// (`UNKNOWN`) when absent; nil when the body is not one uncompressed, well-formed message.
+    static func servingStatus(of body: ByteBuffer) -> UInt64? {
+        var body = body
+        guard let compressed = body.readInteger(as: UInt8.self), compressed == 0,
+            let length = body.readInteger(as: UInt32.self), body.readableBytes == Int(length)
+        else { return nil }
+        var status: UInt64 = 0
+        while body.readableBytes > 0 {
+            guard let key = Self.readVarint(&body) else { return nil }
+            switch (key >> 3, key & 7) {
+            case (1, 0):
+                guard let value = Self.readVarint(&body) else { return nil }
+                status = value
+            case (_, 0):
+                guard Self.readVarint(&body) != nil else { return nil }
+            case (_, 1):
+                guard body.readSlice(length: 8) != nil else { return nil }
+            case (_, 2):
+                guard let size = Self.readVarint(&body), size <= UInt64(body.readableBytes),
+                    body.readSlice(length: Int(size)) != nil
+                else { return nil }
+            case (_, 5):
+                guard body.readSlice(length: 4) != nil else { return nil }
+            default:
+                return nil
+            }
+        }
+        return status
+    }
+
+    private static func readVarint(_ buffer: inout ByteBuffer) -> UInt64? {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while shift < 64, let byte = buffer.readInteger(as: UInt8.self) {
+            value |= UInt64(byte & 0x7F) << shift
+            if byte & 0x80 == 0 { return value }
+            shift += 7
+        }
+        return nil
+    }
+
+    private static func writeVarint(_ value: UInt64, to buffer: inout ByteBuffer) {
+        var value = value
+        while value >= 0x80 {
+            buffer.writeInteger(UInt8(value & 0x7F | 0x80))
+            value >>= 7
+        }
+        buffer.writeInteger(UInt8(value))
     }
 }
 

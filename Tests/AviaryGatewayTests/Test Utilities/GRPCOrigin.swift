@@ -17,10 +17,18 @@ import Synchronization
 /// - `/test.Echo/Stream?n=K` (the count in header `x-count`): K DATA frames `message i`, then
 ///   trailers `grpc-status: 0`;
 /// - `/test.Echo/Fail`: headers, then trailers-only failure `grpc-status: 5`;
-/// - `/test.Echo/Reset`: resets the stream (RST_STREAM, INTERNAL_ERROR) without answering.
+/// - `/test.Echo/Reset`: resets the stream (RST_STREAM, INTERNAL_ERROR) without answering;
+/// - `/grpc.health.v1.Health/Check`: gRPC's health protocol, the status of the named service
+///   from ``health`` (1 `SERVING`, 2 `NOT_SERVING`), or trailers-only `grpc-status: 5` for a name
+///   it does not have;
+/// - `GET /healthz`: an empty answer with the status in ``httpHealth``.
 final class GRPCOrigin: Sendable {
     let channel: any Channel
     let port: Int
+    /// Health statuses by service name; the empty name (the whole server) starts `SERVING`.
+    let health = Mutex<[String: Int]>(["": 1])
+    /// The status `GET /healthz` answers with.
+    let httpHealth = Atomic<Int>(200)
     /// What each request carried that the test checks: its `te` header and request trailers.
     let seen = Mutex<[(path: String, te: String?, requestTrailers: [(String, String)]?)]>([])
 
@@ -111,6 +119,37 @@ private final class GRPCStreamHandler: ChannelInboundHandler {
             headers.add(name: "grpc-message", value: "not found")
             context.writeAndFlush(
                 self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+        case "/grpc.health.v1.Health/Check":
+            // HealthCheckRequest: field 1 (tag 0x0A), the service name, after the 5-byte prefix.
+            var request = self.body
+            var service = ""
+            if request.readableBytes > 5 {
+                request.moveReaderIndex(forwardBy: 5)
+                if request.readInteger(as: UInt8.self) == 0x0A, let length = request.readInteger(as: UInt8.self) {
+                    service = request.readString(length: Int(length)) ?? ""
+                }
+            }
+            guard let status = self.origin?.health.withLock({ $0[service] }) else {
+                var headers = responseHead
+                headers.add(name: "grpc-status", value: "5")
+                context.writeAndFlush(
+                    self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))), promise: nil)
+                return
+            }
+            context.write(self.wrapOutboundOut(.headers(.init(headers: responseHead))), promise: nil)
+            var message = ByteBuffer()
+            message.writeInteger(UInt8(0))
+            message.writeInteger(UInt32(2))
+            message.writeInteger(UInt8(0x08))  // field 1, varint
+            message.writeInteger(UInt8(status))
+            context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(message)))), promise: nil)
+            self.trailers(context, [("grpc-status", "0")])
+        case "/healthz":
+            let status = self.origin?.httpHealth.load(ordering: .relaxed) ?? 200
+            context.writeAndFlush(
+                self.wrapOutboundOut(
+                    .headers(.init(headers: HPACKHeaders([(":status", "\(status)")]), endStream: true))),
+                promise: nil)
         default:  // "/test.Echo/Reset" and anything else
             context.writeAndFlush(self.wrapOutboundOut(.rstStream(.internalError)), promise: nil)
         }
