@@ -180,5 +180,10 @@ struct GatewayHTTP2HealthTests {
                 routes: [{match: {path_prefix: /}, cluster: a}]
                 """)
         #expect(configuration.clusters.first?.healthCheck?.grpcService == "s.S")
+        // The admin API's /config shows the service, not a path that is not probed.
+        let cluster = try #require(configuration.clusters.first)
+        let check = AdminViews.cluster(cluster)["health_check"] as? [String: Any]
+        #expect((check?["grpc"] as? [String: String]) == ["service": "s.S"])
+        #expect(check?["path"] == nil)
     }
 }

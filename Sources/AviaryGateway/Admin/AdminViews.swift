@@ -69,12 +69,16 @@ enum AdminViews {
             "max_idle_connections": cluster.maxIdleConnections,
         ]
         if let check = cluster.healthCheck {
-            result["health_check"] =
-                [
-                    "path": check.path, "interval": GatewayUnits.render(check.interval),
-                    "timeout": GatewayUnits.render(check.timeout), "healthy": check.healthyThreshold,
-                    "unhealthy": check.unhealthyThreshold,
-                ] as [String: Any]
+            var entry: [String: Any] = [
+                "interval": GatewayUnits.render(check.interval), "timeout": GatewayUnits.render(check.timeout),
+                "healthy": check.healthyThreshold, "unhealthy": check.unhealthyThreshold,
+            ]
+            if let service = check.grpcService {
+                entry["grpc"] = ["service": service]
+            } else {
+                entry["path"] = check.path
+            }
+            result["health_check"] = entry
         }
         if let tls = cluster.tls {
             // Paths and names only: never the key.
