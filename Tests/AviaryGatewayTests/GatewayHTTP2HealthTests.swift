@@ -62,7 +62,7 @@ struct GatewayHTTP2HealthTests {
                     Self.healthy(state) == [true, false, false]
                 }
                 #expect(
-                    origins[0].seen.withLock { $0.map(\.path) }.allSatisfy { $0 == HTTP2HealthProbeHandler.grpcPath })
+                    origins[0].seen.withLock { $0.map(\.path) }.allSatisfy { $0 == HealthProbeHandler.grpcPath })
                 #expect(origins[0].seen.withLock { $0.first?.te } == "trailers")
                 // Traffic goes to the serving endpoint only.
                 for _ in 0..<4 {
@@ -131,7 +131,7 @@ struct GatewayHTTP2HealthTests {
         buffer.writeInteger(compressed)
         buffer.writeInteger(UInt32(length ?? bytes.count))
         buffer.writeBytes(bytes)
-        return HTTP2HealthProbeHandler.servingStatus(of: buffer)
+        return HealthProbeHandler.servingStatus(of: buffer)
     }
 
     @Test("the HealthCheckResponse reader takes the status field, skips others, and refuses what is not one message")
@@ -145,7 +145,7 @@ struct GatewayHTTP2HealthTests {
         #expect(Self.status([0x08, 0x01], length: 3) == nil)
         #expect(Self.status([0x08]) == nil)
         #expect(Self.status([0x12, 0x05, 0x61]) == nil)
-        let short = HTTP2HealthProbeHandler.servingStatus(of: ByteBuffer(bytes: [0, 0]))
+        let short = HealthProbeHandler.servingStatus(of: ByteBuffer(bytes: [0, 0]))
         #expect(short == nil)
     }
 

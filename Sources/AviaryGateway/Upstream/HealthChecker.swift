@@ -133,7 +133,7 @@ final class HealthChecker: Sendable {
                     // failed handshake closes the connection, a failed probe.
                     try tls?.configure(channel.pipeline.syncOperations, endpoint: endpoint)
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(HealthProbeHandler(promise: promise))
+                    try channel.pipeline.syncOperations.addHandler(HealthProbeHandler(promise: promise, grpc: false))
                 }
             }
         bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
@@ -197,7 +197,7 @@ extension HealthChecker {
                     stream.eventLoop.makeCompletedFuture {
                         try stream.pipeline.syncOperations.addHandlers([
                             HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: tls == nil ? .http : .https),
-                            HTTP2HealthProbeHandler(promise: promise, grpc: check.grpcService != nil),
+                            HealthProbeHandler(promise: promise, grpc: check.grpcService != nil),
                         ])
                     }
                 }
@@ -206,7 +206,7 @@ extension HealthChecker {
                 case .failure:
                     promise.complete(false)
                 case .success(let stream):
-                    for part in HTTP2HealthProbeHandler.request(check, authority: endpoint.description) {
+                    for part in HealthProbeHandler.request(check, authority: endpoint.description) {
                         stream.write(part, promise: nil)
                     }
                     stream.flush()
@@ -216,10 +216,11 @@ extension HealthChecker {
     }
 }
 
-/// Sends an HTTP/2 probe's request and judges its answer: for `GET path` a `2xx` head; for a
-/// gRPC health call `200`, `grpc-status: 0` (in the trailers, or in the head of a trailers-only
-/// answer) and a `HealthCheckResponse` whose status is `SERVING` (1).
-final class HTTP2HealthProbeHandler: ChannelInboundHandler {
+/// Judges a probe's answer (HTTP/1.1, or an HTTP/2 stream through NIO's codec): for `GET path` a
+/// `2xx` head; for a gRPC health call `200`, `grpc-status: 0` (in the trailers, or in the head of
+/// a trailers-only answer) and a `HealthCheckResponse` whose status is `SERVING` (1). Also makes
+/// an HTTP/2 probe's request.
+final class HealthProbeHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
 
     /// The gRPC health service's method.
@@ -349,32 +350,6 @@ final class HTTP2HealthProbeHandler: ChannelInboundHandler {
             value >>= 7
         }
         buffer.writeInteger(UInt8(value))
-    }
-}
-
-/// Completes a probe's promise with whether the answer was 2xx.
-private final class HealthProbeHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    let promise: ProbeResult
-
-    init(promise: ProbeResult) {
-        self.promise = promise
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = self.unwrapInboundIn(data) {
-            self.promise.complete(head.status.code >= 200 && head.status.code < 300)
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        self.promise.complete(false)
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.promise.complete(false)
-        context.close(promise: nil)
     }
 }
 
