@@ -141,14 +141,7 @@ final class HealthChecker: Sendable {
             case .failure:
                 promise.complete(false)
             case .success(let channel):
-                let deadline = channel.eventLoop.scheduleTask(in: timeout) {
-                    promise.complete(false)
-                    channel.close(promise: nil)
-                }
-                promise.promise.futureResult.whenComplete { _ in
-                    deadline.cancel()
-                    channel.close(promise: nil)
-                }
+                promise.limit(channel, to: timeout)
                 var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
                 head.headers.add(name: "host", value: host)
                 head.headers.add(name: "user-agent", value: "aviary-gateway-health-check")
@@ -179,14 +172,7 @@ extension HealthChecker {
                 promise.complete(false)
                 return
             }
-            let deadline = channel.eventLoop.scheduleTask(in: timeout) {
-                promise.complete(false)
-                channel.close(promise: nil)
-            }
-            promise.promise.futureResult.whenComplete { _ in
-                deadline.cancel()
-                channel.close(promise: nil)
-            }
+            promise.limit(channel, to: timeout)
             let ready = tls == nil ? channel.eventLoop.makeSucceededFuture(channel) : UpstreamTLS.handshake(channel)
             ready.flatMapThrowing { channel in
                 try channel.pipeline.syncOperations.configureHTTP2Pipeline(
@@ -360,6 +346,19 @@ final class ProbeResult: Sendable {
 
     init(_ promise: EventLoopPromise<Bool>) {
         self.promise = promise
+    }
+
+    /// Fails the probe if `channel` has not answered within `timeout`, and closes `channel` when
+    /// the probe is over, whatever ended it.
+    func limit(_ channel: any Channel, to timeout: TimeAmount) {
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) {
+            self.complete(false)
+            channel.close(promise: nil)
+        }
+        self.promise.futureResult.whenComplete { _ in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     func complete(_ success: Bool) {
