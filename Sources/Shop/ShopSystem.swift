@@ -314,7 +314,7 @@ public final class ShopSystem: Sendable {
                     configuration: .init(
                         pollInterval: self.options.messagingPollInterval,
                         topics: [OrderPlaced.topic: ShopOptions.ordersTopic]),
-                    logger: logger))
+                    logger: logger, metricsFactory: metrics.factory))
             // The saga runner resumes unfinished sagas (after a crash, or waiting for a retry);
             // the projection keeps the order history caught up.
             services.append(self.orders.runner)

@@ -31,7 +31,14 @@ import CoreMetrics
 /// | `aviary_messaging_group_lost_to_retention` | gauge | topic, group (deleted before consumed, ever) |
 /// | `aviary_messaging_log_read_errors_total` | counter | (none) |
 ///
-/// Handles are made once per consumer, topic or group, never per message.
+/// An ``OutboxRelay`` counts what it does:
+///
+/// | metric | type | labels |
+/// | --- | --- | --- |
+/// | `aviary_outbox_published_total` | counter | (none) |
+/// | `aviary_outbox_publish_failures_total` | counter | (none; the rows stay and are retried) |
+///
+/// Handles are made once per consumer, relay, topic or group, never per message.
 enum MessagingMetrics {
     static let processed = "aviary_messaging_processed_total"
     static let processDuration = "aviary_messaging_process_duration_seconds"
@@ -47,6 +54,9 @@ enum MessagingMetrics {
     static let groupDeadLettered = "aviary_messaging_group_dead_lettered"
     static let groupLostToRetention = "aviary_messaging_group_lost_to_retention"
     static let logReadErrors = "aviary_messaging_log_read_errors_total"
+
+    static let outboxPublished = "aviary_outbox_published_total"
+    static let outboxFailures = "aviary_outbox_publish_failures_total"
 
     /// The log calls a consumer makes that can fail without stopping it.
     enum Operation: String, CaseIterable, Sendable {

@@ -6,6 +6,7 @@
 public import AviaryCore
 public import AviaryResilience
 public import AviaryStorage
+public import CoreMetrics
 import Foundation
 import GRDB
 public import Logging
@@ -26,6 +27,10 @@ public import ServiceLifecycle
 /// - killed before publishing, the rows are still there and are published on restart;
 /// - killed after publishing and before deleting, the rows are published again on restart, with
 ///   the same CloudEvent ids, which an ``Inbox`` on the consumer side skips.
+///
+/// It counts the messages it published (`aviary_outbox_published_total`) and its failed attempts
+/// (`aviary_outbox_publish_failures_total`, a log that is down or refuses): a count of failures
+/// that keeps rising is a relay that cannot publish, with messages piling up in the outbox.
 ///
 /// At graceful shutdown the batch in flight finishes, then the relay returns. On SQLite, run one
 /// relay per database; a second one (another process) is safe — it may publish a head twice,
@@ -85,6 +90,8 @@ public final class OutboxRelay: Service, Sendable {
     public let configuration: Configuration
     let logger: Logger
     let clock: any MonotonicClock
+    let published: Counter
+    let failures: Counter
 
     /// Creates a relay; it starts working when ``run()`` is called.
     ///
@@ -94,15 +101,20 @@ public final class OutboxRelay: Service, Sendable {
     ///   - configuration: batching, polling, backoff and topics.
     ///   - logger: where failures and retries are reported (`aviary.messaging.outbox` by default).
     ///   - clock: the clock for polling and backoff (tests inject a ``AviaryCore/ManualClock``).
+    ///   - metricsFactory: where its counters go: the process's `MetricsSystem` unless the service
+    ///     keeps a registry of its own (an `AviaryTelemetry` `MetricsRegistry`'s `factory`).
     public init(
         store: SQLiteStore, log: any MessageLog, configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "aviary.messaging.outbox"), clock: any MonotonicClock = SystemClock()
+        logger: Logger = Logger(label: "aviary.messaging.outbox"), clock: any MonotonicClock = SystemClock(),
+        metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
         self.storage = SQLiteOutboxStorage(store: store)
         self.log = log
         self.configuration = configuration
         self.logger = logger
         self.clock = clock
+        self.published = Counter(label: MessagingMetrics.outboxPublished, factory: metricsFactory)
+        self.failures = Counter(label: MessagingMetrics.outboxFailures, factory: metricsFactory)
     }
 
     /// Creates a relay for a PostgreSQL store; it starts working when ``run()`` is called.
@@ -121,13 +133,16 @@ public final class OutboxRelay: Service, Sendable {
     ///   `Outbox.addMigrations(to:)`.
     public init(
         store: PostgresStore, log: any MessageLog, configuration: Configuration = Configuration(),
-        logger: Logger = Logger(label: "aviary.messaging.outbox"), clock: any MonotonicClock = SystemClock()
+        logger: Logger = Logger(label: "aviary.messaging.outbox"), clock: any MonotonicClock = SystemClock(),
+        metricsFactory: any MetricsFactory = MetricsSystem.factory
     ) {
         self.storage = PostgresOutboxStorage(store: store, logger: logger)
         self.log = log
         self.configuration = configuration
         self.logger = logger
         self.clock = clock
+        self.published = Counter(label: MessagingMetrics.outboxPublished, factory: metricsFactory)
+        self.failures = Counter(label: MessagingMetrics.outboxFailures, factory: metricsFactory)
     }
 
     /// Relays until the task is cancelled or a graceful shutdown (after the batch in flight).
@@ -160,6 +175,7 @@ public final class OutboxRelay: Service, Sendable {
                 if published >= self.configuration.batchSize { continue }  // more may wait
                 await self.pause(self.configuration.pollInterval, orUntilSignalSince: seen)
             } catch {
+                self.failures.increment()
                 let delay = delays.next() ?? self.configuration.pollInterval
                 self.logger.warning(
                     "outbox relay cannot publish; the messages stay in the outbox and are retried",
@@ -191,6 +207,7 @@ public final class OutboxRelay: Service, Sendable {
     func relayBatch() async throws -> Int {
         let published = try await self.storage.relayBatch(limit: self.configuration.batchSize, to: self.log)
         if published > 0 {
+            self.published.increment(by: published)
             self.logger.trace("outbox relayed", metadata: ["aviary.outbox.published": "\(published)"])
         }
         return published

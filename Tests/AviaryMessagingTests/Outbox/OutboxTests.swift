@@ -10,6 +10,7 @@ import AviaryStorage
 import Foundation
 import GRDB
 import Logging
+import MetricsTestKit
 import ServiceLifecycle
 import Testing
 
@@ -145,13 +146,16 @@ struct OutboxTests {
         try await base.subscribe(group: "readers", topic: "things", options: GroupOptions())
         let log = FlakyLog(base, failures: 2)
         let clock = ManualClock()
+        let metrics = TestMetrics()
+        func count(_ label: String) -> Int64 { (try? metrics.expectCounter(label).totalValue) ?? 0 }
         try await store.write { db in try Outbox.enqueue(try OutboxFixture.message("r1", key: "k"), in: db) }
         let relay = OutboxRelay(
             store: store, log: log,
             configuration: .init(
                 pollInterval: .seconds(3600),
                 backoff: .exponential(base: .seconds(1), multiplier: 2, cap: .seconds(8), jitter: .none)),
-            logger: Logger(label: "outbox-tests", factory: { _ in SwiftLogNoOpLogHandler() }), clock: clock)
+            logger: Logger(label: "outbox-tests", factory: { _ in SwiftLogNoOpLogHandler() }), clock: clock,
+            metricsFactory: metrics)
         let running = Task { try await relay.run() }
         defer { running.cancel() }
 
@@ -163,6 +167,8 @@ struct OutboxTests {
         #expect(pending.count == 1)
         #expect(pending.first?.attempts == 1)
         #expect(pending.first?.lastError?.contains("the broker is down") == true)
+        #expect(count("aviary_outbox_publish_failures_total") == 1)
+        #expect(count("aviary_outbox_published_total") == 0)
 
         // Second failure: the delay doubles.
         clock.advance(by: .seconds(1))
@@ -176,6 +182,8 @@ struct OutboxTests {
         }
         #expect(log.publishCalls == 3)
         #expect(try await OutboxFixture.drain(base).map(\.event.id) == ["evt-r1"])
+        #expect(count("aviary_outbox_publish_failures_total") == 2)
+        #expect(count("aviary_outbox_published_total") == 1)
     }
 
     @Test("at graceful shutdown an idle relay returns at once, leaving nothing unpublished")
