@@ -19,6 +19,10 @@ import Synchronization
 /// `aviary_messaging_group_oldest_unacked_age_seconds` says how far. The metric names are listed
 /// in the module's overview.
 ///
+/// A reading counts what the log retains (on SQLite a count and a sum over each partition's
+/// messages, in one read transaction that writers do not wait for): on a log that retains
+/// millions of messages, give it a longer interval.
+///
 /// ```swift
 /// let logMetrics = MessageLogMetrics(log: log, interval: .seconds(15), logger: logger)
 /// let services = ServiceGroup(services: [logMetrics, consumer], gracefulShutdownSignals: [.sigterm], logger: logger)
