@@ -237,6 +237,30 @@ struct GatewayHTTP2Tests {
         }
     }
 
+    @Test(
+        "a client whose header blocks are refused 200 times gets GOAWAY (ENHANCE_YOUR_CALM) and the connection closes")
+    func refusedBlocksCloseTheConnection() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients, validating: false)
+                defer { Task { await client.close() } }
+                let hostile = [("connection", "close")]
+                for _ in 1..<HTTP2StreamServer.maximumRefusedBlocks {
+                    await #expect(throws: (any Error).self) {
+                        _ = try await client.request("GET", "/x", headers: hostile)
+                    }
+                }
+                // One refusal short of the limit, the connection still serves.
+                let fine = try await client.request("GET", "/fine")
+                #expect(fine.status == 200)
+                await #expect(throws: (any Error).self) { _ = try await client.request("GET", "/x", headers: hostile) }
+                try await client.channel.closeFuture.get()
+                #expect(client.goAwayErrorCode == .enhanceYourCalm)
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 1)
+            }
+        }
+    }
+
     @Test("TLS: ALPN h2 is served as HTTP/2, a client offering only http/1.1 gets HTTP/1.1")
     func tlsWithALPN() async throws {
         let certificate = try await TestCertificate.make()
