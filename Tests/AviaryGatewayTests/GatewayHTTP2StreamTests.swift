@@ -205,6 +205,57 @@ struct GatewayHTTP2StreamTests {
         }
     }
 
+    @Test("request and trailer blocks HTTP/2 forbids are refused by the codec, each rule by itself")
+    func refusedBlocks() throws {
+        let pseudo: [(String, String)] = [
+            (":method", "POST"), (":path", "/"), (":scheme", "http"), (":authority", "h"),
+        ]
+        // A clean block passes, `te: trailers` included.
+        _ = try HTTP2StreamCodec.requestHead(
+            HPACKHeaders(pseudo + [("te", "trailers"), ("x", "a b")]), endStream: true)
+        let refused: [[(String, String)]] = [
+            // A pseudo-header field after a regular one (each pseudo-header appears once).
+            [(":method", "GET"), (":scheme", "http"), (":authority", "h"), ("x", "1"), (":path", "/")],
+            // Repeated, unknown or not a request's.
+            pseudo + [(":authority", "other")], pseudo + [(":status", "200")], pseudo + [(":protocol", "ws")],
+            pseudo + [(":x", "1")],
+            // Pseudo-header values: control bytes, space, DEL; an empty path; CONNECT.
+            [(":method", "GET"), (":path", "/a\tb"), (":scheme", "http"), (":authority", "h")],
+            [(":method", "GET"), (":path", "/a b"), (":scheme", "http"), (":authority", "h")],
+            [(":method", "GET"), (":path", "/a\u{7F}"), (":scheme", "http"), (":authority", "h")],
+            [(":method", "GET"), (":path", ""), (":scheme", "http"), (":authority", "h")],
+            [(":method", "CONNECT"), (":path", "/"), (":scheme", "http"), (":authority", "h")],
+            [(":method", "CONNECT"), (":authority", "h:443")],
+            // Regular names: empty, not a token, capitals, connection-specific; te other than trailers.
+            pseudo + [("", "1")], pseudo + [("x y", "1")], pseudo + [("x\u{E9}", "1")], pseudo + [("X-a", "1")],
+            pseudo + [("connection", "close")], pseudo + [("keep-alive", "5")], pseudo + [("upgrade", "h2c")],
+            pseudo + [("proxy-connection", "close")], pseudo + [("transfer-encoding", "chunked")],
+            pseudo + [("te", "gzip")],
+            // Values: CR, LF, NUL.
+            pseudo + [("x", "a\rb")], pseudo + [("x", "a\nb")], pseudo + [("x", "a\u{0}b")],
+        ]
+        for block in refused {
+            #expect(throws: HTTP2StreamCodec.MalformedRequest.self, "\(block)") {
+                _ = try HTTP2StreamCodec.requestHead(HPACKHeaders(block), endStream: true)
+            }
+        }
+        // Trailers: regular fields only, checked as a request's (`te` is not a trailer's concern).
+        #expect(try HTTP2StreamCodec.trailers(HPACKHeaders([("x-sum", "1"), ("te", "x")])).count == 2)
+        for block: [(String, String)] in [
+            [(":path", "/")], [("X-Sum", "1")], [("connection", "close")], [("x-sum", "1\r\nx-injected: yes")],
+        ] {
+            #expect(throws: HTTP2StreamCodec.MalformedRequest.self, "\(block)") {
+                _ = try HTTP2StreamCodec.trailers(HPACKHeaders(block))
+            }
+        }
+        // Through the codec: a refused trailer block ends the request with an error, not its end.
+        var codec = HTTP2StreamCodec()
+        _ = try codec.received(.headers(.init(headers: HPACKHeaders(pseudo))))
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) {
+            _ = try codec.received(.headers(.init(headers: HPACKHeaders([("upgrade", "x")]), endStream: true)))
+        }
+    }
+
     // MARK: Through the gateway
 
     static func yaml(port: Int, listen extra: String = "") -> String {

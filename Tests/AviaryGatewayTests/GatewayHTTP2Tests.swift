@@ -188,23 +188,38 @@ struct GatewayHTTP2Tests {
     }
 
     @Test(
-        "header blocks HTTP/2 forbids (CR or LF in a value, connection-specific fields, upper case names) never reach the origin"
+        "header blocks HTTP/2 forbids (CR or LF in a value, connection-specific fields, upper case names, pseudo-header rules) never reach the origin"
     )
     func malformedHeaderBlocks() async throws {
         try await withOrigins(["a"]) { origins in
             try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
                 // Each of these would be a request-smuggling vector once the request is HTTP/1.1
                 // to the origin: a value with CR LF adds a header line of the client's choosing.
+                // NIOHTTP2's validation is off in the gateway: each case is refused by the
+                // stream codec's own checks, one check each (HTTP2StreamCodec.requestHead).
                 let hostile: [(String, String)] = [
                     ("x-note", "1\r\nx-injected: yes"), ("x-note", "1\nx-injected: yes"), ("x-note", "a\u{0}b"),
-                    ("transfer-encoding", "chunked"), ("connection", "keep-alive"), ("X-Upper", "1"),
-                    ("te", "gzip"),
+                    ("transfer-encoding", "chunked"), ("connection", "keep-alive"), ("keep-alive", "5"),
+                    ("proxy-connection", "keep-alive"), ("upgrade", "websocket"), ("X-Upper", "1"),
+                    ("x note", "1"), ("", "1"), ("te", "gzip"), (":path", "/again"), (":status", "200"),
+                    (":protocol", "websocket"),
                 ]
                 for field in hostile {
                     let client = try await H2Client.connect(
                         port: gateway.port, group: gateway.clients, validating: false)
                     await #expect(throws: (any Error).self, "\(field) was accepted") {
                         _ = try await client.request("POST", "/echo-head", headers: [field], body: Array("x".utf8))
+                    }
+                    await client.close()
+                }
+                // Pseudo-header values: a space splits the HTTP/1.1 request line; an empty :path
+                // and CONNECT (no tunnels) are refused too.
+                for (method, path) in [("GET", "/a b"), ("GET\r\nx-injected: yes", "/"), ("GET", ""), ("CONNECT", "/")]
+                {
+                    let client = try await H2Client.connect(
+                        port: gateway.port, group: gateway.clients, validating: false)
+                    await #expect(throws: (any Error).self, "\(method) \(path) was accepted") {
+                        _ = try await client.request(method, path)
                     }
                     await client.close()
                 }
@@ -217,6 +232,30 @@ struct GatewayHTTP2Tests {
                 let seen = String(decoding: fine.body, as: UTF8.self)
                 #expect(seen.contains("x-note: 1"))
                 #expect(!seen.lowercased().contains("x-injected"))
+                #expect(origins[0].state.requests.load(ordering: .relaxed) == 1)
+            }
+        }
+    }
+
+    @Test(
+        "a client whose header blocks are refused 200 times gets GOAWAY (ENHANCE_YOUR_CALM) and the connection closes")
+    func refusedBlocksCloseTheConnection() async throws {
+        try await withOrigins(["a"]) { origins in
+            try await withGateway(Self.yaml(port: origins[0].port)) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients, validating: false)
+                defer { Task { await client.close() } }
+                let hostile = [("connection", "close")]
+                for _ in 1..<HTTP2StreamServer.maximumRefusedBlocks {
+                    await #expect(throws: (any Error).self) {
+                        _ = try await client.request("GET", "/x", headers: hostile)
+                    }
+                }
+                // One refusal short of the limit, the connection still serves.
+                let fine = try await client.request("GET", "/fine")
+                #expect(fine.status == 200)
+                await #expect(throws: (any Error).self) { _ = try await client.request("GET", "/x", headers: hostile) }
+                try await client.channel.closeFuture.get()
+                #expect(client.goAwayErrorCode == .enhanceYourCalm)
                 #expect(origins[0].state.requests.load(ordering: .relaxed) == 1)
             }
         }

@@ -19,8 +19,10 @@ import NIOHTTP2
 //   have capitals, and connection-specific fields are dropped by comparing bytes, without the
 //   intermediate `HTTPHeaders` and lower-cased copies of every name; a forwarded head that needs
 //   no edit is made straight from the upstream's header lines (`block(_:lines:)`).
-// Header *validation* (pseudo-header rules, forbidden bytes in names and values) stays where it
-// is, in `NIOHTTP2Handler`, before any frame reaches a stream.
+// - the request's header block is checked in the same walk that makes the request head of it
+//   (`requestHead`, `trailers`): `NIOHTTP2Handler` runs with its header validation off, since it
+//   checks both directions with one switch and the outbound half only re-checked blocks the
+//   gateway made from lines its own parser had checked.
 //
 // It is a value without I/O: it returns what to pass on (at most two parts or two frames per
 // call), so the stream writes them itself and no callback runs while the framing is mutated.
@@ -74,7 +76,7 @@ struct HTTP2StreamCodec {
             } else if !self.sawTrailers {
                 // Trailers (NIOHTTP2's stream state machine has checked that they end the stream).
                 self.sawTrailers = true
-                return (.end(Self.regularHeaders(headers.headers)), nil)
+                return (.end(try Self.trailers(headers.headers)), nil)
             } else {
                 throw MalformedRequest(description: "HEADERS after the trailers")
             }
@@ -93,6 +95,19 @@ struct HTTP2StreamCodec {
     /// `:authority` (unless a `host` came too), and for a method that may have a body but came
     /// without `content-length`, `content-length: 0` when the HEADERS frame ended the stream and
     /// `transfer-encoding: chunked` when a body follows (so the proxy streams it upstream).
+    ///
+    /// The same walk checks the block as RFC 9113 (sections 8.2 and 8.3) wants a request's, which
+    /// `NIOHTTP2Handler` does not do for the gateway (its header validation is off, see
+    /// `ConnectionPipeline.addHTTP2`). Each rule keeps a client from adding or splitting a line of
+    /// the HTTP/1.1 request the origin gets, or from disagreeing with it about the framing:
+    /// - pseudo-header fields come before the regular ones, each at most once, and only
+    ///   `:method`, `:path`, `:scheme` and `:authority` (not `:status`, nor `:protocol`: the
+    ///   gateway announces no extended CONNECT); their values have no control byte, space or DEL;
+    ///   `:method`, `:scheme` and a `:path` that is not empty are required, and CONNECT is refused
+    ///   (the proxy does not tunnel, and a CONNECT request has no `:path`);
+    /// - regular names are lower-case tokens and none of the connection-specific fields
+    ///   (``checkedField(_:_:)``), and `te` is `trailers` or absent;
+    /// - no value has CR, LF or NUL.
     static func requestHead(_ block: HPACKHeaders, endStream: Bool) throws -> HTTPRequestHead {
         var method: String?
         var path: String?
@@ -102,30 +117,43 @@ struct HTTP2StreamCodec {
         var hasLength = false
         var regular = 0
         for (name, value, _) in block {
-            let utf8 = name.utf8
-            if utf8.first == UInt8(ascii: ":") {
+            if name.utf8.first == UInt8(ascii: ":") {
+                guard regular == 0 else {
+                    throw MalformedRequest(description: "\(name) after a regular field")
+                }
+                guard Self.isPseudoHeaderValue(value) else {
+                    throw MalformedRequest(description: "a control byte or space in \(name)")
+                }
                 switch name {
-                case ":method": method = value
-                case ":path": path = value
-                case ":scheme": scheme = value
-                case ":authority": authority = value
-                default: break
+                case ":method" where method == nil: method = value
+                case ":path" where path == nil: path = value
+                case ":scheme" where scheme == nil: scheme = value
+                case ":authority" where authority == nil: authority = value
+                default: throw MalformedRequest(description: "\(name) is repeated or no request pseudo-header field")
                 }
                 continue
             }
             regular += 1
-            if utf8.count == 4 && name == "host" { hasHost = true }
-            if utf8.count == 14 && name == "content-length" { hasLength = true }
+            switch Self.checkedField(name, value) {
+            case .other: break
+            case .host: hasHost = true
+            case .contentLength: hasLength = true
+            case .te:
+                guard value == "trailers" else { throw MalformedRequest(description: "te other than trailers") }
+            case nil:
+                throw MalformedRequest(description: "a field HTTP/2 forbids or a malformed one")
+            }
         }
-        guard let method, let path, scheme != nil, authority != nil || hasHost else {
+        guard let method, let path, !path.isEmpty, scheme != nil, authority != nil || hasHost else {
             throw MalformedRequest(description: "a request needs :method, :path, :scheme and :authority")
         }
         let httpMethod = HTTPMethod(rawValue: method)
+        if httpMethod == .CONNECT { throw MalformedRequest(description: "CONNECT is not proxied") }
         var fields: [(String, String)] = []
         fields.reserveCapacity(regular + 2)
         if !hasHost, let authority { fields.append(("host", authority)) }
         switch httpMethod {
-        case .GET, .HEAD, .DELETE, .CONNECT, .TRACE:
+        case .GET, .HEAD, .DELETE, .TRACE:
             break
         default:
             if !hasLength { fields.append(endStream ? ("content-length", "0") : ("transfer-encoding", "chunked")) }
@@ -137,13 +165,78 @@ struct HTTP2StreamCodec {
             version: HTTPVersion(major: 2, minor: 0), method: httpMethod, uri: path, headers: HTTPHeaders(fields))
     }
 
-    static func regularHeaders(_ block: HPACKHeaders) -> HTTPHeaders {
+    /// The fields of a trailer block, checked as ``checkedField(_:_:)`` checks a request's
+    /// regular fields (a pseudo-header field is refused: `:` is no token byte).
+    static func trailers(_ block: HPACKHeaders) throws -> HTTPHeaders {
         var fields: [(String, String)] = []
         fields.reserveCapacity(block.count)
-        for (name, value, _) in block where name.utf8.first != UInt8(ascii: ":") {
+        for (name, value, _) in block {
+            guard Self.checkedField(name, value) != nil else {
+                throw MalformedRequest(description: "a trailer field HTTP/2 forbids or a malformed one")
+            }
             fields.append((name, value))
         }
         return HTTPHeaders(fields)
+    }
+
+    /// What ``checkedField(_:_:)`` found a regular field to be, as far as the request head cares.
+    enum FieldKind: Equatable {
+        case other, host, contentLength, te
+    }
+
+    /// A regular field of a request or trailer block, checked: `nil` when its name is empty, has
+    /// a byte that is no token byte or a capital (HTTP/2 names are lower case), or is one of the
+    /// connection-specific fields (`connection`, `keep-alive`, `proxy-connection`,
+    /// `transfer-encoding`, `upgrade`), or when its value has CR, LF or NUL. Otherwise what the
+    /// request head needs to know of it (`te`'s value is the caller's to check: trailers may
+    /// carry any).
+    ///
+    /// Hot path: every field of every request. One pass over each name's and value's bytes.
+    static func checkedField(_ name: String, _ value: String) -> FieldKind? {
+        let kind: FieldKind? = Self.withBytes(name) { bytes in
+            guard !bytes.isEmpty else { return nil }
+            for byte in bytes {
+                guard HTTP1RequestParser.isTokenByte(byte), byte &- UInt8(ascii: "A") >= 26 else { return nil }
+            }
+            switch bytes.count {
+            case 2: return Self.equal(bytes, "te") ? .te : .other
+            case 4: return Self.equal(bytes, "host") ? .host : .other
+            case 7: return Self.equal(bytes, "upgrade") ? nil : .other
+            case 10: return Self.equal(bytes, "connection") || Self.equal(bytes, "keep-alive") ? nil : .other
+            case 14: return Self.equal(bytes, "content-length") ? .contentLength : .other
+            case 16: return Self.equal(bytes, "proxy-connection") ? nil : .other
+            case 17: return Self.equal(bytes, "transfer-encoding") ? nil : .other
+            default: return .other
+            }
+        }
+        guard let kind else { return nil }
+        let clean = Self.withBytes(value) { bytes in
+            !bytes.contains { $0 == 0x00 || $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }
+        }
+        return clean ? kind : nil
+    }
+
+    /// Whether a pseudo-header field's value has no control byte, space or DEL: none of the four
+    /// a request has may contain one, and `:path` and `:method` become the HTTP/1.1 request line,
+    /// where a space would split it.
+    static func isPseudoHeaderValue(_ value: String) -> Bool {
+        Self.withBytes(value) { bytes in !bytes.contains { $0 <= 0x20 || $0 == 0x7F } }
+    }
+
+    /// `body` with a string's UTF-8 bytes, without a copy for native and small strings.
+    @inline(__always)
+    private static func withBytes<Result>(
+        _ string: String, _ body: (UnsafeBufferPointer<UInt8>) -> Result
+    ) -> Result {
+        if let result = string.utf8.withContiguousStorageIfAvailable(body) { return result }
+        var copy = string
+        return copy.withUTF8(body)
+    }
+
+    @inline(__always)
+    private static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ literal: StaticString) -> Bool {
+        bytes.count == literal.utf8CodeUnitCount
+            && bytes.elementsEqual(UnsafeBufferPointer(start: literal.utf8Start, count: literal.utf8CodeUnitCount))
     }
 
     // MARK: Outbound

@@ -51,6 +51,12 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
     private var draining = false
     /// Set by an error of the connection: the connection closes after this read.
     private var failed = false
+    /// Request header blocks the streams' codecs refused on this connection. NIOHTTP2 counted its
+    /// own refusals among a connection's "glitches" and closed the connection at 200 with
+    /// ENHANCE_YOUR_CALM; with its header validation off, the server keeps that count.
+    private var refusedBlocks = 0
+    /// The refused header blocks after which the connection is closed (NIOHTTP2's default).
+    static let maximumRefusedBlocks = 200
     /// `limits.idle_timeout`: a connection without open streams for that long is closed with
     /// GOAWAY, as an idle HTTP/1.1 connection is closed.
     private let idleTimeout: TimeAmount
@@ -235,6 +241,19 @@ final class HTTP2StreamServer: ChannelDuplexHandler, NIOHTTP2FrameDelegate, Drai
         if self.failed { context.close(promise: nil) }
     }
 
+    /// A stream's codec refused its header block (the stream is reset): at
+    /// ``maximumRefusedBlocks`` the connection sends GOAWAY (ENHANCE_YOUR_CALM) and closes after
+    /// this read, as NIOHTTP2 does when a peer's stream errors add up.
+    func refusedBlock() {
+        self.refusedBlocks += 1
+        guard self.refusedBlocks >= Self.maximumRefusedBlocks, !self.failed, let context = self.context else { return }
+        self.failed = true
+        let goAway = HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(lastStreamID: self.lastStreamID, errorCode: .enhanceYourCalm, opaqueData: nil))
+        context.writeAndFlush(self.wrapOutboundOut(goAway), promise: nil)
+    }
+
     // MARK: Draining
 
     /// Sends GOAWAY (no new streams; those open finish) and closes once no stream is open.
@@ -306,6 +325,7 @@ final class HTTP2ServerStream {
             parts = try self.codec.received(payload)
         } catch {
             self.reset(.protocolError)
+            self.server.refusedBlock()
             return
         }
         if let part = parts.0 { self.deliver(part, proxy, context) }
