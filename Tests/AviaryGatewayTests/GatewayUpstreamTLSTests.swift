@@ -186,8 +186,11 @@ struct GatewayUpstreamTLSTests {
             func probe(_ tls: GatewayConfiguration.Cluster.TLS?) async -> Bool {
                 var cluster = GatewayConfiguration.Cluster(name: "secure", endpoints: [endpoint])
                 cluster.tls = tls
+                // The probe's timeout is real time: 10 s, so that a loaded machine does not fail the
+                // trusted probe (the default 1 s did once); the refused ones fail at once.
                 let checker = HealthChecker(
-                    state: ClusterState(cluster: cluster, clock: SystemClock()), check: .init(path: "/readyz"),
+                    state: ClusterState(cluster: cluster, clock: SystemClock()),
+                    check: .init(path: "/readyz", interval: .seconds(10), timeout: .seconds(10)),
                     eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: quietLogger)
                 return await checker.probe(endpoint)
             }
