@@ -36,9 +36,13 @@ enum MessageInserter {
     /// The most rows one statement inserts (6 parameters each, far below SQLite's limit of 32,766).
     static let rowsPerStatement = 32
 
-    /// The statement sizes a partition's rows are cut into, largest first: 1,000 rows are 31
-    /// statements of 32 and one of 8; one message is one statement of one row.
-    private static let sizes = [Self.rowsPerStatement, 8, 1]
+    /// The statement sizes a partition's rows are cut into, largest first: 125 rows (a batch of
+    /// 1,000 over 8 partitions) are 3 statements of 32 and one each of 16, 8, 4 and 1; 12 rows are
+    /// one of 8 and one of 4; one message is one statement of one row. (With one table for all
+    /// partitions, a batch's rows were one run, and sizes of 32, 8 and 1 cut it as well; a
+    /// partition's share of a batch of 100 is about 12 rows, which those sizes cut into five
+    /// statements.)
+    private static let sizes = [Self.rowsPerStatement, 16, 8, 4, 2, 1]
 
     private static let parameters = 6
 
