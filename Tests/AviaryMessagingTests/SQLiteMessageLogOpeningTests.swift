@@ -106,7 +106,7 @@ struct SQLiteMessageLogOpeningTests {
     }
 
     @Test(
-        "a file of schema version 1 is upgraded to 2 with its messages; a file of a newer version is refused, named, untouched"
+        "a file of schema version 1 (one messages table) is upgraded to 3 with its messages; a file of a newer version is refused, named, untouched"
     )
     func schemaVersions() async throws {
         let path = SQLiteMessageLogTests.temporaryPath()
@@ -122,30 +122,29 @@ struct SQLiteMessageLogOpeningTests {
             try queue.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA user_version = \(version)") }
             try queue.close()
         }
-        func version() throws -> Int? {
-            let queue = try DatabaseQueue(path: path)
-            defer { try? queue.close() }
-            return try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") }
-        }
 
+        // Version 1's layout is version 2's (only what a publish writes differs).
+        try SQLiteOlderSchema.downgradeToVersion2(path: path)
         try setVersion(1)
         let upgraded = try SQLiteMessageLog(path: path)
-        #expect(try version() == 2)
+        #expect(try SQLiteOlderSchema.version(path: path) == 3)
         let positions = try await upgraded.publish([
             OutgoingMessage(topic: "t", key: "k", event: CloudEvent(id: "2", source: "/s", type: "t"))
         ])
         #expect(positions.map(\.offset) == [2])
+        let stored = try SQLiteOlderSchema.read(path: path) { try SQLiteOlderSchema.messages($0) }
+        #expect(stored.map(\.offset) == [1, 2])
         try await upgraded.close()
 
-        try setVersion(3)
+        try setVersion(4)
         do {
             _ = try SQLiteMessageLog(path: path)
             Issue.record("opened a file of a newer schema version")
         } catch let error as MessagingError {
             #expect(error.kind == .unavailable)
             #expect(error.message.contains(path))
-            #expect(error.message.contains("schema is version 3, newer than this build's 2"))
+            #expect(error.message.contains("schema is version 4, newer than this build's 3"))
         }
-        #expect(try version() == 3)
+        #expect(try SQLiteOlderSchema.version(path: path) == 4)
     }
 }

@@ -211,8 +211,9 @@ struct SQLiteMessageLogTests {
         // deleted 1...4 (and recorded it in start_offset).
         var queue = try DatabaseQueue(path: path)
         try await queue.write { db in
+            let table = try Int64.fetchOne(db, sql: "SELECT table_id FROM partitions WHERE topic = 't'") ?? 0
             try db.execute(sql: "UPDATE partitions SET last_offset = 7, start_offset = 5 WHERE topic = 't'")
-            try db.execute(sql: "DELETE FROM messages WHERE topic = 't' AND offset <= 4")
+            try db.execute(sql: "DELETE FROM messages_\(table) WHERE offset <= 4")
         }
         try queue.close()
         log = try SQLiteMessageLog(path: path)
@@ -223,8 +224,9 @@ struct SQLiteMessageLogTests {
         // Every message deleted, the counter past them: the earlier version's counter is the bound.
         queue = try DatabaseQueue(path: path)
         try await queue.write { db in
+            let table = try Int64.fetchOne(db, sql: "SELECT table_id FROM partitions WHERE topic = 't'") ?? 0
             try db.execute(sql: "UPDATE partitions SET last_offset = 12, start_offset = 13 WHERE topic = 't'")
-            try db.execute(sql: "DELETE FROM messages WHERE topic = 't'")
+            try db.execute(sql: "DELETE FROM messages_\(table)")
         }
         try queue.close()
         log = try SQLiteMessageLog(path: path)

@@ -6,18 +6,21 @@
 import GRDB
 import GRDBSQLite
 
-/// The `INSERT INTO messages` of a publish, bound and stepped through SQLite's C API.
+/// The inserts of a publish into its partitions' tables (`messages_<n>`), bound and stepped
+/// through SQLite's C API.
 ///
-/// Through GRDB, each row built a `StatementArguments` of eight boxed values and bound them
-/// through its generic binding layer, which a profile of batches of 1,000 showed taking about a
-/// sixth of the publish; here the values are bound directly. A batch is inserted up to
-/// ``rowsPerStatement`` rows per statement (`VALUES (…), (…), …`): SQLite then starts one
-/// statement, opens the table's and the index's cursors once, and is stepped once for them all,
-/// which took the insert's CPU time per row of batches of 1,000 from about 2.7 to 2.1 µs in a C
-/// program with this schema (the plain insert of scripts/bench-broker.sh's floor takes 1.3).
+/// Through GRDB, each row built a `StatementArguments` of boxed values and bound them through its
+/// generic binding layer, which a profile of batches of 1,000 showed taking about a sixth of the
+/// publish; here the values are bound directly. A partition's rows are inserted up to
+/// ``rowsPerStatement`` per statement (`VALUES (…), (…), …`): SQLite then starts one statement,
+/// opens the table's cursor once, and is stepped once for them all (with schema version 2's
+/// shared table and index, that took the insert's CPU time per row of batches of 1,000 from about
+/// 2.7 to 2.1 µs in a C program; the plain insert of scripts/bench-broker.sh's floor takes 1.3).
+/// Offsets are the tables' rowids, given in increasing order, so each statement appends to the
+/// end of one b-tree.
 ///
-/// The statements are GRDB's cached statements of the connection (prepared once per connection
-/// and size, not per publish); only this type runs them, and it leaves them reset with no
+/// The statements are GRDB's cached statements of the connection (prepared once per connection,
+/// table and size, not per publish); only this type runs them, and it leaves them reset with no
 /// bindings. Text is bound with `SQLITE_STATIC` from a buffer that outlives the step (see
 /// `TextBuffer`). Use it only inside a write transaction of `db`.
 enum MessageInserter {
@@ -25,27 +28,39 @@ enum MessageInserter {
     struct Row {
         /// Its index in the batch's messages.
         var message: Int
-        var partition: Int
+        /// Its partition's table id (``SQLiteMessageLog/messageTable(_:)``).
+        var table: Int64
         var offset: Int64
     }
 
-    /// The most rows one statement inserts (8 parameters each, far below SQLite's limit of 32,766).
+    /// The most rows one statement inserts (6 parameters each, far below SQLite's limit of 32,766).
     static let rowsPerStatement = 32
 
-    /// The statement sizes a batch is cut into, largest first: 1,000 rows are 31 statements of 32
-    /// and one of 8; one message is one statement of one row.
-    private static let sizes = [Self.rowsPerStatement, 8, 1]
+    /// The statement sizes a partition's rows are cut into, largest first: 125 rows (a batch of
+    /// 1,000 over 8 partitions) are 3 statements of 32 and one each of 16, 8, 4 and 1; 12 rows are
+    /// one of 8 and one of 4; one message is one statement of one row. (With one table for all
+    /// partitions, a batch's rows were one run, and sizes of 32, 8 and 1 cut it as well; a
+    /// partition's share of a batch of 100 is about 12 rows, which those sizes cut into five
+    /// statements.)
+    private static let sizes = [Self.rowsPerStatement, 16, 8, 4, 2, 1]
 
-    private static let sql: [Int: String] = Dictionary(
+    private static let parameters = 6
+
+    /// The `VALUES` lists of the statement sizes.
+    private static let values: [Int: String] = Dictionary(
         uniqueKeysWithValues: Self.sizes.map { size in
-            let rows = repeatElement("(?, ?, ?, ?, ?, ?, ?, ?)", count: size).joined(separator: ", ")
-            return (
-                size,
-                "INSERT INTO messages (topic, partition, offset, key, event, headers, appended_at, bytes) VALUES \(rows)"
-            )
+            (size, repeatElement("(?, ?, ?, ?, ?, ?)", count: size).joined(separator: ", "))
         })
 
-    /// Inserts `rows` (messages of `messages` at the positions taken for them), in their order.
+    /// The insert of `size` rows into table `table` (its text is the key of GRDB's statement cache).
+    private static func sql(table: Int64, size: Int) -> String {
+        guard let values = Self.values[size] else { preconditionFailure("no statement for \(size) rows") }
+        return
+            "INSERT INTO \(SQLiteMessageLog.messageTable(table)) (offset, key, event, headers, appended_at, bytes) VALUES \(values)"
+    }
+
+    /// Inserts `rows` (messages of `messages` at the positions taken for them), in their order;
+    /// the rows of one table come one after the other, in increasing offsets.
     static func insert(
         _ db: Database, _ messages: [SQLiteMessageLog.Encoded], _ rows: [Row], now: Int64
     ) throws {
@@ -59,30 +74,29 @@ enum MessageInserter {
         defer { text.deallocate() }
         var next = 0
         while next < rows.count {
-            let left = rows.count - next
-            let size = Self.sizes.first { $0 <= left } ?? 1
-            guard let sql = Self.sql[size] else { preconditionFailure("no statement for \(size) rows") }
-            let statement = try db.cachedStatement(sql: sql).sqliteStatement
+            // The rows of the same table from `next` on (up to one statement's).
+            let table = rows[next].table
+            var run = 1
+            while run < Self.rowsPerStatement, next + run < rows.count, rows[next + run].table == table { run += 1 }
+            let size = Self.sizes.first { $0 <= run } ?? 1
+            let statement = try db.cachedStatement(sql: Self.sql(table: table, size: size)).sqliteStatement
             var needed = 0
             for slot in 0..<size {
                 let message = messages[rows[next + slot].message]
-                needed += message.topic.utf8.count + message.key.utf8.count + message.event.utf8.count
-                needed += message.headers.utf8.count
+                needed += message.key.utf8.count + message.event.utf8.count + message.headers.utf8.count
             }
             text.clear(reserving: needed)
             var code = SQLITE_OK
             for slot in 0..<size where code == SQLITE_OK {
                 let row = rows[next + slot]
                 let message = messages[row.message]
-                let base = Int32(slot * 8)
-                code = text.bind(message.topic, to: statement, at: base + 1)
-                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 2, Int64(row.partition)) }
-                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 3, row.offset) }
-                if code == SQLITE_OK { code = text.bind(message.key, to: statement, at: base + 4) }
-                if code == SQLITE_OK { code = text.bind(message.event, to: statement, at: base + 5) }
-                if code == SQLITE_OK { code = text.bind(message.headers, to: statement, at: base + 6) }
-                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 7, now) }
-                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 8, Int64(message.bytes)) }
+                let base = Int32(slot * Self.parameters)
+                code = sqlite3_bind_int64(statement, base + 1, row.offset)
+                if code == SQLITE_OK { code = text.bind(message.key, to: statement, at: base + 2) }
+                if code == SQLITE_OK { code = text.bind(message.event, to: statement, at: base + 3) }
+                if code == SQLITE_OK { code = text.bind(message.headers, to: statement, at: base + 4) }
+                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 5, now) }
+                if code == SQLITE_OK { code = sqlite3_bind_int64(statement, base + 6, Int64(message.bytes)) }
             }
             if code == SQLITE_OK {
                 code = sqlite3_step(statement)

@@ -22,19 +22,16 @@ extension SQLiteMessageLog {
                 let name: String = topic["name"]
                 let maxAge: Int64? = topic["max_age_ms"]
                 let maxBytes: Int64? = topic["max_bytes"]
-                let partitions = try Row.fetchAll(
-                    db, sql: "SELECT partition, start_offset FROM partitions WHERE topic = ?", arguments: [name])
-                for partitionRow in partitions {
-                    let partition: Int = partitionRow["partition"]
+                for (partition, table) in try Self.storedMessageTables(db, name).enumerated() {
+                    let messages = Self.messageTable(table)
                     var cut: Int64 = 0
                     if let maxAge {
                         cut = max(
                             cut,
                             try Int64.fetchOne(
                                 db,
-                                sql:
-                                    "SELECT MAX(offset) FROM messages WHERE topic = ? AND partition = ? AND appended_at < ?",
-                                arguments: [name, partition, now - maxAge]) ?? 0)
+                                sql: "SELECT MAX(offset) FROM \(messages) WHERE appended_at < ?",
+                                arguments: [now - maxAge]) ?? 0)
                     }
                     if let maxBytes {
                         // The newest message whose bytes, with every newer message's, exceed the limit:
@@ -46,10 +43,10 @@ extension SQLiteMessageLog {
                                 sql: """
                                     SELECT MAX(offset) FROM (
                                         SELECT offset, SUM(bytes) OVER (ORDER BY offset DESC) AS newer
-                                        FROM messages WHERE topic = ? AND partition = ?
+                                        FROM \(messages)
                                     ) WHERE newer > ?
                                     """,
-                                arguments: [name, partition, maxBytes]) ?? 0)
+                                arguments: [maxBytes]) ?? 0)
                     }
                     guard cut > 0 else { continue }
                     // Groups that had not acknowledged what goes lose it; count it now, tell them on
@@ -57,9 +54,8 @@ extension SQLiteMessageLog {
                     try db.execute(
                         sql: """
                             UPDATE group_partitions SET lost_to_retention = lost_to_retention + (
-                                SELECT COUNT(*) FROM messages m
-                                WHERE m.topic = group_partitions.topic AND m.partition = group_partitions.partition
-                                    AND m.offset >= group_partitions.next_offset AND m.offset <= ?)
+                                SELECT COUNT(*) FROM \(messages) m
+                                WHERE m.offset >= group_partitions.next_offset AND m.offset <= ?)
                             WHERE topic = ? AND partition = ?
                             """, arguments: [cut, name, partition])
                     // `cut` is a stored offset: the partition's newest offset stays at least that
@@ -70,9 +66,7 @@ extension SQLiteMessageLog {
                             WHERE topic = ? AND partition = ?
                             """,
                         arguments: [cut + 1, cut, name, partition])
-                    try db.execute(
-                        sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset <= ?",
-                        arguments: [name, partition, cut])
+                    try db.execute(sql: "DELETE FROM \(messages) WHERE offset <= ?", arguments: [cut])
                     deleted += db.changesCount
                 }
             }
@@ -87,19 +81,25 @@ extension SQLiteMessageLog {
             for topicRow in try Row.fetchAll(db, sql: "SELECT name FROM topics ORDER BY name") {
                 let name: String = topicRow["name"]
                 var partitions: [PartitionInfo] = []
-                for row in try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT p.partition, \(Self.newestOffset) AS last_offset,
-                            (SELECT MIN(offset) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS first,
-                            (SELECT COUNT(*) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS depth,
-                            (SELECT TOTAL(bytes) FROM messages m WHERE m.topic = p.topic AND m.partition = p.partition) AS bytes
-                        FROM partitions p WHERE p.topic = ? ORDER BY p.partition
-                        """, arguments: [name])
-                {
+                let tables = try Self.storedMessageTables(db, name)
+                for (partition, table) in tables.enumerated() {
+                    let messages = Self.messageTable(table)
+                    guard
+                        let row = try Row.fetchOne(
+                            db,
+                            sql: """
+                                SELECT MAX(p.last_offset, COALESCE(m.newest, 0)) AS last_offset, m.first, m.depth, m.bytes
+                                FROM partitions p, (
+                                    SELECT MAX(offset) AS newest, MIN(offset) AS first, COUNT(*) AS depth,
+                                        TOTAL(bytes) AS bytes
+                                    FROM \(messages)
+                                ) m
+                                WHERE p.topic = ? AND p.partition = ?
+                                """, arguments: [name, partition])
+                    else { continue }
                     partitions.append(
                         PartitionInfo(
-                            partition: row["partition"], firstOffset: row["first"] ?? 0, lastOffset: row["last_offset"],
+                            partition: partition, firstOffset: row["first"] ?? 0, lastOffset: row["last_offset"],
                             depth: row["depth"], bytes: Int64(row["bytes"] as Double)))
                 }
                 var groups: [GroupInfo] = []
@@ -111,21 +111,23 @@ extension SQLiteMessageLog {
                         name: group, lag: 0, oldestUnackedAge: nil, stoppedPartitions: [], lostToRetention: 0,
                         deadLettered: 0)
                     var oldest: Int64?
-                    for row in try Row.fetchAll(
-                        db,
-                        sql: """
-                            SELECT g.partition, g.stopped, g.lost_to_retention, g.dead_lettered,
-                                (SELECT COUNT(*) FROM messages m WHERE m.topic = g.topic AND m.partition = g.partition
-                                    AND m.offset >= g.next_offset) AS lag,
-                                (SELECT MIN(appended_at) FROM messages m WHERE m.topic = g.topic
-                                    AND m.partition = g.partition AND m.offset >= g.next_offset) AS oldest
-                            FROM group_partitions g WHERE g.group_name = ? AND g.topic = ? ORDER BY g.partition
-                            """, arguments: [group, name])
-                    {
+                    for (partition, table) in tables.enumerated() {
+                        guard
+                            let row = try Row.fetchOne(
+                                db,
+                                sql: """
+                                    SELECT g.stopped, g.lost_to_retention, g.dead_lettered,
+                                        (SELECT COUNT(*) FROM \(Self.messageTable(table)) m
+                                            WHERE m.offset >= g.next_offset) AS lag,
+                                        (SELECT MIN(appended_at) FROM \(Self.messageTable(table)) m
+                                            WHERE m.offset >= g.next_offset) AS oldest
+                                    FROM group_partitions g WHERE g.group_name = ? AND g.topic = ? AND g.partition = ?
+                                    """, arguments: [group, name, partition])
+                        else { continue }
                         info.lag += row["lag"] as Int64
                         info.lostToRetention += row["lost_to_retention"] as Int64
                         info.deadLettered += row["dead_lettered"] as Int64
-                        if row["stopped"] as Bool { info.stoppedPartitions.append(row["partition"]) }
+                        if row["stopped"] as Bool { info.stoppedPartitions.append(partition) }
                         if let appended: Int64 = row["oldest"] { oldest = min(oldest ?? appended, appended) }
                     }
                     if let oldest { info.oldestUnackedAge = .milliseconds(max(0, now - oldest)) }
@@ -155,15 +157,25 @@ extension SQLiteMessageLog {
     public func deadLetters(topic: String, limit: Int) async throws -> [DeadLetter] {
         try await self.read { db in
             try Self.requireDeadLetterTopic(db, topic)
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT partition, offset, key, event, headers, appended_at FROM messages
-                    WHERE topic = ? ORDER BY appended_at, partition, offset LIMIT ?
-                    """, arguments: [topic, max(0, limit)])
-            return try rows.map { row in
+            // The first `limit` of each partition, then the first `limit` of them all, in the
+            // order they were appended (partition and offset among equal times).
+            var letters: [(appendedAt: Int64, partition: Int, offset: Int64, row: Row)] = []
+            for (partition, table) in try Self.storedMessageTables(db, topic).enumerated() {
+                for row in try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT offset, key, event, headers, appended_at FROM \(Self.messageTable(table))
+                        ORDER BY appended_at, offset LIMIT ?
+                        """, arguments: [max(0, limit)])
+                {
+                    letters.append((row["appended_at"], partition, row["offset"], row))
+                }
+            }
+            letters.sort { ($0.appendedAt, $0.partition, $0.offset) < ($1.appendedAt, $1.partition, $1.offset) }
+            return try letters.prefix(max(0, limit)).map { letter in
                 let message = try Self.decodeMessage(
-                    row, position: MessagePosition(topic: topic, partition: row["partition"], offset: row["offset"]))
+                    letter.row,
+                    position: MessagePosition(topic: topic, partition: letter.partition, offset: letter.offset))
                 return DeadLetter(message: message)
             }
         }
@@ -174,12 +186,13 @@ extension SQLiteMessageLog {
         let origin = try await self.write { db in
             try Self.requireDeadLetterTopic(db, position.topic)
             guard
+                let table = try Self.messageTable(db, topic: position.topic, partition: position.partition),
                 let row = try Row.fetchOne(
                     db,
                     sql: """
-                        SELECT partition, offset, key, event, headers, appended_at FROM messages
-                        WHERE topic = ? AND partition = ? AND offset = ?
-                        """, arguments: [position.topic, position.partition, position.offset])
+                        SELECT offset, key, event, headers, appended_at FROM \(Self.messageTable(table))
+                        WHERE offset = ?
+                        """, arguments: [position.offset])
             else {
                 throw MessagingError(.notFound, "no dead letter at \(position)")
             }
@@ -188,19 +201,18 @@ extension SQLiteMessageLog {
                 throw MessagingError(
                     .invalidArgument, "dead letter \(position) has no \(DeadLetterHeader.topic) header to replay to")
             }
-            let partitions = try Self.partitionCount(db, letter.origin.topic)
+            let tables = try Self.messageTables(db, letter.origin.topic)
             let headers = letter.message.headers.filter { !$0.key.hasPrefix("aviary-dlq-") }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             let message = Encoded(
                 topic: letter.origin.topic, key: row["key"], event: row["event"],
                 headers: String(decoding: try encoder.encode(headers), as: UTF8.self))
-            _ = try Self.append(db, message, partitions: partitions, now: now)
+            _ = try Self.append(db, message, tables: tables, now: now)
             try Self.keepNewestOffset(
                 db, topic: position.topic, partition: position.partition, atLeast: position.offset)
             try db.execute(
-                sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset = ?",
-                arguments: [position.topic, position.partition, position.offset])
+                sql: "DELETE FROM \(Self.messageTable(table)) WHERE offset = ?", arguments: [position.offset])
             return letter.origin.topic
         }
         WakeUpHub.shared.notify(store: self.path, topic: origin)
@@ -212,21 +224,27 @@ extension SQLiteMessageLog {
         try await self.write { db in
             try Self.requireDeadLetterTopic(db, topic)
             guard let positions else {
-                // Offsets are not given again once their messages are gone (newestOffset).
-                try db.execute(
-                    sql: "UPDATE partitions AS p SET last_offset = \(Self.newestOffset) WHERE p.topic = ?",
-                    arguments: [topic])
-                try db.execute(sql: "DELETE FROM messages WHERE topic = ?", arguments: [topic])
-                return db.changesCount
+                var purged = 0
+                for (partition, table) in try Self.storedMessageTables(db, topic).enumerated() {
+                    // Offsets are not given again once their messages are gone (newestOffset).
+                    if let newest = try Self.newestOffset(db, table: table, topic: topic, partition: partition) {
+                        try Self.keepNewestOffset(db, topic: topic, partition: partition, atLeast: newest)
+                    }
+                    try db.execute(sql: "DELETE FROM \(Self.messageTable(table))")
+                    purged += db.changesCount
+                }
+                return purged
             }
             var purged = 0
             for position in positions {
                 guard position.topic == topic else {
                     throw MessagingError(.invalidArgument, "position \(position) is not in topic \(topic)")
                 }
+                guard let table = try Self.messageTable(db, topic: topic, partition: position.partition) else {
+                    continue
+                }
                 try db.execute(
-                    sql: "DELETE FROM messages WHERE topic = ? AND partition = ? AND offset = ?",
-                    arguments: [topic, position.partition, position.offset])
+                    sql: "DELETE FROM \(Self.messageTable(table)) WHERE offset = ?", arguments: [position.offset])
                 guard db.changesCount > 0 else { continue }
                 purged += db.changesCount
                 try Self.keepNewestOffset(db, topic: topic, partition: position.partition, atLeast: position.offset)
