@@ -239,4 +239,40 @@ struct SQLiteMessageLogTablesTests {
         #expect(after.map(\.offset) == [2])
         try await log.close()
     }
+
+    @Test(
+        "a topic of the most partitions (4096, a table each) is published to, received from, listed and dead-lettered")
+    func mostPartitions() async throws {
+        let path = SQLiteMessageLogTests.temporaryPath()
+        defer { SQLiteMessageLogTests.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("wide", TopicOptions(partitions: 4096))
+        try await log.subscribe(group: "g", topic: "wide", options: GroupOptions(maxDeliveries: 1))
+        let published = try await log.publish(
+            (0..<300).map { OutgoingMessage(topic: "wide", key: "key-\($0)", event: Self.event("w\($0)")) })
+        #expect(Set(published.map(\.partition)).count > 250)
+        var received: [Delivery] = []
+        for _ in 0..<20 where received.count < 300 {
+            let batch = try await log.receive(
+                ReceiveRequest(group: "g", topic: "wide", consumer: "c", maxMessages: 300, maxPartitions: 4096))
+            for delivery in batch.deliveries {
+                if delivery.message.event.id == "w7" {
+                    try await log.nack(delivery, redeliverAfter: .zero, error: "no")
+                } else {
+                    try await log.ack(delivery)
+                }
+            }
+            received += batch.deliveries
+        }
+        #expect(Set(received.map(\.message.event.id)).count == 300)
+        let topic = try #require(try await log.topics().first { $0.name == "wide" })
+        #expect(topic.partitions.count == 4096)
+        #expect(topic.partitions.reduce(0) { $0 + $1.depth } == 300)
+        #expect(topic.groups.first?.lag == 0)
+        #expect(topic.groups.first?.deadLettered == 1)
+        let letters = try await log.deadLetters(
+            topic: SQLiteMessageLog.deadLetterTopic(for: "wide", group: "g"), limit: 5)
+        #expect(letters.map(\.message.event.id) == ["w7"])
+        try await log.close()
+    }
 }
