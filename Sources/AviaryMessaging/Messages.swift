@@ -126,7 +126,10 @@ public struct Delivery: Sendable, Hashable {
 /// How long a topic keeps its messages. Messages go from the head of each partition, oldest first,
 /// whether or not every group consumed them; a group that had not is told (``RetentionGap``).
 public struct Retention: Sendable, Hashable {
-    /// Delete messages appended longer ago than this; `nil` keeps them forever.
+    /// Delete messages appended longer ago than this; `nil` keeps them forever. A partition is
+    /// cut before its oldest message young enough to keep: a message stamped older than one
+    /// before it (the wall clock stepped back) goes with that one, so no message younger than
+    /// this is ever deleted.
     public var maxAge: Duration?
     /// Keep at most this many bytes of messages per partition; `nil` has no limit.
     public var maxBytesPerPartition: Int64?

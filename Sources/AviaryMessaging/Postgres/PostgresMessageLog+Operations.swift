@@ -34,11 +34,19 @@ extension PostgresMessageLog {
                     let partition = try partitionRow["partition"].decode(Int.self)
                     var cut: Int64 = 0
                     if let maxAge {
+                        // Everything before the oldest message young enough to keep (a walk of the
+                        // primary key from the partition's start that reads only what goes); a
+                        // message the wall clock, stepped back, stamped older than one before it
+                        // waits for that one, and no message younger than the limit is deleted.
                         let rows = try await Self.rows(
                             connection,
                             """
                             SELECT max(msg_offset) AS cut FROM aviary_messages
-                            WHERE topic_id = \(id) AND partition = \(partition) AND appended_at < \(now - maxAge)
+                            WHERE topic_id = \(id) AND partition = \(partition) AND msg_offset < coalesce(
+                                (SELECT msg_offset FROM aviary_messages
+                                 WHERE topic_id = \(id) AND partition = \(partition) AND appended_at >= \(now - maxAge)
+                                 ORDER BY msg_offset LIMIT 1),
+                                9223372036854775807)
                             """, logger)
                         cut = max(cut, try rows.first?["cut"].decode(Int64?.self) ?? 0)
                     }

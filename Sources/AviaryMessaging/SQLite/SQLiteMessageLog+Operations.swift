@@ -26,11 +26,20 @@ extension SQLiteMessageLog {
                     let messages = Self.messageTable(table)
                     var cut: Int64 = 0
                     if let maxAge {
+                        // Everything before the oldest message young enough to keep (a seek
+                        // from the partition's start that reads only what goes, where the
+                        // newest expired message meant reading the whole table); a message the
+                        // wall clock, stepped back, stamped older than one before it waits for
+                        // that one, and no message younger than the limit is ever deleted.
                         cut = max(
                             cut,
                             try Int64.fetchOne(
                                 db,
-                                sql: "SELECT MAX(offset) FROM \(messages) WHERE appended_at < ?",
+                                sql: """
+                                    SELECT MAX(offset) FROM \(messages) WHERE offset < COALESCE(
+                                        (SELECT offset FROM \(messages) WHERE appended_at >= ? ORDER BY offset LIMIT 1),
+                                        9223372036854775807)
+                                    """,
                                 arguments: [now - maxAge]) ?? 0)
                     }
                     if let maxBytes {

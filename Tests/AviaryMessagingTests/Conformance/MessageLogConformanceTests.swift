@@ -667,6 +667,31 @@ struct MessageLogConformanceTests {
         }
     }
 
+    @Test(
+        "retention by age deletes the messages before the oldest one young enough to keep, never a younger one (a clock stepped back)",
+        arguments: MessageLogBackends.all)
+    func retentionByAgeKeepsYoungerMessages(backend: MessageLogBackend) async throws {
+        try await backend.withLog { log, clock in
+            try await log.createTopic(
+                "orders", TopicOptions(partitions: 1, retention: Retention(maxAge: .seconds(60))))
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(1))])  // at 0 s
+            clock.advance(by: .seconds(30))
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(2))])  // at 30 s
+            clock.advance(by: .seconds(-20))
+            try await log.publish([OutgoingMessage(topic: "orders", key: "k", event: try numbered(3))])  // at 10 s
+            clock.advance(by: .seconds(65))  // now 75 s: 1 and 3 are older than 60 s, 2 is not
+            #expect(try await log.applyRetention() == 1)
+            var partition = try #require(try await log.topics().first { $0.name == "orders" }?.partitions.first)
+            #expect(partition.firstOffset == 2)
+            #expect(partition.depth == 2)
+            clock.advance(by: .seconds(20))  // now 95 s: 2 is older than 60 s too
+            #expect(try await log.applyRetention() == 2)
+            partition = try #require(try await log.topics().first { $0.name == "orders" }?.partitions.first)
+            #expect(partition.depth == 0)
+            #expect(partition.lastOffset == 3)
+        }
+    }
+
     @Test("retention by bytes keeps the newest messages of each partition", arguments: MessageLogBackends.all)
     func retentionByBytes(backend: MessageLogBackend) async throws {
         try await backend.withLog { log, _ in
