@@ -219,7 +219,7 @@ public final class MessageConsumer: Service {
                             // Cancelled, not shut down gracefully: the loop ends below, and what a
                             // cut-short receive may have leased comes back when its lease runs out.
                         } catch {
-                            self.metrics.failed(.receive)
+                            self.metrics.callFailed(.receive)
                             self.logger.error(
                                 "receiving failed; retrying on the next wake-up",
                                 metadata: self.metadata([
@@ -352,7 +352,7 @@ public final class MessageConsumer: Service {
             } catch  where Task.isCancelled {
                 return
             } catch {
-                self.metrics.failed(.extendLease)
+                self.metrics.callFailed(.extendLease)
                 self.logger.warning(
                     "extending the lease failed",
                     metadata: self.metadata([
@@ -378,7 +378,7 @@ public final class MessageConsumer: Service {
                 try await Self.shielded { try await self.log.ack(delivery) }
                 return true
             } catch {
-                self.metrics.failed(.ack)
+                self.metrics.callFailed(.ack)
                 self.logger.warning(
                     "acknowledging failed; the partition will be redelivered",
                     metadata: self.metadata([
@@ -422,7 +422,7 @@ public final class MessageConsumer: Service {
                         try await self.log.nack(delivery, redeliverAfter: delay, error: "\(error)")
                     }
                 } catch {
-                    self.metrics.failed(.nack)
+                    self.metrics.callFailed(.nack)
                     self.logger.warning(
                         "nacking failed; the partition will be redelivered",
                         metadata: self.metadata([
@@ -440,7 +440,7 @@ public final class MessageConsumer: Service {
         do {
             try await Self.shielded { try await self.log.release(rest) }
         } catch {
-            self.metrics.failed(.release)
+            self.metrics.callFailed(.release)
             self.logger.warning(
                 "releasing leased messages failed; they are redelivered when the lease expires",
                 metadata: self.metadata(["error.message": "\(error)"]))

@@ -99,7 +99,7 @@ enum MessagingMetrics {
         }
 
         /// Counts a failed log call.
-        func failed(_ operation: Operation) {
+        func callFailed(_ operation: Operation) {
             switch operation {
             case .receive: self.receiveErrors.increment()
             case .ack: self.ackErrors.increment()
