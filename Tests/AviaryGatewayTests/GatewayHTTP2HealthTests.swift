@@ -111,9 +111,11 @@ struct GatewayHTTP2HealthTests {
                 let clock = ManualClock()
                 let yaml = Self.yaml(
                     [origins[0].port, closed, http1[0].port],
-                    // The HTTP/1.1 origin neither answers nor closes on HTTP/2's preface: the probe's
-                    // timeout (real time) fails it, so it is shorter here.
-                    check: "{grpc: {}, interval: 10s, timeout: 4s, unhealthy: 1}")
+                    // Neither endpoint is waited for: the refused one fails at connect, the HTTP/1.1
+                    // one at its answer to HTTP/2's preface (a connection error closes the probe's
+                    // connection). The timeout is far beyond the wait below, so a probe that only
+                    // its timeout ends fails the test.
+                    check: "{grpc: {}, interval: 600s, timeout: 600s, unhealthy: 1}")
                 try await withGateway(yaml, clock: clock) { gateway async throws in
                     let state = gateway.server.currentCore.clusters[0]
                     await eventually("the closed port and the HTTP/1.1 origin are out") {

@@ -174,10 +174,15 @@ extension HealthChecker {
             }
             promise.limit(channel, to: timeout)
             let ready = tls == nil ? channel.eventLoop.makeSucceededFuture(channel) : UpstreamTLS.handshake(channel)
-            ready.flatMapThrowing { channel in
-                try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            ready.flatMapThrowing { channel -> NIOHTTP2Handler.StreamMultiplexer in
+                let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
                     mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()
                 ) { stream in stream.eventLoop.makeSucceededVoidFuture() }  // The upstream opens no streams.
+                // An endpoint that does not speak HTTP/2 (an HTTP/1.1 answer to the preface) is a
+                // connection error: the connection closes, its stream with it, and the probe fails
+                // at once instead of at its timeout, as for the pooled HTTP/2 connections.
+                try channel.pipeline.syncOperations.addHandler(HTTP2CloseOnError())
+                return multiplexer
             }.flatMap { multiplexer in
                 multiplexer.createStreamChannel { stream in
                     stream.eventLoop.makeCompletedFuture {
