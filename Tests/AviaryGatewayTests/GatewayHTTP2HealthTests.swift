@@ -18,16 +18,9 @@ import Testing
 @Suite("Gateway HTTP/2 health checks", .timeLimit(.minutes(2)))
 struct GatewayHTTP2HealthTests {
     static func withGRPCOrigins<T>(_ count: Int, _ body: ([GRPCOrigin]) async throws -> T) async throws -> T {
-        var origins: [GRPCOrigin] = []
-        for _ in 0..<count { origins.append(try await GRPCOrigin.start(group: MultiThreadedEventLoopGroup.singleton)) }
-        do {
-            let result = try await body(origins)
-            for origin in origins { await origin.stop() }
-            return result
-        } catch {
-            for origin in origins { await origin.stop() }
-            throw error
-        }
+        try await withServers(
+            Array(0..<count), start: { _ in try await GRPCOrigin.start(group: MultiThreadedEventLoopGroup.singleton) },
+            stop: { await $0.stop() }, body)
     }
 
     static func yaml(_ ports: [Int], check: String) -> String {

@@ -63,15 +63,11 @@ struct GatewayUpstreamTLSTests {
 
     /// Runs `body` with an HTTPS origin.
     func withTLSOrigin<T>(_ context: NIOSSLContext, _ body: (TestOrigin) async throws -> T) async throws -> T {
-        let origin = try await TestOrigin.start(name: "tls", group: MultiThreadedEventLoopGroup.singleton, tls: context)
-        do {
-            let result = try await body(origin)
-            await origin.stop()
-            return result
-        } catch {
-            await origin.stop()
-            throw error
-        }
+        try await withServers(
+            [context],
+            start: { try await TestOrigin.start(name: "tls", group: MultiThreadedEventLoopGroup.singleton, tls: $0) },
+            stop: { await $0.stop() }
+        ) { origins in try await body(origins[0]) }
     }
 
     @Test("requests reach an HTTPS upstream verified by its CA, by address or by server_name, on kept connections")

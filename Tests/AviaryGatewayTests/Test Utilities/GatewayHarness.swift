@@ -92,16 +92,25 @@ func withGateway<T>(
 
 /// Runs `body` with origins named `names`, stopping them afterwards.
 func withOrigins<T>(_ names: [String], _ body: ([TestOrigin]) async throws -> T) async throws -> T {
-    var origins: [TestOrigin] = []
-    for name in names {
-        origins.append(try await TestOrigin.start(name: name, group: MultiThreadedEventLoopGroup.singleton))
-    }
+    try await withServers(
+        names, start: { name in try await TestOrigin.start(name: name, group: MultiThreadedEventLoopGroup.singleton) },
+        stop: { await $0.stop() }, body)
+}
+
+/// Runs `body` with a server started for each of `arguments`, stopping every one started
+/// afterwards, whether `body` returns or throws (and when a later start fails).
+func withServers<Argument, Server, T>(
+    _ arguments: [Argument], start: (Argument) async throws -> Server, stop: (Server) async -> Void,
+    _ body: ([Server]) async throws -> T
+) async throws -> T {
+    var servers: [Server] = []
     do {
-        let result = try await body(origins)
-        for origin in origins { await origin.stop() }
+        for argument in arguments { servers.append(try await start(argument)) }
+        let result = try await body(servers)
+        for server in servers { await stop(server) }
         return result
     } catch {
-        for origin in origins { await origin.stop() }
+        for server in servers { await stop(server) }
         throw error
     }
 }
