@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryCore
 import Foundation
 import Synchronization
 import Testing
@@ -59,5 +60,76 @@ struct SQLiteWriterThreadTests {
         try await MessageConsumerTests.eventually(.seconds(30)) { !writer.hasThread }
         #expect(!writer.hasThread)
         #expect(try await writer.run { 2 } == 2)
+    }
+
+    @Test("a task that prefers the writer as its executor runs on the thread, and its jobs run at once")
+    func executorPreference() async throws {
+        let writer = SQLiteWriterThread(name: "test-writer")
+        let record = Record()
+        #expect(!writer.isCurrent)
+        try await withTaskExecutorPreference(writer) {
+            #expect(writer.isCurrent)
+            // Another task's job waits behind the job that runs this task...
+            let queued = Task.detached { try await writer.run { record.job(1) } }
+            let deadline = ContinuousClock.now + .seconds(30)
+            while writer.pendingJobs == 0, ContinuousClock.now < deadline { sched_yield() }
+            #expect(writer.pendingJobs == 1)
+            // ...and this task's own job runs where the task is, before it.
+            #expect(
+                try await writer.run {
+                    record.job(2); return writer.isCurrent
+                })
+            try await queued.value
+            #expect(writer.isCurrent)
+        }
+        #expect(!writer.isCurrent)
+        #expect(record.values.withLock { $0 } == [2, 1])
+    }
+
+    @Test("a producer on a log's writer executor publishes on the writer thread next to other producers")
+    func logWriterExecutor() async throws {
+        let path = SQLiteMessageLogTests.temporaryPath()
+        defer { SQLiteMessageLogTests.remove(path) }
+        let log = try SQLiteMessageLog(path: path)
+        try await log.createTopic("orders", TopicOptions(partitions: 2))
+        try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
+        func message(_ id: String) -> OutgoingMessage {
+            OutgoingMessage(topic: "orders", key: id, event: CloudEvent(id: id, source: "/test", type: "t"))
+        }
+        let count = 200
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask {
+                try await withTaskExecutorPreference(log.writerExecutor) {
+                    for index in 0..<count {
+                        #expect(log.writer.isCurrent)
+                        let position = try #require(try await log.publish([message("pinned-\(index)")]).first)
+                        #expect(position.offset > 0)
+                    }
+                }
+            }
+            tasks.addTask {
+                for index in 0..<count { try await log.publish([message("pool-\(index)")]) }
+            }
+            try await tasks.waitForAll()
+        }
+        // Every message is there once, each partition's offsets dense from 1.
+        var ids: [String: Int] = [:]
+        var offsets: [Int: [Int64]] = [:]
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ids.values.reduce(0, +) < 2 * count, ContinuousClock.now < deadline {
+            let batch = try await log.receive(
+                ReceiveRequest(group: "g", topic: "orders", consumer: "c", maxMessages: 100))
+            for delivery in batch.deliveries {
+                ids[delivery.message.event.id, default: 0] += 1
+                offsets[delivery.message.position.partition, default: []].append(delivery.message.position.offset)
+                try await log.ack(delivery)
+            }
+        }
+        for (_, partitionOffsets) in offsets {
+            #expect(partitionOffsets.sorted() == Array(1...Int64(partitionOffsets.count)))
+        }
+        #expect(ids.count == 2 * count)
+        #expect(ids.values.allSatisfy { $0 == 1 })
+        try await log.close()
     }
 }

@@ -9,7 +9,8 @@
 //   BrokerBench run --url URL [--seconds S] [--rate R]
 //       publish (one message per call, batches of 100 and 1000), consume-and-ack through
 //       MessageConsumer, and publish-to-consume latency at R messages/s (consumer in this process
-//       and in a child process), each for about S seconds; `--only a,b` runs only the scenarios
+//       and in a child process), each for about S seconds (on SQLite also `publish_single_writer`:
+//       single publishes from a task on the log's writer executor); `--only a,b` runs only the scenarios
 //       named, and `--only publish_single_8` (never run by default) publishes one message per call
 //       from 8 tasks at once
 //   BrokerBench consume-latency --url URL --topic T --count N
@@ -364,6 +365,16 @@ func run(_ arguments: Arguments) async throws {
     where wanted(scenario) {
         let (messages, perSecond) = try await publishThroughput(log, topic: "publish", batch: batch, seconds: seconds)
         emit(["backend": backend, "scenario": scenario, "messages": messages, "per_second": perSecond])
+        // SQLite: the same single publishes from a task on the log's writer thread
+        // (`SQLiteMessageLog.writerExecutor`), which saves the two hand-offs between threads.
+        if scenario == "publish_single", let sqlite = log as? SQLiteMessageLog, wanted("publish_single_writer") {
+            let (messages, perSecond) = try await withTaskExecutorPreference(sqlite.writerExecutor) {
+                try await publishThroughput(log, topic: "publish", batch: 1, seconds: seconds)
+            }
+            emit([
+                "backend": backend, "scenario": "publish_single_writer", "messages": messages, "per_second": perSecond,
+            ])
+        }
     }
     // Not part of the default run (scripts/bench-broker.sh): only with --only publish_single_8.
     if only?.contains("publish_single_8") == true {

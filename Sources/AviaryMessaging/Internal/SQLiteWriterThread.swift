@@ -23,6 +23,11 @@ import Synchronization
 ///
 /// The thread starts with the first write and ends after ``idleLifetime`` without one (the next
 /// write starts another), so a log that is not closed leaves no thread behind.
+///
+/// The thread is also a `TaskExecutor` (``SQLiteMessageLog/writerExecutor``): a task that prefers
+/// it runs its code on this thread between the writes, and its writes run where it already is,
+/// without either hand-off. That is for a task that mostly writes (a producer publishing one
+/// message after another); every other write of the log waits while such a task runs.
 final class SQLiteWriterThread: Sendable {
     private struct State {
         var jobs: [@Sendable () -> Void] = []
@@ -62,12 +67,34 @@ final class SQLiteWriterThread: Sendable {
     /// Whether a thread is running (or starting) to take jobs, for tests.
     var hasThread: Bool { self.state.withLock { $0.running } }
 
-    /// Runs `body` on the thread, after the jobs submitted before it, and returns its result.
+    /// How many jobs wait for the thread, for tests.
+    var pendingJobs: Int { self.state.withLock { $0.jobs.count } }
+
+    /// The thread-local slot in which a writer thread keeps its ``SQLiteWriterThread`` (unretained:
+    /// the thread's closure retains the object while the thread runs), so that ``isCurrent`` is
+    /// one load and a compare.
+    private static let currentKey: pthread_key_t = {
+        var key = pthread_key_t()
+        precondition(pthread_key_create(&key, nil) == 0, "no thread-local key for the SQLite writer thread")
+        return key
+    }()
+
+    /// Whether the calling code runs on this writer's thread (in a job, or in a task that prefers
+    /// it as its executor).
+    var isCurrent: Bool {
+        let current: UnsafeMutableRawPointer? = pthread_getspecific(Self.currentKey)
+        return current == Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    /// Runs `body` on the thread and returns its result: after the jobs submitted before it, or at
+    /// once when the caller already runs on the thread (a task that prefers ``SQLiteWriterThread``
+    /// as its executor, whose job is the one running, so that no other job can run meanwhile).
     ///
     /// The caller's task is suspended (not blocked) while `body` runs; `body` may block.
     func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        if self.isCurrent { return try body() }
         // Unsafe continuation: the job resumes it exactly once, and nothing else touches it.
-        try await withUnsafeThrowingContinuation { continuation in
+        return try await withUnsafeThrowingContinuation { continuation in
             self.submit { continuation.resume(with: Result { try body() }) }
         }
     }
@@ -107,6 +134,8 @@ final class SQLiteWriterThread: Sendable {
         // thread's, not the process's.)
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, Self.niceValue)
         #endif
+        pthread_setspecific(Self.currentKey, Unmanaged.passUnretained(self).toOpaque())
+        defer { pthread_setspecific(Self.currentKey, nil) }
         var batch: [@Sendable () -> Void] = []
         // Whether the last job came within ``spinLimit`` of the one before it ended.
         var spins = false
@@ -153,5 +182,13 @@ final class SQLiteWriterThread: Sendable {
             sched_yield()
         }
         return false
+    }
+}
+
+extension SQLiteWriterThread: TaskExecutor {
+    /// Runs a job of a task that prefers this executor on the thread, in turn with the writes.
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        self.submit { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
