@@ -16,7 +16,8 @@
 #   BROKERBENCH=path runs that BrokerBench binary instead of building one (any mode).
 #
 # - AviaryMessaging (Benchmarks/Sources/BrokerBench, release build): publish one message per
-#   durable transaction and batches of 100 and 1000, consume-and-ack through MessageConsumer (one
+#   durable transaction (on SQLite also from a task on the log's writer executor,
+#   `SQLiteMessageLog.writerExecutor`) and batches of 100 and 1000, consume-and-ack through MessageConsumer (one
 #   partition at a time, an ack per message), and publish-to-consume latency at 1,000 messages/s
 #   with the consumer in the producer's process and in another process; for SQLiteMessageLog
 #   (WAL, synchronous=FULL, as it runs) and PostgresMessageLog.
@@ -310,6 +311,7 @@ print(f"\nrow: {get('sqlite', 'row_bytes', 'bytes')} bytes per message; {sys.arg
 print("| measurement | AviaryMessaging SQLite | SQLite raw | AviaryMessaging PostgreSQL | PostgreSQL raw (pgbench) | Redis Streams | NATS JetStream |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 print(f"| publish, 1 message per durable transaction | {rate(get('sqlite', 'publish_single'))} | {rate(get('sqlite-raw', 'insert_1'))} | {rate(get('postgres', 'publish_single'))} | {rate(get('postgres-raw', 'insert_1'))} | {rate(get('redis', 'xadd_pipeline_1'))} (XADD, no pipeline) | {rate(get('nats', 'nats_acked_single'))} (acked, one at a time) |")
+print(f"| publish, 1 message per durable transaction, producer on the log's writer executor | {rate(get('sqlite', 'publish_single_writer'))} | {rate(get('sqlite-raw', 'insert_1'))} | | | | |")
 print(f"| publish, batches of 100 | {rate(get('sqlite', 'publish_batch_100'))} | {rate(get('sqlite-raw', 'insert_100'))} | {rate(get('postgres', 'publish_batch_100'))} | {rate(get('postgres-raw', 'insert_100'))} | {rate(get('redis', 'xadd_pipeline_100'))} (XADD pipelined by 100) | {rate(get('nats', 'nats_acked_window_100'))} (100 acks in flight) |")
 print(f"| publish, batches of 1000 | {rate(get('sqlite', 'publish_batch_1000'))} | {rate(get('sqlite-raw', 'insert_1000'))} | {rate(get('postgres', 'publish_batch_1000'))} | {rate(get('postgres-raw', 'insert_1000'))} | | |")
 print(f"| consume and ack (MessageConsumer, ack per message) / raw SKIP LOCKED delete | {rate(get('sqlite', 'consume_ack'))} | | {rate(get('postgres', 'consume_ack'))} | {rate(get('postgres-raw', 'skip_locked_delete'))} | | |")
@@ -324,6 +326,7 @@ goals = [
     ("SQLite batched publish (100) / Redis XADD pipelined by 100", ratio(get('sqlite', 'publish_batch_100'), get('redis', 'xadd_pipeline_100')), ">= 0.5"),
     ("PostgreSQL batched publish (100) / Redis XADD pipelined by 100", ratio(get('postgres', 'publish_batch_100'), get('redis', 'xadd_pipeline_100')), ">= 0.5"),
     ("SQLite single-message publish / raw single-row transaction", ratio(get('sqlite', 'publish_single'), get('sqlite-raw', 'insert_1')), ">= 0.8"),
+    ("SQLite single-message publish, producer on the writer executor / raw single-row transaction", ratio(get('sqlite', 'publish_single_writer'), get('sqlite-raw', 'insert_1')), ">= 0.8"),
     ("PostgreSQL single-message publish / raw single-row transaction", ratio(get('postgres', 'publish_single'), get('postgres-raw', 'insert_1')), ">= 0.8"),
     ("PostgreSQL consume-and-ack / raw SKIP LOCKED delete", ratio(get('postgres', 'consume_ack'), get('postgres-raw', 'skip_locked_delete')), ">= 0.5"),
 ]
