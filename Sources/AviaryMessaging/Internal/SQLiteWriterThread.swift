@@ -99,7 +99,9 @@ final class SQLiteWriterThread: Sendable {
         }
     }
 
-    private func submit(_ job: @escaping @Sendable () -> Void) {
+    /// Queues `job` to run on the thread after the jobs submitted before it (for work whose
+    /// callers wait in their own way, as ``SQLiteGroupCommit``'s).
+    func submit(_ job: @escaping @Sendable () -> Void) {
         enum Action { case none, signal, start }
         let action = self.state.withLock { state -> Action in
             state.jobs.append(job)

@@ -115,6 +115,9 @@ public final class SQLiteMessageLog: MessageLog {
     /// wait for any write; so keep slow work that is not the log's out of it. Writes of other
     /// tasks still run in turn with its jobs, and nothing changes for them.
     public var writerExecutor: any TaskExecutor { self.writer }
+
+    /// Puts publishes submitted while the writer thread is busy into one transaction.
+    let groupCommit: SQLiteGroupCommit
     let clock: any WallClock
     let configuration: Configuration
     /// The wake-up streams this instance handed out (finished on ``close()``).
@@ -187,6 +190,7 @@ public final class SQLiteMessageLog: MessageLog {
         } catch {
             throw MessagingError(.unavailable, "cannot open the message log \(path): \(error)")
         }
+        self.groupCommit = SQLiteGroupCommit(pool: self.pool, writer: self.writer)
     }
 
     /// Waits for another process's write lock in short sleeps until `limit` has passed: 50 µs
@@ -240,10 +244,14 @@ public final class SQLiteMessageLog: MessageLog {
     ///   - acknowledgement: the transaction only moves a group's cursor and leases; it commits
     ///     with ``Configuration/acknowledgementSynchronous`` (SQLite allows the setting to change
     ///     between transactions only, so it is set before and restored after).
+    ///   - grouped: `body` may share its transaction with other grouped writes submitted while the
+    ///     writer thread was busy, each in a savepoint of its own, and one commit (see
+    ///     ``SQLiteGroupCommit``); for publishes, whose bodies touch only what they write. Not for
+    ///     a caller already on the writer thread (``writerExecutor``), which runs its write at once.
     ///   - shortcut: runs first on the same connection, outside a transaction (a read, no write
     ///     lock); an answer it returns is the result, and `body` does not run.
     func write<T: Sendable>(
-        acknowledgement: Bool = false,
+        acknowledgement: Bool = false, grouped: Bool = false,
         shortcut: (@Sendable (Database) throws -> T?)? = nil, _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
@@ -255,6 +263,9 @@ public final class SQLiteMessageLog: MessageLog {
         while true {
             do {
                 try Task.checkCancellation()
+                if grouped, relaxed == nil, shortcut == nil, !self.writer.isCurrent {
+                    return try await self.groupCommit.run(body)
+                }
                 return try await self.writer.run { [pool = self.pool] in
                     try pool.writeWithoutTransaction { db in
                         if let shortcut, let answer = try shortcut(db) { return answer }
@@ -490,7 +501,7 @@ public final class SQLiteMessageLog: MessageLog {
         let encoded = try messages.map(Self.encode)
         let topics = Set(encoded.map(\.topic))
         let now = self.nowMillis
-        let positions = try await self.write { db in
+        let positions = try await self.write(grouped: true) { db in
             // Per topic: its partition count and, per partition, the indices of the batch's
             // immediate messages in the order given.
             var slots: [String: Int] = [:]
