@@ -103,7 +103,7 @@ struct SQLiteNextOffsetsTests {
         let first = try await log.publish((0..<3).map { Self.message("t", "k", "a\($0)") })
         #expect(first.map(\.offset) == [1, 2, 3])
         // Values longer than 2,000 bytes fail to bind (SQLITE_TOOBIG) on the writer connection.
-        let limit = try log.pool.writeWithoutTransaction { db in
+        let limit = try await log.pool.writeWithoutTransaction { db in
             sqlite3_limit(db.sqliteConnection, SQLITE_LIMIT_LENGTH, 2000)
         }
         let big = CloudEvent(id: "big", source: "/t", type: "t", data: Data(String(repeating: "x", count: 3000).utf8))
@@ -113,7 +113,7 @@ struct SQLiteNextOffsetsTests {
                 (0..<34).map { Self.message("t", "k", "lost\($0)") }
                     + [OutgoingMessage(topic: "t", key: "k", event: big)])
         }
-        _ = try log.pool.writeWithoutTransaction { db in
+        _ = try await log.pool.writeWithoutTransaction { db in
             sqlite3_limit(db.sqliteConnection, SQLITE_LIMIT_LENGTH, limit)
         }
         let next = try await log.publish((0..<2).map { Self.message("t", "k", "b\($0)") })
