@@ -96,6 +96,39 @@ struct StoredJSONTests {
         }
     }
 
+    @Test(
+        "one writer for a batch's events writes each as a writer of its own: times of the same and of other seconds, escapes, data that makes it grow"
+    )
+    func sharedWriter() throws {
+        // Times in seconds already written and in new ones (the writer keeps the last second's
+        // digits), a year it writes with five digits, escapes and data longer than its buffer.
+        let intervals: [Double] = [
+            1.25, 1.999, 2.0, 1.5, 86_399.5, 86_400.001, 86_400.999, 3_107_981_069.64, 253_402_300_800.5,
+            253_402_300_800.75, 86_400.002,
+        ]
+        let long = #"{"text":""# + String(repeating: #"abc\n"#, count: 400) + #""}"#
+        var events = intervals.map { interval in
+            CloudEvent(
+                id: "id \(interval)\n", source: "/s", type: "t", subject: "\u{1}é",
+                time: Date(timeIntervalSince1970: interval), data: Data(#"{"a":1}"#.utf8))
+        }
+        events.insert(CloudEvent(source: "/s", type: "t", time: nil, data: Data(long.utf8)), at: 3)
+        events.append(CloudEvent(source: "/s", type: "t", time: Date(timeIntervalSince1970: 1.5)))
+        var writer = JSONWriter(capacity: 16)
+        defer { writer.deallocate() }
+        for event in events {
+            let shared = try StoredJSON.event(event, into: &writer)
+            #expect(shared == (try StoredJSON.event(event)))
+            if let time = event.time, time.timeIntervalSince1970 < 253_402_300_800 {
+                #expect(try Self.decode(shared) == Self.decode(StoredJSON.slow(event)), "\(shared)")
+            }
+        }
+        #expect(
+            try StoredJSON.event(events[0], into: &writer)
+                == #"{"data":{"a":1},"id":"id 1.25\n","source":"/s","specversion":"1.0","subject":"\u0001é","#
+                + #""time":"1970-01-01T00:00:01.250Z","type":"t"}"#)
+    }
+
     @Test("headers are a JSON object of strings that decodes back")
     func headers() throws {
         let headers = ["traceparent": "00-1-2-01", "quote\"": "back\\slash\n", "é": "✓"]

@@ -26,6 +26,15 @@ import Darwin
 enum StoredJSON {
     /// The stored form of `event`: its attributes, `data` and extensions in name order.
     static func event(_ event: CloudEvent) throws -> String {
+        var out = JSONWriter(capacity: 256 + (event.data?.count ?? 0))
+        defer { out.deallocate() }
+        return try Self.event(event, into: &out)
+    }
+
+    /// The stored form of `event`, written with `out`, whose buffer (and the digits of the last
+    /// time it wrote) the events of a batch share: one writer per batch instead of a byte array
+    /// grown per event.
+    static func event(_ event: CloudEvent, into out: inout JSONWriter) throws -> String {
         if let data = event.data {
             guard Self.isJSON(event.dataContentType), JSONCheck.isAcceptable(data) else {
                 return try Self.slow(event)
@@ -34,52 +43,68 @@ enum StoredJSON {
         let extensions =
             event.extensions.isEmpty
             ? [] : event.extensions.filter { !Self.reservedNames.contains($0.key) }.sorted { $0.key < $1.key }
-        var out = JSONWriter(capacity: 256 + (event.data?.count ?? 0))
+        // The extensions are written among the attributes, in name order; `next` is the first not
+        // written yet. (Static helpers with `inout` arguments, not nested functions capturing
+        // `out` and `next`: captured variables are checked for exclusive access at run time,
+        // a few percent of encoding an event in a profile.)
         var next = 0
-        // Writes the extensions that sort before `name` (all that are left when nil).
-        func writeExtensions(before name: String?) {
-            while next < extensions.count, name.map({ extensions[next].key < $0 }) ?? true {
-                out.key(extensions[next].key)
-                out.string(extensions[next].value)
-                next += 1
-            }
-        }
-        // A string attribute (when present), after the extensions that sort before it.
-        func attribute(_ name: String, _ value: String?) {
-            guard let value else { return }
-            writeExtensions(before: name)
-            out.key(name)
-            out.string(value)
-        }
+        out.clear()
         // The CloudEvents attributes in name order: data, datacontenttype, dataschema, id, source,
         // specversion, subject, time, type.
         out.open()
         if let data = event.data {
-            writeExtensions(before: "data")
-            out.key("data")
+            Self.extensions(extensions, &next, before: "data", into: &out)
+            out.key(written: #""data":"#)
             out.raw(data)
         }
-        attribute("datacontenttype", event.dataContentType)
-        attribute("dataschema", event.dataSchema)
-        attribute("id", event.id)
-        attribute("source", event.source)
-        attribute("specversion", CloudEvent.specVersion)
-        attribute("subject", event.subject)
+        Self.attribute("datacontenttype", #""datacontenttype":"#, event.dataContentType, extensions, &next, &out)
+        Self.attribute("dataschema", #""dataschema":"#, event.dataSchema, extensions, &next, &out)
+        Self.attribute("id", #""id":"#, event.id, extensions, &next, &out)
+        Self.attribute("source", #""source":"#, event.source, extensions, &next, &out)
+        Self.attribute("specversion", #""specversion":"#, CloudEvent.specVersion, extensions, &next, &out)
+        Self.attribute("subject", #""subject":"#, event.subject, extensions, &next, &out)
         if let time = event.time {
-            writeExtensions(before: "time")
-            out.key("time")
+            Self.extensions(extensions, &next, before: "time", into: &out)
+            out.key(written: #""time":"#)
             out.time(time)
         }
-        attribute("type", event.type)
-        writeExtensions(before: nil)
+        Self.attribute("type", #""type":"#, event.type, extensions, &next, &out)
+        Self.extensions(extensions, &next, before: nil, into: &out)
         out.close()
         return out.text
+    }
+
+    /// Writes the extensions from `next` on that sort before `name` (all that are left when nil).
+    @inline(__always)
+    private static func extensions(
+        _ extensions: [(key: String, value: String)], _ next: inout Int, before name: String?,
+        into out: inout JSONWriter
+    ) {
+        while next < extensions.count, name.map({ extensions[next].key < $0 }) ?? true {
+            out.key(extensions[next].key)
+            out.string(extensions[next].value)
+            next += 1
+        }
+    }
+
+    /// A string attribute (when present), after the extensions that sort before it; `key` is its
+    /// name as written (quoted, with the colon).
+    @inline(__always)
+    private static func attribute(
+        _ name: String, _ key: StaticString, _ value: String?, _ extensions: [(key: String, value: String)],
+        _ next: inout Int, _ out: inout JSONWriter
+    ) {
+        guard let value else { return }
+        if next < extensions.count { Self.extensions(extensions, &next, before: name, into: &out) }
+        out.key(written: key)
+        out.string(value)
     }
 
     /// The stored form of headers: a JSON object of strings, keys sorted.
     static func headers(_ headers: [String: String]) -> String {
         guard !headers.isEmpty else { return "{}" }
         var out = JSONWriter(capacity: 64 * headers.count)
+        defer { out.deallocate() }
         out.open()
         for name in headers.keys.sorted() {
             out.key(name)
@@ -117,49 +142,131 @@ enum StoredJSON {
 /// UTF-8 bytes of a JSON object being written, for ``StoredJSON``.
 ///
 /// Written by hand rather than with `JSONEncoder` or string concatenation: appending each piece
-/// to one byte buffer (one allocation per message, escapes found in the same pass that copies)
-/// halved the encoding's share of a batched SQLite publish in a profile, where Swift `String`
-/// appends of the pieces were most of it.
+/// to one byte buffer (escapes found in the same pass that copies) halved the encoding's share of
+/// a batched SQLite publish in a profile, where Swift `String` appends of the pieces were most of
+/// it. The buffer is raw memory that grows only when a piece does not fit (room for a string is
+/// made once for its longest escaped form), so that a piece is a bounds check and a copy: as a
+/// `[UInt8]` appended to byte by byte, each append checked the array's uniqueness and capacity,
+/// and `Data` was copied through its iterator, which together were about a third of encoding an
+/// event in a profile of batches of 100 (twelfth session, Performance.md). Call ``deallocate()``
+/// when done; a copy of a writer shares its buffer, so only one of them may be used.
 struct JSONWriter {
-    private var bytes: [UInt8] = []
+    private var start: UnsafeMutablePointer<UInt8>
+    private var capacity: Int
+    private var count = 0
     private var fields = 0
-    private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// The whole second ``time(_:)`` wrote last, and its 19 characters `YYYY-MM-DDTHH:MM:SS`
+    /// (the events of a batch mostly share their second).
+    private var lastSecond = Int64.min
+    private var lastSecondText: (UInt64, UInt64, UInt64) = (0, 0, 0)
+    private static let hexDigits: StaticString = "0123456789abcdef"
 
     init(capacity: Int) {
-        self.bytes.reserveCapacity(capacity)
+        self.capacity = max(64, capacity)
+        self.start = .allocate(capacity: self.capacity)
+    }
+
+    /// Frees the buffer; the writer must not be used afterwards.
+    func deallocate() {
+        self.start.deallocate()
+    }
+
+    /// Forgets the bytes written (the buffer and the last time's digits stay).
+    mutating func clear() {
+        self.count = 0
+        self.fields = 0
     }
 
     /// The text written.
-    var text: String { String(decoding: self.bytes, as: UTF8.self) }
+    var text: String {
+        // The closure captures copies, not the writer (see ``string(_:)``).
+        let start = self.start
+        let count = self.count
+        return String(unsafeUninitializedCapacity: count) { buffer in
+            guard let base = buffer.baseAddress else { return 0 }
+            base.initialize(from: start, count: count)
+            return count
+        }
+    }
+
+    /// Makes room for `extra` more bytes.
+    @inline(__always)
+    private mutating func reserve(_ extra: Int) {
+        if self.count + extra > self.capacity { self.grow(to: self.count + extra) }
+    }
+
+    private mutating func grow(to needed: Int) {
+        let capacity = max(needed, 2 * self.capacity)
+        let start = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+        start.initialize(from: self.start, count: self.count)
+        self.start.deallocate()
+        self.start = start
+        self.capacity = capacity
+    }
+
+    @inline(__always)
+    private mutating func byte(_ byte: UInt8) {
+        self.reserve(1)
+        self.start[self.count] = byte
+        self.count += 1
+    }
+
+    @inline(__always)
+    private mutating func bytes(_ source: UnsafeRawBufferPointer) {
+        guard let base = source.baseAddress, !source.isEmpty else { return }
+        self.reserve(source.count)
+        UnsafeMutableRawPointer(self.start + self.count).copyMemory(from: base, byteCount: source.count)
+        self.count += source.count
+    }
 
     mutating func open() {
-        self.bytes.append(UInt8(ascii: "{"))
+        self.byte(UInt8(ascii: "{"))
         self.fields = 0
     }
 
     mutating func close() {
-        self.bytes.append(UInt8(ascii: "}"))
+        self.byte(UInt8(ascii: "}"))
     }
 
     /// A member's name and the colon, after a comma when it is not the first.
     mutating func key(_ name: String) {
-        if self.fields > 0 { self.bytes.append(UInt8(ascii: ",")) }
+        if self.fields > 0 { self.byte(UInt8(ascii: ",")) }
         self.fields += 1
         self.string(name)
-        self.bytes.append(UInt8(ascii: ":"))
+        self.byte(UInt8(ascii: ":"))
+    }
+
+    /// A member's name as written (quoted, with the colon: a name known to need no escape), after
+    /// a comma when it is not the first.
+    mutating func key(written: StaticString) {
+        if self.fields > 0 { self.byte(UInt8(ascii: ",")) }
+        self.fields += 1
+        self.bytes(UnsafeRawBufferPointer(start: written.utf8Start, count: written.utf8CodeUnitCount))
     }
 
     /// Bytes that are already JSON.
     mutating func raw(_ data: Data) {
-        self.bytes.append(contentsOf: data)
+        self.reserve(data.count)
+        data.copyBytes(to: self.start + self.count, count: data.count)
+        self.count += data.count
     }
 
     /// `value` as a JSON string literal: `"` and `\` escaped, `\n`, `\r`, `\t`, other control
     /// characters as `\u00XX`; everything else (non-ASCII included) as it is.
+    ///
+    /// The closure that reads the string's bytes captures only the address to write at, not the
+    /// writer: a closure capturing `self` made the compiler box the writer and check each access
+    /// to it at run time (a few percent of encoding an event in a profile).
     mutating func string(_ value: String) {
-        self.bytes.append(UInt8(ascii: "\""))
+        // Room for the longest form: every byte a `\u00XX`, and the quotes.
+        self.reserve(6 * value.utf8.count + 2)
+        // Capacity is reserved: the stores below need no checks.
+        let destination = self.start + self.count
         var value = value
-        value.withUTF8 { utf8 in
+        let written = value.withUTF8 { utf8 in
+            var out = destination
+            out.pointee = UInt8(ascii: "\"")
+            out += 1
             // Most strings need no escape: find that out first and copy them in one piece.
             var clean = 0
             while clean < utf8.count {
@@ -167,31 +274,41 @@ struct JSONWriter {
                 if byte < 0x20 || byte == 0x22 || byte == 0x5c { break }
                 clean += 1
             }
-            self.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[..<clean]))
-            var copied = clean
+            if let base = utf8.baseAddress, clean > 0 {
+                out.initialize(from: base, count: clean)
+                out += clean
+            }
             for index in clean..<utf8.count {
                 let byte = utf8[index]
-                guard byte < 0x20 || byte == 0x22 || byte == 0x5c else { continue }
-                self.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[copied..<index]))
-                copied = index + 1
-                self.bytes.append(UInt8(ascii: "\\"))
-                switch byte {
-                case 0x22: self.bytes.append(UInt8(ascii: "\""))
-                case 0x5c: self.bytes.append(UInt8(ascii: "\\"))
-                case 0x0a: self.bytes.append(UInt8(ascii: "n"))
-                case 0x0d: self.bytes.append(UInt8(ascii: "r"))
-                case 0x09: self.bytes.append(UInt8(ascii: "t"))
-                default:
-                    let hex = Self.hexDigits
-                    self.bytes.append(contentsOf: [
-                        UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(byte >> 4)],
-                        hex[Int(byte & 0xf)],
-                    ])
+                guard byte < 0x20 || byte == 0x22 || byte == 0x5c else {
+                    out.pointee = byte
+                    out += 1
+                    continue
                 }
+                out.pointee = UInt8(ascii: "\\")
+                out += 1
+                switch byte {
+                case 0x22: out.pointee = UInt8(ascii: "\"")
+                case 0x5c: out.pointee = UInt8(ascii: "\\")
+                case 0x0a: out.pointee = UInt8(ascii: "n")
+                case 0x0d: out.pointee = UInt8(ascii: "r")
+                case 0x09: out.pointee = UInt8(ascii: "t")
+                default:
+                    let hex = Self.hexDigits.utf8Start
+                    out[0] = UInt8(ascii: "u")
+                    out[1] = UInt8(ascii: "0")
+                    out[2] = UInt8(ascii: "0")
+                    out[3] = hex[Int(byte >> 4)]
+                    out += 4
+                    out.pointee = hex[Int(byte & 0xf)]
+                }
+                out += 1
             }
-            self.bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[copied...]))
+            out.pointee = UInt8(ascii: "\"")
+            out += 1
+            return destination.distance(to: out)
         }
-        self.bytes.append(UInt8(ascii: "\""))
+        self.count += written
     }
 
     /// `date` as a JSON string in RFC 3339, UTC, with milliseconds, as `CloudEvent` writes `time`:
@@ -202,31 +319,46 @@ struct JSONWriter {
     /// The calendar date comes from the day number by arithmetic (``civil(days:)``), not
     /// `gmtime_r`, which takes glibc's time zone lock on every call: with the digits written
     /// without making `String`s, that took the time's share of encoding an event from about a
-    /// fifth to a few percent in a profile of batched publishes.
+    /// fifth to a few percent in a profile of batched publishes. The digits of the whole second
+    /// are kept for the next time of the same second.
     mutating func time(_ date: Date) {
         let interval = date.timeIntervalSince1970
         let whole = interval.rounded(.down)
         let seconds = Int64(whole)
         let millis = min(999, Int(((interval - whole) * 1000).rounded(.down)))
-        let (days, secondOfDay) = seconds.quotientAndRemainder(dividingBy: 86_400)
-        let (day, second) = secondOfDay < 0 ? (days - 1, secondOfDay + 86_400) : (days, secondOfDay)
-        let (year, month, dayOfMonth) = Self.civil(days: day)
-        self.bytes.append(UInt8(ascii: "\""))
-        self.digits(Int(year), 4)
-        self.bytes.append(UInt8(ascii: "-"))
-        self.digits(Int(month), 2)
-        self.bytes.append(UInt8(ascii: "-"))
-        self.digits(Int(dayOfMonth), 2)
-        self.bytes.append(UInt8(ascii: "T"))
-        self.digits(Int(second / 3600), 2)
-        self.bytes.append(UInt8(ascii: ":"))
-        self.digits(Int(second / 60 % 60), 2)
-        self.bytes.append(UInt8(ascii: ":"))
-        self.digits(Int(second % 60), 2)
-        self.bytes.append(UInt8(ascii: "."))
+        self.byte(UInt8(ascii: "\""))
+        if seconds == self.lastSecond {
+            self.reserve(19)
+            let destination = UnsafeMutableRawPointer(self.start + self.count)
+            withUnsafeBytes(of: self.lastSecondText) { destination.copyMemory(from: $0.baseAddress!, byteCount: 19) }
+            self.count += 19
+        } else {
+            let first = self.count
+            let (days, secondOfDay) = seconds.quotientAndRemainder(dividingBy: 86_400)
+            let (day, second) = secondOfDay < 0 ? (days - 1, secondOfDay + 86_400) : (days, secondOfDay)
+            let (year, month, dayOfMonth) = Self.civil(days: day)
+            self.digits(Int(year), 4)
+            self.byte(UInt8(ascii: "-"))
+            self.digits(Int(month), 2)
+            self.byte(UInt8(ascii: "-"))
+            self.digits(Int(dayOfMonth), 2)
+            self.byte(UInt8(ascii: "T"))
+            self.digits(Int(second / 3600), 2)
+            self.byte(UInt8(ascii: ":"))
+            self.digits(Int(second / 60 % 60), 2)
+            self.byte(UInt8(ascii: ":"))
+            self.digits(Int(second % 60), 2)
+            // Years beyond 9999 write more digits: those are not kept.
+            if self.count - first == 19 {
+                self.lastSecond = seconds
+                let written = UnsafeRawBufferPointer(start: self.start + first, count: 19)
+                withUnsafeMutableBytes(of: &self.lastSecondText) { $0.copyMemory(from: written) }
+            }
+        }
+        self.byte(UInt8(ascii: "."))
         self.digits(millis, 3)
-        self.bytes.append(UInt8(ascii: "Z"))
-        self.bytes.append(UInt8(ascii: "\""))
+        self.byte(UInt8(ascii: "Z"))
+        self.byte(UInt8(ascii: "\""))
     }
 
     /// The proleptic Gregorian date (year, month 1–12, day 1–31) of `days` since 1970-01-01,
@@ -250,19 +382,17 @@ struct JSONWriter {
         if value >= 0 && value < 10_000 && width <= 4 {
             // The common case, without making a `String`.
             let count = value >= 1000 ? 4 : value >= 100 ? 3 : value >= 10 ? 2 : 1
-            if count < width { self.bytes.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - count)) }
+            for _ in count..<max(count, width) { self.byte(UInt8(ascii: "0")) }
             var divisor = count == 4 ? 1000 : count == 3 ? 100 : count == 2 ? 10 : 1
             while divisor > 0 {
-                self.bytes.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+                self.byte(UInt8(ascii: "0") + UInt8(value / divisor % 10))
                 divisor /= 10
             }
             return
         }
         let text = String(value)
-        if text.utf8.count < width {
-            self.bytes.append(contentsOf: repeatElement(UInt8(ascii: "0"), count: width - text.utf8.count))
-        }
-        self.bytes.append(contentsOf: text.utf8)
+        for _ in text.utf8.count..<max(text.utf8.count, width) { self.byte(UInt8(ascii: "0")) }
+        for byte in text.utf8 { self.byte(byte) }
     }
 }
 

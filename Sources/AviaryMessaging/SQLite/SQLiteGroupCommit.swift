@@ -27,6 +27,9 @@ final class SQLiteGroupCommit: Sendable {
     struct Entry: Sendable {
         /// Runs the body in the group's transaction; returns whether it succeeded.
         let perform: @Sendable (Database) -> Bool
+        /// Runs right after the group committed, if the body succeeded (see `committed` of
+        /// ``SQLiteMessageLog/write(acknowledgement:grouped:shortcut:committed:_:)``).
+        let committed: (@Sendable () -> Void)?
         /// Resumes the caller: with its body's outcome when `error` is `nil` (the group
         /// committed), else with `error` (nothing of the group committed).
         let finish: @Sendable ((any Error)?) -> Void
@@ -67,8 +70,11 @@ final class SQLiteGroupCommit: Sendable {
     var pendingCount: Int { self.pending.withLock { $0.entries.count } }
 
     /// Runs `body` in the next group's transaction on the writer thread and returns its result
-    /// once the group committed.
-    func run<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    /// once the group committed; `committed` runs on the writer thread right after the commit
+    /// (before the next transaction) if `body` succeeded.
+    func run<T: Sendable>(
+        _ body: @escaping @Sendable (Database) throws -> T, committed: (@Sendable () -> Void)? = nil
+    ) async throws -> T {
         // Unsafe continuation: the flush job resumes it exactly once, through `finish`.
         try await withUnsafeThrowingContinuation { continuation in
             let outcome = Outcome<T>()
@@ -79,6 +85,7 @@ final class SQLiteGroupCommit: Sendable {
                     if case .success = result { return true }
                     return false
                 },
+                committed: committed,
                 finish: { error in
                     if let error {
                         continuation.resume(throwing: error)
@@ -112,32 +119,40 @@ final class SQLiteGroupCommit: Sendable {
             $0.writes += entries.count
             $0.largestGroup = max($0.largestGroup, entries.count)
         }
+        let succeeded: [Bool]
         do {
-            try self.pool.writeWithoutTransaction { db in
+            succeeded = try self.pool.writeWithoutTransaction { db in
                 try Self.transaction(db, entries)
             }
         } catch {
             for entry in entries { entry.finish(error) }
             return
         }
+        for (entry, succeeded) in zip(entries, succeeded) where succeeded { entry.committed?() }
         for entry in entries { entry.finish(nil) }
     }
 
     /// Runs `entries` in one `BEGIN IMMEDIATE` transaction, each in a savepoint when there are
-    /// several, and commits; throws when nothing of them committed.
-    private static func transaction(_ db: Database, _ entries: [Entry]) throws {
+    /// several, and commits; returns which bodies succeeded (and committed); throws when nothing
+    /// of them committed.
+    private static func transaction(_ db: Database, _ entries: [Entry]) throws -> [Bool] {
+        var succeeded: [Bool] = []
+        succeeded.reserveCapacity(entries.count)
         try db.cachedStatement(sql: "BEGIN IMMEDIATE").execute()
         do {
             if entries.count == 1 {
                 // As a write of its own: a failed body rolls the transaction back.
                 guard entries[0].perform(db) else {
                     if db.isInsideTransaction { try db.execute(sql: "ROLLBACK") }
-                    return
+                    return [false]
                 }
+                succeeded.append(true)
             } else {
                 for entry in entries {
                     try db.cachedStatement(sql: "SAVEPOINT aviary_grouped").execute()
-                    if !entry.perform(db) {
+                    let success = entry.perform(db)
+                    succeeded.append(success)
+                    if !success {
                         guard db.isInsideTransaction else {
                             // SQLite rolled the whole transaction back (an I/O error, a full disk):
                             // the bodies before this one are gone too.
@@ -150,6 +165,7 @@ final class SQLiteGroupCommit: Sendable {
                 }
             }
             try db.cachedStatement(sql: "COMMIT").execute()
+            return succeeded
         } catch {
             // A failed COMMIT can leave the transaction open (SQLITE_BUSY, I/O errors).
             if db.isInsideTransaction { try? db.execute(sql: "ROLLBACK") }

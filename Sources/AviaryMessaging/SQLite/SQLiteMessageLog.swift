@@ -90,7 +90,7 @@ public final class SQLiteMessageLog: MessageLog {
     /// The file.
     public let path: String
     let pool: DatabasePool
-    /// Runs the write transactions (see ``write(acknowledgement:shortcut:_:)``).
+    /// Runs the write transactions (see ``write(acknowledgement:grouped:shortcut:committed:_:)``).
     let writer: SQLiteWriterThread
 
     /// The thread that runs this log's write transactions, as an executor for a task that mostly
@@ -128,6 +128,9 @@ public final class SQLiteMessageLog: MessageLog {
     /// deleted, so an entry never goes stale; a topic not found is not remembered (another
     /// process may create it).
     private let knownTables = Mutex<[String: TopicTables]>([:])
+    /// Each partition's next offset as this log's last publish left it, for the next publish while
+    /// nothing else wrote the file (see ``NextOffsets``).
+    private let nextOffsets = Mutex(NextOffsets())
 
     /// Opens (creating if needed) the log at `path`.
     ///
@@ -250,9 +253,13 @@ public final class SQLiteMessageLog: MessageLog {
     ///     a caller already on the writer thread (``writerExecutor``), which runs its write at once.
     ///   - shortcut: runs first on the same connection, outside a transaction (a read, no write
     ///     lock); an answer it returns is the result, and `body` does not run.
+    ///   - committed: runs on the writer thread right after `body`'s transaction committed,
+    ///     before any other transaction of the connection (not when it failed or rolled back; in
+    ///     a group, after the group's commit, for each body that succeeded, in their order).
     func write<T: Sendable>(
         acknowledgement: Bool = false, grouped: Bool = false,
-        shortcut: (@Sendable (Database) throws -> T?)? = nil, _ body: @escaping @Sendable (Database) throws -> T
+        shortcut: (@Sendable (Database) throws -> T?)? = nil, committed: (@Sendable () -> Void)? = nil,
+        _ body: @escaping @Sendable (Database) throws -> T
     ) async throws -> T {
         let start = ContinuousClock.now
         var attempt = 0
@@ -264,13 +271,14 @@ public final class SQLiteMessageLog: MessageLog {
             do {
                 try Task.checkCancellation()
                 if grouped, relaxed == nil, shortcut == nil, !self.writer.isCurrent {
-                    return try await self.groupCommit.run(body)
+                    return try await self.groupCommit.run(body, committed: committed)
                 }
                 return try await self.writer.run { [pool = self.pool] in
                     try pool.writeWithoutTransaction { db in
                         if let shortcut, let answer = try shortcut(db) { return answer }
                         if let relaxed { try db.execute(sql: "PRAGMA synchronous = \(relaxed)") }
                         let outcome = Result<T, any Error> { try Self.immediateTransaction(db) { try body(db) } }
+                        if case .success = outcome { committed?() }
                         // Publishes that follow on this connection must be durable again.
                         if relaxed != nil { try db.execute(sql: "PRAGMA synchronous = \(synchronous)") }
                         return try outcome.get()
@@ -483,25 +491,44 @@ public final class SQLiteMessageLog: MessageLog {
         var bytes: Int { self.key.utf8.count + self.event.utf8.count + self.headers.utf8.count }
     }
 
-    static func encode(_ message: OutgoingMessage) throws -> Encoded {
+    /// `message` encoded for storage, its event written with `writer` (one per batch).
+    static func encode(_ message: OutgoingMessage, with writer: inout JSONWriter) throws -> Encoded {
         let problems = message.event.validate()
         guard problems.isEmpty else {
             throw MessagingError(
                 .invalidArgument, "event \(message.event.id): \(problems.joined(separator: "; "))")
         }
         return Encoded(
-            topic: message.topic, key: message.key, event: try StoredJSON.event(message.event),
+            topic: message.topic, key: message.key, event: try StoredJSON.event(message.event, into: &writer),
             headers: StoredJSON.headers(message.headers),
             deliverAt: message.deliverAt.map(Self.millis))
+    }
+
+    /// `messages` encoded for storage (their events written with one writer), and their topics in
+    /// the order they first come.
+    static func encode(_ messages: [OutgoingMessage]) throws -> (encoded: [Encoded], topics: [String]) {
+        var encoded: [Encoded] = []
+        encoded.reserveCapacity(messages.count)
+        // Mostly one topic: each message's is compared with the last.
+        var topics: [String] = []
+        var writer = JSONWriter(capacity: 1024)
+        defer { writer.deallocate() }
+        for index in messages.indices {
+            encoded.append(try Self.encode(messages[index], with: &writer))
+            let topic = encoded[index].topic
+            if topics.last != topic, !topics.contains(topic) { topics.append(topic) }
+        }
+        return (encoded, topics)
     }
 
     @discardableResult
     public func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
         guard !messages.isEmpty else { return [] }
-        let encoded = try messages.map(Self.encode)
-        let topics = Set(encoded.map(\.topic))
+        let (encoded, topics) = try Self.encode(messages)
         let now = self.nowMillis
-        let positions = try await self.write(grouped: true) { db in
+        let positions = try await self.write(grouped: true, committed: { self.nextOffsets.withLock { $0.committed() } })
+        {
+            db in
             // Per topic: its partition count and, per partition, the indices of the batch's
             // immediate messages in the order given.
             var slots: [String: Int] = [:]
@@ -540,18 +567,28 @@ public final class SQLiteMessageLog: MessageLog {
             }
             var rows: [MessageInserter.Row] = []
             rows.reserveCapacity(encoded.count)
+            // The next offsets this log's last publish left, when nothing else wrote the file
+            // since (checked here, after the due messages and the scheduled ones were written);
+            // other partitions read their newest offset.
+            let stamp = try NextOffsets.stamp(db)
+            var next = self.nextOffsets.withLock { $0.take(at: stamp) }
             for (slot, partition) in partitionOrder {
                 let indices = batches[slot].partitions[partition]
                 let table = batches[slot].tables[partition]
-                var offset = try Self.takeOffsets(
-                    db, table: table, topic: batches[slot].topic, partition: partition, count: indices.count)
+                var offset =
+                    try next[table]
+                    ?? Self.takeOffsets(
+                        db, table: table, topic: batches[slot].topic, partition: partition, count: indices.count)
                 for index in indices {
                     rows.append(MessageInserter.Row(message: index, table: table, offset: offset))
                     positions[index].offset = offset
                     offset += 1
                 }
+                next[table] = offset
             }
             try MessageInserter.insert(db, encoded, rows, now: now)
+            let inserted = NextOffsets.Stamp(dataVersion: stamp.dataVersion, changes: NextOffsets.changes(db))
+            self.nextOffsets.withLock { $0.keep(next, at: inserted) }
             return positions
         }
         for topic in topics {
