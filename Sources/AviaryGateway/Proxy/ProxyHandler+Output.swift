@@ -201,7 +201,7 @@ struct OutputBuffers {
 
     /// An empty buffer of at least `capacity` bytes for a response head: the kept one's storage
     /// when nothing else holds it any more, otherwise a new one.
-    mutating func takeResponse(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+    mutating func takeResponse(capacity: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> ByteBuffer {
         Self.take(&self.response, capacity: capacity, allocator: allocator)
     }
 
@@ -211,7 +211,7 @@ struct OutputBuffers {
     }
 
     /// An empty buffer of at least `capacity` bytes for an upstream request head.
-    mutating func takeRequest(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+    mutating func takeRequest(capacity: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> ByteBuffer {
         Self.take(&self.request, capacity: capacity, allocator: allocator)
     }
 
@@ -220,8 +220,13 @@ struct OutputBuffers {
         self.request = buffer.capacity <= Self.keptCapacity ? buffer : nil
     }
 
-    private static func take(_ slot: inout ByteBuffer?, capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        guard var buffer = slot.take() else { return allocator.buffer(capacity: capacity) }
+    /// `allocator` is only evaluated when nothing is kept: `context.channel.allocator` costs a
+    /// retain, a release and an exclusivity check of NIO's channel per call, and a kept buffer
+    /// needs none of it.
+    private static func take(
+        _ slot: inout ByteBuffer?, capacity: Int, allocator: () -> ByteBufferAllocator
+    ) -> ByteBuffer {
+        guard var buffer = slot.take() else { return allocator().buffer(capacity: capacity) }
         buffer.clear(minimumCapacity: capacity)
         return buffer
     }
@@ -257,8 +262,8 @@ struct LentBuffers {
 
     /// An empty buffer of at least `capacity` bytes: a kept one's storage when nothing else holds
     /// it any more, otherwise a new one.
-    mutating func take(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        guard var buffer = self.free.popLast() else { return allocator.buffer(capacity: capacity) }
+    mutating func take(capacity: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> ByteBuffer {
+        guard var buffer = self.free.popLast() else { return allocator().buffer(capacity: capacity) }
         buffer.clear(minimumCapacity: capacity)
         return buffer
     }
