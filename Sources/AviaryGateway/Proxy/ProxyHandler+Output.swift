@@ -30,6 +30,13 @@ extension ProxyHandler {
             self.outputUnflushed = !flush
             return
         }
+        if case .end = part, !self.chunkedResponse, let held = self.heldHead.take() {
+            // The response's end with its head (and small body) still held: one write, flushed
+            // in the same trip through the pipeline, instead of a write and then a flush.
+            self.outputBuffers.keepResponse(held)
+            self.write(held, context: context, flush: flush, promise: promise)
+            return
+        }
         self.releaseHeldHead(context: context)
         switch part {
         case .head(let head):
@@ -78,6 +85,13 @@ extension ProxyHandler {
             if !self.chunkedResponse && body.readableBytes <= Self.coalescedBodyBytes {
                 // A small body goes out in one write with its head.
                 head.writeImmutableBuffer(body)
+                if !flush && promise == nil && head.readableBytes <= OutputBuffers.keptCapacity {
+                    // Held on: the response's end, mostly parsed from the same read, writes and
+                    // flushes it in one call. At most `keptCapacity` bytes are held, and only
+                    // until the end of the upstream read (`flushOutput`).
+                    self.heldHead = head
+                    return
+                }
                 self.outputBuffers.keepResponse(head)
                 self.write(head, context: context, flush: flush, promise: promise)
                 return

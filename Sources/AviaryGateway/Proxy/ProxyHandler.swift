@@ -141,7 +141,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     var outputBuffers = OutputBuffers()
     /// A forwarded response head not written yet: the next output writes it first, and a small
     /// body that comes right after it is appended to it, so that head and body take one write
-    /// (one trip through the pipeline and the socket's pending writes) instead of two.
+    /// (one trip through the pipeline and the socket's pending writes) instead of two; head and
+    /// body stay held until the response's end, which writes and flushes them in one call, or
+    /// until the end of the upstream read.
     /// Everything that writes or flushes goes through `ProxyHandler+Output.swift`, which writes
     /// a held head before anything else; a close drops it with whatever else was unwritten.
     var heldHead: ByteBuffer?
@@ -1046,7 +1048,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             connection.handler.setReadsPaused(!writable)
             switch exchange.upstreamHead {
             case .parts(let head): connection.handler.send(.head(head))
-            case .bytes(let bytes, let isHead): connection.handler.sendHead(bytes, isHead: isHead)
+            case .bytes(let bytes, let isHead):
+                // Nothing waiting to follow it: written and flushed at once.
+                connection.handler.sendHead(bytes, isHead: isHead, flush: exchange.pending.isEmpty)
             }
             for part in exchange.pending {
                 connection.handler.send(part)

@@ -351,14 +351,22 @@ final class UpstreamHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Writes a request head already written as HTTP/1.1 bytes (whose body is not chunked; no flush).
-    func sendHead(_ bytes: ByteBuffer, isHead: Bool) {
+    /// Writes a request head already written as HTTP/1.1 bytes (whose body is not chunked), and
+    /// flushes it with everything written before it when `flush` is set.
+    func sendHead(_ bytes: ByteBuffer, isHead: Bool, flush: Bool = false) {
         guard let context = self.context else { return }
         precondition(self.http1, "a request head as bytes on an HTTP/2 stream")
         self.parser.requestSent(isHead: isHead)
         self.chunkedRequest = false
-        self.unflushed = true
-        context.write(NIOAny(bytes), promise: nil)
+        if flush {
+            // Hot path: a request without parts waiting goes out in one trip through the
+            // pipeline, not a write and then a flush.
+            self.unflushed = false
+            context.writeAndFlush(NIOAny(bytes), promise: nil)
+        } else {
+            self.unflushed = true
+            context.write(NIOAny(bytes), promise: nil)
+        }
     }
 
     /// Flushes the writes so far, if there are any since the last flush.
