@@ -345,8 +345,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             context.close(promise: nil)
             return
         }
-        let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
-        self.idleDeadline = self.loop.timers.now + limit
+        self.idleDeadline = self.loop.timers.now + self.core.idleTimeout
         if self.idleTimer == nil {
             self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) {
                 self.idleTimedOut()
@@ -497,8 +496,12 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.headerTimer?.cancel()
         self.headerTimer = nil
         // A reload's configuration applies from the next request on; this one keeps its own.
-        self.upstreams = self.loop.current
-        self.core = self.upstreams.core
+        // Compared first: between reloads, reassigning would be two retains and two releases.
+        let current = self.loop.current
+        if current !== self.upstreams {
+            self.upstreams = current
+            self.core = current.core
+        }
         self.beginRecord(head)
         self.core.statistics.requests.add(1, ordering: .relaxed)
         self.answeringHead = head.method == .HEAD
