@@ -288,10 +288,21 @@ struct HTTP1ResponseParser {
         var framing = HTTP1RequestParser.FramingHeaders()
         var connection = ConnectionTokens()
         var hasHopByHop = false
+        var hopByHopLines = UpstreamResponseHead.HopByHopLines()
         do {
             try HTTP1RequestParser.walkFields(bytes, from: index, framing: &framing) { name, value in
                 guard UpstreamResponseHead.isHopByHop(name) else { return }
                 hasHopByHop = true
+                // Where the line lies among the lines (from its name to its LF), so that the
+                // proxy copies the others around it without walking them again. `name` and
+                // `value` point into `bytes`, and the walk checked that the line ends with CRLF.
+                if let base = bytes.baseAddress, let nameStart = name.baseAddress, let valueStart = value.baseAddress {
+                    var lineEnd = base.distance(to: valueStart) + value.count
+                    while bytes[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+                    hopByHopLines.add((base.distance(to: nameStart) - linesStart)..<(lineEnd + 1 - linesStart))
+                } else {
+                    hopByHopLines.unknown = true
+                }
                 if name.count == 10 && HTTP1RequestParser.equalsLowercase(name, "connection") {
                     connection.add(value)
                 }
@@ -299,11 +310,12 @@ struct HTTP1ResponseParser {
         } catch {
             throw HTTP1ResponseError(error, limit: limit)
         }
-        let head = UpstreamResponseHead(
+        var head = UpstreamResponseHead(
             version: version, status: status,
             isKeepAlive: version.minor >= 1 ? !connection.close : connection.keepAlive && !connection.close,
             hasContentLength: framing.contentLengths > 0, hasTransferEncoding: framing.transferEncodings > 0,
             hasHopByHop: hasHopByHop, connectionNamesOthers: connection.others)
+        head.hopByHopLines = hopByHopLines
         // Where the body ends must be beyond doubt (RFC 9112 section 6.3), or the next response
         // on the connection could be taken from this one's body.
         if framing.transferEncodings > 0 {
