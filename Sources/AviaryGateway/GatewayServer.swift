@@ -35,12 +35,16 @@ final class GatewayCore: Sendable {
     let accessLog: AccessLog?
     /// Verifies tokens for routes with `auth`; kept by reloads that leave `auth` unchanged.
     let authenticator: JWTAuthenticator?
+    /// `limits.idle_timeout` as NIO's type, converted once: the proxy arms the idle deadline
+    /// after every response, and `Duration`'s components are 128-bit arithmetic.
+    let idleTimeout: TimeAmount
 
     init(
         configuration: GatewayConfiguration, statistics: GatewayStatistics, random: GatewayRandom, logger: Logger,
         authenticator: JWTAuthenticator?, clock: any MonotonicClock, tracer: (any Tracer)?, previous: GatewayCore?
     ) {
         self.configuration = configuration
+        self.idleTimeout = TimeAmount(configuration.limits.idleTimeout)
         self.routes = RouteTable(configuration, authenticator: authenticator, clock: clock)
         self.authenticator = authenticator
         self.statistics = statistics

@@ -245,4 +245,30 @@ struct HTTP1ResponseParserTests {
         #expect(head.headers.count == 10)
         #expect(head.headers.first(name: "x-mixed-case") == "spaced value")
     }
+
+    @Test(
+        "one or two hop-by-hop lines, first, between or last, empty or with trailing blanks, are left out and nothing else",
+        arguments: [
+            ("Connection: keep-alive\r\nServer: a\r\nContent-Length: 0\r\n", "Server: a\r\nContent-Length: 0\r\n"),
+            ("Server: a\r\nConnection: keep-alive  \r\nContent-Length: 0\r\n", "Server: a\r\nContent-Length: 0\r\n"),
+            ("Server: a\r\nContent-Length: 0\r\nKeep-Alive:\r\n", "Server: a\r\nContent-Length: 0\r\n"),
+            (
+                "Keep-Alive: timeout=5\r\nServer: a\r\nCONNECTION:\tclose\t\r\nContent-Length: 0\r\nX: y\r\n",
+                "Server: a\r\nContent-Length: 0\r\nX: y\r\n"
+            ),
+            ("Connection: close\r\nKeep-Alive: a\r\nContent-Length: 0\r\n", "Content-Length: 0\r\n"),
+        ])
+    func fewHopByHopLines(lines: String, endToEnd: String) throws {
+        var parser = HTTP1ResponseParser()
+        parser.requestSent(isHead: false)
+        var buffer = ByteBuffer(string: "HTTP/1.1 200 OK\r\n" + lines + "\r\n")
+        guard case .head(let head) = try parser.next(&buffer) else {
+            Issue.record("no head")
+            return
+        }
+        #expect(head.hasHopByHop)
+        var out = ByteBuffer()
+        head.writeEndToEndLines(into: &out)
+        #expect(String(buffer: out) == endToEnd)
+    }
 }

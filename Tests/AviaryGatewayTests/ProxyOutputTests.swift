@@ -188,6 +188,16 @@ struct ProxyOutputTests {
         #expect(flushes == 3)
         handler.flush()
         #expect(flushes == 3)
+        // A head with nothing to follow it is written and flushed in one call; the flush the
+        // proxy asks for after it finds nothing left.
+        while try channel.readOutbound(as: ByteBuffer.self) != nil {}
+        handler.sendHead(ByteBuffer(string: "GET /b HTTP/1.1\r\nhost: a\r\n\r\n"), isHead: false, flush: true)
+        #expect(flushes == 4)
+        #expect(
+            try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "GET /b HTTP/1.1\r\nhost: a\r\n\r\n"))
+        handler.send(.end(nil))
+        handler.flush()
+        #expect(flushes == 4)
         _ = try channel.finish()
     }
 }

@@ -24,11 +24,14 @@ final class RouteCounters {
     /// (not cumulative here); the last slot is +Inf.
     var buckets = [Int](repeating: 0, count: GatewayBuckets.nanoseconds.count + 1)
     var durationNanoseconds: Int64 = 0
+    /// `GatewayBuckets.nanoseconds`, held here: a computed `static let` is a lazily initialised
+    /// global, and each read of it goes through `swift_once` (once per request here).
+    private let bounds = GatewayBuckets.nanoseconds
 
     func record(statusClass: Int, nanoseconds: Int64) {
         self.responses[statusClass] &+= 1
         var slot = 0
-        let bounds = GatewayBuckets.nanoseconds
+        let bounds = self.bounds
         while slot < bounds.count && nanoseconds > bounds[slot] { slot += 1 }
         self.buckets[slot] &+= 1
         self.durationNanoseconds &+= nanoseconds

@@ -99,10 +99,13 @@ struct HTTP1ResponseParser {
 
     private var state = State.head
     private var scanner: HTTP1Scanner
-    /// Whether each request sent and not answered yet was a `HEAD`, oldest first. The proxy sends
-    /// one request at a time, so this holds one entry at most and keeps its storage.
-    private var heads: [Bool] = []
-    private var headsStart = 0
+    /// Whether the oldest request sent and not answered yet was a `HEAD`; `nil` when none waits.
+    /// Hot path: the proxy sends one request at a time, so this is all there is, with no array
+    /// appended to and emptied per request.
+    private var oldest: Bool?
+    /// The same for requests sent after the oldest one (pipelined), oldest first.
+    private var later: [Bool] = []
+    private var laterStart = 0
 
     init(maxHeadBytes: Int = Self.defaultMaxHeadBytes) {
         self.scanner = HTTP1Scanner(limit: maxHeadBytes)
@@ -111,17 +114,25 @@ struct HTTP1ResponseParser {
     /// Notes a request head written on the connection: its response is decoded next (after the
     /// responses of earlier requests).
     mutating func requestSent(isHead: Bool) {
-        self.heads.append(isHead)
+        if self.oldest == nil {
+            self.oldest = isHead
+        } else {
+            self.later.append(isHead)
+        }
     }
 
     /// Whether the response being decoded answers a `HEAD`; consumed with its final head.
     private mutating func answeringHead() -> Bool {
-        guard self.headsStart < self.heads.count else { return false }
-        let isHead = self.heads[self.headsStart]
-        self.headsStart += 1
-        if self.headsStart == self.heads.count {
-            self.heads.removeAll(keepingCapacity: true)
-            self.headsStart = 0
+        guard let isHead = self.oldest else { return false }
+        if self.laterStart < self.later.count {
+            self.oldest = self.later[self.laterStart]
+            self.laterStart += 1
+            if self.laterStart == self.later.count {
+                self.later.removeAll(keepingCapacity: true)
+                self.laterStart = 0
+            }
+        } else {
+            self.oldest = nil
         }
         return isHead
     }
@@ -277,10 +288,21 @@ struct HTTP1ResponseParser {
         var framing = HTTP1RequestParser.FramingHeaders()
         var connection = ConnectionTokens()
         var hasHopByHop = false
+        var hopByHopLines = UpstreamResponseHead.HopByHopLines()
         do {
             try HTTP1RequestParser.walkFields(bytes, from: index, framing: &framing) { name, value in
                 guard UpstreamResponseHead.isHopByHop(name) else { return }
                 hasHopByHop = true
+                // Where the line lies among the lines (from its name to its LF), so that the
+                // proxy copies the others around it without walking them again. `name` and
+                // `value` point into `bytes`, and the walk checked that the line ends with CRLF.
+                if let base = bytes.baseAddress, let nameStart = name.baseAddress, let valueStart = value.baseAddress {
+                    var lineEnd = base.distance(to: valueStart) + value.count
+                    while bytes[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+                    hopByHopLines.add((base.distance(to: nameStart) - linesStart)..<(lineEnd + 1 - linesStart))
+                } else {
+                    hopByHopLines.unknown = true
+                }
                 if name.count == 10 && HTTP1RequestParser.equalsLowercase(name, "connection") {
                     connection.add(value)
                 }
@@ -288,11 +310,12 @@ struct HTTP1ResponseParser {
         } catch {
             throw HTTP1ResponseError(error, limit: limit)
         }
-        let head = UpstreamResponseHead(
+        var head = UpstreamResponseHead(
             version: version, status: status,
             isKeepAlive: version.minor >= 1 ? !connection.close : connection.keepAlive && !connection.close,
             hasContentLength: framing.contentLengths > 0, hasTransferEncoding: framing.transferEncodings > 0,
             hasHopByHop: hasHopByHop, connectionNamesOthers: connection.others)
+        head.hopByHopLines = hopByHopLines
         // Where the body ends must be beyond doubt (RFC 9112 section 6.3), or the next response
         // on the connection could be taken from this one's body.
         if framing.transferEncodings > 0 {

@@ -30,6 +30,13 @@ extension ProxyHandler {
             self.outputUnflushed = !flush
             return
         }
+        if case .end = part, !self.chunkedResponse, let held = self.heldHead.take() {
+            // The response's end with its head (and small body) still held: one write, flushed
+            // in the same trip through the pipeline, instead of a write and then a flush.
+            self.outputBuffers.keepResponse(held)
+            self.write(held, context: context, flush: flush, promise: promise)
+            return
+        }
         self.releaseHeldHead(context: context)
         switch part {
         case .head(let head):
@@ -78,6 +85,13 @@ extension ProxyHandler {
             if !self.chunkedResponse && body.readableBytes <= Self.coalescedBodyBytes {
                 // A small body goes out in one write with its head.
                 head.writeImmutableBuffer(body)
+                if !flush && promise == nil && head.readableBytes <= OutputBuffers.keptCapacity {
+                    // Held on: the response's end, mostly parsed from the same read, writes and
+                    // flushes it in one call. At most `keptCapacity` bytes are held, and only
+                    // until the end of the upstream read (`flushOutput`).
+                    self.heldHead = head
+                    return
+                }
                 self.outputBuffers.keepResponse(head)
                 self.write(head, context: context, flush: flush, promise: promise)
                 return
@@ -201,7 +215,7 @@ struct OutputBuffers {
 
     /// An empty buffer of at least `capacity` bytes for a response head: the kept one's storage
     /// when nothing else holds it any more, otherwise a new one.
-    mutating func takeResponse(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+    mutating func takeResponse(capacity: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> ByteBuffer {
         Self.take(&self.response, capacity: capacity, allocator: allocator)
     }
 
@@ -211,7 +225,7 @@ struct OutputBuffers {
     }
 
     /// An empty buffer of at least `capacity` bytes for an upstream request head.
-    mutating func takeRequest(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+    mutating func takeRequest(capacity: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> ByteBuffer {
         Self.take(&self.request, capacity: capacity, allocator: allocator)
     }
 
@@ -220,8 +234,13 @@ struct OutputBuffers {
         self.request = buffer.capacity <= Self.keptCapacity ? buffer : nil
     }
 
-    private static func take(_ slot: inout ByteBuffer?, capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        guard var buffer = slot.take() else { return allocator.buffer(capacity: capacity) }
+    /// `allocator` is only evaluated when nothing is kept: `context.channel.allocator` costs a
+    /// retain, a release and an exclusivity check of NIO's channel per call, and a kept buffer
+    /// needs none of it.
+    private static func take(
+        _ slot: inout ByteBuffer?, capacity: Int, allocator: () -> ByteBufferAllocator
+    ) -> ByteBuffer {
+        guard var buffer = slot.take() else { return allocator().buffer(capacity: capacity) }
         buffer.clear(minimumCapacity: capacity)
         return buffer
     }
@@ -257,8 +276,8 @@ struct LentBuffers {
 
     /// An empty buffer of at least `capacity` bytes: a kept one's storage when nothing else holds
     /// it any more, otherwise a new one.
-    mutating func take(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        guard var buffer = self.free.popLast() else { return allocator.buffer(capacity: capacity) }
+    mutating func take(capacity: Int, allocator: @autoclosure () -> ByteBufferAllocator) -> ByteBuffer {
+        guard var buffer = self.free.popLast() else { return allocator().buffer(capacity: capacity) }
         buffer.clear(minimumCapacity: capacity)
         return buffer
     }

@@ -141,7 +141,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     var outputBuffers = OutputBuffers()
     /// A forwarded response head not written yet: the next output writes it first, and a small
     /// body that comes right after it is appended to it, so that head and body take one write
-    /// (one trip through the pipeline and the socket's pending writes) instead of two.
+    /// (one trip through the pipeline and the socket's pending writes) instead of two; head and
+    /// body stay held until the response's end, which writes and flushes them in one call, or
+    /// until the end of the upstream read.
     /// Everything that writes or flushes goes through `ProxyHandler+Output.swift`, which writes
     /// a held head before anything else; a close drops it with whatever else was unwritten.
     var heldHead: ByteBuffer?
@@ -154,6 +156,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private var unparseable = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
     private var headerTimer: GatewayTimer?
+    /// The `X-Forwarded-*` and `Forwarded` lines of the last request of an HTTP/1.x connection
+    /// and its `Host`, and the connection's `X-Forwarded-Client-Cert` value once asked: the
+    /// same as the peer's, held here so that a request need not read the peer object.
+    private var forwardedCache: (host: String?, lines: ByteBuffer)?
+    private var certificateFieldCache: String??
     /// Whether a request head waits for its token's verification off the event loop: reads
     /// stop and what was read meanwhile waits in `queued`.
     var admitting = false
@@ -338,8 +345,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             context.close(promise: nil)
             return
         }
-        let limit = TimeAmount(self.core.configuration.limits.idleTimeout)
-        self.idleDeadline = self.loop.timers.now + limit
+        self.idleDeadline = self.loop.timers.now + self.core.idleTimeout
         if self.idleTimer == nil {
             self.idleTimer = self.loop.timers.schedule(at: self.idleDeadline, on: context.eventLoop) {
                 self.idleTimedOut()
@@ -490,8 +496,12 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.headerTimer?.cancel()
         self.headerTimer = nil
         // A reload's configuration applies from the next request on; this one keeps its own.
-        self.upstreams = self.loop.current
-        self.core = self.upstreams.core
+        // Compared first: between reloads, reassigning would be two retains and two releases.
+        let current = self.loop.current
+        if current !== self.upstreams {
+            self.upstreams = current
+            self.core = current.core
+        }
         self.beginRecord(head)
         self.core.statistics.requests.add(1, ordering: .relaxed)
         self.answeringHead = head.method == .HEAD
@@ -852,13 +862,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if inspection.contentLength == nil, head.method == .POST || head.method == .PUT || head.method == .PATCH {
             buffer.writeStaticString("content-length: 0\r\n")
         }
-        let (ip, host, element) = self.forwardedFields(head)
-        if let ip { buffer.writeHTTPField("x-forwarded-for", ip) }
-        buffer.writeHTTPField("x-forwarded-proto", self.scheme)
-        if let host { buffer.writeHTTPField("x-forwarded-host", host) }
-        buffer.writeHTTPField("forwarded", element)
+        buffer.writeImmutableBuffer(self.forwardedLines(head))
         if let subject = policy?.subject { buffer.writeHTTPField(subjectHeaderName, subject) }
-        if let field = self.clientCertificateField { buffer.writeHTTPField(clientCertificateHeaderName, field) }
+        if let field = self.connectionCertificateField {
+            buffer.writeHTTPField(clientCertificateHeaderName, field)
+        }
         buffer.writeStaticString("\r\n")
         if self.stream == nil { self.outputBuffers.keepRequest(buffer) }
         return buffer
@@ -975,6 +983,40 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         return (client.ip, host, element)
     }
 
+    /// The gateway's `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+    /// lines for `downstream`, as ``forwardedFields(_:)`` has them. Hot path: the requests of a
+    /// connection almost always name the same `Host`, so the lines are written once per
+    /// connection and `Host` and copied as one block into each upstream request head, rather
+    /// than written as four fields per request.
+    private func forwardedLines(_ downstream: HTTPRequestHead) -> ByteBuffer {
+        let host = downstream.headers.first(name: "host")
+        // An HTTP/1.x connection keeps the block in its handler, which the request has in cache
+        // already; the peer object is read only for the first request (or a new `Host`).
+        let last = self.stream == nil ? self.forwardedCache : self.peer.lastForwardedLines
+        if let last, last.host == host { return last.lines }
+        let (ip, _, element) = self.forwardedFields(downstream)
+        var lines = ByteBuffer()
+        if let ip { lines.writeHTTPField("x-forwarded-for", ip) }
+        lines.writeHTTPField("x-forwarded-proto", self.scheme)
+        if let host { lines.writeHTTPField("x-forwarded-host", host) }
+        lines.writeHTTPField("forwarded", element)
+        if self.stream == nil {
+            self.forwardedCache = (host, lines)
+        } else {
+            self.peer.lastForwardedLines = (host, lines)
+        }
+        return lines
+    }
+
+    /// `X-Forwarded-Client-Cert` for this connection's client certificate, if any: asked of the
+    /// peer once per HTTP/1.x connection, then kept in the handler (see ``forwardedLines(_:)``).
+    private var connectionCertificateField: String? {
+        if self.stream == nil, let known = self.certificateFieldCache { return known }
+        let field = self.clientCertificateField
+        if self.stream == nil { self.certificateFieldCache = .some(field) }
+        return field
+    }
+
     private func addForwardedHeaders(_ headers: inout HTTPHeaders, downstream: HTTPRequestHead, earlier: Bool) {
         let (ip, host, element) = self.forwardedFields(downstream)
         guard earlier else {
@@ -1046,7 +1088,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             connection.handler.setReadsPaused(!writable)
             switch exchange.upstreamHead {
             case .parts(let head): connection.handler.send(.head(head))
-            case .bytes(let bytes, let isHead): connection.handler.sendHead(bytes, isHead: isHead)
+            case .bytes(let bytes, let isHead):
+                // Nothing waiting to follow it: written and flushed at once.
+                connection.handler.sendHead(bytes, isHead: isHead, flush: exchange.pending.isEmpty)
             }
             for part in exchange.pending {
                 connection.handler.send(part)
@@ -1382,6 +1426,9 @@ final class DownstreamPeer {
     /// The last `Forwarded` element built and the `Host` it was built for: the requests of a
     /// connection almost always name the same host, so the string is built once.
     var lastForwarded: (host: String?, element: String)?
+    /// The last block of `X-Forwarded-*` and `Forwarded` lines written and the `Host` it was
+    /// written for (the scheme is the connection's).
+    var lastForwardedLines: (host: String?, lines: ByteBuffer)?
     /// The connection's verified client certificate (`.some(nil)`: none); `nil` until first asked.
     var clientCertificate: ClientCertificateIdentity??
 

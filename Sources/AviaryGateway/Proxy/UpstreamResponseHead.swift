@@ -49,7 +49,30 @@ struct UpstreamResponseHead {
     /// The header lines as received, each `name: value` CRLF (checked by the parser), or `nil`
     /// for a head that came as `HTTPHeaders`.
     var lines: ByteBuffer?
+    /// Where the parser found the hop-by-hop lines among ``lines``, when it did.
+    var hopByHopLines = HopByHopLines()
     private let given: HTTPHeaders?
+
+    /// The byte ranges of the first two hop-by-hop lines among a head's lines (each from its
+    /// name to its LF), noted by the parser's walk. Hot path: most responses have one
+    /// (`Connection`), and ``writeEndToEndLines(into:)`` copies the lines around them instead of
+    /// walking every line again; with more of them, or none noted, it walks.
+    struct HopByHopLines {
+        var first: Range<Int>?
+        var second: Range<Int>?
+        /// More than two, or one whose place is not known: the lines are walked.
+        var unknown = false
+
+        mutating func add(_ range: Range<Int>) {
+            if self.first == nil {
+                self.first = range
+            } else if self.second == nil {
+                self.second = range
+            } else {
+                self.unknown = true
+            }
+        }
+    }
 
     init(
         version: HTTPVersion, status: HTTPResponseStatus, isKeepAlive: Bool, hasContentLength: Bool,
@@ -103,6 +126,20 @@ struct UpstreamResponseHead {
         guard let lines = self.lines else { return }
         guard self.hasHopByHop else {
             buffer.writeImmutableBuffer(lines)
+            return
+        }
+        if !self.hopByHopLines.unknown, let first = self.hopByHopLines.first {
+            // The parser noted where the hop-by-hop lines are: the rest goes around them.
+            let second = self.hopByHopLines.second
+            lines.withUnsafeReadableBytes { bytes in
+                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[..<first.lowerBound]))
+                var start = first.upperBound
+                if let second {
+                    buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start..<second.lowerBound]))
+                    start = second.upperBound
+                }
+                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[start...]))
+            }
             return
         }
         lines.withUnsafeReadableBytes { bytes in

@@ -57,7 +57,7 @@ final class UpstreamPool {
     func takeIdle() -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
         while let connection = self.idle.popLast() {
-            if connection.channel.isActive {
+            if connection.handler.isActive {
                 self.statistics.upstreamConnectionsReused.add(1, ordering: .relaxed)
                 connection.isIdle = false
                 connection.exchanges += 1
@@ -190,7 +190,7 @@ final class UpstreamPool {
     func release(_ connection: UpstreamConnection) {
         self.eventLoop.assertInEventLoop()
         connection.handler.exchange = nil
-        guard connection.channel.isActive, !self.retired, self.cluster.upstreamProtocol == .http1,
+        guard connection.handler.isActive, !self.retired, self.cluster.upstreamProtocol == .http1,
             self.idle.count < self.cluster.maxIdleConnections
         else {
             connection.close()
@@ -278,6 +278,12 @@ final class UpstreamHandler: ChannelDuplexHandler {
     /// Bytes of a response part that has not arrived whole yet.
     private var unparsed: ByteBuffer?
     private var inactive = false
+    /// Whether the channel is still active, as its `isActive` would say for a connection that
+    /// was handed out (connected, so `channelActive` came before): NIO fires `channelInactive`
+    /// within the close itself, local or remote. Hot path: read here rather than through the
+    /// channel (an existential call into NIO per pooled take and release), from the handler the
+    /// exchange uses next anyway.
+    var isActive: Bool { !self.inactive }
     /// Whether this handler writes HTTP/1.1 requests as bytes itself; on an HTTP/2 stream it
     /// writes parts for the stream's codec.
     private let http1: Bool
@@ -345,14 +351,22 @@ final class UpstreamHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Writes a request head already written as HTTP/1.1 bytes (whose body is not chunked; no flush).
-    func sendHead(_ bytes: ByteBuffer, isHead: Bool) {
+    /// Writes a request head already written as HTTP/1.1 bytes (whose body is not chunked), and
+    /// flushes it with everything written before it when `flush` is set.
+    func sendHead(_ bytes: ByteBuffer, isHead: Bool, flush: Bool = false) {
         guard let context = self.context else { return }
         precondition(self.http1, "a request head as bytes on an HTTP/2 stream")
         self.parser.requestSent(isHead: isHead)
         self.chunkedRequest = false
-        self.unflushed = true
-        context.write(NIOAny(bytes), promise: nil)
+        if flush {
+            // Hot path: a request without parts waiting goes out in one trip through the
+            // pipeline, not a write and then a flush.
+            self.unflushed = false
+            context.writeAndFlush(NIOAny(bytes), promise: nil)
+        } else {
+            self.unflushed = true
+            context.write(NIOAny(bytes), promise: nil)
+        }
     }
 
     /// Flushes the writes so far, if there are any since the last flush.
