@@ -245,6 +245,8 @@ for batch in 1 100 1000; do
   if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
   echo "publish, $batch per transaction" >&2
   aviary "$sqlite_url" "$scenario"
+  # Single publishes again from a task on the log's writer thread (SQLiteMessageLog.writerExecutor).
+  if [ "$batch" = 1 ]; then aviary "$sqlite_url" publish_single_writer; fi
   out=$("$tmp/sqlite-floor" "$tmp/raw.db" "$batch" "$row_bytes" "$seconds")
   echo "sqlite floor: $out" >&2
   record sqlite-raw "insert_$batch" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["per_second"])' "$out")"
