@@ -52,6 +52,31 @@ struct SQLiteGroupCommitTests {
         try await log.close()
     }
 
+    /// Consumes `orders` through group `g` until `count` messages came (or a minute passed) and
+    /// expects each once, every partition's offsets dense from 1.
+    static func expectEachOnce(
+        _ log: SQLiteMessageLog, count: Int, sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
+        var ids: [String: Int] = [:]
+        var offsets: [Int: [Int64]] = [:]
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ids.values.reduce(0, +) < count, ContinuousClock.now < deadline {
+            let batch = try await log.receive(
+                ReceiveRequest(group: "g", topic: "orders", consumer: "c", maxMessages: 100))
+            for delivery in batch.deliveries {
+                ids[delivery.message.event.id, default: 0] += 1
+                offsets[delivery.message.position.partition, default: []].append(delivery.message.position.offset)
+                try await log.ack(delivery)
+            }
+        }
+        #expect(ids.count == count, sourceLocation: sourceLocation)
+        #expect(ids.values.allSatisfy { $0 == 1 }, sourceLocation: sourceLocation)
+        for (_, partitionOffsets) in offsets {
+            #expect(
+                partitionOffsets.sorted() == Array(1...Int64(partitionOffsets.count)), sourceLocation: sourceLocation)
+        }
+    }
+
     static func message(_ id: String, topic: String = "orders") -> OutgoingMessage {
         OutgoingMessage(topic: topic, key: id, event: CloudEvent(id: id, source: "/test", type: "t"))
     }
@@ -168,23 +193,7 @@ struct SQLiteGroupCommitTests {
                 }
                 try await group.waitForAll()
             }
-            var ids: [String: Int] = [:]
-            var offsets: [Int: [Int64]] = [:]
-            let deadline = ContinuousClock.now + .seconds(60)
-            while ids.values.reduce(0, +) < tasks * perTask, ContinuousClock.now < deadline {
-                let batch = try await log.receive(
-                    ReceiveRequest(group: "g", topic: "orders", consumer: "c", maxMessages: 100, maxPartitions: 4))
-                for delivery in batch.deliveries {
-                    ids[delivery.message.event.id, default: 0] += 1
-                    offsets[delivery.message.position.partition, default: []].append(delivery.message.position.offset)
-                    try await log.ack(delivery)
-                }
-            }
-            #expect(ids.count == tasks * perTask)
-            #expect(ids.values.allSatisfy { $0 == 1 })
-            for (_, partitionOffsets) in offsets {
-                #expect(partitionOffsets.sorted() == Array(1...Int64(partitionOffsets.count)))
-            }
+            try await Self.expectEachOnce(log, count: tasks * perTask)
             #expect(log.groupCommit.statistics.writes >= tasks * perTask)
         }
     }

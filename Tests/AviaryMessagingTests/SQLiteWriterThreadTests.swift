@@ -93,9 +93,7 @@ struct SQLiteWriterThreadTests {
         let log = try SQLiteMessageLog(path: path)
         try await log.createTopic("orders", TopicOptions(partitions: 2))
         try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
-        func message(_ id: String) -> OutgoingMessage {
-            OutgoingMessage(topic: "orders", key: id, event: CloudEvent(id: id, source: "/test", type: "t"))
-        }
+        let message = SQLiteGroupCommitTests.message
         let count = 200
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
@@ -112,24 +110,7 @@ struct SQLiteWriterThreadTests {
             }
             try await tasks.waitForAll()
         }
-        // Every message is there once, each partition's offsets dense from 1.
-        var ids: [String: Int] = [:]
-        var offsets: [Int: [Int64]] = [:]
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ids.values.reduce(0, +) < 2 * count, ContinuousClock.now < deadline {
-            let batch = try await log.receive(
-                ReceiveRequest(group: "g", topic: "orders", consumer: "c", maxMessages: 100))
-            for delivery in batch.deliveries {
-                ids[delivery.message.event.id, default: 0] += 1
-                offsets[delivery.message.position.partition, default: []].append(delivery.message.position.offset)
-                try await log.ack(delivery)
-            }
-        }
-        for (_, partitionOffsets) in offsets {
-            #expect(partitionOffsets.sorted() == Array(1...Int64(partitionOffsets.count)))
-        }
-        #expect(ids.count == 2 * count)
-        #expect(ids.values.allSatisfy { $0 == 1 })
+        try await SQLiteGroupCommitTests.expectEachOnce(log, count: 2 * count)
         try await log.close()
     }
 }
