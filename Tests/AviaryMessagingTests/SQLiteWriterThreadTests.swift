@@ -93,20 +93,20 @@ struct SQLiteWriterThreadTests {
         let log = try SQLiteMessageLog(path: path)
         try await log.createTopic("orders", TopicOptions(partitions: 2))
         try await log.subscribe(group: "g", topic: "orders", options: GroupOptions())
-        let message = SQLiteGroupCommitTests.message
         let count = 200
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask {
                 try await withTaskExecutorPreference(log.writerExecutor) {
                     for index in 0..<count {
                         #expect(log.writer.isCurrent)
-                        let position = try #require(try await log.publish([message("pinned-\(index)")]).first)
+                        let position = try #require(
+                            try await log.publish([SQLiteGroupCommitTests.message("pinned-\(index)")]).first)
                         #expect(position.offset > 0)
                     }
                 }
             }
             tasks.addTask {
-                for index in 0..<count { try await log.publish([message("pool-\(index)")]) }
+                for index in 0..<count { try await log.publish([SQLiteGroupCommitTests.message("pool-\(index)")]) }
             }
             try await tasks.waitForAll()
         }
