@@ -131,6 +131,8 @@ public final class SQLiteMessageLog: MessageLog {
     /// Each partition's next offset as this log's last publish left it, for the next publish while
     /// nothing else wrote the file (see ``NextOffsets``).
     private let nextOffsets = Mutex(NextOffsets())
+    /// The doorbell's descriptors of the topics this log published to (closed on ``close()``).
+    let bells: SQLiteDoorbell.Bells
 
     /// Opens (creating if needed) the log at `path`.
     ///
@@ -160,6 +162,7 @@ public final class SQLiteMessageLog: MessageLog {
         self.clock = clock
         self.configuration = configuration
         self.writer = SQLiteWriterThread(name: "aviary.sqlwrite")
+        self.bells = SQLiteDoorbell.Bells(store: self.path)
         let directory = URL(fileURLWithPath: self.path).deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -594,7 +597,7 @@ public final class SQLiteMessageLog: MessageLog {
         }
         for topic in topics {
             WakeUpHub.shared.notify(store: self.path, topic: topic)
-            SQLiteDoorbell.ring(store: self.path, topic: topic)
+            self.bells.ring(topic: topic)
         }
         return positions
     }
@@ -644,7 +647,7 @@ public final class SQLiteMessageLog: MessageLog {
             return position
         }
         WakeUpHub.shared.notify(store: self.path, topic: position.topic)
-        SQLiteDoorbell.ring(store: self.path, topic: position.topic)
+        self.bells.ring(topic: position.topic)
         return position
     }
 
@@ -1212,6 +1215,7 @@ public final class SQLiteMessageLog: MessageLog {
             return ids
         }
         WakeUpHub.shared.finish(ids)
+        self.bells.close()
         try self.pool.close()
     }
 }
