@@ -40,4 +40,27 @@ struct SQLiteDoorbellTests {
         WakeUpHub.shared.finish(ids.withLock { $0 })
         #endif
     }
+
+    @Test("a log keeps at most Bells.kept bells open; the others still ring, by opening and closing theirs")
+    func keptBellsAreCapped() async throws {
+        #if os(Linux)
+        let store = FileManager.default.temporaryDirectory.appendingPathComponent("aviary-bell-\(UUID()).db").path
+        defer { try? FileManager.default.removeItem(atPath: SQLiteDoorbell.folder(store: store)) }
+        let topic = "t\(SQLiteDoorbell.Bells.kept)"
+        let ids = Locked<[UUID]>([])
+        let wakeUps = WakeUpHub.shared.stream(store: store, topic: topic, poll: .seconds(3600)) { id in
+            ids.withLock { $0.append(id) }
+        }
+        var iterator = wakeUps.makeAsyncIterator()
+        let bells = SQLiteDoorbell.Bells(store: store)
+        for index in 0..<SQLiteDoorbell.Bells.kept { bells.ring(topic: "t\(index)") }
+        #expect(bells.openCount == SQLiteDoorbell.Bells.kept)
+        bells.ring(topic: topic)
+        #expect(await iterator.next() != nil)
+        #expect(bells.openCount == SQLiteDoorbell.Bells.kept)
+        bells.close()
+        #expect(bells.openCount == 0)
+        WakeUpHub.shared.finish(ids.withLock { $0 })
+        #endif
+    }
 }

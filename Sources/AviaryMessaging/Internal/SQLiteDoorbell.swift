@@ -66,6 +66,10 @@ final class SQLiteDoorbell: Sendable {
             var closed = false
         }
 
+        /// The most bells a log keeps open; the rings of further topics open and close theirs,
+        /// so that a log publishing to thousands of topics does not hold as many descriptors.
+        static let kept = 64
+
         private let store: String
         /// Rings write under the lock, so that ``close()`` never closes a descriptor a ring is
         /// writing to (its number could be reused by another file of the process).
@@ -79,13 +83,15 @@ final class SQLiteDoorbell: Sendable {
             self.close()
         }
 
-        /// Rings `topic`'s bell (after a commit); after ``close()``, by opening and closing it.
+        /// Rings `topic`'s bell (after a commit); after ``close()``, or when ``kept`` other bells
+        /// are open, by opening and closing it.
         func ring(topic: String) {
             #if os(Linux)
             let rung = self.state.withLock { state -> Bool in
                 guard !state.closed else { return false }
                 var descriptor = state.descriptors[topic] ?? -1
                 if descriptor < 0 {
+                    guard state.descriptors.count < Self.kept else { return false }
                     descriptor = SQLiteDoorbell.openBell(store: self.store, topic: topic)
                     // Not kept when it cannot be opened: the next ring tries again.
                     guard descriptor >= 0 else { return true }
@@ -100,6 +106,9 @@ final class SQLiteDoorbell: Sendable {
             if !rung { SQLiteDoorbell.ring(store: self.store, topic: topic) }
             #endif
         }
+
+        /// How many bells are open (for tests).
+        var openCount: Int { self.state.withLock { $0.descriptors.count } }
 
         /// Closes the kept descriptors; later rings open and close the bell.
         func close() {
