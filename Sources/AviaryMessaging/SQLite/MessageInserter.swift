@@ -61,9 +61,9 @@ enum MessageInserter {
 
     /// Inserts `rows` (messages of `messages` at the positions taken for them), in their order;
     /// the rows of one table come one after the other, in increasing offsets.
-    static func insert(
-        _ db: Database, _ messages: [SQLiteMessageLog.Encoded], _ rows: [Row], now: Int64
-    ) throws {
+    static func insert<Messages: RandomAccessCollection<SQLiteMessageLog.Encoded>, Rows: RandomAccessCollection<Row>>(
+        _ db: Database, _ messages: Messages, _ rows: Rows, now: Int64
+    ) throws where Messages.Index == Int, Rows.Index == Int {
         guard let connection = db.sqliteConnection else {
             throw DatabaseError(resultCode: .SQLITE_MISUSE, message: "the database connection is closed")
         }

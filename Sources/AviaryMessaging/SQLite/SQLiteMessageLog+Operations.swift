@@ -225,7 +225,7 @@ extension SQLiteMessageLog {
             return letter.origin.topic
         }
         WakeUpHub.shared.notify(store: self.path, topic: origin)
-        SQLiteDoorbell.ring(store: self.path, topic: origin)
+        self.bells.ring(topic: origin)
     }
 
     @discardableResult

@@ -131,6 +131,8 @@ public final class SQLiteMessageLog: MessageLog {
     /// Each partition's next offset as this log's last publish left it, for the next publish while
     /// nothing else wrote the file (see ``NextOffsets``).
     private let nextOffsets = Mutex(NextOffsets())
+    /// The doorbell's descriptors of the topics this log published to (closed on ``close()``).
+    let bells: SQLiteDoorbell.Bells
 
     /// Opens (creating if needed) the log at `path`.
     ///
@@ -160,6 +162,7 @@ public final class SQLiteMessageLog: MessageLog {
         self.clock = clock
         self.configuration = configuration
         self.writer = SQLiteWriterThread(name: "aviary.sqlwrite")
+        self.bells = SQLiteDoorbell.Bells(store: self.path)
         let directory = URL(fileURLWithPath: self.path).deletingLastPathComponent()
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -524,6 +527,7 @@ public final class SQLiteMessageLog: MessageLog {
     @discardableResult
     public func publish(_ messages: [OutgoingMessage]) async throws -> [MessagePosition] {
         guard !messages.isEmpty else { return [] }
+        if messages.count == 1 { return [try await self.publishOne(messages[0])] }
         let (encoded, topics) = try Self.encode(messages)
         let now = self.nowMillis
         let positions = try await self.write(grouped: true, committed: { self.nextOffsets.withLock { $0.committed() } })
@@ -593,9 +597,58 @@ public final class SQLiteMessageLog: MessageLog {
         }
         for topic in topics {
             WakeUpHub.shared.notify(store: self.path, topic: topic)
-            SQLiteDoorbell.ring(store: self.path, topic: topic)
+            self.bells.ring(topic: topic)
         }
         return positions
+    }
+
+    /// ``publish(_:)`` of one message: the same statements in the same order (its topic's due
+    /// messages, the scheduled row or the offset and the insert, the ``NextOffsets`` stamp and
+    /// record), without the batch's grouping by topic and partition (a dictionary of topics, an
+    /// array per partition, the partitions' order and the rows), which a single publish built
+    /// for its one message.
+    private func publishOne(_ message: OutgoingMessage) async throws -> MessagePosition {
+        var writer = JSONWriter(capacity: 1024)
+        let encoded: Encoded
+        do {
+            defer { writer.deallocate() }
+            encoded = try Self.encode(message, with: &writer)
+        }
+        let now = self.nowMillis
+        let position = try await self.write(grouped: true, committed: { self.nextOffsets.withLock { $0.committed() } })
+        {
+            db in
+            let tables = try self.messageTables(db, encoded.topic)
+            try Self.promoteDue(db, topic: encoded.topic, now: now)
+            let partition = Partitioner.partition(forKey: encoded.key, partitions: tables.count)
+            var position = MessagePosition(topic: encoded.topic, partition: partition, offset: 0)
+            let scheduled = encoded.deliverAt.map { $0 > now } ?? false
+            if scheduled, let deliverAt = encoded.deliverAt {
+                try db.cachedStatement(
+                    sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
+                ).execute(arguments: [encoded.topic, encoded.key, encoded.event, encoded.headers, deliverAt])
+            }
+            let stamp = try NextOffsets.stamp(db)
+            var next = self.nextOffsets.withLock { $0.take(at: stamp) }
+            if !scheduled {
+                let table = tables[partition]
+                let offset =
+                    try next[table]
+                    ?? Self.takeOffsets(db, table: table, topic: encoded.topic, partition: partition, count: 1)
+                try MessageInserter.insert(
+                    db, CollectionOfOne(encoded),
+                    CollectionOfOne(MessageInserter.Row(message: 0, table: table, offset: offset)),
+                    now: now)
+                position.offset = offset
+                next[table] = offset + 1
+            }
+            let inserted = NextOffsets.Stamp(dataVersion: stamp.dataVersion, changes: NextOffsets.changes(db))
+            self.nextOffsets.withLock { $0.keep(next, at: inserted) }
+            return position
+        }
+        WakeUpHub.shared.notify(store: self.path, topic: position.topic)
+        self.bells.ring(topic: position.topic)
+        return position
     }
 
     /// A topic's immediate messages in a batched publish: their indices, by partition.
@@ -1162,6 +1215,7 @@ public final class SQLiteMessageLog: MessageLog {
             return ids
         }
         WakeUpHub.shared.finish(ids)
+        self.bells.close()
         try self.pool.close()
     }
 }
