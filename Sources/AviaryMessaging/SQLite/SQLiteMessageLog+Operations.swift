@@ -224,8 +224,7 @@ extension SQLiteMessageLog {
                 sql: "DELETE FROM \(Self.messageTable(table)) WHERE offset = ?", arguments: [position.offset])
             return letter.origin.topic
         }
-        WakeUpHub.shared.notify(store: self.path, topic: origin)
-        self.bells.ring(topic: origin)
+        self.wakeConsumers(of: origin)
     }
 
     @discardableResult

@@ -530,8 +530,7 @@ public final class SQLiteMessageLog: MessageLog {
         if messages.count == 1 { return [try await self.publishOne(messages[0])] }
         let (encoded, topics) = try Self.encode(messages)
         let now = self.nowMillis
-        let positions = try await self.write(grouped: true, committed: { self.nextOffsets.withLock { $0.committed() } })
-        {
+        let positions = try await self.write(grouped: true, committed: { self.commitNextOffsets() }) {
             db in
             // Per topic: its partition count and, per partition, the indices of the batch's
             // immediate messages in the order given.
@@ -561,9 +560,7 @@ public final class SQLiteMessageLog: MessageLog {
                     forKey: message.key, partitions: batches[slot].partitions.count)
                 positions.append(MessagePosition(topic: message.topic, partition: partition, offset: 0))
                 if let deliverAt = message.deliverAt, deliverAt > now {
-                    try db.cachedStatement(
-                        sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
-                    ).execute(arguments: [message.topic, message.key, message.event, message.headers, deliverAt])
+                    try Self.schedule(db, message, at: deliverAt)
                 } else {
                     if batches[slot].partitions[partition].isEmpty { partitionOrder.append((slot, partition)) }
                     batches[slot].partitions[partition].append(index)
@@ -595,10 +592,7 @@ public final class SQLiteMessageLog: MessageLog {
             self.nextOffsets.withLock { $0.keep(next, at: inserted) }
             return positions
         }
-        for topic in topics {
-            WakeUpHub.shared.notify(store: self.path, topic: topic)
-            self.bells.ring(topic: topic)
-        }
+        for topic in topics { self.wakeConsumers(of: topic) }
         return positions
     }
 
@@ -615,40 +609,45 @@ public final class SQLiteMessageLog: MessageLog {
             encoded = try Self.encode(message, with: &writer)
         }
         let now = self.nowMillis
-        let position = try await self.write(grouped: true, committed: { self.nextOffsets.withLock { $0.committed() } })
-        {
-            db in
+        let position = try await self.write(grouped: true, committed: { self.commitNextOffsets() }) { db in
             let tables = try self.messageTables(db, encoded.topic)
             try Self.promoteDue(db, topic: encoded.topic, now: now)
-            let partition = Partitioner.partition(forKey: encoded.key, partitions: tables.count)
-            var position = MessagePosition(topic: encoded.topic, partition: partition, offset: 0)
             let scheduled = encoded.deliverAt.map { $0 > now } ?? false
-            if scheduled, let deliverAt = encoded.deliverAt {
-                try db.cachedStatement(
-                    sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
-                ).execute(arguments: [encoded.topic, encoded.key, encoded.event, encoded.headers, deliverAt])
-            }
+            if scheduled, let deliverAt = encoded.deliverAt { try Self.schedule(db, encoded, at: deliverAt) }
             let stamp = try NextOffsets.stamp(db)
             var next = self.nextOffsets.withLock { $0.take(at: stamp) }
-            if !scheduled {
-                let table = tables[partition]
-                let offset =
-                    try next[table]
-                    ?? Self.takeOffsets(db, table: table, topic: encoded.topic, partition: partition, count: 1)
-                try MessageInserter.insert(
-                    db, CollectionOfOne(encoded),
-                    CollectionOfOne(MessageInserter.Row(message: 0, table: table, offset: offset)),
-                    now: now)
-                position.offset = offset
-                next[table] = offset + 1
-            }
+            let position =
+                scheduled
+                ? MessagePosition(
+                    topic: encoded.topic,
+                    partition: Partitioner.partition(forKey: encoded.key, partitions: tables.count), offset: 0)
+                : try Self.append(db, encoded, tables: tables, now: now, next: &next)
             let inserted = NextOffsets.Stamp(dataVersion: stamp.dataVersion, changes: NextOffsets.changes(db))
             self.nextOffsets.withLock { $0.keep(next, at: inserted) }
             return position
         }
-        WakeUpHub.shared.notify(store: self.path, topic: position.topic)
-        self.bells.ring(topic: position.topic)
+        self.wakeConsumers(of: position.topic)
         return position
+    }
+
+    /// Makes the offsets the last publish kept valid (``NextOffsets/committed()``), once its
+    /// transaction committed.
+    private func commitNextOffsets() {
+        self.nextOffsets.withLock { $0.committed() }
+    }
+
+    /// Wakes the consumers of `topic` after a commit: this process's at once (``WakeUpHub``), other
+    /// processes' through the topic's doorbell.
+    func wakeConsumers(of topic: String) {
+        WakeUpHub.shared.notify(store: self.path, topic: topic)
+        self.bells.ring(topic: topic)
+    }
+
+    /// Keeps `message` in the schedule until `deliverAt` (inside a write transaction).
+    static func schedule(_ db: Database, _ message: Encoded, at deliverAt: Int64) throws {
+        try db.cachedStatement(
+            sql: "INSERT INTO schedule (topic, key, event, headers, deliver_at) VALUES (?, ?, ?, ?, ?)"
+        ).execute(arguments: [message.topic, message.key, message.event, message.headers, deliverAt])
     }
 
     /// A topic's immediate messages in a batched publish: their indices, by partition.
@@ -703,11 +702,24 @@ public final class SQLiteMessageLog: MessageLog {
     /// Appends one message at the next offset of its partition (inside a write transaction);
     /// `tables` are its topic's message tables by partition.
     static func append(_ db: Database, _ message: Encoded, tables: [Int64], now: Int64) throws -> MessagePosition {
+        var next: [Int64: Int64] = [:]
+        return try Self.append(db, message, tables: tables, now: now, next: &next)
+    }
+
+    /// Appends one message like ``append(_:_:tables:now:)``, at the next offset `next` holds for
+    /// its partition's table if it holds one (``NextOffsets``), and leaves the one after it there.
+    static func append(
+        _ db: Database, _ message: Encoded, tables: [Int64], now: Int64, next: inout [Int64: Int64]
+    ) throws -> MessagePosition {
         let partition = Partitioner.partition(forKey: message.key, partitions: tables.count)
         let table = tables[partition]
-        let offset = try Self.takeOffsets(db, table: table, topic: message.topic, partition: partition, count: 1)
+        let offset =
+            try next[table] ?? Self.takeOffsets(db, table: table, topic: message.topic, partition: partition, count: 1)
         try MessageInserter.insert(
-            db, [message], [MessageInserter.Row(message: 0, table: table, offset: offset)], now: now)
+            db, CollectionOfOne(message),
+            CollectionOfOne(MessageInserter.Row(message: 0, table: table, offset: offset)),
+            now: now)
+        next[table] = offset + 1
         return MessagePosition(topic: message.topic, partition: partition, offset: offset)
     }
 
