@@ -39,6 +39,24 @@ struct GatewayHTTP2HealthTests {
         state.endpoints.map { $0.healthy.load(ordering: .relaxed) }
     }
 
+    /// Why each endpoint's last probe failed (`nil`: it succeeded).
+    static func failures(_ state: ClusterState) -> [String?] {
+        state.endpoints.map { $0.lastProbeFailure.withLock { $0 } }
+    }
+
+    /// Waits until the endpoints' health is `expected`; after a timeout, also records the health
+    /// found and why each last probe failed, so that a failure here says which probe went wrong.
+    static func expectHealth(
+        _ state: ClusterState, _ expected: [Bool], _ what: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) async {
+        guard await !eventually(what, sourceLocation: sourceLocation, { Self.healthy(state) == expected }) else {
+            return
+        }
+        Issue.record(
+            "health \(Self.healthy(state)), last probe failures \(Self.failures(state))", sourceLocation: sourceLocation
+        )
+    }
+
     @Test("gRPC health checks: NOT_SERVING or an unknown service takes an endpoint out, SERVING brings it back")
     func grpcHealth() async throws {
         try await Self.withGRPCOrigins(3) { origins async throws in
@@ -51,9 +69,9 @@ struct GatewayHTTP2HealthTests {
                 check: "{grpc: {service: test.Echo}, interval: 10s, timeout: 10s, healthy: 1, unhealthy: 1}")
             try await withGateway(yaml, clock: clock) { gateway async throws in
                 let state = gateway.server.currentCore.clusters[0]
-                await eventually("the first round took out the not-serving and the unknown") {
-                    Self.healthy(state) == [true, false, false]
-                }
+                await Self.expectHealth(
+                    state, [true, false, false], "the first round took out the not-serving and the unknown")
+                #expect(Self.failures(state) == [nil, "serving status 2", "grpc-status 5"])
                 #expect(
                     origins[0].seen.withLock { $0.map(\.path) }.allSatisfy { $0 == HealthProbeHandler.grpcPath })
                 #expect(origins[0].seen.withLock { $0.first?.te } == "trailers")
@@ -67,7 +85,8 @@ struct GatewayHTTP2HealthTests {
                 origins[2].health.withLock { $0["test.Echo"] = 1 }
                 await clock.waitForSleepers(count: 1)
                 clock.advance(by: .seconds(10))
-                await eventually("both serve again") { Self.healthy(state) == [true, true, true] }
+                await Self.expectHealth(state, [true, true, true], "both serve again")
+                #expect(Self.failures(state) == [nil, nil, nil])
             }
         }
     }
@@ -82,7 +101,8 @@ struct GatewayHTTP2HealthTests {
                 clock: clock
             ) { gateway async throws in
                 let state = gateway.server.currentCore.clusters[0]
-                await eventually("the not-serving server is out") { Self.healthy(state) == [true, false] }
+                await Self.expectHealth(state, [true, false], "the not-serving server is out")
+                #expect(Self.failures(state) == [nil, "serving status 2"])
             }
             origins[1].httpHealth.store(503, ordering: .relaxed)
             try await withGateway(
@@ -90,7 +110,8 @@ struct GatewayHTTP2HealthTests {
                 clock: clock
             ) { gateway async throws in
                 let state = gateway.server.currentCore.clusters[0]
-                await eventually("the 503 endpoint is out") { Self.healthy(state) == [true, false] }
+                await Self.expectHealth(state, [true, false], "the 503 endpoint is out")
+                #expect(Self.failures(state) == [nil, "status 503"])
                 #expect(origins[0].seen.withLock { $0.contains { $0.path == "/healthz" } })
             }
         }
@@ -111,9 +132,12 @@ struct GatewayHTTP2HealthTests {
                     check: "{grpc: {}, interval: 600s, timeout: 600s, unhealthy: 1}")
                 try await withGateway(yaml, clock: clock) { gateway async throws in
                     let state = gateway.server.currentCore.clusters[0]
-                    await eventually("the closed port and the HTTP/1.1 origin are out") {
-                        Self.healthy(state) == [true, false, false]
-                    }
+                    await Self.expectHealth(
+                        state, [true, false, false], "the closed port and the HTTP/1.1 origin are out")
+                    let failures = Self.failures(state)
+                    #expect(failures[0] == nil)
+                    #expect(failures[1]?.hasPrefix("connect failed: ") == true, "\(failures)")
+                    #expect(failures[2] != nil)
                 }
             }
         }

@@ -121,6 +121,11 @@ struct GatewayHealthTests {
                 clock.advance(by: .seconds(10))
                 await eventually("bad is unhealthy") { !state.endpoints[0].healthy.load(ordering: .relaxed) }
                 #expect(state.endpoints[1].healthy.load(ordering: .relaxed) == true)
+                // The admin API says why: the last probe's answer.
+                let document = try await gateway.adminJSON("/clusters")
+                let endpoints = try #require(
+                    (document["clusters"] as? [[String: Any]])?.first?["endpoints"] as? [[String: Any]])
+                #expect(endpoints.map { $0["last_health_check_failure"] as? String } == ["status 503", nil])
                 let health = try await gateway.metric(
                     #"aviary_gateway_endpoint_healthy{cluster="backend",endpoint="127.0.0.1:\#(origins[0].port)"}"#)
                 #expect(health == 0)
@@ -149,6 +154,9 @@ struct GatewayHealthTests {
                     !state.endpoints[1].healthy.load(ordering: .relaxed)
                 }
                 #expect(state.endpoints[0].healthy.load(ordering: .relaxed) == true)
+                let failure = state.endpoints[1].lastProbeFailure.withLock { $0 }
+                #expect(failure?.hasPrefix("connect failed: ") == true, "\(failure ?? "none")")
+                #expect(state.endpoints[0].lastProbeFailure.withLock { $0 } == nil)
                 for _ in 0..<4 {
                     let status = try await gateway.get("/x").status
                     #expect(status == 200)

@@ -188,7 +188,7 @@ struct GatewayUpstreamTLSTests {
                     state: ClusterState(cluster: cluster, clock: SystemClock()),
                     check: .init(path: "/readyz", interval: .seconds(10), timeout: .seconds(10)),
                     eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: quietLogger)
-                return await checker.probe(endpoint)
+                return await checker.probe(endpoint) == .success
             }
             let trusted = try GatewayConfiguration.Cluster.TLS.files(ca: certificates.server.certificateFile)
             let otherCA = try GatewayConfiguration.Cluster.TLS.files(ca: certificates.client.certificateFile)

@@ -205,6 +205,9 @@ enum AdminViews {
                     "in_flight": pool.inFlight,
                     "connections": ["open": pool.open, "idle": pool.idle],
                 ]
+                if let failure = endpoint.lastProbeFailure.withLock({ $0 }) {
+                    object["last_health_check_failure"] = failure
+                }
                 if let until, let now, now < until {
                     object["ejected_for_seconds"] = Double(now.duration(to: until).aviaryNanoseconds) / 1e9
                 }

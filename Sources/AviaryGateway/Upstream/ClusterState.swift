@@ -58,6 +58,7 @@ final class ClusterState: Sendable {
             guard let old = before[endpoint.endpoint] else { continue }
             endpoint.consecutiveFailures.store(old.consecutiveFailures.load(ordering: .relaxed), ordering: .relaxed)
             endpoint.ejections.store(old.ejections.load(ordering: .relaxed), ordering: .relaxed)
+            endpoint.lastProbeFailure.withLock { $0 = old.lastProbeFailure.withLock { $0 } }
             if !old.healthy.load(ordering: .relaxed) {
                 endpoint.healthy.store(false, ordering: .relaxed)
                 unavailable += 1
@@ -168,6 +169,8 @@ final class EndpointState: Sendable {
     let idle = Atomic<Int>(0)
     /// Connect attempts that failed.
     let connectErrors = Atomic<Int>(0)
+    /// Why its last active health probe failed; `nil` when it succeeded or none ran yet.
+    let lastProbeFailure = Mutex<String?>(nil)
 
     init(endpoint: Endpoint, index: Int) {
         self.endpoint = endpoint

@@ -79,26 +79,30 @@ final class HealthChecker: Sendable {
                 healthyThreshold: self.check.healthyThreshold, unhealthyThreshold: self.check.unhealthyThreshold)
         }
         while !Task.isCancelled {
-            let results = await withTaskGroup(of: (Int, Bool).self) { group in
+            let results = await withTaskGroup(of: (Int, ProbeOutcome).self) { group in
                 for endpoint in self.state.endpoints {
                     group.addTask { (endpoint.index, await self.probe(endpoint.endpoint)) }
                 }
-                var results: [(Int, Bool)] = []
+                var results: [(Int, ProbeOutcome)] = []
                 for await result in group { results.append(result) }
                 return results
             }
             if Task.isCancelled { return }
-            for (index, success) in results {
+            for (index, outcome) in results {
                 let endpoint = self.state.endpoints[index]
+                endpoint.lastProbeFailure.withLock { $0 = outcome.failure }
                 let healthy = endpoint.healthy.load(ordering: .relaxed)
-                if let change = counters[index].record(success: success, healthy: healthy),
+                var metadata: Logger.Metadata = [
+                    "aviary.cluster": "\(self.state.cluster.name)", "server.address": "\(endpoint.endpoint)",
+                ]
+                if let failure = outcome.failure {
+                    metadata["error.message"] = "\(failure)"
+                    self.logger.debug("health probe failed", metadata: metadata)
+                }
+                if let change = counters[index].record(success: outcome.failure == nil, healthy: healthy),
                     self.state.setHealthy(endpoint, change)
                 {
-                    self.logger.info(
-                        change ? "upstream healthy" : "upstream unhealthy",
-                        metadata: [
-                            "aviary.cluster": "\(self.state.cluster.name)", "server.address": "\(endpoint.endpoint)",
-                        ])
+                    self.logger.info(change ? "upstream healthy" : "upstream unhealthy", metadata: metadata)
                 }
             }
             do {
@@ -109,9 +113,9 @@ final class HealthChecker: Sendable {
         }
     }
 
-    /// One probe: `true` for a 2xx answer within the timeout.
-    func probe(_ endpoint: Endpoint) async -> Bool {
-        let promise = ProbeResult(self.eventLoop.makePromise(of: Bool.self))
+    /// One probe: ``ProbeOutcome/success`` for a 2xx answer within the timeout, otherwise why not.
+    func probe(_ endpoint: Endpoint) async -> ProbeOutcome {
+        let promise = ProbeResult(self.eventLoop.makePromise(of: ProbeOutcome.self), timeout: self.check.timeout)
         let timeout = TimeAmount(self.check.timeout)
         let path = self.check.path
         let host = endpoint.description
@@ -119,11 +123,11 @@ final class HealthChecker: Sendable {
         switch self.state.tls {
         case nil: tls = nil
         case .success(let context): tls = context
-        case .failure: return false
+        case .failure(let error): return .failure("\(error)")
         }
         if self.state.cluster.upstreamProtocol == .h2 {
             self.probeHTTP2(endpoint, tls: tls, timeout: timeout, promise: promise)
-            return (try? await promise.promise.futureResult.get()) ?? false
+            return await promise.outcome()
         }
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(timeout)
@@ -138,8 +142,8 @@ final class HealthChecker: Sendable {
             }
         bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
             switch result {
-            case .failure:
-                promise.complete(false)
+            case .failure(let error):
+                promise.fail("connect failed: \(error)")
             case .success(let channel):
                 promise.limit(channel, to: timeout)
                 var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
@@ -150,7 +154,7 @@ final class HealthChecker: Sendable {
                 channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
             }
         }
-        return (try? await promise.promise.futureResult.get()) ?? false
+        return await promise.outcome()
     }
 }
 
@@ -168,9 +172,13 @@ extension HealthChecker {
             }
         }
         bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
-            guard case .success(let channel) = result else {
-                promise.complete(false)
+            let channel: any Channel
+            switch result {
+            case .failure(let error):
+                promise.fail("connect failed: \(error)")
                 return
+            case .success(let connected):
+                channel = connected
             }
             promise.limit(channel, to: timeout)
             let ready = tls == nil ? channel.eventLoop.makeSucceededFuture(channel) : UpstreamTLS.handshake(channel)
@@ -194,8 +202,8 @@ extension HealthChecker {
                 }
             }.whenComplete { result in
                 switch result {
-                case .failure:
-                    promise.complete(false)
+                case .failure(let error):
+                    promise.fail("HTTP/2 stream not opened: \(error)")
                 case .success(let stream):
                     for part in HealthProbeHandler.request(check, authority: endpoint.description) {
                         stream.write(part, promise: nil)
@@ -261,34 +269,43 @@ final class HealthProbeHandler: ChannelInboundHandler {
         switch self.unwrapInboundIn(data) {
         case .head(let head):
             guard self.grpc else {
-                self.promise.complete(head.status.code >= 200 && head.status.code < 300)
+                if head.status.code >= 200 && head.status.code < 300 {
+                    self.promise.succeed()
+                } else {
+                    self.promise.fail("status \(head.status.code)")
+                }
                 return
             }
             self.status = head.status
             self.headStatus = head.headers.first(name: "grpc-status")
-            if head.status != .ok { self.promise.complete(false) }
+            if head.status != .ok { self.promise.fail("status \(head.status.code)") }
         case .body(var buffer):
             // A health answer is a few bytes; anything long is not one.
             guard self.body.readableBytes + buffer.readableBytes <= 4096 else {
-                self.promise.complete(false)
+                self.promise.fail("an answer of more than 4096 bytes")
                 return
             }
             self.body.writeBuffer(&buffer)
         case .end(let trailers):
             guard self.grpc else { return }
             let grpcStatus = trailers?.first(name: "grpc-status") ?? self.headStatus
-            self.promise.complete(
-                self.status == .ok && grpcStatus == "0" && Self.servingStatus(of: self.body) == 1)
+            if grpcStatus != "0" {
+                self.promise.fail("grpc-status \(grpcStatus ?? "missing")")
+            } else if let serving = Self.servingStatus(of: self.body) {
+                if serving == 1 { self.promise.succeed() } else { self.promise.fail("serving status \(serving)") }
+            } else {
+                self.promise.fail("not one HealthCheckResponse message")
+            }
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.promise.complete(false)
+        self.promise.fail("closed before the answer")
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.promise.complete(false)
+        self.promise.fail("\(error)")
         context.close(promise: nil)
     }
 
@@ -344,20 +361,40 @@ final class HealthProbeHandler: ChannelInboundHandler {
     }
 }
 
+/// What one health probe found: success, or why it failed, in words for the log
+/// (`health probe failed`, `upstream unhealthy`) and the admin API's
+/// `last_health_check_failure`.
+///
+/// ```swift
+/// let outcome = await checker.probe(endpoint)   // .failure("status 503")
+/// ```
+enum ProbeOutcome: Sendable, Equatable {
+    case success
+    case failure(String)
+
+    /// Why the probe failed; `nil` when it succeeded.
+    var failure: String? {
+        if case .failure(let reason) = self { return reason }
+        return nil
+    }
+}
+
 /// A probe's outcome: the first of answer, close, error and timeout completes it.
 final class ProbeResult: Sendable {
-    let promise: EventLoopPromise<Bool>
+    let promise: EventLoopPromise<ProbeOutcome>
+    private let timeout: Duration
     private let done = Atomic<Bool>(false)
 
-    init(_ promise: EventLoopPromise<Bool>) {
+    init(_ promise: EventLoopPromise<ProbeOutcome>, timeout: Duration) {
         self.promise = promise
+        self.timeout = timeout
     }
 
     /// Fails the probe if `channel` has not answered within `timeout`, and closes `channel` when
     /// the probe is over, whatever ended it.
     func limit(_ channel: any Channel, to timeout: TimeAmount) {
         let deadline = channel.eventLoop.scheduleTask(in: timeout) {
-            self.complete(false)
+            self.fail("no answer within \(GatewayUnits.render(self.timeout))")
             channel.close(promise: nil)
         }
         self.promise.futureResult.whenComplete { _ in
@@ -366,7 +403,16 @@ final class ProbeResult: Sendable {
         }
     }
 
-    func complete(_ success: Bool) {
-        if !self.done.exchange(true, ordering: .acquiringAndReleasing) { self.promise.succeed(success) }
+    func succeed() { self.complete(.success) }
+
+    func fail(_ reason: String) { self.complete(.failure(reason)) }
+
+    /// The outcome, once the probe is over.
+    func outcome() async -> ProbeOutcome {
+        (try? await self.promise.futureResult.get()) ?? .failure("probe abandoned")
+    }
+
+    private func complete(_ outcome: ProbeOutcome) {
+        if !self.done.exchange(true, ordering: .acquiringAndReleasing) { self.promise.succeed(outcome) }
     }
 }
