@@ -9,15 +9,19 @@
 #       producer's process and in another one): p50, p99 and max; no Redis, NATS or floors (~30 s)
 #   scripts/bench-broker.sh --pg-publish [seconds, default 4] [rounds, default 5]
 #       only PostgreSQL publish (one message per transaction, batches of 100 and 1000), each
-#       measurement interleaved with its pgbench floor in every round (new, floor, old, new, floor,
-#       old, ...), each right after a CHECKPOINT; with OLD_BROKERBENCH=path (a BrokerBench built
-#       from another commit, e.g. main) that binary too, in a database of its own on the same server. Prints every round, the
-#       medians and the ratios of medians (new/floor, old/floor, new/old); ~50 s a round with 4 s.
+#       measurement interleaved with its pgbench floor in every round (new, new from the log's
+#       executor, floor, old, new, executor, floor, old, ...), each right after a CHECKPOINT; with
+#       OLD_BROKERBENCH=path (a BrokerBench built from another commit, e.g. main) that binary too,
+#       default path only, in a database of its own on the same server. Prints every round, the
+#       medians and the ratios of medians (new/floor, executor/floor, old/floor, executor/new,
+#       new/old); ~65 s a round with 4 s.
 #   BROKERBENCH=path runs that BrokerBench binary instead of building one (any mode).
 #
 # - AviaryMessaging (Benchmarks/Sources/BrokerBench, release build): publish one message per
 #   durable transaction (on SQLite also from a task on the log's writer executor,
-#   `SQLiteMessageLog.writerExecutor`) and batches of 100 and 1000, consume-and-ack through MessageConsumer (one
+#   `SQLiteMessageLog.writerExecutor`; on PostgreSQL also from a task on the event loop of the
+#   log's connections, `PostgresMessageLog.executor`, singly and in batches) and batches of 100 and
+#   1000, consume-and-ack through MessageConsumer (one
 #   partition at a time, an ack per message), and publish-to-consume latency at 1,000 messages/s
 #   with the consumer in the producer's process and in another process; for SQLiteMessageLog
 #   (WAL, synchronous=FULL, as it runs) and PostgresMessageLog.
@@ -159,10 +163,17 @@ for line in sys.stdin:
       rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "$scenario" \
         | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
       record new "$scenario" "$rate"
+      line="  $scenario: new $rate/s"
+      # The same publishes from a task on the event loop of the log's connections (PostgresMessageLog.executor).
+      checkpoint
+      rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "${scenario}_executor" \
+        | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
+      record executor "$scenario" "$rate"
+      line="$line, executor $rate/s"
       checkpoint
       tps=$(pgbench -n -c 1 -T "$seconds" -f "$tmp/insert-$batch.sql" raw 2>&1 | awk '/^tps = / {print $3; exit}')
       record floor "$scenario" "$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')"
-      line="  $scenario: new $rate/s, floor $(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')/s"
+      line="$line, floor $(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')/s"
       if [ -n "$old" ]; then
         checkpoint
         rate=$("$old" run --url "$old_url" --seconds "$seconds" --only "$scenario" \
@@ -178,13 +189,13 @@ import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 def values(engine, scenario): return [r["per_second"] for r in rows if r["engine"] == engine and r["scenario"] == scenario]
 print(f"\nmedians of the rounds; load at the end {sys.argv[2]}\n")
-print("| publish | new | old | pgbench floor | new / floor | old / floor | new / old |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| publish | new | executor | old | pgbench floor | new / floor | executor / floor | old / floor | executor / new | new / old |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for scenario in ("publish_single", "publish_batch_100", "publish_batch_1000"):
-    med = {e: (statistics.median(values(e, scenario)) if values(e, scenario) else None) for e in ("new", "old", "floor")}
+    med = {e: (statistics.median(values(e, scenario)) if values(e, scenario) else None) for e in ("new", "executor", "old", "floor")}
     def r(a, b): return "–" if not med[a] or not med[b] else f"{med[a] / med[b]:.2f}×"
     def v(e): return "–" if med[e] is None else f"{med[e]:,.0f}/s"
-    print(f"| {scenario} | {v('new')} | {v('old')} | {v('floor')} | {r('new', 'floor')} | {r('old', 'floor')} | {r('new', 'old')} |")
+    print(f"| {scenario} | {v('new')} | {v('executor')} | {v('old')} | {v('floor')} | {r('new', 'floor')} | {r('executor', 'floor')} | {r('old', 'floor')} | {r('executor', 'new')} | {r('new', 'old')} |")
 PY
   exit 0
 fi
@@ -251,6 +262,8 @@ for batch in 1 100 1000; do
   echo "sqlite floor: $out" >&2
   record sqlite-raw "insert_$batch" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["per_second"])' "$out")"
   aviary "$pg_url" "$scenario"
+  # The same publishes from a task on the event loop of the log's connections (PostgresMessageLog.executor).
+  aviary "$pg_url" "${scenario}_executor"
   if [ "$batch" = 1 ]; then
     echo "INSERT INTO raw_messages (payload, appended_at) VALUES (repeat('x', $row_bytes), 0);" >"$tmp/insert-1.sql"
   else
@@ -314,8 +327,10 @@ print("| measurement | AviaryMessaging SQLite | SQLite raw | AviaryMessaging Pos
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 print(f"| publish, 1 message per durable transaction | {rate(get('sqlite', 'publish_single'))} | {rate(get('sqlite-raw', 'insert_1'))} | {rate(get('postgres', 'publish_single'))} | {rate(get('postgres-raw', 'insert_1'))} | {rate(get('redis', 'xadd_pipeline_1'))} (XADD, no pipeline) | {rate(get('nats', 'nats_acked_single'))} (acked, one at a time) |")
 print(f"| publish, 1 message per durable transaction, producer on the log's writer executor | {rate(get('sqlite', 'publish_single_writer'))} | {rate(get('sqlite-raw', 'insert_1'))} | | | | |")
+print(f"| publish, 1 message per durable transaction, producer on the executor of the PostgreSQL log's connections | | | {rate(get('postgres', 'publish_single_executor'))} | {rate(get('postgres-raw', 'insert_1'))} | | |")
 print(f"| publish, batches of 100 | {rate(get('sqlite', 'publish_batch_100'))} | {rate(get('sqlite-raw', 'insert_100'))} | {rate(get('postgres', 'publish_batch_100'))} | {rate(get('postgres-raw', 'insert_100'))} | {rate(get('redis', 'xadd_pipeline_100'))} (XADD pipelined by 100) | {rate(get('nats', 'nats_acked_window_100'))} (100 acks in flight) |")
 print(f"| publish, batches of 1000 | {rate(get('sqlite', 'publish_batch_1000'))} | {rate(get('sqlite-raw', 'insert_1000'))} | {rate(get('postgres', 'publish_batch_1000'))} | {rate(get('postgres-raw', 'insert_1000'))} | | |")
+print(f"| publish, batches of 100 and of 1000, producer on the executor of the PostgreSQL log's connections | | | {rate(get('postgres', 'publish_batch_100_executor'))}; {rate(get('postgres', 'publish_batch_1000_executor'))} | {rate(get('postgres-raw', 'insert_100'))}; {rate(get('postgres-raw', 'insert_1000'))} | | |")
 print(f"| consume and ack (MessageConsumer, ack per message) / raw SKIP LOCKED delete | {rate(get('sqlite', 'consume_ack'))} | | {rate(get('postgres', 'consume_ack'))} | {rate(get('postgres-raw', 'skip_locked_delete'))} | | |")
 for scenario, label in (("latency_in_process", "consumer in the producer's process"), ("latency_cross_process", "consumer in another process")):
     print(f"| publish-to-consume at 1,000 msg/s, {label}: p50 / p99 | {ms(get('sqlite', scenario, 'p50_ms'))} / {ms(get('sqlite', scenario, 'p99_ms'))} | | {ms(get('postgres', scenario, 'p50_ms'))} / {ms(get('postgres', scenario, 'p99_ms'))} | | | |")
@@ -325,11 +340,14 @@ goals = [
     ("SQLite batched publish (1000) / raw batched insert (1000)", ratio(get('sqlite', 'publish_batch_1000'), get('sqlite-raw', 'insert_1000')), ">= 0.5"),
     ("PostgreSQL batched publish (100) / raw batched insert (100)", ratio(get('postgres', 'publish_batch_100'), get('postgres-raw', 'insert_100')), ">= 0.5"),
     ("PostgreSQL batched publish (1000) / raw batched insert (1000)", ratio(get('postgres', 'publish_batch_1000'), get('postgres-raw', 'insert_1000')), ">= 0.5"),
+    ("PostgreSQL batched publish (100), producer on the log's executor / raw batched insert (100)", ratio(get('postgres', 'publish_batch_100_executor'), get('postgres-raw', 'insert_100')), ">= 0.5"),
+    ("PostgreSQL batched publish (1000), producer on the log's executor / raw batched insert (1000)", ratio(get('postgres', 'publish_batch_1000_executor'), get('postgres-raw', 'insert_1000')), ">= 0.5"),
     ("SQLite batched publish (100) / Redis XADD pipelined by 100", ratio(get('sqlite', 'publish_batch_100'), get('redis', 'xadd_pipeline_100')), ">= 0.5"),
     ("PostgreSQL batched publish (100) / Redis XADD pipelined by 100", ratio(get('postgres', 'publish_batch_100'), get('redis', 'xadd_pipeline_100')), ">= 0.5"),
     ("SQLite single-message publish / raw single-row transaction", ratio(get('sqlite', 'publish_single'), get('sqlite-raw', 'insert_1')), ">= 0.8"),
     ("SQLite single-message publish, producer on the writer executor / raw single-row transaction", ratio(get('sqlite', 'publish_single_writer'), get('sqlite-raw', 'insert_1')), ">= 0.8"),
     ("PostgreSQL single-message publish / raw single-row transaction", ratio(get('postgres', 'publish_single'), get('postgres-raw', 'insert_1')), ">= 0.8"),
+    ("PostgreSQL single-message publish, producer on the log's executor / raw single-row transaction", ratio(get('postgres', 'publish_single_executor'), get('postgres-raw', 'insert_1')), ">= 0.8"),
     ("PostgreSQL consume-and-ack / raw SKIP LOCKED delete", ratio(get('postgres', 'consume_ack'), get('postgres-raw', 'skip_locked_delete')), ">= 0.5"),
 ]
 print("\n| ratio | measured | goal |")

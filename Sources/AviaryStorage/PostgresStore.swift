@@ -63,13 +63,28 @@ public final class PostgresStore: Sendable, Service {
         /// timer as well. Without the check, a connection that a middlebox or the server dropped
         /// while it was idle is found broken only by the next call on it, which fails.
         public var keepAliveFrequency: Duration?
+        /// The one event loop of every pooled connection, or `nil` to spread them over
+        /// postgres-nio's default group (the default).
+        ///
+        /// With a loop, the store offers ``PostgresStore/executor``: a task that prefers it runs on
+        /// that loop, where its calls lease, query and resume without waking another thread. The
+        /// pool's own work (connecting, keep-alive checks, its timers' bookkeeping) runs there too.
+        /// Connections outside the pool (``PostgresStore/withDedicatedConnection(_:)``) keep
+        /// postgres-nio's default.
+        ///
+        /// ```swift
+        /// let options = PostgresStore.Options(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
+        /// ```
+        public var eventLoop: (any EventLoop)?
 
         /// Creates options; see each property for its meaning.
         public init(
             maximumConnections: Int = 20, minimumConnections: Int = 0, connectTimeout: Duration = .seconds(10),
             acquireTimeout: Duration = .seconds(30), maximumTransactionAttempts: Int = 5,
-            applicationName: String = "aviary", keepAliveFrequency: Duration? = .seconds(30)
+            applicationName: String = "aviary", keepAliveFrequency: Duration? = .seconds(30),
+            eventLoop: (any EventLoop)? = nil
         ) {
+            self.eventLoop = eventLoop
             self.maximumConnections = maximumConnections
             self.minimumConnections = minimumConnections
             self.connectTimeout = connectTimeout
@@ -102,6 +117,28 @@ public final class PostgresStore: Sendable, Service {
     public let tracer: (any Tracer)?
     /// The options the store was made with.
     public let options: Options
+    /// Runs a task on the pool's event loop when ``Options/eventLoop`` is set (`nil` otherwise).
+    ///
+    /// A task that prefers it runs its own code on that loop, and its calls
+    /// (``withTransaction(_:isolation:_:)``, ``withConnection(_:)``) stay there from the lease to
+    /// the caller's resumption: no thread is woken to send a query or to resume the caller. Calls
+    /// from other tasks work as without it. The task's code delays the loop's other channels while
+    /// it runs, so it should mostly wait on the database and never block.
+    ///
+    /// ```swift
+    /// let store = try PostgresStore(url: url, options: .init(eventLoop: MultiThreadedEventLoopGroup.singleton.next()))
+    /// // while store.run() runs:
+    /// if let executor = store.executor {
+    ///     try await withTaskExecutorPreference(executor) {
+    ///         for order in orders {
+    ///             try await store.withTransaction { connection in
+    ///                 try await connection.query("INSERT INTO orders VALUES (\(order.id), \(order.total))", logger: store.logger)
+    ///             }
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    public let executor: EventLoopTaskExecutor?
 
     let migrations: PostgresMigrations
     private let lifecycle = Mutex(Lifecycle())
@@ -157,7 +194,15 @@ public final class PostgresStore: Sendable, Service {
             PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0)
         }
         configuration.options.additionalStartupParameters = [("application_name", options.applicationName)]
-        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        if let eventLoop = options.eventLoop {
+            // An event loop is an event loop group of one: every connection the pool makes is on it.
+            self.client = PostgresClient(
+                configuration: configuration, eventLoopGroup: eventLoop, backgroundLogger: logger)
+            self.executor = EventLoopTaskExecutor(eventLoop)
+        } else {
+            self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+            self.executor = nil
+        }
     }
 
     // MARK: Lifetime
@@ -187,7 +232,10 @@ public final class PostgresStore: Sendable, Service {
         }
         defer { self.finish(.stopped) }
         try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { await self.client.run() }
+            // With an event loop of its own, the pool's work runs there as well: a connection's
+            // release schedules its keep-alive timer through the pool's task, which a caller on
+            // the loop then hands over without waking a thread.
+            group.addTask(executorPreference: self.executor) { await self.client.run() }
             do {
                 try await self.migrate()
             } catch {
@@ -513,7 +561,10 @@ public final class PostgresStore: Sendable, Service {
         _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let claim = Claim()
-        let call = Task {
+        // A caller on the pool's event loop (a task preferring ``executor``) keeps the call there:
+        // a plain `Task` would start on the concurrency pool and wake a thread twice per call.
+        let onLoop = self.executor.flatMap { $0.eventLoop.inEventLoop ? $0 : nil }
+        let call = Task(executorPreference: onLoop) {
             try await self.waitUntilReady()
             return try await self.client.withConnection { connection in
                 // The deadline passed while this lease was being handed over: give it back unused.

@@ -10,7 +10,10 @@
 //       publish (one message per call, batches of 100 and 1000), consume-and-ack through
 //       MessageConsumer, and publish-to-consume latency at R messages/s (consumer in this process
 //       and in a child process), each for about S seconds (on SQLite also `publish_single_writer`:
-//       single publishes from a task on the log's writer executor); `--only a,b` runs only the scenarios
+//       single publishes from a task on the log's writer executor; on PostgreSQL also
+//       `publish_single_executor`, `publish_batch_100_executor` and `publish_batch_1000_executor`:
+//       publishes from a task on the event loop of the log's connections, `PostgresMessageLog.executor`);
+//       `--only a,b` runs only the scenarios
 //       named, and `--only publish_single_8` (never run by default) publishes one message per call
 //       from 8 tasks at once
 //   BrokerBench consume-latency --url URL --topic T --count N
@@ -354,7 +357,8 @@ func run(_ arguments: Arguments) async throws {
 
     try await log.createTopic("publish", TopicOptions(partitions: 8))
     if wanted("publish_single") || wanted("publish_batch_100") || wanted("publish_batch_1000")
-        || wanted("publish_single_8") || wanted("publish_single_writer")
+        || wanted("publish_single_8") || wanted("publish_single_writer") || wanted("publish_single_executor")
+        || wanted("publish_batch_100_executor") || wanted("publish_batch_1000_executor")
     {
         // Warm-up, past SQLite's first checkpoint (as sqlite-floor does) and PostgreSQL's first
         // pages: the measured commits see a log that has been running, not a new file.
@@ -373,6 +377,18 @@ func run(_ arguments: Arguments) async throws {
             try await publishThroughput(log, topic: "publish", batch: 1, seconds: seconds)
         }
         emit(["backend": backend, "scenario": "publish_single_writer", "messages": messages, "per_second": perSecond])
+    }
+    // PostgreSQL: the same publishes from a task on the event loop of the log's connections
+    // (`PostgresMessageLog.executor`), which saves the hand-offs between the caller's thread and the loop.
+    if let postgres = log as? PostgresMessageLog {
+        for (scenario, batch) in [
+            ("publish_single_executor", 1), ("publish_batch_100_executor", 100), ("publish_batch_1000_executor", 1000),
+        ] where wanted(scenario) {
+            let (messages, perSecond) = try await withTaskExecutorPreference(postgres.executor) {
+                try await publishThroughput(log, topic: "publish", batch: batch, seconds: seconds)
+            }
+            emit(["backend": backend, "scenario": scenario, "messages": messages, "per_second": perSecond])
+        }
     }
     // Not part of the default run (scripts/bench-broker.sh): only with --only publish_single_8.
     if only?.contains("publish_single_8") == true {

@@ -48,6 +48,10 @@ public final class PostgresMessageLog: MessageLog {
         /// single publish about a seventh faster when the disk did not count
         /// (`synchronous_commit` off, a 2-core machine), for networks that never drop idle
         /// connections silently.
+        ///
+        /// The pool's connections are all on one event loop, ``PostgresStore/Options/eventLoop``
+        /// when it is set, otherwise one loop of SwiftNIO's shared group: the loop of
+        /// ``PostgresMessageLog/executor``.
         public var store: PostgresStore.Options
         /// How often ``PostgresMessageLog/wakeUps(topic:)`` yields without a notification, for
         /// changes that only time makes (delays ending, leases expiring).
@@ -82,6 +86,27 @@ public final class PostgresMessageLog: MessageLog {
 
     /// The store the log lives in.
     public let store: PostgresStore
+    /// Runs a task on the event loop of the log's connections, for producers that publish one
+    /// message (or batch) after another.
+    ///
+    /// A publish from the concurrency pool crosses to the connection's event loop to send its
+    /// statement, and the reply wakes a pool thread to resume the caller: two hand-offs between
+    /// threads, each a wake-up of a sleeping thread. A task that prefers this executor runs on
+    /// that loop, so its publishes lease a connection, send, read the reply and resume the task
+    /// all on one thread. Every other call of the log (consumers, the outbox relay, other
+    /// producers) works as before, beside it. The task's own code between publishes runs on the
+    /// event loop too and delays the loop's connections meanwhile: keep it short and never block
+    /// in it (no file I/O, no locks held long, no `sleep`).
+    ///
+    /// ```swift
+    /// let log = try await PostgresMessageLog(url: url)
+    /// try await withTaskExecutorPreference(log.executor) {
+    ///     for order in orders {
+    ///         try await log.publish([OutgoingMessage(topic: "orders", key: order.id, event: try order.event())])
+    ///     }
+    /// }
+    /// ```
+    public let executor: EventLoopTaskExecutor
     let clock: any WallClock
     let configuration: Configuration
     let logger: Logger
@@ -109,13 +134,16 @@ public final class PostgresMessageLog: MessageLog {
         logger: Logger = Logger(label: "aviary.messaging")
     ) async throws {
         let store: PostgresStore
+        var options = configuration.store
+        let eventLoop = options.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        options.eventLoop = eventLoop
         do {
-            store = try PostgresStore(
-                url: url, migrations: Self.migrations, options: configuration.store, logger: logger)
+            store = try PostgresStore(url: url, migrations: Self.migrations, options: options, logger: logger)
         } catch {
             throw MessagingError(.invalidArgument, error.message)
         }
         self.store = store
+        self.executor = store.executor ?? EventLoopTaskExecutor(eventLoop)
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
