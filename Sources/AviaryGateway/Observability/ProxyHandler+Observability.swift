@@ -38,11 +38,11 @@ enum UpstreamFailureKind {
 
 extension ProxyHandler {
     /// Starts recording a request whose head just arrived.
-    func beginRecord(_ head: HTTPRequestHead) {
+    func beginRecord(_ head: RequestHead) {
         self.record = RequestRecord(active: true, start: .now(), method: head.method, uri: head.uri)
         if let tracer = self.core.tracer {
             var parent = ServiceContext.topLevel
-            tracer.extract(head.headers, into: &parent, using: GatewayHeadersExtractor())
+            tracer.extract(head.nio.headers, into: &parent, using: GatewayHeadersExtractor())
             let span = tracer.startSpan(head.method.rawValue, context: parent, ofKind: .server)
             if span.isRecording {
                 span.attributes["http.request.method"] = head.method.rawValue

@@ -104,8 +104,20 @@ struct HTTP1RequestParser {
     }
 
     /// The next part decoded from `buffer` (its bytes consumed), or `nil` when more bytes are
-    /// needed.
+    /// needed; a head as NIO's type (``nextPart(_:)`` keeps it as bytes).
     mutating func next(_ buffer: inout ByteBuffer) throws(HTTP1RequestError) -> HTTPServerRequestPart? {
+        switch try self.nextPart(&buffer) {
+        case .head(let head)?: .head(head.nio)
+        case .body(let body)?: .body(body)
+        case .end(let trailers)?: .end(trailers)
+        case nil: nil
+        }
+    }
+
+    /// The next part decoded from `buffer` (its bytes consumed), or `nil` when more bytes are
+    /// needed. A head is the bytes of its lines (a slice of `buffer`) with what the walk that
+    /// checked them found: no `String` per field, no `HTTPHeaders`.
+    mutating func nextPart(_ buffer: inout ByteBuffer) throws(HTTP1RequestError) -> RequestPart? {
         switch self.state {
         case .head:
             if self.scanner.scanned == 0 {
@@ -122,6 +134,8 @@ struct HTTP1RequestParser {
             let (head, framing) = try buffer.withUnsafeReadableBytes { bytes throws(HTTP1RequestError) in
                 try Self.parseHead(UnsafeRawBufferPointer(rebasing: bytes[..<end]))
             }
+            // The lines stay where they arrived: a slice of the read buffer, no copy.
+            let lines = buffer.getSlice(at: buffer.readerIndex + head.linesStart, length: end - head.linesStart)!
             buffer.moveReaderIndex(forwardBy: end + 2)
             self.scanner.reset()
             switch framing {
@@ -129,7 +143,11 @@ struct HTTP1RequestParser {
             case .length(let length): self.state = .body(remaining: length)
             case .chunked: self.state = .chunked(HTTP1ChunkedBody())
             }
-            return .head(head)
+            return .head(
+                RequestHead(
+                    method: head.method, version: head.version, uri: head.uri, lines: lines,
+                    linesAreCanonical: head.canonical, inspection: head.inspection, host: head.host,
+                    hasIdempotencyKey: head.hasIdempotencyKey, hasConnection: head.hasConnection))
         case .endDue:
             self.state = .head
             return .end(nil)
@@ -172,13 +190,25 @@ struct HTTP1RequestParser {
         var chunked = false
     }
 
+    /// What ``parseHead(_:)`` found: the request line, where the header lines start and what
+    /// the proxy reads of them.
+    private struct ParsedHead {
+        var method: HTTPMethod
+        var version: HTTPVersion
+        var uri: String
+        var linesStart: Int
+        var canonical = true
+        var inspection = ProxyHeaders.RequestInspection()
+        var host: String?
+        var hasIdempotencyKey = false
+        var hasConnection = false
+    }
+
     /// Parses a head (request line and header lines, each ending with CRLF, without the empty
     /// line).
     private static func parseHead(
         _ bytes: UnsafeRawBufferPointer
-    ) throws(HTTP1RequestError) -> (
-        HTTPRequestHead, Framing
-    ) {
+    ) throws(HTTP1RequestError) -> (ParsedHead, Framing) {
         // Method: a token up to one space.
         var index = 0
         while index < bytes.count && isTokenByte(bytes[index]) { index += 1 }
@@ -211,24 +241,73 @@ struct HTTP1RequestParser {
             throw .badRequestLine
         }
         index += 2
-        var fields: [(String, String)] = []
-        fields.reserveCapacity(8)
+        var head = ParsedHead(method: method, version: version, uri: uri, linesStart: index)
+        // As `ProxyHeaders.inspect` counts it: method, target, fields as `writeHTTPField` writes them.
+        head.inspection.headBytes = uri.utf8.count + targetStart - 1 + 12
         var framing = FramingHeaders()
-        try Self.parseFields(bytes, from: index, into: &fields, framing: &framing)
-        let headers = HTTPHeaders(fields)
+        try Self.walkFields(bytes, from: index, framing: &framing) { name, value in
+            Self.note(name, value, in: bytes, into: &head)
+        }
         // Request smuggling defences (RFC 9112 section 6.3).
         if framing.transferEncodings > 0 {
             guard framing.transferEncodings == 1, framing.chunked else { throw .unsupportedTransferEncoding }
             guard framing.contentLengths == 0 else { throw .contentLengthWithTransferEncoding }
             guard version == .http1_1 else { throw .unsupportedTransferEncoding }
-            return (HTTPRequestHead(version: version, method: method, uri: uri, headers: headers), .chunked)
+            head.inspection.isChunked = true
+            head.inspection.hasHopByHop = true
+            return (head, .chunked)
         }
         if framing.contentLengths > 1 { throw .multipleContentLengths }
         if framing.badContentLength { throw .badContentLength }
-        return (
-            HTTPRequestHead(version: version, method: method, uri: uri, headers: headers),
-            .length(framing.contentLength ?? 0)
-        )
+        head.inspection.contentLength = framing.contentLength
+        return (head, .length(framing.contentLength ?? 0))
+    }
+
+    /// Notes what the proxy reads of one field of a request head: what
+    /// ``ProxyHeaders/inspect(_:)`` finds (framing aside, which the walk notes), `Host`,
+    /// `Idempotency-Key`, `Connection`, and whether the line is `name: value` CRLF exactly.
+    @inline(__always)
+    private static func note(
+        _ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, in bytes: UnsafeRawBufferPointer,
+        into head: inout ParsedHead
+    ) {
+        head.inspection.headBytes += name.count + value.count + 4
+        if head.canonical {
+            // One space after the colon, the value up to the CR: what `writeHTTPField` writes.
+            let nameEnd = bytes.baseAddress!.distance(to: name.baseAddress!) + name.count
+            let valueStart = nameEnd + 2
+            head.canonical =
+                bytes[nameEnd + 1] == UInt8(ascii: " ")
+                && bytes.baseAddress! + valueStart == (value.baseAddress ?? bytes.baseAddress! + valueStart)
+                && bytes[valueStart + value.count] == UInt8(ascii: "\r")
+        }
+        switch name.count {
+        case 4 where Self.equalsLowercase(name, "host"):
+            if head.host == nil { head.host = String(decoding: value, as: UTF8.self) }
+        case 6 where Self.equalsLowercase(name, "expect"):
+            head.inspection.expectsContinue = Self.equalsLowercase(value, "100-continue")
+        case 9 where Self.equalsLowercase(name, "forwarded"):
+            head.inspection.hasForwardedHeaders = true
+        case 10 where Self.equalsLowercase(name, "connection"):
+            head.hasConnection = true
+            head.inspection.hasHopByHop = true
+        case 14 where Self.equalsLowercase(name, "content-length"):
+            break
+        case 15 where Self.equalsLowercase(name, "x-forwarded-for"):
+            head.inspection.hasForwardedHeaders = true
+        case 15 where Self.equalsLowercase(name, "idempotency-key"):
+            head.hasIdempotencyKey = true
+        case 16 where Self.equalsLowercase(name, "x-forwarded-host"):
+            head.inspection.hasForwardedHeaders = true
+        case 16 where Self.equalsLowercase(name, "x-aviary-subject"):
+            head.inspection.hasSubjectHeader = true
+        case 17 where Self.equalsLowercase(name, "x-forwarded-proto"):
+            head.inspection.hasForwardedHeaders = true
+        case 23 where Self.equalsLowercase(name, "x-forwarded-client-cert"):
+            head.inspection.hasClientCertificateHeader = true
+        default:
+            if UpstreamResponseHead.isHopByHop(name) { head.inspection.hasHopByHop = true }
+        }
     }
 
     /// Parses header lines from `start` to the end of `bytes`, each ending with CRLF, into

@@ -86,7 +86,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         init(
             route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
             head: UpstreamRequestHead,
-            downstream: HTTPRequestHead
+            downstream: RequestHead
         ) {
             self.route = route
             self.clusterIndex = clusterIndex
@@ -97,7 +97,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.downstreamVersion = downstream.version
             self.isHead = downstream.method == .HEAD
             self.keepAlive = downstream.isKeepAlive
-            let hasKey = downstream.headers.contains(name: "idempotency-key")
+            let hasKey = downstream.hasIdempotencyKey
             // Switches, not array literals: an array per request is an allocation per request.
             let safe: Bool
             let idempotent: Bool
@@ -123,7 +123,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     private(set) var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Parts of pipelined requests decoded while an exchange was still running.
-    private var queued: [HTTPServerRequestPart] = []
+    private var queued: [RequestPart] = []
     private var readPending = false
     /// After a local answer to an unfinished request: the rest of it is ignored and the
     /// connection closes once the answer is written.
@@ -251,7 +251,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         do {
             // Parsed here rather than by a decoder in front: a handler and a boxed part fewer
             // per part. A body part is a slice of the read buffer.
-            while !self.closed, let part = try self.parser.next(&bytes) {
+            while !self.closed, let part = try self.parser.nextPart(&bytes) {
                 self.received(part, context: context)
             }
         } catch {
@@ -262,8 +262,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         if bytes.readableBytes > 0 && !self.closed { self.unparsed = bytes }
     }
 
-    /// A request part: parsed from the connection's bytes, or from an HTTP/2 stream's codec.
+    /// A request part from an HTTP/2 stream's codec.
     func received(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        self.received(RequestPart(part), context: context)
+    }
+
+    /// A request part: parsed from the connection's bytes, or from an HTTP/2 stream's codec.
+    private func received(_ part: RequestPart, context: ChannelHandlerContext) {
         if self.isStream, case .end = part { self.streamRequestEnded = true }
         if self.discarding || self.closed { return }
         if self.admitting || self.exchange?.requestComplete == true {
@@ -274,7 +279,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.handle(part, context: context)
     }
 
-    private func handle(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+    private func handle(_ part: RequestPart, context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
             self.requestHead(head, context: context)
@@ -492,7 +497,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     // MARK: A new request
 
-    private func requestHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+    private func requestHead(_ given: RequestHead, context: ChannelHandlerContext) {
+        var head = given
         self.headerTimer?.cancel()
         self.headerTimer = nil
         // A reload's configuration applies from the next request on; this one keeps its own.
@@ -502,11 +508,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.upstreams = current
             self.core = current.core
         }
+        // A span reads the trace context of the fields.
+        if self.core.tracer != nil { head.materialize() }
         self.beginRecord(head)
         self.core.statistics.requests.add(1, ordering: .relaxed)
         self.answeringHead = head.method == .HEAD
         let limits = self.core.configuration.limits
-        let inspection = ProxyHeaders.inspect(head)
+        let inspection = head.inspection
         if let problem = inspection.framingProblem {
             self.respondLocally(
                 status: 400, slug: "bad-request", detail: "malformed request: \(problem)", close: true, context: context
@@ -526,7 +534,12 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
                 detail: "the request body is larger than \(limits.maxBodyBytes) bytes", close: true, context: context)
             return
         }
-        guard let route = self.core.routes.route(method: head.method, uri: head.uri, headers: head.headers) else {
+        // Fields are made only for tables with routes that match on them (`host`, `headers`).
+        if self.core.routes.readsHeaders { head.materialize() }
+        guard
+            let route = self.core.routes.route(
+                method: head.method, uri: head.uri, headers: head.isMaterialized ? head.nio.headers : HTTPHeaders())
+        else {
             self.respondLocally(
                 status: 404, slug: "no-route",
                 detail: "no route for \(head.method.rawValue) \(RouteTable.path(of: head.uri))",
@@ -534,9 +547,13 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             return
         }
         self.recordRoute(route)
+        if route.readsRequestFields || inspection.editsFields || self.record.span != nil {
+            // Made once here for every feature of the route that reads or edits fields.
+            head.materialize()
+        }
         var corsHeaders: [(String, String)] = []
         if let cors = route.cors {
-            switch cors.check(head) {
+            switch cors.check(head.nio) {
             case .none:
                 break
             case .preflight(let headers):
@@ -563,7 +580,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         var outcome: PolicyOutcome?
         if let policies = route.policies {
             switch policies.admit(
-                head, clientIP: self.client.ip,
+                head.nio, clientIP: self.client.ip,
                 clientCertificate: policies.needsClientCertificate ? self.clientCertificate : nil)
             {
             case .forward(let passed):
@@ -589,7 +606,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// Applies the route's fault injection, then forwards.
     private func proceed(
-        _ head: HTTPRequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
+        _ head: RequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
         policy: PolicyOutcome?, context: ChannelHandlerContext
     ) {
         if let fault = route.fault {
@@ -620,7 +637,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// Verifies a token whose keys must be fetched: off the event loop, with reads stopped, then
     /// back on the loop to forward or answer the request.
     private func verifyLater(
-        _ token: String, policies: RoutePolicies, partial: PolicyOutcome, head: HTTPRequestHead, route: CompiledRoute,
+        _ token: String, policies: RoutePolicies, partial: PolicyOutcome, head: RequestHead, route: CompiledRoute,
         inspection: ProxyHeaders.RequestInspection, hasBody: Bool, context: ChannelHandlerContext
     ) {
         guard let authenticator = policies.auth?.authenticator else { return }
@@ -638,7 +655,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.admitting = false
             guard !self.closed, !self.discarding, let context = self.context else { return }
             let close = hasBody || !head.isKeepAlive
-            switch policies.resume(result, head, outcome: partial, clientIP: clientIP) {
+            switch policies.resume(result, head.nio, outcome: partial, clientIP: clientIP) {
             case .forward(let outcome):
                 self.proceed(
                     head, route: route, inspection: inspection, hasBody: hasBody, policy: outcome, context: context)
@@ -661,27 +678,27 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// Sends an admitted request on to its cluster.
     private func forward(
-        _ head: HTTPRequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
+        _ head: RequestHead, route: CompiledRoute, inspection: ProxyHeaders.RequestInspection, hasBody: Bool,
         policy: PolicyOutcome?, context: ChannelHandlerContext
     ) {
         if let answer = route.localAnswer {
             self.answerLocalRoute(
-                answer, head: head, route: route, headers: policy?.responseHeaders ?? [],
+                answer, head: head.nio, route: route, headers: policy?.responseHeaders ?? [],
                 close: hasBody || !head.isKeepAlive, context: context)
             return
         }
         if let compose = route.compose {
             self.compose(
-                compose, head: head, route: route, policy: policy, close: hasBody || !head.isKeepAlive,
+                compose, head: head.nio, route: route, policy: policy, close: hasBody || !head.isKeepAlive,
                 context: context)
             return
         }
         var capture: CacheCapture?
         if let cache = route.cache {
-            switch self.cacheLookup(cache, head: head, hasBody: hasBody) {
+            switch self.cacheLookup(cache, head: head.nio, hasBody: hasBody) {
             case .hit(let entry, let now):
                 let variables =
-                    route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head) : nil
+                    route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head.nio) : nil
                 self.answerFromCache(
                     entry, at: now, stale: false, headers: policy?.responseHeaders ?? [],
                     rewrite: route.responseHeaderRewrite, variables: variables, close: !head.isKeepAlive,
@@ -695,7 +712,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         let clusterIndex = route.pickCluster(self.core.random)
         let cluster = self.upstreams.clusters[clusterIndex]
-        guard let pool = cluster.pick(self.core.random, request: head.headers) else {
+        // Only a ring hash reads a field (its key).
+        guard let pool = cluster.pick(self.core.random, request: cluster.ring != nil ? head.nio.headers : HTTPHeaders())
+        else {
             self.respondLocally(
                 status: 503, slug: "no-upstream", detail: "cluster \(cluster.cluster.name) has no endpoints",
                 extensions: ["cluster": cluster.cluster.name, "reason": "no-endpoints"],
@@ -718,7 +737,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         }
         let expectsContinue = hasBody && inspection.expectsContinue
 
-        let variables = route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head) : nil
+        let variables = route.usesHeaderVariables ? HeaderVariables(clientIP: self.client.ip, request: head.nio) : nil
         let upstreamHead: UpstreamRequestHead
         if !inspection.hasHopByHop, !inspection.hasForwardedHeaders, !inspection.hasSubjectHeader,
             !inspection.hasClientCertificateHeader, !expectsContinue,
@@ -733,7 +752,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         } else {
             upstreamHead = .parts(
                 self.upstreamRequestHead(
-                    head, route: route, inspection: inspection, policy: policy, variables: variables,
+                    head.nio, route: route, inspection: inspection, policy: policy, variables: variables,
                     expectsContinue: expectsContinue))
         }
         if expectsContinue {
@@ -843,7 +862,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// (`Content-Length: 0` for a bodyless POST, PUT or PATCH, `X-Forwarded-*`, `Forwarded`, the
     /// subject of a verified token).
     private func upstreamRequestBytes(
-        _ head: HTTPRequestHead, uri: String, _ inspection: ProxyHeaders.RequestInspection, _ policy: PolicyOutcome?,
+        _ head: RequestHead, uri: String, _ inspection: ProxyHeaders.RequestInspection, _ policy: PolicyOutcome?,
         _ context: ChannelHandlerContext
     ) -> ByteBuffer {
         // A stream's proxy serves one request: it borrows its connection's buffers (returned
@@ -858,11 +877,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         buffer.writeStaticString(" ")
         buffer.writeString(uri)
         buffer.writeStaticString(" HTTP/1.1\r\n")
-        buffer.writeHTTPFields(head.headers)
+        head.writeFields(into: &buffer)
         if inspection.contentLength == nil, head.method == .POST || head.method == .PUT || head.method == .PATCH {
             buffer.writeStaticString("content-length: 0\r\n")
         }
-        buffer.writeImmutableBuffer(self.forwardedLines(head))
+        buffer.writeImmutableBuffer(self.forwardedLines(host: head.host))
         if let subject = policy?.subject { buffer.writeHTTPField(subjectHeaderName, subject) }
         if let field = self.connectionCertificateField {
             buffer.writeHTTPField(clientCertificateHeaderName, field)
@@ -972,9 +991,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     /// The client's address, the `Host` and this proxy's `Forwarded` element for `downstream`.
-    private func forwardedFields(_ downstream: HTTPRequestHead) -> (ip: String?, host: String?, element: String) {
+    private func forwardedFields(host: String?) -> (ip: String?, host: String?, element: String) {
         let client = self.client
-        let host = downstream.headers.first(name: "host")
         if let last = self.peer.lastForwarded, last.host == host {
             return (client.ip, host, last.element)
         }
@@ -984,17 +1002,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     /// The gateway's `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
-    /// lines for `downstream`, as ``forwardedFields(_:)`` has them. Hot path: the requests of a
+    /// lines for a request naming `host`, as ``forwardedFields(host:)`` has them. Hot path: the requests of a
     /// connection almost always name the same `Host`, so the lines are written once per
     /// connection and `Host` and copied as one block into each upstream request head, rather
     /// than written as four fields per request.
-    private func forwardedLines(_ downstream: HTTPRequestHead) -> ByteBuffer {
-        let host = downstream.headers.first(name: "host")
+    private func forwardedLines(host: String?) -> ByteBuffer {
         // An HTTP/1.x connection keeps the block in its handler, which the request has in cache
         // already; the peer object is read only for the first request (or a new `Host`).
         let last = self.stream == nil ? self.forwardedCache : self.peer.lastForwardedLines
         if let last, last.host == host { return last.lines }
-        let (ip, _, element) = self.forwardedFields(downstream)
+        let (ip, _, element) = self.forwardedFields(host: host)
         var lines = ByteBuffer()
         if let ip { lines.writeHTTPField("x-forwarded-for", ip) }
         lines.writeHTTPField("x-forwarded-proto", self.scheme)
@@ -1009,7 +1026,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     /// `X-Forwarded-Client-Cert` for this connection's client certificate, if any: asked of the
-    /// peer once per HTTP/1.x connection, then kept in the handler (see ``forwardedLines(_:)``).
+    /// peer once per HTTP/1.x connection, then kept in the handler (see ``forwardedLines(host:)``).
     private var connectionCertificateField: String? {
         if self.stream == nil, let known = self.certificateFieldCache { return known }
         let field = self.clientCertificateField
@@ -1018,7 +1035,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     private func addForwardedHeaders(_ headers: inout HTTPHeaders, downstream: HTTPRequestHead, earlier: Bool) {
-        let (ip, host, element) = self.forwardedFields(downstream)
+        let (ip, host, element) = self.forwardedFields(host: downstream.headers.first(name: "host"))
         guard earlier else {
             if let ip { headers.add(name: "x-forwarded-for", value: ip) }
             headers.add(name: "x-forwarded-proto", value: self.scheme)

@@ -11,7 +11,7 @@ import NIOHTTP1
 /// Header rules of a proxy (RFC 9110 section 7.6.1): hop-by-hop headers stay on their hop.
 enum ProxyHeaders {
     /// What one pass over a request head found.
-    struct RequestInspection {
+    struct RequestInspection: Equatable {
         /// The first problem with the message framing, if any (request smuggling defences,
         /// RFC 9112 section 6.3): more than one `Content-Length`, a `Content-Length` that is not
         /// digits, `Content-Length` together with `Transfer-Encoding`, or a `Transfer-Encoding`
@@ -28,6 +28,13 @@ enum ProxyHeaders {
         var hasSubjectHeader = false
         /// An `X-Forwarded-Client-Cert` from the client, which the gateway removes.
         var hasClientCertificateHeader = false
+
+        /// Whether the upstream head needs the client's fields edited (so as NIO's head): a field
+        /// to remove or extend, or an expectation the gateway answers itself.
+        var editsFields: Bool {
+            self.hasHopByHop || self.hasForwardedHeaders || self.hasSubjectHeader || self.hasClientCertificateHeader
+                || self.expectsContinue
+        }
     }
 
     static func inspect(_ head: HTTPRequestHead) -> RequestInspection {

@@ -21,6 +21,9 @@ public import NIOHTTP1
 public struct RouteTable: Sendable {
     /// The compiled routes, in order.
     public let routes: [CompiledRoute]
+    /// Whether a route matches on fields (`host`, `headers`): only then does matching need the
+    /// request's fields.
+    let readsHeaders: Bool
 
     /// Compiles the routes of `configuration`; cluster names become indexes into
     /// `configuration.clusters`.
@@ -40,6 +43,7 @@ public struct RouteTable: Sendable {
                 index: index, route: route, clusterIndexes: indexes, authenticator: authenticator, clock: clock,
                 defaultHeaders: (configuration.requestHeaders, configuration.responseHeaders))
         }
+        self.readsHeaders = self.routes.contains { $0.host != nil || !$0.headers.isEmpty }
     }
 
     /// The first route that accepts the request, if any.
@@ -104,6 +108,10 @@ public final class CompiledRoute: Sendable {
     let compose: CompiledCompose?
     /// The mirror cluster's index and the draw below which a request is copied (out of 1 000 000).
     let mirror: (cluster: Int, threshold: UInt64)?
+    /// Whether a feature of the route reads or edits the request's fields (policies, caching,
+    /// CORS, header rewrites, a local answer, composition, a mirror): the proxy makes NIO's head
+    /// of a request it takes only then.
+    let readsRequestFields: Bool
 
     init(
         index: Int, route: GatewayConfiguration.Route, clusterIndexes: [String: Int],
@@ -168,6 +176,9 @@ public final class CompiledRoute: Sendable {
         self.policies =
             self.authUnavailable
             ? nil : RoutePolicies(route: route, index: index, authenticator: authenticator, clock: clock)
+        self.readsRequestFields =
+            self.policies != nil || self.cache != nil || self.cors != nil || self.requestHeaderRewrite != nil
+            || self.usesHeaderVariables || self.localAnswer != nil || self.compose != nil || self.mirror != nil
     }
 
     /// Whether the request is one this route takes.
