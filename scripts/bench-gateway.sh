@@ -113,7 +113,10 @@ for path in /small /large; do
   for port in "${ports[@]}"; do wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null; done  # warm-up
   declare -A rps=() p99=() mbs=()
   for round in $(seq 1 "$rounds"); do
-    for i in "${!names[@]}"; do
+    # Each round starts one row later (the origin first in round 1, nginx first in round 2, ...),
+    # so that no proxy always runs last, after the others have warmed or loaded the machine.
+    for step in "${!names[@]}"; do
+      i=$(((step + round - 1) % ${#names[@]}))
       read -r r p m < <(run "${ports[$i]}" "$path")
       rps[$i]+="$r "; p99[$i]+="$p "; mbs[$i]+="$m "
     done
