@@ -323,6 +323,20 @@ struct HTTP1RequestParser {
         }
     }
 
+    /// The fields of header lines this parser (or ``HTTP1ResponseParser``) has already checked,
+    /// each ending with CRLF, as `HTTPHeaders`: for the features that read fields of a head kept
+    /// as bytes.
+    static func headers(ofCheckedLines lines: ByteBuffer) -> HTTPHeaders {
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(8)
+        var framing = FramingHeaders()
+        lines.withUnsafeReadableBytes { bytes in
+            // Checked by the parser already: this walk cannot fail.
+            try? Self.parseFields(bytes, from: 0, into: &fields, framing: &framing)
+        }
+        return HTTPHeaders(fields)
+    }
+
     /// Checks header lines from `start` to the end of `bytes`, each ending with CRLF, notes the
     /// framing headers and hands each field's name and value (without surrounding whitespace) to
     /// `field`: the one walk that both parsers' strictness lives in.

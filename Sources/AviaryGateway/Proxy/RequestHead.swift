@@ -110,14 +110,8 @@ struct RequestHead {
         guard let lines, lines.readableBytes > 0 else {
             return HTTPRequestHead(version: version, method: method, uri: uri)
         }
-        var fields: [(String, String)] = []
-        fields.reserveCapacity(8)
-        var framing = HTTP1RequestParser.FramingHeaders()
-        lines.withUnsafeReadableBytes { bytes in
-            // Checked by the parser already: this walk cannot fail.
-            try? HTTP1RequestParser.parseFields(bytes, from: 0, into: &fields, framing: &framing)
-        }
-        return HTTPRequestHead(version: version, method: method, uri: uri, headers: HTTPHeaders(fields))
+        return HTTPRequestHead(
+            version: version, method: method, uri: uri, headers: HTTP1RequestParser.headers(ofCheckedLines: lines))
     }
 
     /// Writes the client's fields as `name: value` CRLF lines, as `writeHTTPFields` writes NIO's:

@@ -110,14 +110,7 @@ struct UpstreamResponseHead {
     var headers: HTTPHeaders {
         if let given = self.given { return given }
         guard let lines = self.lines else { return HTTPHeaders() }
-        var fields: [(String, String)] = []
-        fields.reserveCapacity(8)
-        var framing = HTTP1RequestParser.FramingHeaders()
-        lines.withUnsafeReadableBytes { bytes in
-            // Checked by the parser already: this walk cannot fail.
-            try? HTTP1RequestParser.parseFields(bytes, from: 0, into: &fields, framing: &framing)
-        }
-        return HTTPHeaders(fields)
+        return HTTP1RequestParser.headers(ofCheckedLines: lines)
     }
 
     /// Writes the header lines that are not hop-by-hop, as received. Only for heads with

@@ -92,13 +92,14 @@ final class HealthChecker: Sendable {
                 let endpoint = self.state.endpoints[index]
                 endpoint.lastProbeFailure.withLock { $0 = outcome.failure }
                 let healthy = endpoint.healthy.load(ordering: .relaxed)
-                var metadata: Logger.Metadata = [
-                    "aviary.cluster": "\(self.state.cluster.name)", "server.address": "\(endpoint.endpoint)",
-                ]
-                if let failure = outcome.failure {
-                    metadata["error.message"] = "\(failure)"
-                    self.logger.debug("health probe failed", metadata: metadata)
+                var metadata: Logger.Metadata {
+                    var metadata: Logger.Metadata = [
+                        "aviary.cluster": "\(self.state.cluster.name)", "server.address": "\(endpoint.endpoint)",
+                    ]
+                    if let failure = outcome.failure { metadata["error.message"] = "\(failure)" }
+                    return metadata
                 }
+                if outcome.failure != nil { self.logger.debug("health probe failed", metadata: metadata) }
                 if let change = counters[index].record(success: outcome.failure == nil, healthy: healthy),
                     self.state.setHealthy(endpoint, change)
                 {
@@ -116,7 +117,6 @@ final class HealthChecker: Sendable {
     /// One probe: ``ProbeOutcome/success`` for a 2xx answer within the timeout, otherwise why not.
     func probe(_ endpoint: Endpoint) async -> ProbeOutcome {
         let promise = ProbeResult(self.eventLoop.makePromise(of: ProbeOutcome.self), timeout: self.check.timeout)
-        let timeout = TimeAmount(self.check.timeout)
         let path = self.check.path
         let host = endpoint.description
         let tls: UpstreamTLS?
@@ -126,11 +126,11 @@ final class HealthChecker: Sendable {
         case .failure(let error): return .failure("\(error)")
         }
         if self.state.cluster.upstreamProtocol == .h2 {
-            self.probeHTTP2(endpoint, tls: tls, timeout: timeout, promise: promise)
+            self.probeHTTP2(endpoint, tls: tls, promise: promise)
             return await promise.outcome()
         }
         let bootstrap = ClientBootstrap(group: self.eventLoop)
-            .connectTimeout(timeout)
+            .connectTimeout(TimeAmount(self.check.timeout))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Over TLS the probe's request waits in the TLS handler for the handshake; a
@@ -145,7 +145,7 @@ final class HealthChecker: Sendable {
             case .failure(let error):
                 promise.fail("connect failed: \(error)")
             case .success(let channel):
-                promise.limit(channel, to: timeout)
+                promise.limit(channel)
                 var head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path)
                 head.headers.add(name: "host", value: host)
                 head.headers.add(name: "user-agent", value: "aviary-gateway-health-check")
@@ -161,9 +161,9 @@ final class HealthChecker: Sendable {
 extension HealthChecker {
     /// One probe of an HTTP/2 endpoint: a connection of its own (TLS with ALPN `h2` when the
     /// cluster has `tls`), one stream, then the connection is closed.
-    private func probeHTTP2(_ endpoint: Endpoint, tls: UpstreamTLS?, timeout: TimeAmount, promise: ProbeResult) {
+    private func probeHTTP2(_ endpoint: Endpoint, tls: UpstreamTLS?, promise: ProbeResult) {
         let check = self.check
-        var bootstrap = ClientBootstrap(group: self.eventLoop).connectTimeout(timeout)
+        var bootstrap = ClientBootstrap(group: self.eventLoop).connectTimeout(TimeAmount(check.timeout))
         if let tls {
             bootstrap = bootstrap.channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -180,7 +180,7 @@ extension HealthChecker {
             case .success(let connected):
                 channel = connected
             }
-            promise.limit(channel, to: timeout)
+            promise.limit(channel)
             let ready = tls == nil ? channel.eventLoop.makeSucceededFuture(channel) : UpstreamTLS.handshake(channel)
             ready.flatMapThrowing { channel -> NIOHTTP2Handler.StreamMultiplexer in
                 let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
@@ -390,10 +390,10 @@ final class ProbeResult: Sendable {
         self.timeout = timeout
     }
 
-    /// Fails the probe if `channel` has not answered within `timeout`, and closes `channel` when
-    /// the probe is over, whatever ended it.
-    func limit(_ channel: any Channel, to timeout: TimeAmount) {
-        let deadline = channel.eventLoop.scheduleTask(in: timeout) {
+    /// Fails the probe if `channel` has not answered within the probe's timeout, and closes
+    /// `channel` when the probe is over, whatever ended it.
+    func limit(_ channel: any Channel) {
+        let deadline = channel.eventLoop.scheduleTask(in: TimeAmount(self.timeout)) {
             self.fail("no answer within \(GatewayUnits.render(self.timeout))")
             channel.close(promise: nil)
         }

@@ -143,7 +143,8 @@ public final class PostgresMessageLog: MessageLog {
             throw MessagingError(.invalidArgument, error.message)
         }
         self.store = store
-        self.executor = store.executor ?? EventLoopTaskExecutor(eventLoop)
+        // The options name a loop, so the store offers its executor.
+        self.executor = store.executor!
         self.clock = clock
         self.configuration = configuration
         self.logger = logger
