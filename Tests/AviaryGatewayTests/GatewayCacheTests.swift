@@ -116,7 +116,10 @@ struct GatewayCacheTests {
     func staleIfError() async throws {
         let clock = ManualClock()
         try await withOrigins(["a"]) { origins async throws in
-            let yaml = Self.yaml(origin: origins[0].port, cache: "{ttl: 10s, stale_if_error: 1m}", timeout: "1s")
+            let yaml = Self.yaml(origin: origins[0].port, cache: "{ttl: 10s, stale_if_error: 1m}", timeout: "4s")
+            // The route's timeout runs on real time: 4 s lets a loaded machine (load 9 to 12 on two
+            // cores once made 1 s too short for the first answer) still answer in time, at the cost
+            // of 4 s for the hung request below.
             try await withGateway(yaml, clock: clock) { gateway async throws in
                 let fresh = try await gateway.get("/c/s")
                 #expect(fresh.status == 200)
@@ -137,13 +140,13 @@ struct GatewayCacheTests {
 
                 // Without an entry the failure shows.
                 origins[0].state.failure.store(1, ordering: .relaxed)
-                // (The origin's 503, or the route's 1 s timeout on a machine too loaded to answer in time:
+                // (The origin's 503, or the route's 4 s timeout on a machine too loaded to answer in time:
                 // either way the failure, never a cached 200.)
                 let uncached = try await gateway.get("/c/other")
                 #expect([503, 504].contains(uncached.status))
                 #expect(uncached.header("x-aviary-cache") == nil)
 
-                // Past freshness plus the window, the error shows too (the 503, or the 1 s timeout
+                // Past freshness plus the window, the error shows too (the 503, or the 4 s timeout
                 // on a loaded machine), never the stale entry.
                 clock.advance(by: .seconds(41))
                 let expired = try await gateway.get("/c/s")

@@ -135,7 +135,11 @@ enum AdminViews {
         case .compose(let compose):
             result["compose"] =
                 [
-                    "parts": compose.parts.map { ["name": $0.name, "cluster": $0.cluster, "path": $0.path] },
+                    "parts": compose.parts.map { part in
+                        var fields = ["name": part.name, "cluster": part.cluster, "path": part.path]
+                        if let timeout = part.timeout { fields["timeout"] = GatewayUnits.render(timeout) }
+                        return fields
+                    },
                     "part_timeout": GatewayUnits.render(compose.partTimeout),
                     "on_failure": compose.omitFailed ? "omit" : "fail",
                 ] as [String: Any]

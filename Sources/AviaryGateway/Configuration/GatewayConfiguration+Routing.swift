@@ -143,14 +143,15 @@ extension GatewayConfiguration {
     ///   compose:
     ///     parts:
     ///       - {name: user, cluster: users, path: "/users/{jwt.sub}"}
-    ///       - {name: orders, cluster: orders, path: "/orders?user={id}"}
+    ///       - {name: orders, cluster: orders, path: "/orders?user={id}", timeout: 2s}
     ///     part_timeout: 500ms
     ///     on_failure: omit
     /// ```
     public struct Compose: Sendable, Hashable {
         /// The calls, in the order their members appear.
         public var parts: [ComposePart]
-        /// How long each call may take, to the end of its body.
+        /// How long each call may take, to the end of its body, unless the part sets its own
+        /// ``ComposePart/timeout``.
         public var partTimeout: Duration
         /// What a failed or late part does: fail the whole (`false`), or leave it out and mark
         /// the response degraded (`true`, YAML `on_failure: omit`).
@@ -173,12 +174,23 @@ extension GatewayConfiguration {
         /// The request target (path and query), with `{var}` from `match.path_template` and
         /// `{jwt.sub}` from the verified token.
         public var path: String
+        /// How long this call may take, to the end of its body, in place of the route's
+        /// ``Compose/partTimeout`` (YAML `timeout`; `nil`: the route's). A slow but optional part
+        /// can get less time than the others, or a known slow one more.
+        public var timeout: Duration?
 
         /// Creates a part.
-        public init(name: String, cluster: String, path: String) {
+        ///
+        /// ```swift
+        /// let part = GatewayConfiguration.ComposePart(
+        ///     name: "recommendations", cluster: "catalog", path: "/recommended/{jwt.sub}",
+        ///     timeout: .milliseconds(200))
+        /// ```
+        public init(name: String, cluster: String, path: String, timeout: Duration? = nil) {
             self.name = name
             self.cluster = cluster
             self.path = path
+            self.timeout = timeout
         }
     }
 }

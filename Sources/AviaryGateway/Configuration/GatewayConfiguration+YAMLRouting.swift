@@ -182,7 +182,9 @@ extension ConfigurationParser {
             var names: Set<String> = []
             for (index, item) in items.enumerated() {
                 let itemPath = "\(fields.path("parts"))[\(index)]"
-                guard let part = self.fields(item, itemPath, allowed: ["name", "cluster", "path"]) else { continue }
+                guard let part = self.fields(item, itemPath, allowed: ["name", "cluster", "path", "timeout"]) else {
+                    continue
+                }
                 var name: String?
                 if let node = part["name"], let text = self.string(node, part.path("name")) {
                     if text.utf8.allSatisfy({ PathTemplate.isNameByte($0) || $0 == UInt8(ascii: "-") }),
@@ -218,8 +220,9 @@ extension ConfigurationParser {
                 } else if part["path"] == nil {
                     self.problem(part.path("path"), "is missing: expected a path such as /users/{id}", item)
                 }
+                let timeout = part["timeout"].flatMap { self.positiveDuration($0, part.path("timeout")) }
                 if let name, let cluster, let target {
-                    compose.parts.append(.init(name: name, cluster: cluster, path: target))
+                    compose.parts.append(.init(name: name, cluster: cluster, path: target, timeout: timeout))
                 }
             }
             if items.isEmpty { self.problem(fields.path("parts"), "expected at least one part", value) }

@@ -20,10 +20,11 @@ struct CompiledCompose: Sendable {
         let name: String
         let cluster: Int
         let target: RewriteTemplate
+        /// The part's own timeout, or the route's `part_timeout`.
+        let timeout: TimeAmount
     }
 
     let parts: [Part]
-    let partTimeout: TimeAmount
     let omitFailed: Bool
     /// Whether a target uses `{jwt.sub}` (the value after the template's).
     let usesSubject: Bool
@@ -40,9 +41,10 @@ struct CompiledCompose: Sendable {
             guard let cluster = clusterIndexes[part.cluster],
                 let target = try? RewriteTemplate(parsing: part.path, variables: all)
             else { return nil }
-            return Part(name: part.name, cluster: cluster, target: target)
+            return Part(
+                name: part.name, cluster: cluster, target: target,
+                timeout: TimeAmount(part.timeout ?? compose.partTimeout))
         }
-        self.partTimeout = TimeAmount(compose.partTimeout)
         self.omitFailed = compose.omitFailed
         self.usesSubject = compose.parts.contains { $0.path.contains("{jwt.sub}") }
     }
@@ -116,7 +118,7 @@ extension ProxyHandler {
             let cluster = self.upstreams.clusters[part.cluster]
             let call = ComposeCall(
                 name: part.name, clusterName: cluster.cluster.name, pool: cluster.pick(self.core.random),
-                head: partHead, timeout: compose.partTimeout, timers: self.loop.timers
+                head: partHead, timeout: part.timeout, timers: self.loop.timers
             ) { outcome in
                 gathering.outcomes[index] = outcome
                 gathering.remaining -= 1

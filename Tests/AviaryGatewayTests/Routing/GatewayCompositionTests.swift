@@ -85,6 +85,7 @@ struct GatewayCompositionTests {
                       parts:
                         - {name: me, cluster: users, path: "/json/tenants/{jwt.tenant}/users/{jwt.sub}?level={jwt.level}"}
                         - {name: missing, cluster: users, path: "/json/x/{jwt.nothing}"}
+                      part_timeout: 20s
                 """
             try await withGateway(yaml) { gateway in
                 let response = try await gateway.get("/api/me", headers: "Authorization: Bearer \(token)\r\n")
@@ -123,16 +124,30 @@ struct GatewayCompositionTests {
         }
     }
 
-    @Test("a late part is a 504 naming it, or omitted; a part that is not JSON fails")
+    @Test("a late part is a 504 naming it, or omitted; a part's own timeout replaces part_timeout")
     func latePart() async throws {
         try await withOrigins(["users", "orders"]) { origins in
             origins[1].state.failure.store(2, ordering: .relaxed)  // orders never answers
+            // Only orders has the short timeout of its own: users keeps part_timeout's 20 s, so a
+            // loaded machine cannot make it late too.
             let yaml = Self.yaml(users: origins[0].port, orders: origins[1].port, onFailure: "fail")
-                .replacingOccurrences(of: "part_timeout: 20s", with: "part_timeout: 3s")
+                .replacingOccurrences(
+                    of: "listen: {address: 127.0.0.1:0}", with: "listen: {address: 127.0.0.1:0, admin: 127.0.0.1:0}"
+                )
+                .replacingOccurrences(
+                    of: "path: \"/json/orders?user={id}\"}", with: "path: \"/json/orders?user={id}\", timeout: 1500ms}")
+            #expect(yaml.contains("timeout: 1500ms}") && yaml.contains("admin:"))
             try await withGateway(yaml) { gateway in
                 let response = try await gateway.get("/api/me/7")
                 #expect(response.status == 504)
                 #expect(response.problem?.type == "urn:aviary:problem:compose-part-timeout")
+                #expect(response.problem?.detail?.contains("within 1500ms") == true, "\(response.text)")
+                // The admin API's /config shows the part's own timeout beside the route's.
+                let routes = try await gateway.adminJSON("/config")["routes"] as? [[String: Any]]
+                let compose = try #require(routes?.first?["compose"] as? [String: Any])
+                #expect(compose["part_timeout"] as? String == "20s")
+                let parts = compose["parts"] as? [[String: String]]
+                #expect(parts?.map { $0["timeout"] } == [nil, "1500ms"])
             }
             try await withGateway(yaml.replacingOccurrences(of: "on_failure: fail", with: "on_failure: omit")) {
                 gateway in
@@ -161,6 +176,8 @@ struct GatewayCompositionTests {
                   parts:
                     - {name: user, cluster: users, path: "/users/{jwt.sub}"}
                     - {name: user, cluster: nobody, path: "/x/{other}"}
+                    - {name: late, cluster: users, path: "/late", timeout: soon}
+                    - {name: never, cluster: users, path: "/never", timeout: 0s}
                   on_failure: ignore
                 timeout: 1s
             """
@@ -170,8 +187,10 @@ struct GatewayCompositionTests {
                 #"routes[0].compose.parts[1].name: "user" names two parts (gateway.yaml:7)"#,
                 #"routes[0].compose.parts[1].cluster: unknown cluster "nobody", expected one of users (gateway.yaml:7)"#,
                 #"routes[0].compose.parts[1].path: {other} is not a variable of match.path_template (it has {id}) ({jwt.sub} and {jwt.<claim>} need auth: {require: jwt}), got "/x/{other}" (gateway.yaml:7)"#,
-                #"routes[0].compose.on_failure: expected fail or omit, got "ignore" (gateway.yaml:8)"#,
-                #"routes[0].timeout: needs a cluster: not allowed with direct_response, redirect or compose (gateway.yaml:9)"#,
+                #"routes[0].compose.parts[2].timeout: expected a duration such as 500ms, 10s, 5m or 1h, got "soon" (gateway.yaml:8)"#,
+                #"routes[0].compose.parts[3].timeout: expected a duration longer than 0, got "0s" (gateway.yaml:9)"#,
+                #"routes[0].compose.on_failure: expected fail or omit, got "ignore" (gateway.yaml:10)"#,
+                #"routes[0].timeout: needs a cluster: not allowed with direct_response, redirect or compose (gateway.yaml:11)"#,
             ])
     }
 }

@@ -113,7 +113,7 @@ struct GatewayRoutingConfigurationTests {
                     compose:
                       parts:
                         - {name: user, cluster: users, path: "/users/{jwt.sub}"}
-                        - {name: orders, cluster: orders, path: "/orders?user={id}"}
+                        - {name: orders, cluster: orders, path: "/orders?user={id}", timeout: 2s}
                       part_timeout: 500ms
                       on_failure: omit              # or fail
                 """)
@@ -126,5 +126,7 @@ struct GatewayRoutingConfigurationTests {
         }
         #expect(compose.omitFailed)
         #expect(compose.parts.map(\.name) == ["user", "orders"])
+        #expect(compose.parts.map(\.timeout) == [nil, .seconds(2)])
+        #expect(compose.partTimeout == .milliseconds(500))
     }
 }
