@@ -44,16 +44,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// One request on its way through.
     final class Exchange {
-        let route: CompiledRoute
-        let clusterIndex: Int
-        let clusterName: String
-        let cluster: ClusterPools
+        @exclusivity(unchecked) private(set) var route: CompiledRoute
+        @exclusivity(unchecked) private(set) var clusterIndex: Int
+        @exclusivity(unchecked) private(set) var clusterName: String
+        @exclusivity(unchecked) private(set) var cluster: ClusterPools
         /// The endpoint of the current attempt.
         @exclusivity(unchecked) var pool: UpstreamPool
         /// The request head for the upstream: NIO's type, or already written as HTTP/1.1 bytes.
-        let upstreamHead: UpstreamRequestHead
-        let downstreamVersion: HTTPVersion
-        let isHead: Bool
+        @exclusivity(unchecked) private(set) var upstreamHead: UpstreamRequestHead
+        @exclusivity(unchecked) private(set) var downstreamVersion: HTTPVersion
+        @exclusivity(unchecked) private(set) var isHead: Bool
         @exclusivity(unchecked) var keepAlive: Bool
         @exclusivity(unchecked) var connection: UpstreamConnection?
         /// Parts received before the upstream connection was ready.
@@ -66,7 +66,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         /// Whether the request was sent again after a kept-alive connection turned out closed.
         @exclusivity(unchecked) var retried = false
         /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
-        let isReplayable: Bool
+        @exclusivity(unchecked) private(set) var isReplayable: Bool
         /// Whether the route's retry policy applies: an idempotent request (or one with an
         /// `Idempotency-Key`) without a body, or whose body is kept whole in `kept`. Turns false
         /// when the body outgrows `limits.request_buffer_bytes`.
@@ -106,6 +106,61 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.downstreamVersion = downstream.version
             self.isHead = downstream.method == .HEAD
             self.keepAlive = downstream.isKeepAlive
+            (self.isReplayable, self.mayRetry) = Self.replay(route, downstream)
+        }
+
+        /// Makes this exchange, whose request has ended, the next request's, exactly as `init`
+        /// would make a new one: every stored property is set again (`ExchangeReuseTests` checks
+        /// that a reused exchange and a new one agree property by property).
+        func reuse(
+            route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
+            head: UpstreamRequestHead, downstream: RequestHead
+        ) {
+            // Compared first: reassigning the same object is a retain and a release for nothing.
+            if self.route !== route { self.route = route }
+            self.clusterIndex = clusterIndex
+            if self.cluster !== cluster {
+                self.cluster = cluster
+                self.clusterName = cluster.cluster.name
+            }
+            if self.pool !== pool { self.pool = pool }
+            self.upstreamHead = head
+            self.downstreamVersion = downstream.version
+            self.isHead = downstream.method == .HEAD
+            self.keepAlive = downstream.isKeepAlive
+            (self.isReplayable, self.mayRetry) = Self.replay(route, downstream)
+            self.connection = nil
+            if !self.pending.isEmpty { self.pending = [] }
+            self.requestComplete = false
+            self.responseHeadSent = false
+            self.upstreamReusable = false
+            self.bodyBytes = 0
+            self.timeout = nil
+            self.retried = false
+            self.kept = nil
+            self.keptTrailers = nil
+            self.mirrorCopy = nil
+            self.attempt = 1
+            self.perTryTimeout = nil
+            self.attemptAnswered = false
+            if !self.responseHeaders.isEmpty { self.responseHeaders = [] }
+            self.cache = nil
+            self.headerVariables = nil
+        }
+
+        /// Lets go of the upstream request head's buffer while the exchange waits for reuse: the
+        /// connection's ``OutputBuffers`` reuses that storage for the next head only once nothing
+        /// else holds it.
+        func park() {
+            self.upstreamHead = Self.noHead
+        }
+
+        /// What a parked exchange holds as its upstream request head: no storage of its own.
+        private static let noHead = UpstreamRequestHead.bytes(ByteBuffer(), isHead: false)
+
+        /// Whether the request may be sent twice (a safe method, or an `Idempotency-Key`) and
+        /// whether the route's retry policy applies to it.
+        private static func replay(_ route: CompiledRoute, _ downstream: RequestHead) -> (Bool, Bool) {
             let hasKey = downstream.hasIdempotencyKey
             // Switches, not array literals: an array per request is an allocation per request.
             let safe: Bool
@@ -115,9 +170,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             case .PUT, .DELETE: (safe, idempotent) = (false, true)
             default: (safe, idempotent) = (false, false)
             }
-            self.isReplayable = safe || hasKey
             // A body is kept (or the request is not retried): see `ProxyHandler.forward`.
-            self.mayRetry = route.retry != nil && (idempotent || hasKey)
+            return (safe || hasKey, route.retry != nil && (idempotent || hasKey))
         }
     }
 
@@ -131,6 +185,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     @exclusivity(unchecked) var drainRequested = false
     @exclusivity(unchecked) private(set) var context: ChannelHandlerContext?
     @exclusivity(unchecked) private var exchange: Exchange?
+    /// The last request's exchange once it has ended, for the next request (see
+    /// ``makeExchange(route:clusterIndex:cluster:pool:head:downstream:)``).
+    @exclusivity(unchecked) private var spareExchange: Exchange?
     /// Parts of pipelined requests decoded while an exchange was still running.
     @exclusivity(unchecked) private var queued: [RequestPart] = []
     @exclusivity(unchecked) private var readPending = false
@@ -775,7 +832,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.emit(.head(proceed), context: context, flush: true)
         }
 
-        let exchange = Exchange(
+        let exchange = self.makeExchange(
             route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: upstreamHead,
             downstream: head)
         self.exchange = exchange
@@ -1360,6 +1417,35 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             // Sent long ago; the exchange ends: the buffer goes back to the connection's streams.
             stream.server.requestHeads.giveBack(head)
         }
+        // Kept for the next request unless it holds a body copy or a cache capture (an idle
+        // connection holds no more than the object); reused only if nothing else holds it then.
+        if exchange.kept == nil && exchange.cache == nil {
+            exchange.park()
+            self.spareExchange = exchange
+        }
+    }
+
+    /// The exchange for a new request: the last one's object when nothing but this handler
+    /// holds it any more, otherwise a new one.
+    ///
+    /// Hot path: the exchange was the one allocation left per proxied request (a `malloc`, and
+    /// an object's worth of retains on creation and releases on its end). Reuse is invisible by
+    /// construction: `isKnownUniquelyReferenced` is true only when no timer, connect callback,
+    /// retry or caller frame up the stack holds the old exchange (each of those holds a strong
+    /// reference), so nothing that compares exchanges by identity (`self.exchange === exchange`)
+    /// can see the object come back as another request's.
+    private func makeExchange(
+        route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
+        head: UpstreamRequestHead, downstream: RequestHead
+    ) -> Exchange {
+        if var spare = self.spareExchange.take(), isKnownUniquelyReferenced(&spare) {
+            spare.reuse(
+                route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head,
+                downstream: downstream)
+            return spare
+        }
+        return Exchange(
+            route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head, downstream: downstream)
     }
 
     /// Replays pipelined parts that arrived during the last exchange, then reads on.
