@@ -16,14 +16,17 @@ enum GatewayBuckets {
     static let nanoseconds: [Int64] = HTTPMetrics.durationBuckets.map { $0.aviaryNanoseconds }
 }
 
+// The counters' arrays are `@exclusivity(unchecked)`: touched on their loop only, and modified
+// only by `&+=` on an element, which calls nothing back (see `ProxyHandler` on exclusivity).
+
 /// Counters of one route label on one loop.
 final class RouteCounters {
     /// Responses by status class: index 1...5 for 1xx...5xx, 0 for none (the client left first).
-    var responses = [Int](repeating: 0, count: 6)
+    @exclusivity(unchecked) var responses = [Int](repeating: 0, count: 6)
     /// Latency histogram: `buckets[i]` counts durations up to `GatewayBuckets.nanoseconds[i]`
     /// (not cumulative here); the last slot is +Inf.
-    var buckets = [Int](repeating: 0, count: GatewayBuckets.nanoseconds.count + 1)
-    var durationNanoseconds: Int64 = 0
+    @exclusivity(unchecked) var buckets = [Int](repeating: 0, count: GatewayBuckets.nanoseconds.count + 1)
+    @exclusivity(unchecked) var durationNanoseconds: Int64 = 0
     /// `GatewayBuckets.nanoseconds`, held here: a computed `static let` is a lazily initialised
     /// global, and each read of it goes through `swift_once` (once per request here).
     private let bounds = GatewayBuckets.nanoseconds
@@ -40,7 +43,7 @@ final class RouteCounters {
 
 /// Counters of one cluster on one loop.
 final class ClusterCounters {
-    var responses = [Int](repeating: 0, count: 6)
+    @exclusivity(unchecked) var responses = [Int](repeating: 0, count: 6)
     var retries = 0
     var timeouts = 0
     var connectErrors = 0
@@ -49,7 +52,7 @@ final class ClusterCounters {
 
 /// Counters of one endpoint on one loop.
 final class EndpointCounters {
-    var responses = [Int](repeating: 0, count: 6)
+    @exclusivity(unchecked) var responses = [Int](repeating: 0, count: 6)
     var connectErrors = 0
 }
 

@@ -305,7 +305,7 @@ final class ComposeCall: UpstreamExchange {
         connection.handler.flush()
     }
 
-    func upstreamReceived(_ part: UpstreamResponsePart) {
+    func upstreamReceived(_ part: consuming UpstreamResponsePart) {
         guard !self.done else { return }
         switch part {
         case .head(let response):

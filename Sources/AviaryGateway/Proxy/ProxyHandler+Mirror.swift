@@ -102,7 +102,7 @@ final class MirrorExchange: UpstreamExchange {
         connection.handler.flush()
     }
 
-    func upstreamReceived(_ part: UpstreamResponsePart) {
+    func upstreamReceived(_ part: consuming UpstreamResponsePart) {
         switch part {
         case .head(let response):
             let framed =

@@ -27,6 +27,15 @@ import Synchronization
 // a retry or a mirror may send again, a copy of its body up to `limits.request_buffer_bytes`
 // (taken as the body streams through; see `keep(_:_:)`).
 
+// Exclusivity: the handler's hot stored properties below are `@exclusivity(unchecked)`. Swift
+// checks at run time that no access to a class's stored property overlaps a modifying one (a
+// `swift_beginAccess`/`swift_endAccess` pair, a thread-local lookup, per access: about 50 pairs a
+// proxied request, ~2% of its CPU). An overlap needs two accesses at once: the handler is confined
+// to its event loop's thread (no concurrent access), and every modifying access to these
+// properties is an assignment, a `take()`, an `Array`/`ByteBuffer`/`OutputBuffers` mutation or a
+// parser step (`parser.nextPart`, `unparsed` resumed), none of which calls back into the handler, so
+// no access can begin inside another. What needs the check is a property modified in place across
+// a call that may re-enter (none here); keep it that way when adding one.
 /// Proxies the requests of one downstream connection, one at a time (pipelined requests wait).
 final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     typealias InboundIn = ByteBuffer
@@ -35,53 +44,53 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     /// One request on its way through.
     final class Exchange {
-        let route: CompiledRoute
-        let clusterIndex: Int
-        let clusterName: String
-        let cluster: ClusterPools
+        @exclusivity(unchecked) private(set) var route: CompiledRoute
+        @exclusivity(unchecked) private(set) var clusterIndex: Int
+        @exclusivity(unchecked) private(set) var clusterName: String
+        @exclusivity(unchecked) private(set) var cluster: ClusterPools
         /// The endpoint of the current attempt.
-        var pool: UpstreamPool
+        @exclusivity(unchecked) var pool: UpstreamPool
         /// The request head for the upstream: NIO's type, or already written as HTTP/1.1 bytes.
-        let upstreamHead: UpstreamRequestHead
-        let downstreamVersion: HTTPVersion
-        let isHead: Bool
-        var keepAlive: Bool
-        var connection: UpstreamConnection?
+        @exclusivity(unchecked) private(set) var upstreamHead: UpstreamRequestHead
+        @exclusivity(unchecked) private(set) var downstreamVersion: HTTPVersion
+        @exclusivity(unchecked) private(set) var isHead: Bool
+        @exclusivity(unchecked) var keepAlive: Bool
+        @exclusivity(unchecked) var connection: UpstreamConnection?
         /// Parts received before the upstream connection was ready.
-        var pending: [HTTPClientRequestPart] = []
-        var requestComplete = false
-        var responseHeadSent = false
-        var upstreamReusable = false
-        var bodyBytes = 0
-        var timeout: GatewayTimer?
+        @exclusivity(unchecked) var pending: [HTTPClientRequestPart] = []
+        @exclusivity(unchecked) var requestComplete = false
+        @exclusivity(unchecked) var responseHeadSent = false
+        @exclusivity(unchecked) var upstreamReusable = false
+        @exclusivity(unchecked) var bodyBytes = 0
+        @exclusivity(unchecked) var timeout: GatewayTimer?
         /// Whether the request was sent again after a kept-alive connection turned out closed.
-        var retried = false
+        @exclusivity(unchecked) var retried = false
         /// Whether the request may be sent twice: a safe method, or an `Idempotency-Key`.
-        let isReplayable: Bool
+        @exclusivity(unchecked) private(set) var isReplayable: Bool
         /// Whether the route's retry policy applies: an idempotent request (or one with an
         /// `Idempotency-Key`) without a body, or whose body is kept whole in `kept`. Turns false
         /// when the body outgrows `limits.request_buffer_bytes`.
-        var mayRetry: Bool
+        @exclusivity(unchecked) var mayRetry: Bool
         /// A copy of the request body received so far, for a retry or a mirror copy to send
         /// again; `nil` when nothing needs it or once the body outgrew `limits.request_buffer_bytes`.
-        var kept: ByteBuffer?
+        @exclusivity(unchecked) var kept: ByteBuffer?
         /// The trailers that ended a kept body.
-        var keptTrailers: HTTPHeaders?
+        @exclusivity(unchecked) var keptTrailers: HTTPHeaders?
         /// A mirror copy drawn for a request with a body: sent once the body is complete (and
         /// dropped if the body outgrows the copy).
-        var mirrorCopy: MirrorCopy?
+        @exclusivity(unchecked) var mirrorCopy: MirrorCopy?
         /// The current attempt, from 1.
-        var attempt = 1
-        var perTryTimeout: GatewayTimer?
+        @exclusivity(unchecked) var attempt = 1
+        @exclusivity(unchecked) var perTryTimeout: GatewayTimer?
         /// Whether the current attempt's response head arrived (its per-try time is over).
-        var attemptAnswered = false
+        @exclusivity(unchecked) var attemptAnswered = false
         /// Headers the route's policies add to the response (`RateLimit-*`).
-        var responseHeaders: [(String, String)] = []
+        @exclusivity(unchecked) var responseHeaders: [(String, String)] = []
         /// A request the route may answer from its cache: the key, a stale entry for failures,
         /// the response being collected.
-        var cache: CacheCapture?
+        @exclusivity(unchecked) var cache: CacheCapture?
         /// What `%{...}` in the route's response header rewrite stands for (when it uses any).
-        var headerVariables: HeaderVariables?
+        @exclusivity(unchecked) var headerVariables: HeaderVariables?
 
         init(
             route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
@@ -97,6 +106,61 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.downstreamVersion = downstream.version
             self.isHead = downstream.method == .HEAD
             self.keepAlive = downstream.isKeepAlive
+            (self.isReplayable, self.mayRetry) = Self.replay(route, downstream)
+        }
+
+        /// Makes this exchange, whose request has ended, the next request's, exactly as `init`
+        /// would make a new one: every stored property is set again (`ExchangeReuseTests` checks
+        /// that a reused exchange and a new one agree property by property).
+        func reuse(
+            route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
+            head: UpstreamRequestHead, downstream: RequestHead
+        ) {
+            // Compared first: reassigning the same object is a retain and a release for nothing.
+            if self.route !== route { self.route = route }
+            self.clusterIndex = clusterIndex
+            if self.cluster !== cluster {
+                self.cluster = cluster
+                self.clusterName = cluster.cluster.name
+            }
+            if self.pool !== pool { self.pool = pool }
+            self.upstreamHead = head
+            self.downstreamVersion = downstream.version
+            self.isHead = downstream.method == .HEAD
+            self.keepAlive = downstream.isKeepAlive
+            (self.isReplayable, self.mayRetry) = Self.replay(route, downstream)
+            self.connection = nil
+            if !self.pending.isEmpty { self.pending = [] }
+            self.requestComplete = false
+            self.responseHeadSent = false
+            self.upstreamReusable = false
+            self.bodyBytes = 0
+            self.timeout = nil
+            self.retried = false
+            self.kept = nil
+            self.keptTrailers = nil
+            self.mirrorCopy = nil
+            self.attempt = 1
+            self.perTryTimeout = nil
+            self.attemptAnswered = false
+            if !self.responseHeaders.isEmpty { self.responseHeaders = [] }
+            self.cache = nil
+            self.headerVariables = nil
+        }
+
+        /// Lets go of the upstream request head's buffer while the exchange waits for reuse: the
+        /// connection's ``OutputBuffers`` reuses that storage for the next head only once nothing
+        /// else holds it.
+        func park() {
+            self.upstreamHead = Self.noHead
+        }
+
+        /// What a parked exchange holds as its upstream request head: no storage of its own.
+        private static let noHead = UpstreamRequestHead.bytes(ByteBuffer(), isHead: false)
+
+        /// Whether the request may be sent twice (a safe method, or an `Idempotency-Key`) and
+        /// whether the route's retry policy applies to it.
+        private static func replay(_ route: CompiledRoute, _ downstream: RequestHead) -> (Bool, Bool) {
             let hasKey = downstream.hasIdempotencyKey
             // Switches, not array literals: an array per request is an allocation per request.
             let safe: Bool
@@ -106,39 +170,41 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             case .PUT, .DELETE: (safe, idempotent) = (false, true)
             default: (safe, idempotent) = (false, false)
             }
-            self.isReplayable = safe || hasKey
             // A body is kept (or the request is not retried): see `ProxyHandler.forward`.
-            self.mayRetry = route.retry != nil && (idempotent || hasKey)
+            return (safe || hasKey, route.retry != nil && (idempotent || hasKey))
         }
     }
 
     /// The event loop's state; `upstreams` and `core` are its generation of the current request.
     let loop: GatewayLoop
-    private(set) var upstreams: LoopUpstreams
-    private(set) var core: GatewayCore
+    @exclusivity(unchecked) private(set) var upstreams: LoopUpstreams
+    @exclusivity(unchecked) private(set) var core: GatewayCore
     /// The request being answered, for metrics, access log and tracing.
-    var record = RequestRecord()
+    @exclusivity(unchecked) var record = RequestRecord()
     /// Set by a drain: the connection closes after the current response.
-    var drainRequested = false
-    private(set) var context: ChannelHandlerContext?
-    private var exchange: Exchange?
+    @exclusivity(unchecked) var drainRequested = false
+    @exclusivity(unchecked) private(set) var context: ChannelHandlerContext?
+    @exclusivity(unchecked) private var exchange: Exchange?
+    /// The last request's exchange once it has ended, for the next request (see
+    /// ``makeExchange(route:clusterIndex:cluster:pool:head:downstream:)``).
+    @exclusivity(unchecked) private var spareExchange: Exchange?
     /// Parts of pipelined requests decoded while an exchange was still running.
-    private var queued: [RequestPart] = []
-    private var readPending = false
+    @exclusivity(unchecked) private var queued: [RequestPart] = []
+    @exclusivity(unchecked) private var readPending = false
     /// After a local answer to an unfinished request: the rest of it is ignored and the
     /// connection closes once the answer is written.
-    var discarding = false
-    private(set) var closed = false
+    @exclusivity(unchecked) var discarding = false
+    @exclusivity(unchecked) private(set) var closed = false
     /// Closes a connection that sends no request within `limits.idle_timeout`.
-    private var idleTimer: GatewayTimer?
-    private var idleDeadline = NIODeadline.distantFuture
+    @exclusivity(unchecked) private var idleTimer: GatewayTimer?
+    @exclusivity(unchecked) private var idleDeadline = NIODeadline.distantFuture
     /// Whether the request being answered is a HEAD (local answers then carry no body).
-    var answeringHead = false
+    @exclusivity(unchecked) var answeringHead = false
     /// Whether the response being written to an HTTP/1.1 client is chunk-framed by the proxy.
-    var chunkedResponse = false
+    @exclusivity(unchecked) var chunkedResponse = false
     /// The storage of the last response head and upstream request head written, reused for the
     /// next ones once the socket has let go of them (see ``OutputBuffers``).
-    var outputBuffers = OutputBuffers()
+    @exclusivity(unchecked) var outputBuffers = OutputBuffers()
     /// A forwarded response head not written yet: the next output writes it first, and a small
     /// body that comes right after it is appended to it, so that head and body take one write
     /// (one trip through the pipeline and the socket's pending writes) instead of two; head and
@@ -146,24 +212,24 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     /// until the end of the upstream read.
     /// Everything that writes or flushes goes through `ProxyHandler+Output.swift`, which writes
     /// a held head before anything else; a close drops it with whatever else was unwritten.
-    var heldHead: ByteBuffer?
+    @exclusivity(unchecked) var heldHead: ByteBuffer?
     /// Whether something was written to the client since the last flush.
-    var outputUnflushed = false
+    @exclusivity(unchecked) var outputUnflushed = false
     /// The request parser of an HTTP/1.x connection, and the bytes of a part not complete yet.
-    private var parser: HTTP1RequestParser
-    private var unparsed: ByteBuffer?
+    @exclusivity(unchecked) private var parser: HTTP1RequestParser
+    @exclusivity(unchecked) private var unparsed: ByteBuffer?
     /// Set once a request could not be parsed: what follows on the connection is not read.
-    private var unparseable = false
+    @exclusivity(unchecked) private var unparseable = false
     /// Answers `408` when a started request head is not complete within `limits.header_timeout`.
-    private var headerTimer: GatewayTimer?
+    @exclusivity(unchecked) private var headerTimer: GatewayTimer?
     /// The `X-Forwarded-*` and `Forwarded` lines of the last request of an HTTP/1.x connection
     /// and its `Host`, and the connection's `X-Forwarded-Client-Cert` value once asked: the
     /// same as the peer's, held here so that a request need not read the peer object.
-    private var forwardedCache: (host: String?, lines: ByteBuffer)?
-    private var certificateFieldCache: String??
+    @exclusivity(unchecked) private var forwardedCache: (host: String?, lines: ByteBuffer)?
+    @exclusivity(unchecked) private var certificateFieldCache: String??
     /// Whether a request head waits for its token's verification off the event loop: reads
     /// stop and what was read meanwhile waits in `queued`.
-    var admitting = false
+    @exclusivity(unchecked) var admitting = false
 
     /// `https` behind a TLS listener, `http` otherwise: what `X-Forwarded-Proto` and
     /// `Forwarded: proto=` say.
@@ -268,7 +334,11 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     }
 
     /// A request part: parsed from the connection's bytes, or from an HTTP/2 stream's codec.
-    private func received(_ part: RequestPart, context: ChannelHandlerContext) {
+    ///
+    /// Hot path: parts are `consuming` from the parser to ``requestHead(_:context:)``, so that a
+    /// head (its target, `Host` and lines) is moved along rather than copied at each step (a
+    /// retain and a release per reference in it, per step).
+    private func received(_ part: consuming RequestPart, context: ChannelHandlerContext) {
         if self.isStream, case .end = part { self.streamRequestEnded = true }
         if self.discarding || self.closed { return }
         if self.admitting || self.exchange?.requestComplete == true {
@@ -279,8 +349,8 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.handle(part, context: context)
     }
 
-    private func handle(_ part: RequestPart, context: ChannelHandlerContext) {
-        switch part {
+    private func handle(_ part: consuming RequestPart, context: ChannelHandlerContext) {
+        switch consume part {
         case .head(let head):
             self.requestHead(head, context: context)
         case .body(let buffer):
@@ -497,7 +567,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     // MARK: A new request
 
-    private func requestHead(_ given: RequestHead, context: ChannelHandlerContext) {
+    private func requestHead(_ given: consuming RequestHead, context: ChannelHandlerContext) {
         var head = given
         self.headerTimer?.cancel()
         self.headerTimer = nil
@@ -762,7 +832,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             self.emit(.head(proceed), context: context, flush: true)
         }
 
-        let exchange = Exchange(
+        let exchange = self.makeExchange(
             route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: upstreamHead,
             downstream: head)
         self.exchange = exchange
@@ -1128,9 +1198,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
 
     // MARK: Upstream events
 
-    func upstreamReceived(_ part: UpstreamResponsePart) {
+    func upstreamReceived(_ part: consuming UpstreamResponsePart) {
         guard let exchange = self.exchange, let context = self.context else { return }
-        switch part {
+        switch consume part {
         case .head(let upstream):
             exchange.attemptAnswered = true
             exchange.perTryTimeout?.cancel()
@@ -1347,6 +1417,35 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             // Sent long ago; the exchange ends: the buffer goes back to the connection's streams.
             stream.server.requestHeads.giveBack(head)
         }
+        // Kept for the next request unless it holds a body copy or a cache capture (an idle
+        // connection holds no more than the object); reused only if nothing else holds it then.
+        if exchange.kept == nil && exchange.cache == nil {
+            exchange.park()
+            self.spareExchange = exchange
+        }
+    }
+
+    /// The exchange for a new request: the last one's object when nothing but this handler
+    /// holds it any more, otherwise a new one.
+    ///
+    /// Hot path: the exchange was the one allocation left per proxied request (a `malloc`, and
+    /// an object's worth of retains on creation and releases on its end). Reuse is invisible by
+    /// construction: `isKnownUniquelyReferenced` is true only when no timer, connect callback,
+    /// retry or caller frame up the stack holds the old exchange (each of those holds a strong
+    /// reference), so nothing that compares exchanges by identity (`self.exchange === exchange`)
+    /// can see the object come back as another request's.
+    private func makeExchange(
+        route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
+        head: UpstreamRequestHead, downstream: RequestHead
+    ) -> Exchange {
+        if var spare = self.spareExchange.take(), isKnownUniquelyReferenced(&spare) {
+            spare.reuse(
+                route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head,
+                downstream: downstream)
+            return spare
+        }
+        return Exchange(
+            route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head, downstream: downstream)
     }
 
     /// Replays pipelined parts that arrived during the last exchange, then reads on.

@@ -26,11 +26,11 @@ final class UpstreamPool {
     let clusterState: ClusterState
     /// This loop's counters of the endpoint.
     let metrics: EndpointCounters
-    private var idle: [UpstreamConnection] = []
+    @exclusivity(unchecked) private var idle: [UpstreamConnection] = []
     /// Requests assigned to this endpoint on this loop and not finished (least-request balancing).
-    var inFlight = 0
+    @exclusivity(unchecked) var inFlight = 0
     /// Open connections of this pool (idle or in use).
-    private(set) var openConnections = 0
+    @exclusivity(unchecked) private(set) var openConnections = 0
     /// Set when a reload dropped or changed the cluster: connections are no longer kept.
     var retired = false
     /// With `protocol: h2`: the one HTTP/2 connection of this pool (opening or open), whose
@@ -249,12 +249,17 @@ final class UpstreamConnection {
 
 /// What an upstream connection tells the exchange using it.
 protocol UpstreamExchange: AnyObject {
-    func upstreamReceived(_ part: UpstreamResponsePart)
+    /// `consuming`: the part (a head's lines and fields) moves to the exchange, uncopied.
+    func upstreamReceived(_ part: consuming UpstreamResponsePart)
     func upstreamReadComplete()
     func upstreamWritabilityChanged(isWritable: Bool)
     func upstreamFailed(_ error: (any Error)?)
 }
 
+// Exclusivity: as `ProxyHandler`'s (see there), the hot properties of `UpstreamHandler`,
+// `UpstreamPool` and the exchange are `@exclusivity(unchecked)`: confined to one event loop, and
+// modified in place only by assignments and `Array`/`ByteBuffer`/parser steps that do not call
+// back (the parts a parser step yields are delivered after its access ends).
 /// The last handler of an upstream channel: parses the responses of an HTTP/1.x connection
 /// (``HTTP1ResponseParser``; an HTTP/2 stream's parts come through
 /// `HTTP2UpstreamResponseAdapter` instead), hands them to the exchange and withholds reads while
@@ -268,16 +273,16 @@ final class UpstreamHandler: ChannelDuplexHandler {
     /// cycle ends when the channel closes and removes the handler. Not `weak`, because a weakly
     /// referenced object gets a side table and every retain and release of it the slow path,
     /// several per request for a pooled connection.
-    var connection: UpstreamConnection?
+    @exclusivity(unchecked) var connection: UpstreamConnection?
     /// The exchange using this connection; `nil` while idle in the pool.
-    var exchange: (any UpstreamExchange)?
-    private(set) var context: ChannelHandlerContext?
-    private var readsPaused = false
-    private var readPending = false
-    private var parser = HTTP1ResponseParser()
+    @exclusivity(unchecked) var exchange: (any UpstreamExchange)?
+    @exclusivity(unchecked) private(set) var context: ChannelHandlerContext?
+    @exclusivity(unchecked) private var readsPaused = false
+    @exclusivity(unchecked) private var readPending = false
+    @exclusivity(unchecked) private var parser = HTTP1ResponseParser()
     /// Bytes of a response part that has not arrived whole yet.
-    private var unparsed: ByteBuffer?
-    private var inactive = false
+    @exclusivity(unchecked) private var unparsed: ByteBuffer?
+    @exclusivity(unchecked) private var inactive = false
     /// Whether the channel is still active, as its `isActive` would say for a connection that
     /// was handed out (connected, so `channelActive` came before): NIO fires `channelInactive`
     /// within the close itself, local or remote. Hot path: read here rather than through the
@@ -288,12 +293,12 @@ final class UpstreamHandler: ChannelDuplexHandler {
     /// writes parts for the stream's codec.
     private let http1: Bool
     /// Whether the request being written has a chunked body, which this handler frames.
-    private var chunkedRequest = false
+    @exclusivity(unchecked) private var chunkedRequest = false
     /// Whether something was written since the last flush. Hot path: the proxy asks for a flush
     /// after a request's head, after its end and after each downstream read, and for a request
     /// without a body only the first finds anything to send; an empty flush is still a trip
     /// through the pipeline and the channel's pending writes, skipped here.
-    private var unflushed = false
+    @exclusivity(unchecked) private var unflushed = false
 
     init(http1: Bool) {
         self.http1 = http1
