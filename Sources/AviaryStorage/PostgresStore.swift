@@ -10,10 +10,14 @@ public import PostgresNIO
 public import ServiceLifecycle
 import Synchronization
 public import Tracing
+import _ConnectionPoolModule
 
-/// A service's own PostgreSQL database: a postgres-nio connection pool (`PostgresClient`) with
-/// versioned migrations, retried transactions and a readiness check, the counterpart of
-/// ``SQLiteStore`` for `postgres://` URLs.
+/// A service's own PostgreSQL database: a pool of postgres-nio connections with versioned
+/// migrations, retried transactions and a readiness check, the counterpart of ``SQLiteStore`` for
+/// `postgres://` URLs.
+///
+/// The pool is postgres-nio's (the one inside its `PostgresClient`); the store opens the pooled
+/// sockets itself so that they carry TCP keep-alive (``Options/keepAliveFrequency``).
 ///
 /// ## Lifetime
 ///
@@ -54,21 +58,35 @@ public final class PostgresStore: Sendable, Service {
         public var maximumTransactionAttempts: Int
         /// Shown as `application_name` in `pg_stat_activity`.
         public var applicationName: String
-        /// How long a connection may stay idle in the pool before the pool checks it with a
-        /// `SELECT 1` (postgres-nio's keep-alive); `nil` turns the check off.
+        /// How long a connection may stay without traffic before the operating system checks it
+        /// with TCP keep-alive probes; `nil` turns the probes off.
         ///
-        /// The check costs per call, not per idle period: postgres-nio arms a keep-alive timer each
-        /// time a connection goes back to the pool and cancels it at the next lease (a task and a
-        /// dispatch timer each time), and, for a connection beyond ``minimumConnections``, an idle
-        /// timer as well. Without the check, a connection that a middlebox or the server dropped
-        /// while it was idle is found broken only by the next call on it, which fails.
+        /// Every connection the store opens (pooled or dedicated) sets SO_KEEPALIVE with
+        /// TCP_KEEPIDLE at this time (whole seconds, at least 1), TCP_KEEPINTVL at a third of it
+        /// (at least 1 s) and TCP_KEEPCNT 3, as libpq's `keepalives` settings do. A peer that
+        /// vanished without closing the connection (a dropped NAT entry, a crashed host) is found
+        /// by the kernel within about twice this time of the last traffic: the socket is reset,
+        /// the pool removes the connection and opens another when needed. A connection the server
+        /// closes (`pg_terminate_backend`, a restart) leaves the pool at once either way.
+        ///
+        /// The probes cost nothing per call. postgres-nio's own keep-alive (a `SELECT 1` after an
+        /// idle period), which this replaced, armed a timer (a task sleeping on a dispatch timer)
+        /// every time a connection went back to the pool: about a quarter of a single publish's
+        /// client CPU time from the message log's executor.
+        ///
+        /// Without keep-alive, a connection whose peer vanished while it was idle is found broken
+        /// only by the next call on it, which fails.
+        ///
+        /// ```swift
+        /// let options = PostgresStore.Options(keepAliveFrequency: .seconds(60))  // probes after a minute idle
+        /// ```
         public var keepAliveFrequency: Duration?
         /// The one event loop of every pooled connection, or `nil` to spread them over
         /// postgres-nio's default group (the default).
         ///
         /// With a loop, the store offers ``PostgresStore/executor``: a task that prefers it runs on
         /// that loop, where its calls lease, query and resume without waking another thread. The
-        /// pool's own work (connecting, keep-alive checks, its timers' bookkeeping) runs there too.
+        /// pool's own work (connecting, its idle timers' bookkeeping) runs there too.
         /// Connections outside the pool (``PostgresStore/withDedicatedConnection(_:)``) keep
         /// postgres-nio's default.
         ///
@@ -109,8 +127,10 @@ public final class PostgresStore: Sendable, Service {
     public let url: StoreURL
     /// The parsed address (its description masks the password).
     public let address: PostgresAddress
-    /// The pool; usable directly for work outside ``withTransaction(_:isolation:_:)`` while the store runs.
-    public let client: PostgresClient
+    /// The pool; ``withConnection(_:)`` leases from it.
+    let pool: Pool
+    /// How connections are opened, pooled or dedicated.
+    let setup: ConnectionSetup
     /// The logger queries log to (pass it to `connection.query(_:logger:)`), labelled `aviary.storage`.
     public let logger: Logger
     /// The owning service's tracer: transactions inside a traced request get a client span.
@@ -144,7 +164,7 @@ public final class PostgresStore: Sendable, Service {
     private let lifecycle = Mutex(Lifecycle())
     /// The deadlines of calls waiting for readiness or a connection.
     private let deadlines = AcquireDeadlines()
-    private let tlsConfiguration: TLSConfiguration?
+    /// Ids of dedicated connections (negative, apart from the pool's).
     private static let connectionIDs = Atomic<Int>(0)
     /// The advisory lock key that serialises migrations of one database ("aviary_mi" in ASCII).
     static let migrationLockKey: Int64 = 0x6176_6961_7279_6d69
@@ -173,36 +193,14 @@ public final class PostgresStore: Sendable, Service {
         var logger = logger
         logger[metadataKey: "db.namespace"] = "\(address.database)"
         self.logger = logger
-        let tlsConfiguration: TLSConfiguration?
-        switch address.tls {
-        case .disable:
-            tlsConfiguration = nil
-        case .prefer, .require:
-            // As libpq's sslmode=prefer/require: encrypted, the certificate not verified.
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.certificateVerification = .none
-            tlsConfiguration = tls
-        }
-        self.tlsConfiguration = tlsConfiguration
-        var configuration = PostgresClient.Configuration(
-            host: address.host, port: address.port, username: address.username, password: address.password,
-            database: address.database, tls: Self.clientTLS(address.tls, tlsConfiguration))
-        configuration.options.maximumConnections = options.maximumConnections
-        configuration.options.minimumConnections = options.minimumConnections
-        configuration.options.connectTimeout = options.connectTimeout
-        configuration.options.keepAliveBehavior = options.keepAliveFrequency.map {
-            PostgresClient.Configuration.Options.KeepAliveBehavior(frequency: $0)
-        }
-        configuration.options.additionalStartupParameters = [("application_name", options.applicationName)]
-        if let eventLoop = options.eventLoop {
-            // An event loop is an event loop group of one: every connection the pool makes is on it.
-            self.client = PostgresClient(
-                configuration: configuration, eventLoopGroup: eventLoop, backgroundLogger: logger)
-            self.executor = EventLoopTaskExecutor(eventLoop)
-        } else {
-            self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
-            self.executor = nil
-        }
+        let setup = ConnectionSetup(
+            address: address, tls: Self.connectionTLS(address), connectTimeout: TimeAmount(options.connectTimeout),
+            applicationName: options.applicationName, keepAlive: options.keepAliveFrequency.map(TCPKeepAlive.init),
+            logger: logger)
+        self.setup = setup
+        // With a loop, every connection the pool makes is on it.
+        self.pool = Self.makePool(options: options, setup: setup)
+        self.executor = options.eventLoop.map(EventLoopTaskExecutor.init)
     }
 
     // MARK: Lifetime
@@ -232,10 +230,12 @@ public final class PostgresStore: Sendable, Service {
         }
         defer { self.finish(.stopped) }
         try await withThrowingDiscardingTaskGroup { group in
-            // With an event loop of its own, the pool's work runs there as well: a connection's
-            // release schedules its keep-alive timer through the pool's task, which a caller on
+            // With an event loop of its own, the pool's work runs there as well: its timers
+            // (connection backoff, idle timeouts) start from the pool's task, which a caller on
             // the loop then hands over without waking a thread.
-            group.addTask(executorPreference: self.executor) { await self.client.run() }
+            group.addTask(executorPreference: self.executor) {
+                await cancelWhenGracefulShutdown { await self.pool.run() }
+            }
             do {
                 try await self.migrate()
             } catch {
@@ -566,11 +566,11 @@ public final class PostgresStore: Sendable, Service {
         let onLoop = self.executor.flatMap { $0.eventLoop.inEventLoop ? $0 : nil }
         let call = Task(executorPreference: onLoop) {
             try await self.waitUntilReady()
-            return try await self.client.withConnection { connection in
-                // The deadline passed while this lease was being handed over: give it back unused.
-                guard claim.claim(1) else { throw CancellationError() }
-                return try await body(connection)
-            }
+            let lease = try await self.lease()
+            defer { lease.release() }
+            // The deadline passed while this lease was being handed over: give it back unused.
+            guard claim.claim(1) else { throw CancellationError() }
+            return try await body(lease.connection)
         }
         let deadline = self.deadlines.add(deadline: .now + self.options.acquireTimeout) {
             if claim.claim(2) { call.cancel() }
@@ -586,6 +586,18 @@ public final class PostgresStore: Sendable, Service {
             if claim.timedOut { throw await self.acquireTimeoutError() }
             throw error
         }
+    }
+
+    /// A connection from the pool, to be released once.
+    ///
+    /// Not generic, unlike the pool's `withConnection`: called from a generic function (this
+    /// store's calls are generic in their result) that one ran unspecialized, and with it the
+    /// pool's whole state machine, which then looked its generic types' metadata up at run time at
+    /// every lease and release (about 4% of a single publish's client CPU samples more than
+    /// `PostgresClient`'s specialised pool). Here the pool's type is concrete, so its inlinable
+    /// code is specialised.
+    private func lease() async throws -> ConnectionLease<PostgresConnection> {
+        try await self.pool.leaseConnection()
     }
 
     /// ``withAcquiredConnection(_:)``'s deadline for work that needs no connection.
@@ -690,22 +702,13 @@ public final class PostgresStore: Sendable, Service {
         return value
     }
 
-    /// Opens a connection outside the pool.
+    /// Opens a connection outside the pool, on postgres-nio's default event loop group.
     func connect() async throws -> PostgresConnection {
-        let tls: PostgresConnection.Configuration.TLS
+        let id = Self.connectionIDs.subtract(1, ordering: .relaxed).newValue
         do {
-            tls = try Self.connectionTLS(self.address.tls, self.tlsConfiguration)
-        } catch {
-            throw AviaryError(.internal, "cannot set up TLS for \(self.address): \(error)", cause: error)
-        }
-        var configuration = PostgresConnection.Configuration(
-            host: self.address.host, port: self.address.port, username: self.address.username,
-            password: self.address.password, database: self.address.database, tls: tls)
-        configuration.options.connectTimeout = TimeAmount(self.options.connectTimeout)
-        configuration.options.additionalStartupParameters = [("application_name", self.options.applicationName)]
-        let id = Self.connectionIDs.add(1, ordering: .relaxed).newValue
-        do {
-            return try await PostgresConnection.connect(configuration: configuration, id: id, logger: self.logger)
+            return try await self.setup.connect(on: PostgresConnection.defaultEventLoopGroup.any(), id: id)
+        } catch let error as AviaryError {
+            throw error
         } catch {
             throw AviaryError(
                 .unavailable, "cannot connect to PostgreSQL at \(self.address): \(Self.describe(error))", cause: error)
@@ -792,19 +795,21 @@ public final class PostgresStore: Sendable, Service {
         }
     }
 
-    private static func clientTLS(
-        _ mode: PostgresAddress.TLSMode, _ configuration: TLSConfiguration?
-    ) -> PostgresClient.Configuration.TLS {
-        guard let configuration else { return .disable }
-        return mode == .require ? .require(configuration) : .prefer(configuration)
-    }
-
+    /// The TLS of every connection, its context made once; an error here fails each connection
+    /// attempt with the reason.
     private static func connectionTLS(
-        _ mode: PostgresAddress.TLSMode, _ configuration: TLSConfiguration?
-    ) throws -> PostgresConnection.Configuration.TLS {
-        guard let configuration else { return .disable }
-        let context = try NIOSSLContext(configuration: configuration)
-        return mode == .require ? .require(context) : .prefer(context)
+        _ address: PostgresAddress
+    ) -> Result<PostgresConnection.Configuration.TLS, AviaryError> {
+        guard address.tls != .disable else { return .success(.disable) }
+        // As libpq's sslmode=prefer/require: encrypted, the certificate not verified.
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.certificateVerification = .none
+        do {
+            let context = try NIOSSLContext(configuration: configuration)
+            return .success(address.tls == .require ? .require(context) : .prefer(context))
+        } catch {
+            return .failure(AviaryError(.internal, "cannot set up TLS for \(address): \(error)", cause: error))
+        }
     }
 }
 

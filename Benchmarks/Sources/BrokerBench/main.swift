@@ -322,9 +322,10 @@ func consumeLatencyChild(_ arguments: Arguments) async throws {
 // MARK: Main
 
 /// Opens the log at `url`. `BROKERBENCH_PG_POOL=no-keep-alive` in the environment gives a
-/// PostgreSQL log a pool without postgres-nio's keep-alive check (one connection kept open, as the
-/// log's default pool does), to measure what that check's per-lease timer costs;
-/// scripts/bench-broker.sh runs without it.
+/// PostgreSQL log a pool without keep-alive (one connection kept open, as the log's default pool
+/// does): with builds before the store's TCP keep-alive, this measured what postgres-nio's
+/// per-lease keep-alive timer cost; since, the two should not differ. scripts/bench-broker.sh
+/// runs without it.
 func openLog(_ url: String) async throws -> any MessageLog {
     guard url.hasPrefix("postgres"), ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"] == "no-keep-alive"
     else {

@@ -41,13 +41,10 @@ public final class PostgresMessageLog: MessageLog {
         ///
         /// By default the pool keeps one connection open, so that a steady producer does not pay
         /// postgres-nio's idle timer (armed for a connection beyond the minimum every time it goes
-        /// back to the pool), and keeps postgres-nio's keep-alive check on, so that a connection a
-        /// NAT or firewall dropped while idle is replaced before a call fails on it. The check
-        /// costs a timer per call too: turning it off
-        /// (`PostgresStore.Options(minimumConnections: 1, keepAliveFrequency: nil)`) made a
-        /// single publish about a seventh faster when the disk did not count
-        /// (`synchronous_commit` off, a 2-core machine), for networks that never drop idle
-        /// connections silently.
+        /// back to the pool), and keeps the store's TCP keep-alive on
+        /// (``PostgresStore/Options/keepAliveFrequency``), so that a connection a NAT or firewall
+        /// dropped while idle is reset by the kernel and replaced before a call fails on it; the
+        /// kernel's probes cost nothing per call.
         ///
         /// The pool's connections are all on one event loop, ``PostgresStore/Options/eventLoop``
         /// when it is set, otherwise one loop of SwiftNIO's shared group: the loop of

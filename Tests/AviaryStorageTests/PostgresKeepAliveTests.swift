@@ -1,0 +1,194 @@
+//===----------------------------------------------------------------------===//
+// This source file is part of the Aviary open source project.
+// SPDX-License-Identifier: Apache-2.0
+//===----------------------------------------------------------------------===//
+
+import AviaryCore
+import AviaryTestSupport
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import PostgresNIO
+import Testing
+
+@testable import AviaryStorage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// The store's connections carry TCP keep-alive (``PostgresStore/Options/keepAliveFrequency``)
+/// instead of postgres-nio's query keep-alive, and its own connection factory keeps TLS modes,
+/// limits and the replacement of closed connections working.
+@Suite("PostgresStore keep-alive", .timeLimit(.minutes(5)))
+struct PostgresKeepAliveTests {
+    /// The client port of the pooled connection `withConnection` leases, as the server sees it.
+    static func clientPort(_ store: PostgresStore) async throws -> Int {
+        try await store.withConnection { connection in
+            try await connection.query("SELECT inet_client_port()", logger: store.logger).decode(Int32.self)
+                .reduce(0) { Int($1) + $0 }
+        }
+    }
+
+    #if os(Linux)
+    /// The kernel's timer on the socket from local port `local` to remote port `remote`, from
+    /// /proc/net/tcp and tcp6: its kind (`2` is the keep-alive timer, `0` none) and the clock ticks
+    /// until it fires.
+    static func socketTimer(local: Int, remote: Int) throws -> (kind: Int, ticks: Int)? {
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let text = Self.read(file) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                // sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...
+                let fields = line.split(separator: " ")
+                guard fields.count > 5,
+                    let localPort = fields[1].split(separator: ":").last.flatMap({ Int($0, radix: 16) }),
+                    let remotePort = fields[2].split(separator: ":").last.flatMap({ Int($0, radix: 16) }),
+                    localPort == local, remotePort == remote
+                else { continue }
+                let timer = fields[5].split(separator: ":")
+                guard timer.count == 2, let kind = Int(timer[0], radix: 16), let ticks = Int(timer[1], radix: 16)
+                else { continue }
+                return (kind, ticks)
+            }
+        }
+        return nil
+    }
+
+    /// The whole of a /proc file (whose size reads as 0, so it is read to its end in chunks).
+    static func read(_ path: String) -> String? {
+        guard let file = fopen(path, "r") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count <= 0 { break }
+            bytes += chunk[..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Polls the pooled socket's timer until it is `kind` or 10 s passed (the timer briefly shows
+    /// a retransmission timer while a query is unacknowledged).
+    static func pooledSocketTimer(
+        _ store: PostgresStore, serverPort: Int, until kind: Int
+    ) async throws -> (kind: Int, ticks: Int)? {
+        let deadline = ContinuousClock.now + .seconds(10)
+        var timer: (kind: Int, ticks: Int)?
+        repeat {
+            let port = try await Self.clientPort(store)
+            timer = try Self.socketTimer(local: port, remote: serverPort)
+            if timer?.kind == kind { return timer }
+            await Task.yield()
+        } while ContinuousClock.now < deadline
+        return timer
+    }
+
+    @Test("a pooled socket runs the kernel's keep-alive timer at the configured idle time; without keep-alive, none")
+    func pooledSocketsHaveKeepAlive() async throws {
+        let server = try await PostgresTestServer.shared()
+        let url = try await server.makeDatabase()
+        let ticksPerSecond = Int(sysconf(Int32(_SC_CLK_TCK)))
+        let withKeepAlive = try await PostgresStore.withStore(
+            url: url, options: .init(maximumConnections: 1, keepAliveFrequency: .seconds(77))
+        ) { store in
+            try await Self.pooledSocketTimer(store, serverPort: server.address.port, until: 2)
+        }
+        // The keep-alive timer (kind 2), due within TCP_KEEPIDLE: 77 s. Without SO_KEEPALIVE the
+        // idle socket has no timer at all.
+        #expect(withKeepAlive?.kind == 2, "\(String(describing: withKeepAlive))")
+        #expect((1...77 * ticksPerSecond).contains(withKeepAlive?.ticks ?? 0), "\(String(describing: withKeepAlive))")
+        #expect((withKeepAlive?.ticks ?? 0) > 60 * ticksPerSecond, "\(String(describing: withKeepAlive))")
+
+        let without = try await PostgresStore.withStore(
+            url: url, options: .init(maximumConnections: 1, keepAliveFrequency: nil)
+        ) { store in
+            try await Self.pooledSocketTimer(store, serverPort: server.address.port, until: 0)
+        }
+        #expect(without?.kind == 0, "\(String(describing: without))")
+    }
+    #endif
+
+    @Test("the store's sockets read back SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT")
+    func socketOptionsReadBack() async throws {
+        let server = try await PostgresTestServer.shared()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        func options(_ keepAlive: PostgresStore.TCPKeepAlive?) async throws -> [Int] {
+            let channel = try await PostgresStore.ConnectionSetup.makeChannel(
+                host: server.address.host, port: server.address.port, on: loop, connectTimeout: .seconds(10),
+                keepAlive: keepAlive)
+            defer { channel.close(promise: nil) }
+            let setup = PostgresStore.ConnectionSetup.self
+            return [
+                try await channel.getOption(ChannelOptions.socketOption(.so_keepalive)).get(),
+                try await channel.getOption(setup.tcpOption(setup.keepIdle)).get(),
+                try await channel.getOption(setup.tcpOption(TCP_KEEPINTVL)).get(),
+                try await channel.getOption(setup.tcpOption(TCP_KEEPCNT)).get(),
+            ]
+        }
+        #expect(try await options(PostgresStore.TCPKeepAlive(idle: .seconds(30))) == [1, 30, 10, 3])
+        #expect(try await options(PostgresStore.TCPKeepAlive(idle: .milliseconds(1500))) == [1, 1, 1, 3])
+        #expect(try await options(nil)[0] == 0)
+    }
+
+    @Test("sslmode=prefer falls back to plain text on a server without TLS; sslmode=require refuses it")
+    func tlsModes() async throws {
+        let server = try await PostgresTestServer.shared()
+        let url = try await server.makeDatabase()
+        let prefer = try StoreURL(
+            parsing: url.description + (url.description.contains("?") ? "&" : "?") + "sslmode=prefer")
+        let answer = try await PostgresStore.withStore(url: prefer) { store in
+            try await store.withConnection { connection in
+                try await connection.query("SELECT 1", logger: store.logger).decode(Int.self).reduce(0, +)
+            }
+        }
+        #expect(answer == 1)
+        let require = try StoreURL(
+            parsing: url.description + (url.description.contains("?") ? "&" : "?") + "sslmode=require")
+        let store = try PostgresStore(url: require)
+        do {
+            let connection = try await store.connect()
+            try? await connection.close()
+            Issue.record("sslmode=require connected to a server without TLS")
+        } catch {
+            #expect(
+                "\(PostgresStore.describe(error))".localizedCaseInsensitiveContains("ssl")
+                    || "\(PostgresStore.describe(error))".localizedCaseInsensitiveContains("tls"),
+                "\(PostgresStore.describe(error))")
+        }
+    }
+
+    @Test("a pooled connection the server terminates is replaced: later calls succeed on a new backend")
+    func terminatedConnectionIsReplaced() async throws {
+        let server = try await PostgresTestServer.shared()
+        let url = try await server.makeDatabase()
+        let application = "aviary-keepalive-\(UInt32.random(in: 0...UInt32.max))"
+        try await PostgresStore.withStore(
+            url: url, options: .init(maximumConnections: 1, applicationName: application)
+        ) { store in
+            func backend() async throws -> Int32 {
+                try await store.withConnection { connection in
+                    try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
+                        .reduce(0) { $1 + $0 }
+                }
+            }
+            let first = try await backend()
+            let terminated = try await server.withAdminConnection { connection, logger in
+                try await connection.query("SELECT pg_terminate_backend(\(first))", logger: logger).decode(Bool.self)
+                    .reduce(false) { $0 || $1 }
+            }
+            #expect(terminated)
+            // The pool learns of the close from the channel; until then a call may fail.
+            let deadline = ContinuousClock.now + .seconds(30)
+            var second: Int32?
+            while second == nil, ContinuousClock.now < deadline {
+                second = try? await backend()
+                if second == nil { await Task.yield() }
+            }
+            #expect(second != nil && second != first)
+        }
+    }
+}
