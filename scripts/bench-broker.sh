@@ -10,7 +10,8 @@
 #   scripts/bench-broker.sh --pg-publish [seconds, default 4] [rounds, default 5]
 #       only PostgreSQL publish (one message per transaction, batches of 100 and 1000), each
 #       measurement interleaved with its pgbench floor in every round (new, new from the log's
-#       executor, floor, old, new, executor, floor, old, ...), each right after a CHECKPOINT; with
+#       executor, floor, old; each round starts one later: executor, floor, old, new; ...), each
+#       right after a CHECKPOINT; with
 #       OLD_BROKERBENCH=path (a BrokerBench built from another commit, e.g. main) that binary too,
 #       default path only, in a database of its own on the same server. Prints every round, the
 #       medians and the ratios of medians (new/floor, executor/floor, old/floor, executor/new,
@@ -155,32 +156,45 @@ for line in sys.stdin:
   # next (its writes and full-page images slowed that one, always the same one of the round).
   checkpoint() { psql -q -d postgres -c CHECKPOINT >/dev/null; }
   echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
-  for round in $(seq 1 "$rounds"); do
-    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    for batch in 1 100 1000; do
-      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
-      checkpoint
+  # One measurement of `engine` for `scenario` (batch size `batch`), right after a checkpoint;
+  # appends its figure to `line`.
+  measure() { # engine scenario batch
+    local engine=$1 scenario=$2 batch=$3 rate
+    checkpoint
+    case "$engine" in
+    new)
       rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "$scenario" \
         | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
-      record new "$scenario" "$rate"
-      line="  $scenario: new $rate/s"
-      # The same publishes from a task on the event loop of the log's connections (PostgresMessageLog.executor).
-      checkpoint
+      ;;
+    executor) # the same publishes from a task on the event loop of the log's connections (PostgresMessageLog.executor)
       rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "${scenario}_executor" \
         | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
-      record executor "$scenario" "$rate"
-      line="$line, executor $rate/s"
-      checkpoint
+      ;;
+    floor)
+      local tps
       tps=$(pgbench -n -c 1 -T "$seconds" -f "$tmp/insert-$batch.sql" raw 2>&1 | awk '/^tps = / {print $3; exit}')
-      record floor "$scenario" "$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')"
-      line="$line, floor $(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')/s"
-      if [ -n "$old" ]; then
-        checkpoint
-        rate=$("$old" run --url "$old_url" --seconds "$seconds" --only "$scenario" \
-          | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
-        record old "$scenario" "$rate"
-        line="$line, old $rate/s"
-      fi
+      rate=$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')
+      ;;
+    old)
+      rate=$("$old" run --url "$old_url" --seconds "$seconds" --only "$scenario" \
+        | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
+      ;;
+    esac
+    record "$engine" "$scenario" "$rate"
+    line="$line, $engine $rate/s"
+  }
+  engines=(new executor floor)
+  [ -n "$old" ] && engines+=(old)
+  for round in $(seq 1 "$rounds"); do
+    # Each round starts one engine later, so that none always runs right after the same other
+    # (or always last): a round's measurements are minutes apart on a disk whose speed drifts.
+    shift_by=$(((round - 1) % ${#engines[@]}))
+    order=("${engines[@]:$shift_by}" "${engines[@]:0:$shift_by}")
+    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg)): ${order[*]}" >&2
+    for batch in 1 100 1000; do
+      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
+      line="  $scenario"
+      for engine in "${order[@]}"; do measure "$engine" "$scenario" "$batch"; done
       echo "$line" >&2
     done
   done
