@@ -86,7 +86,7 @@ struct ExchangeReuseTests {
             head: .bytes(bytes, isHead: false), downstream: post)
         #expect(Self.properties(reused) == Self.properties(new))
         // Whoever adds a property to the exchange adds it to `reuse` and to the changes above.
-        #expect(Self.properties(new).count == 28)
+        #expect(Self.properties(new).count == 27)
         let unchanged = zip(before, Self.properties(new)).filter { $0 == $1 }.map(\.0)
         #expect(
             unchanged.sorted() == [

@@ -46,8 +46,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
     final class Exchange {
         @exclusivity(unchecked) private(set) var route: CompiledRoute
         @exclusivity(unchecked) private(set) var clusterIndex: Int
-        @exclusivity(unchecked) private(set) var clusterName: String
         @exclusivity(unchecked) private(set) var cluster: ClusterPools
+        /// The cluster's name, for problems and logs (failure paths only).
+        var clusterName: String { self.cluster.cluster.name }
         /// The endpoint of the current attempt.
         @exclusivity(unchecked) var pool: UpstreamPool
         /// The request head for the upstream: NIO's type, or already written as HTTP/1.1 bytes.
@@ -99,7 +100,6 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         ) {
             self.route = route
             self.clusterIndex = clusterIndex
-            self.clusterName = cluster.cluster.name
             self.cluster = cluster
             self.pool = pool
             self.upstreamHead = head
@@ -119,10 +119,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
             // Compared first: reassigning the same object is a retain and a release for nothing.
             if self.route !== route { self.route = route }
             self.clusterIndex = clusterIndex
-            if self.cluster !== cluster {
-                self.cluster = cluster
-                self.clusterName = cluster.cluster.name
-            }
+            if self.cluster !== cluster { self.cluster = cluster }
             if self.pool !== pool { self.pool = pool }
             self.upstreamHead = head
             self.downstreamVersion = downstream.version
