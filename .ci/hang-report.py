@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Says what a test run that ran out of time was doing, for .ci/run's watchdog.
+
+usage: hang-report.py TEST_LOG [STACKS]
+
+TEST_LOG is the output of `swift test`; STACKS is gdb's `thread apply all bt` or lldb's
+`thread backtrace all` of the test process, taken before it was killed. Prints the tests that
+started and did not finish, then, for each thread that is inside our code, its innermost frame
+(what it waits in) and its innermost frames from our modules and tests.
+"""
+import re
+import sys
+
+OURS = re.compile(r"Aviary|Shop|Tests|aviary")
+
+
+def unfinished(log_path):
+    running = {}
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        for line in log:
+            # Another thread's output may run into a line, so events are looked for anywhere in it.
+            for started in re.finditer(r'◇ Test "(.*?)" started', line):
+                running[started.group(1)] = running.get(started.group(1), 0) + 1
+            # "✔ Test "x" passed after", "✘ Test "x" failed after", and for parameterized
+            # tests "✔ Test "x" with 4 test cases passed after".
+            for ended in re.finditer(r'[✔✘] Test "(.*?)"( with \d+ test cases?)? (passed|failed)', line):
+                if running.get(ended.group(1), 0) > 0:
+                    running[ended.group(1)] -= 1
+    return [name for name, count in running.items() for _ in range(count)]
+
+
+def threads(stacks_path):
+    """Yields (header, frames) per thread, from gdb's or lldb's format."""
+    header, frames = None, []
+    with open(stacks_path, encoding="utf-8", errors="replace") as stacks:
+        for line in stacks:
+            text = line.strip()
+            if re.match(r"^(\* )?(Thread \d+ |thread #\d+)", text):
+                if header is not None:
+                    yield header, frames
+                header, frames = text, []
+            elif header is not None and re.match(r"^(\* )?(#\d+ |frame #\d+)", text):
+                frames.append(text)
+    if header is not None:
+        yield header, frames
+
+
+def main():
+    names = unfinished(sys.argv[1])
+    print(f"tests that started and did not finish ({len(names)}):")
+    for name in names:
+        print("  " + name)
+    if len(sys.argv) < 3:
+        return
+    print()
+    idle = 0
+    print("threads of the test process inside our code (innermost frame, then our innermost frames):")
+    for header, frames in threads(sys.argv[2]):
+        ours = [frame for frame in frames if OURS.search(frame)]
+        if not ours:
+            idle += 1
+            continue
+        print("  " + header[:160])
+        if frames:
+            print("      0: " + frames[0][:220])
+        for frame in ours[:4]:
+            print("      " + frame[:220])
+    print(f"({idle} other threads had no frame in our code: event loops, idle pool threads)")
+
+
+if __name__ == "__main__":
+    main()
