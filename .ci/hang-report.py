@@ -6,7 +6,8 @@ usage: hang-report.py TEST_LOG [STACKS]
 TEST_LOG is the output of `swift test`; STACKS is gdb's `thread apply all bt` or lldb's
 `thread backtrace all` of the test process, taken before it was killed. Prints the tests that
 started and did not finish, then, for each thread that is inside our code, its innermost frame
-(what it waits in) and its innermost frames from our modules and tests.
+(what it waits in) and its innermost frames from our modules and tests. The tests come last, so
+that a log cut to its beginning and end keeps them.
 """
 import re
 import sys
@@ -47,25 +48,31 @@ def threads(stacks_path):
 
 def main():
     names = unfinished(sys.argv[1])
-    print(f"tests that started and did not finish ({len(names)}):")
-    for name in names:
+    if len(sys.argv) > 2:
+        idle = 0
+        print("threads of the test process in our code (innermost frame, then our innermost frames):")
+        for header, frames in threads(sys.argv[2]):
+            ours = [frame for frame in frames if OURS.search(frame)]
+            if not ours:
+                idle += 1
+                continue
+            print("  " + header[:160])
+            if frames:
+                print("      " + frames[0][:200])
+            for frame in ours[:3]:
+                if frame is not frames[0]:
+                    print("      " + frame[:200])
+        print(f"({idle} other threads had no frame in our code: event loops, idle pool threads)")
+        print()
+    # Swift Testing reports every test as started when the run begins and runs them as slots
+    # free up, so after a long run this lists the tests still running or not yet run, the ones
+    # started last (the ones that held the run) last.
+    print(f"tests that started and did not finish: {len(names)}")
+    shown = names[-40:]
+    if len(names) > len(shown):
+        print(f"  ... {len(names) - len(shown)} more before these")
+    for name in shown:
         print("  " + name)
-    if len(sys.argv) < 3:
-        return
-    print()
-    idle = 0
-    print("threads of the test process inside our code (innermost frame, then our innermost frames):")
-    for header, frames in threads(sys.argv[2]):
-        ours = [frame for frame in frames if OURS.search(frame)]
-        if not ours:
-            idle += 1
-            continue
-        print("  " + header[:160])
-        if frames:
-            print("      0: " + frames[0][:220])
-        for frame in ours[:4]:
-            print("      " + frame[:220])
-    print(f"({idle} other threads had no frame in our code: event loops, idle pool threads)")
 
 
 if __name__ == "__main__":
