@@ -71,6 +71,13 @@ extension PostgresStore {
         static func seconds(_ duration: Duration) -> Int {
             Int(clamping: max(1, duration.components.seconds))
         }
+
+        /// TCP_USER_TIMEOUT's milliseconds: the idle time and every probe, the time in which the
+        /// probes find a vanished peer, so that a connection with unacknowledged bytes (a call
+        /// sent to a host that vanished) is given up after the same time as an idle one.
+        var userTimeoutMilliseconds: Int {
+            (Self.seconds(self.idle) + Self.seconds(self.interval) * self.count) * 1000
+        }
     }
 
     /// What opening a connection needs, apart from the store (the pool's factory is made before
@@ -110,7 +117,8 @@ extension PostgresStore {
         }
 
         /// A connected TCP channel to `host`:`port` on `eventLoop` with `keepAlive`'s socket
-        /// options (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT), or none when it is `nil`.
+        /// options (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and, on Linux,
+        /// TCP_USER_TIMEOUT), or none when it is `nil`.
         static func makeChannel(
             host: String, port: Int, on eventLoop: any EventLoop, connectTimeout: TimeAmount, keepAlive: TCPKeepAlive?
         ) async throws -> any Channel {
@@ -125,6 +133,13 @@ extension PostgresStore {
                     .channelOption(Self.tcpOption(Self.keepIdle), value: TCPKeepAlive.seconds(keepAlive.idle))
                     .channelOption(Self.tcpOption(TCP_KEEPINTVL), value: TCPKeepAlive.seconds(keepAlive.interval))
                     .channelOption(Self.tcpOption(TCP_KEEPCNT), value: keepAlive.count)
+                #if os(Linux)
+                // Keep-alive probes only run while nothing is unacknowledged. Without this, a call
+                // whose bytes the peer never acknowledges (its host went away mid-call) waits for
+                // the kernel's retransmissions to give up, about 15 minutes with Linux's defaults.
+                bootstrap = bootstrap.channelOption(
+                    Self.tcpOption(TCP_USER_TIMEOUT), value: keepAlive.userTimeoutMilliseconds)
+                #endif
             }
             return try await bootstrap.connect(host: host, port: port).get()
         }
