@@ -67,11 +67,12 @@ public final class PostgresStore: Sendable, Service {
         /// vanished without closing the connection (a dropped NAT entry, a crashed host) is found
         /// by the kernel within about twice this time of the last traffic: the socket is reset,
         /// the pool removes the connection and opens another when needed. On Linux the same time
-        /// (the idle time and three probes) is also the connection's TCP_USER_TIMEOUT, which
-        /// bounds a call whose bytes the peer stops acknowledging (its host went away mid-call):
-        /// the call fails after that time rather than after the kernel's retransmissions (about
-        /// 15 minutes). A query the server has received and is still running is not affected:
-        /// its bytes were acknowledged. A connection the server closes (`pg_terminate_backend`, a
+        /// (the idle time and three probes) is also the connection's TCP_USER_TIMEOUT: when the
+        /// peer stops taking the bytes of a call (its host went away, or it stopped reading mid-call),
+        /// the kernel gives the connection up after that time rather than retransmitting for
+        /// about 15 minutes. (Whether the call then returns depends on postgres-nio failing it
+        /// when the channel closes, which is not yet verified under load.) A query the server
+        /// has received and is still running is not affected: its bytes were acknowledged. A connection the server closes (`pg_terminate_backend`, a
         /// restart) leaves the pool at once either way.
         ///
         /// The probes cost nothing per call. postgres-nio's own keep-alive (a `SELECT 1` after an
