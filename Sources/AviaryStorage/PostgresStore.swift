@@ -576,6 +576,13 @@ public final class PostgresStore: Sendable, Service {
             defer { lease.release() }
             // The deadline passed while this lease was being handed over: give it back unused.
             guard claim.claim(1) else { throw CancellationError() }
+            // A connection the server has just closed (a terminated backend, a restart) can still
+            // be handed out before the pool hears of the close. postgres-nio writes a query to its
+            // channel without a promise, so on a closed channel the query is dropped and its
+            // caller waits forever: such a connection fails the call here instead.
+            guard !lease.connection.isClosed else {
+                throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
+            }
             return try await body(lease.connection)
         }
         let deadline = self.deadlines.add(deadline: .now + self.options.acquireTimeout) {
