@@ -72,8 +72,13 @@ public final class PostgresStore: Sendable, Service {
         /// the kernel gives the connection up after that time rather than retransmitting for
         /// about 15 minutes. (Whether the call then returns depends on postgres-nio failing it
         /// when the channel closes, which is not yet verified under load.) A query the server
-        /// has received and is still running is not affected: its bytes were acknowledged. A connection the server closes (`pg_terminate_backend`, a
-        /// restart) leaves the pool at once either way.
+        /// has received and is still running is not affected: its bytes were acknowledged.
+        ///
+        /// A connection the server closes (`pg_terminate_backend`, a restart) leaves the pool
+        /// when the pool hears of the close; a call that leases it after its channel closed
+        /// fails as unavailable, and a later one gets a new connection. A query sent in the
+        /// instant the channel closes can still wait without end (postgres-nio drops it on the
+        /// closed channel with no answer), a known gap.
         ///
         /// The probes cost nothing per call. postgres-nio's own keep-alive (a `SELECT 1` after an
         /// idle period), which this replaced, armed a timer (a task sleeping on a dispatch timer)
