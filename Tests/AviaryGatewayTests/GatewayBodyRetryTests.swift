@@ -223,6 +223,12 @@ struct GatewayBodyRetryTests {
                 await eventually("the try is timed once the body is complete") {
                     timers.armed.contains(.seconds(7))
                 }
+                // The timer is armed when the gateway has sent the whole body; the bad origin may
+                // still be reading it (a loaded machine), and the timed-out try's connection is
+                // then closed under it. So the first try's whole upload is awaited first.
+                await eventually("the bad origin received the whole body") {
+                    origins[0].state.uploads.withLock { $0 } == [Self.uploaded(30_000)]
+                }
                 await timers.advance(by: .seconds(7))
                 let response = try await connection.readResponse()
                 #expect(response.status == 200)
