@@ -4,10 +4,11 @@
 usage: hang-report.py TEST_LOG [STACKS]
 
 TEST_LOG is the output of `swift test`; STACKS is gdb's `thread apply all bt` or lldb's
-`thread backtrace all` of the test process, taken before it was killed. Prints the tests that
-started and did not finish, then, for each thread that is inside our code, its innermost frame
-(what it waits in) and its innermost frames from our modules and tests. The tests come last, so
-that a log cut to its beginning and end keeps them.
+`thread backtrace all` of the test process, taken before it was killed. Prints, for each thread
+that is inside our code, its innermost frame (what it waits in) and its innermost frames from our
+modules and tests, then the tests that started and did not finish: last, so that a log cut to its
+beginning and end keeps them. (`swift test` writes the test process's output in chunks, so
+TEST_LOG is whole only once that process has ended; the watchdog kills it before this runs.)
 """
 import re
 import sys
