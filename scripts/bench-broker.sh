@@ -115,6 +115,9 @@ wait_for() { # description command...: polls for up to 30 s
   echo "$what did not start" >&2
   exit 1
 }
+pgbench_rate() { # script-file -> transactions per second
+  pgbench -n -c 1 -T "$seconds" -f "$1" raw 2>&1 | awk '/^tps = / {print $3; exit}'
+}
 record() { # engine scenario per_second
   printf '{"engine":"%s","scenario":"%s","per_second":%s}\n' "$1" "$2" "$3" >>"$results"
 }
@@ -158,27 +161,24 @@ for line in sys.stdin:
   echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
   # One measurement of `engine` for `scenario` (batch size `batch`), right after a checkpoint;
   # appends its figure to `line`.
+  # The per-second figure of one BrokerBench scenario.
+  bench_rate() { # binary url scenario
+    "$1" run --url "$2" --seconds "$seconds" --only "$3" \
+      | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))'
+  }
   measure() { # engine scenario batch
     local engine=$1 scenario=$2 batch=$3 rate
     checkpoint
     case "$engine" in
-    new)
-      rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "$scenario" \
-        | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
-      ;;
-    executor) # the same publishes from a task on the event loop of the log's connections (PostgresMessageLog.executor)
-      rate=$("$bench" run --url "$pg_url" --seconds "$seconds" --only "${scenario}_executor" \
-        | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
-      ;;
+    new) rate=$(bench_rate "$bench" "$pg_url" "$scenario") ;;
+    # The same publishes from a task on the event loop of the log's connections (PostgresMessageLog.executor).
+    executor) rate=$(bench_rate "$bench" "$pg_url" "${scenario}_executor") ;;
     floor)
       local tps
-      tps=$(pgbench -n -c 1 -T "$seconds" -f "$tmp/insert-$batch.sql" raw 2>&1 | awk '/^tps = / {print $3; exit}')
+      tps=$(pgbench_rate "$tmp/insert-$batch.sql")
       rate=$(awk -v t="$tps" -v b="$batch" 'BEGIN {print t * b}')
       ;;
-    old)
-      rate=$("$old" run --url "$old_url" --seconds "$seconds" --only "$scenario" \
-        | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))')
-      ;;
+    old) rate=$(bench_rate "$old" "$old_url" "$scenario") ;;
     esac
     record "$engine" "$scenario" "$rate"
     line="$line, $engine $rate/s"
@@ -249,9 +249,6 @@ wait_for nats python3 -c "import socket; socket.create_connection(('127.0.0.1', 
 # both see the same minute of this machine (fsync times on a shared disk swing widely).
 aviary() { # url scenario
   "$bench" run --url "$1" --seconds "$seconds" --only "$2" | tee -a "$results" >&2
-}
-pgbench_rate() { # script-file -> transactions per second
-  pgbench -n -c 1 -T "$seconds" -f "$1" raw 2>&1 | awk '/^tps = / {print $3; exit}'
 }
 aviary "$sqlite_url" row_bytes
 row_bytes=$(python3 -c 'import json, sys

@@ -198,25 +198,20 @@ struct PostgresKeepAliveTests {
             var stuck = 0
             while second == nil, ContinuousClock.now < deadline {
                 // nil: no answer within 10 s; .some(nil): the call failed; .some(pid): it worked.
-                let outcome: Int32?? = await withCheckedContinuation { continuation in
-                    let answered = NIOLockedValueBox(false)
-                    let answer = { @Sendable (value: Int32??) in
-                        let isFirst = answered.withLockedValue { done -> Bool in
-                            guard !done else { return false }
-                            done = true
-                            return true
-                        }
-                        if isFirst { continuation.resume(returning: value) }
-                    }
-                    Task { answer(.some(try? await backend())) }
-                    Task {
-                        try? await Task.sleep(for: .seconds(10))
-                        answer(nil)
-                    }
+                let answer = NIOLockedValueBox<Int32??>(nil)
+                Task {
+                    let pid = try? await backend()
+                    answer.withLockedValue { $0 = .some(pid) }
+                }
+                let attemptDeadline = ContinuousClock.now + .seconds(10)
+                var outcome: Int32?? = nil
+                while outcome == nil, ContinuousClock.now < attemptDeadline {
+                    outcome = answer.withLockedValue { $0 }
+                    if outcome == nil { await Task.yield() }
                 }
                 switch outcome {
                 case .some(.some(let pid)): second = pid
-                case .some(.none): await Task.yield()
+                case .some(.none): break
                 case .none: stuck += 1
                 }
             }
