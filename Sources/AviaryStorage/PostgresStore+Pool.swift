@@ -190,8 +190,8 @@ extension PostgresStore {
         func requestQueueDepthChanged(_ newDepth: Int) {}
     }
 
-    /// The pool for `options`, whose connections `setup` opens.
-    static func makePool(options: Options, setup: ConnectionSetup) -> Pool {
+    /// The pool for `options`, whose connections `setup` opens and `calls` watches.
+    static func makePool(options: Options, setup: ConnectionSetup, calls: ConnectionCalls) -> Pool {
         var configuration = ConnectionPoolConfiguration()
         configuration.minimumConnectionCount = options.minimumConnections
         configuration.maximumConnectionSoftLimit = options.maximumConnections
@@ -205,6 +205,7 @@ extension PostgresStore {
             observabilityDelegate: PoolLog(logger: setup.logger)
         ) { id, _ in
             let connection = try await setup.connect(on: group.any(), id: id)
+            calls.opened(connection)
             return ConnectionAndMetadata(connection: connection, maximalStreamsOnConnection: 1)
         }
     }

@@ -70,15 +70,15 @@ public final class PostgresStore: Sendable, Service {
         /// (the idle time and three probes) is also the connection's TCP_USER_TIMEOUT: when the
         /// peer stops taking the bytes of a call (its host went away, or it stopped reading mid-call),
         /// the kernel gives the connection up after that time rather than retransmitting for
-        /// about 15 minutes. (Whether the call then returns depends on postgres-nio failing it
-        /// when the channel closes, which is not yet verified under load.) A query the server
-        /// has received and is still running is not affected: its bytes were acknowledged.
+        /// about 15 minutes, and the call on it fails as unavailable. A query the server has
+        /// received and is still running is not affected: its bytes were acknowledged.
         ///
         /// A connection the server closes (`pg_terminate_backend`, a restart) leaves the pool
         /// when the pool hears of the close; a call that leases it after its channel closed
-        /// fails as unavailable, and a later one gets a new connection. A query sent in the
-        /// instant the channel closes can still wait without end (postgres-nio drops it on the
-        /// closed channel with no answer), a known gap.
+        /// fails as unavailable, and a later one gets a new connection. A call running on a
+        /// connection when it closes fails too: with postgres-nio's error, or, for a query
+        /// postgres-nio dropped because it met the channel closing, as unavailable half a
+        /// second after the close.
         ///
         /// The probes cost nothing per call. postgres-nio's own keep-alive (a `SELECT 1` after an
         /// idle period), which this replaced, armed a timer (a task sleeping on a dispatch timer)
@@ -175,6 +175,8 @@ public final class PostgresStore: Sendable, Service {
     private let lifecycle = Mutex(Lifecycle())
     /// The deadlines of calls waiting for readiness or a connection.
     private let deadlines = AcquireDeadlines()
+    /// The pooled connections, each with the call running on it.
+    let calls: ConnectionCalls
     /// Ids of dedicated connections (negative, apart from the pool's).
     private static let connectionIDs = Atomic<Int>(0)
     /// The advisory lock key that serialises migrations of one database ("aviary_mi" in ASCII).
@@ -210,7 +212,9 @@ public final class PostgresStore: Sendable, Service {
             logger: logger)
         self.setup = setup
         // With a loop, every connection the pool makes is on it.
-        self.pool = Self.makePool(options: options, setup: setup)
+        let calls = ConnectionCalls(address: address)
+        self.calls = calls
+        self.pool = Self.makePool(options: options, setup: setup, calls: calls)
         self.executor = options.eventLoop.map(EventLoopTaskExecutor.init)
     }
 
@@ -575,20 +579,15 @@ public final class PostgresStore: Sendable, Service {
         // A caller on the pool's event loop (a task preferring ``executor``) keeps the call there:
         // a plain `Task` would start on the concurrency pool and wake a thread twice per call.
         let onLoop = self.executor.flatMap { $0.eventLoop.inEventLoop ? $0 : nil }
+        // Answered by the call's task when it ends, or by its connection's close (see
+        // ``ConnectionCalls``: postgres-nio can drop a query sent as the connection closes).
+        let answer = CallAnswer<T>()
         let call = Task(executorPreference: onLoop) {
-            try await self.waitUntilReady()
-            let lease = try await self.lease()
-            defer { lease.release() }
-            // The deadline passed while this lease was being handed over: give it back unused.
-            guard claim.claim(1) else { throw CancellationError() }
-            // A connection the server has just closed (a terminated backend, a restart) can still
-            // be handed out before the pool hears of the close. postgres-nio writes a query to its
-            // channel without a promise, so on a closed channel the query is dropped and its
-            // caller waits forever: such a connection fails the call here instead.
-            guard !lease.connection.isClosed else {
-                throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
+            do {
+                answer.answer(.success(try await self.runLeased(claim: claim, answer: answer, body)))
+            } catch {
+                answer.answer(.failure(error))
             }
-            return try await body(lease.connection)
         }
         let deadline = self.deadlines.add(deadline: .now + self.options.acquireTimeout) {
             if claim.claim(2) { call.cancel() }
@@ -596,7 +595,7 @@ public final class PostgresStore: Sendable, Service {
         defer { self.deadlines.remove(deadline) }
         do {
             return try await withTaskCancellationHandler {
-                try await call.value
+                try await answer.value
             } onCancel: {
                 call.cancel()
             }
@@ -604,6 +603,27 @@ public final class PostgresStore: Sendable, Service {
             if claim.timedOut { throw await self.acquireTimeoutError() }
             throw error
         }
+    }
+
+    /// ``withAcquiredConnection(_:)``'s call: waits for readiness and a lease, then runs `body` on
+    /// the leased connection while ``ConnectionCalls`` watches it.
+    private func runLeased<T: Sendable>(
+        claim: Claim, answer: CallAnswer<T>, _ body: @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        try await self.waitUntilReady()
+        let lease = try await self.lease()
+        defer { lease.release() }
+        // The deadline passed while this lease was being handed over: give it back unused.
+        guard claim.claim(1) else { throw CancellationError() }
+        // A connection the server has just closed (a terminated backend, a restart) can still be
+        // handed out before the pool hears of the close; it fails the call here, and the pool
+        // replaces it. One that closes during the call answers the call (``ConnectionCalls``).
+        let connection = lease.connection
+        guard !connection.isClosed, self.calls.begin(answer, on: connection.id) else {
+            throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
+        }
+        defer { self.calls.end(on: connection.id) }
+        return try await body(connection)
     }
 
     /// A connection from the pool, to be released once.

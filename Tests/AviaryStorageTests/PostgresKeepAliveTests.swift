@@ -176,7 +176,7 @@ struct PostgresKeepAliveTests {
         try await PostgresStore.withStore(
             url: url, options: .init(maximumConnections: 1, applicationName: application)
         ) { store in
-            func backend() async throws -> Int32 {
+            @Sendable func backend() async throws -> Int32 {
                 try await store.withConnection { connection in
                     try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
                         .reduce(0) { $1 + $0 }
@@ -188,37 +188,80 @@ struct PostgresKeepAliveTests {
                     .reduce(false) { $0 || $1 }
             }
             #expect(terminated)
-            // The pool learns of the close from the channel; until then a call may fail. A call
-            // whose query met the channel closing can wait forever in postgres-nio (it writes the
-            // query without a promise; see PostgresStore.withAcquiredConnection), so each try is
-            // given 10 s and left behind if it does not return: the test is about replacement,
-            // and one stuck call must not hold the whole run.
+            // The pool learns of the close from the channel; until then a call may fail. Every
+            // call must return: each is given 10 s, so that one that does not fails the test
+            // instead of holding the run.
             let deadline = ContinuousClock.now + .seconds(60)
             var second: Int32?
             var stuck = 0
             while second == nil, ContinuousClock.now < deadline {
-                // nil: no answer within 10 s; .some(nil): the call failed; .some(pid): it worked.
-                let answer = NIOLockedValueBox<Int32??>(nil)
-                Task {
-                    let pid = try? await backend()
-                    answer.withLockedValue { $0 = .some(pid) }
-                }
-                let attemptDeadline = ContinuousClock.now + .seconds(10)
-                var outcome: Int32?? = nil
-                while outcome == nil, ContinuousClock.now < attemptDeadline {
-                    outcome = answer.withLockedValue { $0 }
-                    if outcome == nil { await Task.yield() }
-                }
-                switch outcome {
-                case .some(.some(let pid)): second = pid
-                case .some(.none): break
-                case .none: stuck += 1
+                switch await Self.answer(within: .seconds(10), backend) {
+                case .success(let pid): second = pid
+                case .failure: break
+                case nil: stuck += 1
                 }
             }
             #expect(second != nil && second != first)
-            if stuck > 0 {
-                print("PostgresKeepAliveTests: \(stuck) call(s) on the terminated connection never returned")
-            }
+            #expect(stuck == 0, "\(stuck) call(s) on the terminated connection never returned")
         }
+    }
+
+    @Test(
+        "a query sent on a connection that closed during the call fails the call as unavailable instead of waiting forever"
+    )
+    func queryOnAConnectionClosedDuringTheCall() async throws {
+        let server = try await PostgresTestServer.shared()
+        let url = try await server.makeDatabase()
+        try await PostgresStore.withStore(url: url, options: .init(maximumConnections: 1)) { store in
+            @Sendable func backend() async throws -> Int32 {
+                try await store.withConnection { connection in
+                    try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
+                        .reduce(0) { $1 + $0 }
+                }
+            }
+            let first = try await backend()
+            let outcome = await Self.answer(within: .seconds(20)) {
+                try await store.withConnection { connection in
+                    // Once `close()` returns, the channel's handlers are gone: postgres-nio's write
+                    // of the next query is dropped by the channel, and nothing answers the query.
+                    try await connection.close()
+                    return try await connection.query("SELECT 1", logger: store.logger).decode(Int32.self)
+                        .reduce(0) { $1 + $0 }
+                }
+            }
+            switch outcome {
+            case nil: Issue.record("the call on the closed connection never returned")
+            case .success(let value): Issue.record("a query on a closed connection answered \(value)")
+            case .failure(let error):
+                #expect((error as? AviaryError)?.code == .unavailable, "\(PostgresStore.describe(error))")
+                #expect("\(error)".contains("closed during the call"), "\(error)")
+            }
+            // The one connection the pool may open was replaced, although the stuck query's task
+            // still holds its lease.
+            let second = await Self.answer(within: .seconds(20), backend)
+            #expect(second != nil)
+            #expect((try? second?.get()) != first)
+            #expect(store.calls.count == 1)
+        }
+    }
+
+    /// Runs `call` in a task of its own and waits up to `limit` for its result, polling; `nil` when
+    /// it gave none in time (the task is left behind, so a call that never returns cannot hold the
+    /// test run).
+    static func answer<T: Sendable>(
+        within limit: Duration, _ call: @escaping @Sendable () async throws -> T
+    ) async -> Result<T, any Error>? {
+        let box = NIOLockedValueBox<Result<T, any Error>?>(nil)
+        Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await call()) } catch { result = .failure(error) }
+            box.withLockedValue { $0 = result }
+        }
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if let result = box.withLockedValue({ $0 }) { return result }
+            await Task.yield()
+        }
+        return box.withLockedValue { $0 }
     }
 }
