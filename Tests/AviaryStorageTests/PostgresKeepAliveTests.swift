@@ -168,6 +168,61 @@ struct PostgresKeepAliveTests {
         }
     }
 
+    #if os(Linux)
+    @Test(
+        "a call whose bytes the peer stops taking fails after TCP_USER_TIMEOUT, not never; the pool then connects again"
+    )
+    func stalledPeerTimesOut() async throws {
+        let server = try await PostgresTestServer.shared()
+        guard case .postgres(let direct) = try await server.makeDatabase().kind,
+            var components = URLComponents(string: direct)
+        else { throw AviaryError(.internal, "the test server's URL is not a postgres URL") }
+        let relay = try await StallingRelay.start(to: server.address.host, port: server.address.port)
+        defer { relay.close() }
+        components.port = relay.port
+        let url = try StoreURL(parsing: try #require(components.string))
+        // Keep-alive after 1.5 s idle: probes every second, three of them, so TCP_USER_TIMEOUT is 4 s.
+        let options = PostgresStore.Options(
+            maximumConnections: 1, connectTimeout: .seconds(30), keepAliveFrequency: .milliseconds(1500))
+        try await PostgresStore.withStore(url: url, options: options) { store in
+            try await store.ping()
+            // The relay stops reading from the store's connection: a query larger than both
+            // sockets' buffers fills them, the relay's side announces a zero window, and nothing
+            // the store sends is taken any more (a server stuck, or a path gone, mid-call).
+            relay.stall()
+            let large = String(repeating: "x", count: 64 << 20)
+            let start = ContinuousClock.now
+            let outcome = await Self.answer(within: .seconds(60)) {
+                try await store.withConnection { connection in
+                    try await connection.query("SELECT length(\(large))", logger: store.logger)
+                        .decode(Int.self).reduce(0, +)
+                }
+            }
+            // Without TCP_USER_TIMEOUT the call would wait for the kernel's own limit on zero-window
+            // probes, which does not come: a minute tells the two apart. Closing the relay then
+            // lets the call end, if it can, after the test.
+            if outcome == nil { relay.close() }
+            let waited = ContinuousClock.now - start
+            switch outcome {
+            case nil: Issue.record("the call was still waiting after a minute")
+            case .success(let length): Issue.record("the stalled call answered \(length)")
+            case .failure: break  // postgres-nio's connection error, or the store's `unavailable`
+            }
+            // Not before the timeout (about 4 s), well before the minute.
+            #expect(waited >= .seconds(3) && waited < .seconds(45), "\(waited)")
+            // The pool drops the timed-out connection; the next call connects anew (the relay
+            // relays new connections) and succeeds.
+            let deadline = ContinuousClock.now + .seconds(30)
+            var pinged = false
+            while !pinged, ContinuousClock.now < deadline {
+                pinged = (try? await store.ping()) != nil
+                if !pinged { await Task.yield() }
+            }
+            #expect(pinged)
+        }
+    }
+    #endif
+
     @Test("a pooled connection the server terminates is replaced: later calls succeed on a new backend")
     func terminatedConnectionIsReplaced() async throws {
         let server = try await PostgresTestServer.shared()
@@ -245,7 +300,7 @@ struct PostgresKeepAliveTests {
         }
     }
 
-    /// Runs `call` in a task of its own and waits up to `limit` for its result, polling; `nil` when
+    /// Runs `call` in a task of its own and waits up to `limit` for its result, polling every 5 ms; `nil` when
     /// it gave none in time (the task is left behind, so a call that never returns cannot hold the
     /// test run).
     static func answer<T: Sendable>(
@@ -260,8 +315,79 @@ struct PostgresKeepAliveTests {
         let deadline = ContinuousClock.now + limit
         while ContinuousClock.now < deadline {
             if let result = box.withLockedValue({ $0 }) { return result }
-            await Task.yield()
+            // The poll's interval (a spinning poll would take a core from the loaded run).
+            try? await Task.sleep(for: .milliseconds(5))
         }
         return box.withLockedValue { $0 }
+    }
+}
+
+/// A TCP relay on 127.0.0.1 to a server, for the store's connections, that can stop reading from
+/// the connections it has accepted (``stall()``): the store's bytes then fill the sockets' buffers
+/// and are no longer taken, as when a peer is stuck or gone mid-call. Connections accepted later
+/// relay normally.
+final class StallingRelay: Sendable {
+    let port: Int
+    private let listener: any Channel
+    private let accepted: NIOLockedValueBox<[any Channel]>
+
+    private init(port: Int, listener: any Channel, accepted: NIOLockedValueBox<[any Channel]>) {
+        self.port = port
+        self.listener = listener
+        self.accepted = accepted
+    }
+
+    static func start(to host: String, port: Int) async throws -> StallingRelay {
+        let accepted = NIOLockedValueBox<[any Channel]>([])
+        let group = MultiThreadedEventLoopGroup.singleton
+        let listener = try await ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.autoRead, value: false)
+            .childChannelInitializer { client in
+                accepted.withLockedValue { $0.append(client) }
+                return ClientBootstrap(group: client.eventLoop)
+                    .connect(host: host, port: port)
+                    .flatMap { upstream in
+                        let toUpstream = Forward(to: upstream)
+                        let toClient = Forward(to: client)
+                        return client.pipeline.addHandler(toUpstream).flatMap {
+                            upstream.pipeline.addHandler(toClient)
+                        }.flatMap {
+                            // Reading starts once both directions are in place.
+                            client.setOption(ChannelOptions.autoRead, value: true)
+                        }
+                    }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return StallingRelay(port: listener.localAddress?.port ?? 0, listener: listener, accepted: accepted)
+    }
+
+    /// Stops reading from every connection accepted so far.
+    func stall() {
+        for channel in self.accepted.withLockedValue({ $0 }) {
+            channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        }
+    }
+
+    func close() {
+        self.listener.close(promise: nil)
+        for channel in self.accepted.withLockedValue({ $0 }) { channel.close(promise: nil) }
+    }
+
+    /// Writes what one side reads to the other, and closes the other when it closes.
+    private final class Forward: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let peer: any Channel
+
+        init(to peer: any Channel) { self.peer = peer }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            self.peer.writeAndFlush(self.unwrapInboundIn(data), promise: nil)
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.peer.close(promise: nil)
+            context.fireChannelInactive()
+        }
     }
 }
