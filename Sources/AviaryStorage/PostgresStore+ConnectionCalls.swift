@@ -28,13 +28,12 @@ import Synchronization
 // connection closes. The caller, and the pool, go on.
 
 extension PostgresStore {
-    /// The pooled connections that are open, each with the call running on it.
+    /// The pooled connections that are open, each with its ``ConnectionWatch``.
     final class ConnectionCalls: Sendable {
         /// How long a call may still run after its connection closed before it is answered.
         let grace: TimeAmount
         private let address: PostgresAddress
-        /// An entry per open connection; its value is the call running on it, if any.
-        private let open = Mutex<[PostgresConnection.ID: (any ClosableCall)?]>([:])
+        private let open = Mutex<[PostgresConnection.ID: ConnectionWatch]>([:])
 
         init(address: PostgresAddress, grace: TimeAmount = .milliseconds(500)) {
             self.address = address
@@ -44,37 +43,56 @@ extension PostgresStore {
         /// Watches a connection the pool opened, until it closes.
         func opened(_ connection: PostgresConnection) {
             let id = connection.id
-            self.open.withLock { $0[id] = .some(nil) }
+            self.open.withLock { $0[id] = ConnectionWatch() }
             // Registered after the entry: a connection that has already closed removes it at once.
             connection.closeFuture.whenComplete { _ in self.closed(id, on: connection.eventLoop) }
         }
 
-        /// Records `call` as running on connection `id`; false when the connection has closed.
-        func begin(_ call: any ClosableCall, on id: PostgresConnection.ID) -> Bool {
-            self.open.withLock { open in
-                guard open[id] != nil else { return false }
-                open[id] = .some(call)
-                return true
-            }
-        }
-
-        /// The call on connection `id` has ended.
-        func end(on id: PostgresConnection.ID) {
-            self.open.withLock { open in
-                if open[id] != nil { open[id] = .some(nil) }
-            }
+        /// The watch of connection `id`; `nil` once it has closed.
+        func watch(_ id: PostgresConnection.ID) -> ConnectionWatch? {
+            self.open.withLock { $0[id] }
         }
 
         /// The number of connections watched (for tests).
         var count: Int { self.open.withLock { $0.count } }
 
         private func closed(_ id: PostgresConnection.ID, on eventLoop: any EventLoop) {
-            guard let call = self.open.withLock({ $0.removeValue(forKey: id) }) ?? nil else { return }
+            guard let call = self.open.withLock({ $0.removeValue(forKey: id) })?.close() else { return }
             let error = AviaryError(
                 .unavailable,
                 "the connection to PostgreSQL at \(self.address) closed during the call; if it was committing a transaction, whether that committed is unknown"
             )
             eventLoop.scheduleTask(in: self.grace) { call.connectionClosed(error) }
+        }
+    }
+
+    /// One pooled connection: whether it has closed, and the call running on it (the pool leases a
+    /// connection to one call at a time). A call looks its connection's watch up once; beginning
+    /// and ending it take the watch's own lock, not the store's table.
+    final class ConnectionWatch: Sendable {
+        private let state = Mutex<(closed: Bool, call: (any ClosableCall)?)>((false, nil))
+
+        /// Records `call` as running on the connection; false when the connection has closed.
+        func begin(_ call: any ClosableCall) -> Bool {
+            self.state.withLock { state in
+                guard !state.closed else { return false }
+                state.call = call
+                return true
+            }
+        }
+
+        /// The call has ended.
+        func end() {
+            self.state.withLock { $0.call = nil }
+        }
+
+        /// The connection closed: no call begins on it any more; returns the one running.
+        func close() -> (any ClosableCall)? {
+            self.state.withLock { state in
+                state.closed = true
+                defer { state.call = nil }
+                return state.call
+            }
         }
     }
 }
@@ -90,7 +108,9 @@ protocol ClosableCall: Sendable {
 final class CallAnswer<T: Sendable>: ClosableCall {
     private enum State {
         case pending
-        case waiting(CheckedContinuation<T, any Error>)
+        // Unchecked: the state below resumes it exactly once (the checked kind costs an allocation
+        // per call, on every query's path).
+        case waiting(UnsafeContinuation<T, any Error>)
         case answered(Result<T, any Error>)
         case taken
     }
@@ -99,7 +119,7 @@ final class CallAnswer<T: Sendable>: ClosableCall {
 
     /// Gives the answer, unless one was given.
     func answer(_ result: Result<T, any Error>) {
-        let waiter: CheckedContinuation<T, any Error>? = self.state.withLock { state in
+        let waiter: UnsafeContinuation<T, any Error>? = self.state.withLock { state in
             switch state {
             case .pending:
                 state = .answered(result)
@@ -121,7 +141,7 @@ final class CallAnswer<T: Sendable>: ClosableCall {
     /// Waits for the answer; call once.
     var value: T {
         get async throws {
-            try await withCheckedThrowingContinuation { continuation in
+            try await withUnsafeThrowingContinuation { continuation in
                 let ready: Result<T, any Error>? = self.state.withLock { state in
                     switch state {
                     case .pending:

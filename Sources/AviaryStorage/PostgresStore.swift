@@ -619,10 +619,10 @@ public final class PostgresStore: Sendable, Service {
         // handed out before the pool hears of the close; it fails the call here, and the pool
         // replaces it. One that closes during the call answers the call (``ConnectionCalls``).
         let connection = lease.connection
-        guard !connection.isClosed, self.calls.begin(answer, on: connection.id) else {
+        guard !connection.isClosed, let watch = self.calls.watch(connection.id), watch.begin(answer) else {
             throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
         }
-        defer { self.calls.end(on: connection.id) }
+        defer { watch.end() }
         return try await body(connection)
     }
 
