@@ -321,19 +321,23 @@ func consumeLatencyChild(_ arguments: Arguments) async throws {
 
 // MARK: Main
 
-/// Opens the log at `url`. `BROKERBENCH_PG_POOL=no-keep-alive` in the environment gives a
-/// PostgreSQL log a pool without keep-alive (one connection kept open, as the log's default pool
-/// does): with builds before the store's TCP keep-alive, this measured what postgres-nio's
-/// per-lease keep-alive timer cost; since, the two should not differ. scripts/bench-broker.sh
-/// runs without it.
+/// Opens the log at `url`. `BROKERBENCH_PG_POOL` in the environment changes a PostgreSQL log's
+/// pool (scripts/bench-broker.sh runs without it):
+/// - `no-keep-alive`: no keep-alive (one connection kept open, as the log's default pool does):
+///   with builds before the store's TCP keep-alive, this measured what postgres-nio's per-lease
+///   keep-alive timer cost; since, the two should not differ;
+/// - `minimum-0`: no connection kept open (`PostgresStore.Options`' default before the
+///   sixteenth session), so every lease of a connection cancels the idle timer its release armed.
 func openLog(_ url: String) async throws -> any MessageLog {
-    guard url.hasPrefix("postgres"), ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"] == "no-keep-alive"
-    else {
+    let pool = ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"]
+    guard url.hasPrefix("postgres"), pool == "no-keep-alive" || pool == "minimum-0" else {
         return try await MessageLogs.open(url: url)
     }
     var configuration = PostgresMessageLog.Configuration()
-    configuration.store = PostgresStore.Options(
-        minimumConnections: 1, applicationName: "aviary-message-log", keepAliveFrequency: nil)
+    configuration.store =
+        pool == "minimum-0"
+        ? PostgresStore.Options(minimumConnections: 0, applicationName: "aviary-message-log")
+        : PostgresStore.Options(minimumConnections: 1, applicationName: "aviary-message-log", keepAliveFrequency: nil)
     return try await PostgresMessageLog(url: StoreURL(parsing: url), configuration: configuration)
 }
 
