@@ -56,8 +56,24 @@ extension PostgresStore {
         /// The number of connections watched (for tests).
         var count: Int { self.open.withLock { $0.count } }
 
+        /// Watches a connection outside the pool (``PostgresStore/withDedicatedConnection(_:)``)
+        /// until it closes: the watch is the caller's, not in the table.
+        func watchDedicated(_ connection: PostgresConnection) -> ConnectionWatch {
+            let watch = ConnectionWatch()
+            connection.closeFuture.whenComplete { _ in
+                guard let call = watch.close() else { return }
+                self.answer(call, closedOn: connection.eventLoop)
+            }
+            return watch
+        }
+
         private func closed(_ id: PostgresConnection.ID, on eventLoop: any EventLoop) {
             guard let call = self.open.withLock({ $0.removeValue(forKey: id) })?.close() else { return }
+            self.answer(call, closedOn: eventLoop)
+        }
+
+        /// Answers `call`, whose connection closed, after the grace.
+        private func answer(_ call: any ClosableCall, closedOn eventLoop: any EventLoop) {
             let error = AviaryError(
                 .unavailable,
                 "the connection to PostgreSQL at \(self.address) closed during the call; if it was committing a transaction, whether that committed is unknown"

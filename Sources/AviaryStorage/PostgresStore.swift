@@ -400,14 +400,38 @@ public final class PostgresStore: Sendable, Service {
     /// }
     /// ```
     ///
+    /// `body` runs in a task of its own (it inherits the caller's priority and task-local values;
+    /// cancelling the caller cancels it), so that the connection's close can end the call: as
+    /// with a pooled connection, a call still running half a second after its connection closed
+    /// fails as unavailable (a query postgres-nio dropped on the closing channel would otherwise
+    /// wait forever).
+    ///
     /// - Throws: `body`'s error, or ``AviaryCore/AviaryError`` (unavailable) when the connection
-    ///   cannot be opened, naming the address and the cause.
+    ///   cannot be opened, naming the address and the cause, or closed during the call.
     public func withDedicatedConnection<T: Sendable>(
-        _ body: (PostgresConnection) async throws -> T
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         let connection = try await self.connect()
+        let watch = self.calls.watchDedicated(connection)
+        let answer = CallAnswer<T>()
+        let address = self.address
+        let call = Task {
+            do {
+                guard watch.begin(answer) else {
+                    throw AviaryError(.unavailable, "the connection to PostgreSQL at \(address) closed before the call")
+                }
+                defer { watch.end() }
+                answer.answer(.success(try await body(connection)))
+            } catch {
+                answer.answer(.failure(error))
+            }
+        }
         do {
-            let value = try await body(connection)
+            let value = try await withTaskCancellationHandler {
+                try await answer.value
+            } onCancel: {
+                call.cancel()
+            }
             try? await connection.close()
             return value
         } catch {

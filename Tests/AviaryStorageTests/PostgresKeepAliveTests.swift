@@ -300,6 +300,32 @@ struct PostgresKeepAliveTests {
         }
     }
 
+    @Test("a dedicated connection that closes during its call fails the call as unavailable instead of waiting forever")
+    func dedicatedConnectionClosedDuringTheCall() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        try await PostgresStore.withStore(url: url) { store in
+            let outcome = await Self.answer(within: .seconds(20)) {
+                try await store.withDedicatedConnection { connection in
+                    try await connection.close()
+                    return try await connection.query("SELECT 1", logger: store.logger).decode(Int32.self)
+                        .reduce(0) { $1 + $0 }
+                }
+            }
+            switch outcome {
+            case nil: Issue.record("the call on the closed dedicated connection never returned")
+            case .success(let value): Issue.record("a query on a closed connection answered \(value)")
+            case .failure(let error):
+                #expect((error as? AviaryError)?.code == .unavailable, "\(PostgresStore.describe(error))")
+                #expect("\(error)".contains("closed during the call"), "\(error)")
+            }
+            // A dedicated call that ends normally is not answered by its connection's close after it.
+            let value = try await store.withDedicatedConnection { connection in
+                try await connection.query("SELECT 7", logger: store.logger).decode(Int32.self).reduce(0) { $1 + $0 }
+            }
+            #expect(value == 7)
+        }
+    }
+
     /// Runs `call` in a task of its own and waits up to `limit` for its result, polling every 5 ms; `nil` when
     /// it gave none in time (the task is left behind, so a call that never returns cannot hold the
     /// test run).

@@ -36,6 +36,8 @@ final class PostgresWakeUps: Sendable {
         /// Rung when a stream starts for a topic the session has not registered; finished at
         /// close. One per session (a stream whose reader is cancelled ends for good).
         var registrations: AsyncStream<Void>.Continuation?
+        /// Set when a session has registered, which resets the count of failed sessions.
+        var sessionRegistered = false
     }
 
     private let store: PostgresStore
@@ -138,7 +140,7 @@ final class PostgresWakeUps: Sendable {
                         }
                         if closed { registrations.continuation.finish() }
                         try await self.register(connection)
-                        failures = 0
+                        self.state.withLock { $0.sessionRegistered = true }
                         try await withThrowingTaskGroup(of: Void.self) { group in
                             group.addTask {
                                 for try await notification in notifications {
@@ -161,7 +163,11 @@ final class PostgresWakeUps: Sendable {
                 }
             } catch {
                 if Task.isCancelled || self.state.withLock({ $0.closed }) { return }
-                failures += 1
+                let registered = self.state.withLock { state in
+                    defer { state.sessionRegistered = false }
+                    return state.sessionRegistered
+                }
+                failures = registered ? 1 : failures + 1
                 self.logger.warning(
                     "message log notifications interrupted; reconnecting",
                     metadata: ["error.message": "\(PostgresStore.describe(error))", "aviary.attempt": "\(failures)"])
