@@ -8,7 +8,7 @@ import NIOCore
 import PostgresNIO
 import Synchronization
 
-// Why a pooled connection's close answers the call running on it:
+// Why a connection's close answers the call running on it:
 //
 // postgres-nio's `PostgresConnection.query` writes its query to the channel with no write promise.
 // A query whose write reaches the channel after the channel closed (its handlers are gone by then)
@@ -18,6 +18,7 @@ import Synchronization
 //
 // So every pooled connection is watched: the pool's factory registers it, with one callback on its
 // close future (per connection, not per call), and each call registers its answer while it runs.
+// A dedicated connection (`withDedicatedConnection`, a LISTEN session) has a watch of its own.
 // When the connection closes, the call still running on it after a short grace is answered with
 // `unavailable`. The grace lets postgres-nio answer first with its own error, which it does for
 // every query it received before the close (the channel's inactive event fails them before the

@@ -792,14 +792,9 @@ public final class PostgresStore: Sendable, Service {
     /// Applies the pending migrations on a connection of its own, holding the database's
     /// migration advisory lock so that concurrent starters take turns.
     private func migrate() async throws {
-        let connection = try await self.connect()
-        do {
-            try await self.migrate(on: connection)
-            try? await connection.close()
-        } catch {
-            try? await connection.close()
-            throw error
-        }
+        // A dedicated connection, watched: a query dropped as it closes fails run() instead of
+        // holding it (and every caller waiting for readiness) forever.
+        try await self.withDedicatedConnection { connection in try await self.migrate(on: connection) }
     }
 
     private func migrate(on connection: PostgresConnection) async throws {

@@ -275,21 +275,8 @@ struct PostgresKeepAliveTests {
                 }
             }
             let first = try await backend()
-            let outcome = await Self.answer(within: .seconds(20)) {
-                try await store.withConnection { connection in
-                    // Once `close()` returns, the channel's handlers are gone: postgres-nio's write
-                    // of the next query is dropped by the channel, and nothing answers the query.
-                    try await connection.close()
-                    return try await connection.query("SELECT 1", logger: store.logger).decode(Int32.self)
-                        .reduce(0) { $1 + $0 }
-                }
-            }
-            switch outcome {
-            case nil: Issue.record("the call on the closed connection never returned")
-            case .success(let value): Issue.record("a query on a closed connection answered \(value)")
-            case .failure(let error):
-                #expect((error as? AviaryError)?.code == .unavailable, "\(PostgresStore.describe(error))")
-                #expect("\(error)".contains("closed during the call"), "\(error)")
+            await Self.expectAnsweredAsClosed {
+                try await store.withConnection { try await Self.closeThenQuery($0, store) }
             }
             // The one connection the pool may open was replaced, although the stuck query's task
             // still holds its lease.
@@ -304,25 +291,39 @@ struct PostgresKeepAliveTests {
     func dedicatedConnectionClosedDuringTheCall() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
         try await PostgresStore.withStore(url: url) { store in
-            let outcome = await Self.answer(within: .seconds(20)) {
-                try await store.withDedicatedConnection { connection in
-                    try await connection.close()
-                    return try await connection.query("SELECT 1", logger: store.logger).decode(Int32.self)
-                        .reduce(0) { $1 + $0 }
-                }
-            }
-            switch outcome {
-            case nil: Issue.record("the call on the closed dedicated connection never returned")
-            case .success(let value): Issue.record("a query on a closed connection answered \(value)")
-            case .failure(let error):
-                #expect((error as? AviaryError)?.code == .unavailable, "\(PostgresStore.describe(error))")
-                #expect("\(error)".contains("closed during the call"), "\(error)")
+            await Self.expectAnsweredAsClosed {
+                try await store.withDedicatedConnection { try await Self.closeThenQuery($0, store) }
             }
             // A dedicated call that ends normally is not answered by its connection's close after it.
             let value = try await store.withDedicatedConnection { connection in
                 try await connection.query("SELECT 7", logger: store.logger).decode(Int32.self).reduce(0) { $1 + $0 }
             }
             #expect(value == 7)
+        }
+    }
+
+    /// Closes `connection`, then queries on it. Once `close()` returns, the channel's handlers are
+    /// gone: postgres-nio's write of the query is dropped by the channel, and nothing answers the
+    /// query itself.
+    static func closeThenQuery(_ connection: PostgresConnection, _ store: PostgresStore) async throws -> Int32 {
+        try await connection.close()
+        return try await connection.query("SELECT 1", logger: store.logger).decode(Int32.self).reduce(0) { $1 + $0 }
+    }
+
+    /// Expects `call` (a ``closeThenQuery(_:_:)`` through the store) to fail within 20 s as
+    /// `unavailable`, answered by its connection's close.
+    static func expectAnsweredAsClosed(
+        sourceLocation: SourceLocation = #_sourceLocation, _ call: @escaping @Sendable () async throws -> Int32
+    ) async {
+        switch await Self.answer(within: .seconds(20), call) {
+        case nil: Issue.record("the call on the closed connection never returned", sourceLocation: sourceLocation)
+        case .success(let value):
+            Issue.record("a query on a closed connection answered \(value)", sourceLocation: sourceLocation)
+        case .failure(let error):
+            #expect(
+                (error as? AviaryError)?.code == .unavailable, "\(PostgresStore.describe(error))",
+                sourceLocation: sourceLocation)
+            #expect("\(error)".contains("closed during the call"), "\(error)", sourceLocation: sourceLocation)
         }
     }
 
