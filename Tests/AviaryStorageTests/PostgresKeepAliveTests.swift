@@ -327,25 +327,28 @@ struct PostgresKeepAliveTests {
         }
     }
 
-    /// Runs `call` in a task of its own and waits up to `limit` for its result, polling every 5 ms; `nil` when
-    /// it gave none in time (the task is left behind, so a call that never returns cannot hold the
-    /// test run).
+    /// Runs `call` in a task of its own and returns its result as soon as it comes, or `nil` when
+    /// none came within `limit` (the task is left behind, so a call that never returns cannot hold
+    /// the test run). No polling and no sleep: the call's result and the deadline's timer (an
+    /// event loop's scheduled task) each offer an answer, and the first one is taken.
     static func answer<T: Sendable>(
         within limit: Duration, _ call: @escaping @Sendable () async throws -> T
     ) async -> Result<T, any Error>? {
-        let box = NIOLockedValueBox<Result<T, any Error>?>(nil)
+        let (answers, answering) = AsyncStream.makeStream(
+            of: Result<T, any Error>?.self, bufferingPolicy: .bufferingOldest(1))
         Task {
             let result: Result<T, any Error>
             do { result = .success(try await call()) } catch { result = .failure(error) }
-            box.withLockedValue { $0 = result }
+            answering.yield(result)
         }
-        let deadline = ContinuousClock.now + limit
-        while ContinuousClock.now < deadline {
-            if let result = box.withLockedValue({ $0 }) { return result }
-            // The poll's interval (a spinning poll would take a core from the loaded run).
-            try? await Task.sleep(for: .milliseconds(5))
+        let deadline = MultiThreadedEventLoopGroup.singleton.next().scheduleTask(
+            in: .nanoseconds(Int64(limit / .nanoseconds(1)))
+        ) {
+            answering.yield(nil)
         }
-        return box.withLockedValue { $0 }
+        defer { deadline.cancel() }
+        for await first in answers { return first }
+        return nil
     }
 }
 
