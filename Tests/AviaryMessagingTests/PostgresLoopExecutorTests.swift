@@ -88,17 +88,24 @@ struct PostgresLoopExecutorTests {
             }
             return (positions, stayed)
         }
-        async let onPool: [MessagePosition] = {
+        // A publish from the pool sends its statement from the loop, but its caller goes on off it.
+        async let onPool: ([MessagePosition], Bool) = {
             var positions: [MessagePosition] = []
-            for message in pooled.prefix(100) { positions += try await log.publish([message]) }
+            var stayedOff = true
+            for message in pooled.prefix(100) {
+                positions += try await log.publish([message])
+                stayedOff = stayedOff && !loop.inEventLoop
+            }
             for start in stride(from: 100, to: count, by: 10) {
                 positions += try await log.publish(Array(pooled[start..<start + 10]))
+                stayedOff = stayedOff && !loop.inEventLoop
             }
-            return positions
+            return (positions, stayedOff)
         }()
         let (loopPositions, stayed) = try await onLoop
-        let poolPositions = try await onPool
+        let (poolPositions, stayedOff) = try await onPool
         #expect(stayed)
+        #expect(stayedOff)
         let stored = try await log.store.withConnection { connection in
             var rows: [Row] = []
             for try await (partition, offset, key) in try await connection.query(

@@ -352,10 +352,16 @@ public final class PostgresMessageLog: MessageLog {
         guard !messages.isEmpty else { return [] }
         let encoded = try messages.map(Self.encode)
         let now = self.nowMillis
-        if encoded.allSatisfy({ ($0.deliverAt ?? now) <= now }),
-            let positions = try await self.publishNow(encoded, now: now)
-        {
-            return positions
+        if encoded.allSatisfy({ ($0.deliverAt ?? now) <= now }) {
+            // The statement is sent, and its reply read, on the connection's event loop. A caller
+            // elsewhere runs this part there: one hop there and one back, where a call from the
+            // pool otherwise crosses between its task, the pool's and the loop several times.
+            let executor = self.executor
+            let positions =
+                executor.eventLoop.inEventLoop
+                ? try await self.publishNow(encoded, now: now)
+                : try await withTaskExecutorPreference(executor) { try await self.publishNow(encoded, now: now) }
+            if let positions { return positions }
         }
         return try await self.write { connection, logger in
             let topics = Set(encoded.map(\.topic)).sorted()
