@@ -88,7 +88,8 @@ struct PostgresLoopExecutorTests {
             }
             return (positions, stayed)
         }
-        // A publish from the pool sends its statement from the loop, but its caller goes on off it.
+        // A single publish from the pool sends its statement from the loop, but its caller goes on
+        // off it.
         async let onPool: ([MessagePosition], Bool) = {
             var positions: [MessagePosition] = []
             var stayedOff = true
