@@ -91,6 +91,57 @@ struct PostgresSinglePublishTests {
         try await log.close()
     }
 
+    @Test(
+        "a connection prepares aviary_publish_one's call once and runs it for every single publish, also after the function is replaced"
+    )
+    func preparedOnce() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        var configuration = PostgresMessageLog.Configuration()
+        configuration.store.maximumConnections = 1
+        let log = try await PostgresMessageLog(url: url, configuration: configuration)
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+        func publishSingly(_ count: Int) async throws -> [MessagePosition] {
+            var positions: [MessagePosition] = []
+            for _ in 0..<count {
+                positions += try await log.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
+            }
+            return positions
+        }
+        func executions() async throws -> [Int64] {
+            try await log.store.withConnection { connection in
+                var counts: [Int64] = []
+                for try await count in try await connection.query(
+                    """
+                    SELECT generic_plans + custom_plans FROM pg_prepared_statements
+                    WHERE name = \(PublishOneStatement.name)
+                    """, logger: self.logger
+                ).decode(Int64.self) {
+                    counts.append(count)
+                }
+                return counts
+            }
+        }
+        #expect(try await publishSingly(5).map(\.offset) == [1, 2, 3, 4, 5])
+        // One statement on the store's one connection, run five times.
+        #expect(try await executions() == [5])
+        // A migration may replace the function's body with the same arguments and result.
+        let definition = try await log.store.withConnection { connection in
+            var text = ""
+            for try await row in try await connection.query(
+                "SELECT pg_get_functiondef('aviary_publish_one'::regproc)", logger: self.logger
+            ).decode(String.self) {
+                text = row
+            }
+            return text
+        }
+        #expect(definition.hasPrefix("CREATE OR REPLACE FUNCTION"))
+        try await self.execute(log, definition)
+        #expect(try await publishSingly(2).map(\.offset) == [6, 7])
+        #expect(try await executions() == [7])
+        try await log.close()
+    }
+
     @Test("aviary_publish_one names a missing topic or partition (AV101) and a wrong partition count (AV102)")
     func functionErrors() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()

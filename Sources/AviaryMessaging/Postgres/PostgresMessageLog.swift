@@ -575,15 +575,14 @@ public final class PostgresMessageLog: MessageLog {
     /// messages. The errors are `aviary_publish_now`'s.
     private func publishOne(_ message: Encoded, partitions: Int, now: Int64) async throws -> [MessagePosition]? {
         let partition = Partitioner.partition(forKey: message.key, partitions: max(1, partitions))
-        let query: PostgresQuery = """
-            SELECT aviary_publish_one(\(message.topic), \(Int32(partitions)), \(Int32(partition)), \(message.key),
-                \(message.event), \(message.headers), \(Int32(message.bytes)), \(now), \(self.configuration.channel))
-                AS msg_offset
-            """
+        let statement = PublishOneStatement(
+            topic: message.topic, partitions: Int32(partitions), partition: Int32(partition), key: message.key,
+            event: message.event, headers: message.headers, bytes: Int32(message.bytes), now: now,
+            channel: self.configuration.channel)
         let logger = self.logger
         let offset = try await self.store.withConnection { connection in
             var offset: Int64?
-            for try await row in try await connection.query(query, logger: logger).decode(Int64?.self) {
+            for try await row in try await connection.execute(statement, logger: logger) {
                 offset = row
             }
             return offset
@@ -757,5 +756,50 @@ public final class PostgresMessageLog: MessageLog {
                 onPoison: PoisonPolicy(rawValue: try row["on_poison"].decode(String.self)) ?? .deadLetter,
                 deadLetterTopic: try row["dead_letter_topic"].decode(String.self))
         }
+    }
+}
+
+/// `aviary_publish_one`'s call as a statement each connection prepares once (postgres-nio keeps
+/// it by ``name`` per connection): later publishes send only its bind and execute, so neither side
+/// parses the text or describes its parameters and result again.
+///
+/// The function may be replaced by a later migration with the same arguments and result (a
+/// prepared call picks the new body up); one that changes its result type needs a new name here.
+/// postgres-nio keeps a failed preparation's error for the connection's life; preparing this call
+/// fails only when the function is missing or not callable, which the log's migrations rule out
+/// before any publish. An error the function raises (a stale partition count) fails only that
+/// execution.
+struct PublishOneStatement: PostgresPreparedStatement {
+    static let name = "aviary_publish_one_v6"
+    static let sql = "SELECT aviary_publish_one($1, $2, $3, $4, $5, $6, $7, $8, $9) AS msg_offset"
+    static let bindingDataTypes: [PostgresDataType] = [.text, .int4, .int4, .text, .text, .text, .int4, .int8, .text]
+    typealias Row = Int64?
+
+    var topic: String
+    var partitions: Int32
+    var partition: Int32
+    var key: String
+    var event: String
+    var headers: String
+    var bytes: Int32
+    var now: Int64
+    var channel: String
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 9)
+        bindings.append(self.topic)
+        bindings.append(self.partitions)
+        bindings.append(self.partition)
+        bindings.append(self.key)
+        bindings.append(self.event)
+        bindings.append(self.headers)
+        bindings.append(self.bytes)
+        bindings.append(self.now)
+        bindings.append(self.channel)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {
+        try row.decode(Int64?.self)
     }
 }
