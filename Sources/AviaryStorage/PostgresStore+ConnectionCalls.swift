@@ -90,7 +90,7 @@ extension PostgresStore {
         private let state = Mutex<(closed: Bool, call: (any ClosableCall)?)>((false, nil))
 
         /// Records `call` as running on the connection; false when the connection has closed.
-        func begin(_ call: any ClosableCall) -> Bool {
+        private func begin(_ call: any ClosableCall) -> Bool {
             self.state.withLock { state in
                 guard !state.closed else { return false }
                 state.call = call
@@ -99,8 +99,18 @@ extension PostgresStore {
         }
 
         /// The call has ended.
-        func end() {
+        private func end() {
             self.state.withLock { $0.call = nil }
+        }
+
+        /// Runs `body` as the connection's call, answerable by its close through `answer`; throws
+        /// `closed` without running it when the connection has closed already.
+        func run<T: Sendable>(
+            _ answer: CallAnswer<T>, closed: @autoclosure () -> AviaryError, _ body: () async throws -> T
+        ) async throws -> T {
+            guard self.begin(answer) else { throw closed() }
+            defer { self.end() }
+            return try await body()
         }
 
         /// The connection closed: no call begins on it any more; returns the one running.

@@ -417,11 +417,12 @@ public final class PostgresStore: Sendable, Service {
         let address = self.address
         let call = Task {
             do {
-                guard watch.begin(answer) else {
-                    throw AviaryError(.unavailable, "the connection to PostgreSQL at \(address) closed before the call")
-                }
-                defer { watch.end() }
-                answer.answer(.success(try await body(connection)))
+                let value = try await watch.run(
+                    answer,
+                    closed: AviaryError(
+                        .unavailable, "the connection to PostgreSQL at \(address) closed before the call")
+                ) { try await body(connection) }
+                answer.answer(.success(value))
             } catch {
                 answer.answer(.failure(error))
             }
@@ -655,11 +656,9 @@ public final class PostgresStore: Sendable, Service {
         // handed out before the pool hears of the close; it fails the call here, and the pool
         // replaces it. One that closes during the call answers the call (``ConnectionCalls``).
         let connection = lease.connection
-        guard !connection.isClosed, let watch = self.calls.watch(connection.id), watch.begin(answer) else {
-            throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
-        }
-        defer { watch.end() }
-        return try await body(connection)
+        let closed = { AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again") }
+        guard !connection.isClosed, let watch = self.calls.watch(connection.id) else { throw closed() }
+        return try await watch.run(answer, closed: closed()) { try await body(connection) }
     }
 
     /// A connection from the pool, to be released once.

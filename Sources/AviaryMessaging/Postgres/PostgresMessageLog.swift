@@ -352,20 +352,10 @@ public final class PostgresMessageLog: MessageLog {
         guard !messages.isEmpty else { return [] }
         let encoded = try messages.map(Self.encode)
         let now = self.nowMillis
-        if encoded.allSatisfy({ ($0.deliverAt ?? now) <= now }) {
-            // The statement is sent, and its reply read, on the connection's event loop. A caller
-            // elsewhere publishing one message runs this part there: one hop there and one back,
-            // where a call from the pool otherwise crosses between its task, the pool's and the
-            // loop several times (a fifth to a third less client CPU a publish, see the
-            // performance notes). A batch pays those hand-offs once for all its messages, and
-            // binding its arrays would hold the loop's other connections meanwhile, so it stays
-            // where its caller is.
-            let executor = self.executor
-            let positions =
-                encoded.count > 1 || executor.eventLoop.inEventLoop
-                ? try await self.publishNow(encoded, now: now)
-                : try await withTaskExecutorPreference(executor) { try await self.publishNow(encoded, now: now) }
-            if let positions { return positions }
+        if encoded.allSatisfy({ ($0.deliverAt ?? now) <= now }),
+            let positions = try await self.publishNow(encoded, now: now)
+        {
+            return positions
         }
         return try await self.write { connection, logger in
             let topics = Set(encoded.map(\.topic)).sorted()
@@ -581,13 +571,25 @@ public final class PostgresMessageLog: MessageLog {
             event: message.event, headers: message.headers, bytes: Int32(message.bytes), now: now,
             channel: self.configuration.channel)
         let logger = self.logger
-        let offset = try await self.store.withConnection { connection in
-            var offset: Int64?
-            for try await row in try await connection.execute(statement, logger: logger) {
-                offset = row
+        func call() async throws -> Int64? {
+            try await self.store.withConnection { connection in
+                var offset: Int64?
+                for try await row in try await connection.execute(statement, logger: logger) {
+                    offset = row
+                }
+                return offset
             }
-            return offset
         }
+        // The statement is sent, and its reply read, on the connection's event loop. A caller
+        // elsewhere runs the call there: one hop there and one back, where a call from the pool
+        // otherwise crosses between its task, the pool's and the loop several times (a fifth to a
+        // third less client CPU a publish, see the performance notes). Batches stay where their
+        // caller is: they pay those hand-offs once for all their messages, and binding their
+        // arrays on the loop would hold the loop's other connections meanwhile.
+        let executor = self.executor
+        let offset =
+            executor.eventLoop.inEventLoop
+            ? try await call() : try await withTaskExecutorPreference(executor) { try await call() }
         guard let offset else { return nil }
         return [MessagePosition(topic: message.topic, partition: partition, offset: offset)]
     }
@@ -773,7 +775,6 @@ public final class PostgresMessageLog: MessageLog {
 struct PublishOneStatement: PostgresPreparedStatement {
     static let name = "aviary_publish_one_v6"
     static let sql = "SELECT aviary_publish_one($1, $2, $3, $4, $5, $6, $7, $8, $9) AS msg_offset"
-    static let bindingDataTypes: [PostgresDataType] = [.text, .int4, .int4, .text, .text, .text, .int4, .int8, .text]
     typealias Row = Int64?
 
     var topic: String
