@@ -39,13 +39,14 @@ import Darwin
 // that breaks it breaks the build here, not the behaviour.
 
 extension PostgresStore {
-    /// postgres-nio's pool, as `PostgresClient` instantiates it, without its query keep-alive.
+    /// postgres-nio's pool, as `PostgresClient` instantiates it, without its query keep-alive and
+    /// with the store's own request type (``LeaseRequest``).
     typealias Pool = ConnectionPool<
         PostgresConnection,
         PostgresConnection.ID,
         _ConnectionPoolModule.ConnectionIDGenerator,
-        ConnectionRequest<PostgresConnection>,
-        ConnectionRequest<PostgresConnection>.ID,
+        LeaseRequest,
+        LeaseRequest.ID,
         NoOpKeepAliveBehavior<PostgresConnection>,
         PoolLog,
         ContinuousClock
@@ -201,8 +202,11 @@ extension PostgresStore {
             ?? PostgresConnection.defaultEventLoopGroup
         return Pool(
             configuration: configuration,
+            idGenerator: _ConnectionPoolModule.ConnectionIDGenerator(),
+            requestType: LeaseRequest.self,
             keepAliveBehavior: NoOpKeepAliveBehavior(connectionType: PostgresConnection.self),
-            observabilityDelegate: PoolLog(logger: setup.logger)
+            observabilityDelegate: PoolLog(logger: setup.logger),
+            clock: ContinuousClock()
         ) { id, _ in
             let connection = try await setup.connect(on: group.any(), id: id)
             calls.opened(connection)

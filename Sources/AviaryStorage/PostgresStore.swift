@@ -389,6 +389,45 @@ public final class PostgresStore: Sendable, Service {
         try await self.withAcquiredConnection(body)
     }
 
+    /// Runs one prepared statement on a pooled connection, outside any transaction (it commits on
+    /// its own), and returns its rows, waiting up to ``Options/acquireTimeout`` for a connection.
+    ///
+    /// From a task that prefers ``executor`` this is the store's cheapest call: the lease, the
+    /// statement and its rows are handled on the loop in the caller's own task, with no task, no
+    /// answer and no watch of its own (see ``withConnection(_:)`` for what those guard against and
+    /// why a statement sent from the loop needs none of them). From anywhere else it is
+    /// ``withConnection(_:)`` running the statement. The statement is prepared on each connection
+    /// at its first use there.
+    ///
+    /// ```swift
+    /// struct CountOrders: PostgresPreparedStatement {
+    ///     static let sql = "SELECT count(*) FROM orders WHERE customer = $1"
+    ///     typealias Row = Int
+    ///     var customer: String
+    ///     func makeBindings() throws -> PostgresBindings {
+    ///         var bindings = PostgresBindings()
+    ///         bindings.append(self.customer)
+    ///         return bindings
+    ///     }
+    ///     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int.self) }
+    /// }
+    /// let count = try await store.execute(CountOrders(customer: "alice")).first ?? 0
+    /// ```
+    ///
+    /// - Throws: the statement's error, or ``AviaryCore/AviaryError`` (unavailable) when no
+    ///   connection came in time or the connection closed under the statement.
+    public func execute<Statement: PostgresPreparedStatement>(
+        _ statement: Statement
+    ) async throws -> [Statement.Row] where Statement.Row: Sendable {
+        if let executor = self.executor, executor.eventLoop.inEventLoop, self.isReady {
+            return try await self.executeOnLoop(statement)
+        }
+        let logger = self.logger
+        return try await self.withAcquiredConnection { connection in
+            try await Self.rows(of: statement, on: connection, logger: logger)
+        }
+    }
+
     /// Runs `body` with a connection of its own, outside the pool, closed afterwards: for
     /// long-lived sessions such as `LISTEN`, which would otherwise hold a pooled connection.
     ///
@@ -642,13 +681,80 @@ public final class PostgresStore: Sendable, Service {
         }
     }
 
+    /// ``execute(_:)`` from a task on the pool's event loop, once the store is ready.
+    ///
+    /// What ``withAcquiredConnection(_:)`` needs a task per call for, this does without one. Its
+    /// deadline cancels the lease request itself. And no statement can be dropped: postgres-nio
+    /// drops a query only when it writes it to a channel whose pipeline has gone, after the
+    /// channel closed; from the channel's own loop the write is made at once, inside the call, so
+    /// a connection found open on the loop just before takes the statement into postgres-nio's
+    /// state machine, and its close then fails the statement there.
+    private func executeOnLoop<Statement: PostgresPreparedStatement>(
+        _ statement: Statement
+    ) async throws -> [Statement.Row] where Statement.Row: Sendable {
+        let id = Self.nextLeaseRequestID()
+        let claim = Claim()
+        let pool = self.pool
+        let deadline = self.deadlines.add(deadline: .now + self.options.acquireTimeout) {
+            if claim.claim(2) { pool.cancelLeaseConnection(id) }
+        }
+        let lease: ConnectionLease<PostgresConnection>
+        do {
+            lease = try await self.lease(id)
+        } catch {
+            self.deadlines.remove(deadline)
+            if claim.timedOut { throw await self.acquireTimeoutError() }
+            throw error
+        }
+        self.deadlines.remove(deadline)
+        let connection = lease.connection
+        // The deadline passed while the lease was being handed over.
+        guard claim.claim(1) else {
+            lease.release()
+            throw await self.acquireTimeoutError()
+        }
+        // The task resumed off the loop (it runs on an executor other than the store's that
+        // shares its thread, say): the statement takes the watched way.
+        guard connection.eventLoop.inEventLoop else {
+            lease.release()
+            let logger = self.logger
+            return try await self.withAcquiredConnection { connection in
+                try await Self.rows(of: statement, on: connection, logger: logger)
+            }
+        }
+        defer { lease.release() }
+        guard !connection.isClosed else {
+            throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
+        }
+        return try await Self.rows(of: statement, on: connection, logger: self.logger)
+    }
+
+    /// The rows of `statement` run on `connection`.
+    private static func rows<Statement: PostgresPreparedStatement>(
+        of statement: Statement, on connection: PostgresConnection, logger: Logger
+    ) async throws -> [Statement.Row] {
+        var rows: [Statement.Row] = []
+        for try await row in try await connection.execute(statement, logger: logger) {
+            rows.append(row)
+        }
+        return rows
+    }
+
+    /// Whether ``run()`` has applied the migrations and the store serves.
+    private var isReady: Bool {
+        self.lifecycle.withLock { state in
+            if case .ready = state.phase { return true }
+            return false
+        }
+    }
+
     /// ``withAcquiredConnection(_:)``'s call: waits for readiness and a lease, then runs `body` on
     /// the leased connection while ``ConnectionCalls`` watches it.
     private func runLeased<T: Sendable>(
         claim: Claim, answer: CallAnswer<T>, _ body: @Sendable (PostgresConnection) async throws -> T
     ) async throws -> T {
         try await self.waitUntilReady()
-        let lease = try await self.lease()
+        let lease = try await self.lease(Self.nextLeaseRequestID())
         defer { lease.release() }
         // The deadline passed while this lease was being handed over: give it back unused.
         guard claim.claim(1) else { throw CancellationError() }
@@ -659,18 +765,6 @@ public final class PostgresStore: Sendable, Service {
         let closed = { AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again") }
         guard !connection.isClosed, let watch = self.calls.watch(connection.id) else { throw closed() }
         return try await watch.run(answer, closed: closed()) { try await body(connection) }
-    }
-
-    /// A connection from the pool, to be released once.
-    ///
-    /// Not generic, unlike the pool's `withConnection`: called from a generic function (this
-    /// store's calls are generic in their result) that one ran unspecialized, and with it the
-    /// pool's whole state machine, which then looked its generic types' metadata up at run time at
-    /// every lease and release (about 4% of a single publish's client CPU samples more than
-    /// `PostgresClient`'s specialised pool). Here the pool's type is concrete, so its inlinable
-    /// code is specialised.
-    private func lease() async throws -> ConnectionLease<PostgresConnection> {
-        try await self.pool.leaseConnection()
     }
 
     /// ``withAcquiredConnection(_:)``'s deadline for work that needs no connection.

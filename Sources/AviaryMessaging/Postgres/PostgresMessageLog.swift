@@ -570,27 +570,20 @@ public final class PostgresMessageLog: MessageLog {
             topic: message.topic, partitions: Int32(partitions), partition: Int32(partition), key: message.key,
             event: message.event, headers: message.headers, bytes: Int32(message.bytes), now: now,
             channel: self.configuration.channel)
-        let logger = self.logger
-        func call() async throws -> Int64? {
-            try await self.store.withConnection { connection in
-                var offset: Int64?
-                for try await row in try await connection.execute(statement, logger: logger) {
-                    offset = row
-                }
-                return offset
-            }
-        }
-        // The statement is sent, and its reply read, on the connection's event loop. A caller
-        // elsewhere runs the call there: one hop there and one back, where a call from the pool
-        // otherwise crosses between its task, the pool's and the loop several times (a fifth to a
-        // third less client CPU a publish, see the performance notes). Batches stay where their
-        // caller is: they pay those hand-offs once for all their messages, and binding their
-        // arrays on the loop would hold the loop's other connections meanwhile.
+        let store = self.store
+        // The statement is sent, and its reply read, on the connection's event loop, in the
+        // caller's task (`PostgresStore.execute` from the loop). A caller elsewhere runs the call
+        // there: one hop there and one back, where a call from the pool otherwise crosses between
+        // its task, the pool's and the loop several times (a fifth to a third less client CPU a
+        // publish, see the performance notes). Batches stay where their caller is: they pay those
+        // hand-offs once for all their messages, and binding their arrays on the loop would hold
+        // the loop's other connections meanwhile.
         let executor = self.executor
-        let offset =
+        let rows =
             executor.eventLoop.inEventLoop
-            ? try await call() : try await withTaskExecutorPreference(executor) { try await call() }
-        guard let offset else { return nil }
+            ? try await store.execute(statement)
+            : try await withTaskExecutorPreference(executor) { try await store.execute(statement) }
+        guard let offset = rows.last ?? nil else { return nil }
         return [MessagePosition(topic: message.topic, partition: partition, offset: offset)]
     }
 
