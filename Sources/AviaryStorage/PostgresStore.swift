@@ -392,12 +392,16 @@ public final class PostgresStore: Sendable, Service {
     /// Runs one prepared statement on a pooled connection, outside any transaction (it commits on
     /// its own), and returns its rows, waiting up to ``Options/acquireTimeout`` for a connection.
     ///
-    /// From a task that prefers ``executor`` this is the store's cheapest call: the lease, the
-    /// statement and its rows are handled on the loop in the caller's own task, with no task, no
-    /// answer and no watch of its own (see ``withConnection(_:)`` for what those guard against and
-    /// why a statement sent from the loop needs none of them). From anywhere else it is
-    /// ``withConnection(_:)`` running the statement. The statement is prepared on each connection
-    /// at its first use there.
+    /// With ``Options/eventLoop`` set this is the store's cheapest call: the lease, the statement
+    /// and its rows are handled on the loop in the caller's own task, with no task, answer or watch
+    /// of its own (a statement written from its connection's loop cannot be dropped, see
+    /// `executeOnLoop`). A task that prefers ``executor`` is there already; any other caller hops
+    /// there for the call and back (two hand-offs between threads, where a call in a task of its
+    /// own crosses between the caller, the concurrency pool and the loop several times). The
+    /// statement's bindings are made on the loop then, which holds the loop's other connections
+    /// meanwhile: for large arrays prefer ``withConnection(_:)``. Without a loop of its own the
+    /// store runs the statement as ``withConnection(_:)`` would. The statement is prepared on each
+    /// connection at its first use there.
     ///
     /// ```swift
     /// struct CountOrders: PostgresPreparedStatement {
@@ -419,8 +423,9 @@ public final class PostgresStore: Sendable, Service {
     public func execute<Statement: PostgresPreparedStatement>(
         _ statement: Statement
     ) async throws -> [Statement.Row] where Statement.Row: Sendable {
-        if let executor = self.executor, executor.eventLoop.inEventLoop, self.isReady {
-            return try await self.executeOnLoop(statement)
+        if let executor = self.executor, self.isReady {
+            if executor.eventLoop.inEventLoop { return try await self.executeOnLoop(statement) }
+            return try await withTaskExecutorPreference(executor) { try await self.executeOnLoop(statement) }
         }
         let logger = self.logger
         return try await self.withAcquiredConnection { connection in

@@ -142,6 +142,58 @@ struct PostgresSinglePublishTests {
         try await log.close()
     }
 
+    @Test(
+        "an ack in its lease is one statement a connection prepares once, relaxed or synchronous as configured; an ack once more and one of a lost lease are told apart",
+        arguments: [false, true])
+    func ackPreparedOnce(synchronous: Bool) async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        var configuration = PostgresMessageLog.Configuration()
+        configuration.store.maximumConnections = 1
+        configuration.synchronousAcknowledgements = synchronous
+        let log = try await PostgresMessageLog(url: url, configuration: configuration)
+        try await log.createTopic("orders", TopicOptions(partitions: 1))
+        try await log.subscribe(group: "mailer", topic: "orders", options: GroupOptions())
+        let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+        for _ in 0..<4 {
+            try await log.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
+        }
+        let request = ReceiveRequest(group: "mailer", topic: "orders", consumer: "m", maxMessages: 10)
+        let deliveries = try await log.receive(request).deliveries
+        #expect(deliveries.map(\.message.position.offset) == [1, 2, 3, 4])
+        for delivery in deliveries { try await log.ack(delivery) }
+        // Acknowledged already: nothing to do, no error.
+        try await log.ack(deliveries[1])
+        let (used, unused) =
+            synchronous
+            ? (AckStatement<SynchronousCommit>.name, AckStatement<RelaxedCommit>.name)
+            : (AckStatement<RelaxedCommit>.name, AckStatement<SynchronousCommit>.name)
+        let executions = try await log.store.withConnection { connection in
+            var counts: [String: Int64] = [:]
+            for try await (name, count) in try await connection.query(
+                "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'aviary_ack%'",
+                logger: self.logger
+            ).decode((String, Int64).self) {
+                counts[name] = count
+            }
+            return counts
+        }
+        // Four acks and the repeated one, on the store's one connection.
+        #expect(executions == [used: 5], "\(unused) should not be prepared")
+        // Nothing left to receive, and the lease ended with the last ack: a new message is leased anew.
+        #expect(try await log.receive(request).deliveries.isEmpty)
+        try await log.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
+        let next = try await log.receive(request).deliveries
+        #expect(next.map(\.message.position.offset) == [5])
+        // A lease that ran out and was taken over is lost to its first holder.
+        let stale = try #require(next.first)
+        try await self.execute(log, "UPDATE aviary_group_partitions SET lease_expires_at = 0")
+        let taken = try await log.receive(request).deliveries
+        #expect(taken.map(\.message.position.offset) == [5] && taken.first?.leaseID != stale.leaseID)
+        await #expect(throws: MessagingError.self) { try await log.ack(stale) }
+        try await log.ack(try #require(taken.first))
+        try await log.close()
+    }
+
     @Test("aviary_publish_one names a missing topic or partition (AV101) and a wrong partition count (AV102)")
     func functionErrors() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()

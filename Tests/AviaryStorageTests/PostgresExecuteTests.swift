@@ -63,7 +63,7 @@ struct PostgresExecuteTests {
     static func currentTask() -> Int { withUnsafeCurrentTask { $0?.hashValue } ?? 0 }
 
     @Test(
-        "from the store's loop a statement runs in the caller's task and stays on the loop; from elsewhere in a task of its own; rows alike"
+        "with a loop a statement runs on it in the caller's task, which a caller from the pool leaves again; without one, in a task of its own; rows alike, prepared once"
     )
     func runsInTheCallersTaskOnTheLoop() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
@@ -71,10 +71,12 @@ struct PostgresExecuteTests {
         try await PostgresStore.withStore(url: url, options: Self.options(loop: loop)) { store in
             let executor = try #require(store.executor)
             let tasks = BindingTasks()
-            // From the concurrency pool: the call's own task makes the bindings.
+            // From the concurrency pool: the caller's task makes the bindings (on the loop) and
+            // goes on off the loop.
             let caller = Self.currentTask()
             #expect(try await store.execute(ThreeRows(base: 10, tasks: tasks)) == [11, 12, 13])
-            #expect(tasks.all.count == 1 && tasks.all[0] != caller)
+            #expect(!loop.inEventLoop)
+            #expect(tasks.all == [caller])
             // From the loop: the caller's task does, three times in a row, and never leaves the loop.
             let onLoop = try await withTaskExecutorPreference(executor) {
                 let caller = Self.currentTask()
@@ -94,6 +96,14 @@ struct PostgresExecuteTests {
                 ).decode(Int64.self).reduce(0, +)
             }
             #expect(runs == 4)
+        }
+        // A store without a loop of its own runs the statement in a task of its own, watched.
+        try await PostgresStore.withStore(url: url, options: .init(maximumConnections: 1)) { store in
+            let tasks = BindingTasks()
+            let caller = Self.currentTask()
+            let rows = try await store.execute(ThreeRows(base: 50, tasks: tasks))
+            #expect(rows == [51, 52, 53])
+            #expect(tasks.all.count == 1 && tasks.all[0] != caller)
         }
     }
 

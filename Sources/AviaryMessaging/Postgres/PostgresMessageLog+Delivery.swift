@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryStorage
 import Foundation
 import Logging
 import PostgresNIO
@@ -466,24 +467,10 @@ extension PostgresMessageLog {
         // Delivery counts before the head are left for the next lease to forget (they are never
         // read). Otherwise the transaction below tells an ack of an acknowledged message (nothing
         // to do) from a lost lease.
-        let position = delivery.message.position
-        let next = position.offset + 1
-        let ends = "lease_through < GREATEST(next_offset, \(next))"  // the head passes the lease
-        let acknowledged = try await self.acknowledging(transaction: false) { connection, relax, logger in
-            try await Self.rows(
-                connection,
-                """
-                UPDATE aviary_group_partitions SET next_offset = GREATEST(next_offset, \(next)),
-                    last_error = CASE WHEN next_offset < \(next) THEN NULL ELSE last_error END,
-                    lease_owner = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_owner END,
-                    lease_id = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_id END,
-                    lease_expires_at = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_expires_at END,
-                    lease_through = CASE WHEN \(unescaped: ends) THEN NULL ELSE lease_through END
-                WHERE group_name = \(delivery.group) AND topic = \(position.topic)
-                    AND partition = \(position.partition) AND lease_id = \(delivery.leaseID)
-                RETURNING partition\(unescaped: relax)
-                """, logger
-            ).count == 1
+        let acknowledged = try await self.storeCall {
+            try await self.configuration.synchronousAcknowledgements
+                ? self.store.execute(AckStatement<SynchronousCommit>(delivery)).count == 1
+                : self.store.execute(AckStatement<RelaxedCommit>(delivery)).count == 1
         }
         if acknowledged { return }
         try await self.acknowledging { connection, relax, logger in
@@ -568,4 +555,76 @@ extension PostgresMessageLog {
             }
         }
     }
+}
+
+/// How an acknowledgement commits: ``PostgresMessageLog/Configuration/synchronousAcknowledgements``.
+protocol AcknowledgementCommit: Sendable {
+    /// The select-list item the statement returns beside the partition ("" or
+    /// ``PostgresMessageLog/relaxedCommit``).
+    static var relax: String { get }
+    /// A part of the prepared statement's name, as the two texts differ.
+    static var suffix: String { get }
+}
+
+/// Commits as the server is configured.
+enum SynchronousCommit: AcknowledgementCommit {
+    static var relax: String { "" }
+    static var suffix: String { "sync" }
+}
+
+/// Commits with `synchronous_commit` off for the transaction.
+enum RelaxedCommit: AcknowledgementCommit {
+    static var relax: String { PostgresMessageLog.relaxedCommit }
+    static var suffix: String { "relaxed" }
+}
+
+/// An acknowledgement while the lease is the holder's, as a statement each connection prepares
+/// once: the head moves past the message, and the lease ends when the head passes its last
+/// offset. One row when the lease was the holder's, none otherwise (``PostgresMessageLog/ack(_:)``
+/// then tells an ack of an acknowledged message from a lost lease).
+struct AckStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
+    static var name: String { "aviary_ack_v1_\(Commit.suffix)" }
+    static var sql: String {
+        // The head passes the lease's last offset.
+        let ends = "lease_through < GREATEST(next_offset, $1)"
+        return """
+            UPDATE aviary_group_partitions SET next_offset = GREATEST(next_offset, $1),
+                last_error = CASE WHEN next_offset < $1 THEN NULL ELSE last_error END,
+                lease_owner = CASE WHEN \(ends) THEN NULL ELSE lease_owner END,
+                lease_id = CASE WHEN \(ends) THEN NULL ELSE lease_id END,
+                lease_expires_at = CASE WHEN \(ends) THEN NULL ELSE lease_expires_at END,
+                lease_through = CASE WHEN \(ends) THEN NULL ELSE lease_through END
+            WHERE group_name = $2 AND topic = $3 AND partition = $4 AND lease_id = $5
+            RETURNING partition\(Commit.relax)
+            """
+    }
+    typealias Row = Bool
+
+    var next: Int64
+    var group: String
+    var topic: String
+    var partition: Int
+    var leaseID: String
+
+    init(_ delivery: Delivery) {
+        let position = delivery.message.position
+        self.next = position.offset + 1
+        self.group = delivery.group
+        self.topic = position.topic
+        self.partition = position.partition
+        self.leaseID = delivery.leaseID
+    }
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 5)
+        bindings.append(self.next)
+        bindings.append(self.group)
+        bindings.append(self.topic)
+        bindings.append(self.partition)
+        bindings.append(self.leaseID)
+        return bindings
+    }
+
+    /// Only the row's presence counts.
+    func decodeRow(_ row: PostgresRow) throws -> Row { true }
 }

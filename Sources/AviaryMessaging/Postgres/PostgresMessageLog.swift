@@ -186,20 +186,15 @@ public final class PostgresMessageLog: MessageLog {
     /// is empty when acknowledgements are synchronous). A first statement that returns no row
     /// leaves the commit synchronous, which is only slower. A consumer makes about one receive
     /// and one ack per message, and every statement is a round trip through the connection's
-    /// event loop, so the separate `SET LOCAL` was a fifth of an ack's statements.
-    ///
-    /// With `transaction: false`, `body` runs outside a transaction: for one statement, which
-    /// commits on its own (a `set_config` local to it lasts until that commit).
+    /// event loop, so the separate `SET LOCAL` was a fifth of an ack's statements. (The common
+    /// ack is one statement of its own, ``AckStatement``, which selects the same item: a
+    /// `set_config` local to a statement outside a transaction lasts until its own commit.)
     func acknowledging<T: Sendable>(
-        transaction: Bool = true,
         _ body: @escaping @Sendable (PostgresConnection, _ relax: String, Logger) async throws -> T
     ) async throws -> T {
         let relax = self.configuration.synchronousAcknowledgements ? "" : Self.relaxedCommit
-        let call: @Sendable (PostgresConnection) async throws -> T = { try await body($0, relax, self.logger) }
         return try await self.storeCall {
-            transaction
-                ? try await self.store.withTransaction { try await call($0) }
-                : try await self.store.withConnection(call)
+            try await self.store.withTransaction { connection in try await body(connection, relax, self.logger) }
         }
     }
 
@@ -219,7 +214,7 @@ public final class PostgresMessageLog: MessageLog {
 
     /// Runs a call of the store: errors other than ``MessagingError`` become `.unavailable`, naming
     /// the store and the cause.
-    private func storeCall<T: Sendable>(_ call: () async throws -> T) async throws -> T {
+    func storeCall<T: Sendable>(_ call: () async throws -> T) async throws -> T {
         do {
             return try await call()
         } catch let error as MessagingError {
@@ -570,20 +565,13 @@ public final class PostgresMessageLog: MessageLog {
             topic: message.topic, partitions: Int32(partitions), partition: Int32(partition), key: message.key,
             event: message.event, headers: message.headers, bytes: Int32(message.bytes), now: now,
             channel: self.configuration.channel)
-        let store = self.store
-        // The statement is sent, and its reply read, on the connection's event loop, in the
-        // caller's task (`PostgresStore.execute` from the loop). A caller elsewhere runs the call
-        // there: one hop there and one back, where a call from the pool otherwise crosses between
-        // its task, the pool's and the loop several times (a fifth to a third less client CPU a
-        // publish, see the performance notes). Batches stay where their caller is: they pay those
-        // hand-offs once for all their messages, and binding their arrays on the loop would hold
-        // the loop's other connections meanwhile.
-        let executor = self.executor
-        let rows =
-            executor.eventLoop.inEventLoop
-            ? try await store.execute(statement)
-            : try await withTaskExecutorPreference(executor) { try await store.execute(statement) }
-        guard let offset = rows.last ?? nil else { return nil }
+        // `PostgresStore.execute` sends the statement, and reads its reply, on the connection's
+        // event loop in the caller's task; a caller elsewhere hops there and back (a fifth to a
+        // third less client CPU a publish than a call from the pool in a task of its own, see the
+        // performance notes). Batches stay where their caller is: they pay those hand-offs once
+        // for all their messages, and binding their arrays on the loop would hold the loop's other
+        // connections meanwhile.
+        guard let offset = try await self.store.execute(statement).last ?? nil else { return nil }
         return [MessagePosition(topic: message.topic, partition: partition, offset: offset)]
     }
 
