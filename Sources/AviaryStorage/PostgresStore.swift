@@ -418,8 +418,8 @@ public final class PostgresStore: Sendable, Service {
     /// let count = try await store.execute(CountOrders(customer: "alice")).first ?? 0
     /// ```
     ///
-    /// - Throws: the statement's error, or ``AviaryCore/AviaryError`` (unavailable) when no
-    ///   connection came in time or the connection closed under the statement.
+    /// - Throws: the statement's error, or ``AviaryCore/AviaryError`` when no connection came in
+    ///   time (saying why, as ``withConnection(_:)``) or the connection had closed (unavailable).
     public func execute<Statement: PostgresPreparedStatement>(
         _ statement: Statement
     ) async throws -> [Statement.Row] where Statement.Row: Sendable {
@@ -427,10 +427,7 @@ public final class PostgresStore: Sendable, Service {
             if executor.eventLoop.inEventLoop { return try await self.executeOnLoop(statement) }
             return try await withTaskExecutorPreference(executor) { try await self.executeOnLoop(statement) }
         }
-        let logger = self.logger
-        return try await self.withAcquiredConnection { connection in
-            try await Self.rows(of: statement, on: connection, logger: logger)
-        }
+        return try await self.executeWatched(statement)
     }
 
     /// Runs `body` with a connection of its own, outside the pool, closed afterwards: for
@@ -722,16 +719,21 @@ public final class PostgresStore: Sendable, Service {
         // shares its thread, say): the statement takes the watched way.
         guard connection.eventLoop.inEventLoop else {
             lease.release()
-            let logger = self.logger
-            return try await self.withAcquiredConnection { connection in
-                try await Self.rows(of: statement, on: connection, logger: logger)
-            }
+            return try await self.executeWatched(statement)
         }
         defer { lease.release() }
-        guard !connection.isClosed else {
-            throw AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
-        }
+        guard !connection.isClosed else { throw self.pooledConnectionClosed() }
         return try await Self.rows(of: statement, on: connection, logger: self.logger)
+    }
+
+    /// ``execute(_:)`` in a task of its own, as ``withConnection(_:)`` runs its body.
+    private func executeWatched<Statement: PostgresPreparedStatement>(
+        _ statement: Statement
+    ) async throws -> [Statement.Row] where Statement.Row: Sendable {
+        let logger = self.logger
+        return try await self.withAcquiredConnection { connection in
+            try await Self.rows(of: statement, on: connection, logger: logger)
+        }
     }
 
     /// The rows of `statement` run on `connection`.
@@ -743,6 +745,12 @@ public final class PostgresStore: Sendable, Service {
             rows.append(row)
         }
         return rows
+    }
+
+    /// Why a call got a pooled connection that had closed (a terminated backend, a restart, before
+    /// the pool heard of it).
+    private func pooledConnectionClosed() -> AviaryError {
+        AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again")
     }
 
     /// Whether ``run()`` has applied the migrations and the store serves.
@@ -767,9 +775,10 @@ public final class PostgresStore: Sendable, Service {
         // handed out before the pool hears of the close; it fails the call here, and the pool
         // replaces it. One that closes during the call answers the call (``ConnectionCalls``).
         let connection = lease.connection
-        let closed = { AviaryError(.unavailable, "the pooled connection to \(self.address) was closed; try again") }
-        guard !connection.isClosed, let watch = self.calls.watch(connection.id) else { throw closed() }
-        return try await watch.run(answer, closed: closed()) { try await body(connection) }
+        guard !connection.isClosed, let watch = self.calls.watch(connection.id) else {
+            throw self.pooledConnectionClosed()
+        }
+        return try await watch.run(answer, closed: self.pooledConnectionClosed()) { try await body(connection) }
     }
 
     /// ``withAcquiredConnection(_:)``'s deadline for work that needs no connection.
