@@ -143,9 +143,9 @@ struct PostgresSinglePublishTests {
     }
 
     @Test(
-        "an ack in its lease is one statement a connection prepares once, relaxed or synchronous as configured; an ack once more and one of a lost lease are told apart",
+        "an ack in its lease and a receive's statements are prepared once per connection, relaxed or synchronous as configured; an ack once more and one of a lost lease are told apart",
         arguments: [false, true])
-    func ackPreparedOnce(synchronous: Bool) async throws {
+    func acknowledgementsPreparedOnce(synchronous: Bool) async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
         var configuration = PostgresMessageLog.Configuration()
         configuration.store.maximumConnections = 1
@@ -167,23 +167,38 @@ struct PostgresSinglePublishTests {
             synchronous
             ? (AckStatement<SynchronousCommit>.name, AckStatement<RelaxedCommit>.name)
             : (AckStatement<RelaxedCommit>.name, AckStatement<SynchronousCommit>.name)
-        let executions = try await log.store.withConnection { connection in
-            var counts: [String: Int64] = [:]
-            for try await (name, count) in try await connection.query(
-                "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'aviary_ack%'",
-                logger: self.logger
-            ).decode((String, Int64).self) {
-                counts[name] = count
+        let free =
+            synchronous
+            ? FreePartitionsStatement<SynchronousCommit>.name : FreePartitionsStatement<RelaxedCommit>.name
+        func executions() async throws -> [String: Int64] {
+            try await log.store.withConnection { connection in
+                var counts: [String: Int64] = [:]
+                for try await (name, count) in try await connection.query(
+                    "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'aviary%'",
+                    logger: self.logger
+                ).decode((String, Int64).self) {
+                    counts[name] = count
+                }
+                return counts
             }
-            return counts
         }
-        // Four acks and the repeated one, on the store's one connection.
-        #expect(executions == [used: 5], "\(unused) should not be prepared")
-        // Nothing left to receive, and the lease ended with the last ack: a new message is leased anew.
+        // Four acks and the repeated one, one receive with a lease, on the store's one connection.
+        #expect(
+            try await executions() == [
+                PublishOneStatement.name: 4, used: 5, free: 1, LeasableStatement.name: 1,
+                SavePartitionStatement.name: 1,
+            ], "\(unused) should not be prepared")
+        // Nothing left to receive (no messages read, no state saved), and the lease ended with the
+        // last ack: a new message is leased anew.
         #expect(try await log.receive(request).deliveries.isEmpty)
         try await log.publish([OutgoingMessage(topic: "orders", key: "o-1", event: event)])
         let next = try await log.receive(request).deliveries
         #expect(next.map(\.message.position.offset) == [5])
+        #expect(
+            try await executions() == [
+                PublishOneStatement.name: 5, used: 5, free: 3, LeasableStatement.name: 2,
+                SavePartitionStatement.name: 2,
+            ])
         // A lease that ran out and was taken over is lost to its first holder.
         let stale = try #require(next.first)
         try await self.execute(log, "UPDATE aviary_group_partitions SET lease_expires_at = 0")

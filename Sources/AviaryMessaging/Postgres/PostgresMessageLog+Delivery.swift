@@ -71,16 +71,8 @@ extension PostgresMessageLog {
         }
 
         func save(_ connection: PostgresConnection, group: String, topic: String, _ logger: Logger) async throws {
-            try await connection.query(
-                """
-                UPDATE aviary_group_partitions SET next_offset = \(self.nextOffset), lease_owner = \(self.leaseOwner),
-                    lease_id = \(self.leaseID), lease_expires_at = \(self.leaseExpiresAt),
-                    lease_through = \(self.leaseThrough), leased_at = \(self.leasedAt),
-                    available_at = \(self.availableAt), deliveries = \(self.deliveries.text),
-                    last_error = \(self.lastError), stopped = \(self.stopped), stop_reason = \(self.stopReason),
-                    lost_to_retention = \(self.lostToRetention), dead_lettered = \(self.deadLettered)
-                WHERE group_name = \(group) AND topic = \(topic) AND partition = \(self.partition)
-                """, logger: logger)
+            _ = try await PostgresMessageLog.rows(
+                connection, SavePartitionStatement(self, group: group, topic: topic), logger)
         }
 
         /// Saves the states of several partitions of one group, in one statement.
@@ -201,7 +193,7 @@ extension PostgresMessageLog {
         var states: [PartitionState]
         var bounds: [Int: (start: Int64, last: Int64)]
 
-        /// ``PartitionState/columns`` of the `gp` table of ``fetch(_:_:now:relax:_:)``.
+        /// ``PartitionState/columns`` of the `gp` table of ``FreePartitionsStatement``.
         static let stateColumns = PartitionState.columns.split(separator: ",").map {
             "gp." + $0.trimmingCharacters(in: .whitespacesAndNewlines)
         }.joined(separator: ", ")
@@ -209,21 +201,13 @@ extension PostgresMessageLog {
         static func fetch(
             _ connection: PostgresConnection, _ request: ReceiveRequest, now: Int64, relax: String, _ logger: Logger
         ) async throws -> FreePartitions {
-            let rows = try await PostgresMessageLog.rows(
-                connection,
-                """
-                SELECT \(unescaped: Self.stateColumns), p.start_offset, p.last_offset,
-                    g.max_deliveries, g.on_poison, g.dead_letter_topic,
-                    EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = \(request.topic) AND deliver_at <= \(now)) AS due
-                    \(unescaped: relax)
-                FROM aviary_group_partitions gp
-                JOIN aviary_groups g ON g.name = gp.group_name AND g.topic = gp.topic
-                LEFT JOIN aviary_partitions p ON p.topic = gp.topic AND p.partition = gp.partition
-                WHERE gp.group_name = \(request.group) AND gp.topic = \(request.topic) AND NOT gp.stopped
-                    AND (gp.lease_id IS NULL OR gp.lease_expires_at <= \(now))
-                ORDER BY gp.leased_at, gp.partition
-                FOR UPDATE OF gp SKIP LOCKED
-                """, logger)
+            // `relax` is `acknowledging`'s item: the prepared statement that selects the same one.
+            let rows =
+                !relax.isEmpty
+                ? try await PostgresMessageLog.rows(
+                    connection, FreePartitionsStatement<RelaxedCommit>(request, now: now), logger)
+                : try await PostgresMessageLog.rows(
+                    connection, FreePartitionsStatement<SynchronousCommit>(request, now: now), logger)
             guard let first = rows.first else {
                 // Nothing free: every partition is leased, stopped or locked, or there is no such
                 // group (an error). Due scheduled messages are promoted all the same.
@@ -304,18 +288,9 @@ extension PostgresMessageLog {
         guard !wanted.isEmpty else { return [:] }
         let rows = try await Self.rows(
             connection,
-            """
-            SELECT w.partition, m.msg_offset, m.key, m.event, m.headers, m.appended_at
-            FROM unnest(\(wanted.map { Int64($0.partition) }), \(wanted.map(\.from)), \(wanted.map { Int64($0.limit) }))
-                WITH ORDINALITY AS w(partition, from_offset, row_limit, ordinal)
-            CROSS JOIN LATERAL (
-                SELECT msg_offset, key, event, headers, appended_at FROM aviary_messages
-                WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = \(topic))
-                    AND partition = w.partition AND msg_offset >= w.from_offset
-                ORDER BY msg_offset LIMIT w.row_limit
-            ) m
-            ORDER BY w.ordinal, m.msg_offset
-            """, logger)
+            LeasableStatement(
+                topic: topic, partitions: wanted.map { Int64($0.partition) }, from: wanted.map(\.from),
+                limits: wanted.map { Int64($0.limit) }), logger)
         var byPartition: [Int: [PostgresRandomAccessRow]] = [:]
         for row in rows { byPartition[try row["partition"].decode(Int.self), default: []].append(row) }
         return byPartition
@@ -627,4 +602,130 @@ struct AckStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
 
     /// Only the row's presence counts.
     func decodeRow(_ row: PostgresRow) throws -> Row { true }
+}
+
+/// ``PostgresMessageLog/FreePartitions/fetch(_:_:now:relax:_:)``'s read, as a statement each
+/// connection prepares once (a receive runs it first in its transaction; preparing saves the
+/// server planning its joins at every receive). Its select list turns the commit relaxed when
+/// `Commit` says so.
+struct FreePartitionsStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
+    static var name: String { "aviary_free_partitions_v1_\(Commit.suffix)" }
+    static var sql: String {
+        """
+        SELECT \(PostgresMessageLog.FreePartitions.stateColumns), p.start_offset, p.last_offset,
+            g.max_deliveries, g.on_poison, g.dead_letter_topic,
+            EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = $2 AND deliver_at <= $3) AS due
+            \(Commit.relax)
+        FROM aviary_group_partitions gp
+        JOIN aviary_groups g ON g.name = gp.group_name AND g.topic = gp.topic
+        LEFT JOIN aviary_partitions p ON p.topic = gp.topic AND p.partition = gp.partition
+        WHERE gp.group_name = $1 AND gp.topic = $2 AND NOT gp.stopped
+            AND (gp.lease_id IS NULL OR gp.lease_expires_at <= $3)
+        ORDER BY gp.leased_at, gp.partition
+        FOR UPDATE OF gp SKIP LOCKED
+        """
+    }
+    typealias Row = PostgresRandomAccessRow
+
+    var group: String
+    var topic: String
+    var now: Int64
+
+    init(_ request: ReceiveRequest, now: Int64) {
+        self.group = request.group
+        self.topic = request.topic
+        self.now = now
+    }
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 3)
+        bindings.append(self.group)
+        bindings.append(self.topic)
+        bindings.append(self.now)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { row.makeRandomAccess() }
+}
+
+/// ``PostgresMessageLog/leasable(_:topic:_:_:)``'s read of several partitions' messages, as a
+/// statement each connection prepares once.
+struct LeasableStatement: PostgresPreparedStatement {
+    static let name = "aviary_leasable_v1"
+    static let sql = """
+        SELECT w.partition, m.msg_offset, m.key, m.event, m.headers, m.appended_at
+        FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[])
+            WITH ORDINALITY AS w(partition, from_offset, row_limit, ordinal)
+        CROSS JOIN LATERAL (
+            SELECT msg_offset, key, event, headers, appended_at FROM aviary_messages
+            WHERE topic_id = (SELECT id FROM aviary_topics WHERE name = $4)
+                AND partition = w.partition AND msg_offset >= w.from_offset
+            ORDER BY msg_offset LIMIT w.row_limit
+        ) m
+        ORDER BY w.ordinal, m.msg_offset
+        """
+    typealias Row = PostgresRandomAccessRow
+
+    var topic: String
+    var partitions: [Int64]
+    var from: [Int64]
+    var limits: [Int64]
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 4)
+        bindings.append(self.partitions)
+        bindings.append(self.from)
+        bindings.append(self.limits)
+        bindings.append(self.topic)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row { row.makeRandomAccess() }
+}
+
+/// One partition's state written back (``PostgresMessageLog/PartitionState/save(_:group:topic:_:)``),
+/// as a statement each connection prepares once.
+struct SavePartitionStatement: PostgresPreparedStatement {
+    static let name = "aviary_save_partition_v1"
+    static let sql = """
+        UPDATE aviary_group_partitions SET next_offset = $4, lease_owner = $5, lease_id = $6,
+            lease_expires_at = $7, lease_through = $8, leased_at = $9, available_at = $10,
+            deliveries = $11, last_error = $12, stopped = $13, stop_reason = $14,
+            lost_to_retention = $15, dead_lettered = $16
+        WHERE group_name = $1 AND topic = $2 AND partition = $3
+        """
+    typealias Row = ()
+
+    var state: PostgresMessageLog.PartitionState
+    var group: String
+    var topic: String
+
+    init(_ state: PostgresMessageLog.PartitionState, group: String, topic: String) {
+        self.state = state
+        self.group = group
+        self.topic = topic
+    }
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 16)
+        bindings.append(self.group)
+        bindings.append(self.topic)
+        bindings.append(self.state.partition)
+        bindings.append(self.state.nextOffset)
+        bindings.append(self.state.leaseOwner)
+        bindings.append(self.state.leaseID)
+        bindings.append(self.state.leaseExpiresAt)
+        bindings.append(self.state.leaseThrough)
+        bindings.append(self.state.leasedAt)
+        bindings.append(self.state.availableAt)
+        bindings.append(self.state.deliveries.text)
+        bindings.append(self.state.lastError)
+        bindings.append(self.state.stopped)
+        bindings.append(self.state.stopReason)
+        bindings.append(self.state.lostToRetention)
+        bindings.append(self.state.deadLettered)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> Row {}
 }

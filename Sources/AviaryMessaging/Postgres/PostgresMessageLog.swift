@@ -244,6 +244,17 @@ public final class PostgresMessageLog: MessageLog {
         return result
     }
 
+    /// The rows of a prepared `statement`.
+    static func rows<Statement: PostgresPreparedStatement>(
+        _ connection: PostgresConnection, _ statement: Statement, _ logger: Logger
+    ) async throws -> [Statement.Row] {
+        var result: [Statement.Row] = []
+        for try await row in try await connection.execute(statement, logger: logger) {
+            result.append(row)
+        }
+        return result
+    }
+
     /// Runs `query` and returns how many rows it changed.
     static func execute(_ connection: PostgresConnection, _ query: PostgresQuery, _ logger: Logger) async throws -> Int
     {
