@@ -140,7 +140,7 @@ struct PostgresExecuteTests {
         let url = try await PostgresTestServer.shared().makeDatabase()
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let options = Self.options(acquireTimeout: .seconds(5), loop: loop)
-        try await PostgresStore.withStore(url: url, options: options) { store in
+        try await PostgresStoreTests.withReadyStore(url: url, options: options) { store in
             let executor = try #require(store.executor)
             let (held, holding) = AsyncStream.makeStream(of: Void.self)
             let (release, releasing) = AsyncStream.makeStream(of: Void.self)

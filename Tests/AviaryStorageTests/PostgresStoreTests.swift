@@ -277,10 +277,8 @@ struct PostgresStoreTests {
         "a call waiting for a busy pool fails after acquireTimeout, while the call holding the connection runs past it")
     func busyPoolDeadline() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        // Long enough for the migrations of withStore on a busy machine (2 s was not, once, in a
-        // full parallel run), short enough to wait for.
         let options = PostgresStore.Options(maximumConnections: 1, acquireTimeout: .seconds(5))
-        try await PostgresStore.withStore(url: url, migrations: Self.items(), options: options) { store in
+        try await Self.withReadyStore(url: url, migrations: Self.items(), options: options) { store in
             let (held, holding) = AsyncStream.makeStream(of: Void.self)
             let (release, releasing) = AsyncStream.makeStream(of: Void.self)
             let holder = Task {
@@ -304,6 +302,30 @@ struct PostgresStoreTests {
             // The timed-out wait gave nothing back twice and took nothing: the one connection serves again.
             try await store.ping()
             #expect(try await Self.count(store) == 0)
+        }
+    }
+
+    /// `PostgresStore.withStore` for a short ``PostgresStore/Options/acquireTimeout``: waits up to
+    /// a minute for the migrations (`ready()` gives up after the acquire timeout, which a loaded
+    /// machine's migrations can take), then runs `body`.
+    static func withReadyStore<T: Sendable>(
+        url: StoreURL, migrations: PostgresMigrations = PostgresMigrations(), options: PostgresStore.Options,
+        _ body: @Sendable (PostgresStore) async throws -> T
+    ) async throws -> T {
+        let store = try PostgresStore(url: url, migrations: migrations, options: options)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await store.run() }
+            defer { group.cancelAll() }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while true {
+                do {
+                    try await store.ready()
+                    break
+                } catch let error as AviaryError where error.code == .timedOut && ContinuousClock.now < deadline {
+                    continue
+                }
+            }
+            return try await body(store)
         }
     }
 
