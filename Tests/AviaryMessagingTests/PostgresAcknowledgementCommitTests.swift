@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import AviaryCore
+import AviaryStorage
 import AviaryTestSupport
 import Foundation
 import Logging
@@ -24,6 +25,8 @@ struct PostgresAcknowledgementCommitTests {
         try await Self.prepare(log)
         let request = ReceiveRequest(group: "g", topic: "orders", consumer: "c")
         let afterReceive = try await log.acknowledging { connection, relax, logger in
+            // On the log's loop, where the connection's socket is served (a hop from the pool).
+            #expect(log.executor.eventLoop.inEventLoop)
             let free = try await PostgresMessageLog.FreePartitions.fetch(
                 connection, request, now: log.nowMillis, relax: relax, logger)
             #expect(free.states.count == 2)
@@ -36,6 +39,7 @@ struct PostgresAcknowledgementCommitTests {
             return try await Self.setting(connection, logger)
         }
         #expect(afterAck == "off")
+        #expect(!log.executor.eventLoop.inEventLoop)
         // The setting ends with its transaction, and other writes wait for their flush.
         #expect(try await log.write { connection, logger in try await Self.setting(connection, logger) } == "on")
         try await log.close()

@@ -189,12 +189,25 @@ public final class PostgresMessageLog: MessageLog {
     /// event loop, so the separate `SET LOCAL` was a fifth of an ack's statements. (The common
     /// ack is one statement of its own, ``AckStatement``, which selects the same item: a
     /// `set_config` local to a statement outside a transaction lasts until its own commit.)
+    ///
+    /// The transaction runs on the log's event loop (``executor``), where its connection's socket
+    /// is served: its statements are written and their replies read there, with no hand-off
+    /// between threads per statement (a receive is five). A caller elsewhere hops there and back
+    /// once. `body`'s own work (decoding a receive's messages) runs on the loop too, as the
+    /// executor's producers' does.
     func acknowledging<T: Sendable>(
         _ body: @escaping @Sendable (PostgresConnection, _ relax: String, Logger) async throws -> T
     ) async throws -> T {
         let relax = self.configuration.synchronousAcknowledgements ? "" : Self.relaxedCommit
+        let store = self.store
+        let logger = self.logger
+        @Sendable func transaction() async throws -> T {
+            try await store.withTransaction { connection in try await body(connection, relax, logger) }
+        }
+        let executor = self.executor
         return try await self.storeCall {
-            try await self.store.withTransaction { connection in try await body(connection, relax, self.logger) }
+            executor.eventLoop.inEventLoop
+                ? try await transaction() : try await withTaskExecutorPreference(executor) { try await transaction() }
         }
     }
 
