@@ -142,15 +142,7 @@ struct PostgresExecuteTests {
         let options = Self.options(acquireTimeout: .seconds(5), loop: loop)
         try await PostgresStoreTests.withReadyStore(url: url, options: options) { store in
             let executor = try #require(store.executor)
-            let (held, holding) = AsyncStream.makeStream(of: Void.self)
-            let (release, releasing) = AsyncStream.makeStream(of: Void.self)
-            let holder = Task {
-                try await store.withConnection { _ in
-                    holding.yield()
-                    for await _ in release { break }
-                }
-            }
-            for await _ in held { break }
+            let (holder, releasing) = await PostgresStoreTests.holdConnection(store)
             // Without its deadline the wait would last until the holder lets go, which it does
             // only after the wait ended: the suite's time limit would fail the test.
             let start = ContinuousClock.now
@@ -176,15 +168,7 @@ struct PostgresExecuteTests {
         try await PostgresStore.withStore(url: url, options: Self.options(acquireTimeout: .seconds(120), loop: loop)) {
             store in
             let executor = try #require(store.executor)
-            let (held, holding) = AsyncStream.makeStream(of: Void.self)
-            let (release, releasing) = AsyncStream.makeStream(of: Void.self)
-            let holder = Task {
-                try await store.withConnection { _ in
-                    holding.yield()
-                    for await _ in release { break }
-                }
-            }
-            for await _ in held { break }
+            let (holder, releasing) = await PostgresStoreTests.holdConnection(store)
             let waiter = Task(executorPreference: executor) { try await store.execute(BackendID()) }
             waiter.cancel()
             await #expect(throws: (any Error).self) { try await waiter.value }
@@ -252,26 +236,7 @@ struct PostgresExecuteTests {
             @Sendable func backend() async throws -> Int32 {
                 try await withTaskExecutorPreference(executor) { try await store.execute(BackendID()).first ?? 0 }
             }
-            let first = try await backend()
-            let terminated = try await server.withAdminConnection { connection, logger in
-                try await connection.query("SELECT pg_terminate_backend(\(first))", logger: logger).decode(Bool.self)
-                    .reduce(false) { $0 || $1 }
-            }
-            #expect(terminated)
-            // Every call must return: each is given 10 s, so one that does not fails the test
-            // instead of holding the run.
-            let deadline = ContinuousClock.now + .seconds(60)
-            var second: Int32?
-            var stuck = 0
-            while second == nil, ContinuousClock.now < deadline {
-                switch await PostgresKeepAliveTests.answer(within: .seconds(10), backend) {
-                case .success(let pid): second = pid
-                case .failure: break
-                case nil: stuck += 1
-                }
-            }
-            #expect(second != nil && second != first)
-            #expect(stuck == 0, "\(stuck) call(s) on the terminated connection never returned")
+            try await PostgresKeepAliveTests.expectReplacedAfterTermination(server, backend)
         }
     }
 }

@@ -237,28 +237,35 @@ struct PostgresKeepAliveTests {
                         .reduce(0) { $1 + $0 }
                 }
             }
-            let first = try await backend()
-            let terminated = try await server.withAdminConnection { connection, logger in
-                try await connection.query("SELECT pg_terminate_backend(\(first))", logger: logger).decode(Bool.self)
-                    .reduce(false) { $0 || $1 }
-            }
-            #expect(terminated)
-            // The pool learns of the close from the channel; until then a call may fail. Every
-            // call must return: each is given 10 s, so that one that does not fails the test
-            // instead of holding the run.
-            let deadline = ContinuousClock.now + .seconds(60)
-            var second: Int32?
-            var stuck = 0
-            while second == nil, ContinuousClock.now < deadline {
-                switch await Self.answer(within: .seconds(10), backend) {
-                case .success(let pid): second = pid
-                case .failure: break
-                case nil: stuck += 1
-                }
-            }
-            #expect(second != nil && second != first)
-            #expect(stuck == 0, "\(stuck) call(s) on the terminated connection never returned")
+            try await Self.expectReplacedAfterTermination(server, backend)
         }
+    }
+
+    /// Terminates the backend `backend()` names, then calls `backend()` until it names another:
+    /// the pool learns of the close from the channel, and until then a call may fail. Every call
+    /// must return: each is given 10 s, so that one that does not fails the test instead of
+    /// holding the run.
+    static func expectReplacedAfterTermination(
+        _ server: PostgresTestServer, _ backend: @escaping @Sendable () async throws -> Int32
+    ) async throws {
+        let first = try await backend()
+        let terminated = try await server.withAdminConnection { connection, logger in
+            try await connection.query("SELECT pg_terminate_backend(\(first))", logger: logger).decode(Bool.self)
+                .reduce(false) { $0 || $1 }
+        }
+        #expect(terminated)
+        let deadline = ContinuousClock.now + .seconds(60)
+        var second: Int32?
+        var stuck = 0
+        while second == nil, ContinuousClock.now < deadline {
+            switch await Self.answer(within: .seconds(10), backend) {
+            case .success(let pid): second = pid
+            case .failure: break
+            case nil: stuck += 1
+            }
+        }
+        #expect(second != nil && second != first)
+        #expect(stuck == 0, "\(stuck) call(s) on the terminated connection never returned")
     }
 
     @Test(

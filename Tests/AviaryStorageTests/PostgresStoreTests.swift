@@ -329,20 +329,29 @@ struct PostgresStoreTests {
         }
     }
 
+    /// Holds a pooled connection of `store` in a task until `releasing` yields; returns once it
+    /// holds it.
+    static func holdConnection(
+        _ store: PostgresStore
+    ) async -> (holder: Task<Void, any Error>, releasing: AsyncStream<Void>.Continuation) {
+        let (held, holding) = AsyncStream.makeStream(of: Void.self)
+        let (release, releasing) = AsyncStream.makeStream(of: Void.self)
+        let holder = Task {
+            try await store.withConnection { _ in
+                holding.yield()
+                for await _ in release { break }
+            }
+        }
+        for await _ in held { break }
+        return (holder, releasing)
+    }
+
     @Test("cancelling a call that waits for a connection ends it at once, and the pool serves afterwards")
     func cancelledWait() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
         let options = PostgresStore.Options(maximumConnections: 1, acquireTimeout: .seconds(60))
         try await PostgresStore.withStore(url: url, migrations: Self.items(), options: options) { store in
-            let (held, holding) = AsyncStream.makeStream(of: Void.self)
-            let (release, releasing) = AsyncStream.makeStream(of: Void.self)
-            let holder = Task {
-                try await store.withConnection { _ in
-                    holding.yield()
-                    for await _ in release { break }
-                }
-            }
-            for await _ in held { break }
+            let (holder, releasing) = await Self.holdConnection(store)
             let waiter = Task { try await store.ping() }
             waiter.cancel()
             let start = ContinuousClock.now
