@@ -607,7 +607,9 @@ struct AckStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
 /// ``PostgresMessageLog/FreePartitions/fetch(_:_:now:relax:_:)``'s read, as a statement each
 /// connection prepares once (a receive runs it first in its transaction; preparing saves the
 /// server planning its joins at every receive). Its select list turns the commit relaxed when
-/// `Commit` says so.
+/// `Commit` says so. The receive's and the ack's statements carry a version in their names: a
+/// migration that changes the type of a column one of them returns must rename it, since
+/// PostgreSQL refuses to run a prepared statement whose result type changed.
 struct FreePartitionsStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
     static var name: String { "aviary_free_partitions_v1_\(Commit.suffix)" }
     static var sql: String {
