@@ -38,6 +38,18 @@ public final class EventLoopTaskExecutor: TaskExecutor {
         self.eventLoop = eventLoop
     }
 
+    /// Runs `body` on the loop: in place when the caller is on it already, otherwise in the
+    /// caller's task preferring this executor, which hops there for `body` and back after it.
+    ///
+    /// ```swift
+    /// let executor = EventLoopTaskExecutor(MultiThreadedEventLoopGroup.singleton.next())
+    /// let onLoop = try await executor.run { executor.eventLoop.inEventLoop }  // true
+    /// ```
+    public func run<T>(_ body: () async throws -> T) async throws -> T {
+        if self.eventLoop.inEventLoop { return try await body() }
+        return try await withTaskExecutorPreference(self) { try await body() }
+    }
+
     /// Queues `job` on the loop; from the loop's own thread it runs later in the same turn.
     public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)

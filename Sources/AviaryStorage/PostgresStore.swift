@@ -424,8 +424,7 @@ public final class PostgresStore: Sendable, Service {
         _ statement: Statement
     ) async throws -> [Statement.Row] where Statement.Row: Sendable {
         if let executor = self.executor, self.isReady {
-            if executor.eventLoop.inEventLoop { return try await self.executeOnLoop(statement) }
-            return try await withTaskExecutorPreference(executor) { try await self.executeOnLoop(statement) }
+            return try await executor.run { try await self.executeOnLoop(statement) }
         }
         return try await self.executeWatched(statement)
     }

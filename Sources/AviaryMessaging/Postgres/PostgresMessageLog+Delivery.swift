@@ -532,25 +532,33 @@ extension PostgresMessageLog {
     }
 }
 
-/// How an acknowledgement commits: ``PostgresMessageLog/Configuration/synchronousAcknowledgements``.
+/// A prepared statement's name and text.
+struct StatementText: Sendable {
+    var name: String
+    var sql: String
+}
+
+/// How an acknowledgement commits (``PostgresMessageLog/Configuration/synchronousAcknowledgements``),
+/// with the texts of the statements that differ by it, made once: postgres-nio reads a prepared
+/// statement's name and text at every execution.
 protocol AcknowledgementCommit: Sendable {
-    /// The select-list item the statement returns beside the partition ("" or
-    /// ``PostgresMessageLog/relaxedCommit``).
-    static var relax: String { get }
-    /// A part of the prepared statement's name, as the two texts differ.
-    static var suffix: String { get }
+    /// ``AckStatement``'s.
+    static var ack: StatementText { get }
+    /// ``FreePartitionsStatement``'s.
+    static var freePartitions: StatementText { get }
 }
 
 /// Commits as the server is configured.
 enum SynchronousCommit: AcknowledgementCommit {
-    static var relax: String { "" }
-    static var suffix: String { "sync" }
+    static let ack = AckStatement<Self>.text(relax: "", suffix: "sync")
+    static let freePartitions = FreePartitionsStatement<Self>.text(relax: "", suffix: "sync")
 }
 
 /// Commits with `synchronous_commit` off for the transaction.
 enum RelaxedCommit: AcknowledgementCommit {
-    static var relax: String { PostgresMessageLog.relaxedCommit }
-    static var suffix: String { "relaxed" }
+    static let ack = AckStatement<Self>.text(relax: PostgresMessageLog.relaxedCommit, suffix: "relaxed")
+    static let freePartitions = FreePartitionsStatement<Self>.text(
+        relax: PostgresMessageLog.relaxedCommit, suffix: "relaxed")
 }
 
 /// An acknowledgement while the lease is the holder's, as a statement each connection prepares
@@ -558,20 +566,25 @@ enum RelaxedCommit: AcknowledgementCommit {
 /// offset. One row when the lease was the holder's, none otherwise (``PostgresMessageLog/ack(_:)``
 /// then tells an ack of an acknowledged message from a lost lease).
 struct AckStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
-    static var name: String { "aviary_ack_v1_\(Commit.suffix)" }
-    static var sql: String {
+    static var name: String { Commit.ack.name }
+    static var sql: String { Commit.ack.sql }
+
+    /// The statement selecting `relax` (the commit's select-list item) beside the partition.
+    static func text(relax: String, suffix: String) -> StatementText {
         // The head passes the lease's last offset.
         let ends = "lease_through < GREATEST(next_offset, $1)"
-        return """
-            UPDATE aviary_group_partitions SET next_offset = GREATEST(next_offset, $1),
-                last_error = CASE WHEN next_offset < $1 THEN NULL ELSE last_error END,
-                lease_owner = CASE WHEN \(ends) THEN NULL ELSE lease_owner END,
-                lease_id = CASE WHEN \(ends) THEN NULL ELSE lease_id END,
-                lease_expires_at = CASE WHEN \(ends) THEN NULL ELSE lease_expires_at END,
-                lease_through = CASE WHEN \(ends) THEN NULL ELSE lease_through END
-            WHERE group_name = $2 AND topic = $3 AND partition = $4 AND lease_id = $5
-            RETURNING partition\(Commit.relax)
-            """
+        return StatementText(
+            name: "aviary_ack_v1_\(suffix)",
+            sql: """
+                UPDATE aviary_group_partitions SET next_offset = GREATEST(next_offset, $1),
+                    last_error = CASE WHEN next_offset < $1 THEN NULL ELSE last_error END,
+                    lease_owner = CASE WHEN \(ends) THEN NULL ELSE lease_owner END,
+                    lease_id = CASE WHEN \(ends) THEN NULL ELSE lease_id END,
+                    lease_expires_at = CASE WHEN \(ends) THEN NULL ELSE lease_expires_at END,
+                    lease_through = CASE WHEN \(ends) THEN NULL ELSE lease_through END
+                WHERE group_name = $2 AND topic = $3 AND partition = $4 AND lease_id = $5
+                RETURNING partition\(relax)
+                """)
     }
     typealias Row = Bool
 
@@ -611,21 +624,26 @@ struct AckStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
 /// migration that changes the type of a column one of them returns must rename it, since
 /// PostgreSQL refuses to run a prepared statement whose result type changed.
 struct FreePartitionsStatement<Commit: AcknowledgementCommit>: PostgresPreparedStatement {
-    static var name: String { "aviary_free_partitions_v1_\(Commit.suffix)" }
-    static var sql: String {
-        """
-        SELECT \(PostgresMessageLog.FreePartitions.stateColumns), p.start_offset, p.last_offset,
-            g.max_deliveries, g.on_poison, g.dead_letter_topic,
-            EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = $2 AND deliver_at <= $3) AS due
-            \(Commit.relax)
-        FROM aviary_group_partitions gp
-        JOIN aviary_groups g ON g.name = gp.group_name AND g.topic = gp.topic
-        LEFT JOIN aviary_partitions p ON p.topic = gp.topic AND p.partition = gp.partition
-        WHERE gp.group_name = $1 AND gp.topic = $2 AND NOT gp.stopped
-            AND (gp.lease_id IS NULL OR gp.lease_expires_at <= $3)
-        ORDER BY gp.leased_at, gp.partition
-        FOR UPDATE OF gp SKIP LOCKED
-        """
+    static var name: String { Commit.freePartitions.name }
+    static var sql: String { Commit.freePartitions.sql }
+
+    /// The statement selecting `relax` (the commit's select-list item).
+    static func text(relax: String, suffix: String) -> StatementText {
+        StatementText(
+            name: "aviary_free_partitions_v1_\(suffix)",
+            sql: """
+                SELECT \(PostgresMessageLog.FreePartitions.stateColumns), p.start_offset, p.last_offset,
+                    g.max_deliveries, g.on_poison, g.dead_letter_topic,
+                    EXISTS (SELECT 1 FROM aviary_schedule WHERE topic = $2 AND deliver_at <= $3) AS due
+                    \(relax)
+                FROM aviary_group_partitions gp
+                JOIN aviary_groups g ON g.name = gp.group_name AND g.topic = gp.topic
+                LEFT JOIN aviary_partitions p ON p.topic = gp.topic AND p.partition = gp.partition
+                WHERE gp.group_name = $1 AND gp.topic = $2 AND NOT gp.stopped
+                    AND (gp.lease_id IS NULL OR gp.lease_expires_at <= $3)
+                ORDER BY gp.leased_at, gp.partition
+                FOR UPDATE OF gp SKIP LOCKED
+                """)
     }
     typealias Row = PostgresRandomAccessRow
 

@@ -199,15 +199,10 @@ public final class PostgresMessageLog: MessageLog {
         _ body: @escaping @Sendable (PostgresConnection, _ relax: String, Logger) async throws -> T
     ) async throws -> T {
         let relax = self.configuration.synchronousAcknowledgements ? "" : Self.relaxedCommit
-        let store = self.store
-        let logger = self.logger
-        @Sendable func transaction() async throws -> T {
-            try await store.withTransaction { connection in try await body(connection, relax, logger) }
-        }
-        let executor = self.executor
         return try await self.storeCall {
-            executor.eventLoop.inEventLoop
-                ? try await transaction() : try await withTaskExecutorPreference(executor) { try await transaction() }
+            try await self.executor.run {
+                try await self.store.withTransaction { connection in try await body(connection, relax, self.logger) }
+            }
         }
     }
 
