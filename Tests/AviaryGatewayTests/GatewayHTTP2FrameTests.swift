@@ -631,10 +631,3 @@ struct GatewayHTTP2FrameTests {
         }
     }
 }
-
-extension RawH2Connection {
-    /// Reads until the close; whether it came (within the default timeout).
-    func closes() async -> Bool {
-        (try? await self.framesUntilClosed()) != nil
-    }
-}

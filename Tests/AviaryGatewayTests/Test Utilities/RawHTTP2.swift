@@ -490,6 +490,11 @@ final class RawH2Connection: Sendable {
         }
     }
 
+    /// Reads until the server closes the connection; whether it did (within the default timeout).
+    func closes() async -> Bool {
+        (try? await self.framesUntilClosed()) != nil
+    }
+
     /// Sends PING and reads until its acknowledgement: every frame the server wrote before it
     /// read the PING has then arrived. Returns the frames read meanwhile (not kept).
     @discardableResult
