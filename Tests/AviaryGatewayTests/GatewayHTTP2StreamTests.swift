@@ -205,6 +205,56 @@ struct GatewayHTTP2StreamTests {
         }
     }
 
+    @Test("a request's DATA must add up to its content-length: more, fewer, or none are refused")
+    func contentLength() throws {
+        func head(_ length: String...) -> HTTP2Frame.FramePayload {
+            let fields = [(":method", "POST"), (":path", "/u"), (":scheme", "http"), (":authority", "h")]
+            return .headers(.init(headers: HPACKHeaders(fields + length.map { ("content-length", $0) })))
+        }
+        func data(_ text: String, end: Bool = false) -> HTTP2Frame.FramePayload {
+            .data(.init(data: .byteBuffer(ByteBuffer(string: text)), endStream: end))
+        }
+        // Exactly the length, in two frames: accepted.
+        var exact = HTTP2StreamCodec()
+        _ = try exact.received(head("5"))
+        _ = try exact.received(data("ab"))
+        let (body, end) = try exact.received(data("cde", end: true))
+        #expect(body != nil && end != nil)
+        // More than the length: refused with the frame that goes beyond it.
+        var more = HTTP2StreamCodec()
+        _ = try more.received(head("3"))
+        _ = try more.received(data("ab"))
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) { _ = try more.received(data("cd")) }
+        // Fewer: refused at the end, by DATA or by trailers.
+        var fewer = HTTP2StreamCodec()
+        _ = try fewer.received(head("3"))
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) { _ = try fewer.received(data("ab", end: true)) }
+        var trailed = HTTP2StreamCodec()
+        _ = try trailed.received(head("3"))
+        _ = try trailed.received(data("ab"))
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) {
+            _ = try trailed.received(.headers(.init(headers: HPACKHeaders([("x-sum", "1")]), endStream: true)))
+        }
+        // A length with a HEADERS frame that ends the stream, two lengths that disagree, and one
+        // that is no number: refused with the head.
+        var none = HTTP2StreamCodec()
+        let fields = [(":method", "POST"), (":path", "/u"), (":scheme", "http"), (":authority", "h")]
+        #expect(throws: HTTP2StreamCodec.MalformedRequest.self) {
+            _ = try none.received(
+                .headers(.init(headers: HPACKHeaders(fields + [("content-length", "4")]), endStream: true)))
+        }
+        for lengths in [["3", "4"], ["3x"], ["-1"]] {
+            var codec = HTTP2StreamCodec()
+            #expect(throws: HTTP2StreamCodec.MalformedRequest.self, "\(lengths)") {
+                _ = try codec.received(head(lengths[0], lengths.count > 1 ? lengths[1] : lengths[0]))
+            }
+        }
+        // Two equal lengths are one.
+        var twice = HTTP2StreamCodec()
+        _ = try twice.received(head("2", "2"))
+        _ = try twice.received(data("ab", end: true))
+    }
+
     @Test("request and trailer blocks HTTP/2 forbids are refused by the codec, each rule by itself")
     func refusedBlocks() throws {
         let pseudo: [(String, String)] = [

@@ -168,14 +168,13 @@ struct GatewayHTTP2Tests {
                 #expect(client.serverMaxHeaderListSize == 4096)
                 // 6000 bytes of `a` compress (Huffman) to under 4 KiB: the frame passes, the list does not.
                 let big = String(repeating: "a", count: 6000)
-                await #expect(throws: H2StreamFailed.self) {
+                await #expect(throws: (any Error).self) {
                     _ = try await client.request("GET", "/big", headers: [("x-big", big)])
                 }
-                // A connection error: GOAWAY with an error code (swift-nio-http2's HPACK decoder
-                // says COMPRESSION_ERROR), and the gateway closes the connection.
+                // A connection error: GOAWAY with COMPRESSION_ERROR (the HPACK table may be out of
+                // step after a block decoded in part), and the gateway closes the connection.
                 try await client.channel.closeFuture.get()
-                let code = try #require(client.goAwayErrorCode)
-                #expect(code != .noError)
+                #expect(client.goAwayErrorCode == .compressionError)
                 #expect(origins[0].state.requests.load(ordering: .relaxed) == 1)
                 // The gateway goes on serving new connections.
                 let next = try await H2Client.connect(port: gateway.port, group: gateway.clients)

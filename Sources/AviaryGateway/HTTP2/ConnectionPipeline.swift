@@ -10,7 +10,7 @@ import NIOSSL
 import NIOTLS
 
 // How a downstream connection's pipeline is built. HTTP/1.1 is one `ProxyHandler`. HTTP/2 is
-// `NIOHTTP2Handler` and `HTTP2StreamServer`, which gives each stream its own `ProxyHandler`
+// `HTTP2StreamServer` (our own frame layer), which gives each stream its own `ProxyHandler`
 // without a channel per stream: streams share the loop's routes, policies and upstream pools
 // exactly as HTTP/1.1 connections do, and each stream keeps the proxy's back-pressure (a stream
 // whose upstream is slow stops reading, so its HTTP/2 flow-control window is not reopened; a
@@ -105,34 +105,17 @@ struct ConnectionPipeline {
         try channel.pipeline.syncOperations.addHandlers(handlers, position: position)
     }
 
-    /// The HTTP/2 pipeline: `NIOHTTP2Handler` announcing `max_concurrent_streams` and a header
-    /// list size of `max_header_bytes`, without a multiplexer, and `HTTP2StreamServer`, which
-    /// serves the streams (StreamServer.swift) and sends GOAWAY when the gateway drains.
+    /// The HTTP/2 pipeline: `HTTP2StreamServer` (the frame layer and the streams, StreamServer.swift)
+    /// announcing `max_concurrent_streams` and a header list size of `max_header_bytes`, behind
+    /// `FlushCoalescer`. The server sends GOAWAY when the gateway drains.
     func addHTTP2(_ channel: any Channel) throws {
-        var connection = NIOHTTP2Handler.ConnectionConfiguration()
-        connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.maxConcurrentStreams),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: self.limits.maxHeaderBytes),
-            HTTP2Setting(parameter: .initialWindowSize, value: HTTP2StreamServer.targetWindow),
-        ]
-        // Header block validation is off: it checks both directions with one switch (about 5%
-        // of the HTTP/2 path's CPU), and outbound it only re-checked blocks the gateway made
-        // from lines its own parser had checked. The inbound checks, which refuse what would
-        // smuggle a header line into the HTTP/1.1 request to the origin (CR, LF or NUL in a
-        // value, connection-specific fields, upper-case names, pseudo-header rules), are made by
-        // each stream's codec in the walk that builds the request head (`HTTP2StreamCodec.
-        // requestHead`, `trailers`; GatewayHTTP2Tests.malformedHeaderBlocks). Content-length
-        // validation stays on.
-        connection.headerBlockValidation = .disabled
         let server = HTTP2StreamServer(
-            loop: self.loop, secure: self.tls != nil, idleTimeout: self.limits.idleTimeout)
+            loop: self.loop, secure: self.tls != nil, idleTimeout: self.limits.idleTimeout,
+            maxConcurrentStreams: self.maxConcurrentStreams, maxHeaderListSize: self.limits.maxHeaderBytes)
         let pipeline = channel.pipeline.syncOperations
-        // In front of `NIOHTTP2Handler` (between it and the socket or TLS): the streams' flushes
-        // of one event loop iteration leave as one write.
+        // In front of the server (between it and the socket or TLS): the streams' flushes of one
+        // event loop iteration leave as one write.
         try pipeline.addHandler(FlushCoalescer())
-        // The server is the handler's frame delegate: it learns which DATA bytes have left.
-        try pipeline.addHandler(
-            NIOHTTP2Handler(mode: .server, frameDelegate: server, connectionConfiguration: connection))
         try pipeline.addHandler(server)
     }
 }
@@ -203,15 +186,15 @@ final class H2CPrefaceDetector: ChannelInboundHandler, RemovableChannelHandler {
 /// once the iteration's I/O has been handled.
 ///
 /// An HTTP/2 connection's responses are finished by reads of many upstream connections: each
-/// stream ends with a flush, and NIOHTTP2 coalesces flushes only within a read of the HTTP/2
-/// connection itself. Passed straight on, that is a `writev` per response (and a wake-up of the
-/// client per response); HAProxy writes what an iteration produced at once. Nothing in NIO or
-/// NIOHTTP2 defers a flush to the end of the iteration, hence this handler. The delay is the rest
+/// stream ends with a flush, and a read of the HTTP/2 connection coalesces only the flushes made
+/// within it. Passed straight on, that is a `writev` per response (and a wake-up of the
+/// client per response); HAProxy writes what an iteration produced at once. Nothing in NIO defers
+/// a flush to the end of the iteration, hence this handler. The delay is the rest
 /// of the current iteration (tasks run right after its I/O), so no write waits for more input.
 ///
 /// Small writes are copied into one buffer of the iteration rather than passed on one by one.
-/// `NIOHTTP2Handler` encodes every frame (a DATA frame's 9-byte header, a HEADERS frame with its
-/// HPACK block) into its one write buffer, which it clears before the next frame: while the
+/// `HTTP2StreamServer` encodes every frame (a DATA frame's 9-byte header, a HEADERS frame with its
+/// HPACK block) into its one scratch buffer, which it clears before the next frame: while the
 /// channel's pending writes still hold the previous frame, the clear has to allocate new storage
 /// (two `malloc`s per frame, four per small response). Copied here, the frame's bytes are let go
 /// of at once, the handler's buffer is reused, and a response's frames are one `iovec` of the
@@ -290,8 +273,8 @@ final class FlushCoalescer: ChannelOutboundHandler {
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         // What was written before a close (a GOAWAY, the end of a response) goes out before it:
         // neither the flush the handlers behind this one asked for nor writes whose flush is
-        // still to come (`NIOHTTP2Handler` reports a stream's end, on which the connection may
-        // close, before it flushes the frame that ended it) are lost.
+        // still to come (a stream ends, and a draining connection may close, as the frame that
+        // ended it is written, before its flush) are lost.
         self.passCopied(context)
         context.flush()
         context.close(mode: mode, promise: promise)

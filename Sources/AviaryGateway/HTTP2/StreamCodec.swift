@@ -20,9 +20,7 @@ import NIOHTTP2
 //   intermediate `HTTPHeaders` and lower-cased copies of every name; a forwarded head that needs
 //   no edit is made straight from the upstream's header lines (`block(_:lines:)`).
 // - the request's header block is checked in the same walk that makes the request head of it
-//   (`requestHead`, `trailers`): `NIOHTTP2Handler` runs with its header validation off, since it
-//   checks both directions with one switch and the outbound half only re-checked blocks the
-//   gateway made from lines its own parser had checked.
+//   (`requestHead`, `trailers`), and so is the request's `content-length` against its DATA.
 //
 // It is a value without I/O: it returns what to pass on (at most two parts or two frames per
 // call), so the stream writes them itself and no callback runs while the framing is mutated.
@@ -34,7 +32,7 @@ struct HTTP2StreamCodec {
         var description: String
     }
 
-    /// A response frame to pass to `NIOHTTP2Handler`, with the promise of the part it carries.
+    /// A response frame to pass to the stream's server, with the promise of the part it carries.
     typealias Outbound = (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)
 
     /// What a held frame carries. The frame's payload is made when it is passed on, with or
@@ -54,6 +52,11 @@ struct HTTP2StreamCodec {
 
     private var sawHead = false
     private var sawTrailers = false
+    /// The request's `content-length`, and the DATA bytes that came so far: RFC 9113 (section
+    /// 8.1.1) makes a request whose DATA differ from its length malformed, and the origin gets the
+    /// length as the HTTP/1.1 request's framing.
+    private var expectedLength: Int?
+    private var receivedLength = 0
     /// The response frame written last, not yet passed on: `.end` may still mark it END_STREAM.
     private var held: (frame: Held, promise: EventLoopPromise<Void>?)?
 
@@ -71,10 +74,17 @@ struct HTTP2StreamCodec {
         case .headers(let headers):
             if !self.sawHead {
                 self.sawHead = true
-                let head = try Self.requestHead(headers.headers, endStream: headers.endStream)
+                let head = try Self.requestHead(
+                    headers.headers, endStream: headers.endStream, contentLength: &self.expectedLength)
+                if headers.endStream, let expected = self.expectedLength, expected != 0 {
+                    throw MalformedRequest(description: "content-length \(expected) without DATA")
+                }
                 return (.head(head), headers.endStream ? .end(nil) : nil)
             } else if !self.sawTrailers {
-                // Trailers (NIOHTTP2's stream state machine has checked that they end the stream).
+                // Trailers (the server has checked that they end the stream).
+                if let expected = self.expectedLength, self.receivedLength != expected {
+                    throw MalformedRequest(description: "DATA of another length than content-length \(expected)")
+                }
                 self.sawTrailers = true
                 return (.end(try Self.trailers(headers.headers)), nil)
             } else {
@@ -82,6 +92,12 @@ struct HTTP2StreamCodec {
             }
         case .data(let data):
             guard case .byteBuffer(let buffer) = data.data else { return (nil, nil) }
+            if let expected = self.expectedLength {
+                self.receivedLength += buffer.readableBytes
+                guard self.receivedLength <= expected, !data.endStream || self.receivedLength == expected else {
+                    throw MalformedRequest(description: "DATA of another length than content-length \(expected)")
+                }
+            }
             let body: HTTPServerRequestPart? =
                 buffer.readableBytes > 0 || !data.endStream ? .body(buffer) : nil
             let end: HTTPServerRequestPart? = data.endStream ? .end(nil) : nil
@@ -96,9 +112,8 @@ struct HTTP2StreamCodec {
     /// without `content-length`, `content-length: 0` when the HEADERS frame ended the stream and
     /// `transfer-encoding: chunked` when a body follows (so the proxy streams it upstream).
     ///
-    /// The same walk checks the block as RFC 9113 (sections 8.2 and 8.3) wants a request's, which
-    /// `NIOHTTP2Handler` does not do for the gateway (its header validation is off, see
-    /// `ConnectionPipeline.addHTTP2`). Each rule keeps a client from adding or splitting a line of
+    /// The same walk checks the block as RFC 9113 (sections 8.2 and 8.3) wants a request's (the
+    /// frame layer, `HTTP2StreamServer`, leaves that to the codec). Each rule keeps a client from adding or splitting a line of
     /// the HTTP/1.1 request the origin gets, or from disagreeing with it about the framing:
     /// - pseudo-header fields come before the regular ones, each at most once, and only
     ///   `:method`, `:path`, `:scheme` and `:authority` (not `:status`, nor `:protocol`: the
@@ -109,6 +124,15 @@ struct HTTP2StreamCodec {
     ///   (``checkedField(_:_:)``), and `te` is `trailers` or absent;
     /// - no value has CR, LF or NUL.
     static func requestHead(_ block: HPACKHeaders, endStream: Bool) throws -> HTTPRequestHead {
+        var contentLength: Int?
+        return try Self.requestHead(block, endStream: endStream, contentLength: &contentLength)
+    }
+
+    /// ``requestHead(_:endStream:)``, giving the request's `content-length` too (fields that
+    /// repeat it must agree, and its value is digits).
+    static func requestHead(
+        _ block: HPACKHeaders, endStream: Bool, contentLength: inout Int?
+    ) throws -> HTTPRequestHead {
         var method: String?
         var path: String?
         var scheme: String?
@@ -137,7 +161,12 @@ struct HTTP2StreamCodec {
             switch Self.checkedField(name, value) {
             case .other: break
             case .host: hasHost = true
-            case .contentLength: hasLength = true
+            case .contentLength:
+                hasLength = true
+                guard let length = ProxyHeaders.digits(value), contentLength == nil || contentLength == length else {
+                    throw MalformedRequest(description: "content-length \(value)")
+                }
+                contentLength = length
             case .te:
                 guard value == "trailers" else { throw MalformedRequest(description: "te other than trailers") }
             case nil:
@@ -400,7 +429,7 @@ struct HTTP2StreamCodec {
 /// an origin's `date` and `server` values, say, which are the same bytes stream after stream (a
 /// `date` changes once a second). The connection keeps the block a stream wrote last and the
 /// long names and values of its fields, by position: the next block reuses the array's storage
-/// once `NIOHTTP2Handler` has let go of it (it encodes a HEADERS frame as it is written), and a
+/// once the server has let go of it (it encodes a HEADERS frame as it is written), and a
 /// field whose bytes equal the kept string at its position takes that string (one retain)
 /// instead of a new one. As with ``LentBuffers``, reuse never changes what another holder sees:
 /// `removeAll(keepingCapacity:)` allocates new storage while anything else still holds the old

@@ -1492,7 +1492,7 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         self.queued.removeAll()
         if let stream = self.stream {
             if self.streamRequestEnded {
-                // Both ends of the stream are (about to be) closed: NIOHTTP2 closes it when the
+                // Both ends of the stream are (about to be) closed: the server ends it when the
                 // END_STREAM of this part is written. Resetting it as well would cost a promise
                 // and a callback per request for nothing.
                 self.emit(part, context: context, flush: true)
