@@ -33,19 +33,20 @@ struct HTTP2StreamCodec {
     }
 
     /// A response frame to pass to the stream's server, with the promise of the part it carries.
-    typealias Outbound = (payload: HTTP2Frame.FramePayload, promise: EventLoopPromise<Void>?)
+    typealias Outbound = (frame: Frame, promise: EventLoopPromise<Void>?)
 
-    /// What a held frame carries. The frame's payload is made when it is passed on, with or
-    /// without END_STREAM: a DATA payload boxes its fields, so setting END_STREAM on one made
-    /// before would copy the box (one allocation more per response).
-    private enum Held {
-        case headers(HPACKHeaders)
-        case data(ByteBuffer)
+    /// A HEADERS or DATA frame of the stream, as the server decodes and encodes it. (Not
+    /// NIOHTTP2's `FramePayload`: its DATA case boxes its fields, an allocation per frame for a
+    /// value that lives a few calls.)
+    enum Frame {
+        case headers(HPACKHeaders, endStream: Bool)
+        case data(ByteBuffer, endStream: Bool)
 
-        func payload(endStream: Bool) -> HTTP2Frame.FramePayload {
+        /// The same frame with END_STREAM.
+        var ending: Frame {
             switch self {
-            case .headers(let block): .headers(.init(headers: block, endStream: endStream))
-            case .data(let buffer): .data(.init(data: .byteBuffer(buffer), endStream: endStream))
+            case .headers(let block, _): .headers(block, endStream: true)
+            case .data(let buffer, _): .data(buffer, endStream: true)
             }
         }
     }
@@ -58,52 +59,44 @@ struct HTTP2StreamCodec {
     private var expectedLength: Int?
     private var receivedLength = 0
     /// The response frame written last, not yet passed on: `.end` may still mark it END_STREAM.
-    private var held: (frame: Held, promise: EventLoopPromise<Void>?)?
+    private var held: (frame: Frame, promise: EventLoopPromise<Void>?)?
 
     init() {}
 
     // MARK: Inbound
 
-    /// The request parts of an inbound frame: a head (and the end, when the HEADERS frame ended
-    /// the stream), a body part (and the end), trailers as the end. Frames that are no part of
-    /// the request (RST_STREAM, WINDOW_UPDATE, PRIORITY) give none.
-    mutating func received(
-        _ payload: HTTP2Frame.FramePayload
-    ) throws -> (HTTPServerRequestPart?, HTTPServerRequestPart?) {
-        switch payload {
-        case .headers(let headers):
+    /// The request parts of an inbound HEADERS or DATA frame: a head (and the end, when the
+    /// HEADERS frame ended the stream), a body part (and the end), trailers as the end.
+    mutating func received(_ frame: Frame) throws -> (HTTPServerRequestPart?, HTTPServerRequestPart?) {
+        switch frame {
+        case .headers(let block, let endStream):
             if !self.sawHead {
                 self.sawHead = true
-                let head = try Self.requestHead(
-                    headers.headers, endStream: headers.endStream, contentLength: &self.expectedLength)
-                if headers.endStream, let expected = self.expectedLength, expected != 0 {
+                let head = try Self.requestHead(block, endStream: endStream, contentLength: &self.expectedLength)
+                if endStream, let expected = self.expectedLength, expected != 0 {
                     throw MalformedRequest(description: "content-length \(expected) without DATA")
                 }
-                return (.head(head), headers.endStream ? .end(nil) : nil)
+                return (.head(head), endStream ? .end(nil) : nil)
             } else if !self.sawTrailers {
                 // Trailers (the server has checked that they end the stream).
                 if let expected = self.expectedLength, self.receivedLength != expected {
                     throw MalformedRequest(description: "DATA of another length than content-length \(expected)")
                 }
                 self.sawTrailers = true
-                return (.end(try Self.trailers(headers.headers)), nil)
+                return (.end(try Self.trailers(block)), nil)
             } else {
                 throw MalformedRequest(description: "HEADERS after the trailers")
             }
-        case .data(let data):
-            guard case .byteBuffer(let buffer) = data.data else { return (nil, nil) }
+        case .data(let buffer, let endStream):
             if let expected = self.expectedLength {
                 self.receivedLength += buffer.readableBytes
-                guard self.receivedLength <= expected, !data.endStream || self.receivedLength == expected else {
+                guard self.receivedLength <= expected, !endStream || self.receivedLength == expected else {
                     throw MalformedRequest(description: "DATA of another length than content-length \(expected)")
                 }
             }
-            let body: HTTPServerRequestPart? =
-                buffer.readableBytes > 0 || !data.endStream ? .body(buffer) : nil
-            let end: HTTPServerRequestPart? = data.endStream ? .end(nil) : nil
+            let body: HTTPServerRequestPart? = buffer.readableBytes > 0 || !endStream ? .body(buffer) : nil
+            let end: HTTPServerRequestPart? = endStream ? .end(nil) : nil
             return body == nil ? (end, nil) : (body, end)
-        default:
-            return (nil, nil)
         }
     }
 
@@ -287,22 +280,19 @@ struct HTTP2StreamCodec {
                 promise?.succeed()
                 return (nil, nil)
             }
-            return (self.hold(.data(buffer), promise), nil)
+            return (self.hold(.data(buffer, endStream: false), promise), nil)
         case .end(let trailers):
             if let trailers {
-                let payload = HTTP2Frame.FramePayload.headers(
-                    .init(headers: Self.block(nil, trailers), endStream: true))
-                return (self.takeHeld(), (payload, promise))
+                return (self.takeHeld(), (.headers(Self.block(nil, trailers), endStream: true), promise))
             }
             guard let held = self.held else {
-                let empty = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
-                return ((empty, promise), nil)
+                return ((.data(ByteBuffer(), endStream: true), promise), nil)
             }
             self.held = nil
             if let heldPromise = held.promise, let promise {
                 heldPromise.futureResult.cascade(to: promise)
             }
-            return ((held.frame.payload(endStream: true), held.promise ?? promise), nil)
+            return ((held.frame.ending, held.promise ?? promise), nil)
         }
     }
 
@@ -313,19 +303,19 @@ struct HTTP2StreamCodec {
     ) -> (Outbound?, Outbound?) {
         if status.code < 200 {
             // An informational head (100 Continue) never ends the stream: no need to hold it.
-            return (self.takeHeld(), (.headers(.init(headers: block)), promise))
+            return (self.takeHeld(), (.headers(block, endStream: false), promise))
         }
-        return (self.hold(.headers(block), promise), nil)
+        return (self.hold(.headers(block, endStream: false), promise), nil)
     }
 
     /// The held frame, to pass on before a flush or a close.
     mutating func takeHeld() -> Outbound? {
         guard let held = self.held else { return nil }
         self.held = nil
-        return (held.frame.payload(endStream: false), held.promise)
+        return (held.frame, held.promise)
     }
 
-    private mutating func hold(_ frame: Held, _ promise: EventLoopPromise<Void>?) -> Outbound? {
+    private mutating func hold(_ frame: Frame, _ promise: EventLoopPromise<Void>?) -> Outbound? {
         let previous = self.takeHeld()
         self.held = (frame, promise)
         return previous

@@ -379,7 +379,7 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
             guard !stream.remoteClosed else { return self.resetStream(stream, .streamClosed, notifyLater: false) }
             guard endStream else { return self.resetStream(stream, .protocolError, notifyLater: false) }
             stream.remoteClosed = true
-            stream.received(.headers(.init(headers: headers, endStream: true)))
+            stream.received(.headers(headers, endStream: true))
             self.endIfDone(stream)
             return
         }
@@ -403,7 +403,7 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
         self.streams[id] = stream
         self.lastServedID = id
         stream.remoteClosed = endStream
-        stream.received(.headers(.init(headers: headers, endStream: endStream)))
+        stream.received(.headers(headers, endStream: endStream))
         self.endIfDone(stream)
     }
 
@@ -434,7 +434,7 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
                 stream.inboundWindow -= length
                 let endStream = header.has(H2Wire.Flag.endStream)
                 if endStream { stream.remoteClosed = true }
-                stream.received(.data(.init(data: .byteBuffer(payload), endStream: endStream)))
+                stream.received(.data(payload, endStream: endStream))
                 stream.updateWindow()
                 self.endIfDone(stream)
             }
@@ -917,16 +917,16 @@ final class HTTP2ServerStream {
     // MARK: Request
 
     /// A HEADERS or DATA frame of this stream.
-    func received(_ payload: HTTP2Frame.FramePayload) {
+    func received(_ frame: HTTP2StreamCodec.Frame) {
         guard !self.isClosed, let proxy = self.proxy, let context = self.server.context else { return }
         var dataBytes = 0
-        if case .data(let data) = payload {
-            dataBytes = data.data.readableBytes
+        if case .data(let data, _) = frame {
+            dataBytes = data.readableBytes
             if !self.reading { self.heldBytes += dataBytes }
         }
         let parts: (HTTPServerRequestPart?, HTTPServerRequestPart?)
         do {
-            parts = try self.codec.received(payload)
+            parts = try self.codec.received(frame)
         } catch {
             self.server.resetStream(self, .protocolError, notifyLater: false)
             self.server.refusedBlock()
@@ -1005,25 +1005,20 @@ final class HTTP2ServerStream {
         context.flush()
     }
 
-    private func send(_ frame: HTTP2StreamCodec.Outbound) {
-        switch frame.payload {
-        case .data(let data):
-            guard case .byteBuffer(let buffer) = data.data else {
-                preconditionFailure("the codec writes DATA as byte buffers")
-            }
+    private func send(_ outbound: HTTP2StreamCodec.Outbound) {
+        switch outbound.frame {
+        case .data(let buffer, let endStream):
             self.unsent += buffer.readableBytes
             if self.belowHighWaterMark && self.unsent > Self.highWaterMark {
                 self.belowHighWaterMark = false
                 self.writabilityMayHaveChanged()
             }
-            self.server.writeData(self, buffer, endStream: data.endStream, promise: frame.promise)
-        case .headers(let headers):
-            self.server.writeHeaders(self, headers.headers, endStream: headers.endStream, promise: frame.promise)
+            self.server.writeData(self, buffer, endStream: endStream, promise: outbound.promise)
+        case .headers(let block, let endStream):
+            self.server.writeHeaders(self, block, endStream: endStream, promise: outbound.promise)
             // The server has encoded the block (or holds it): its storage serves the next
             // stream's block once nothing holds it.
-            self.server.responseBlocks.keep(headers.headers)
-        default:
-            preconditionFailure("the codec writes HEADERS and DATA only")
+            self.server.responseBlocks.keep(block)
         }
     }
 
