@@ -171,6 +171,28 @@ struct GatewayHTTP2LimitsTests {
         }
     }
 
+    @Test("refused header blocks: each resets its stream; 200 or 201 of them get GOAWAY ENHANCE_YOUR_CALM")
+    func refusedBlockBound() async throws {
+        try await withLimitsGateway { gateway, origin in
+            #expect(HTTP2StreamServer.maximumRefusedBlocks == 200)
+            let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
+            defer { Task { await connection.close() } }
+            // A field name in upper case: a malformed request (RFC 9113 §8.2.1), a stream error.
+            let malformed = HPACKLiterals.request("GET", "/frames/refused", extra: [("X-Upper", "1")])
+            let first = (0..<UInt32(199)).map { H2Frame.headers(stream: 1 + 2 * $0, malformed, endStream: true) }
+            try await connection.send(first)
+            let resets = try await connection.roundTrip().filter { $0.kind == .rstStream }
+            #expect(resets.count == 199 && resets.allSatisfy { $0.errorCode == .protocolError })
+            try await Self.expectServing(connection, stream: 399)
+            // The design notes count refused blocks as NIOHTTP2 counts a peer's stream errors: 200,
+            // then GOAWAY (whether the 200th or the 201st is the one that closes is left open here).
+            try await connection.send(
+                .headers(stream: 401, malformed, endStream: true), .headers(stream: 403, malformed, endStream: true))
+            try await GatewayHTTP2FrameTests.expectConnectionError(connection, .enhanceYourCalm)
+            #expect(origin.state.requests.load(ordering: .relaxed) == 1)
+        }
+    }
+
     // MARK: Header block size
 
     /// `max_header_bytes` of these tests, and the most octets of a header block the listener
