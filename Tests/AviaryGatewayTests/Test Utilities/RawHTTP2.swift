@@ -82,7 +82,15 @@ struct H2Frame: Sendable, CustomStringConvertible {
         var text =
             "\(self.kind)(stream \(self.stream), flags 0x\(String(self.flags.rawValue, radix: 16)), \(self.payload.count) bytes"
         if let code = self.errorCode { text += ", \(code)" }
-        if let fields = self.fields { text += ", \(fields.map { "\($0.name): \($0.value)" })" }
+        if let fields = self.fields {
+            // Long values (tests of large blocks) shortened, so that a failure's message stays readable.
+            let shown = fields.map { field in
+                field.value.utf8.count <= 200
+                    ? "\(field.name): \(field.value)"
+                    : "\(field.name): \(field.value.prefix(100))... (\(field.value.utf8.count) bytes)"
+            }
+            text += ", \(shown)"
+        }
         return text + ")"
     }
 
@@ -329,6 +337,19 @@ enum H2ReadError: Error, CustomStringConvertible {
     }
 }
 
+/// A frame's header as it came off the wire: HEADERS and CONTINUATION frames stay apart (the
+/// frames ``RawH2Connection`` reads merge them), for tests of how a block was cut into frames.
+struct H2WireFrame: Sendable, CustomStringConvertible {
+    var kind: H2Frame.Kind
+    var flags: H2Frame.Flags
+    var stream: UInt32
+    var length: Int
+
+    var description: String {
+        "\(self.kind)(stream \(self.stream), flags 0x\(String(self.flags.rawValue, radix: 16)), \(self.length) bytes)"
+    }
+}
+
 /// What one stream got: its frames in order (HEADERS with their fields), until END_STREAM or
 /// RST_STREAM.
 struct H2StreamResult: Sendable {
@@ -372,10 +393,20 @@ final class RawH2Connection: Sendable {
 
     /// Connects to 127.0.0.1:`port`; unless `handshake` is false, also sends the preface with
     /// `settings` and completes the SETTINGS exchange (``handshake(settings:)``).
+    ///
+    /// The response header blocks are decoded as `settings` announce: SETTINGS_HEADER_TABLE_SIZE
+    /// sizes the decoder's dynamic table (4,096 octets without it), SETTINGS_MAX_HEADER_LIST_SIZE
+    /// the largest list it takes (NIOHPACK's 16 KiB without it). With `handshake` false, pass
+    /// the settings that the preface the test sends will carry.
     static func open(
         port: Int, group: any EventLoopGroup, settings: [(H2Setting, UInt32)] = [], handshake: Bool = true
     ) async throws -> RawH2Connection {
-        let inbox = H2Inbox()
+        let tableSize = settings.last { $0.0 == .headerTableSize }.map { Int($0.1) }
+        let listSize = settings.last { $0.0 == .maxHeaderListSize }.map { Int($0.1) }
+        let inbox = H2Inbox(
+            decoder: HPACKDecoder(
+                allocator: ByteBufferAllocator(), maxDynamicTableSize: tableSize ?? HPACKDecoder.maxDynamicTableSize,
+                maxHeaderListSize: listSize ?? HPACKDecoder.defaultMaxHeaderListSize))
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -516,6 +547,10 @@ final class RawH2Connection: Sendable {
 
     var isClosed: Bool { self.inbox.isClosed }
 
+    /// The headers of every frame parsed so far, in the order they arrived, HEADERS and
+    /// CONTINUATION frames apart.
+    var wireFrames: [H2WireFrame] { self.inbox.wireFrames }
+
     func close() async {
         try? await self.channel.close()
     }
@@ -536,10 +571,17 @@ private final class H2Inbox: Sendable {
         var kept: [H2Frame] = []
         /// A HEADERS frame without END_HEADERS, its CONTINUATION fragments appended.
         var partial: H2Frame?
-        var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+        var decoder: HPACKDecoder
+        var wireFrames: [H2WireFrame] = []
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
+
+    init(decoder: HPACKDecoder) {
+        self.state = Mutex(State(decoder: decoder))
+    }
+
+    var wireFrames: [H2WireFrame] { self.state.withLock { $0.wireFrames } }
 
     func append(_ buffer: ByteBuffer) {
         self.state.withLock { $0.bytes.append(contentsOf: buffer.readableBytesView) }
@@ -567,6 +609,8 @@ private final class H2Inbox: Sendable {
                     H2Frame.Kind(rawValue: state.bytes[3]), flags: H2Frame.Flags(rawValue: state.bytes[4]),
                     stream: stream, payload: Array(state.bytes[9..<(9 + length)]))
                 state.bytes.removeFirst(9 + length)
+                state.wireFrames.append(
+                    H2WireFrame(kind: frame.kind, flags: frame.flags, stream: frame.stream, length: length))
                 if let complete = try Self.assemble(frame, &state) { return .frame(complete) }
             }
             return state.closed ? .closed : .nothing

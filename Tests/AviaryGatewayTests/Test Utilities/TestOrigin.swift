@@ -23,6 +23,7 @@ import Synchronization
 /// | `/never` | never answers |
 /// | `/status/N` | answers status N |
 /// | `/hop` | answers with hop-by-hop headers that must not reach the client |
+/// | `/big-header?bytes=N` | answers with an `x-big` header of N bytes (``OriginHandler/bigHeader(_:)``), body `big-header` |
 /// | `/json...` | answers `{"origin": name, "target": request target, "subject": x-aviary-subject}` as JSON |
 /// | `/flaky`, `/hang-on-bad`, `/reset-on-bad` | on origins named `bad*`: 503, no answer, a closed connection; elsewhere 200 |
 /// | `/arm-close` | answers, then closes the connection when the next request arrives on it, unanswered |
@@ -237,6 +238,12 @@ final class OriginHandler: ChannelDuplexHandler {
                 self.mode = .info("armed\n")
             case "/hop":
                 self.mode = .info("")
+            case "/big-header":
+                let bytes = query.split(separator: "&").first { $0.hasPrefix("bytes=") }.flatMap {
+                    Int($0.dropFirst(6))
+                }
+                self.extraHeaders = [("x-big", Self.bigHeader(bytes ?? 0))]
+                self.mode = .info("big-header")
             default:
                 if path.hasPrefix("/status/"), let code = Int(path.dropFirst("/status/".count)) {
                     self.mode = .info("status \(code)")
@@ -319,6 +326,12 @@ final class OriginHandler: ChannelDuplexHandler {
                 break
             }
         }
+    }
+
+    /// The value of `/big-header`'s `x-big` header: `count` letters and digits in a cycle.
+    static func bigHeader(_ count: Int) -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
+        return String(decoding: (0..<count).map { alphabet[$0 % alphabet.count] }, as: UTF8.self)
     }
 
     private func writeDownload(_ context: ChannelHandlerContext) {
