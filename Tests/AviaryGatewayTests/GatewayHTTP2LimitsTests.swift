@@ -139,7 +139,7 @@ struct GatewayHTTP2LimitsTests {
     func rapidResetBound() async throws {
         let timers = ManualGatewayTimers()
         try await withLimitsGateway(timers: timers) { gateway, _ in
-            #expect(HTTP2StreamServer.maximumResets == 200 && HTTP2StreamServer.resetPeriod == .seconds(30))
+            #expect(HTTP2StreamServer.maximumResets == 200 && HTTP2StreamServer.errorPeriod == .seconds(30))
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
             let count = HTTP2StreamServer.maximumResets
@@ -151,7 +151,7 @@ struct GatewayHTTP2LimitsTests {
         }
     }
 
-    @Test("the count of the client's resets starts over once the 30 s period has passed")
+    @Test("resets older than 30 s no longer count: after 31 s as many again are fine, one more is not")
     func rapidResetPeriod() async throws {
         let timers = ManualGatewayTimers()
         try await withLimitsGateway(timers: timers) { gateway, _ in
@@ -161,7 +161,7 @@ struct GatewayHTTP2LimitsTests {
             try await connection.send(Self.openedAndReset(count, from: 1))
             try await Self.expectServing(connection, stream: UInt32(2 * count + 1))
             await timers.advance(by: .seconds(31))
-            // A new period: as many again.
+            // The first 200 are older than 30 s now: as many again.
             var next = UInt32(2 * count + 3)
             try await connection.send(Self.openedAndReset(count, from: next))
             next += UInt32(2 * count)
@@ -171,7 +171,48 @@ struct GatewayHTTP2LimitsTests {
         }
     }
 
-    @Test("refused header blocks: each resets its stream; 200 or 201 of them get GOAWAY ENHANCE_YOUR_CALM")
+    @Test("the bounds count over a sliding 30 s: a burst that straddles the start of a period counts whole")
+    func slidingWindow() async throws {
+        let timers = ManualGatewayTimers()
+        try await withLimitsGateway(timers: timers) { gateway, _ in
+            let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
+            defer { Task { await connection.close() } }
+            let count = HTTP2StreamServer.maximumResets
+            // One reset, then 29 s later the other 199 of the limit.
+            try await connection.send(Self.openedAndReset(1, from: 1))
+            try await Self.expectServing(connection, stream: 3)
+            await timers.advance(by: .seconds(29))
+            var next = UInt32(5)
+            try await connection.send(Self.openedAndReset(count - 1, from: next))
+            next += UInt32(2 * (count - 1))
+            try await Self.expectServing(connection, stream: next)
+            // 2 s later the first is older than 30 s: one more is fine, a second is the 201st
+            // within 30 s (fixed periods starting at the first reset would allow 200 more).
+            await timers.advance(by: .seconds(2))
+            try await connection.send(Self.openedAndReset(1, from: next + 2))
+            try await Self.expectServing(connection, stream: next + 4)
+            try await connection.send(Self.openedAndReset(1, from: next + 6))
+            try await GatewayHTTP2FrameTests.expectConnectionError(connection, .enhanceYourCalm)
+        }
+    }
+
+    @Test("an event window allows `limit` events within its period and refuses the next")
+    func eventWindow() {
+        var window = EventWindow()
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        func record(after seconds: Int64) -> Bool {
+            window.record(at: start + .seconds(seconds), limit: 3, period: .seconds(30))
+        }
+        var recorded = (0..<3).map { _ in record(after: 0) }
+        // The fourth within 30 s is refused, and not recorded: the oldest is still the first.
+        recorded.append(record(after: 29))
+        recorded += (0..<3).map { _ in record(after: 30) }
+        recorded.append(record(after: 31))
+        recorded.append(record(after: 60))
+        #expect(recorded == [true, true, true, false, true, true, true, false, true])
+    }
+
+    @Test("refused header blocks: each resets its stream; the 200th within 30 s gets GOAWAY ENHANCE_YOUR_CALM")
     func refusedBlockBound() async throws {
         try await withLimitsGateway { gateway, origin in
             #expect(HTTP2StreamServer.maximumRefusedBlocks == 200)
@@ -184,10 +225,9 @@ struct GatewayHTTP2LimitsTests {
             let resets = try await connection.roundTrip().filter { $0.kind == .rstStream }
             #expect(resets.count == 199 && resets.allSatisfy { $0.errorCode == .protocolError })
             try await Self.expectServing(connection, stream: 399)
-            // The design notes count refused blocks as NIOHTTP2 counts a peer's stream errors: 200,
-            // then GOAWAY (whether the 200th or the 201st is the one that closes is left open here).
-            try await connection.send(
-                .headers(stream: 401, malformed, endStream: true), .headers(stream: 403, malformed, endStream: true))
+            // The 200th within 30 s ends the connection (before a NIOHTTP2 client, which closes at
+            // its 201st stream error, would close it itself).
+            try await connection.send(.headers(stream: 401, malformed, endStream: true))
             try await GatewayHTTP2FrameTests.expectConnectionError(connection, .enhanceYourCalm)
             #expect(origin.state.requests.load(ordering: .relaxed) == 1)
         }

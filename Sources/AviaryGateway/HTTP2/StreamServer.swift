@@ -50,12 +50,15 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
     /// The inbound window kept open for the connection and for each stream: the initial window
     /// size the server announces.
     static let targetWindow = 65_535
-    /// The refused header blocks after which the connection is closed (NIOHTTP2's default).
+    /// The refused header blocks that close a connection when they come within ``errorPeriod``
+    /// (the last of them closes it: a NIOHTTP2 client closes the connection itself at the 201st
+    /// stream error within its 30 s, so the server's GOAWAY must come first).
     static let maximumRefusedBlocks = 200
-    /// The client's resets of open streams within ``resetPeriod`` after which the connection is
-    /// closed (NIOHTTP2's defaults; a defence against "rapid reset" floods, CVE-2023-44487).
+    /// The client's resets of open streams a connection may have within ``errorPeriod``: one more
+    /// and it is closed (NIOHTTP2's defaults; a defence against "rapid reset" floods,
+    /// CVE-2023-44487).
     static let maximumResets = 200
-    static let resetPeriod = TimeAmount.seconds(30)
+    static let errorPeriod = TimeAmount.seconds(30)
     /// The open streams a client may have before it acknowledged the server's SETTINGS (when
     /// `max_concurrent_streams` is lower).
     static let unacknowledgedStreams = 1000
@@ -76,11 +79,10 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
     /// Set by an error of the connection: GOAWAY has been written, the connection closes after
     /// this read and reads nothing more.
     private var failed = false
-    /// Request header blocks the streams' codecs refused on this connection.
-    private var refusedBlocks = 0
-    /// The client's resets of open streams since `resetPeriodStart`.
-    private var resets = 0
-    private var resetPeriodStart = NIODeadline.uptimeNanoseconds(0)
+    /// When the streams' codecs refused request header blocks of this connection lately.
+    private var refusedBlocks = EventWindow()
+    /// When the client reset open streams lately.
+    private var resets = EventWindow()
     /// `limits.idle_timeout`: a connection without open streams for that long is closed with
     /// GOAWAY, as an idle HTTP/1.1 connection is closed.
     private let idleTimeout: TimeAmount
@@ -455,14 +457,9 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
         }
         guard header.streamID != .rootStream else { throw H2ConnectionError(.protocolError, "RST_STREAM on stream 0") }
         if let stream = self.streams[header.streamID] {
-            let now = self.loop.timers.now
-            if now - self.resetPeriodStart > Self.resetPeriod {
-                self.resetPeriodStart = now
-                self.resets = 0
-            }
-            self.resets += 1
-            guard self.resets <= Self.maximumResets else {
-                throw H2ConnectionError(.enhanceYourCalm, "more than \(Self.maximumResets) resets")
+            guard self.resets.record(at: self.loop.timers.now, limit: Self.maximumResets, period: Self.errorPeriod)
+            else {
+                throw H2ConnectionError(.enhanceYourCalm, "more than \(Self.maximumResets) resets within 30 s")
             }
             self.endStream(stream, notifyLater: false)
         } else if header.streamID > self.lastStreamID {
@@ -817,12 +814,16 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
         for stream in streams { stream.notifyClosed() }
     }
 
-    /// A stream's codec refused its header block (the stream is reset): at
-    /// ``maximumRefusedBlocks`` the connection sends GOAWAY (ENHANCE_YOUR_CALM) and closes after
-    /// this read, as NIOHTTP2 does when a peer's stream errors add up.
+    /// A stream's codec refused its header block (the stream is reset): the
+    /// ``maximumRefusedBlocks``th within ``errorPeriod`` makes the connection send GOAWAY
+    /// (ENHANCE_YOUR_CALM) and close after this read, as NIOHTTP2 does when a peer's stream
+    /// errors add up.
     func refusedBlock() {
-        self.refusedBlocks += 1
-        guard self.refusedBlocks >= Self.maximumRefusedBlocks, let context = self.context else { return }
+        guard
+            !self.refusedBlocks.record(
+                at: self.loop.timers.now, limit: Self.maximumRefusedBlocks - 1, period: Self.errorPeriod),
+            let context = self.context
+        else { return }
         self.connectionError(H2ConnectionError(.enhanceYourCalm, "too many refused header blocks"), context)
     }
 
@@ -839,6 +840,26 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
 
     func closeNow() {
         self.context?.close(promise: nil)
+    }
+}
+
+/// A sliding window over events (a client's resets, its refused header blocks): whether more than
+/// a limit of them fell within a period. It keeps the times of the last `limit` events (in a ring,
+/// allocated at the first event), so a burst that straddles the start of a period counts whole.
+struct EventWindow {
+    private var times: [NIODeadline] = []
+    private var oldest = 0
+
+    /// Records an event at `now`: `false` when it is more than `limit` within `period`.
+    mutating func record(at now: NIODeadline, limit: Int, period: TimeAmount) -> Bool {
+        if self.times.count < limit {
+            self.times.append(now)
+            return true
+        }
+        guard now - self.times[self.oldest] >= period else { return false }
+        self.times[self.oldest] = now
+        self.oldest = (self.oldest + 1) % limit
+        return true
     }
 }
 
