@@ -562,7 +562,8 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
         self.needsFlush = true
     }
 
-    /// Writes RST_STREAM for a stream the server has no object for (refused).
+    /// Writes RST_STREAM for stream `id` (refused, or ended by the server) and remembers it as
+    /// reset lately, so that what the client sent before it saw the reset is ignored.
     private func writeReset(_ id: HTTP2StreamID, _ code: HTTP2ErrorCode) {
         self.recentlyReset.add(id)
         self.writeControl { $0.writeH2RstStream(id, code: code) }
