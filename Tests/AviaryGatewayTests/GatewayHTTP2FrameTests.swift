@@ -17,33 +17,6 @@ import Testing
 /// sent for a connection error; how DATA is cut into frames), every choice it allows passes.
 @Suite("Gateway HTTP/2 frames (RFC 9113)", .timeLimit(.minutes(1)))
 struct GatewayHTTP2FrameTests {
-    /// The gateway in front of one origin; `/held...` requests wait in a fault delay (reads
-    /// withheld) that ends only if the test's timers are advanced.
-    static func yaml(port: Int, listen extra: String = "") -> String {
-        """
-        listen: {address: 127.0.0.1:0, http2: true\(extra)}
-        limits: {max_body_bytes: 256MiB}
-        clusters: {backend: {endpoints: [127.0.0.1:\(port)]}}
-        routes:
-          - match: {path_prefix: /held}
-            cluster: backend
-            fault: {delay: {percent: 100%, duration: 60s}}
-          - {match: {path_prefix: /}, cluster: backend}
-        """
-    }
-
-    /// Runs `body` with an origin and a gateway in front of it.
-    func withFrameGateway<T>(
-        listen: String = "", timers: any GatewayTimers = EventLoopTimers(),
-        _ body: (GatewayHarness, TestOrigin) async throws -> T
-    ) async throws -> T {
-        try await withOrigins(["a"]) { origins in
-            try await withGateway(Self.yaml(port: origins[0].port, listen: listen), timers: timers) { gateway in
-                try await body(gateway, origins[0])
-            }
-        }
-    }
-
     /// Reads until the server's GOAWAY and the close that follows: a connection error (RFC 9113
     /// §5.4.1) carries `code`, and the server closes the connection after it.
     static func expectConnectionError(

@@ -18,33 +18,6 @@ import Testing
 /// gateway's design notes ("The listener's own frame layer").
 @Suite("Gateway HTTP/2 limits and client settings", .timeLimit(.minutes(1)))
 struct GatewayHTTP2LimitsTests {
-    /// The gateway in front of one origin, with `limits` added to the frame tests' limits;
-    /// `/held...` requests wait in a fault delay (reads withheld) that ends only if the test's
-    /// timers are advanced by a minute.
-    static func yaml(port: Int, listen: String, limits: String) -> String {
-        """
-        listen: {address: 127.0.0.1:0, http2: true\(listen)}
-        limits: {max_body_bytes: 256MiB\(limits)}
-        clusters: {backend: {endpoints: [127.0.0.1:\(port)]}}
-        routes:
-          - match: {path_prefix: /held}
-            cluster: backend
-            fault: {delay: {percent: 100%, duration: 60s}}
-          - {match: {path_prefix: /}, cluster: backend}
-        """
-    }
-
-    /// Runs `body` with an origin and a gateway in front of it.
-    func withLimitsGateway<T>(
-        listen: String = "", limits: String = "", timers: any GatewayTimers = EventLoopTimers(),
-        _ body: (GatewayHarness, TestOrigin) async throws -> T
-    ) async throws -> T {
-        try await withOrigins(["a"]) { origins in
-            let yaml = Self.yaml(port: origins[0].port, listen: listen, limits: limits)
-            return try await withGateway(yaml, timers: timers) { gateway in try await body(gateway, origins[0]) }
-        }
-    }
-
     /// An `/upload` request's block, the origin's answer at the end of its body being
     /// `bytes=N sha256=HEX`.
     static func upload(_ extra: [(String, String)] = []) -> [UInt8] {
@@ -57,7 +30,7 @@ struct GatewayHTTP2LimitsTests {
         "before the client acknowledges SETTINGS it may open more than max_concurrent_streams; after, one beyond is refused"
     )
     func streamsBeforeSettingsAcknowledged() async throws {
-        try await withLimitsGateway(listen: ", max_concurrent_streams: 2") { gateway, origin in
+        try await withFrameGateway(listen: ", max_concurrent_streams: 2") { gateway, origin in
             let connection = try await RawH2Connection.open(
                 port: gateway.port, group: gateway.clients, handshake: false)
             defer { Task { await connection.close() } }
@@ -138,7 +111,7 @@ struct GatewayHTTP2LimitsTests {
     @Test("the client's resets of open streams: 200 are fine, the 201st within 30 s gets GOAWAY ENHANCE_YOUR_CALM")
     func rapidResetBound() async throws {
         let timers = ManualGatewayTimers()
-        try await withLimitsGateway(timers: timers) { gateway, _ in
+        try await withFrameGateway(timers: timers) { gateway, _ in
             #expect(HTTP2StreamServer.maximumResets == 200 && HTTP2StreamServer.errorPeriod == .seconds(30))
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
@@ -154,7 +127,7 @@ struct GatewayHTTP2LimitsTests {
     @Test("resets older than 30 s no longer count: after 31 s as many again are fine, one more is not")
     func rapidResetPeriod() async throws {
         let timers = ManualGatewayTimers()
-        try await withLimitsGateway(timers: timers) { gateway, _ in
+        try await withFrameGateway(timers: timers) { gateway, _ in
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
             let count = HTTP2StreamServer.maximumResets
@@ -174,7 +147,7 @@ struct GatewayHTTP2LimitsTests {
     @Test("the bounds count over a sliding 30 s: a burst that straddles the start of a period counts whole")
     func slidingWindow() async throws {
         let timers = ManualGatewayTimers()
-        try await withLimitsGateway(timers: timers) { gateway, _ in
+        try await withFrameGateway(timers: timers) { gateway, _ in
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
             let count = HTTP2StreamServer.maximumResets
@@ -214,7 +187,7 @@ struct GatewayHTTP2LimitsTests {
 
     @Test("refused header blocks: each resets its stream; the 200th within 30 s gets GOAWAY ENHANCE_YOUR_CALM")
     func refusedBlockBound() async throws {
-        try await withLimitsGateway { gateway, origin in
+        try await withFrameGateway { gateway, origin in
             #expect(HTTP2StreamServer.maximumRefusedBlocks == 200)
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
@@ -286,7 +259,7 @@ struct GatewayHTTP2LimitsTests {
         "a header block gathered from CONTINUATION frames beyond twice max_header_bytes and a frame: ENHANCE_YOUR_CALM",
         arguments: GatewayHTTP2LimitsTests.blockCases)
     func headerBlockBound(_ blockCase: BlockCase) async throws {
-        try await withLimitsGateway(limits: ", max_header_bytes: 4KiB") { gateway, origin in
+        try await withFrameGateway(limits: ", max_header_bytes: 4KiB") { gateway, origin in
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
             #expect(connection.serverSetting(.maxHeaderListSize) == UInt32(Self.maxHeaderBytes))
@@ -339,7 +312,7 @@ struct GatewayHTTP2LimitsTests {
         "DATA that do not add up to content-length reset the stream (PROTOCOL_ERROR); the origin never gets them whole",
         arguments: GatewayHTTP2LimitsTests.lengthCases)
     func contentLengthMismatch(_ lengthCase: LengthCase) async throws {
-        try await withLimitsGateway { gateway, origin in
+        try await withFrameGateway { gateway, origin in
             let connection = try await RawH2Connection.open(port: gateway.port, group: gateway.clients)
             defer { Task { await connection.close() } }
             try await connection.send(lengthCase.frames)
@@ -369,7 +342,7 @@ struct GatewayHTTP2LimitsTests {
 
     @Test("with the client's SETTINGS_HEADER_TABLE_SIZE of 0, every response block decodes without a dynamic table")
     func headerTableSizeZero() async throws {
-        try await withLimitsGateway { gateway, _ in
+        try await withFrameGateway { gateway, _ in
             // The connection's decoder has a dynamic table of 0 octets, as announced: a block
             // that indexes a field or refers to one the table would hold does not decode.
             let connection = try await RawH2Connection.open(
@@ -398,7 +371,7 @@ struct GatewayHTTP2LimitsTests {
         "with the client's SETTINGS_MAX_FRAME_SIZE raised, DATA frames are larger than 16,384 and never above it",
         arguments: [20_000, 65_536])
     func largerFrames(maxFrameSize: Int) async throws {
-        try await withLimitsGateway { gateway, _ in
+        try await withFrameGateway { gateway, _ in
             let window = 1 << 24
             let connection = try await RawH2Connection.open(
                 port: gateway.port, group: gateway.clients,
@@ -423,7 +396,7 @@ struct GatewayHTTP2LimitsTests {
 
     @Test("a response header block larger than a frame is HEADERS and CONTINUATION frames, nothing between them")
     func largeResponseHeaderBlock() async throws {
-        try await withLimitsGateway { gateway, _ in
+        try await withFrameGateway { gateway, _ in
             let connection = try await RawH2Connection.open(
                 port: gateway.port, group: gateway.clients, settings: [(.maxHeaderListSize, 1 << 20)])
             defer { Task { await connection.close() } }

@@ -8,6 +8,8 @@ import NIOHPACK
 import NIOPosix
 import Synchronization
 
+@testable import AviaryGateway
+
 // HTTP/2 by hand, for conformance tests of the gateway's listener: frames are written byte by
 // byte as RFC 9113 §4.1 lays them out (so a test can send what no well-behaved client library
 // would), and the frames that come back are parsed the same way. Nothing here depends on
@@ -371,6 +373,28 @@ struct H2StreamResult: Sendable {
 /// try await connection.send(.headers(stream: 1, HPACKLiterals.request("GET", "/a"), endStream: true))
 /// let response = try await connection.response(on: 1)
 /// ```
+/// The HTTP/2 frame tests' gateway in front of one origin (``withOrigins``, ``withGateway``):
+/// `listen` and `limits` are added to its `listen` and `limits` maps, and `/held...` requests wait
+/// in a fault delay (reads withheld) that ends only if the test's timers are advanced a minute.
+func withFrameGateway<T>(
+    listen: String = "", limits: String = "", timers: any GatewayTimers = EventLoopTimers(),
+    _ body: (GatewayHarness, TestOrigin) async throws -> T
+) async throws -> T {
+    try await withOrigins(["a"]) { origins in
+        let yaml = """
+            listen: {address: 127.0.0.1:0, http2: true\(listen)}
+            limits: {max_body_bytes: 256MiB\(limits)}
+            clusters: {backend: {endpoints: [127.0.0.1:\(origins[0].port)]}}
+            routes:
+              - match: {path_prefix: /held}
+                cluster: backend
+                fault: {delay: {percent: 100%, duration: 60s}}
+              - {match: {path_prefix: /}, cluster: backend}
+            """
+        return try await withGateway(yaml, timers: timers) { gateway in try await body(gateway, origins[0]) }
+    }
+}
+
 final class RawH2Connection: Sendable {
     /// The client connection preface's fixed octets (RFC 9113 §3.4).
     static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
@@ -453,13 +477,15 @@ final class RawH2Connection: Sendable {
     func nextFrame(timeout: Duration = .seconds(5)) async throws -> H2Frame? {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while true {
-            switch try self.inbox.take() {
+            let (taken, arrivals) = try self.inbox.take()
+            switch taken {
             case .frame(let frame): return frame
             case .closed: return nil
             case .nothing: break
             }
-            if ContinuousClock.now > deadline { throw H2ReadError.timedOut(waitingFor: "a frame", seen: []) }
-            try await Task.sleep(for: .milliseconds(2))
+            guard ContinuousClock.now < deadline else { throw H2ReadError.timedOut(waitingFor: "a frame", seen: []) }
+            // Woken by the next bytes, the close or the deadline, not by polling.
+            await self.inbox.arrival(after: arrivals, until: deadline)
         }
     }
 
@@ -573,6 +599,9 @@ private final class H2Inbox: Sendable {
         var partial: H2Frame?
         var decoder: HPACKDecoder
         var wireFrames: [H2WireFrame] = []
+        /// Counts reads and the close: a reader waits for it to move.
+        var arrivals = 0
+        var waiters: [CheckedContinuation<Void, Never>] = []
     }
 
     private let state: Mutex<State>
@@ -584,11 +613,47 @@ private final class H2Inbox: Sendable {
     var wireFrames: [H2WireFrame] { self.state.withLock { $0.wireFrames } }
 
     func append(_ buffer: ByteBuffer) {
-        self.state.withLock { $0.bytes.append(contentsOf: buffer.readableBytesView) }
+        self.state.withLock {
+            $0.bytes.append(contentsOf: buffer.readableBytesView)
+            $0.arrivals += 1
+        }
+        self.wakeWaiters()
     }
 
     func markClosed() {
-        self.state.withLock { $0.closed = true }
+        self.state.withLock {
+            $0.closed = true
+            $0.arrivals += 1
+        }
+        self.wakeWaiters()
+    }
+
+    /// Waits until something arrives after the `arrivals` count a ``take()`` returned, or until
+    /// `deadline`.
+    func arrival(after arrivals: Int, until deadline: ContinuousClock.Instant) async {
+        // The deadline's timer wakes the wait too (unless the wait ended first and cancelled it);
+        // a wait registered after it fired sees the deadline passed (checked under the lock).
+        let timer = Task {
+            guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
+            self.wakeWaiters()
+        }
+        defer { timer.cancel() }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let waits = self.state.withLock { state in
+                guard state.arrivals == arrivals, ContinuousClock.now < deadline else { return false }
+                state.waiters.append(continuation)
+                return true
+            }
+            if !waits { continuation.resume() }
+        }
+    }
+
+    private func wakeWaiters() {
+        let waiters = self.state.withLock { state in
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 
     var isClosed: Bool { self.state.withLock { $0.closed } }
@@ -598,23 +663,28 @@ private final class H2Inbox: Sendable {
         self.state.withLock { $0.kept.insert(contentsOf: frames, at: 0) }
     }
 
-    func take() throws -> Taken {
+    /// The next frame, or the close, or nothing yet; with the count of arrivals it has seen.
+    func take() throws -> (Taken, arrivals: Int) {
         try self.state.withLock { state in
-            if !state.kept.isEmpty { return .frame(state.kept.removeFirst()) }
-            while state.bytes.count >= 9 {
-                let length = Int(state.bytes[0]) << 16 | Int(state.bytes[1]) << 8 | Int(state.bytes[2])
-                guard state.bytes.count >= 9 + length else { break }
-                let stream = state.bytes[5..<9].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } & 0x7fff_ffff
-                let frame = H2Frame(
-                    H2Frame.Kind(rawValue: state.bytes[3]), flags: H2Frame.Flags(rawValue: state.bytes[4]),
-                    stream: stream, payload: Array(state.bytes[9..<(9 + length)]))
-                state.bytes.removeFirst(9 + length)
-                state.wireFrames.append(
-                    H2WireFrame(kind: frame.kind, flags: frame.flags, stream: frame.stream, length: length))
-                if let complete = try Self.assemble(frame, &state) { return .frame(complete) }
-            }
-            return state.closed ? .closed : .nothing
+            (try Self.next(&state), state.arrivals)
         }
+    }
+
+    private static func next(_ state: inout State) throws -> Taken {
+        if !state.kept.isEmpty { return .frame(state.kept.removeFirst()) }
+        while state.bytes.count >= 9 {
+            let length = Int(state.bytes[0]) << 16 | Int(state.bytes[1]) << 8 | Int(state.bytes[2])
+            guard state.bytes.count >= 9 + length else { break }
+            let stream = state.bytes[5..<9].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } & 0x7fff_ffff
+            let frame = H2Frame(
+                H2Frame.Kind(rawValue: state.bytes[3]), flags: H2Frame.Flags(rawValue: state.bytes[4]),
+                stream: stream, payload: Array(state.bytes[9..<(9 + length)]))
+            state.bytes.removeFirst(9 + length)
+            state.wireFrames.append(
+                H2WireFrame(kind: frame.kind, flags: frame.flags, stream: frame.stream, length: length))
+            if let complete = try Self.assemble(frame, &state) { return .frame(complete) }
+        }
+        return state.closed ? .closed : .nothing
     }
 
     /// Merges CONTINUATION frames into their HEADERS frame and decodes the block once it is whole.
