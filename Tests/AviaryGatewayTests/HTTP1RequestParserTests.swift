@@ -252,4 +252,71 @@ struct HTTP1RequestParserTests {
             #expect(HTTP1RequestParser.isTokenByte(byte) == expected, "byte \(value)")
         }
     }
+
+    @Test("the word-at-a-time check finds exactly the bytes a value may not hold: below 0x20 and DEL")
+    func controlBytesInWords() {
+        func expected(_ word: UInt64) -> Bool {
+            (0..<8).contains { shift in
+                let byte = UInt8(truncatingIfNeeded: word >> (8 * shift))
+                return byte < 0x20 || byte == 0x7F
+            }
+        }
+        // Every byte value at every position, among fillers at the edges of the allowed range.
+        for filler: UInt8 in [0x20, 0x61, 0x7E, 0x80, 0xA0, 0xFF] {
+            for position in 0..<8 {
+                for value in 0...255 {
+                    var word: UInt64 = 0
+                    for index in 0..<8 {
+                        word |= UInt64(index == position ? UInt8(value) : filler) << (8 * index)
+                    }
+                    #expect(HTTP1RequestParser.hasControlByte(word) == expected(word), "word \(word)")
+                }
+            }
+        }
+        // Random words, and random words of mostly high bytes (where borrows could mislead).
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<200_000 {
+            var word = UInt64.random(in: .min ... .max, using: &generator)
+            if round % 2 == 1 { word |= 0x8080_8080_8080_8080 & UInt64.random(in: .min ... .max, using: &generator) }
+            if HTTP1RequestParser.hasControlByte(word) != expected(word) {
+                Issue.record("word \(String(word, radix: 16))")
+                return
+            }
+        }
+    }
+
+    @Test("a bad byte is found at any offset of a long value; tabs and obs-text pass; blanks are trimmed")
+    func longValues() throws {
+        let long = String(repeating: "abcdefgh", count: 5)
+        for offset in 0..<long.utf8.count {
+            for bad in ["\u{0}", "\u{1F}", "\u{7F}", "\u{B}"] {
+                var value = Array(long)
+                value[offset] = Character(bad)
+                #expect(throws: HTTP1RequestError.badHeaderValue) {
+                    try Self.parse("GET / HTTP/1.1\r\nX-A: \(String(value))\r\n\r\n")
+                }
+            }
+            var withTab = Array(long)
+            withTab[offset] = "\t"
+            let tabbed = String(withTab)
+            // A tab at either end is trimmed with the blanks around it; one inside stays.
+            let kept =
+                offset == 0
+                ? String(tabbed.dropFirst()) : offset == long.utf8.count - 1 ? String(tabbed.dropLast()) : tabbed
+            #expect(
+                try Self.parse("GET / HTTP/1.1\r\nX-A: \(tabbed) \t \r\n\r\n").first
+                    == .head(method: "GET", uri: "/", version: "1.1", headers: ["X-A=\(kept)"]))
+        }
+        // A CR that is not followed by LF, in the middle of a word-sized stretch.
+        #expect(throws: HTTP1RequestError.badLineEnding) {
+            try Self.parse("GET / HTTP/1.1\r\nX-A: abcdefghij\rklmnopqrstuvwxyz\r\n\r\n")
+        }
+        let utf8 = "caf\u{E9} \u{1F426} na\u{EF}ve " + long
+        #expect(
+            try Self.parse("GET / HTTP/1.1\r\nX-A: \(utf8)\r\n\r\n").first
+                == .head(method: "GET", uri: "/", version: "1.1", headers: ["X-A=\(utf8)"]))
+        #expect(
+            try Self.parse("GET / HTTP/1.1\r\nX-A:  \t \t  \r\n\r\n").first
+                == .head(method: "GET", uri: "/", version: "1.1", headers: ["X-A="]))
+    }
 }

@@ -360,13 +360,21 @@ struct HTTP1RequestParser {
                 index += 1
             }
             let valueStart = index
-            var valueEnd = index
+            // Hot path: eight bytes at a time while a word has no control byte, which is all of
+            // a common value up to the word that holds its CR (a `User-Agent`, a cookie); that
+            // word, and any with a tab or a bad byte, is walked byte by byte from its start.
+            while index &+ 8 <= bytes.count, !Self.hasControlByte(Self.load8(bytes, at: index)) { index &+= 8 }
             // The scan stopped at a CR followed by LF: the section's lines all end that way.
             while bytes[index] != UInt8(ascii: "\r") {
                 let byte = bytes[index]
                 if byte < 0x20 && byte != UInt8(ascii: "\t") || byte == 0x7F { throw .badHeaderValue }
                 index += 1
-                if byte != UInt8(ascii: " ") && byte != UInt8(ascii: "\t") { valueEnd = index }
+            }
+            var valueEnd = index
+            while valueEnd > valueStart
+                && (bytes[valueEnd - 1] == UInt8(ascii: " ") || bytes[valueEnd - 1] == UInt8(ascii: "\t"))
+            {
+                valueEnd -= 1
             }
             guard bytes[index + 1] == UInt8(ascii: "\n") else { throw .badLineEnding }
             let value = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd])
@@ -423,6 +431,21 @@ struct HTTP1RequestParser {
 
     static func load8(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
         UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+
+    /// Whether any of the eight bytes of `word` is a control byte of a field value's rules:
+    /// below 0x20 (tab, CR and the forbidden ones alike) or DEL (0x7F). Bytes from 0x80 up
+    /// (obs-text) are not. Exact as a yes or no, though not as to which byte: subtracting 0x20
+    /// from every byte borrows only at a byte below 0x20, so without one no byte's high bit is
+    /// set in `word - 0x20…` while clear in `word` (a byte from 0xA0 up has it set in both), and
+    /// the lowest such byte always has; DEL is a zero byte of `word ^ 0x7F…`, found the same way.
+    @inline(__always)
+    static func hasControlByte(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        let below = (word &- ones &* 0x20) & ~word & highs
+        let del = word ^ (ones &* 0x7F)
+        return below | ((del &- ones) & ~del & highs) != 0
     }
 
     private static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod {
