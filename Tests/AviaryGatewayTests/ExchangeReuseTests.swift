@@ -133,4 +133,55 @@ struct ExchangeReuseTests {
             }
         }
     }
+
+    @Test(
+        "on one HTTP/2 connection, streams take ended streams' exchanges and start afresh; concurrent ones stay apart")
+    func streamsReuseExchanges() async throws {
+        try await withOrigins(["bad", "good"]) { origins in
+            let yaml = """
+                listen: {address: 127.0.0.1:0, http2: true}
+                clusters:
+                  backend: {endpoints: [127.0.0.1:\(origins[0].port), 127.0.0.1:\(origins[1].port)]}
+                routes:
+                  - {match: {path_prefix: /}, cluster: backend, retry: {attempts: 3, on: [503]}}
+                """
+            try await withGateway(yaml) { gateway in
+                let client = try await H2Client.connect(port: gateway.port, group: gateway.clients)
+                defer { Task { await client.close() } }
+                // Round robin: "bad" answers 503 and the GET goes again, to "good".
+                let retried = try await client.request("GET", "/flaky")
+                #expect(retried.status == 200)
+                #expect(retried.header("x-origin") == "good")
+                // The next stream's exchange is the retried stream's object: it has no attempts or
+                // retry state of the last, so this POST is not retried and gets "bad"'s 503.
+                let post = try await client.request("POST", "/flaky", body: [])
+                #expect(post.status == 503)
+                #expect(post.header("x-origin") == "bad")
+                let head = try await client.request("HEAD", "/status/204")
+                #expect(head.status == 204)
+                #expect(head.body.isEmpty)
+                // Streams at once, more than the connection keeps exchanges for: each gets its own
+                // answer, with its body.
+                let statuses = try await withThrowingTaskGroup(of: (Int, Int, String).self) { group in
+                    for index in 0..<48 {
+                        group.addTask {
+                            let response = try await client.request("GET", "/status/\(200 + index % 4)")
+                            return (index, response.status, response.text)
+                        }
+                    }
+                    var all: [Int: (Int, String)] = [:]
+                    for try await (index, status, text) in group { all[index] = (status, text) }
+                    return all
+                }
+                #expect(statuses.count == 48)
+                for (index, (status, text)) in statuses {
+                    #expect(status == 200 + index % 4, "stream \(index)")
+                    #expect(text == "status \(200 + index % 4)", "stream \(index)")
+                }
+                // And one after them, on a kept exchange again.
+                #expect(try await client.request("GET", "/status/202").status == 202)
+                #expect(gateway.server.statistics.retries.load(ordering: .relaxed) == 1)
+            }
+        }
+    }
 }

@@ -100,6 +100,11 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
     var requestHeads = LentBuffers()
     /// The response head block the streams wrote last and its long strings, for the next one.
     var responseBlocks = HPACKBlockReuse()
+    /// The exchanges of the streams' ended requests, for the next streams' requests: an HTTP/1.x
+    /// connection's proxy keeps its last exchange for its next request, a stream's proxy serves
+    /// one, so its exchange is kept here instead (see `ProxyHandler.makeExchange`), up to
+    /// `LentBuffers.keptCount` of them.
+    var spareExchanges: [ProxyHandler.Exchange] = []
 
     // MARK: Frame layer state
 

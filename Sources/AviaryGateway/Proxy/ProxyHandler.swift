@@ -1418,12 +1418,17 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         // connection holds no more than the object); reused only if nothing else holds it then.
         if exchange.kept == nil && exchange.cache == nil {
             exchange.park()
-            self.spareExchange = exchange
+            if let server = self.stream?.server {
+                if server.spareExchanges.count < LentBuffers.keptCount { server.spareExchanges.append(exchange) }
+            } else {
+                self.spareExchange = exchange
+            }
         }
     }
 
     /// The exchange for a new request: the last one's object when nothing but this handler
-    /// holds it any more, otherwise a new one.
+    /// holds it any more (on an HTTP/2 stream, one its connection kept from an ended stream),
+    /// otherwise a new one.
     ///
     /// Hot path: the exchange was the one allocation left per proxied request (a `malloc`, and
     /// an object's worth of retains on creation and releases on its end). Reuse is invisible by
@@ -1435,7 +1440,9 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
         head: UpstreamRequestHead, downstream: RequestHead
     ) -> Exchange {
-        if var spare = self.spareExchange.take(), isKnownUniquelyReferenced(&spare) {
+        let kept =
+            if let server = self.stream?.server { server.spareExchanges.popLast() } else { self.spareExchange.take() }
+        if var spare = kept, isKnownUniquelyReferenced(&spare) {
             spare.reuse(
                 route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head,
                 downstream: downstream)
