@@ -130,6 +130,10 @@ struct ExchangeReuseTests {
                 let second = try await connection.readResponse()
                 #expect([first.status, second.status] == [201, 202])
                 #expect(gateway.server.statistics.retries.load(ordering: .relaxed) == 1)
+                // Five requests, one exchange object (two if a callback still held the first
+                // when the next request came; five if nothing were reused).
+                let made = await gateway.server.metricsSnapshot().0.exchangesMade
+                #expect((1...2).contains(made), "\(made) exchanges made")
             }
         }
     }
@@ -160,6 +164,9 @@ struct ExchangeReuseTests {
                 let head = try await client.request("HEAD", "/status/204")
                 #expect(head.status == 204)
                 #expect(head.body.isEmpty)
+                // One after the other, the three streams had one exchange object between them.
+                let sequential = await gateway.server.metricsSnapshot().0.exchangesMade
+                #expect((1...2).contains(sequential), "\(sequential) exchanges made")
                 // Streams at once, more than the connection keeps exchanges for: each gets its own
                 // answer, with its body.
                 let statuses = try await withThrowingTaskGroup(of: (Int, Int, String).self) { group in
@@ -178,8 +185,12 @@ struct ExchangeReuseTests {
                     #expect(status == 200 + index % 4, "stream \(index)")
                     #expect(text == "status \(200 + index % 4)", "stream \(index)")
                 }
-                // And one after them, on a kept exchange again.
+                // At most one exchange per stream in flight at once was made; one after them
+                // takes a kept one again.
+                let concurrent = await gateway.server.metricsSnapshot().0.exchangesMade
+                #expect(concurrent <= sequential + 48, "\(concurrent) exchanges made")
                 #expect(try await client.request("GET", "/status/202").status == 202)
+                #expect(await gateway.server.metricsSnapshot().0.exchangesMade == concurrent)
                 #expect(gateway.server.statistics.retries.load(ordering: .relaxed) == 1)
             }
         }

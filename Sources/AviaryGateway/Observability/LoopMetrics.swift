@@ -62,6 +62,10 @@ final class LoopMetrics {
     private(set) var routes: [String: RouteCounters] = [:]
     private(set) var clusters: [String: ClusterCounters] = [:]
     private(set) var endpoints: [EndpointKey: EndpointCounters] = [:]
+    /// Exchanges this loop's proxies allocated rather than reused (see
+    /// `ProxyHandler.makeExchange`): counted on the allocation only, so that tests can check that
+    /// reuse happens; not exported.
+    var exchangesMade = 0
 
     struct EndpointKey: Hashable, Sendable {
         var cluster: String
@@ -93,6 +97,7 @@ final class LoopMetrics {
     /// A copy for a scrape.
     func snapshot() -> MetricsSnapshot {
         var snapshot = MetricsSnapshot()
+        snapshot.exchangesMade = self.exchangesMade
         for (label, counters) in self.routes {
             snapshot.routes[label] = .init(
                 responses: counters.responses, buckets: counters.buckets,
@@ -131,8 +136,10 @@ struct MetricsSnapshot: Sendable {
     var routes: [String: Route] = [:]
     var clusters: [String: Cluster] = [:]
     var endpoints: [LoopMetrics.EndpointKey: Endpoint] = [:]
+    var exchangesMade = 0
 
     mutating func add(_ other: MetricsSnapshot) {
+        self.exchangesMade += other.exchangesMade
         for (label, route) in other.routes {
             if var mine = self.routes[label] {
                 mine.responses = zip(mine.responses, route.responses).map(+)

@@ -1440,14 +1440,16 @@ final class ProxyHandler: ChannelDuplexHandler, UpstreamExchange {
         route: CompiledRoute, clusterIndex: Int, cluster: ClusterPools, pool: UpstreamPool,
         head: UpstreamRequestHead, downstream: RequestHead
     ) -> Exchange {
-        let kept =
+        // Moved out of `kept` (`take()`), not copied: a second reference fails the check.
+        var kept =
             if let server = self.stream?.server { server.spareExchanges.popLast() } else { self.spareExchange.take() }
-        if var spare = kept, isKnownUniquelyReferenced(&spare) {
+        if var spare = kept.take(), isKnownUniquelyReferenced(&spare) {
             spare.reuse(
                 route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head,
                 downstream: downstream)
             return spare
         }
+        self.loop.metrics.exchangesMade &+= 1
         return Exchange(
             route: route, clusterIndex: clusterIndex, cluster: cluster, pool: pool, head: head, downstream: downstream)
     }
