@@ -54,20 +54,23 @@ final class RawConnection: Sendable {
     func readResponse(isHead: Bool = false, timeout: Duration = .seconds(20)) async throws -> RawResponse {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while true {
+            // Noted before looking: bytes that arrive after the look move it, and end the wait.
+            let arrivals = self.received.arrivals.count
             if let response = self.received.takeResponse(isHead: isHead) { return response }
-            if ContinuousClock.now > deadline { throw RawClientError.timedOut(self.received.snapshot()) }
-            try await Task.sleep(for: .milliseconds(2))
+            if ContinuousClock.now >= deadline { throw RawClientError.timedOut(self.received.snapshot()) }
+            await self.received.arrivals.wait(after: arrivals, until: deadline)
         }
     }
 
     /// Waits until the gateway closes the connection; fails the test after `timeout`.
     func waitUntilClosed(timeout: Duration = .seconds(10)) async -> Bool {
         let deadline = ContinuousClock.now.advanced(by: timeout)
-        while !self.received.isClosed {
-            if ContinuousClock.now > deadline { return false }
-            try? await Task.sleep(for: .milliseconds(2))
+        while true {
+            let arrivals = self.received.arrivals.count
+            if self.received.isClosed { return true }
+            if ContinuousClock.now >= deadline { return false }
+            await self.received.arrivals.wait(after: arrivals, until: deadline)
         }
-        return true
     }
 
     var isClosed: Bool { self.received.isClosed }
@@ -93,16 +96,70 @@ enum RawClientError: Error {
     case timedOut(String)
 }
 
+/// What a raw test client's reader waits on: a count that the connection's handler moves on
+/// every read and on the close, once what arrived is stored. A reader notes the count, looks at
+/// what arrived, and if that is not enough yet waits until the count moves past what it noted
+/// or its deadline passes: woken by the bytes themselves, not by polling.
+///
+/// ```swift
+/// let seen = received.arrivals.count
+/// if let response = received.takeResponse(isHead: false) { return response }
+/// await received.arrivals.wait(after: seen, until: deadline)
+/// ```
+final class ArrivalSignal: Sendable {
+    private let state = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+
+    /// Arrivals so far.
+    var count: Int { self.state.withLock { $0.count } }
+
+    /// Notes an arrival and wakes every waiting reader.
+    func arrived() {
+        self.state.withLock { $0.count += 1 }
+        self.wakeWaiters()
+    }
+
+    /// Returns once the count has moved past `seen`, or once `deadline` has passed.
+    func wait(after seen: Int, until deadline: ContinuousClock.Instant) async {
+        // The deadline's timer wakes the wait too (unless the wait ended first and cancelled it);
+        // a wait registered after it fired sees the deadline passed (checked under the lock).
+        let timer = Task {
+            guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
+            self.wakeWaiters()
+        }
+        defer { timer.cancel() }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let waits = self.state.withLock { state in
+                guard state.count == seen, ContinuousClock.now < deadline else { return false }
+                state.waiters.append(continuation)
+                return true
+            }
+            if !waits { continuation.resume() }
+        }
+    }
+
+    private func wakeWaiters() {
+        let waiters = self.state.withLock { state in
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
 /// Bytes received so far, and whether the connection closed.
 final class ReceivedBytes: Sendable {
     private let state = Mutex<(bytes: [UInt8], closed: Bool)>(([], false))
+    /// Moved by every read and by the close (after the bytes are in): a reader waits on it.
+    let arrivals = ArrivalSignal()
 
     func append(_ buffer: ByteBuffer) {
         self.state.withLock { $0.bytes.append(contentsOf: buffer.readableBytesView) }
+        self.arrivals.arrived()
     }
 
     func markClosed() {
         self.state.withLock { $0.closed = true }
+        self.arrivals.arrived()
     }
 
     var isClosed: Bool { self.state.withLock { $0.closed } }

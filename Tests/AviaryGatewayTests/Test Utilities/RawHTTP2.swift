@@ -477,15 +477,16 @@ final class RawH2Connection: Sendable {
     func nextFrame(timeout: Duration = .seconds(5)) async throws -> H2Frame? {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while true {
-            let (taken, arrivals) = try self.inbox.take()
-            switch taken {
+            // Noted before looking: bytes that arrive after the look move it, and end the wait.
+            let arrivals = self.inbox.arrivals.count
+            switch try self.inbox.take() {
             case .frame(let frame): return frame
             case .closed: return nil
             case .nothing: break
             }
             guard ContinuousClock.now < deadline else { throw H2ReadError.timedOut(waitingFor: "a frame", seen: []) }
             // Woken by the next bytes, the close or the deadline, not by polling.
-            await self.inbox.arrival(after: arrivals, until: deadline)
+            await self.inbox.arrivals.wait(after: arrivals, until: deadline)
         }
     }
 
@@ -599,10 +600,10 @@ private final class H2Inbox: Sendable {
         var partial: H2Frame?
         var decoder: HPACKDecoder
         var wireFrames: [H2WireFrame] = []
-        /// Counts reads and the close: a reader waits for it to move.
-        var arrivals = 0
-        var waiters: [CheckedContinuation<Void, Never>] = []
     }
+
+    /// Moved by every read and by the close (after the bytes are in): a reader waits on it.
+    let arrivals = ArrivalSignal()
 
     private let state: Mutex<State>
 
@@ -613,47 +614,13 @@ private final class H2Inbox: Sendable {
     var wireFrames: [H2WireFrame] { self.state.withLock { $0.wireFrames } }
 
     func append(_ buffer: ByteBuffer) {
-        self.state.withLock {
-            $0.bytes.append(contentsOf: buffer.readableBytesView)
-            $0.arrivals += 1
-        }
-        self.wakeWaiters()
+        self.state.withLock { $0.bytes.append(contentsOf: buffer.readableBytesView) }
+        self.arrivals.arrived()
     }
 
     func markClosed() {
-        self.state.withLock {
-            $0.closed = true
-            $0.arrivals += 1
-        }
-        self.wakeWaiters()
-    }
-
-    /// Waits until something arrives after the `arrivals` count a ``take()`` returned, or until
-    /// `deadline`.
-    func arrival(after arrivals: Int, until deadline: ContinuousClock.Instant) async {
-        // The deadline's timer wakes the wait too (unless the wait ended first and cancelled it);
-        // a wait registered after it fired sees the deadline passed (checked under the lock).
-        let timer = Task {
-            guard (try? await Task.sleep(until: deadline, clock: .continuous)) != nil else { return }
-            self.wakeWaiters()
-        }
-        defer { timer.cancel() }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let waits = self.state.withLock { state in
-                guard state.arrivals == arrivals, ContinuousClock.now < deadline else { return false }
-                state.waiters.append(continuation)
-                return true
-            }
-            if !waits { continuation.resume() }
-        }
-    }
-
-    private func wakeWaiters() {
-        let waiters = self.state.withLock { state in
-            defer { state.waiters.removeAll() }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
+        self.state.withLock { $0.closed = true }
+        self.arrivals.arrived()
     }
 
     var isClosed: Bool { self.state.withLock { $0.closed } }
@@ -663,11 +630,9 @@ private final class H2Inbox: Sendable {
         self.state.withLock { $0.kept.insert(contentsOf: frames, at: 0) }
     }
 
-    /// The next frame, or the close, or nothing yet; with the count of arrivals it has seen.
-    func take() throws -> (Taken, arrivals: Int) {
-        try self.state.withLock { state in
-            (try Self.next(&state), state.arrivals)
-        }
+    /// The next frame, or the close, or nothing yet.
+    func take() throws -> Taken {
+        try self.state.withLock { state in try Self.next(&state) }
     }
 
     private static func next(_ state: inout State) throws -> Taken {
