@@ -579,33 +579,27 @@ final class HTTP2StreamServer: ChannelDuplexHandler, DrainableConnection {
         self.writeControl { $0.writeH2WindowUpdate(stream.id, increment: increment) }
     }
 
-    /// A response HEADERS frame of `stream` (or its trailers), after what waits in it for window.
-    func writeHeaders(
-        _ stream: HTTP2ServerStream, _ block: HPACKHeaders, endStream: Bool, promise: EventLoopPromise<Void>?
-    ) {
+    /// A response frame of `stream` (HEADERS, trailers or DATA): sent now, DATA as far as the
+    /// windows let it go, or queued behind what already waits in the stream for window.
+    func write(_ stream: HTTP2ServerStream, _ frame: HTTP2ServerStream.Pending) {
+        let (endStream, promise) =
+            switch frame {
+            case .data(_, let endStream, let promise), .headers(_, let endStream, let promise): (endStream, promise)
+            }
         guard self.streams[stream.id] === stream, !stream.localClosed else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
         if endStream { stream.localClosed = true }
-        if stream.pending.isEmpty {
-            self.encodeHeaders(stream, block, endStream: endStream, promise: promise)
-        } else {
-            stream.pending.append(.headers(block, endStream: endStream, promise))
-        }
-    }
-
-    /// A response DATA frame of `stream`, as far as the windows let it go now.
-    func writeData(_ stream: HTTP2ServerStream, _ data: ByteBuffer, endStream: Bool, promise: EventLoopPromise<Void>?) {
-        guard self.streams[stream.id] === stream, !stream.localClosed else {
-            promise?.fail(ChannelError.ioOnClosedChannel)
+        guard stream.pending.isEmpty else {
+            stream.pending.append(frame)
             return
         }
-        if endStream { stream.localClosed = true }
-        if stream.pending.isEmpty {
+        switch frame {
+        case .data(let data, let endStream, let promise):
             self.sendData(stream, data, endStream: endStream, promise: promise)
-        } else {
-            stream.pending.append(.data(data, endStream: endStream, promise))
+        case .headers(let block, let endStream, let promise):
+            self.encodeHeaders(stream, block, endStream: endStream, promise: promise)
         }
     }
 
@@ -1040,9 +1034,9 @@ final class HTTP2ServerStream {
                 self.belowHighWaterMark = false
                 self.writabilityMayHaveChanged()
             }
-            self.server.writeData(self, buffer, endStream: endStream, promise: outbound.promise)
+            self.server.write(self, .data(buffer, endStream: endStream, outbound.promise))
         case .headers(let block, let endStream):
-            self.server.writeHeaders(self, block, endStream: endStream, promise: outbound.promise)
+            self.server.write(self, .headers(block, endStream: endStream, outbound.promise))
             // The server has encoded the block (or holds it): its storage serves the next
             // stream's block once nothing holds it.
             self.server.responseBlocks.keep(block)
