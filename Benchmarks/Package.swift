@@ -59,6 +59,20 @@ let package = Package(
             path: "Sources/BrokerBench",
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
+        // Not part of a script: postgres-nio's own cost of one prepared statement per call, the
+        // floor under the log's single publish (see the file's header).
+        .executableTarget(
+            name: "PostgresFloor",
+            dependencies: [
+                .product(name: "AviaryStorage", package: "aviary"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Sources/PostgresFloor",
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
         // Not a benchmark: one shared breaker from N threads, to profile contention.
         .executableTarget(
             name: "ContentionProfile",

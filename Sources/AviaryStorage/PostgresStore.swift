@@ -182,6 +182,8 @@ public final class PostgresStore: Sendable, Service {
     /// }
     /// ```
     public let executor: EventLoopTaskExecutor?
+    /// The connection ``pipeline(_:)`` runs its calls on.
+    let wireLane: WireLane
 
     let migrations: PostgresMigrations
     private let lifecycle = Mutex(Lifecycle())
@@ -228,6 +230,8 @@ public final class PostgresStore: Sendable, Service {
         self.calls = calls
         self.pool = Self.makePool(options: options, setup: setup, calls: calls)
         self.executor = options.eventLoop.map(EventLoopTaskExecutor.init)
+        self.wireLane = WireLane(
+            setup: setup, eventLoop: options.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next())
     }
 
     // MARK: Lifetime
@@ -255,7 +259,10 @@ public final class PostgresStore: Sendable, Service {
         guard first else {
             throw AviaryError(.failedPrecondition, "PostgresStore(\(self.address)).run() was called twice")
         }
-        defer { self.finish(.stopped) }
+        defer {
+            self.finish(.stopped)
+            self.wireLane.stop()
+        }
         try await withThrowingDiscardingTaskGroup { group in
             // With an event loop of its own, the pool's work runs there as well: its timers
             // (connection backoff, idle timeouts) start from the pool's task, which a caller on
@@ -538,6 +545,8 @@ public final class PostgresStore: Sendable, Service {
             return "\(error)"
         case let error as AviaryError:
             return error.message
+        case let error as PostgresWireServerError:
+            return error.description
         default:
             return "\(error)"
         }
@@ -549,7 +558,8 @@ public final class PostgresStore: Sendable, Service {
     /// if PostgresStore.sqlState(error) == "23505" { /* unique violation */ }
     /// ```
     public static func sqlState(_ error: any Error) -> String? {
-        (error as? PSQLError)?.serverInfo?[.sqlState]
+        if let error = error as? PostgresWireServerError { return error.sqlState }
+        return (error as? PSQLError)?.serverInfo?[.sqlState]
     }
 
     /// Serialization failures and deadlocks: the server rolled the transaction back and running it
@@ -753,7 +763,7 @@ public final class PostgresStore: Sendable, Service {
     }
 
     /// Whether ``run()`` has applied the migrations and the store serves.
-    private var isReady: Bool {
+    var isReady: Bool {
         self.lifecycle.withLock { state in
             if case .ready = state.phase { return true }
             return false

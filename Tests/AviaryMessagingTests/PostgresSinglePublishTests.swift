@@ -108,22 +108,19 @@ struct PostgresSinglePublishTests {
             }
             return positions
         }
+        // Asked on the store's wire connection, where single publishes run (a session sees only
+        // its own prepared statements).
         func executions() async throws -> [Int64] {
-            try await log.store.withConnection { connection in
-                var counts: [Int64] = []
-                for try await count in try await connection.query(
-                    """
-                    SELECT generic_plans + custom_plans FROM pg_prepared_statements
-                    WHERE name = \(PublishOneStatement.name)
-                    """, logger: self.logger
-                ).decode(Int64.self) {
-                    counts.append(count)
-                }
-                return counts
-            }
+            let counts = PostgresWireStatement(
+                name: "test_counts",
+                sql: "SELECT generic_plans + custom_plans FROM pg_prepared_statements WHERE name = $1")
+            let results = try await log.store.pipeline([
+                PostgresWireStep(counts, [.text(PostgresMessageLog.publishOneStatement.name)])
+            ])
+            return results[0].rows.compactMap { $0.integer(0) }
         }
         #expect(try await publishSingly(5).map(\.offset) == [1, 2, 3, 4, 5])
-        // One statement on the store's one connection, run five times.
+        // One statement on the store's wire connection, run five times.
         #expect(try await executions() == [5])
         // A migration may replace the function's body with the same arguments and result.
         let definition = try await log.store.withConnection { connection in
@@ -182,10 +179,11 @@ struct PostgresSinglePublishTests {
                 return counts
             }
         }
-        // Four acks and the repeated one, one receive with a lease, on the store's one connection.
+        // Four acks and the repeated one, one receive with a lease, on the store's one pooled
+        // connection (single publishes run on its wire connection).
         #expect(
             try await executions() == [
-                PublishOneStatement.name: 4, used: 5, free: 1, LeasableStatement.name: 1,
+                used: 5, free: 1, LeasableStatement.name: 1,
                 SavePartitionStatement.name: 1,
             ], "\(unused) should not be prepared")
         // Nothing left to receive (no messages read, no state saved), and the lease ended with the
@@ -196,7 +194,7 @@ struct PostgresSinglePublishTests {
         #expect(next.map(\.message.position.offset) == [5])
         #expect(
             try await executions() == [
-                PublishOneStatement.name: 5, used: 5, free: 3, LeasableStatement.name: 2,
+                used: 5, free: 3, LeasableStatement.name: 2,
                 SavePartitionStatement.name: 2,
             ])
         // A lease that ran out and was taken over is lost to its first holder.

@@ -431,13 +431,13 @@ public final class PostgresMessageLog: MessageLog {
             let counts = try await self.partitionCounts(topics)
             do {
                 return try await self.publishNow(encoded, counts: counts, now: now)
-            } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.partitionCountState && !retried {
+            } catch let error where PostgresStore.sqlState(error) == Self.partitionCountState && !retried {
                 retried = true
                 self.knownPartitionCounts.withLock { known in
                     for topic in counts.keys { known.removeValue(forKey: topic) }
                 }
-            } catch let error as PSQLError where error.serverInfo?[.sqlState] == Self.noTopicState {
-                throw MessagingError(.notFound, error.serverInfo?[.message] ?? "no topic")
+            } catch let error where PostgresStore.sqlState(error) == Self.noTopicState {
+                throw MessagingError(.notFound, Self.serverMessage(error) ?? "no topic")
             } catch let error as MessagingError {
                 throw error
             } catch {
@@ -580,18 +580,35 @@ public final class PostgresMessageLog: MessageLog {
     /// messages. The errors are `aviary_publish_now`'s.
     private func publishOne(_ message: Encoded, partitions: Int, now: Int64) async throws -> [MessagePosition]? {
         let partition = Partitioner.partition(forKey: message.key, partitions: max(1, partitions))
-        let statement = PublishOneStatement(
-            topic: message.topic, partitions: Int32(partitions), partition: Int32(partition), key: message.key,
-            event: message.event, headers: message.headers, bytes: Int32(message.bytes), now: now,
-            channel: self.configuration.channel)
-        // `PostgresStore.execute` sends the statement, and reads its reply, on the connection's
-        // event loop in the caller's task; a caller elsewhere hops there and back (a fifth to a
-        // third less client CPU a publish than a call from the pool in a task of its own, see the
-        // performance notes). Batches stay where their caller is: they pay those hand-offs once
-        // for all their messages, and binding their arrays on the loop would hold the loop's other
-        // connections meanwhile.
-        guard let offset = try await self.store.execute(statement).last ?? nil else { return nil }
+        // One prepared call on the store's wire connection (`PostgresStore.pipeline`): about a
+        // quarter of the client CPU of the same call through postgres-nio and the pool (see the
+        // performance notes, twenty-first session). A caller on the log's loop (`executor`) sends
+        // and resumes there; others hop there and back. Batches stay on postgres-nio: their
+        // arrays' binary encoding pays there, and they pay the call's fixed cost once.
+        let results = try await self.store.pipeline([
+            PostgresWireStep(
+                Self.publishOneStatement,
+                [
+                    .text(message.topic), .integer(Int64(partitions)), .integer(Int64(partition)), .text(message.key),
+                    .text(message.event), .text(message.headers), .integer(Int64(message.bytes)), .integer(now),
+                    .text(self.configuration.channel),
+                ])
+        ])
+        guard let offset = results.first?.rows.first?.integer(0) else { return nil }
         return [MessagePosition(topic: message.topic, partition: partition, offset: offset)]
+    }
+
+    /// `aviary_publish_one`'s call, which each wire connection prepares once. The function may be
+    /// replaced by a later migration with the same arguments and result (a prepared call picks
+    /// the new body up); one that changes its result type needs a new name here.
+    static let publishOneStatement = PostgresWireStatement(
+        name: "aviary_publish_one_v6",
+        sql: "SELECT aviary_publish_one($1, $2, $3, $4, $5, $6, $7, $8, $9) AS msg_offset")
+
+    /// The server's message of a PostgreSQL error.
+    static func serverMessage(_ error: any Error) -> String? {
+        if let error = error as? PostgresWireServerError { return error.message }
+        return (error as? PSQLError)?.serverInfo?[.message]
     }
 
     /// Appends messages at the next offsets of their partitions (inside a transaction), keeping
@@ -759,49 +776,5 @@ public final class PostgresMessageLog: MessageLog {
                 onPoison: PoisonPolicy(rawValue: try row["on_poison"].decode(String.self)) ?? .deadLetter,
                 deadLetterTopic: try row["dead_letter_topic"].decode(String.self))
         }
-    }
-}
-
-/// `aviary_publish_one`'s call as a statement each connection prepares once (postgres-nio keeps
-/// it by ``name`` per connection): later publishes send only its bind and execute, so neither side
-/// parses the text or describes its parameters and result again.
-///
-/// The function may be replaced by a later migration with the same arguments and result (a
-/// prepared call picks the new body up); one that changes its result type needs a new name here.
-/// postgres-nio keeps a failed preparation's error for the connection's life; preparing this call
-/// fails only when the function is missing or not callable, which the log's migrations rule out
-/// before any publish. An error the function raises (a stale partition count) fails only that
-/// execution.
-struct PublishOneStatement: PostgresPreparedStatement {
-    static let name = "aviary_publish_one_v6"
-    static let sql = "SELECT aviary_publish_one($1, $2, $3, $4, $5, $6, $7, $8, $9) AS msg_offset"
-    typealias Row = Int64?
-
-    var topic: String
-    var partitions: Int32
-    var partition: Int32
-    var key: String
-    var event: String
-    var headers: String
-    var bytes: Int32
-    var now: Int64
-    var channel: String
-
-    func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings(capacity: 9)
-        bindings.append(self.topic)
-        bindings.append(self.partitions)
-        bindings.append(self.partition)
-        bindings.append(self.key)
-        bindings.append(self.event)
-        bindings.append(self.headers)
-        bindings.append(self.bytes)
-        bindings.append(self.now)
-        bindings.append(self.channel)
-        return bindings
-    }
-
-    func decodeRow(_ row: PostgresRow) throws -> Row {
-        try row.decode(Int64?.self)
     }
 }
