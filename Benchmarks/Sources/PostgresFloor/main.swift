@@ -20,7 +20,9 @@ import NIOPosix
 import PostgresNIO
 
 let arguments = CommandLine.arguments
-guard arguments.count >= 2, ["async", "future", "wire", "wire2", "wirefn", "wirecte"].contains(arguments[1]) else {
+guard arguments.count >= 2,
+    ["async", "future", "wire", "wire2", "wirefn", "wirecte", "wirelock"].contains(arguments[1])
+else {
     FileHandle.standardError.write(Data("usage: PostgresFloor <async|future|wire|wire2|wirefn> [seconds]\n".utf8))
     exit(2)
 }
@@ -123,6 +125,20 @@ func runWire(_ wire: WireConnection, until deadline: NIODeadline) async throws -
                 "w_fn", "SELECT aviary_publish_one($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 ["publish", "8", "3", "k3", payload, "{}", "336", "1700000000000", "aviary_x"]
             )
+        ]
+    case "wirelock":
+        // An experiment: offsets from the message index under an advisory lock, no partition row.
+        statements = [
+            ("w_lock", "SELECT pg_advisory_xact_lock(97, $1::int)", ["3"]),
+            (
+                "w_insert_max",
+                """
+                INSERT INTO aviary_messages (topic_id, partition, msg_offset, appended_at, bytes, key, event, headers)
+                SELECT 97, $1, coalesce(max(m.msg_offset), 0) + 1, $2, $3, $4, $5, $6
+                FROM aviary_messages m WHERE m.topic_id = 97 AND m.partition = $1
+                RETURNING msg_offset
+                """, ["3", "1700000000000", "336", "k3", payload, "{}"]
+            ),
         ]
     case "wirecte":
         statements = [

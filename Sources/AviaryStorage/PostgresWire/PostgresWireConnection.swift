@@ -174,6 +174,9 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
         /// The statements this call sent `Parse` for, not yet confirmed, in order.
         var parsing: [String] = []
         var error: PostgresWireServerError?
+        /// The steps, kept when a step's statement was written before its `Parse` was confirmed
+        /// (by another call in flight): if that `Parse` failed, this call is sent once more.
+        var resend: [PostgresWireStep]?
     }
 
     private let configuration: PostgresWireConnection.Configuration
@@ -220,7 +223,8 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
 
     // MARK: Calls
 
-    func send(_ steps: [PostgresWireStep], _ promise: EventLoopPromise<[PostgresWireResult]>) {
+    /// Sends a call; `resend` is false for a call sent a second time, which is not sent again.
+    func send(_ steps: [PostgresWireStep], _ promise: EventLoopPromise<[PostgresWireResult]>, resend: Bool = true) {
         guard case .ready = self.phase, let context = self.context else {
             promise.fail(self.closedError())
             return
@@ -229,10 +233,15 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
         var call = Call(promise: promise, results: [])
         call.results.reserveCapacity(steps.count)
         for step in steps {
-            if self.prepared[step.statement.name] == nil {
+            switch self.prepared[step.statement.name] {
+            case nil:
                 self.prepared[step.statement.name] = false
                 call.parsing.append(step.statement.name)
                 PostgresWireFrontend.parse(step.statement, into: &out)
+            case false? where !call.parsing.contains(step.statement.name) && resend:
+                call.resend = steps
+            default:
+                break
             }
             PostgresWireFrontend.bind(step, into: &out)
             PostgresWireFrontend.execute(into: &out)
@@ -278,6 +287,15 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
             else {
                 return self.fail("PostgreSQL sent a malformed message", context: context)
             }
+            if case .ready = self.phase {
+            } else if !Self.startupTags.contains(tag) || length > Self.largestStartupMessage {
+                // Before the server is ready it sends only small authentication, parameter and
+                // error messages; anything else is not PostgreSQL (an HTTP server, say), and
+                // waiting for a body of the "length" it seems to give would take the timeout.
+                return self.fail(
+                    "the server's first reply (type \(Self.printable(tag)), \(length) bytes) is not PostgreSQL's",
+                    context: context)
+            }
             guard bytes.readableBytes >= 1 + Int(length) else { break }
             bytes.moveReaderIndex(forwardBy: 5)
             var body = bytes.readSlice(length: Int(length) - 4)!
@@ -286,6 +304,16 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
         if bytes.readableBytes > 0 {
             self.inbox = bytes
         }
+    }
+
+    /// The message types a server sends before it is ready: authentication, ErrorResponse,
+    /// ParameterStatus, BackendKeyData, ReadyForQuery, NoticeResponse, NegotiateProtocolVersion.
+    private static let startupTags: Set<UInt8> = Set("RESKZNv".utf8)
+    /// The longest message accepted before the server is ready (libpq's limit is 30,000 bytes).
+    private static let largestStartupMessage: Int32 = 30_000
+
+    private static func printable(_ tag: UInt8) -> String {
+        (0x21...0x7E).contains(tag) ? "'\(Character(Unicode.Scalar(tag)))'" : "0x\(String(tag, radix: 16))"
     }
 
     private func tlsAnswered(_ answer: UInt8?, context: ChannelHandlerContext) {
@@ -356,7 +384,11 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
                 self.closeReason = error.description
                 if let ready = self.ready {
                     self.ready = nil
-                    ready.fail(error)
+                    ready.fail(
+                        AviaryError(
+                            .unavailable,
+                            "PostgreSQL at \(self.configuration.serverDescription) refused the connection: \(error)",
+                            cause: error))
                 }
                 self.phase = .closed
                 context.close(promise: nil)
@@ -384,7 +416,12 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
             }
             // A Parse the server never confirmed (the call failed before it) is sent again next time.
             for name in call.parsing { self.prepared.removeValue(forKey: name) }
-            if let error = call.error {
+            if let error = call.error, error.sqlState == "26000", let steps = call.resend {
+                // A statement this call used was being prepared by an earlier call in flight, whose
+                // failure skipped its Parse: nothing of this call ran, so it is sent again, once,
+                // with its own Parse.
+                self.send(steps, call.promise, resend: false)
+            } else if let error = call.error {
                 call.promise.fail(error)
             } else {
                 call.promise.succeed(call.results)

@@ -87,21 +87,21 @@ package struct PostgresWireRow: Sendable {
         guard index < self.values.count, let value = self.values[index] else { return nil }
         return value.withUnsafeReadableBytes { bytes in
             guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
+            // Negative numbers are summed downwards, so that Int64.min, whose magnitude has no
+            // positive Int64, reads too.
+            let negative = bytes[0] == UInt8(ascii: "-")
+            guard !negative || bytes.count > 1 else { return nil }
             var result: Int64 = 0
-            var negative = false
-            for (position, byte) in bytes.enumerated() {
-                if position == 0 && byte == UInt8(ascii: "-") {
-                    negative = true
-                    continue
-                }
+            for byte in bytes.dropFirst(negative ? 1 : 0) {
                 guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                let digit = Int64(byte - UInt8(ascii: "0"))
                 let (times, overflowTimes) = result.multipliedReportingOverflow(by: 10)
-                let (sum, overflowSum) = times.addingReportingOverflow(Int64(byte - UInt8(ascii: "0")))
-                guard !overflowTimes, !overflowSum else { return nil }
-                result = sum
+                let (next, overflowNext) =
+                    negative ? times.subtractingReportingOverflow(digit) : times.addingReportingOverflow(digit)
+                guard !overflowTimes, !overflowNext else { return nil }
+                result = next
             }
-            if negative && bytes.count == 1 { return nil }
-            return negative ? -result : result
+            return result
         }
     }
 
