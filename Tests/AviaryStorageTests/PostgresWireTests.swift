@@ -75,25 +75,12 @@ struct PostgresWireTests {
         return try await connection.run(steps).get()
     }
 
-    /// What `call` gives within `limit`, or `nil` when it is still running then.
+    /// What `call` gives within `limit`, or `nil` when it is still running then (the keep-alive
+    /// tests' deadline race, shared).
     static func outcome<T: Sendable>(
         within limit: Duration, _ call: @escaping @Sendable () async throws -> T
     ) async -> Result<T, any Error>? {
-        let (answers, answering) = AsyncStream.makeStream(
-            of: Result<T, any Error>?.self, bufferingPolicy: .bufferingOldest(1))
-        Task {
-            let result: Result<T, any Error>
-            do { result = .success(try await call()) } catch { result = .failure(error) }
-            answering.yield(result)
-        }
-        let deadline = MultiThreadedEventLoopGroup.singleton.next().scheduleTask(
-            in: .nanoseconds(Int64(limit / .nanoseconds(1)))
-        ) {
-            answering.yield(nil)
-        }
-        defer { deadline.cancel() }
-        for await first in answers { return first }
-        return nil
+        await PostgresKeepAliveTests.answer(within: limit, call)
     }
 
     /// The `AviaryError` `outcome` failed with; records an issue for anything else.

@@ -280,7 +280,9 @@ final class PostgresWireHandler: ChannelInboundHandler, RemovableChannelHandler 
             inbox.writeBuffer(&bytes)
             bytes = inbox
         }
-        while bytes.readableBytes >= 5, case .some = self.context {
+        while bytes.readableBytes >= 5 {
+            // A message that failed the connection leaves the rest unread.
+            if case .closed = self.phase { return }
             let start = bytes.readerIndex
             guard let tag = bytes.getInteger(at: start, as: UInt8.self),
                 let length = bytes.getInteger(at: start + 1, as: Int32.self), length >= 4
