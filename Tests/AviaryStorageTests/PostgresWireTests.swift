@@ -54,6 +54,23 @@ struct PostgresWireTests {
         }
     }
 
+    /// A wire call that cannot end by itself: it waits for an advisory lock that ``whileLocked(_:_:)``
+    /// holds in another session (no timed sleep on the server).
+    static let blocked = PostgresWireStatement(name: "wire_test_blocked", sql: "SELECT pg_advisory_lock(4242)")
+
+    /// Runs `body` while another session of `url`'s database holds the advisory lock ``blocked``
+    /// waits for; the lock goes when `body` returns (its connection closes).
+    static func whileLocked<T: Sendable>(
+        _ url: StoreURL, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        try await PostgresStore.withStore(url: url) { holder in
+            try await holder.withDedicatedConnection { connection in
+                _ = try await connection.complete("SELECT pg_advisory_lock(4242)", logger: holder.logger)
+                return try await body()
+            }
+        }
+    }
+
     /// Polls (with a 4 s deadline) until backend `pid` is running a statement containing `text`.
     static func waitUntilRunning(_ store: PostgresStore, pid: Int64, _ text: String) async throws -> Bool {
         let deadline = ContinuousClock.now + .seconds(4)
@@ -417,28 +434,29 @@ struct PostgresWireTests {
     @Test("a call in flight when its backend is terminated fails at once as unavailable, saying the connection closed")
     func terminatedDuringCall() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        try await PostgresStore.withStore(url: url) { store in
-            let pid = try await Self.backend(store)
-            let sleep = PostgresWireStatement(name: "wire_test_sleep", sql: "SELECT pg_sleep(5)")
-            let start = ContinuousClock.now
-            let call = Task { try await store.pipeline([PostgresWireStep(sleep, [])]) }
-            #expect(try await Self.waitUntilRunning(store, pid: pid, "pg_sleep"))
-            #expect(try await Self.terminate(store, pid: pid))
-            let outcome = await Self.outcome(within: .seconds(10)) { try await call.value }
-            let elapsed = ContinuousClock.now - start
-            if let error = Self.aviaryError(outcome) {
-                #expect(error.code == .unavailable, "\(error)")
-                #expect(error.message.contains("closed"), "\(error.message)")
-                #expect(error.message.contains("57P01"), "\(error.message)")
+        try await Self.whileLocked(url) {
+            try await PostgresStore.withStore(url: url) { store in
+                let pid = try await Self.backend(store)
+                let start = ContinuousClock.now
+                let call = Task { try await store.pipeline([PostgresWireStep(Self.blocked, [])]) }
+                #expect(try await Self.waitUntilRunning(store, pid: pid, "pg_advisory_lock"))
+                #expect(try await Self.terminate(store, pid: pid))
+                let outcome = await Self.outcome(within: .seconds(10)) { try await call.value }
+                let elapsed = ContinuousClock.now - start
+                if let error = Self.aviaryError(outcome) {
+                    #expect(error.code == .unavailable, "\(error)")
+                    #expect(error.message.contains("closed"), "\(error.message)")
+                    #expect(error.message.contains("57P01"), "\(error.message)")
+                }
+                #expect(elapsed < .seconds(4), "\(elapsed)")
+                // The next calls open a new connection.
+                let deadline = ContinuousClock.now + .seconds(10)
+                var next: Int64?
+                while next == nil, ContinuousClock.now < deadline {
+                    next = try? await Self.backend(store)
+                }
+                #expect(next != nil && next != pid)
             }
-            #expect(elapsed < .seconds(4), "\(elapsed)")
-            // The next calls open a new connection.
-            let deadline = ContinuousClock.now + .seconds(10)
-            var next: Int64?
-            while next == nil, ContinuousClock.now < deadline {
-                next = try? await Self.backend(store)
-            }
-            #expect(next != nil && next != pid)
         }
     }
 
@@ -706,16 +724,19 @@ struct PostgresWireTests {
     )
     func afterStop() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
+        try await Self.whileLocked(url) { try await Self.checkAfterStop(url) }
+    }
+
+    static func checkAfterStop(_ url: StoreURL) async throws {
         let store = try PostgresStore(url: url)
-        let sleep = PostgresWireStatement(name: "wire_test_sleep", sql: "SELECT pg_sleep(5)")
         let (connection, inFlight, start) = try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await store.run() }
             try await store.ready()
             let pid = try await Self.backend(store)
             let connection = try #require(store.wireLane.openConnection())
             let start = ContinuousClock.now
-            let inFlight = Task { try await store.pipeline([PostgresWireStep(sleep, [])]) }
-            #expect(try await Self.waitUntilRunning(store, pid: pid, "pg_sleep"))
+            let inFlight = Task { try await store.pipeline([PostgresWireStep(Self.blocked, [])]) }
+            #expect(try await Self.waitUntilRunning(store, pid: pid, "pg_advisory_lock"))
             group.cancelAll()
             // run() ends (the group waits for it).
             return (connection, inFlight, start)

@@ -10,8 +10,9 @@ struct WireCall {
     var promise: EventLoopPromise<[String?]>
 }
 
-final class WireHandler: ChannelInboundHandler, @unchecked Sendable {
-    // @unchecked: touched only on the channel's event loop.
+/// Made in the channel's initializer and used only on its loop (``WireConnection`` reaches it
+/// through a `NIOLoopBound`).
+final class WireHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     var inbox = ByteBuffer()
@@ -19,6 +20,7 @@ final class WireHandler: ChannelInboundHandler, @unchecked Sendable {
     var waiting: [WireCall] = []
     var values: [String?] = []
     var failure: String?
+    var prepared: Set<String> = []
 
     init(ready: EventLoopPromise<Void>) { self.ready = ready }
 
@@ -88,13 +90,11 @@ extension ByteBuffer {
     }
 }
 
-final class WireConnection: @unchecked Sendable {
-    // @unchecked: used only on its channel's event loop.
+final class WireConnection: Sendable {
     let channel: Channel
-    let handler: WireHandler
-    var prepared: Set<String> = []
+    let handler: NIOLoopBound<WireHandler>
 
-    init(channel: Channel, handler: WireHandler) {
+    init(channel: Channel, handler: NIOLoopBound<WireHandler>) {
         self.channel = channel
         self.handler = handler
     }
@@ -104,13 +104,18 @@ final class WireConnection: @unchecked Sendable {
         settings: [(String, String)] = []
     ) async throws -> WireConnection {
         let ready = loop.makePromise(of: Void.self)
-        let handler = WireHandler(ready: ready)
         let channel = try await ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(WireHandler(ready: ready))
+                }
             }
             .connect(host: host, port: port).get()
+        let handler = try await channel.eventLoop.submit {
+            NIOLoopBound(
+                try channel.pipeline.syncOperations.handler(type: WireHandler.self), eventLoop: channel.eventLoop)
+        }.get()
         var startup = channel.allocator.buffer(capacity: 64)
         startup.writeMessage(nil) { body in
             body.writeInteger(Int32(196_608))
@@ -130,8 +135,8 @@ final class WireConnection: @unchecked Sendable {
         let promise = self.channel.eventLoop.makePromise(of: [String?].self)
         var out = self.channel.allocator.buffer(capacity: 1024)
         for statement in statements {
-            if !self.prepared.contains(statement.name) {
-                self.prepared.insert(statement.name)
+            if !self.handler.value.prepared.contains(statement.name) {
+                self.handler.value.prepared.insert(statement.name)
                 out.writeMessage(UInt8(ascii: "P")) { body in
                     body.writeNullTerminatedString(statement.name)
                     body.writeNullTerminatedString(statement.sql)
@@ -161,7 +166,7 @@ final class WireConnection: @unchecked Sendable {
             }
         }
         out.writeMessage(UInt8(ascii: "S")) { _ in }
-        self.handler.waiting.append(WireCall(statements: [], promise: promise))
+        self.handler.value.waiting.append(WireCall(statements: [], promise: promise))
         self.channel.writeAndFlush(out, promise: nil)
         return promise.futureResult
     }

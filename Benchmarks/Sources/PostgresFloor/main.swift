@@ -70,11 +70,13 @@ let configuration = PostgresConnection.Configuration(
 let connection: PostgresConnection = try await PostgresConnection.connect(
     on: loop, configuration: configuration, id: 1, logger: logger
 ).get()
-try await connection.query(
+// The table exists before the first call (the EventLoopFuture overload: awaited to its end).
+_ = try await connection.query(
     """
     CREATE TABLE IF NOT EXISTS floor_rows (id BIGSERIAL PRIMARY KEY, topic TEXT, part INTEGER,
         msg_key TEXT, event TEXT, headers TEXT, bytes INTEGER, at BIGINT)
-    """, logger: logger)
+    """, logger: logger
+).get()
 
 /// Runs calls until `deadline`; returns how many ran.
 func runAsync(until deadline: ContinuousClock.Instant) async throws -> Int {
@@ -94,9 +96,7 @@ func runFuture(_ prepared: PreparedQuery, until deadline: NIODeadline) async thr
         PostgresData(string: payload), PostgresData(string: "{}"), PostgresData(int32: 336),
         PostgresData(int64: 1_700_000_000_000),
     ]
-    // Only touched on the loop.
-    final class Count: @unchecked Sendable { var value = 0 }
-    let count = Count()
+    let count = NIOLoopBoundBox.makeBoxSendingValue(0, eventLoop: loop)
     @Sendable func next() {
         if NIODeadline.now() >= deadline { return promise.succeed(count.value) }
         prepared.execute(bindings).whenComplete { result in
@@ -113,8 +113,7 @@ func runFuture(_ prepared: PreparedQuery, until deadline: NIODeadline) async thr
 /// Runs wire calls one after another on the loop until `deadline`; returns how many ran.
 func runWire(_ wire: WireConnection, until deadline: NIODeadline) async throws -> Int {
     let promise = loop.makePromise(of: Int.self)
-    final class Count: @unchecked Sendable { var value = 0 }
-    let count = Count()
+    let count = NIOLoopBoundBox.makeBoxSendingValue(0, eventLoop: loop)
     let statements: [(name: String, sql: String, parameters: [String?])]
     switch mode {
     case "wire":
