@@ -732,7 +732,12 @@ public final class PostgresStore: Sendable, Service {
         }
         defer { lease.release() }
         guard !connection.isClosed else { throw self.pooledConnectionClosed() }
-        return try await Self.rows(of: statement, on: connection, logger: self.logger)
+        do {
+            return try await Self.rows(of: statement, on: connection, logger: self.logger)
+        } catch {
+            await Self.closeIfEnded(connection, by: error)
+            throw error
+        }
     }
 
     /// ``execute(_:)`` in a task of its own, as ``withConnection(_:)`` runs its body.
@@ -787,7 +792,36 @@ public final class PostgresStore: Sendable, Service {
         guard !connection.isClosed, let watch = self.calls.watch(connection.id) else {
             throw self.pooledConnectionClosed()
         }
-        return try await watch.run(answer, closed: self.pooledConnectionClosed()) { try await body(connection) }
+        do {
+            return try await watch.run(answer, closed: self.pooledConnectionClosed()) { try await body(connection) }
+        } catch {
+            await Self.closeIfEnded(connection, by: error)
+            throw error
+        }
+    }
+
+    /// Whether `error` is the server's last word on its connection: an error of severity `FATAL`
+    /// or `PANIC` (a terminated backend, a server shutting down), after which the server closes
+    /// the socket without a `ReadyForQuery`.
+    static func endsConnection(_ error: any Error) -> Bool {
+        guard let error = error as? PSQLError, error.code == .server else { return false }
+        let severity = error.serverInfo?[.severity] ?? error.serverInfo?[.localizedSeverity]
+        return severity == "FATAL" || severity == "PANIC"
+    }
+
+    /// Closes `connection` before its lease goes back when `error` ended it on the server's side.
+    ///
+    /// postgres-nio fails the call on such an error but keeps the connection open until the
+    /// server's close arrives, which can come a while later (the backend cleans up first); a
+    /// connection handed back to the pool meanwhile would be leased again and fail its next
+    /// caller's statement with `serverClosedConnection`. Closed here, the pool replaces it. The
+    /// wait is for the close future, not `close()`'s answer: a channel the server's close has
+    /// already made inactive answers `close()` at once, before the pool (whose callback on the
+    /// close future comes before this one) has heard of the close.
+    private static func closeIfEnded(_ connection: PostgresConnection, by error: any Error) async {
+        guard Self.endsConnection(error) else { return }
+        _ = connection.close() as EventLoopFuture<Void>
+        try? await connection.closeFuture.get()
     }
 
     /// ``withAcquiredConnection(_:)``'s deadline for work that needs no connection.

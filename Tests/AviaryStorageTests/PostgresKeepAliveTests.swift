@@ -241,6 +241,42 @@ struct PostgresKeepAliveTests {
         }
     }
 
+    @Test(
+        "a call that the server ends with a FATAL error closes its connection: the next call runs on a new backend at once, not on the dying one"
+    )
+    func fatalErrorClosesTheConnection() async throws {
+        let server = try await PostgresTestServer.shared()
+        let url = try await server.makeDatabase()
+        try await PostgresStore.withStore(url: url, options: .init(maximumConnections: 1)) { store in
+            @Sendable func backend() async throws -> Int32 {
+                try await store.withConnection { connection in
+                    try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
+                        .reduce(0) { $1 + $0 }
+                }
+            }
+            // The backend sends its FATAL error, then cleans up and exits: its socket closes a
+            // little later. Handed back to the pool in between, the connection would be the
+            // next call's (the pool has one), which would then fail. Several rounds, so that a
+            // lucky close before the next call cannot hide that.
+            for _ in 0..<10 {
+                let first = try await backend()
+                do {
+                    try await store.withConnection { connection in
+                        _ = try await connection.query(
+                            "SELECT pg_terminate_backend(pg_backend_pid())", logger: store.logger
+                        )
+                        .decode(Bool.self).reduce(false) { $0 || $1 }
+                    }
+                    Issue.record("a backend that terminated itself answered")
+                } catch {
+                    #expect(PostgresStore.endsConnection(error), "\(String(reflecting: error))")
+                }
+                let second = try await backend()
+                #expect(second != first)
+            }
+        }
+    }
+
     /// Terminates the backend `backend()` names, then calls `backend()` until it names another:
     /// the pool learns of the close from the channel, and until then a call may fail. Every call
     /// must return: each is given 10 s, so that one that does not fails the test instead of
