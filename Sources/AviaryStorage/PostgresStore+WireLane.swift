@@ -10,14 +10,17 @@ import NIOSSL
 import Synchronization
 
 extension PostgresStore {
-    /// Runs `steps` as one transaction on the store's wire connection (``PostgresWireConnection``):
-    /// the client's cheapest call, for hot statements that need no client logic in between.
+    /// Runs `steps` as one transaction on one of the store's wire connections
+    /// (``PostgresWireConnection``): the client's cheapest call, for hot statements that need no
+    /// client logic in between.
     ///
-    /// The connection is one per store, outside the pool, opened at the first call (with the
-    /// pool's address, TLS mode, keep-alive and application name) and opened again at the next
-    /// call after it closed; calls made meanwhile are pipelined on it. It lives on the store's
-    /// event loop (``Options/eventLoop``, or one of the shared group's). A caller on that loop
-    /// (a task preferring ``executor``) sends and resumes without a thread hand-off; others hop.
+    /// The connections are outside the pool, at most ``Options/pipelineConnections`` of them,
+    /// each opened when a call finds the others busy (with the pool's address, TLS mode,
+    /// keep-alive and application name) and dropped when it closes. A call runs on a connection
+    /// with no call in flight; beyond the limit, calls are pipelined behind others (see
+    /// `WireLane`). They live on the store's event loop (``Options/eventLoop``, or one of the
+    /// shared group's). A caller on that loop (a task preferring ``executor``) sends and resumes
+    /// without a thread hand-off; others hop.
     ///
     /// ```swift
     /// static let bump = PostgresWireStatement(name: "counter_bump", sql: "UPDATE counters SET n = n + 1 WHERE id = $1 RETURNING n")
@@ -31,31 +34,59 @@ extension PostgresStore {
     ///   the store is not ready within ``Options/acquireTimeout``.
     package func pipeline(_ steps: [PostgresWireStep]) async throws -> [PostgresWireResult] {
         if !self.isReady { try await self.ready() }
-        if let connection = self.wireLane.openConnection() {
-            return try await connection.run(steps).get()
+        let lease: WireLane.Lease
+        switch self.wireLane.pick() {
+        case .use(let picked): lease = picked
+        case .wait(let opening): lease = try await self.wireLane.use(opening.get())
         }
-        let connection = try await self.wireLane.connect().get()
-        return try await connection.run(steps).get()
+        defer { self.wireLane.finished(lease) }
+        return try await lease.connection.run(steps).get()
     }
 
-    /// The store's one ``PostgresWireConnection``, opened on demand.
+    /// The store's ``PostgresWireConnection``s, opened on demand, at most
+    /// ``Options/pipelineConnections`` of them.
+    ///
+    /// A call takes a connection with no call in flight; when every open connection is busy, it
+    /// opens another while there are fewer than the limit, and otherwise is pipelined on the
+    /// connection with the fewest calls in flight. Each connection is its own backend, so
+    /// concurrent calls commit side by side and the server flushes their commits together (one
+    /// backend runs its pipelined calls' commits one after another, each waiting for its own
+    /// flush). A caller that makes one call at a time always finds the first connection free.
     final class WireLane: Sendable {
-        private enum State {
-            case idle
-            case connecting(EventLoopFuture<PostgresWireConnection>)
-            case open(PostgresWireConnection)
-            case stopped
+        /// A connection taken for one call; give it back with ``finished(_:)``.
+        struct Lease: Sendable {
+            let connection: PostgresWireConnection
+        }
+
+        /// What a call does: run on a connection now, or wait for one being opened.
+        enum Pick {
+            case use(Lease)
+            case wait(EventLoopFuture<PostgresWireConnection>)
+        }
+
+        private struct Open {
+            var connection: PostgresWireConnection
+            var inFlight: Int
+        }
+
+        private struct State {
+            var open: [Open] = []
+            /// Connections being opened.
+            var opening: [EventLoopFuture<PostgresWireConnection>] = []
+            var stopped = false
         }
 
         private let setup: ConnectionSetup
         private let eventLoop: any EventLoop
+        private let limit: Int
         /// The TLS context, made once; an error fails each connection attempt with the reason.
         private let tls: Result<(context: NIOSSLContext, required: Bool)?, AviaryError>
-        private let state = Mutex(State.idle)
+        private let state = Mutex(State())
 
-        init(setup: ConnectionSetup, eventLoop: any EventLoop) {
+        init(setup: ConnectionSetup, eventLoop: any EventLoop, limit: Int) {
             self.setup = setup
             self.eventLoop = eventLoop
+            self.limit = max(1, limit)
             let address = setup.address
             if address.tls == .disable {
                 self.tls = .success(nil)
@@ -73,52 +104,90 @@ extension PostgresStore {
             }
         }
 
-        /// The open connection, if there is one.
-        func openConnection() -> PostgresWireConnection? {
+        /// The connection for the next call (counted as in flight), or the opening to wait for.
+        func pick() -> Pick {
+            let (pick, start): (Pick, EventLoopPromise<PostgresWireConnection>?) = self.state.withLock { state in
+                if state.stopped {
+                    let error = AviaryError(.unavailable, "PostgresStore(\(self.setup.address)) has stopped")
+                    return (.wait(self.eventLoop.makeFailedFuture(error)), nil)
+                }
+                state.open.removeAll { $0.connection.isClosed }
+                if let index = state.open.firstIndex(where: { $0.inFlight == 0 }) {
+                    state.open[index].inFlight += 1
+                    return (.use(Lease(connection: state.open[index].connection)), nil)
+                }
+                if state.open.count + state.opening.count < self.limit {
+                    let promise = self.eventLoop.makePromise(of: PostgresWireConnection.self)
+                    state.opening.append(promise.futureResult)
+                    return (.wait(promise.futureResult), promise)
+                }
+                if let index = state.open.indices.min(by: { state.open[$0].inFlight < state.open[$1].inFlight }) {
+                    state.open[index].inFlight += 1
+                    return (.use(Lease(connection: state.open[index].connection)), nil)
+                }
+                // Every connection is being opened: wait for the first.
+                return (.wait(state.opening[0]), nil)
+            }
+            if let start { self.start(start) }
+            return pick
+        }
+
+        /// Counts a call on `connection`, which a waiting call got from an opening.
+        func use(_ connection: PostgresWireConnection) -> Lease {
             self.state.withLock { state in
-                if case .open(let connection) = state, !connection.isClosed { return connection }
-                return nil
+                if let index = state.open.firstIndex(where: { $0.connection === connection }) {
+                    state.open[index].inFlight += 1
+                }
+            }
+            return Lease(connection: connection)
+        }
+
+        /// The call on `lease` has ended.
+        func finished(_ lease: Lease) {
+            self.state.withLock { state in
+                if let index = state.open.firstIndex(where: { $0.connection === lease.connection }) {
+                    state.open[index].inFlight -= 1
+                }
             }
         }
 
-        /// The connection being opened, or a new one.
-        func connect() -> EventLoopFuture<PostgresWireConnection> {
-            let (future, start): (EventLoopFuture<PostgresWireConnection>, EventLoopPromise<PostgresWireConnection>?) =
-                self.state.withLock { state in
-                    switch state {
-                    case .open(let connection) where !connection.isClosed:
-                        return (self.eventLoop.makeSucceededFuture(connection), nil)
-                    case .connecting(let future):
-                        return (future, nil)
-                    case .stopped:
-                        let error = AviaryError(.unavailable, "PostgresStore(\(self.setup.address)) has stopped")
-                        return (self.eventLoop.makeFailedFuture(error), nil)
-                    case .idle, .open:
-                        let promise = self.eventLoop.makePromise(of: PostgresWireConnection.self)
-                        state = .connecting(promise.futureResult)
-                        return (promise.futureResult, promise)
-                    }
-                }
-            if let start {
-                start.completeWithTask { try await self.open() }
-                future.whenComplete { result in
-                    let stale: PostgresWireConnection? = self.state.withLock { state in
-                        switch (state, result) {
-                        case (.stopped, .success(let connection)):
-                            return connection
-                        case (.stopped, .failure):
-                            return nil
-                        case (_, .success(let connection)):
-                            state = .open(connection)
-                        case (_, .failure):
-                            state = .idle
-                        }
-                        return nil
-                    }
-                    stale?.close()
-                }
+        /// An open connection with no call in flight, if there is one (for tests).
+        func openConnection() -> PostgresWireConnection? {
+            self.state.withLock { state in
+                state.open.first { !$0.connection.isClosed && $0.inFlight == 0 }?.connection
             }
-            return future
+        }
+
+        /// The open connections (for tests).
+        var openCount: Int {
+            self.state.withLock { state in state.open.filter { !$0.connection.isClosed }.count }
+        }
+
+        /// An open connection, or a new one (for tests: the call is not counted).
+        func connect() -> EventLoopFuture<PostgresWireConnection> {
+            switch self.pick() {
+            case .use(let lease):
+                self.finished(lease)
+                return self.eventLoop.makeSucceededFuture(lease.connection)
+            case .wait(let opening):
+                return opening
+            }
+        }
+
+        /// Opens a connection for `promise`, and keeps it open unless the lane stopped meanwhile.
+        private func start(_ promise: EventLoopPromise<PostgresWireConnection>) {
+            promise.completeWithTask { try await self.open() }
+            let future = promise.futureResult
+            future.whenComplete { result in
+                let stale: PostgresWireConnection? = self.state.withLock { state in
+                    state.opening.removeAll { $0 === future }
+                    guard case .success(let connection) = result else { return nil }
+                    if state.stopped { return connection }
+                    state.open.append(Open(connection: connection, inFlight: 0))
+                    return nil
+                }
+                stale?.close()
+            }
         }
 
         private func open() async throws -> PostgresWireConnection {
@@ -145,14 +214,14 @@ extension PostgresStore {
             ).get()
         }
 
-        /// Closes the connection; later calls fail as the store has stopped.
+        /// Closes the connections; later calls fail as the store has stopped.
         func stop() {
-            let connection: PostgresWireConnection? = self.state.withLock { state in
-                defer { state = .stopped }
-                if case .open(let connection) = state { return connection }
-                return nil
+            let connections: [PostgresWireConnection] = self.state.withLock { state in
+                state.stopped = true
+                defer { state.open = [] }
+                return state.open.map(\.connection)
             }
-            connection?.close()
+            for connection in connections { connection.close() }
         }
     }
 }

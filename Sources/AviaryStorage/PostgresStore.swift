@@ -117,14 +117,28 @@ public final class PostgresStore: Sendable, Service {
         /// let options = PostgresStore.Options(eventLoop: MultiThreadedEventLoopGroup.singleton.next())
         /// ```
         public var eventLoop: (any EventLoop)?
+        /// The most connections the store's lean protocol client opens besides the pool, for the
+        /// hottest single calls (the message log's single publish); 4 by default, at least 1.
+        ///
+        /// Each is opened when a call finds the others busy, so a caller that makes one call at a
+        /// time holds one. Concurrent calls run on separate backends up to this number, where the
+        /// server flushes their commits together; beyond it they are pipelined behind calls in
+        /// flight on one backend, whose commits are flushed one after another. Count them with
+        /// ``maximumConnections`` against the server's `max_connections`.
+        ///
+        /// ```swift
+        /// let options = PostgresStore.Options(pipelineConnections: 8)  // 8 concurrent publishers
+        /// ```
+        public var pipelineConnections: Int
 
         /// Creates options; see each property for its meaning.
         public init(
             maximumConnections: Int = 20, minimumConnections: Int = 1, connectTimeout: Duration = .seconds(10),
             acquireTimeout: Duration = .seconds(30), maximumTransactionAttempts: Int = 5,
             applicationName: String = "aviary", keepAliveFrequency: Duration? = .seconds(30),
-            eventLoop: (any EventLoop)? = nil
+            eventLoop: (any EventLoop)? = nil, pipelineConnections: Int = 4
         ) {
+            self.pipelineConnections = pipelineConnections
             self.eventLoop = eventLoop
             self.maximumConnections = maximumConnections
             self.minimumConnections = minimumConnections
@@ -231,7 +245,8 @@ public final class PostgresStore: Sendable, Service {
         self.pool = Self.makePool(options: options, setup: setup, calls: calls)
         self.executor = options.eventLoop.map(EventLoopTaskExecutor.init)
         self.wireLane = WireLane(
-            setup: setup, eventLoop: options.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next())
+            setup: setup, eventLoop: options.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next(),
+            limit: options.pipelineConnections)
     }
 
     // MARK: Lifetime

@@ -228,10 +228,12 @@ struct PostgresWireTests {
 
     static func fails(_ index: Int) -> Bool { index % 13 == 4 }
 
-    @Test("64 concurrent calls share one backend, each answered with its own rows; only the failing ones fail")
+    @Test(
+        "64 concurrent calls on one wire connection share its backend, each answered with its own rows; only the failing ones fail"
+    )
     func pipelinedCalls() async throws {
         let url = try await PostgresTestServer.shared().makeDatabase()
-        try await PostgresStore.withStore(url: url) { store in
+        try await PostgresStore.withStore(url: url, options: .init(pipelineConnections: 1)) { store in
             let pid = try await Self.backend(store)
             let double = PostgresWireStatement(name: "wire_test_double", sql: "SELECT $1::int * 2, pg_backend_pid()")
             let results = await withTaskGroup(of: (Int, Result<[PostgresWireResult], any Error>).self) { group in
@@ -268,6 +270,53 @@ struct PostgresWireTests {
                 }
             }
             #expect(try await Self.backend(store) == pid)
+        }
+    }
+
+    /// A wire call that waits while ``whileLocked(_:_:)`` holds its lock, and takes it shared
+    /// for its transaction only: calls on several backends all end once the lock goes.
+    static let blockedShared = PostgresWireStatement(
+        name: "wire_test_blocked_shared", sql: "SELECT pg_advisory_xact_lock_shared(4242)")
+
+    @Test(
+        "a call that finds the wire connections busy opens another backend, up to pipelineConnections; beyond them it is pipelined on one"
+    )
+    func concurrentCallsSpreadOverConnections() async throws {
+        let url = try await PostgresTestServer.shared().makeDatabase()
+        try await PostgresStore.withStore(url: url, options: .init(pipelineConnections: 2)) { store in
+            // One call at a time keeps to one connection.
+            let first = try await Self.backend(store)
+            #expect(try await Self.backend(store) == first)
+            #expect(store.wireLane.openCount == 1)
+            typealias Calls = (
+                held: Task<[PostgresWireResult], any Error>, alsoHeld: Task<[PostgresWireResult], any Error>?,
+                pipelined: Task<Int64, any Error>?, second: Int64?
+            )
+            let (held, alsoHeld, pipelined, second) = try await Self.whileLocked(url) { () async throws -> Calls in
+                let held = Task { try await store.pipeline([PostgresWireStep(Self.blockedShared, [])]) }
+                #expect(try await Self.waitUntilRunning(store, pid: first, "pg_advisory_xact_lock_shared"))
+                // The first connection is busy: this call opens a second backend and answers
+                // while the first call still waits (on one connection it would wait behind it).
+                let outcome = await Self.outcome(within: .seconds(10)) { try await Self.backend(store) }
+                guard case .success(let second) = outcome else {
+                    Issue.record("a call beside a busy connection: \(String(describing: outcome))")
+                    return (held, nil, nil, nil)
+                }
+                #expect(second != first)
+                let alsoHeld = Task { try await store.pipeline([PostgresWireStep(Self.blockedShared, [])]) }
+                #expect(try await Self.waitUntilRunning(store, pid: second, "pg_advisory_xact_lock_shared"))
+                // Both busy and at the limit: the next call waits behind one of them.
+                let pipelined = Task { try await Self.backend(store) }
+                return (held, alsoHeld, pipelined, second)
+            }
+            // The lock is gone: every call ends.
+            _ = try await held.value
+            _ = try await alsoHeld?.value
+            let pid = try await pipelined?.value
+            #expect(
+                pid == first || pid == second,
+                "\(String(describing: pid)) is neither \(first) nor \(String(describing: second))")
+            #expect(store.wireLane.openCount == 2)
         }
     }
 
