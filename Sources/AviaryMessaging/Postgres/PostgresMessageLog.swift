@@ -580,7 +580,7 @@ public final class PostgresMessageLog: MessageLog {
     /// messages. The errors are `aviary_publish_now`'s.
     private func publishOne(_ message: Encoded, partitions: Int, now: Int64) async throws -> [MessagePosition]? {
         let partition = Partitioner.partition(forKey: message.key, partitions: max(1, partitions))
-        // One prepared call on the store's wire connection (`PostgresStore.pipeline`): about a
+        // One prepared call on one of the store's wire connections (`PostgresStore.pipeline`): about a
         // quarter of the client CPU of the same call through postgres-nio and the pool (see the
         // performance notes, twenty-first session). A caller on the log's loop (`executor`) sends
         // and resumes there; others hop there and back. Batches stay on postgres-nio: their
