@@ -26,6 +26,14 @@ import Musl
 /// limits and the replacement of closed connections working.
 @Suite("PostgresStore keep-alive", .timeLimit(.minutes(5)))
 struct PostgresKeepAliveTests {
+    /// The pid of the backend of the pooled connection `withConnection` leases.
+    static func backendPID(_ store: PostgresStore) async throws -> Int32 {
+        try await store.withConnection { connection in
+            try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
+                .reduce(0) { $1 + $0 }
+        }
+    }
+
     /// The client port of the pooled connection `withConnection` leases, as the server sees it.
     static func clientPort(_ store: PostgresStore) async throws -> Int {
         try await store.withConnection { connection in
@@ -231,12 +239,7 @@ struct PostgresKeepAliveTests {
         try await PostgresStore.withStore(
             url: url, options: .init(maximumConnections: 1, applicationName: application)
         ) { store in
-            @Sendable func backend() async throws -> Int32 {
-                try await store.withConnection { connection in
-                    try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
-                        .reduce(0) { $1 + $0 }
-                }
-            }
+            @Sendable func backend() async throws -> Int32 { try await Self.backendPID(store) }
             try await Self.expectReplacedAfterTermination(server, backend)
         }
     }
@@ -248,12 +251,7 @@ struct PostgresKeepAliveTests {
         let server = try await PostgresTestServer.shared()
         let url = try await server.makeDatabase()
         try await PostgresStore.withStore(url: url, options: .init(maximumConnections: 1)) { store in
-            @Sendable func backend() async throws -> Int32 {
-                try await store.withConnection { connection in
-                    try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
-                        .reduce(0) { $1 + $0 }
-                }
-            }
+            @Sendable func backend() async throws -> Int32 { try await Self.backendPID(store) }
             // The backend sends its FATAL error, then cleans up and exits: its socket closes a
             // little later. Handed back to the pool in between, the connection would be the
             // next call's (the pool has one), which would then fail. Several rounds, so that a
@@ -311,12 +309,7 @@ struct PostgresKeepAliveTests {
         let server = try await PostgresTestServer.shared()
         let url = try await server.makeDatabase()
         try await PostgresStore.withStore(url: url, options: .init(maximumConnections: 1)) { store in
-            @Sendable func backend() async throws -> Int32 {
-                try await store.withConnection { connection in
-                    try await connection.query("SELECT pg_backend_pid()", logger: store.logger).decode(Int32.self)
-                        .reduce(0) { $1 + $0 }
-                }
-            }
+            @Sendable func backend() async throws -> Int32 { try await Self.backendPID(store) }
             let first = try await backend()
             await Self.expectAnsweredAsClosed {
                 try await store.withConnection { try await Self.closeThenQuery($0, store) }
