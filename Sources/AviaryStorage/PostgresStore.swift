@@ -118,7 +118,7 @@ public final class PostgresStore: Sendable, Service {
         /// ```
         public var eventLoop: (any EventLoop)?
         /// The most connections the store's lean protocol client opens besides the pool, for the
-        /// hottest single calls (the message log's single publish); 4 by default, at least 1.
+        /// hottest single calls (the message log's single publishes and acks); 4 by default, at least 1.
         ///
         /// Each is opened when a call finds the others busy, so a caller that makes one call at a
         /// time holds one. Concurrent calls run on separate backends up to this number, where the

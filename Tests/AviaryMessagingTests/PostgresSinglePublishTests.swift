@@ -167,24 +167,35 @@ struct PostgresSinglePublishTests {
         let free =
             synchronous
             ? FreePartitionsStatement<SynchronousCommit>.name : FreePartitionsStatement<RelaxedCommit>.name
+        let publish = PostgresMessageLog.publishOneStatement.name
+        // The statements prepared on the store's one pooled connection (the receive's) and on its
+        // wire connection (single publishes and acks; one call at a time keeps to one), with
+        // their executions.
         func executions() async throws -> [String: Int64] {
-            try await log.store.withConnection { connection in
+            let sql = "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'aviary%'"
+            var counts = try await log.store.withConnection { connection in
                 var counts: [String: Int64] = [:]
                 for try await (name, count) in try await connection.query(
-                    "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'aviary%'",
-                    logger: self.logger
-                ).decode((String, Int64).self) {
+                    PostgresQuery(unsafeSQL: sql), logger: self.logger
+                )
+                .decode((String, Int64).self) {
                     counts[name] = count
                 }
                 return counts
             }
+            let listing = PostgresWireStatement(name: "test_prepared_statements", sql: sql)
+            for row in try await log.store.pipeline([PostgresWireStep(listing, [])]).first?.rows ?? [] {
+                let name = try #require(row.text(0))
+                #expect(counts[name] == nil, "\(name) prepared on both connections")
+                counts[name] = row.integer(1)
+            }
+            return counts
         }
-        // Four acks and the repeated one, one receive with a lease, on the store's one pooled
-        // connection (single publishes run on its wire connection).
+        // Four acks and the repeated one, one receive with a lease.
         #expect(
             try await executions() == [
                 used: 5, free: 1, LeasableStatement.name: 1,
-                SavePartitionStatement.name: 1,
+                SavePartitionStatement.name: 1, publish: 4,
             ], "\(unused) should not be prepared")
         // Nothing left to receive (no messages read, no state saved), and the lease ended with the
         // last ack: a new message is leased anew.
@@ -195,7 +206,7 @@ struct PostgresSinglePublishTests {
         #expect(
             try await executions() == [
                 used: 5, free: 3, LeasableStatement.name: 2,
-                SavePartitionStatement.name: 2,
+                SavePartitionStatement.name: 2, publish: 5,
             ])
         // A lease that ran out and was taken over is lost to its first holder.
         let stale = try #require(next.first)
