@@ -1,5 +1,6 @@
 -- Variants of aviary_publish_one (AviaryMessaging's PostgreSQL schema v6) that PostgresFloor's
--- wirelockfn and wirefnenv modes call, to price each part of a single publish on the server.
+-- wirefn mode calls when FLOOR_FUNCTION names one, to price each part of a single publish on the
+-- server.
 -- Create them in a database the message log has set up (with a topic 'publish' of 8 partitions):
 --   psql -d DB -f Benchmarks/postgres-publish-variants.sql
 -- Measurement only: aviary_publish_one_slim, _nojoin, _bare and _notify write topic id 1, and the

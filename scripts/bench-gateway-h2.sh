@@ -13,16 +13,9 @@ requests=${1:-200000}
 connections=${2:-20}
 streams=${3:-10}
 rounds=${4:-3}
-# Installs what it lacks from Debian's packages, as scripts/bench-broker.sh does.
-missing=()
-for pair in h2load:nghttp2-client nginx:nginx haproxy:haproxy curl:curl; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Installs what it lacks from Debian's packages.
+source scripts/install-missing.sh
+install_missing h2load:nghttp2-client nginx:nginx haproxy:haproxy curl:curl
 
 if [ -n "${AVIARY_BIN:-}" ]; then
   aviary=$AVIARY_BIN

@@ -15,16 +15,9 @@ cd "$(dirname "$0")/.."
 duration=${1:-10}
 connections=${2:-50}
 rounds=${3:-3}
-# Installs what it lacks from Debian's packages, as scripts/bench-broker.sh does.
-missing=()
-for pair in wrk:wrk nginx:nginx haproxy:haproxy curl:curl; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Installs what it lacks from Debian's packages.
+source scripts/install-missing.sh
+install_missing wrk:wrk nginx:nginx haproxy:haproxy curl:curl
 
 if [ -n "${AVIARY_BIN:-}" ]; then
   aviary=$AVIARY_BIN  # a release build made elsewhere, e.g. with --scratch-path

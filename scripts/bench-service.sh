@@ -10,16 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../Benchmarks"
 duration=${1:-10}
 connections=${2:-32}
-# Installs what it lacks from Debian's packages, as scripts/bench-broker.sh does.
-missing=()
-for pair in wrk:wrk; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# Installs what it lacks from Debian's packages.
+source ../scripts/install-missing.sh
+install_missing wrk:wrk
 
 swift build -c release --product HelloHummingbird >/dev/null
 swift build -c release --product HelloAviary >/dev/null

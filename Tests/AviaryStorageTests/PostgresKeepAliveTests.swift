@@ -251,13 +251,12 @@ struct PostgresKeepAliveTests {
         let server = try await PostgresTestServer.shared()
         let url = try await server.makeDatabase()
         try await PostgresStore.withStore(url: url, options: .init(maximumConnections: 1)) { store in
-            @Sendable func backend() async throws -> Int32 { try await Self.backendPID(store) }
             // The backend sends its FATAL error, then cleans up and exits: its socket closes a
             // little later. Handed back to the pool in between, the connection would be the
             // next call's (the pool has one), which would then fail. Several rounds, so that a
             // lucky close before the next call cannot hide that.
             for _ in 0..<10 {
-                let first = try await backend()
+                let first = try await Self.backendPID(store)
                 do {
                     try await store.withConnection { connection in
                         _ = try await connection.query(
@@ -269,7 +268,7 @@ struct PostgresKeepAliveTests {
                 } catch {
                     #expect(PostgresStore.endsConnection(error), "\(String(reflecting: error))")
                 }
-                let second = try await backend()
+                let second = try await Self.backendPID(store)
                 #expect(second != first)
             }
         }

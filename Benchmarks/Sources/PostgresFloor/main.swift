@@ -20,14 +20,9 @@ import NIOPosix
 import PostgresNIO
 
 let arguments = CommandLine.arguments
-guard arguments.count >= 2,
-    ["async", "future", "wire", "wire2", "wirefn", "wirecte", "wirelock", "wirelockfn", "wirefnenv"].contains(
-        arguments[1])
-else {
-    FileHandle.standardError.write(
-        Data(
-            "usage: PostgresFloor <async|future|wire|wire2|wirefn|wirecte|wirelock|wirelockfn|wirefnenv> [seconds]\n"
-                .utf8))
+let modes = ["async", "future", "wire", "wire2", "wirefn", "wirecte", "wirelock"]
+guard arguments.count >= 2, modes.contains(arguments[1]) else {
+    FileHandle.standardError.write(Data("usage: PostgresFloor <\(modes.joined(separator: "|"))> [seconds]\n".utf8))
     exit(2)
 }
 let mode = arguments[1]
@@ -123,29 +118,12 @@ func runWire(_ wire: WireConnection, until deadline: NIODeadline) async throws -
     case "wire":
         statements = [("w_insert", InsertStatement.sql, ["publish", "3", "k0", payload, "{}", "336", "1700000000000"])]
     case "wirefn":
-        statements = [
-            (
-                "w_fn", "SELECT aviary_publish_one($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                ["publish", "8", "3", "k3", payload, "{}", "336", "1700000000000", "aviary_x"]
-            )
-        ]
-    case "wirelockfn":
-        // `wirelock` with everything `aviary_publish_one` checks and does (the topic and its
-        // partition count, due scheduled messages, the partition row's lower bound, the listener
-        // check): `aviary_publish_one_lock`, which the caller creates (see Benchmarks/README.md).
-        statements = [
-            (
-                "w_lockfn", "SELECT aviary_publish_one_lock($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                ["publish", "8", "3", "k3", payload, "{}", "336", "1700000000000", "aviary_x"]
-            )
-        ]
-    case "wirefnenv":
-        // Any function of `aviary_publish_one`'s arguments, named by FLOOR_FUNCTION (variants of
-        // it that the caller creates, to measure what each of its parts costs the server).
+        // `aviary_publish_one`, or a variant with its arguments that FLOOR_FUNCTION names (see
+        // postgres-publish-variants.sql), to price each part of the publish on the server.
         let function = environment["FLOOR_FUNCTION"] ?? "aviary_publish_one"
         statements = [
             (
-                "w_fnenv", "SELECT \(function)($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "w_fn", "SELECT \(function)($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 ["publish", "8", "3", "k3", payload, "{}", "336", "1700000000000", "aviary_x"]
             )
         ]
