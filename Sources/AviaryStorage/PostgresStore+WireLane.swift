@@ -20,7 +20,8 @@ extension PostgresStore {
     /// with no call in flight; beyond the limit, calls are pipelined behind others (see
     /// `WireLane`). They live on the store's event loop (``Options/eventLoop``, or one of the
     /// shared group's). A caller on that loop (a task preferring ``executor``) sends and resumes
-    /// without a thread hand-off; others hop.
+    /// without a thread hand-off; others hop there, and wait for the reply as
+    /// ``Options/commitSpin`` says.
     ///
     /// ```swift
     /// static let bump = PostgresWireStatement(name: "counter_bump", sql: "UPDATE counters SET n = n + 1 WHERE id = $1 RETURNING n")
@@ -40,7 +41,12 @@ extension PostgresStore {
         case .wait(let opening): lease = try await self.wireLane.use(opening.get())
         }
         defer { self.wireLane.finished(lease) }
-        return try await lease.connection.run(steps).get()
+        let reply = lease.connection.run(steps)
+        // On the connection's loop the reply cannot come while the caller looks for it.
+        if reply.eventLoop.inEventLoop { return try await reply.get() }
+        let handOff = CommitHandOff<[PostgresWireResult]>(self.commitWait)
+        reply.whenComplete { handOff.complete($0) }
+        return try await handOff.value()
     }
 
     /// The store's ``PostgresWireConnection``s, opened on demand, at most

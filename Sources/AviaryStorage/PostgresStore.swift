@@ -130,14 +130,29 @@ public final class PostgresStore: Sendable, Service {
         /// let options = PostgresStore.Options(pipelineConnections: 8)  // 8 concurrent publishers
         /// ```
         public var pipelineConnections: Int
+        /// How long a caller of the lean protocol client may wait for its call's reply on its own
+        /// thread, yielding the CPU between looks, before its task suspends; 500 µs by default
+        /// (a durable commit through the network takes longer than SQLite's), zero to always
+        /// suspend.
+        ///
+        /// A suspended caller is resumed by waking a thread of the concurrency pool, which on a
+        /// small virtual machine costs a good part of a single publish. One caller of a store at
+        /// a time waits this way (the others suspend), none does while the last reply took longer
+        /// than this, and a caller on the connection's event loop never does.
+        ///
+        /// ```swift
+        /// let options = PostgresStore.Options(commitSpin: .zero)  // callers always suspend
+        /// ```
+        public var commitSpin: Duration
 
         /// Creates options; see each property for its meaning.
         public init(
             maximumConnections: Int = 20, minimumConnections: Int = 1, connectTimeout: Duration = .seconds(10),
             acquireTimeout: Duration = .seconds(30), maximumTransactionAttempts: Int = 5,
             applicationName: String = "aviary", keepAliveFrequency: Duration? = .seconds(30),
-            eventLoop: (any EventLoop)? = nil, pipelineConnections: Int = 4
+            eventLoop: (any EventLoop)? = nil, pipelineConnections: Int = 4, commitSpin: Duration = .microseconds(500)
         ) {
+            self.commitSpin = commitSpin
             self.pipelineConnections = pipelineConnections
             self.eventLoop = eventLoop
             self.maximumConnections = maximumConnections
@@ -198,6 +213,8 @@ public final class PostgresStore: Sendable, Service {
     public let executor: EventLoopTaskExecutor?
     /// The connection ``pipeline(_:)`` runs its calls on.
     let wireLane: WireLane
+    /// How ``pipeline(_:)``'s callers wait for their replies (``Options/commitSpin``).
+    package let commitWait: CommitWait
 
     let migrations: PostgresMigrations
     private let lifecycle = Mutex(Lifecycle())
@@ -247,6 +264,7 @@ public final class PostgresStore: Sendable, Service {
         self.wireLane = WireLane(
             setup: setup, eventLoop: options.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next(),
             limit: options.pipelineConnections)
+        self.commitWait = CommitWait(limit: options.commitSpin)
     }
 
     // MARK: Lifetime

@@ -239,4 +239,40 @@ struct PostgresSinglePublishTests {
         #expect(topics.first { $0.name == "orders" }?.partitions.map(\.lastOffset) == [0, 0])
         try await log.close()
     }
+
+    @Test(
+        "a single publish's caller waits for the reply as the store's commitSpin says; on the log's loop it never looks"
+    )
+    func commitSpin() async throws {
+        for (spin, looks) in [(Duration.seconds(30), true), (.zero, false)] {
+            let url = try await PostgresTestServer.shared().makeDatabase()
+            var configuration = PostgresMessageLog.Configuration()
+            configuration.store.commitSpin = spin
+            let log = try await PostgresMessageLog(url: url, configuration: configuration)
+            try await log.createTopic("orders", TopicOptions(partitions: 2))
+            let event = try CloudEvent(source: "/test", type: "test.placed", subject: "o-1", json: ["n": 1])
+            let before = log.store.commitWait.statistics
+            var positions: [MessagePosition] = []
+            for index in 0..<10 {
+                positions += try await log.publish([OutgoingMessage(topic: "orders", key: "o-\(index)", event: event)])
+            }
+            #expect(positions.count == 10)
+            let after = log.store.commitWait.statistics
+            if looks {
+                #expect(after.found - before.found >= 10)
+                #expect(after.timedOut == before.timedOut && after.suspended == before.suspended)
+            } else {
+                #expect(after.found == 0 && after.timedOut == 0)
+                #expect(after.suspended - before.suspended >= 10)
+            }
+            // From a task on the log's loop the reply comes to the caller where it is: no wait at all.
+            try await withTaskExecutorPreference(log.executor) {
+                for index in 0..<5 {
+                    try await log.publish([OutgoingMessage(topic: "orders", key: "loop-\(index)", event: event)])
+                }
+            }
+            #expect(log.store.commitWait.statistics == after)
+            try await log.close()
+        }
+    }
 }

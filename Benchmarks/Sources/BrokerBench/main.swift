@@ -328,16 +328,29 @@ func consumeLatencyChild(_ arguments: Arguments) async throws {
 ///   keep-alive timer cost; since, the two should not differ;
 /// - `minimum-0`: no connection kept open (`PostgresStore.Options`' default before the
 ///   sixteenth session), so every lease of a connection cancels the idle timer its release armed.
+///
+/// `BROKERBENCH_COMMIT_SPIN_US` sets the log's `commitSpin` (SQLite's configuration, PostgreSQL's
+/// store options) in microseconds (0: callers always suspend, as before the twenty-third
+/// session), for A/B runs of one binary.
 func openLog(_ url: String) async throws -> any MessageLog {
-    let pool = ProcessInfo.processInfo.environment["BROKERBENCH_PG_POOL"]
-    guard url.hasPrefix("postgres"), pool == "no-keep-alive" || pool == "minimum-0" else {
-        return try await MessageLogs.open(url: url)
+    let environment = ProcessInfo.processInfo.environment
+    let pool = environment["BROKERBENCH_PG_POOL"]
+    let spin = environment["BROKERBENCH_COMMIT_SPIN_US"].flatMap(Int.init).map { Duration.microseconds($0) }
+    guard url.hasPrefix("postgres") else {
+        var sqlite = SQLiteMessageLog.Configuration()
+        if let spin { sqlite.commitSpin = spin }
+        return try await MessageLogs.open(url: url, sqlite: sqlite)
     }
     var configuration = PostgresMessageLog.Configuration()
-    configuration.store =
-        pool == "minimum-0"
-        ? PostgresStore.Options(minimumConnections: 0, applicationName: "aviary-message-log")
-        : PostgresStore.Options(minimumConnections: 1, applicationName: "aviary-message-log", keepAliveFrequency: nil)
+    switch pool {
+    case "minimum-0":
+        configuration.store = PostgresStore.Options(minimumConnections: 0, applicationName: "aviary-message-log")
+    case "no-keep-alive":
+        configuration.store = PostgresStore.Options(
+            minimumConnections: 1, applicationName: "aviary-message-log", keepAliveFrequency: nil)
+    default: break
+    }
+    if let spin { configuration.store.commitSpin = spin }
     return try await PostgresMessageLog(url: StoreURL(parsing: url), configuration: configuration)
 }
 

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryStorage
 import Dispatch
 import Foundation
 import Synchronization
@@ -54,14 +55,22 @@ final class SQLiteWriterThread: Sendable {
     private let state = Mutex(State())
     private let wakeUp = DispatchSemaphore(value: 0)
     private let name: String
+    /// How callers wait for their jobs' results (see ``CommitWait``).
+    let commitWait: CommitWait
 
     /// - Parameters:
     ///   - name: the thread's name (shown by debuggers and `top -H`; Linux keeps names of at most
     ///     15 bytes and ignores longer ones).
     ///   - idleLifetime: how long the thread waits for a job before it ends.
-    init(name: String, idleLifetime: DispatchTimeInterval = .seconds(2)) {
+    ///   - commitWait: how callers of ``run(_:)`` (and ``SQLiteGroupCommit``'s) wait for their
+    ///     results; by default they suspend at once.
+    init(
+        name: String, idleLifetime: DispatchTimeInterval = .seconds(2),
+        commitWait: CommitWait = CommitWait(limit: .zero)
+    ) {
         self.name = name
         self.idleLifetime = idleLifetime
+        self.commitWait = commitWait
     }
 
     /// Whether a thread is running (or starting) to take jobs, for tests.
@@ -90,13 +99,14 @@ final class SQLiteWriterThread: Sendable {
     /// once when the caller already runs on the thread (a task that prefers ``SQLiteWriterThread``
     /// as its executor, whose job is the one running, so that no other job can run meanwhile).
     ///
-    /// The caller's task is suspended (not blocked) while `body` runs; `body` may block.
+    /// The caller waits as ``commitWait`` says: it may look for the result on its own thread for
+    /// a short while, yielding the CPU, before its task suspends (it never blocks for longer);
+    /// `body` may block.
     func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         if self.isCurrent { return try body() }
-        // Unsafe continuation: the job resumes it exactly once, and nothing else touches it.
-        return try await withUnsafeThrowingContinuation { continuation in
-            self.submit { continuation.resume(with: Result { try body() }) }
-        }
+        let handOff = CommitHandOff<T>(self.commitWait)
+        self.submit { handOff.complete(Result { try body() }) }
+        return try await handOff.value()
     }
 
     /// Queues `job` to run on the thread after the jobs submitted before it (for work whose

@@ -3,6 +3,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //===----------------------------------------------------------------------===//
 
+import AviaryStorage
 import GRDB
 import Synchronization
 
@@ -71,38 +72,38 @@ final class SQLiteGroupCommit: Sendable {
 
     /// Runs `body` in the next group's transaction on the writer thread and returns its result
     /// once the group committed; `committed` runs on the writer thread right after the commit
-    /// (before the next transaction) if `body` succeeded.
+    /// (before the next transaction) if `body` succeeded. The caller waits as the writer thread's
+    /// ``CommitWait`` says.
     func run<T: Sendable>(
         _ body: @escaping @Sendable (Database) throws -> T, committed: (@Sendable () -> Void)? = nil
     ) async throws -> T {
-        // Unsafe continuation: the flush job resumes it exactly once, through `finish`.
-        try await withUnsafeThrowingContinuation { continuation in
-            let outcome = Outcome<T>()
-            let entry = Entry(
-                perform: { db in
-                    let result = Result { try body(db) }
-                    outcome.value.withLock { $0 = result }
-                    if case .success = result { return true }
-                    return false
-                },
-                committed: committed,
-                finish: { error in
-                    if let error {
-                        continuation.resume(throwing: error)
-                    } else if let result = outcome.value.withLock({ $0 }) {
-                        continuation.resume(with: result)
-                    } else {
-                        continuation.resume(throwing: MessagingError(.unavailable, "a grouped write never ran"))
-                    }
-                })
-            let schedules = self.pending.withLock { pending -> Bool in
-                pending.entries.append(entry)
-                guard !pending.scheduled else { return false }
-                pending.scheduled = true
-                return true
-            }
-            if schedules { self.writer.submit { self.flush() } }
+        let handOff = CommitHandOff<T>(self.writer.commitWait)
+        let outcome = Outcome<T>()
+        let entry = Entry(
+            perform: { db in
+                let result = Result { try body(db) }
+                outcome.value.withLock { $0 = result }
+                if case .success = result { return true }
+                return false
+            },
+            committed: committed,
+            finish: { error in
+                if let error {
+                    handOff.complete(.failure(error))
+                } else if let result = outcome.value.withLock({ $0 }) {
+                    handOff.complete(result)
+                } else {
+                    handOff.complete(.failure(MessagingError(.unavailable, "a grouped write never ran")))
+                }
+            })
+        let schedules = self.pending.withLock { pending -> Bool in
+            pending.entries.append(entry)
+            guard !pending.scheduled else { return false }
+            pending.scheduled = true
+            return true
         }
+        if schedules { self.writer.submit { self.flush() } }
+        return try await handOff.value()
     }
 
     /// The flush job (on the writer thread): the entries submitted so far, in one transaction.
