@@ -14,13 +14,13 @@ import Synchronization
 /// A write blocks for its commit's `fdatasync`, so it must not run on the concurrency pool.
 /// GRDB's async write hands it to the writer's dispatch queue through an actor on that queue,
 /// inside a task cancellation handler: the caller's task hops to a libdispatch worker and, after
-/// the commit, back to the pool. Here the caller's task suspends on a continuation, this thread
+/// the commit, back to the pool. Here the caller queues a job, this thread
 /// (woken through a semaphore if it sleeps) runs the write with GRDB's synchronous call, which
-/// runs on the calling thread when the writer queue is idle, and resumes the continuation. The
-/// two hand-offs remain (the pool must not wait for the disk), but while jobs come one right
-/// after another the thread waits for the next without sleeping (see ``spinLimit``), so that
-/// only the caller's resumption wakes a thread; the actor, the cancellation handler and the
-/// libdispatch queue between them are gone.
+/// runs on the calling thread when the writer queue is idle, and hands the result over
+/// (``CommitHandOff``). While jobs come one right after another the thread waits for the next
+/// without sleeping (see ``spinLimit``), and the caller may look for its result for a short while
+/// before it suspends (``commitWait``), so that usually no thread is woken either way; the actor,
+/// the cancellation handler and the libdispatch queue between them are gone.
 ///
 /// The thread starts with the first write and ends after ``idleLifetime`` without one (the next
 /// write starts another), so a log that is not closed leaves no thread behind.

@@ -110,10 +110,10 @@ public final class SQLiteMessageLog: MessageLog {
     ///
     /// Every write (a publish, an acknowledgement, a receive that leases) runs on one thread of
     /// the log's own, because a commit blocks for its `fdatasync`. A caller on the concurrency pool
-    /// hands its write to that thread and is woken again after the commit: on a small machine
-    /// those two hand-offs take about as long as the commit's CPU work. A task that prefers this
+    /// hands its write to that thread and waits for the commit (looking for it on its own thread
+    /// for up to ``Configuration/commitSpin`` before it suspends). A task that prefers this
     /// executor runs its own code on the writer thread too, so its writes run where it already
-    /// is, with no hand-off:
+    /// is, with no hand-off at all:
     ///
     /// ```swift
     /// try await withTaskExecutorPreference(log.writerExecutor) {
