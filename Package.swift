@@ -406,6 +406,8 @@ let package = Package(
             name: "AviaryMessagingTests",
             dependencies: [
                 "AviaryMessaging",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 "AviaryCore",
                 "AviaryStorage",

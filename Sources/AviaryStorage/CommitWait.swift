@@ -4,6 +4,7 @@
 //===----------------------------------------------------------------------===//
 
 import Dispatch
+import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -69,9 +70,12 @@ package final class CommitWait: Sendable {
     /// The waits so far.
     package var statistics: Statistics { self.counts.withLock { $0 } }
 
-    /// Whether the caller may look now; if so, it must call ``endLook(found:)``.
+    /// Whether the caller may look now; if so, it must call ``endLook(found:)``. Never on a NIO
+    /// event loop's thread (a task preferring a loop's executor): looking there would hold up
+    /// every channel of the loop.
     package func beginLook() -> Bool {
         guard self.limit > 0, self.lastLatency.load(ordering: .relaxed) < self.limit,
+            MultiThreadedEventLoopGroup.currentEventLoop == nil,
             self.looking.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else {
             self.counts.withLock { $0.suspended += 1 }

@@ -6,6 +6,8 @@
 import AviaryCore
 import AviaryStorage
 import Foundation
+import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -82,6 +84,24 @@ struct CommitWaitTests {
         #expect(results.sorted() == Array(0..<400))
         let statistics = wait.statistics
         #expect(statistics.found + statistics.timedOut + statistics.suspended == 400)
+    }
+
+    @Test("a caller on a NIO event loop never looks: the loop's channels would wait")
+    func neverOnAnEventLoop() async throws {
+        let wait = CommitWait(limit: .seconds(30))
+        let writer = SQLiteWriterThread(name: "test-writer", commitWait: wait)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        try await withTaskExecutorPreference(EventLoopTaskExecutor(loop)) { () async throws -> Void in
+            #expect(loop.inEventLoop)
+            for value in 0..<5 {
+                let returned = try await writer.run { value }
+                #expect(returned == value)
+            }
+        }
+        #expect(wait.statistics == CommitWait.Statistics(found: 0, timedOut: 0, suspended: 5))
+        // Off the loop the same writer's callers look again.
+        #expect(try await writer.run { 5 } == 5)
+        #expect(wait.statistics.found == 1)
     }
 
     @Test("a log's publishes and acknowledgements wait as its configuration says")
