@@ -61,9 +61,10 @@ package final class CommitWait: Sendable {
     private let lastLatency = Atomic<UInt64>(0)
     private let counts = Mutex(Statistics())
 
-    /// - Parameter limit: the longest a caller looks for its result; zero or less: never.
+    /// - Parameter limit: the longest a caller looks for its result; zero or less: never; more
+    ///   than an hour: an hour.
     package init(limit: Duration) {
-        let (seconds, attoseconds) = limit.components
+        let (seconds, attoseconds) = min(limit, .seconds(3600)).components
         self.limit = limit <= .zero ? 0 : UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
     }
 

@@ -39,6 +39,7 @@ struct CommitWaitTests {
         #expect(never.limit == 0)
         #expect(!never.beginLook())
         #expect(!CommitWait(limit: .microseconds(-5)).beginLook())
+        #expect(CommitWait(limit: .seconds(Int64.max)).limit == 3_600_000_000_000)
     }
 
     @Test("a result that comes while the caller looks is taken without suspending, errors too")
