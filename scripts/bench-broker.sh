@@ -16,6 +16,13 @@
 #       default path only, in a database of its own on the same server. Prints every round, the
 #       medians and the ratios of medians (new/floor, executor/floor, old/floor, executor/new,
 #       new/old); ~65 s a round with 4 s.
+#   scripts/bench-broker.sh --sqlite-publish [seconds, default 4] [rounds, default 5]
+#       only SQLite publish (one message per transaction, batches of 100 and 1000), interleaved
+#       with the C floor in every round as --pg-publish does (new, writer executor for single
+#       publishes, floor, old with OLD_BROKERBENCH), each measurement in a new file; medians and
+#       ratios of medians. BROKERBENCH_COMMIT_SPIN_US in the environment reaches every
+#       BrokerBench (the log's commitSpin, for an A/B of one binary through OLD_BROKERBENCH
+#       being a wrapper that sets it).
 #   BROKERBENCH=path runs that BrokerBench binary instead of building one (any mode).
 #
 # - AviaryMessaging (Benchmarks/Sources/BrokerBench, release build): publish one message per
@@ -41,6 +48,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 latency_only=""
 pg_publish=""
+sqlite_publish=""
 if [ "${1:-}" = --latency ]; then
   latency_only=1
   shift
@@ -48,11 +56,15 @@ elif [ "${1:-}" = --pg-publish ]; then
   pg_publish=1
   latency_only=1 # no Redis or NATS either
   shift
+elif [ "${1:-}" = --sqlite-publish ]; then
+  sqlite_publish=1
+  latency_only=1 # no Redis or NATS either
+  shift
 fi
 seconds=${1:-4}
 [ $# -gt 0 ] && shift
 rounds=5
-if [ -n "$pg_publish" ]; then
+if [ -n "$pg_publish$sqlite_publish" ]; then
   rounds=${1:-5}
   [ $# -gt 0 ] && shift
 fi
@@ -139,6 +151,69 @@ export PGPASSWORD=$password PGHOST=127.0.0.1 PGPORT=$pg_port PGUSER=postgres
 psql -q -d postgres -c 'CREATE DATABASE aviary' -c 'CREATE DATABASE raw' >/dev/null
 pg_url="postgres://postgres:$password@127.0.0.1:$pg_port/aviary"
 sqlite_url="sqlite://$tmp/broker.db"
+
+if [ -n "$sqlite_publish" ]; then
+  old=${OLD_BROKERBENCH:-}
+  row_bytes=$("$bench" run --url "sqlite://$tmp/rows.db" --only none | python3 -c 'import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    if r.get("scenario") == "row_bytes": print(r["bytes"]); break')
+  cc -O2 -o "$tmp/sqlite-floor" "$root/Benchmarks/Broker/sqlite-floor.c" -lsqlite3
+  echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
+  bench_rate() { # binary url scenario
+    "$1" run --url "$2" --seconds "$seconds" --only "$3" \
+      | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))'
+  }
+  measure() { # engine scenario batch; each measurement in a new file
+    local engine=$1 scenario=$2 batch=$3 rate
+    rm -rf "$tmp/s" && mkdir -p "$tmp/s"
+    case "$engine" in
+    new) rate=$(bench_rate "$bench" "sqlite://$tmp/s/log.db" "$scenario") ;;
+    writer) rate=$(bench_rate "$bench" "sqlite://$tmp/s/log.db" "${scenario}_writer") ;;
+    floor)
+      rate=$("$tmp/sqlite-floor" "$tmp/s/raw.db" "$batch" "$row_bytes" "$seconds" \
+        | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["per_second"])')
+      ;;
+    old) rate=$(bench_rate "$old" "sqlite://$tmp/s/log.db" "$scenario") ;;
+    esac
+    record "$engine" "$scenario" "$rate"
+    line="$line, $engine $rate/s"
+  }
+  engines=(new writer floor)
+  [ -n "$old" ] && engines+=(old)
+  for round in $(seq 1 "$rounds"); do
+    shift_by=$(((round - 1) % ${#engines[@]}))
+    order=("${engines[@]:$shift_by}" "${engines[@]:0:$shift_by}")
+    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg)): ${order[*]}" >&2
+    for batch in 1 100 1000; do
+      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
+      line="  $scenario"
+      for engine in "${order[@]}"; do
+        # The writer executor's scenario exists for single publishes only.
+        [ "$engine" = writer ] && [ "$batch" != 1 ] && continue
+        measure "$engine" "$scenario" "$batch"
+      done
+      echo "$line" >&2
+    done
+  done
+  python3 - "$results" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+def values(engine, scenario): return [r["per_second"] for r in rows if r["engine"] == engine and r["scenario"] == scenario]
+def ratios(a, b, scenario):
+    pairs = list(zip(values(a, scenario), values(b, scenario)))
+    return "–" if not pairs else f"{min(x / y for x, y in pairs):.2f}–{max(x / y for x, y in pairs):.2f}×"
+print(f"\nmedians of the rounds (and the range of the rounds' ratios); load at the end {sys.argv[2]}\n")
+print("| publish | new | writer executor | old | C floor | new / floor | writer / floor | old / floor | new / old |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for scenario in ("publish_single", "publish_batch_100", "publish_batch_1000"):
+    med = {e: (statistics.median(values(e, scenario)) if values(e, scenario) else None) for e in ("new", "writer", "old", "floor")}
+    def r(a, b): return "–" if not med[a] or not med[b] else f"{med[a] / med[b]:.2f}× ({ratios(a, b, scenario)})"
+    def v(e): return "–" if med[e] is None else f"{med[e]:,.0f}/s"
+    print(f"| {scenario} | {v('new')} | {v('writer')} | {v('old')} | {v('floor')} | {r('new', 'floor')} | {r('writer', 'floor')} | {r('old', 'floor')} | {r('new', 'old')} |")
+PY
+  exit 0
+fi
 
 if [ -n "$pg_publish" ]; then
   old=${OLD_BROKERBENCH:-}
