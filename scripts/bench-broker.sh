@@ -133,6 +133,57 @@ pgbench_rate() { # script-file -> transactions per second
 record() { # engine scenario per_second
   printf '{"engine":"%s","scenario":"%s","per_second":%s}\n' "$1" "$2" "$3" >>"$results"
 }
+# The per-second figure of one BrokerBench scenario.
+bench_rate() { # binary url scenario
+  "$1" run --url "$2" --seconds "$seconds" --only "$3" \
+    | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))'
+}
+# --pg-publish and --sqlite-publish: `rounds` rounds of `measure ENGINE SCENARIO BATCH` (defined by
+# the mode, appending to `line`) for every engine of `engines` and single publishes, batches of 100
+# and of 1000. Each round starts one engine later, so that none always runs right after the same
+# other (or always last): a round's measurements are minutes apart on a disk whose speed drifts.
+# `writer` (the SQLite writer executor) has single publishes only.
+interleaved_rounds() {
+  local round shift_by batch scenario engine order
+  for round in $(seq 1 "$rounds"); do
+    shift_by=$(((round - 1) % ${#engines[@]}))
+    order=("${engines[@]:$shift_by}" "${engines[@]:0:$shift_by}")
+    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg)): ${order[*]}" >&2
+    for batch in 1 100 1000; do
+      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
+      line="  $scenario"
+      for engine in "${order[@]}"; do
+        [ "$engine" = writer ] && [ "$batch" != 1 ] && continue
+        measure "$engine" "$scenario" "$batch"
+      done
+      echo "$line" >&2
+    done
+  done
+}
+# Their table: medians of the rounds per engine, each engine's ratio to `floor` and the second
+# engine's to `new` (with the range of the rounds' ratios), and new / old.
+summary() { # floor-label engine...
+  python3 - "$results" "$(cut -d' ' -f1-3 /proc/loadavg)" "$@" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+floor_label, engines = sys.argv[3], [e for e in sys.argv[4:] if e != "floor"]
+def values(engine, scenario): return [r["per_second"] for r in rows if r["engine"] == engine and r["scenario"] == scenario]
+def ratio(a, b, scenario):
+    ma, mb = (values(a, scenario), values(b, scenario))
+    if not ma or not mb: return "–"
+    pairs = list(zip(ma, mb))
+    spread = f"{min(x / y for x, y in pairs):.2f}–{max(x / y for x, y in pairs):.2f}"
+    return f"{statistics.median(ma) / statistics.median(mb):.2f}× ({spread})"
+columns = [(e, "floor") for e in engines] + [(e, "new") for e in engines[1:2] if e != "old"]
+if "old" in engines: columns.append(("new", "old"))
+print(f"\nmedians of the rounds, ratios of medians (and the range of the rounds' ratios); load at the end {sys.argv[2]}\n")
+print("| publish | " + " | ".join(engines) + f" | {floor_label} | " + " | ".join(f"{a} / {b}" for a, b in columns) + " |")
+print("| --- |" + " ---: |" * (len(engines) + 1 + len(columns)))
+for scenario in ("publish_single", "publish_batch_100", "publish_batch_1000"):
+    cells = [f"{statistics.median(values(e, scenario)):,.0f}/s" if values(e, scenario) else "–" for e in engines + ["floor"]]
+    print(f"| {scenario} | " + " | ".join(cells + [ratio(a, b, scenario) for a, b in columns]) + " |")
+PY
+}
 
 # PostgreSQL, as Tests/AviaryTestSupport's PostgresTestServer runs it: initdb as the postgres user,
 # fsync on, synchronous_commit on, 127.0.0.1 on a free port.
@@ -160,10 +211,6 @@ for line in sys.stdin:
     if r.get("scenario") == "row_bytes": print(r["bytes"]); break')
   cc -O2 -o "$tmp/sqlite-floor" "$root/Benchmarks/Broker/sqlite-floor.c" -lsqlite3
   echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
-  bench_rate() { # binary url scenario
-    "$1" run --url "$2" --seconds "$seconds" --only "$3" \
-      | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))'
-  }
   measure() { # engine scenario batch; each measurement in a new file
     local engine=$1 scenario=$2 batch=$3 rate
     rm -rf "$tmp/s" && mkdir -p "$tmp/s"
@@ -181,37 +228,8 @@ for line in sys.stdin:
   }
   engines=(new writer floor)
   [ -n "$old" ] && engines+=(old)
-  for round in $(seq 1 "$rounds"); do
-    shift_by=$(((round - 1) % ${#engines[@]}))
-    order=("${engines[@]:$shift_by}" "${engines[@]:0:$shift_by}")
-    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg)): ${order[*]}" >&2
-    for batch in 1 100 1000; do
-      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
-      line="  $scenario"
-      for engine in "${order[@]}"; do
-        # The writer executor's scenario exists for single publishes only.
-        [ "$engine" = writer ] && [ "$batch" != 1 ] && continue
-        measure "$engine" "$scenario" "$batch"
-      done
-      echo "$line" >&2
-    done
-  done
-  python3 - "$results" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-def values(engine, scenario): return [r["per_second"] for r in rows if r["engine"] == engine and r["scenario"] == scenario]
-def ratios(a, b, scenario):
-    pairs = list(zip(values(a, scenario), values(b, scenario)))
-    return "–" if not pairs else f"{min(x / y for x, y in pairs):.2f}–{max(x / y for x, y in pairs):.2f}×"
-print(f"\nmedians of the rounds (and the range of the rounds' ratios); load at the end {sys.argv[2]}\n")
-print("| publish | new | writer executor | old | C floor | new / floor | writer / floor | old / floor | new / old |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for scenario in ("publish_single", "publish_batch_100", "publish_batch_1000"):
-    med = {e: (statistics.median(values(e, scenario)) if values(e, scenario) else None) for e in ("new", "writer", "old", "floor")}
-    def r(a, b): return "–" if not med[a] or not med[b] else f"{med[a] / med[b]:.2f}× ({ratios(a, b, scenario)})"
-    def v(e): return "–" if med[e] is None else f"{med[e]:,.0f}/s"
-    print(f"| {scenario} | {v('new')} | {v('writer')} | {v('old')} | {v('floor')} | {r('new', 'floor')} | {r('writer', 'floor')} | {r('old', 'floor')} | {r('new', 'old')} |")
-PY
+  interleaved_rounds
+  summary "C floor" "${engines[@]}"
   exit 0
 fi
 
@@ -239,11 +257,6 @@ for line in sys.stdin:
   echo "rows of $row_bytes bytes; $rounds rounds of $seconds s; old: ${old:-none}" >&2
   # One measurement of `engine` for `scenario` (batch size `batch`), right after a checkpoint;
   # appends its figure to `line`.
-  # The per-second figure of one BrokerBench scenario.
-  bench_rate() { # binary url scenario
-    "$1" run --url "$2" --seconds "$seconds" --only "$3" \
-      | python3 -c 'import json, sys; print(next(json.loads(l)["per_second"] for l in sys.stdin if "per_second" in l))'
-  }
   measure() { # engine scenario batch
     local engine=$1 scenario=$2 batch=$3 rate
     checkpoint
@@ -263,32 +276,8 @@ for line in sys.stdin:
   }
   engines=(new executor floor)
   [ -n "$old" ] && engines+=(old)
-  for round in $(seq 1 "$rounds"); do
-    # Each round starts one engine later, so that none always runs right after the same other
-    # (or always last): a round's measurements are minutes apart on a disk whose speed drifts.
-    shift_by=$(((round - 1) % ${#engines[@]}))
-    order=("${engines[@]:$shift_by}" "${engines[@]:0:$shift_by}")
-    echo "round $round (load $(cut -d' ' -f1-3 /proc/loadavg)): ${order[*]}" >&2
-    for batch in 1 100 1000; do
-      if [ "$batch" = 1 ]; then scenario=publish_single; else scenario=publish_batch_$batch; fi
-      line="  $scenario"
-      for engine in "${order[@]}"; do measure "$engine" "$scenario" "$batch"; done
-      echo "$line" >&2
-    done
-  done
-  python3 - "$results" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-def values(engine, scenario): return [r["per_second"] for r in rows if r["engine"] == engine and r["scenario"] == scenario]
-print(f"\nmedians of the rounds; load at the end {sys.argv[2]}\n")
-print("| publish | new | executor | old | pgbench floor | new / floor | executor / floor | old / floor | executor / new | new / old |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for scenario in ("publish_single", "publish_batch_100", "publish_batch_1000"):
-    med = {e: (statistics.median(values(e, scenario)) if values(e, scenario) else None) for e in ("new", "executor", "old", "floor")}
-    def r(a, b): return "–" if not med[a] or not med[b] else f"{med[a] / med[b]:.2f}×"
-    def v(e): return "–" if med[e] is None else f"{med[e]:,.0f}/s"
-    print(f"| {scenario} | {v('new')} | {v('executor')} | {v('old')} | {v('floor')} | {r('new', 'floor')} | {r('executor', 'floor')} | {r('old', 'floor')} | {r('executor', 'new')} | {r('new', 'old')} |")
-PY
+  interleaved_rounds
+  summary "pgbench floor" "${engines[@]}"
   exit 0
 fi
 
