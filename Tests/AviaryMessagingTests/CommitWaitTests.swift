@@ -17,6 +17,23 @@ import Testing
 struct CommitWaitTests {
     struct Failure: Error, Equatable {}
 
+    /// Expects `count` waits or more between two statistics of one policy, every one of them found
+    /// while looking (`allFound`) or else every one suspended at once.
+    static func expectWaits(
+        from before: CommitWait.Statistics, to after: CommitWait.Statistics, allFound: Bool, atLeast count: Int,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        if allFound {
+            #expect(after.found - before.found >= count, sourceLocation: sourceLocation)
+            #expect(
+                after.timedOut == before.timedOut && after.suspended == before.suspended, sourceLocation: sourceLocation
+            )
+        } else {
+            #expect(after.found == before.found && after.timedOut == before.timedOut, sourceLocation: sourceLocation)
+            #expect(after.suspended - before.suspended >= count, sourceLocation: sourceLocation)
+        }
+    }
+
     @Test("one caller looks at a time; none with a zero limit or after a commit slower than the limit")
     func policy() {
         let wait = CommitWait(limit: .microseconds(250))
@@ -124,13 +141,7 @@ struct CommitWaitTests {
             for delivery in batch.deliveries { try await log.ack(delivery) }
             let after = log.writer.commitWait.statistics
             // Ten publishes, a receive and its leases, ten acknowledgements: 21 writes at least.
-            if looks {
-                #expect(after.found - before.found >= 21)
-                #expect(after.timedOut == before.timedOut && after.suspended == before.suspended)
-            } else {
-                #expect(after.found == 0 && after.timedOut == 0)
-                #expect(after.suspended - before.suspended >= 21)
-            }
+            Self.expectWaits(from: before, to: after, allFound: looks, atLeast: 21)
             try await log.close()
         }
     }

@@ -258,13 +258,7 @@ struct PostgresSinglePublishTests {
             }
             #expect(positions.count == 10)
             let after = log.store.commitWait.statistics
-            if looks {
-                #expect(after.found - before.found >= 10)
-                #expect(after.timedOut == before.timedOut && after.suspended == before.suspended)
-            } else {
-                #expect(after.found == 0 && after.timedOut == 0)
-                #expect(after.suspended - before.suspended >= 10)
-            }
+            CommitWaitTests.expectWaits(from: before, to: after, allFound: looks, atLeast: 10)
             // From a task on the log's loop the reply comes to the caller where it is: no wait at all.
             try await withTaskExecutorPreference(log.executor) {
                 for index in 0..<5 {
