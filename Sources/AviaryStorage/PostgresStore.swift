@@ -138,7 +138,7 @@ public final class PostgresStore: Sendable, Service {
         /// A suspended caller is resumed by waking a thread of the concurrency pool, which on a
         /// small virtual machine costs a good part of a single publish. One caller of a store at
         /// a time waits this way (the others suspend), none does while the last reply took longer
-        /// than this, and a caller on the connection's event loop never does.
+        /// than this, and a caller on a NIO event loop (the connection's or another) never does.
         ///
         /// ```swift
         /// let options = PostgresStore.Options(commitSpin: .zero)  // callers always suspend

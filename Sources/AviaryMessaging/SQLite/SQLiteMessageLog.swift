@@ -73,9 +73,9 @@ public final class SQLiteMessageLog: MessageLog {
         ///
         /// A suspended caller is resumed after the commit by waking a thread of the concurrency
         /// pool, which on a small virtual machine costs about a third of a single publish on a
-        /// quick disk. One caller of a log at a time waits this way (the others suspend), and
-        /// none does while the last commit took longer than this (a slow disk), so it costs at
-        /// most one pool thread for this long per write.
+        /// quick disk. One caller of a log at a time waits this way (the others suspend), none
+        /// does while the last commit took longer than this (a slow disk), and none on a NIO
+        /// event loop's thread; so it costs at most one pool thread for this long per write.
         public var commitSpin: Duration
 
         /// Creates a configuration.
