@@ -59,7 +59,10 @@ package final class CommitWait: Sendable {
     private let looking = Atomic<Bool>(false)
     /// How long the last commit took, from its submission to its result, in nanoseconds.
     private let lastLatency = Atomic<UInt64>(0)
-    private let counts = Mutex(Statistics())
+    /// The counts of ``statistics``.
+    private let found = Atomic<Int>(0)
+    private let timedOut = Atomic<Int>(0)
+    private let suspended = Atomic<Int>(0)
 
     /// - Parameter limit: the longest a caller looks for its result; zero or less: never; more
     ///   than an hour: an hour.
@@ -69,7 +72,11 @@ package final class CommitWait: Sendable {
     }
 
     /// The waits so far.
-    package var statistics: Statistics { self.counts.withLock { $0 } }
+    package var statistics: Statistics {
+        Statistics(
+            found: self.found.load(ordering: .relaxed), timedOut: self.timedOut.load(ordering: .relaxed),
+            suspended: self.suspended.load(ordering: .relaxed))
+    }
 
     /// Whether the caller may look now; if so, it must call ``endLook(found:)``. Never on a NIO
     /// event loop's thread (a task preferring a loop's executor): looking there would hold up
@@ -79,16 +86,19 @@ package final class CommitWait: Sendable {
             MultiThreadedEventLoopGroup.currentEventLoop == nil,
             self.looking.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else {
-            self.counts.withLock { $0.suspended += 1 }
+            self.suspended.add(1, ordering: .relaxed)
             return false
         }
         return true
     }
 
+    /// Ends a look that ``beginLook()`` allowed, noting whether it found the result.
     package func endLook(found: Bool) {
         self.looking.store(false, ordering: .releasing)
-        self.counts.withLock {
-            if found { $0.found += 1 } else { $0.timedOut += 1 }
+        if found {
+            self.found.add(1, ordering: .relaxed)
+        } else {
+            self.timedOut.add(1, ordering: .relaxed)
         }
     }
 
@@ -104,22 +114,20 @@ package final class CommitWait: Sendable {
 /// One caller's wait for the result of a write another thread runs: the thread calls
 /// ``complete(_:)`` once; the caller calls ``value()`` once.
 ///
-/// `@unchecked Sendable`, proof: `result` is written only by ``complete(_:)``, once, before the
-/// releasing exchange of `state` (0 to 1, or finding 2); the caller reads it only after an
-/// acquiring load found 1 or its own exchange failed because the state was 1. `continuation` is
-/// written only by the caller, before its releasing exchange of `state` (0 to 2), and read by
-/// ``complete(_:)`` only when its exchange failed because the state was 2 (an acquiring failure).
-/// So each field is written before it is read, by one thread each, with the atomic between.
-package final class CommitHandOff<T: Sendable>: @unchecked Sendable {
-    private static var pending: UInt8 { 0 }
-    private static var completed: UInt8 { 1 }
-    private static var suspended: UInt8 { 2 }
+/// Its state is behind a lock (taken once per look, a few tens of nanoseconds, against the
+/// commit's tens of microseconds): pending, completed with the result, or suspended with the
+/// caller's continuation. Whichever side comes second finds the other's part and finishes the
+/// hand-off.
+package final class CommitHandOff<T: Sendable>: Sendable {
+    private enum State {
+        case pending
+        case completed(Result<T, any Error>)
+        case suspended(UnsafeContinuation<T, any Error>)
+    }
 
     private let wait: CommitWait
     private let submitted = CommitWait.now
-    private let state = Atomic<UInt8>(0)
-    private var result: Result<T, any Error>?
-    private var continuation: UnsafeContinuation<T, any Error>?
+    private let state = Mutex(State.pending)
 
     package init(_ wait: CommitWait) {
         self.wait = wait
@@ -128,12 +136,12 @@ package final class CommitHandOff<T: Sendable>: @unchecked Sendable {
     /// Hands the result over (on the writer thread, once).
     package func complete(_ result: Result<T, any Error>) {
         self.wait.record(latency: CommitWait.now &- self.submitted)
-        self.result = result
-        let (exchanged, _) = self.state.compareExchange(
-            expected: Self.pending, desired: Self.completed, successOrdering: .releasing, failureOrdering: .acquiring)
-        if !exchanged, let continuation = self.continuation {
-            continuation.resume(with: result)
+        let suspended: UnsafeContinuation<T, any Error>? = self.state.withLock { state in
+            defer { state = .completed(result) }
+            if case .suspended(let continuation) = state { return continuation }
+            return nil
         }
+        suspended?.resume(with: result)
     }
 
     /// The result: looked for on the caller's thread for up to the policy's limit if it allows,
@@ -141,25 +149,30 @@ package final class CommitHandOff<T: Sendable>: @unchecked Sendable {
     package func value() async throws -> T {
         if self.wait.beginLook() {
             let deadline = CommitWait.now &+ self.wait.limit
-            var found = false
+            var found: Result<T, any Error>?
             repeat {
-                if self.state.load(ordering: .acquiring) == Self.completed {
-                    found = true
-                    break
-                }
+                found = self.completed
+                if found != nil { break }
                 sched_yield()
             } while CommitWait.now < deadline
-            self.wait.endLook(found: found)
-            if found, let result = self.result { return try result.get() }
+            self.wait.endLook(found: found != nil)
+            if let found { return try found.get() }
         }
         return try await withUnsafeThrowingContinuation { continuation in
-            self.continuation = continuation
-            let (exchanged, _) = self.state.compareExchange(
-                expected: Self.pending, desired: Self.suspended, successOrdering: .releasing,
-                failureOrdering: .acquiring)
-            if !exchanged, let result = self.result {
-                continuation.resume(with: result)
+            let completed: Result<T, any Error>? = self.state.withLock { state in
+                if case .completed(let result) = state { return result }
+                state = .suspended(continuation)
+                return nil
             }
+            if let completed { continuation.resume(with: completed) }
+        }
+    }
+
+    /// The result, once it has been handed over.
+    private var completed: Result<T, any Error>? {
+        self.state.withLock { state in
+            if case .completed(let result) = state { return result }
+            return nil
         }
     }
 }
