@@ -42,7 +42,9 @@ extension PostgresStore {
         }
         defer { self.wireLane.finished(lease) }
         let reply = lease.connection.run(steps)
-        // On the connection's loop the reply cannot come while the caller looks for it.
+        // A caller on the connection's loop (a task on the log's executor) awaits the reply where
+        // it is: CommitWait never looks on a loop's thread, so the hand-off would only add its
+        // lock and count the call as suspended.
         if reply.eventLoop.inEventLoop { return try await reply.get() }
         let handOff = CommitHandOff<[PostgresWireResult]>(self.commitWait)
         reply.whenComplete { handOff.complete($0) }
