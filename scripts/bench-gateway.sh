@@ -8,8 +8,9 @@
 # connection, bytes pass unchanged), the floor of any NIO proxy; and, with AVIARY_BASE_BIN, a
 # second gateway binary (an earlier build) for an A/B in the same run. Each row also gives the
 # CPU time (user + system, from /proc) that the proxy's processes spent per request during its
-# runs: the cost of the proxy itself, which moves less between runs than requests/s on a shared
-# machine.
+# runs, and the user-space part of it: the cost of the proxy itself, which moves less between runs
+# than requests/s on a shared machine. The system part (the sockets' kernel work) is about the same
+# for every proxy, so the user part is where proxies differ.
 #   scripts/bench-gateway.sh [seconds per run, default 10] [connections, default 50] [rounds, default 3]
 #   AVIARY_BIN=path/to/aviary scripts/bench-gateway.sh   # skip the release build
 #   AVIARY_BASE_BIN=path/to/old/aviary scripts/bench-gateway.sh   # add a row for another build
@@ -102,48 +103,50 @@ for port in "${ports[@]}"; do
 done
 
 clock_ticks=$(getconf CLK_TCK)
-cpu_ticks() { # pid -> user + system clock ticks of it and its children (nginx's worker)
-  local total=0 pid
+cpu_ticks() { # pid -> "user system" clock ticks of it and its children (nginx's worker)
+  local user=0 system=0 pid u s
   for pid in "$1" $(pgrep -P "$1"); do
-    total=$((total + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$pid/stat")))
+    read -r u s < <(awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$pid/stat")
+    user=$((user + u)); system=$((system + s))
   done
-  echo "$total"
+  echo "$user $system"
 }
-run() { # port path pid -> "requests_per_second p99_ms transfer_MB_per_s cpu_us_per_request"
-  local out before after
-  before=$(cpu_ticks "$3")
+run() { # port path pid -> "requests_per_second p99_ms transfer_MB_per_s cpu_us_per_request user_us_per_request"
+  local out user0 system0 user1 system1
+  read -r user0 system0 < <(cpu_ticks "$3")
   out=$(wrk -t1 -c"$connections" -d"${duration}s" --latency "http://127.0.0.1:$1$2")
-  after=$(cpu_ticks "$3")
-  awk -v ticks=$((after - before)) -v hz="$clock_ticks" '
+  read -r user1 system1 < <(cpu_ticks "$3")
+  awk -v ticks=$((user1 + system1 - user0 - system0)) -v uticks=$((user1 - user0)) -v hz="$clock_ticks" '
     / requests in / {requests = $1}
     /^Requests\/sec:/ {rps = $2}
     /^Transfer\/sec:/ {t = $2; if (t ~ /GB$/) {sub(/GB$/, "", t); t = t * 1024} else if (t ~ /MB$/) {sub(/MB$/, "", t)} else if (t ~ /KB$/) {sub(/KB$/, "", t); t = t / 1024}}
     $1 == "99%" {v = $2; if (v ~ /us$/) {sub(/us$/, "", v); v = v / 1000} else if (v ~ /ms$/) {sub(/ms$/, "", v)} else if (v ~ /s$/) {sub(/s$/, "", v); v = v * 1000}; p99 = v}
-    END {printf "%s %s %s %.2f\n", rps, p99, t, (requests > 0 ? ticks * 1e6 / hz / requests : 0)}' <<<"$out"
+    END {printf "%s %s %s %.2f %.2f\n", rps, p99, t, (requests > 0 ? ticks * 1e6 / hz / requests : 0),
+      (requests > 0 ? uticks * 1e6 / hz / requests : 0)}' <<<"$out"
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 for path in /small /large; do
   for port in "${ports[@]}"; do wrk -t1 -c"$connections" -d2s "http://127.0.0.1:$port$path" >/dev/null; done  # warm-up
-  declare -A rps=() p99=() mbs=() cpu=()
+  declare -A rps=() p99=() mbs=() cpu=() usr=()
   for round in $(seq 1 "$rounds"); do
     # Each round starts one row later (the origin first in round 1, nginx first in round 2, ...),
     # so that no proxy always runs last, after the others have warmed or loaded the machine.
     for step in "${!names[@]}"; do
       i=$(((step + round - 1) % ${#names[@]}))
-      read -r r p m c < <(run "${ports[$i]}" "$path" "${pids[$i]}")
-      rps[$i]+="$r "; p99[$i]+="$p "; mbs[$i]+="$m "; cpu[$i]+="$c "
+      read -r r p m c u < <(run "${ports[$i]}" "$path" "${pids[$i]}")
+      rps[$i]+="$r "; p99[$i]+="$p "; mbs[$i]+="$m "; cpu[$i]+="$c "; usr[$i]+="$u "
     done
   done
   echo "== $path: $connections connections, $rounds x ${duration}s, medians"
-  printf '%-8s %12s %10s %12s %14s %12s\n' proxy requests/s p99_ms MB/s added_p99_ms cpu_us/req
+  printf '%-8s %12s %10s %12s %14s %12s %12s\n' proxy requests/s p99_ms MB/s added_p99_ms cpu_us/req user_us/req
   origin_p99=$(median ${p99[0]})
-  declare -A med_rps=() med_p99=() med_mbs=() med_cpu=()
+  declare -A med_rps=() med_p99=() med_mbs=() med_cpu=() med_usr=()
   for i in "${!names[@]}"; do
     med_rps[$i]=$(median ${rps[$i]}); med_p99[$i]=$(median ${p99[$i]}); med_mbs[$i]=$(median ${mbs[$i]})
-    med_cpu[$i]=$(median ${cpu[$i]})
+    med_cpu[$i]=$(median ${cpu[$i]}); med_usr[$i]=$(median ${usr[$i]})
     awk -v n="${names[$i]}" -v r="${med_rps[$i]}" -v p="${med_p99[$i]}" -v m="${med_mbs[$i]}" -v o="$origin_p99" \
-      -v c="${med_cpu[$i]}" 'BEGIN {printf "%-8s %12.0f %10.2f %12.1f %14.2f %12.2f\n", n, r, p, m, p - o, c}'
+      -v c="${med_cpu[$i]}" -v u="${med_usr[$i]}" 'BEGIN {printf "%-8s %12.0f %10.2f %12.1f %14.2f %12.2f %12.2f\n", n, r, p, m, p - o, c, u}'
   done
   awk -v a="${med_rps[3]}" -v n="${med_rps[1]}" -v h="${med_rps[2]}" -v am="${med_mbs[3]}" -v nm="${med_mbs[1]}" \
     -v ap="${med_p99[3]}" -v np="${med_p99[1]}" -v o="$origin_p99" 'BEGIN {
