@@ -123,6 +123,12 @@ package final class CommitHandOff<T: Sendable>: Sendable {
         case pending
         case completed(Result<T, any Error>)
         case suspended(UnsafeContinuation<T, any Error>)
+
+        /// The result, once it has been handed over.
+        var result: Result<T, any Error>? {
+            if case .completed(let result) = self { return result }
+            return nil
+        }
     }
 
     private let wait: CommitWait
@@ -151,7 +157,7 @@ package final class CommitHandOff<T: Sendable>: Sendable {
             let deadline = CommitWait.now &+ self.wait.limit
             var found: Result<T, any Error>?
             repeat {
-                found = self.completed
+                found = self.state.withLock { $0.result }
                 if found != nil { break }
                 sched_yield()
             } while CommitWait.now < deadline
@@ -160,19 +166,11 @@ package final class CommitHandOff<T: Sendable>: Sendable {
         }
         return try await withUnsafeThrowingContinuation { continuation in
             let completed: Result<T, any Error>? = self.state.withLock { state in
-                if case .completed(let result) = state { return result }
+                if let result = state.result { return result }
                 state = .suspended(continuation)
                 return nil
             }
             if let completed { continuation.resume(with: completed) }
-        }
-    }
-
-    /// The result, once it has been handed over.
-    private var completed: Result<T, any Error>? {
-        self.state.withLock { state in
-            if case .completed(let result) = state { return result }
-            return nil
         }
     }
 }
